@@ -1,0 +1,93 @@
+//! The CLI's way to the daemon: HTTP to `status.listen`, with the bearer token when one
+//! is configured. A daemon that does not answer is reported in one line.
+
+use std::net::SocketAddr;
+
+use crate::config::Config;
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens at the status address.
+    #[error("mailgate is not running at {0}")]
+    NotRunning(SocketAddr),
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Api(String),
+    /// The daemon answered with a 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// Anything else on the way.
+    #[error("admin API call failed: {0}")]
+    Http(String),
+}
+
+/// A client for one daemon.
+#[derive(Debug)]
+pub struct AdminClient {
+    addr: SocketAddr,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// The client for the daemon of this configuration.
+    pub fn new(config: &Config) -> Result<AdminClient, ClientError> {
+        let addr = config
+            .status
+            .listen_addr()
+            .ok_or_else(|| ClientError::Http("invalid status.listen".into()))?;
+        let token = crate::status::http::load_token(&config.status)
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .timeout(crate::CLI_TIMEOUT)
+            .no_proxy()
+            .build()
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        Ok(AdminClient { addr, token, http })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                ClientError::NotRunning(self.addr)
+            } else {
+                ClientError::Http(e.to_string())
+            }
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or(body);
+        if status == reqwest::StatusCode::NOT_FOUND {
+            Err(ClientError::NotFound(msg))
+        } else {
+            Err(ClientError::Api(format!("{status}: {msg}")))
+        }
+    }
+
+    /// GET a path and decode its JSON.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        let resp = self.send(self.http.get(self.url(path)).query(query)).await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))
+    }
+}

@@ -1,0 +1,162 @@
+//! `mailgate history` and `mailgate show`: what happened to a message, from the daemon's
+//! history, for a person (default) or a script (`--json`).
+
+use std::fmt::Write;
+
+use clap::Args;
+
+use super::client::{AdminClient, ClientError};
+use super::exit;
+use crate::config::Config;
+use crate::history::Record;
+
+/// Flags of `history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this status (queued, deferred, sent, partial, failed).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only records received within this long (e.g. 2h, 3d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// At most this many records.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Message id (from the 250 reply or `history`).
+    pub id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn fail(e: &ClientError) -> i32 {
+    eprintln!("{e}");
+    exit::FAILED
+}
+
+/// Runs `history`; returns the exit code.
+pub async fn history(config: &Config, args: &HistoryArgs) -> i32 {
+    let client = match AdminClient::new(config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let mut query = vec![("limit", args.limit.to_string())];
+    for (k, v) in [("status", &args.status), ("user", &args.user), ("since", &args.since)] {
+        if let Some(v) = v {
+            query.push((k, v.clone()));
+        }
+    }
+    let records: Vec<Record> = match client.get_json("/api/messages", &query).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
+    } else {
+        print!("{}", history_table(&records));
+    }
+    exit::OK
+}
+
+/// The human form of a list of records.
+pub fn history_table(records: &[Record]) -> String {
+    let mut out = format!(
+        "{:<26}  {:<20}  {:<8}  {:<28}  {:<28}  {}\n",
+        "ID", "RECEIVED", "STATUS", "FROM", "TO", "SUBJECT"
+    );
+    for r in records {
+        let to = match r.recipients.len() {
+            0 => String::new(),
+            1 => r.recipients[0].address.clone(),
+            n => format!("{} (+{})", r.recipients[0].address, n - 1),
+        };
+        let from = if r.sender.is_empty() { "<>" } else { &r.sender };
+        let _ = writeln!(
+            out,
+            "{:<26}  {:<20}  {:<8}  {:<28}  {:<28}  {}",
+            r.id,
+            r.received_at,
+            r.status.as_str(),
+            from,
+            to,
+            r.subject.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// Runs `show`; returns the exit code.
+pub async fn show(config: &Config, args: &ShowArgs) -> i32 {
+    let client = match AdminClient::new(config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let path = format!("/api/messages/{}", args.id);
+    let record: Record = match client.get_json(&path, &[]).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record).unwrap_or_default());
+    } else {
+        print!("{}", show_text(&record));
+    }
+    exit::OK
+}
+
+/// The human form of one record.
+pub fn show_text(r: &Record) -> String {
+    let mut out = String::new();
+    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let _ = writeln!(out, "Message {}", r.id);
+    let _ = writeln!(out, "  status:          {}", r.status.as_str());
+    let _ = writeln!(out, "  received:        {} from {} (HELO {})", r.received_at, r.client, r.helo);
+    let _ = writeln!(out, "  auth login:      {}", opt(&r.auth_login));
+    let _ = writeln!(out, "  user:            {}", opt(&r.user));
+    let _ = writeln!(out, "  sender:          <{}> (submitted as <{}>)", r.sender, r.original_sender);
+    let _ = writeln!(out, "  subject:         {}", opt(&r.subject));
+    let _ = writeln!(out, "  message-id:      {}", opt(&r.message_id));
+    let _ = writeln!(out, "  size:            {} bytes", r.size);
+    let _ = writeln!(out, "  provider:        {}", r.provider);
+    let _ = writeln!(out, "  deferrals:       {}", r.deferrals);
+    if let Some(s) = &r.sent_at {
+        let _ = writeln!(out, "  sent:            {s}");
+    }
+    if let Some(n) = &r.next_attempt_at {
+        let _ = writeln!(out, "  next attempt:    {n}");
+    }
+    let _ = writeln!(out, "Recipients");
+    for rc in &r.recipients {
+        let _ = writeln!(
+            out,
+            "  {:<8} {}{}",
+            rc.status.as_str(),
+            rc.address,
+            rc.reply.as_ref().map(|x| format!("  ({x})")).unwrap_or_default()
+        );
+    }
+    let _ = writeln!(out, "Attempts");
+    if r.attempts.is_empty() {
+        let _ = writeln!(out, "  none yet");
+    }
+    for a in &r.attempts {
+        let _ = writeln!(out, "  {} via {}: {}", a.at, a.provider, a.reply);
+        if let Some(d) = &a.diagnosis {
+            let _ = writeln!(out, "    diagnosis: {}", d.code);
+            let _ = writeln!(out, "    why:       {}", d.explanation);
+            let _ = writeln!(out, "    fix:       {}", d.fix);
+        }
+    }
+    out
+}

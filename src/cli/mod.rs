@@ -1,0 +1,56 @@
+//! The command line: flags (clap) and the admin commands, which talk to the running
+//! daemon's admin API (the daemon owns the store).
+
+pub mod client;
+pub mod history;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Command-line interface.
+#[derive(Debug, Parser)]
+#[command(name = "mailgate", version, about = "Local SMTP submission proxy")]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "MAILGATE_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Log format for `serve`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (SIGTERM/SIGINT stop it gracefully).
+    Serve,
+    /// Validate the configuration; print `file:line:col: message` per problem.
+    CheckConfig,
+    /// List history records, newest first.
+    History(history::HistoryArgs),
+    /// Show one record with its attempts and diagnoses.
+    Show(history::ShowArgs),
+}
+
+/// Exit codes of the CLI.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The operation failed.
+    pub const FAILED: i32 = 1;
+    /// Usage or configuration error.
+    pub const USAGE: i32 = 2;
+}

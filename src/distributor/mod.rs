@@ -1,0 +1,314 @@
+//! The distributor: takes due messages from the store's due index (oldest first), hands
+//! each to its provider, and records the typed outcome in the same store. A channel
+//! ([`Notify`]) wakes it on new mail; otherwise it sleeps until the next due time. A
+//! message stays in the due index until its outcome is committed, so whatever was in
+//! flight when the process died is simply due again after a restart.
+
+pub mod retry;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::history::{Attempt, Diagnosis, Record, Status, now_ms, rfc3339};
+use crate::provider::{Delivery, Outcome, Provider};
+use crate::store::Store;
+use retry::RetryPolicy;
+
+/// How many deliveries run at once across all providers.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Providers and retry rules of one configuration (replaced whole on reload).
+#[derive(Debug)]
+pub struct Routing {
+    /// Providers by name.
+    pub providers: HashMap<String, Arc<Provider>>,
+    /// Backoff and give-up rules.
+    pub retry: RetryPolicy,
+}
+
+impl Routing {
+    /// Builds the routing of a configuration.
+    pub fn from_config(c: &Config) -> Routing {
+        Routing {
+            providers: c
+                .provider
+                .iter()
+                .map(|p| (p.name.get_ref().clone(), Arc::new(Provider::from_config(p))))
+                .collect(),
+            retry: RetryPolicy::from_config(&c.distributor),
+        }
+    }
+}
+
+/// The delivery scheduler.
+#[derive(Debug)]
+pub struct Distributor {
+    store: Store,
+    wake: Arc<Notify>,
+    paused: AtomicBool,
+    routing: RwLock<Arc<Routing>>,
+    in_flight: Mutex<HashSet<String>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Distributor {
+    /// A distributor over `store`; `wake` is notified by whoever commits new mail.
+    pub fn new(store: Store, wake: Arc<Notify>, config: &Config) -> Distributor {
+        Distributor {
+            store,
+            wake,
+            paused: AtomicBool::new(!config.distributor.enabled),
+            routing: RwLock::new(Arc::new(Routing::from_config(config))),
+            in_flight: Mutex::new(HashSet::new()),
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+
+    /// Stops sending; mail is still accepted and queued.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        tracing::info!("distributor paused");
+    }
+
+    /// Starts sending again.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.wake.notify_one();
+        tracing::info!("distributor resumed");
+    }
+
+    /// Whether sending is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Replaces providers and retry rules (config reload).
+    pub fn set_routing(&self, routing: Routing) {
+        if let Ok(mut g) = self.routing.write() {
+            *g = Arc::new(routing);
+        }
+        self.wake.notify_one();
+    }
+
+    fn routing(&self) -> Arc<Routing> {
+        self.routing
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn is_in_flight(&self, id: &str) -> bool {
+        self.in_flight.lock().is_ok_and(|s| s.contains(id))
+    }
+
+    /// Runs until `shutdown` turns true; then waits up to `drain` for deliveries in
+    /// flight and abandons the rest (they stay due in the store).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+        let mut tasks = JoinSet::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let mut wait_ms = None;
+            if !self.is_paused() {
+                wait_ms = self.dispatch(&mut tasks).await;
+            }
+            let sleep = tokio::time::sleep(Duration::from_millis(wait_ms.unwrap_or(0)));
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = sleep, if wait_ms.is_some() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        let drained = tokio::time::timeout(drain, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = tasks.len(),
+                "deliveries still running at the shutdown deadline; they stay queued"
+            );
+            tasks.abort_all();
+        }
+    }
+
+    /// Starts every due delivery there is a slot for; returns ms until the next due one.
+    async fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Option<u64> {
+        let this = self.clone();
+        let limit = self.slots.available_permits() + 1;
+        let entries = tokio::task::spawn_blocking(move || {
+            this.store.due_entries(limit, |id| this.is_in_flight(id))
+        })
+        .await
+        .ok()?;
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the due index; retrying in 1s");
+                return Some(1000);
+            }
+        };
+        let now = now_ms();
+        for (due, id) in entries {
+            if due > now {
+                return Some(due - now);
+            }
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                return None; // a finishing delivery wakes us
+            };
+            if let Ok(mut s) = self.in_flight.lock() {
+                s.insert(id.clone());
+            }
+            let this = self.clone();
+            tasks.spawn(async move { this.deliver(id, permit).await });
+        }
+        None
+    }
+
+    async fn deliver(self: Arc<Self>, id: String, _permit: OwnedSemaphorePermit) {
+        if let Err(e) = self.attempt(&id).await {
+            tracing::error!(id = %id, error = %e, "delivery bookkeeping failed; the message stays queued");
+        }
+        if let Ok(mut s) = self.in_flight.lock() {
+            s.remove(&id);
+        }
+        self.wake.notify_one();
+    }
+
+    async fn attempt(&self, id: &str) -> Result<(), crate::store::StoreError> {
+        let (record, raw) = {
+            let store = self.store.clone();
+            let id = id.to_string();
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, crate::store::StoreError>((store.record_with_due(&id)?, store.message(&id)?))
+            })
+            .await
+            .map_err(|e| crate::store::StoreError::Io(e.to_string()))??
+        };
+        let (Some((record, _)), Some(raw)) = (record, raw) else {
+            return Ok(());
+        };
+        if record.status.is_finished() {
+            // Finished but still indexed (should not happen): drop the index entry.
+            return self.store.update(record, None).await;
+        }
+        let routing = self.routing();
+        let delivery = Delivery {
+            id: id.to_string(),
+            from: record.sender.clone(),
+            rcpts: record
+                .recipients
+                .iter()
+                .filter(|r| !r.status.is_finished())
+                .map(|r| r.address.clone())
+                .collect(),
+            raw: Arc::new(raw),
+        };
+        let started = std::time::Instant::now();
+        let outcome = match routing.providers.get(&record.provider) {
+            Some(p) => p.deliver(&delivery).await,
+            None => Outcome::Transient {
+                reply: format!("no provider named {:?}", record.provider),
+                diagnosis: Diagnosis {
+                    code: "unknown".into(),
+                    explanation: format!("The message is routed to provider {:?}, which is not in the configuration", record.provider),
+                    fix: "Add the provider back to the configuration, or route the user elsewhere, and reload".into(),
+                },
+            },
+        };
+        let (record, due) = apply_outcome(record, outcome, &routing.retry, now_ms());
+        let attempt = record.attempts.last();
+        tracing::info!(
+            id = %record.id,
+            status = record.status.as_str(),
+            provider = %record.provider,
+            deferrals = record.deferrals,
+            diagnosis = attempt.and_then(|a| a.diagnosis.as_ref()).map(|d| d.code.as_str()),
+            reply = attempt.map(|a| a.reply.as_str()),
+            delay_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "delivery"
+        );
+        self.store.update(record, due).await
+    }
+}
+
+/// The record after an attempt, and its next due time (None when finished).
+pub fn apply_outcome(
+    mut record: Record,
+    outcome: Outcome,
+    retry: &RetryPolicy,
+    now: u64,
+) -> (Record, Option<u64>) {
+    let at = rfc3339(now);
+    let pending = |r: &crate::history::Recipient| !r.status.is_finished();
+    match outcome {
+        Outcome::Sent { reply } => {
+            for r in record.recipients.iter_mut().filter(|r| pending(r)) {
+                r.status = Status::Sent;
+                r.reply = Some(reply.clone());
+            }
+            record.status = Status::Sent;
+            record.sent_at = Some(at.clone());
+            record.next_attempt_at = None;
+            record.attempts.push(Attempt {
+                at,
+                provider: record.provider.clone(),
+                reply,
+                diagnosis: None,
+            });
+            (record, None)
+        }
+        Outcome::Permanent { reply, diagnosis } => {
+            for r in record.recipients.iter_mut().filter(|r| pending(r)) {
+                r.status = Status::Failed;
+                r.reply = Some(reply.clone());
+            }
+            record.status = Status::Failed;
+            record.next_attempt_at = None;
+            record.attempts.push(Attempt {
+                at,
+                provider: record.provider.clone(),
+                reply,
+                diagnosis: Some(diagnosis),
+            });
+            (record, None)
+        }
+        Outcome::Transient { reply, diagnosis } => {
+            record.attempts.push(Attempt {
+                at,
+                provider: record.provider.clone(),
+                reply: reply.clone(),
+                diagnosis: Some(diagnosis),
+            });
+            let received = ulid::Ulid::from_string(&record.id)
+                .map(|u| u.timestamp_ms())
+                .unwrap_or(now);
+            if retry.gives_up(received, now) {
+                for r in record.recipients.iter_mut().filter(|r| pending(r)) {
+                    r.status = Status::Failed;
+                    r.reply = Some(reply.clone());
+                }
+                record.status = Status::Failed;
+                record.next_attempt_at = None;
+                return (record, None);
+            }
+            for r in record.recipients.iter_mut().filter(|r| pending(r)) {
+                r.status = Status::Deferred;
+                r.reply = Some(reply.clone());
+            }
+            record.deferrals += 1;
+            record.status = Status::Deferred;
+            let due = now + retry.delay_ms(record.deferrals);
+            record.next_attempt_at = Some(rfc3339(due));
+            (record, Some(due))
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! History: the record that says what happened to every accepted message. Records are
+//! written by the store together with the message (before the 250) and updated by the
+//! distributor after every attempt; the admin API and CLI read them.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The state of a message (or of one recipient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Committed, not yet attempted.
+    Queued,
+    /// An attempt failed temporarily; a retry is scheduled.
+    Deferred,
+    /// Accepted upstream.
+    Sent,
+    /// Accepted for some recipients, refused for others.
+    Partial,
+    /// Given up.
+    Failed,
+}
+
+impl Status {
+    /// Whether the message still has work to do.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Status::Sent | Status::Partial | Status::Failed)
+    }
+
+    /// The lower-case name used in JSON, logs and query strings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Deferred => "deferred",
+            Status::Sent => "sent",
+            Status::Partial => "partial",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Parses the lower-case name.
+    pub fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Queued,
+            Status::Deferred,
+            Status::Sent,
+            Status::Partial,
+            Status::Failed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+/// One recipient and what happened to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The envelope recipient.
+    pub address: String,
+    /// Its own status.
+    pub status: Status,
+    /// The upstream's reply to it, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+}
+
+/// Why an attempt failed, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// Stable code, e.g. `auth-failed`.
+    pub code: String,
+    /// What happened, in words.
+    pub explanation: String,
+    /// What the administrator should do.
+    pub fix: String,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it ended (RFC 3339 UTC).
+    pub at: String,
+    /// The provider it went to.
+    pub provider: String,
+    /// The upstream reply or the local error.
+    pub reply: String,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Diagnosis>,
+}
+
+/// The history record of one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Message id (ULID), also in the 250 reply.
+    pub id: String,
+    /// Current status.
+    pub status: Status,
+    /// When it was accepted (RFC 3339 UTC).
+    pub received_at: String,
+    /// Client address and port.
+    pub client: String,
+    /// HELO/EHLO name.
+    pub helo: String,
+    /// SMTP AUTH login, if any.
+    pub auth_login: Option<String>,
+    /// The identified user, if any.
+    pub user: Option<String>,
+    /// Envelope sender as submitted (`""` for the null sender).
+    pub original_sender: String,
+    /// Envelope sender as relayed.
+    pub sender: String,
+    /// Recipients with their statuses.
+    pub recipients: Vec<Recipient>,
+    /// Subject header, decoded.
+    pub subject: Option<String>,
+    /// Message-ID header.
+    pub message_id: Option<String>,
+    /// Size of the stored message in bytes.
+    pub size: u64,
+    /// The provider that handles it.
+    pub provider: String,
+    /// How many times it was deferred.
+    pub deferrals: u32,
+    /// When it was sent (RFC 3339 UTC).
+    pub sent_at: Option<String>,
+    /// When the next attempt is due (RFC 3339 UTC), while unfinished.
+    #[serde(default)]
+    pub next_attempt_at: Option<String>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    to_ms(SystemTime::now())
+}
+
+/// A `SystemTime` as milliseconds since the Unix epoch.
+pub fn to_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC (second precision).
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Parses an RFC 3339 time back into milliseconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    humantime::parse_rfc3339_weak(s).ok().map(to_ms)
+}

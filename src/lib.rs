@@ -1,0 +1,285 @@
+//! mailgate: a local SMTP submission proxy.
+//!
+//! The journey of one message, module by module:
+//!
+//! ```text
+//! client --SMTP--> smtp::listener (socket I/O) -> smtp::session (state machine, policy)
+//!               -> message (trace headers)     -> store (redb; durable BEFORE the 250)
+//!               -> distributor (due index, retries) -> provider (eml | smtp | graph)
+//!               -> history (status, attempts, diagnosis)
+//! status (axum) and cli read and steer all of it.
+//! ```
+//!
+//! [`Daemon::start`] binds the listeners and starts every task; `main.rs` only parses
+//! flags and waits for signals.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod cli;
+pub mod config;
+pub mod distributor;
+pub mod history;
+pub mod message;
+pub mod provider;
+pub mod smtp;
+pub mod status;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use config::Config;
+use distributor::Distributor;
+use history::{Record, Recipient, Status, now_ms, rfc3339};
+use smtp::policy::{DiskSpace, Policy};
+use smtp::session::Transaction;
+use store::{Store, StoreError};
+
+/// Errors that stop the daemon from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration is unusable at run time.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Accepted mail's way into the store: prepares the message, commits it with its
+/// history record, and wakes the distributor.
+#[derive(Debug)]
+pub struct Pipeline {
+    store: Store,
+    wake: Arc<Notify>,
+    config: RwLock<Arc<Config>>,
+    policy: RwLock<Arc<Policy>>,
+}
+
+impl Pipeline {
+    /// The session policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Commits one transaction durably; returns its id only once it is on disk.
+    pub async fn submit(&self, txn: Transaction) -> Result<String, StoreError> {
+        let config = self.config();
+        let now = now_ms();
+        let id = ulid::Ulid::new().to_string();
+        let protocol = if txn.smtputf8 { "UTF8SMTP" } else { "ESMTP" };
+        let prepared = message::prepare(
+            &txn.data.bytes,
+            &message::TraceInfo {
+                id: &id,
+                hostname: &config.smtp.hostname,
+                helo: &txn.helo,
+                client_ip: txn.peer.ip().to_string(),
+                protocol,
+                single_rcpt: (txn.rcpts.len() == 1).then(|| txn.rcpts[0].as_str()),
+                now_ms: now,
+            },
+        );
+        let record = Record {
+            id: id.clone(),
+            status: Status::Queued,
+            received_at: rfc3339(now),
+            client: txn.peer.to_string(),
+            helo: txn.helo.clone(),
+            auth_login: txn.auth_login.clone(),
+            user: None,
+            original_sender: txn.mail_from.clone(),
+            sender: txn.mail_from.clone(),
+            recipients: txn
+                .rcpts
+                .iter()
+                .map(|a| Recipient {
+                    address: a.clone(),
+                    status: Status::Queued,
+                    reply: None,
+                })
+                .collect(),
+            subject: prepared.subject,
+            message_id: Some(prepared.message_id),
+            size: prepared.raw.len() as u64,
+            provider: config.distributor.default_provider.get_ref().clone(),
+            deferrals: 0,
+            sent_at: None,
+            next_attempt_at: None,
+            attempts: Vec::new(),
+        };
+        let (from, nrcpt, size, provider) = (
+            record.original_sender.clone(),
+            record.recipients.len(),
+            record.size,
+            record.provider.clone(),
+        );
+        self.store.insert(prepared.raw, record, now).await?;
+        self.wake.notify_one();
+        tracing::info!(id = %id, client = %txn.peer, from = %from, nrcpt, size, provider = %provider, status = "queued", "accepted");
+        Ok(id)
+    }
+}
+
+/// A running daemon: its bound addresses and the handles to stop it.
+#[derive(Debug)]
+pub struct Daemon {
+    /// Bound SMTP listener addresses (port 0 resolved).
+    pub smtp_addrs: Vec<SocketAddr>,
+    /// Bound status listener address.
+    pub status_addr: SocketAddr,
+    /// The accepted-mail pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// The distributor.
+    pub distributor: Arc<Distributor>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Opens the store, binds every listener and starts all tasks.
+    pub async fn start(config: Config) -> Result<Daemon, Error> {
+        let store = Store::open(&config.store.path)?;
+        let store_dir = config
+            .store
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| ".".into(), |d| d.to_path_buf());
+        let space = Arc::new(DiskSpace {
+            dir: store_dir,
+            min_free: config.store.min_free_space.0,
+        });
+        let wake = Arc::new(Notify::new());
+        let policy = Arc::new(Policy::from_config(&config, space));
+        let distributor = Arc::new(Distributor::new(store.clone(), wake.clone(), &config));
+        let config = Arc::new(config);
+        let pipeline = Arc::new(Pipeline {
+            store,
+            wake,
+            config: RwLock::new(config.clone()),
+            policy: RwLock::new(policy),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let mut listeners = Vec::new();
+        for addr in config.smtp.listen_addrs() {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })?;
+            listeners.push(l);
+        }
+        let status_addr = config
+            .status
+            .listen_addr()
+            .ok_or_else(|| Error::Config("invalid status.listen".into()))?;
+        let status_listener = TcpListener::bind(status_addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: status_addr,
+                source,
+            })?;
+        let status_addr = status_listener.local_addr().map_err(|source| Error::Bind {
+            addr: status_addr,
+            source,
+        })?;
+
+        let ctx = Arc::new(smtp::listener::ListenerContext {
+            pipeline: pipeline.clone(),
+            permits: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            idle_timeout: config.smtp.idle_timeout.0,
+        });
+        let mut smtp_addrs = Vec::new();
+        for l in listeners {
+            let addr = l.local_addr().map_err(|source| Error::Bind {
+                addr: config.smtp.listen_addrs()[0],
+                source,
+            })?;
+            smtp_addrs.push(addr);
+            tracing::info!(addr = %addr, "smtp listening");
+            tasks.push(tokio::spawn(smtp::listener::serve(
+                l,
+                ctx.clone(),
+                shutdown_rx.clone(),
+                config.smtp.shutdown_timeout.0,
+            )));
+        }
+        tracing::info!(addr = %status_addr, "status listening");
+        let status_state = status::http::AppState {
+            pipeline: pipeline.clone(),
+            distributor: distributor.clone(),
+            started: Instant::now(),
+            token: status::http::load_token(&config.status)
+                .map_err(|e| Error::Config(e.to_string()))?,
+        };
+        tasks.push(tokio::spawn(status::http::serve(
+            status_listener,
+            status_state,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(distributor.clone().run(
+            shutdown_rx,
+            config.smtp.shutdown_timeout.0,
+        )));
+        Ok(Daemon {
+            smtp_addrs,
+            status_addr,
+            pipeline,
+            distributor,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Graceful stop: stop accepting, let sessions and deliveries finish (bounded by
+    /// `smtp.shutdown_timeout`), leave the rest queued, close the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Runs the daemon until `stop` resolves, then shuts down gracefully.
+pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    let daemon = Daemon::start(config).await?;
+    stop.await;
+    tracing::info!("shutting down");
+    daemon.shutdown().await;
+    Ok(())
+}
+
+/// How long the CLI waits for the daemon's admin API.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,76 @@
+//! The mailgate binary: parse flags, set up logging, load the configuration and hand over
+//! to the library.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use mailgate::cli::{Cli, Command, LogFormat, exit};
+use mailgate::config::Config;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the daemon can only be killed; wait forever.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn load(cli: &Cli) -> Result<Config, i32> {
+    Config::load(&cli.config).map_err(|e| {
+        eprintln!("{e}");
+        exit::USAGE
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let code = match &cli.command {
+        Command::CheckConfig => match load(&cli) {
+            Ok(_) => {
+                println!("{}: ok", cli.config.display());
+                exit::OK
+            }
+            Err(code) => code,
+        },
+        Command::Serve => {
+            init_logging(cli.log_format);
+            match load(&cli) {
+                Ok(config) => match mailgate::run(config, shutdown_signal()).await {
+                    Ok(()) => exit::OK,
+                    Err(e) => {
+                        tracing::error!(error = %e, "mailgate cannot run");
+                        eprintln!("mailgate: {e}");
+                        exit::FAILED
+                    }
+                },
+                Err(code) => code,
+            }
+        }
+        Command::History(args) => match load(&cli) {
+            Ok(c) => mailgate::cli::history::history(&c, args).await,
+            Err(code) => code,
+        },
+        Command::Show(args) => match load(&cli) {
+            Ok(c) => mailgate::cli::history::show(&c, args).await,
+            Err(code) => code,
+        },
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,62 @@
+//! The eml provider ("use an email app"): writes `<directory>/<ID>.eml` atomically:
+//! a temporary file, fsync, rename, fsync of the directory. A reader never sees a
+//! half-written file, and a file that exists survives a crash.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{Delivery, Outcome};
+use crate::history::Diagnosis;
+
+/// Writes each message as one file.
+#[derive(Debug)]
+pub struct EmlProvider {
+    dir: PathBuf,
+}
+
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let dest = dir.join(name);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &dest)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(dest)
+}
+
+impl EmlProvider {
+    /// A provider writing into `dir` (created when needed).
+    pub fn new(dir: PathBuf) -> EmlProvider {
+        EmlProvider { dir }
+    }
+
+    /// Writes the message; a failure to write is transient (disk full, permissions).
+    pub async fn deliver(&self, d: &Delivery) -> Outcome {
+        let dir = self.dir.clone();
+        let name = format!("{}.eml", d.id);
+        let raw = d.raw.clone();
+        let result = tokio::task::spawn_blocking(move || write_atomically(&dir, &name, &raw))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match result {
+            Ok(path) => Outcome::Sent {
+                reply: format!("written to {}", path.display()),
+            },
+            Err(e) => Outcome::Transient {
+                reply: format!("cannot write to {}: {e}", self.dir.display()),
+                diagnosis: Diagnosis {
+                    code: "unknown".into(),
+                    explanation: format!(
+                        "The outbox directory {} could not be written: {e}",
+                        self.dir.display()
+                    ),
+                    fix: "Check that the directory exists, is writable by mailgate, and that the disk has free space".into(),
+                },
+            },
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The listener: accepts connections, runs one task per client, and is the only place
+//! that reads and writes SMTP sockets. Lines (at most 512 octets) go to the session;
+//! replies to pipelined commands are written together once no complete line is left;
+//! DATA goes through the [`DataReader`]. Connections beyond `max_connections` get `421`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::data::DataReader;
+use super::reply::Reply;
+use super::session::{Action, DataVerdict, Session};
+use crate::Pipeline;
+use crate::config::BareNewlines;
+
+/// RFC 5321 4.5.3.1.4: a command line is at most 512 octets including CRLF.
+pub const MAX_LINE: usize = 512;
+
+/// Shared by every connection of every listener.
+#[derive(Debug)]
+pub struct ListenerContext {
+    /// Where accepted mail goes.
+    pub pipeline: Arc<Pipeline>,
+    /// Connection permits (`max_connections`).
+    pub permits: Arc<Semaphore>,
+    /// A silent client is closed after this long.
+    pub idle_timeout: Duration,
+}
+
+/// Accepts on `listener` until `shutdown`; then lets sessions finish until `deadline`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ListenerContext>,
+    mut shutdown: watch::Receiver<bool>,
+    deadline: Duration,
+) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let ctx = ctx.clone();
+                let shutdown = shutdown.clone();
+                match ctx.permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        sessions.spawn(async move {
+                            let _permit = permit;
+                            handle(stream, peer, ctx, shutdown).await;
+                        });
+                    }
+                    Err(_) => {
+                        sessions.spawn(async move {
+                            let mut stream = stream;
+                            let r = Reply::new(421, "4.3.2", "Too many connections, try again later");
+                            let _ = stream.write_all(r.as_bytes()).await;
+                            let _ = stream.shutdown().await;
+                        });
+                    }
+                }
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let finished = tokio::time::timeout(deadline, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            sessions = sessions.len(),
+            "SMTP sessions still open at the shutdown deadline; closing them"
+        );
+        sessions.abort_all();
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ListenerContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let session = Session::new(ctx.pipeline.policy(), peer);
+    tracing::debug!(%peer, "connect");
+    match run_session(stream, session, &ctx, shutdown).await {
+        Ok(()) => tracing::debug!(%peer, "disconnect"),
+        Err(e) => tracing::debug!(%peer, error = %e, "connection ended"),
+    }
+}
+
+enum Mode {
+    Command,
+    /// The rest of an over-long command line is being discarded.
+    LongLine,
+    Data(DataReader),
+    Discard(usize, Reply),
+}
+
+/// Drives one session over any byte stream.
+pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    mut session: Session,
+    ctx: &ListenerContext,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    io.write_all(session.greeting().as_bytes()).await?;
+    let policy = ctx.pipeline.policy();
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut out: Vec<u8> = Vec::new();
+    let mut mode = Mode::Command;
+    let mut closing = false;
+    loop {
+        let mut pos = 0;
+        while pos < buf.len() && !closing {
+            match &mut mode {
+                Mode::Command | Mode::LongLine => {
+                    let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) else {
+                        if buf.len() - pos > MAX_LINE {
+                            mode = Mode::LongLine;
+                            pos = buf.len();
+                        }
+                        break;
+                    };
+                    let line = &buf[pos..pos + nl + 1];
+                    pos += nl + 1;
+                    if matches!(mode, Mode::LongLine) || line.len() > MAX_LINE {
+                        mode = Mode::Command;
+                        out.extend_from_slice(
+                            Reply::new(500, "5.5.2", "Error: line too long").as_bytes(),
+                        );
+                        continue;
+                    }
+                    match session.command(line) {
+                        Action::Reply(r) => out.extend_from_slice(r.as_bytes()),
+                        Action::Data(r) => {
+                            out.extend_from_slice(r.as_bytes());
+                            mode = Mode::Data(DataReader::new(
+                                policy.max_message_size,
+                                policy.bare_newlines == BareNewlines::Normalize,
+                            ));
+                        }
+                        Action::Discard(n, r) => mode = Mode::Discard(n, r),
+                        Action::Close(r) => {
+                            out.extend_from_slice(r.as_bytes());
+                            closing = true;
+                        }
+                    }
+                }
+                Mode::Data(reader) => {
+                    let (n, done) = reader.feed(&buf[pos..]);
+                    pos += n;
+                    let Some(outcome) = done else { break };
+                    mode = Mode::Command;
+                    let reply = match session.data_finished(outcome) {
+                        DataVerdict::Reject(r) => r,
+                        DataVerdict::Commit(txn) => match ctx.pipeline.submit(*txn).await {
+                            Ok(id) => session.queued(&id),
+                            Err(e) => {
+                                tracing::error!(error = %e, "message not committed; client told to retry");
+                                session.commit_failed()
+                            }
+                        },
+                    };
+                    out.extend_from_slice(reply.as_bytes());
+                }
+                Mode::Discard(left, _) => {
+                    let n = (*left).min(buf.len() - pos);
+                    pos += n;
+                    *left -= n;
+                    if *left == 0
+                        && let Mode::Discard(_, r) = std::mem::replace(&mut mode, Mode::Command)
+                    {
+                        out.extend_from_slice(r.as_bytes());
+                    }
+                }
+            }
+        }
+        buf.drain(..pos);
+        if !out.is_empty() {
+            io.write_all(&out).await?;
+            out.clear();
+        }
+        if closing {
+            let _ = io.shutdown().await;
+            return Ok(());
+        }
+        let idle = matches!(mode, Mode::Command) && buf.is_empty() && !session.in_transaction();
+        if idle && *shutdown.borrow() {
+            io.write_all(Reply::new(421, "4.3.2", "Service shutting down").as_bytes())
+                .await?;
+            let _ = io.shutdown().await;
+            return Ok(());
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(65536);
+        }
+        let read = tokio::select! {
+            r = tokio::time::timeout(ctx.idle_timeout, io.read_buf(&mut buf)) => r,
+            _ = shutdown.changed(), if idle && !*shutdown.borrow() => continue,
+        };
+        match read {
+            Err(_) => {
+                io.write_all(
+                    Reply::new(421, "4.4.2", "Idle timeout, closing connection").as_bytes(),
+                )
+                .await?;
+                let _ = io.shutdown().await;
+                return Ok(());
+            }
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}

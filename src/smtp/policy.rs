@@ -1,0 +1,169 @@
+//! Policy at the door: the settings a session consults (sizes, networks, recipient rules,
+//! free disk) and the address syntax checks. Built from the configuration; no I/O except
+//! through the [`SpaceCheck`] it is given.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::config::{BareNewlines, Config};
+
+/// Answers whether there is room on the disk for new mail.
+pub trait SpaceCheck: Send + Sync + fmt::Debug {
+    /// True when new mail may be accepted.
+    fn has_room(&self) -> bool;
+}
+
+/// Free space on the filesystem holding a directory, against a minimum.
+#[derive(Debug)]
+pub struct DiskSpace {
+    /// A directory on the store's filesystem.
+    pub dir: PathBuf,
+    /// The minimum free bytes.
+    pub min_free: u64,
+}
+
+impl SpaceCheck for DiskSpace {
+    fn has_room(&self) -> bool {
+        if self.min_free == 0 {
+            return true;
+        }
+        // If free space cannot be measured, do not refuse mail on that account.
+        fs4::available_space(&self.dir).map_or(true, |free| free >= self.min_free)
+    }
+}
+
+/// A fixed answer (tests, and stores on filesystems that cannot be measured).
+#[derive(Debug)]
+pub struct FixedSpace(pub bool);
+
+impl SpaceCheck for FixedSpace {
+    fn has_room(&self) -> bool {
+        self.0
+    }
+}
+
+/// What a session needs to know of the configuration.
+#[derive(Debug)]
+pub struct Policy {
+    /// Banner and EHLO name.
+    pub hostname: String,
+    /// SIZE limit.
+    pub max_message_size: u64,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Refuse `user@contoso`.
+    pub reject_single_label_domains: bool,
+    /// Networks that may submit without AUTH.
+    pub allowed_networks: Vec<IpNet>,
+    /// Everyone must AUTH.
+    pub require_auth: bool,
+    /// Bare CR/LF handling.
+    pub bare_newlines: BareNewlines,
+    /// Free-disk check.
+    pub space: Arc<dyn SpaceCheck>,
+}
+
+impl Policy {
+    /// The policy of a configuration, with the given disk check.
+    pub fn from_config(c: &Config, space: Arc<dyn SpaceCheck>) -> Policy {
+        Policy {
+            hostname: c.smtp.hostname.clone(),
+            max_message_size: c.smtp.max_message_size.0,
+            max_recipients: c.smtp.max_recipients,
+            reject_single_label_domains: c.smtp.reject_single_label_domains,
+            allowed_networks: c.smtp.allowed_networks.clone(),
+            require_auth: c.smtp.require_auth,
+            bare_newlines: c.smtp.bare_newlines,
+            space,
+        }
+    }
+
+    /// Whether a client address is in `allowed_networks` (IPv4-mapped IPv6 counts as IPv4).
+    pub fn is_allowed(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allowed_networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Why an address was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressProblem {
+    /// No `@`, empty local part or domain, spaces or control characters.
+    Malformed,
+    /// Non-ASCII without SMTPUTF8.
+    NeedsSmtpUtf8,
+    /// The domain has a single label (`user@contoso`).
+    SingleLabelDomain,
+}
+
+impl fmt::Display for AddressProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressProblem::Malformed => "expected local-part@domain",
+            AddressProblem::NeedsSmtpUtf8 => "non-ASCII address without SMTPUTF8",
+            AddressProblem::SingleLabelDomain => "single label domain",
+        })
+    }
+}
+
+/// Checks `local@domain`. Single-label domains are reported last, so the caller may let
+/// them pass.
+pub fn check_address(addr: &str, smtputf8: bool) -> Result<(), AddressProblem> {
+    let Some((local, domain)) = addr.rsplit_once('@') else {
+        return Err(AddressProblem::Malformed);
+    };
+    if local.is_empty()
+        || domain.is_empty()
+        || addr.chars().any(|c| c.is_whitespace() || c.is_control())
+        || addr.contains(['<', '>'])
+    {
+        return Err(AddressProblem::Malformed);
+    }
+    if !smtputf8 && !addr.is_ascii() {
+        return Err(AddressProblem::NeedsSmtpUtf8);
+    }
+    if domain.starts_with('[') {
+        return if domain.ends_with(']') {
+            Ok(())
+        } else {
+            Err(AddressProblem::Malformed)
+        };
+    }
+    let labels_ok = domain.split('.').all(|l| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    });
+    if !labels_ok {
+        return Err(AddressProblem::Malformed);
+    }
+    if !domain.contains('.') {
+        return Err(AddressProblem::SingleLabelDomain);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(check_address("a@contoso.com", false), Ok(()));
+        assert_eq!(check_address("a@[192.0.2.1]", false), Ok(()));
+        assert_eq!(check_address("a@contoso", false), Err(AddressProblem::SingleLabelDomain));
+        assert_eq!(check_address("contoso.com", false), Err(AddressProblem::Malformed));
+        assert_eq!(check_address("@contoso.com", false), Err(AddressProblem::Malformed));
+        assert_eq!(check_address("a@b..com", false), Err(AddressProblem::Malformed));
+        assert_eq!(check_address("jdöe@mächine.example", false), Err(AddressProblem::NeedsSmtpUtf8));
+        assert_eq!(check_address("jdöe@mächine.example", true), Ok(()));
+    }
+}
