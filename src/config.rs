@@ -75,7 +75,9 @@ impl<'de> Deserialize<'de> for ByteSize {
             Raw::Int(n) => Err(serde::de::Error::custom(format!(
                 "a size cannot be negative: {n}"
             ))),
-            Raw::Text(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::Text(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -700,11 +702,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..text.floor_char_boundary(offset)];
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map_or(0, |l| l.chars().count())
-        + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
 }
 
@@ -719,13 +717,17 @@ mod tests {
         }
     }
 
-    const OUTBOX: &str = "[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"outbox\"\n";
+    const OUTBOX: &str =
+        "[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"outbox\"\n";
 
     #[test]
     fn shipped_default_is_valid() {
         let text = include_str!("../config/mailgate.toml");
         let c = Config::parse(text, Path::new("config/mailgate.toml")).expect("valid");
-        assert_eq!(c.smtp.listen_addrs(), vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(
+            c.smtp.listen_addrs(),
+            vec!["127.0.0.1:2525".parse().unwrap()]
+        );
         assert_eq!(c.store.path, PathBuf::from("data/mailgate.redb"));
         assert_eq!(c.distributor.default_provider.get_ref(), "outbox");
         assert_eq!(c.provider[0].kind, ProviderKind::Eml);
@@ -733,7 +735,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_located() {
-        let e = errors(&format!("{OUTBOX}[smtp]\nhostname = \"x\"\nmax_mesage_size = 5\n"));
+        let e = errors(&format!(
+            "{OUTBOX}[smtp]\nhostname = \"x\"\nmax_mesage_size = 5\n"
+        ));
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("t.toml:7:1: "), "{e:?}");
         assert!(e[0].contains("max_mesage_size"), "{e:?}");
@@ -741,7 +745,9 @@ mod tests {
 
     #[test]
     fn bad_size_and_duration_are_located() {
-        let e = errors(&format!("{OUTBOX}[smtp]\nmax_message_size = \"35 parsecs\"\n"));
+        let e = errors(&format!(
+            "{OUTBOX}[smtp]\nmax_message_size = \"35 parsecs\"\n"
+        ));
         assert!(e[0].starts_with("t.toml:6:20: "), "{e:?}");
         assert!(e[0].contains("invalid size"), "{e:?}");
         let e = errors(&format!("{OUTBOX}[distributor]\nretry_max = \"soon\"\n"));
@@ -771,16 +777,36 @@ mod tests {
         );
         let e = errors(&text);
         assert_eq!(e.len(), 3, "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("t.toml:7:8: ") && m.contains("duplicate provider")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("t.toml:12:20: ") && m.contains("nowhere")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("t.toml:16:12: ") && m.contains("gone")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("t.toml:7:8: ") && m.contains("duplicate provider")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("t.toml:12:20: ") && m.contains("nowhere")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("t.toml:16:12: ") && m.contains("gone")),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn non_loopback_status_needs_token() {
         let e = errors(&format!("{OUTBOX}[status]\nlisten = \"0.0.0.0:8525\"\n"));
-        assert!(e[0].starts_with("t.toml:6:10: ") && e[0].contains("token_file"), "{e:?}");
-        assert!(errors(&format!("{OUTBOX}[status]\nlisten = \"0.0.0.0:8525\"\ntoken_file = \"t\"\n")).is_empty());
+        assert!(
+            e[0].starts_with("t.toml:6:10: ") && e[0].contains("token_file"),
+            "{e:?}"
+        );
+        assert!(
+            errors(&format!(
+                "{OUTBOX}[status]\nlisten = \"0.0.0.0:8525\"\ntoken_file = \"t\"\n"
+            ))
+            .is_empty()
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use config::Config;
 use distributor::Distributor;
-use history::{Record, Recipient, Status, now_ms, rfc3339};
+use history::{Recipient, Record, Status, now_ms, rfc3339};
 use smtp::policy::{DiskSpace, Policy};
 use smtp::session::Transaction;
 use store::{Store, StoreError};
@@ -70,6 +70,22 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// A pipeline over `store` for `config`; `wake` is notified after every commit.
+    pub fn new(
+        store: Store,
+        wake: Arc<Notify>,
+        config: Arc<Config>,
+        space: Arc<dyn smtp::policy::SpaceCheck>,
+    ) -> Pipeline {
+        let policy = Arc::new(Policy::from_config(&config, space));
+        Pipeline {
+            store,
+            wake,
+            config: RwLock::new(config),
+            policy: RwLock::new(policy),
+        }
+    }
+
     /// The session policy in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy
@@ -180,15 +196,9 @@ impl Daemon {
             min_free: config.store.min_free_space.0,
         });
         let wake = Arc::new(Notify::new());
-        let policy = Arc::new(Policy::from_config(&config, space));
         let distributor = Arc::new(Distributor::new(store.clone(), wake.clone(), &config));
         let config = Arc::new(config);
-        let pipeline = Arc::new(Pipeline {
-            store,
-            wake,
-            config: RwLock::new(config.clone()),
-            policy: RwLock::new(policy),
-        });
+        let pipeline = Arc::new(Pipeline::new(store, wake, config.clone(), space));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
@@ -203,12 +213,13 @@ impl Daemon {
             .status
             .listen_addr()
             .ok_or_else(|| Error::Config("invalid status.listen".into()))?;
-        let status_listener = TcpListener::bind(status_addr)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: status_addr,
-                source,
-            })?;
+        let status_listener =
+            TcpListener::bind(status_addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: status_addr,
+                    source,
+                })?;
         let status_addr = status_listener.local_addr().map_err(|source| Error::Bind {
             addr: status_addr,
             source,
@@ -247,10 +258,11 @@ impl Daemon {
             status_state,
             shutdown_rx.clone(),
         )));
-        tasks.push(tokio::spawn(distributor.clone().run(
-            shutdown_rx,
-            config.smtp.shutdown_timeout.0,
-        )));
+        tasks.push(tokio::spawn(
+            distributor
+                .clone()
+                .run(shutdown_rx, config.smtp.shutdown_timeout.0),
+        ));
         Ok(Daemon {
             smtp_addrs,
             status_addr,

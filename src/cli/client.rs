@@ -85,7 +85,9 @@ impl AdminClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, ClientError> {
-        let resp = self.send(self.http.get(self.url(path)).query(query)).await?;
+        let resp = self
+            .send(self.http.get(self.url(path)).query(query))
+            .await?;
         resp.json()
             .await
             .map_err(|e| ClientError::Http(e.to_string()))

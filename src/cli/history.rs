@@ -52,7 +52,11 @@ pub async fn history(config: &Config, args: &HistoryArgs) -> i32 {
         Err(e) => return fail(&e),
     };
     let mut query = vec![("limit", args.limit.to_string())];
-    for (k, v) in [("status", &args.status), ("user", &args.user), ("since", &args.since)] {
+    for (k, v) in [
+        ("status", &args.status),
+        ("user", &args.user),
+        ("since", &args.since),
+    ] {
         if let Some(v) = v {
             query.push((k, v.clone()));
         }
@@ -62,7 +66,10 @@ pub async fn history(config: &Config, args: &HistoryArgs) -> i32 {
         Err(e) => return fail(&e),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&records).unwrap_or_default()
+        );
     } else {
         print!("{}", history_table(&records));
     }
@@ -108,7 +115,10 @@ pub async fn show(config: &Config, args: &ShowArgs) -> i32 {
         Err(e) => return fail(&e),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&record).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&record).unwrap_or_default()
+        );
     } else {
         print!("{}", show_text(&record));
     }
@@ -121,10 +131,18 @@ pub fn show_text(r: &Record) -> String {
     let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
     let _ = writeln!(out, "Message {}", r.id);
     let _ = writeln!(out, "  status:          {}", r.status.as_str());
-    let _ = writeln!(out, "  received:        {} from {} (HELO {})", r.received_at, r.client, r.helo);
+    let _ = writeln!(
+        out,
+        "  received:        {} from {} (HELO {})",
+        r.received_at, r.client, r.helo
+    );
     let _ = writeln!(out, "  auth login:      {}", opt(&r.auth_login));
     let _ = writeln!(out, "  user:            {}", opt(&r.user));
-    let _ = writeln!(out, "  sender:          <{}> (submitted as <{}>)", r.sender, r.original_sender);
+    let _ = writeln!(
+        out,
+        "  sender:          <{}> (submitted as <{}>)",
+        r.sender, r.original_sender
+    );
     let _ = writeln!(out, "  subject:         {}", opt(&r.subject));
     let _ = writeln!(out, "  message-id:      {}", opt(&r.message_id));
     let _ = writeln!(out, "  size:            {} bytes", r.size);
@@ -143,7 +161,10 @@ pub fn show_text(r: &Record) -> String {
             "  {:<8} {}{}",
             rc.status.as_str(),
             rc.address,
-            rc.reply.as_ref().map(|x| format!("  ({x})")).unwrap_or_default()
+            rc.reply
+                .as_ref()
+                .map(|x| format!("  ({x})"))
+                .unwrap_or_default()
         );
     }
     let _ = writeln!(out, "Attempts");

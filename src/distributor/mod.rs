@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
@@ -46,9 +46,19 @@ impl Routing {
     }
 }
 
+/// Published after every attempt whose outcome was committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryEvent {
+    /// Message id.
+    pub id: String,
+    /// Its status after the attempt.
+    pub status: Status,
+}
+
 /// The delivery scheduler.
 #[derive(Debug)]
 pub struct Distributor {
+    events: broadcast::Sender<DeliveryEvent>,
     store: Store,
     wake: Arc<Notify>,
     paused: AtomicBool,
@@ -61,6 +71,7 @@ impl Distributor {
     /// A distributor over `store`; `wake` is notified by whoever commits new mail.
     pub fn new(store: Store, wake: Arc<Notify>, config: &Config) -> Distributor {
         Distributor {
+            events: broadcast::channel(1024).0,
             store,
             wake,
             paused: AtomicBool::new(!config.distributor.enabled),
@@ -68,6 +79,11 @@ impl Distributor {
             in_flight: Mutex::new(HashSet::new()),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
+    }
+
+    /// Outcomes of attempts, as they are committed (for `test-email` and tests).
+    pub fn subscribe(&self) -> broadcast::Receiver<DeliveryEvent> {
+        self.events.subscribe()
     }
 
     /// Stops sending; mail is still accepted and queued.
@@ -127,10 +143,8 @@ impl Distributor {
                 _ = shutdown.changed() => {}
             }
         }
-        let drained = tokio::time::timeout(drain, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(
                 abandoned = tasks.len(),
@@ -188,7 +202,10 @@ impl Distributor {
             let store = self.store.clone();
             let id = id.to_string();
             tokio::task::spawn_blocking(move || {
-                Ok::<_, crate::store::StoreError>((store.record_with_due(&id)?, store.message(&id)?))
+                Ok::<_, crate::store::StoreError>((
+                    store.record_with_due(&id)?,
+                    store.message(&id)?,
+                ))
             })
             .await
             .map_err(|e| crate::store::StoreError::Io(e.to_string()))??
@@ -236,7 +253,13 @@ impl Distributor {
             delay_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "delivery"
         );
-        self.store.update(record, due).await
+        let event = DeliveryEvent {
+            id: record.id.clone(),
+            status: record.status,
+        };
+        self.store.update(record, due).await?;
+        let _ = self.events.send(event);
+        Ok(())
     }
 }
 

@@ -115,9 +115,12 @@ pub fn prepare(data: &[u8], info: &TraceInfo<'_>) -> Prepared {
         raw.extend_from_slice(trailing.as_bytes());
         raw.extend_from_slice(&data[end..]);
     } else {
-        // No header block at all: ours becomes the header block, the data the body.
+        // No header fields: ours become the header block, the data the body (an empty
+        // line opening the data already separates the two).
         raw.extend_from_slice(trailing.as_bytes());
-        raw.extend_from_slice(b"\r\n");
+        if !data.starts_with(b"\r\n") {
+            raw.extend_from_slice(b"\r\n");
+        }
         raw.extend_from_slice(data);
     }
     Prepared {
@@ -149,7 +152,9 @@ mod tests {
         let p = prepare(data, &info());
         let text = String::from_utf8(p.raw.clone()).unwrap();
         assert!(text.starts_with("Received: from erp01 (127.0.0.1)\r\n\tby relay.test (mailgate) with ESMTP id 01JTEST\r\n\tfor <a@contoso.com>; "));
-        assert!(text.contains("Subject: =?utf-8?q?Caf=C3=A9?=\r\nMessage-ID: <01JTEST@relay.test>\r\nDate: "));
+        assert!(text.contains(
+            "Subject: =?utf-8?q?Caf=C3=A9?=\r\nMessage-ID: <01JTEST@relay.test>\r\nDate: "
+        ));
         assert!(text.ends_with("\r\n\r\nbody\r\n"));
         assert_eq!(p.subject.as_deref(), Some("Café"));
         assert_eq!(p.message_id, "<01JTEST@relay.test>");

@@ -206,7 +206,9 @@ mod tests {
             for normalize in [true, false] {
                 let mut input = b"Subject: a\r\n\r\nbody".to_vec();
                 input.extend_from_slice(variant);
-                input.extend_from_slice(b"MAIL FROM:<evil@x.com>\r\nRCPT TO:<v@y.com>\r\nDATA\r\nsmuggled\r\n.\r\n");
+                input.extend_from_slice(
+                    b"MAIL FROM:<evil@x.com>\r\nRCPT TO:<v@y.com>\r\nDATA\r\nsmuggled\r\n.\r\n",
+                );
                 let (n, out) = read_all(&input, normalize);
                 let out = out.expect("ends at the real terminator");
                 assert_eq!(n, input.len(), "{variant:?}");
@@ -215,7 +217,10 @@ mod tests {
                 assert!(text.contains("MAIL FROM:<evil@x.com>"), "{variant:?}");
                 assert!(text.ends_with("smuggled\r\n"), "{variant:?}");
                 if normalize {
-                    assert!(!text.replace("\r\n", "").contains(['\r', '\n']), "{variant:?}: {text:?}");
+                    assert!(
+                        !text.replace("\r\n", "").contains(['\r', '\n']),
+                        "{variant:?}: {text:?}"
+                    );
                 }
             }
         }

@@ -6,3 +6,6 @@ pub mod listener;
 pub mod policy;
 pub mod reply;
 pub mod session;
+
+#[cfg(test)]
+mod tests;

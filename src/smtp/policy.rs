@@ -159,11 +159,26 @@ mod tests {
     fn addresses() {
         assert_eq!(check_address("a@contoso.com", false), Ok(()));
         assert_eq!(check_address("a@[192.0.2.1]", false), Ok(()));
-        assert_eq!(check_address("a@contoso", false), Err(AddressProblem::SingleLabelDomain));
-        assert_eq!(check_address("contoso.com", false), Err(AddressProblem::Malformed));
-        assert_eq!(check_address("@contoso.com", false), Err(AddressProblem::Malformed));
-        assert_eq!(check_address("a@b..com", false), Err(AddressProblem::Malformed));
-        assert_eq!(check_address("jdöe@mächine.example", false), Err(AddressProblem::NeedsSmtpUtf8));
+        assert_eq!(
+            check_address("a@contoso", false),
+            Err(AddressProblem::SingleLabelDomain)
+        );
+        assert_eq!(
+            check_address("contoso.com", false),
+            Err(AddressProblem::Malformed)
+        );
+        assert_eq!(
+            check_address("@contoso.com", false),
+            Err(AddressProblem::Malformed)
+        );
+        assert_eq!(
+            check_address("a@b..com", false),
+            Err(AddressProblem::Malformed)
+        );
+        assert_eq!(
+            check_address("jdöe@mächine.example", false),
+            Err(AddressProblem::NeedsSmtpUtf8)
+        );
         assert_eq!(check_address("jdöe@mächine.example", true), Ok(()));
     }
 }

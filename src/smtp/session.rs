@@ -118,7 +118,9 @@ impl Session {
                 self.envelope = None;
                 Action::Reply(Reply::new(250, "", &self.policy.hostname))
             }
-            Request::Mail { from } => Action::Reply(self.mail(&from.address, from.size, from.flags)),
+            Request::Mail { from } => {
+                Action::Reply(self.mail(&from.address, from.size, from.flags))
+            }
             Request::Rcpt { to } => Action::Reply(self.rcpt(&to.address)),
             Request::Data => match &self.envelope {
                 None => Action::Reply(bad_sequence("Error: need MAIL command")),

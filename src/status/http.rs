@@ -68,7 +68,10 @@ pub async fn serve(listener: TcpListener, state: AppState, mut shutdown: watch::
             }
         }
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::error!(error = %e, "status listener failed");
     }
 }
@@ -124,7 +127,9 @@ pub struct ListQuery {
 pub fn parse_since(s: &str) -> Option<u64> {
     humantime::parse_duration(s)
         .ok()
-        .map(|d: Duration| now_ms().saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+        .map(|d: Duration| {
+            now_ms().saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        })
         .or_else(|| parse_rfc3339(s))
 }
 

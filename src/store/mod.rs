@@ -96,6 +96,10 @@ struct Shared {
     fail_writes: Arc<AtomicBool>,
     commits: AtomicU64,
     healthy: AtomicBool,
+    /// Writes handed to the writer and not yet answered.
+    waiting: AtomicU64,
+    /// Test hook: while true, the writer holds the next commit (see [`Store::hold_commits`]).
+    hold: (std::sync::Mutex<bool>, std::sync::Condvar),
 }
 
 /// Handle to the store; cheap to clone.
@@ -215,7 +219,10 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                             .map_err(io_err)?;
                     }
                     records
-                        .insert(record.id.as_str(), encode_record(record, *due_ms).as_slice())
+                        .insert(
+                            record.id.as_str(),
+                            encode_record(record, *due_ms).as_slice(),
+                        )
                         .map_err(io_err)?;
                     if let Some(d) = due_ms {
                         due.insert(due_key(*d, &record.id).as_slice(), ())
@@ -252,6 +259,8 @@ impl Store {
             fail_writes: fail,
             commits: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            waiting: AtomicU64::new(0),
+            hold: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
         });
         let (tx, rx) = mpsc::channel(4096);
         let s = shared.clone();
@@ -268,11 +277,31 @@ impl Store {
     /// Applies mutations in the next group commit; returns once they are durable.
     pub async fn write(&self, mutations: Vec<Mutation>) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(WriteRequest { mutations, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        let sent = self.tx.send(WriteRequest { mutations, reply }).await;
+        let result = match sent {
+            Ok(()) => rx.await.map_err(|_| StoreError::Closed).and_then(|r| r),
+            Err(_) => Err(StoreError::Closed),
+        };
+        self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Writes submitted and not yet answered (queued for, or inside, a commit).
+    pub fn waiting_writes(&self) -> u64 {
+        self.shared.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Test hook: while `on`, the writer takes the next request and then waits before
+    /// collecting the rest of its group and committing; this makes group commit
+    /// observable deterministically.
+    #[doc(hidden)]
+    pub fn hold_commits(&self, on: bool) {
+        let (lock, cv) = &self.shared.hold;
+        if let Ok(mut g) = lock.lock() {
+            *g = on;
+        }
+        cv.notify_all();
     }
 
     /// Commits a new message with its record, due at `record`'s arrival.
@@ -422,6 +451,17 @@ impl Store {
 /// refuses further writes on a handle that saw one).
 fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteRequest>) {
     while let Some(first) = rx.blocking_recv() {
+        {
+            let (lock, cv) = &shared.hold;
+            if let Ok(mut held) = lock.lock() {
+                while *held {
+                    match cv.wait(held) {
+                        Ok(g) => held = g,
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
             match rx.try_recv() {

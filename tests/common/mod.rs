@@ -1,0 +1,261 @@
+//! Shared test harness: configurations in temp dirs, the daemon in-process or as a real
+//! child process (JSON logs read from its stderr), and a minimal SMTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::net::TcpStream;
+
+/// A temp dir with a config that listens on port 0 everywhere and writes to `outbox/`.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl TestEnv {
+    pub fn new(extra_smtp: &str, extra: &str) -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("mailgate.toml");
+        let env = TestEnv { dir, config_path };
+        env.write_config(extra_smtp, extra);
+        env
+    }
+
+    pub fn write_config(&self, extra_smtp: &str, extra: &str) {
+        let d = self.dir.path();
+        let text = format!(
+            "[smtp]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"mailgate.test\"\nidle_timeout = \"60s\"\nshutdown_timeout = \"5s\"\n{extra_smtp}\n\
+             [store]\npath = \"{}\"\nmin_free_space = 0\n\
+             [status]\nlisten = \"127.0.0.1:0\"\n\
+             [[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"{}\"\n{extra}\n",
+            d.join("data/mailgate.redb").display(),
+            d.join("outbox").display()
+        );
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn config(&self) -> mailgate::config::Config {
+        mailgate::config::Config::load(&self.config_path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn outbox(&self) -> PathBuf {
+        self.dir.path().join("outbox")
+    }
+
+    pub fn eml(&self, id: &str) -> Vec<u8> {
+        std::fs::read(self.outbox().join(format!("{id}.eml"))).unwrap()
+    }
+
+    /// Every .eml in the outbox (ids), temp files excluded.
+    pub fn outbox_ids(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(self.outbox()) else {
+            return vec![];
+        };
+        rd.filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".eml")
+                .filter(|_| !name.starts_with('.'))
+                .map(String::from)
+        })
+        .collect()
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mailgate")
+}
+
+/// The daemon as a child process, its JSON log lines collected by a thread.
+pub struct DaemonProcess {
+    pub child: Child,
+    pub smtp: SocketAddr,
+    pub status: SocketAddr,
+    lines: mpsc::Receiver<serde_json::Value>,
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl DaemonProcess {
+    pub fn start(config: &Path) -> DaemonProcess {
+        let mut child = Command::new(bin())
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--log-format",
+                "json",
+                "serve",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mailgate");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "message": line }));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = DaemonProcess {
+            child,
+            smtp: "0.0.0.0:0".parse().unwrap(),
+            status: "0.0.0.0:0".parse().unwrap(),
+            lines: rx,
+            seen: Vec::new(),
+        };
+        let smtp = d.wait_log(
+            |v| v["message"] == "smtp listening",
+            Duration::from_secs(30),
+        );
+        d.smtp = smtp["addr"].as_str().unwrap().parse().unwrap();
+        let status = d.wait_log(
+            |v| v["message"] == "status listening",
+            Duration::from_secs(30),
+        );
+        d.status = status["addr"].as_str().unwrap().parse().unwrap();
+        d
+    }
+
+    /// Waits for a log line matching `pred` (looking at lines already seen first).
+    pub fn wait_log(
+        &mut self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(e) => panic!("log line not seen ({e:?}); log so far: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Ids with a `delivery` line of status `sent`, after waiting for `n` of them.
+    pub fn wait_sent(&mut self, ids: &[String], timeout: Duration) {
+        for id in ids {
+            self.wait_log(
+                |v| v["message"] == "delivery" && v["id"] == id.as_str() && v["status"] == "sent",
+                timeout,
+            );
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal SMTP client: one transaction per call, replies checked loosely so tests
+/// can assert on the final reply.
+pub struct Smtp {
+    reader: TokioBufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Smtp {
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<(Smtp, String)> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        let mut s = Smtp {
+            reader: TokioBufReader::new(r),
+            writer: w,
+        };
+        let greeting = s.reply().await?;
+        Ok((s, greeting))
+    }
+
+    /// Reads one (possibly multi-line) reply; returns its last line.
+    pub async fn reply(&mut self) -> std::io::Result<String> {
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ));
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(line.trim_end().to_string());
+            }
+        }
+    }
+
+    pub async fn cmd(&mut self, line: &str) -> std::io::Result<String> {
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await?;
+        self.reply().await
+    }
+
+    /// MAIL, RCPT..., DATA, message, `.`; returns the final reply.
+    pub async fn send(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        data: &[u8],
+    ) -> std::io::Result<String> {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>")).await?;
+        if !r.starts_with("250") {
+            return Ok(r);
+        }
+        for rcpt in rcpts {
+            let r = self.cmd(&format!("RCPT TO:<{rcpt}>")).await?;
+            if !r.starts_with("250") {
+                return Ok(r);
+            }
+        }
+        let r = self.cmd("DATA").await?;
+        if !r.starts_with("354") {
+            return Ok(r);
+        }
+        self.writer.write_all(data).await?;
+        self.writer.write_all(b".\r\n").await?;
+        self.reply().await
+    }
+}
+
+/// The id from `250 2.0.0 OK queued as <ID>`.
+pub fn queued_id(reply: &str) -> Option<String> {
+    reply
+        .strip_prefix("250 2.0.0 OK queued as ")
+        .map(|s| s.trim().to_string())
+}
