@@ -18,20 +18,18 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (before the listeners are up, so a signal
+/// that arrives during start-up is not lost) and returns the future that waits for one.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the daemon can only be killed; wait forever.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 fn load(cli: &Cli) -> Result<Config, i32> {
@@ -54,8 +52,9 @@ async fn main() -> anyhow::Result<()> {
         },
         Command::Serve => {
             init_logging(cli.log_format);
+            let stop = shutdown_signal()?;
             match load(&cli) {
-                Ok(config) => match mailgate::run(config, shutdown_signal()).await {
+                Ok(config) => match mailgate::run(config, stop).await {
                     Ok(()) => exit::OK,
                     Err(e) => {
                         tracing::error!(error = %e, "mailgate cannot run");

@@ -6,8 +6,10 @@
 //! (a dot line ended by several CRs), a sequence another server may pass through as
 //! content, which would let a client smuggle commands after it; and it misses the
 //! terminator of an empty message. Here only `CR LF . CR LF` (or `. CR LF` at the very
-//! start) ends the data. A bare CR or LF is never a line start, so `\n.\n`, `\n.\r\n`,
-//! `\r.\r\n` and `\r\n.\n` are all content.
+//! start) ends the data. A dot line after a bare CR or LF, or ended by one, is never the
+//! end, so `\n.\n`, `\n.\r\n`, `\r.\r\n` and `\r\n.\n` are all content. In normalize
+//! mode a bare CR or LF otherwise ends a line like CRLF (dot-unstuffing applies after it),
+//! as clients that write bare LFs also stuff dots after them.
 
 use memchr::memchr2;
 
@@ -26,13 +28,26 @@ pub struct DataOutcome {
     pub max_line: usize,
 }
 
+/// Where the reader stands relative to the start of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineStart {
+    /// Inside a line.
+    No,
+    /// After a real CRLF (or at the start): a dot line here may end the data.
+    Strict,
+    /// After a bare CR/LF in normalize mode: dot-unstuffing applies, the end of data does
+    /// not (as Postfix's `smtpd_forbid_bare_newline = normalize`).
+    Loose,
+}
+
 /// Incremental DATA reader.
 #[derive(Debug)]
 pub struct DataReader {
     limit: u64,
     normalize: bool,
-    line_start: bool,
-    dot_line: bool,
+    line_start: LineStart,
+    /// A line began with a dot (dropped so far); `Some(true)` when it began strictly.
+    dot_line: Option<bool>,
     pending_cr: bool,
     line_len: usize,
     out: DataOutcome,
@@ -44,8 +59,8 @@ impl DataReader {
         DataReader {
             limit,
             normalize,
-            line_start: true,
-            dot_line: false,
+            line_start: LineStart::Strict,
+            dot_line: None,
             pending_cr: false,
             line_len: 0,
             out: DataOutcome::default(),
@@ -79,8 +94,17 @@ impl DataReader {
         self.out.bare_newline = true;
         if self.normalize {
             self.end_line();
+            self.line_start = LineStart::Loose;
         } else {
             self.content(&[ch]);
+            self.line_start = LineStart::No;
+        }
+    }
+
+    /// A dot line that turned out not to be the terminator keeps its dot.
+    fn keep_dot(&mut self) {
+        if self.dot_line.take().is_some() {
+            self.content(b".");
         }
     }
 
@@ -94,48 +118,45 @@ impl DataReader {
                 self.pending_cr = false;
                 if b == b'\n' {
                     i += 1;
-                    if self.dot_line {
+                    if self.dot_line == Some(true) {
                         return (i, Some(std::mem::take(&mut self.out)));
                     }
+                    self.keep_dot();
                     self.end_line();
-                    self.line_start = true;
+                    self.line_start = LineStart::Strict;
                     continue;
                 }
-                // A CR not followed by LF.
-                if self.dot_line {
-                    self.dot_line = false;
-                    self.content(b".");
-                }
+                // A CR not followed by LF; `b` is looked at again on the next turn.
+                self.keep_dot();
                 self.bare(b'\r');
-                continue; // `b` is processed on the next turn, not as a line start
+                continue;
             }
-            if self.dot_line {
+            if self.dot_line.is_some() {
                 match b {
                     b'\r' => {
                         self.pending_cr = true;
                         i += 1;
                     }
                     b'\n' => {
-                        // ".\n": the client ended its line; keep the dot as content.
-                        self.dot_line = false;
-                        self.content(b".");
+                        // ".\n": the client ended its line; the dot is content.
+                        self.keep_dot();
                         self.bare(b'\n');
                         i += 1;
                     }
                     _ => {
-                        // A stuffed dot: drop it; the byte is content.
-                        self.dot_line = false;
+                        // A stuffed dot: drop it; `b` is content, looked at next turn.
+                        self.dot_line = None;
                     }
                 }
                 continue;
             }
-            if self.line_start && b == b'.' {
-                self.line_start = false;
-                self.dot_line = true;
+            if self.line_start != LineStart::No && b == b'.' {
+                self.dot_line = Some(self.line_start == LineStart::Strict);
+                self.line_start = LineStart::No;
                 i += 1;
                 continue;
             }
-            self.line_start = false;
+            self.line_start = LineStart::No;
             match b {
                 b'\r' => {
                     self.pending_cr = true;
@@ -231,6 +252,16 @@ mod tests {
         let (_, out) = read_all(b"a\r\n.\r\r\nMAIL FROM:<x@y.z>\r\n.\r\n", true);
         let out = out.unwrap();
         assert_eq!(out.bytes, b"a\r\n.\r\n\r\nMAIL FROM:<x@y.z>\r\n");
+    }
+
+    #[test]
+    fn bare_lf_lines_are_unstuffed_in_normalize_mode() {
+        // After a bare LF, ".\r\n" is not the end; it takes a real CRLF before it.
+        assert_eq!(read_all(b"a\n..b\n.\r\n", true).1, None);
+        let (_, out) = read_all(b"a\n..b\n.\n\r\n.\r\n", true);
+        assert_eq!(out.unwrap().bytes, b"a\r\n.b\r\n.\r\n\r\n");
+        let (_, out) = read_all(b"a\n..b\r\n.\r\n", false);
+        assert_eq!(out.unwrap().bytes, b"a\n..b\r\n");
     }
 
     #[test]
