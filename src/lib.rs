@@ -21,6 +21,7 @@ pub mod distributor;
 pub mod history;
 pub mod message;
 pub mod provider;
+pub mod secrets;
 pub mod smtp;
 pub mod status;
 pub mod store;

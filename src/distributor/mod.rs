@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::history::{Attempt, Diagnosis, Record, Status, now_ms, rfc3339};
-use crate::provider::{Delivery, Outcome, Provider};
+use crate::provider::{Delivery, Fate, Outcome, Provider, ProviderContext, RcptResult};
 use crate::store::Store;
 use retry::RetryPolicy;
 
@@ -35,11 +35,20 @@ pub struct Routing {
 impl Routing {
     /// Builds the routing of a configuration.
     pub fn from_config(c: &Config) -> Routing {
+        let ctx = ProviderContext {
+            hostname: c.smtp.hostname.clone(),
+            secrets: crate::secrets::SecretStore::beside(&c.store.path),
+        };
         Routing {
             providers: c
                 .provider
                 .iter()
-                .map(|p| (p.name.get_ref().clone(), Arc::new(Provider::from_config(p))))
+                .map(|p| {
+                    (
+                        p.name.get_ref().clone(),
+                        Arc::new(Provider::from_config(p, &ctx)),
+                    )
+                })
                 .collect(),
             retry: RetryPolicy::from_config(&c.distributor),
         }
@@ -264,6 +273,10 @@ impl Distributor {
 }
 
 /// The record after an attempt, and its next due time (None when finished).
+///
+/// Every outcome becomes a fate per pending recipient; the message's status follows from
+/// its recipients: any still waiting -> `deferred`; else all sent -> `sent`, all failed
+/// -> `failed`, a mix -> `partial`. A transient failure past `give_up_after` is failed.
 pub fn apply_outcome(
     mut record: Record,
     outcome: Outcome,
@@ -271,67 +284,87 @@ pub fn apply_outcome(
     now: u64,
 ) -> (Record, Option<u64>) {
     let at = rfc3339(now);
-    let pending = |r: &crate::history::Recipient| !r.status.is_finished();
-    match outcome {
+    let pending: Vec<String> = record
+        .recipients
+        .iter()
+        .filter(|r| !r.status.is_finished())
+        .map(|r| r.address.clone())
+        .collect();
+    let all = |fate: Fate, reply: &str, diagnosis: Option<Diagnosis>| -> Vec<RcptResult> {
+        pending
+            .iter()
+            .map(|a| RcptResult {
+                address: a.clone(),
+                fate,
+                reply: reply.to_string(),
+                diagnosis: diagnosis.clone(),
+            })
+            .collect()
+    };
+    let (reply, results) = match outcome {
         Outcome::Sent { reply } => {
-            for r in record.recipients.iter_mut().filter(|r| pending(r)) {
-                r.status = Status::Sent;
-                r.reply = Some(reply.clone());
-            }
-            record.status = Status::Sent;
-            record.sent_at = Some(at.clone());
-            record.next_attempt_at = None;
-            record.attempts.push(Attempt {
-                at,
-                provider: record.provider.clone(),
-                reply,
-                diagnosis: None,
-            });
-            (record, None)
-        }
-        Outcome::Permanent { reply, diagnosis } => {
-            for r in record.recipients.iter_mut().filter(|r| pending(r)) {
-                r.status = Status::Failed;
-                r.reply = Some(reply.clone());
-            }
-            record.status = Status::Failed;
-            record.next_attempt_at = None;
-            record.attempts.push(Attempt {
-                at,
-                provider: record.provider.clone(),
-                reply,
-                diagnosis: Some(diagnosis),
-            });
-            (record, None)
+            let results = all(Fate::Sent, &reply, None);
+            (reply, results)
         }
         Outcome::Transient { reply, diagnosis } => {
-            record.attempts.push(Attempt {
-                at,
-                provider: record.provider.clone(),
-                reply: reply.clone(),
-                diagnosis: Some(diagnosis),
-            });
-            let received = ulid::Ulid::from_string(&record.id)
-                .map(|u| u.timestamp_ms())
-                .unwrap_or(now);
-            if retry.gives_up(received, now) {
-                for r in record.recipients.iter_mut().filter(|r| pending(r)) {
-                    r.status = Status::Failed;
-                    r.reply = Some(reply.clone());
-                }
-                record.status = Status::Failed;
-                record.next_attempt_at = None;
-                return (record, None);
-            }
-            for r in record.recipients.iter_mut().filter(|r| pending(r)) {
-                r.status = Status::Deferred;
-                r.reply = Some(reply.clone());
-            }
-            record.deferrals += 1;
-            record.status = Status::Deferred;
-            let due = now + retry.delay_ms(record.deferrals);
-            record.next_attempt_at = Some(rfc3339(due));
-            (record, Some(due))
+            let results = all(Fate::Transient, &reply, Some(diagnosis));
+            (reply, results)
         }
+        Outcome::Permanent { reply, diagnosis } => {
+            let results = all(Fate::Permanent, &reply, Some(diagnosis));
+            (reply, results)
+        }
+        Outcome::PerRecipient { reply, results } => (reply, results),
+    };
+    let received = ulid::Ulid::from_string(&record.id)
+        .map(|u| u.timestamp_ms())
+        .unwrap_or(now);
+    let give_up = retry.gives_up(received, now);
+    let diagnosis = results.iter().find_map(|r| r.diagnosis.clone());
+    for res in results {
+        let Some(r) = record
+            .recipients
+            .iter_mut()
+            .find(|r| r.address == res.address && !r.status.is_finished())
+        else {
+            continue;
+        };
+        r.status = match res.fate {
+            Fate::Sent => Status::Sent,
+            Fate::Permanent => Status::Failed,
+            Fate::Transient if give_up => Status::Failed,
+            Fate::Transient => Status::Deferred,
+        };
+        r.reply = Some(res.reply);
     }
+    record.attempts.push(Attempt {
+        at: at.clone(),
+        provider: record.provider.clone(),
+        reply,
+        diagnosis,
+    });
+    let waiting = record.recipients.iter().any(|r| !r.status.is_finished());
+    let sent = record.recipients.iter().filter(|r| r.status == Status::Sent).count();
+    if waiting {
+        record.deferrals += 1;
+        record.status = Status::Deferred;
+        let due = now + retry.delay_ms(record.deferrals);
+        record.next_attempt_at = Some(rfc3339(due));
+        if sent > 0 && record.sent_at.is_none() {
+            record.sent_at = Some(at);
+        }
+        return (record, Some(due));
+    }
+    record.next_attempt_at = None;
+    record.status = if sent == record.recipients.len() {
+        Status::Sent
+    } else if sent == 0 {
+        Status::Failed
+    } else {
+        Status::Partial
+    };
+    if sent > 0 && record.sent_at.is_none() {
+        record.sent_at = Some(at);
+    }
+    (record, None)
 }

@@ -1,13 +1,16 @@
-//! Providers: where a committed message goes (eml files now; smtp and graph upstreams
-//! build on the same shape). Each attempt ends in one typed [`Outcome`]: transient or
+//! Providers: where a committed message goes (an .eml outbox, an SMTP upstream; Graph
+//! builds on the same shape). Each attempt ends in one typed [`Outcome`]: transient or
 //! permanent is decided here, at the provider boundary, and the distributor acts on it.
 
+pub mod diagnosis;
 pub mod eml;
+pub mod smtp;
 
 use std::sync::Arc;
 
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::history::Diagnosis;
+use crate::secrets::SecretStore;
 
 /// The envelope and bytes of one delivery.
 #[derive(Debug, Clone)]
@@ -22,6 +25,30 @@ pub struct Delivery {
     pub raw: Arc<Vec<u8>>,
 }
 
+/// What happened to one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Accepted upstream.
+    Sent,
+    /// Try again later.
+    Transient,
+    /// Refused for good.
+    Permanent,
+}
+
+/// One recipient's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptResult {
+    /// The recipient.
+    pub address: String,
+    /// Its fate.
+    pub fate: Fate,
+    /// The upstream reply concerning it.
+    pub reply: String,
+    /// Why it failed, when it did.
+    pub diagnosis: Option<Diagnosis>,
+}
+
 /// What one attempt achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -30,20 +57,36 @@ pub enum Outcome {
         /// Upstream reply (or a local description).
         reply: String,
     },
-    /// Try again later.
+    /// Nothing delivered; try again later.
     Transient {
         /// Upstream reply or local error.
         reply: String,
         /// Why, and what to do.
         diagnosis: Diagnosis,
     },
-    /// Will never succeed as it is.
+    /// Nothing delivered; it never will be as it is.
     Permanent {
         /// Upstream reply or local error.
         reply: String,
         /// Why, and what to do.
         diagnosis: Diagnosis,
     },
+    /// Recipients had different fates.
+    PerRecipient {
+        /// The reply to the data (or the first refusal when nothing was sent).
+        reply: String,
+        /// Every recipient of the attempt.
+        results: Vec<RcptResult>,
+    },
+}
+
+/// What providers need besides their own configuration.
+#[derive(Debug, Clone)]
+pub struct ProviderContext {
+    /// Our name in EHLO.
+    pub hostname: String,
+    /// Stored secrets.
+    pub secrets: SecretStore,
 }
 
 /// A configured provider.
@@ -51,6 +94,8 @@ pub enum Outcome {
 pub enum Provider {
     /// One .eml file per message.
     Eml(eml::EmlProvider),
+    /// An SMTP submission server.
+    Smtp(smtp::SmtpProvider),
     /// A kind this build cannot deliver to yet; attempts are deferred with a diagnosis.
     Unsupported {
         /// Provider name.
@@ -62,10 +107,15 @@ pub enum Provider {
 
 impl Provider {
     /// Builds the provider of a configuration entry.
-    pub fn from_config(p: &ProviderConfig) -> Provider {
+    pub fn from_config(p: &ProviderConfig, ctx: &ProviderContext) -> Provider {
         match p.kind {
             ProviderKind::Eml => Provider::Eml(eml::EmlProvider::new(
                 p.directory.clone().unwrap_or_else(|| "outbox".into()),
+            )),
+            ProviderKind::Smtp => Provider::Smtp(smtp::SmtpProvider::new(
+                p,
+                &ctx.hostname,
+                ctx.secrets.clone(),
             )),
             kind => Provider::Unsupported {
                 name: p.name.get_ref().clone(),
@@ -78,10 +128,11 @@ impl Provider {
     pub async fn deliver(&self, d: &Delivery) -> Outcome {
         match self {
             Provider::Eml(p) => p.deliver(d).await,
+            Provider::Smtp(p) => p.deliver(d).await,
             Provider::Unsupported { name, kind } => Outcome::Transient {
                 reply: format!("provider {name:?} of kind {kind:?} is not available in this build"),
                 diagnosis: Diagnosis {
-                    code: "unknown".into(),
+                    code: "provider-config".into(),
                     explanation: format!("mailgate cannot deliver through a provider of kind {kind:?} yet"),
                     fix: "Route this mail to another provider (distributor.default_provider or the user's provider) and reload".into(),
                 },

@@ -1,0 +1,282 @@
+//! The diagnosis catalogue: every failed or deferred attempt is explained by a code, what
+//! happened, and the fix, in words an administrator can act on. Upstream replies are
+//! recognised by reply code, enhanced status code and text (the Microsoft 365 texts are
+//! matched as they are sent); local failures (connection, TLS, secrets) by their kind.
+
+use crate::history::Diagnosis;
+
+/// Every code mailgate records. `as_str` is the stable name in history, logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Username set, server offers no AUTH.
+    AuthNotSupported,
+    /// 535, 5.7.8, 5.7.3.
+    AuthFailed,
+    /// 530 / 5.7.57.
+    NotAuthenticated,
+    /// 5.7.139 "did not meet the criteria to be authenticated".
+    AuthMfaRequired,
+    /// 5.7.139 "SmtpClientAuthentication is disabled".
+    SmtpAuthDisabled,
+    /// 5.7.30 "Basic authentication is not supported".
+    BasicAuthRetired,
+    /// 5.7.60 / SendAsDeniedException.
+    SendAsDenied,
+    /// SubmissionQuotaExceeded, or our own daily limit.
+    DailyQuota,
+    /// "single label domains not accepted".
+    SingleLabelDomain,
+    /// 5.2.2.
+    MailboxFull,
+    /// 552 / 5.3.4.
+    MessageTooLarge,
+    /// STARTTLS required but not offered.
+    StarttlsUnavailable,
+    /// Certificate verification failed.
+    TlsCertificate,
+    /// Refused, timed out, name not resolved, dropped.
+    ConnectionFailed,
+    /// 4xx rate or concurrency limits.
+    UpstreamThrottled,
+    /// A stored password cannot be decrypted here.
+    PasswordUndecryptable,
+    /// The provider's configuration cannot work (missing secret file, bad CA file...).
+    ProviderConfig,
+    /// Anything else.
+    Unknown,
+}
+
+impl Code {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::AuthNotSupported => "auth-not-supported",
+            Code::AuthFailed => "auth-failed",
+            Code::NotAuthenticated => "not-authenticated",
+            Code::AuthMfaRequired => "auth-mfa-required",
+            Code::SmtpAuthDisabled => "smtp-auth-disabled",
+            Code::BasicAuthRetired => "basic-auth-retired",
+            Code::SendAsDenied => "send-as-denied",
+            Code::DailyQuota => "daily-quota",
+            Code::SingleLabelDomain => "single-label-domain",
+            Code::MailboxFull => "mailbox-full",
+            Code::MessageTooLarge => "message-too-large",
+            Code::StarttlsUnavailable => "starttls-unavailable",
+            Code::TlsCertificate => "tls-certificate",
+            Code::ConnectionFailed => "connection-failed",
+            Code::UpstreamThrottled => "upstream-throttled",
+            Code::PasswordUndecryptable => "password-undecryptable",
+            Code::ProviderConfig => "provider-config",
+            Code::Unknown => "unknown",
+        }
+    }
+
+    /// Whether the failure is about credentials or the auth method: always deferred
+    /// (soft bounce), whatever the reply code, so fixing the config releases the mail.
+    pub fn is_auth(self) -> bool {
+        matches!(
+            self,
+            Code::AuthNotSupported
+                | Code::AuthFailed
+                | Code::NotAuthenticated
+                | Code::AuthMfaRequired
+                | Code::SmtpAuthDisabled
+                | Code::BasicAuthRetired
+                | Code::PasswordUndecryptable
+        )
+    }
+
+    /// Whether an administrator's config change (credentials, TLS, provider settings,
+    /// permissions) is what releases the mail; `retry --all` and reload make these due.
+    pub fn is_config(self) -> bool {
+        self.is_auth()
+            || matches!(
+                self,
+                Code::StarttlsUnavailable
+                    | Code::TlsCertificate
+                    | Code::ProviderConfig
+                    | Code::SendAsDenied
+            )
+    }
+
+    /// The explanation and the fix.
+    pub fn texts(self) -> (&'static str, &'static str) {
+        match self {
+            Code::AuthNotSupported => (
+                "The provider has a user name, so mailgate must authenticate, but the server offered no AUTH mechanism (after STARTTLS).",
+                "If your SMTP server doesn't support authentication, please clear the SMTP user name and password. Otherwise check host and port: submission (AUTH) is usually on port 587 with tls = \"starttls\".",
+            ),
+            Code::AuthFailed => (
+                "The server rejected the user name or password.",
+                "Check username and the password (password, password_file, password_env or `mailgate password set`). For Microsoft 365, the account must have a licence and SMTP AUTH enabled; then run `mailgate verify`.",
+            ),
+            Code::NotAuthenticated => (
+                "The server requires authentication before accepting mail from this client (530 / 5.7.57).",
+                "Set username and a password (or [provider.oauth2]) for this provider, and use port 587 with tls = \"starttls\".",
+            ),
+            Code::AuthMfaRequired => (
+                "Microsoft 365 refused the sign-in: the account did not meet the criteria to be authenticated (Conditional Access or multi-factor authentication applies to it).",
+                "Exclude the relay account from MFA / Conditional Access for SMTP, or switch the provider to [provider.oauth2] (app registration with SMTP.SendAsApp).",
+            ),
+            Code::SmtpAuthDisabled => (
+                "SMTP client authentication (SMTP AUTH) is disabled for the tenant or the mailbox.",
+                "Enable Authenticated SMTP for the mailbox (Microsoft 365 admin center > user > Mail > Manage email apps) or tenant-wide with Set-TransportConfig -SmtpClientAuthenticationDisabled $false; or use kind = \"graph\".",
+            ),
+            Code::BasicAuthRetired => (
+                "Microsoft 365 no longer accepts Basic authentication (user name and password) for SMTP client submission.",
+                "Switch the provider to OAuth2: add a [provider.oauth2] table (tenant_id, client_id, a client secret or certificate) for an app registration with SMTP.SendAsApp, then reload; held mail is sent.",
+            ),
+            Code::SendAsDenied => (
+                "The relay account is not allowed to send as this From address.",
+                "Grant the relay account Send As (or Send on Behalf) permission on that mailbox, or map the sending application to a user whose sender_email the account may use; with send_mode = \"on-behalf-of\" only Send on Behalf is needed.",
+            ),
+            Code::DailyQuota => (
+                "The daily recipient quota is reached (Microsoft 365: 10,000 recipients a day per mailbox, SubmissionQuotaExceeded).",
+                "Wait: mail goes out when the rolling 24-hour window allows. To send more, spread mail over several provider accounts or raise per_day_recipient_limit if your plan allows it.",
+            ),
+            Code::SingleLabelDomain => (
+                "The upstream refused a recipient in a single-label domain (like user@contoso).",
+                "Fix the recipient address in the sending application: it needs a full domain (user@contoso.com).",
+            ),
+            Code::MailboxFull => (
+                "The recipient's mailbox is full.",
+                "The recipient must free space; send again later with `mailgate retry ID`.",
+            ),
+            Code::MessageTooLarge => (
+                "The message is larger than the upstream accepts.",
+                "Send smaller attachments, or raise the upstream's limit (Microsoft 365: up to 150 MB per mailbox); keep smtp.max_message_size at or below the upstream's limit so clients are told at once.",
+            ),
+            Code::StarttlsUnavailable => (
+                "tls = \"starttls\" is set, but the server did not offer STARTTLS; mailgate never falls back to plain text.",
+                "Check host and port (Microsoft 365: smtp.office365.com port 587). For implicit TLS (port 465) set tls = \"tls\"; only for a trusted local server set tls = \"none\".",
+            ),
+            Code::TlsCertificate => (
+                "The server's TLS certificate could not be verified (unknown issuer, wrong name, or expired).",
+                "Use the host name the certificate is issued for; for a private CA set ca_file to its PEM certificate. Verification is never switched off.",
+            ),
+            Code::ConnectionFailed => (
+                "The upstream server could not be reached: connection refused, timed out, name not resolved, or dropped.",
+                "Check host and port, DNS, and that a firewall allows outbound connections to it; mail is retried and sent when it is reachable.",
+            ),
+            Code::UpstreamThrottled => (
+                "The upstream is limiting the rate or number of concurrent connections.",
+                "Nothing to do: mail is retried. To avoid it, lower per_minute_limit or max_connections for this provider.",
+            ),
+            Code::PasswordUndecryptable => (
+                "The stored password of this provider cannot be decrypted with this installation's key (the store or secrets file came from another installation, or the key file changed).",
+                "Run mailgate password set --provider NAME again on this installation.",
+            ),
+            Code::ProviderConfig => (
+                "The provider's configuration cannot be used as it is.",
+                "Correct the provider's settings shown in the reply, then reload (SIGHUP) or restart; held mail is sent.",
+            ),
+            Code::Unknown => (
+                "The upstream refused the message for a reason mailgate does not recognise; its reply is kept.",
+                "Read the upstream reply in the attempt; search the enhanced status code in the provider's documentation.",
+            ),
+        }
+    }
+
+    /// The diagnosis record of this code.
+    pub fn diagnosis(self) -> Diagnosis {
+        let (explanation, fix) = self.texts();
+        Diagnosis {
+            code: self.as_str().into(),
+            explanation: explanation.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// Parses an enhanced status code (`5.7.139`) at the start of a reply text.
+pub fn enhanced_code(text: &str) -> Option<(u8, u16, u16)> {
+    let first = text.split_whitespace().next()?;
+    let mut parts = first.split('.');
+    let class: u8 = parts.next()?.parse().ok()?;
+    let subject: u16 = parts.next()?.parse().ok()?;
+    let detail: u16 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || !(2..=5).contains(&class) {
+        return None;
+    }
+    Some((class, subject, detail))
+}
+
+/// Recognises an upstream reply (code and text after the code).
+pub fn from_reply(code: u16, text: &str) -> Code {
+    let esc = enhanced_code(text);
+    let is = |s: u16, d: u16| esc.is_some_and(|(_, a, b)| a == s && b == d);
+    let lower = text.to_ascii_lowercase();
+    let has = |needle: &str| lower.contains(&needle.to_ascii_lowercase());
+    if is(7, 30) || has("Basic authentication is not supported") {
+        Code::BasicAuthRetired
+    } else if has("SmtpClientAuthentication is disabled") {
+        Code::SmtpAuthDisabled
+    } else if has("did not meet the criteria to be authenticated") {
+        Code::AuthMfaRequired
+    } else if is(7, 60) || has("SendAsDenied") || has("does not have permissions to send as this sender") {
+        Code::SendAsDenied
+    } else if has("SubmissionQuotaExceeded") {
+        Code::DailyQuota
+    } else if has("single label domain") {
+        Code::SingleLabelDomain
+    } else if code == 530 || is(7, 57) {
+        Code::NotAuthenticated
+    } else if code == 535 || is(7, 8) || is(7, 3) || is(7, 139) {
+        Code::AuthFailed
+    } else if is(2, 2) {
+        Code::MailboxFull
+    } else if code == 552 || is(3, 4) {
+        Code::MessageTooLarge
+    } else if (400..500).contains(&code)
+        && (is(4, 5)
+            || is(3, 2)
+            || is(7, 0) && (has("too many") || has("limit"))
+            || ["rate", "throttl", "too many", "concurren", "busy", "try again later", "limit"]
+                .iter()
+                .any(|w| has(w)))
+    {
+        Code::UpstreamThrottled
+    } else {
+        Code::Unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn microsoft_365_replies() {
+        let cases = [
+            (535, "5.7.139 Authentication unsuccessful, the user credentials were incorrect.", Code::AuthFailed),
+            (535, "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.", Code::SmtpAuthDisabled),
+            (535, "5.7.139 Authentication unsuccessful, the request did not meet the criteria to be authenticated successfully.", Code::AuthMfaRequired),
+            (535, "5.7.3 Authentication unsuccessful", Code::AuthFailed),
+            (535, "5.7.8 Error: authentication failed", Code::AuthFailed),
+            (550, "5.7.30 Basic authentication is not supported for Client Submission.", Code::BasicAuthRetired),
+            (530, "5.7.57 Client not authenticated to send mail.", Code::NotAuthenticated),
+            (554, "5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied", Code::SendAsDenied),
+            (550, "5.7.60 SMTP; Client does not have permissions to send as this sender", Code::SendAsDenied),
+            (554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException", Code::DailyQuota),
+            (550, "5.1.2 single label domains not accepted", Code::SingleLabelDomain),
+            (552, "5.2.2 Mailbox full", Code::MailboxFull),
+            (552, "5.3.4 Message size exceeds fixed maximum message size", Code::MessageTooLarge),
+            (421, "4.7.0 Too many connections from this host", Code::UpstreamThrottled),
+            (451, "4.7.500 Server busy. Please try again later", Code::UpstreamThrottled),
+            (452, "4.5.3 Too many recipients", Code::UpstreamThrottled),
+            (550, "5.1.1 User unknown", Code::Unknown),
+        ];
+        for (code, text, want) in cases {
+            assert_eq!(from_reply(code, text), want, "{code} {text}");
+        }
+    }
+
+    #[test]
+    fn every_code_explains_itself() {
+        let d = Code::AuthNotSupported.diagnosis();
+        assert!(d.fix.starts_with("If your SMTP server doesn't support authentication, please clear the SMTP user name and password"));
+        assert_eq!(Code::PasswordUndecryptable.diagnosis().fix, "Run mailgate password set --provider NAME again on this installation.");
+        assert_eq!(enhanced_code("5.7.139 x"), Some((5, 7, 139)));
+        assert_eq!(enhanced_code("OK"), None);
+    }
+}

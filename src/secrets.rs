@@ -1,0 +1,247 @@
+//! Secrets: provider passwords from the configuration (`password`, `password_file`,
+//! `password_env`) or stored encrypted by `mailgate password set`. Stored secrets are
+//! sealed with ChaCha20-Poly1305 under a key specific to this installation
+//! (`<store dir>/mailgate.key`, 32 random bytes, mode 0600, created on first use) in
+//! `<store dir>/secrets.json`; the provider name is bound in as associated data. A secret
+//! that cannot be opened here is reported as undecryptable, never used blank.
+//!
+//! No function here logs or formats a secret; `Secret`'s `Debug` prints `***`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+
+use crate::config::ProviderConfig;
+
+/// A secret value that does not print itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The value, for the one place that needs it (AUTH).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Why a secret is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The stored secret cannot be opened with this installation's key.
+    #[error("the stored password of provider {0:?} cannot be decrypted with this installation's key")]
+    Undecryptable(String),
+    /// `password_file` or the secrets file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+    /// `password_env` names an unset variable.
+    #[error("environment variable {0} (password_env) is not set")]
+    EnvMissing(String),
+}
+
+/// The encrypted secrets beside a store.
+#[derive(Debug, Clone)]
+pub struct SecretStore {
+    dir: PathBuf,
+}
+
+const KEY_FILE: &str = "mailgate.key";
+const SECRETS_FILE: &str = "secrets.json";
+
+fn io(path: &Path, e: std::io::Error) -> SecretError {
+    SecretError::Io(format!("{}: {e}", path.display()))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretError> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| io(&tmp, e))?;
+        f.sync_all().map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+impl SecretStore {
+    /// The secrets kept beside the store file `store_path`.
+    pub fn beside(store_path: &Path) -> SecretStore {
+        let dir = store_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        SecretStore { dir }
+    }
+
+    fn key(&self, create: bool) -> Result<Option<Key>, SecretError> {
+        let path = self.dir.join(KEY_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() == 32 => Ok(Some(*Key::from_slice(&bytes))),
+            Ok(_) => Err(SecretError::Io(format!(
+                "{}: not a mailgate key (expected 32 bytes)",
+                path.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key).map_err(|e| SecretError::Io(e.to_string()))?;
+                write_private(&path, &key)?;
+                Ok(Some(*Key::from_slice(&key)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path, e)),
+        }
+    }
+
+    fn load(&self) -> Result<BTreeMap<String, String>, SecretError> {
+        let path = self.dir.join(SECRETS_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| SecretError::Io(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(io(&path, e)),
+        }
+    }
+
+    fn save(&self, map: &BTreeMap<String, String>) -> Result<(), SecretError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
+        let json = serde_json::to_vec_pretty(map).unwrap_or_default();
+        write_private(&self.dir.join(SECRETS_FILE), &json)
+    }
+
+    /// Encrypts and stores the secret of a provider (creating the key on first use).
+    pub fn set(&self, provider: &str, secret: &Secret) -> Result<(), SecretError> {
+        let key = self.key(true)?.ok_or_else(|| SecretError::Io("no key".into()))?;
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|e| SecretError::Io(e.to_string()))?;
+        let sealed = ChaCha20Poly1305::new(&key)
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: secret.expose().as_bytes(),
+                    aad: provider.as_bytes(),
+                },
+            )
+            .map_err(|_| SecretError::Io("encryption failed".into()))?;
+        let mut blob = nonce.to_vec();
+        blob.extend(sealed);
+        let mut map = self.load()?;
+        map.insert(provider.to_string(), B64.encode(blob));
+        self.save(&map)
+    }
+
+    /// Drops the stored secret of a provider; false when there was none.
+    pub fn clear(&self, provider: &str) -> Result<bool, SecretError> {
+        let mut map = self.load()?;
+        let had = map.remove(provider).is_some();
+        if had {
+            self.save(&map)?;
+        }
+        Ok(had)
+    }
+
+    /// The stored secret of a provider, if any.
+    pub fn get(&self, provider: &str) -> Result<Option<Secret>, SecretError> {
+        let map = self.load()?;
+        let Some(blob) = map.get(provider) else {
+            return Ok(None);
+        };
+        let undecryptable = || SecretError::Undecryptable(provider.to_string());
+        let key = self.key(false)?.ok_or_else(undecryptable)?;
+        let blob = B64.decode(blob).map_err(|_| undecryptable())?;
+        let (nonce, sealed) = blob.split_at_checked(12).ok_or_else(undecryptable)?;
+        let plain = ChaCha20Poly1305::new(&key)
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: provider.as_bytes(),
+                },
+            )
+            .map_err(|_| undecryptable())?;
+        String::from_utf8(plain)
+            .map(|s| Some(Secret(s)))
+            .map_err(|_| undecryptable())
+    }
+}
+
+/// The password of a provider: `password`, `password_file` (one trailing newline
+/// stripped), `password_env`, else the stored secret; `None` when there is none.
+pub fn provider_password(
+    p: &ProviderConfig,
+    store: &SecretStore,
+) -> Result<Option<Secret>, SecretError> {
+    if let Some(pw) = &p.password {
+        return Ok(Some(Secret(pw.clone())));
+    }
+    if let Some(path) = &p.password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        let text = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text);
+        return Ok(Some(Secret(text.to_string())));
+    }
+    if let Some(var) = &p.password_env {
+        return std::env::var(var)
+            .map(|v| Some(Secret(v)))
+            .map_err(|_| SecretError::EnvMissing(var.clone()));
+    }
+    store.get(p.name.get_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_another_installation_cannot_decrypt() {
+        let a = tempfile::tempdir().unwrap();
+        let store = SecretStore::beside(&a.path().join("mailgate.redb"));
+        assert!(store.get("office365").unwrap().is_none());
+        store.set("office365", &Secret::new("hunter2")).unwrap();
+        assert_eq!(store.get("office365").unwrap().unwrap().expose(), "hunter2");
+        let mode = std::fs::metadata(a.path().join(KEY_FILE)).unwrap();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+        let raw = std::fs::read_to_string(a.path().join(SECRETS_FILE)).unwrap();
+        assert!(!raw.contains("hunter2"));
+
+        // The secrets file moved to another installation (another key).
+        let b = tempfile::tempdir().unwrap();
+        std::fs::copy(a.path().join(SECRETS_FILE), b.path().join(SECRETS_FILE)).unwrap();
+        let other = SecretStore::beside(&b.path().join("mailgate.redb"));
+        other.set("unrelated", &Secret::new("x")).unwrap();
+        assert!(matches!(other.get("office365"), Err(SecretError::Undecryptable(_))));
+        // A secret cannot be moved to another provider name either.
+        let mut map = store.load().unwrap();
+        let v = map["office365"].clone();
+        map.insert("other".into(), v);
+        store.save(&map).unwrap();
+        assert!(matches!(store.get("other"), Err(SecretError::Undecryptable(_))));
+        assert!(store.clear("office365").unwrap());
+        assert!(store.get("office365").unwrap().is_none());
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");
+    }
+}
