@@ -281,6 +281,7 @@ impl Daemon {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.pipeline.store().close().await;
         tracing::info!("stopped");
     }
 }

@@ -46,7 +46,9 @@ impl fmt::Debug for Secret {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     /// The stored secret cannot be opened with this installation's key.
-    #[error("the stored password of provider {0:?} cannot be decrypted with this installation's key")]
+    #[error(
+        "the stored password of provider {0:?} cannot be decrypted with this installation's key"
+    )]
     Undecryptable(String),
     /// `password_file` or the secrets file could not be read or written.
     #[error("{0}")]
@@ -133,7 +135,9 @@ impl SecretStore {
 
     /// Encrypts and stores the secret of a provider (creating the key on first use).
     pub fn set(&self, provider: &str, secret: &Secret) -> Result<(), SecretError> {
-        let key = self.key(true)?.ok_or_else(|| SecretError::Io("no key".into()))?;
+        let key = self
+            .key(true)?
+            .ok_or_else(|| SecretError::Io("no key".into()))?;
         let mut nonce = [0u8; 12];
         getrandom::fill(&mut nonce).map_err(|e| SecretError::Io(e.to_string()))?;
         let sealed = ChaCha20Poly1305::new(&key)
@@ -224,7 +228,10 @@ mod tests {
         store.set("office365", &Secret::new("hunter2")).unwrap();
         assert_eq!(store.get("office365").unwrap().unwrap().expose(), "hunter2");
         let mode = std::fs::metadata(a.path().join(KEY_FILE)).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
         let raw = std::fs::read_to_string(a.path().join(SECRETS_FILE)).unwrap();
         assert!(!raw.contains("hunter2"));
 
@@ -233,13 +240,19 @@ mod tests {
         std::fs::copy(a.path().join(SECRETS_FILE), b.path().join(SECRETS_FILE)).unwrap();
         let other = SecretStore::beside(&b.path().join("mailgate.redb"));
         other.set("unrelated", &Secret::new("x")).unwrap();
-        assert!(matches!(other.get("office365"), Err(SecretError::Undecryptable(_))));
+        assert!(matches!(
+            other.get("office365"),
+            Err(SecretError::Undecryptable(_))
+        ));
         // A secret cannot be moved to another provider name either.
         let mut map = store.load().unwrap();
         let v = map["office365"].clone();
         map.insert("other".into(), v);
         store.save(&map).unwrap();
-        assert!(matches!(store.get("other"), Err(SecretError::Undecryptable(_))));
+        assert!(matches!(
+            store.get("other"),
+            Err(SecretError::Undecryptable(_))
+        ));
         assert!(store.clear("office365").unwrap());
         assert!(store.get("office365").unwrap().is_none());
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");

@@ -132,10 +132,52 @@ impl Distributor {
         self.in_flight.lock().is_ok_and(|s| s.contains(id))
     }
 
+    /// Makes every message deferred for an authentication, TLS or configuration reason
+    /// due now (after a config fix: reload, restart, `retry --all`). Returns how many.
+    pub async fn release_held(&self) -> Result<usize, crate::store::StoreError> {
+        let store = self.store.clone();
+        let held = tokio::task::spawn_blocking(move || {
+            store.list(usize::MAX, |r| {
+                r.status == Status::Deferred
+                    && r.attempts
+                        .last()
+                        .and_then(|a| a.diagnosis.as_ref())
+                        .and_then(|d| crate::provider::diagnosis::Code::parse(&d.code))
+                        .is_some_and(|c| c.is_config())
+            })
+        })
+        .await
+        .map_err(|e| crate::store::StoreError::Io(e.to_string()))??;
+        let now = now_ms();
+        let n = held.len();
+        if n > 0 {
+            self.store
+                .write(
+                    held.into_iter()
+                        .map(|r| crate::store::Mutation::DueNow {
+                            id: r.id,
+                            now_ms: now,
+                        })
+                        .collect(),
+                )
+                .await?;
+            tracing::info!(
+                messages = n,
+                "released mail held for a configuration reason"
+            );
+            self.wake.notify_one();
+        }
+        Ok(n)
+    }
+
     /// Runs until `shutdown` turns true; then waits up to `drain` for deliveries in
     /// flight and abandons the rest (they stay due in the store).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
         let mut tasks = JoinSet::new();
+        // A start is a config change too: what waited for a fix goes now.
+        if let Err(e) = self.release_held().await {
+            tracing::error!(error = %e, "cannot release held mail");
+        }
         loop {
             if *shutdown.borrow() {
                 break;
@@ -344,7 +386,11 @@ pub fn apply_outcome(
         diagnosis,
     });
     let waiting = record.recipients.iter().any(|r| !r.status.is_finished());
-    let sent = record.recipients.iter().filter(|r| r.status == Status::Sent).count();
+    let sent = record
+        .recipients
+        .iter()
+        .filter(|r| r.status == Status::Sent)
+        .count();
     if waiting {
         record.deferrals += 1;
         record.status = Status::Deferred;

@@ -46,6 +46,28 @@ pub enum Code {
     Unknown,
 }
 
+/// Every code, for lookups.
+pub const ALL: [Code; 18] = [
+    Code::AuthNotSupported,
+    Code::AuthFailed,
+    Code::NotAuthenticated,
+    Code::AuthMfaRequired,
+    Code::SmtpAuthDisabled,
+    Code::BasicAuthRetired,
+    Code::SendAsDenied,
+    Code::DailyQuota,
+    Code::SingleLabelDomain,
+    Code::MailboxFull,
+    Code::MessageTooLarge,
+    Code::StarttlsUnavailable,
+    Code::TlsCertificate,
+    Code::ConnectionFailed,
+    Code::UpstreamThrottled,
+    Code::PasswordUndecryptable,
+    Code::ProviderConfig,
+    Code::Unknown,
+];
+
 impl Code {
     /// The stable name.
     pub fn as_str(self) -> &'static str {
@@ -69,6 +91,11 @@ impl Code {
             Code::ProviderConfig => "provider-config",
             Code::Unknown => "unknown",
         }
+    }
+
+    /// The code of a stable name.
+    pub fn parse(name: &str) -> Option<Code> {
+        ALL.into_iter().find(|c| c.as_str() == name)
     }
 
     /// Whether the failure is about credentials or the auth method: always deferred
@@ -213,7 +240,10 @@ pub fn from_reply(code: u16, text: &str) -> Code {
         Code::SmtpAuthDisabled
     } else if has("did not meet the criteria to be authenticated") {
         Code::AuthMfaRequired
-    } else if is(7, 60) || has("SendAsDenied") || has("does not have permissions to send as this sender") {
+    } else if is(7, 60)
+        || has("SendAsDenied")
+        || has("does not have permissions to send as this sender")
+    {
         Code::SendAsDenied
     } else if has("SubmissionQuotaExceeded") {
         Code::DailyQuota
@@ -231,9 +261,17 @@ pub fn from_reply(code: u16, text: &str) -> Code {
         && (is(4, 5)
             || is(3, 2)
             || is(7, 0) && (has("too many") || has("limit"))
-            || ["rate", "throttl", "too many", "concurren", "busy", "try again later", "limit"]
-                .iter()
-                .any(|w| has(w)))
+            || [
+                "rate",
+                "throttl",
+                "too many",
+                "concurren",
+                "busy",
+                "try again later",
+                "limit",
+            ]
+            .iter()
+            .any(|w| has(w)))
     {
         Code::UpstreamThrottled
     } else {
@@ -248,21 +286,69 @@ mod tests {
     #[test]
     fn microsoft_365_replies() {
         let cases = [
-            (535, "5.7.139 Authentication unsuccessful, the user credentials were incorrect.", Code::AuthFailed),
-            (535, "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.", Code::SmtpAuthDisabled),
-            (535, "5.7.139 Authentication unsuccessful, the request did not meet the criteria to be authenticated successfully.", Code::AuthMfaRequired),
+            (
+                535,
+                "5.7.139 Authentication unsuccessful, the user credentials were incorrect.",
+                Code::AuthFailed,
+            ),
+            (
+                535,
+                "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+                Code::SmtpAuthDisabled,
+            ),
+            (
+                535,
+                "5.7.139 Authentication unsuccessful, the request did not meet the criteria to be authenticated successfully.",
+                Code::AuthMfaRequired,
+            ),
             (535, "5.7.3 Authentication unsuccessful", Code::AuthFailed),
             (535, "5.7.8 Error: authentication failed", Code::AuthFailed),
-            (550, "5.7.30 Basic authentication is not supported for Client Submission.", Code::BasicAuthRetired),
-            (530, "5.7.57 Client not authenticated to send mail.", Code::NotAuthenticated),
-            (554, "5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied", Code::SendAsDenied),
-            (550, "5.7.60 SMTP; Client does not have permissions to send as this sender", Code::SendAsDenied),
-            (554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException", Code::DailyQuota),
-            (550, "5.1.2 single label domains not accepted", Code::SingleLabelDomain),
+            (
+                550,
+                "5.7.30 Basic authentication is not supported for Client Submission.",
+                Code::BasicAuthRetired,
+            ),
+            (
+                530,
+                "5.7.57 Client not authenticated to send mail.",
+                Code::NotAuthenticated,
+            ),
+            (
+                554,
+                "5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied",
+                Code::SendAsDenied,
+            ),
+            (
+                550,
+                "5.7.60 SMTP; Client does not have permissions to send as this sender",
+                Code::SendAsDenied,
+            ),
+            (
+                554,
+                "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+                Code::DailyQuota,
+            ),
+            (
+                550,
+                "5.1.2 single label domains not accepted",
+                Code::SingleLabelDomain,
+            ),
             (552, "5.2.2 Mailbox full", Code::MailboxFull),
-            (552, "5.3.4 Message size exceeds fixed maximum message size", Code::MessageTooLarge),
-            (421, "4.7.0 Too many connections from this host", Code::UpstreamThrottled),
-            (451, "4.7.500 Server busy. Please try again later", Code::UpstreamThrottled),
+            (
+                552,
+                "5.3.4 Message size exceeds fixed maximum message size",
+                Code::MessageTooLarge,
+            ),
+            (
+                421,
+                "4.7.0 Too many connections from this host",
+                Code::UpstreamThrottled,
+            ),
+            (
+                451,
+                "4.7.500 Server busy. Please try again later",
+                Code::UpstreamThrottled,
+            ),
             (452, "4.5.3 Too many recipients", Code::UpstreamThrottled),
             (550, "5.1.1 User unknown", Code::Unknown),
         ];
@@ -273,9 +359,17 @@ mod tests {
 
     #[test]
     fn every_code_explains_itself() {
+        for c in ALL {
+            assert_eq!(Code::parse(c.as_str()), Some(c));
+            let (why, fix) = c.texts();
+            assert!(why.len() > 20 && fix.len() > 20, "{c:?}");
+        }
         let d = Code::AuthNotSupported.diagnosis();
         assert!(d.fix.starts_with("If your SMTP server doesn't support authentication, please clear the SMTP user name and password"));
-        assert_eq!(Code::PasswordUndecryptable.diagnosis().fix, "Run mailgate password set --provider NAME again on this installation.");
+        assert_eq!(
+            Code::PasswordUndecryptable.diagnosis().fix,
+            "Run mailgate password set --provider NAME again on this installation."
+        );
         assert_eq!(enhanced_code("5.7.139 x"), Some((5, 7, 139)));
         assert_eq!(enhanced_code("OK"), None);
     }

@@ -95,7 +95,7 @@ pub enum Provider {
     /// One .eml file per message.
     Eml(eml::EmlProvider),
     /// An SMTP submission server.
-    Smtp(smtp::SmtpProvider),
+    Smtp(Box<smtp::SmtpProvider>),
     /// A kind this build cannot deliver to yet; attempts are deferred with a diagnosis.
     Unsupported {
         /// Provider name.
@@ -112,11 +112,11 @@ impl Provider {
             ProviderKind::Eml => Provider::Eml(eml::EmlProvider::new(
                 p.directory.clone().unwrap_or_else(|| "outbox".into()),
             )),
-            ProviderKind::Smtp => Provider::Smtp(smtp::SmtpProvider::new(
+            ProviderKind::Smtp => Provider::Smtp(Box::new(smtp::SmtpProvider::new(
                 p,
                 &ctx.hostname,
                 ctx.secrets.clone(),
-            )),
+            ))),
             kind => Provider::Unsupported {
                 name: p.name.get_ref().clone(),
                 kind,

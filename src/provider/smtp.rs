@@ -188,7 +188,8 @@ impl std::fmt::Debug for SmtpProvider {
 }
 
 fn valid_envelope_address(a: &str) -> bool {
-    !a.chars().any(|c| c.is_control() || c == '<' || c == '>' || c.is_whitespace())
+    !a.chars()
+        .any(|c| c.is_control() || c == '<' || c == '>' || c.is_whitespace())
 }
 
 fn has_bare_newline(raw: &[u8]) -> bool {
@@ -259,10 +260,14 @@ impl SmtpProvider {
     }
 
     fn tls_parameters(&self) -> Result<TlsParameters, Failure> {
-        let mut b = TlsParameters::builder(self.host.clone()).certificate_store(CertificateStore::Default);
+        let mut b =
+            TlsParameters::builder(self.host.clone()).certificate_store(CertificateStore::Default);
         if let Some(path) = &self.config.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
-                Failure::local(Code::ProviderConfig, format!("ca_file {}: {e}", path.display()))
+                Failure::local(
+                    Code::ProviderConfig,
+                    format!("ca_file {}: {e}", path.display()),
+                )
             })?;
             let cert = Certificate::from_pem(&pem).map_err(|e| {
                 Failure::local(
@@ -273,7 +278,10 @@ impl SmtpProvider {
             b = b.add_root_certificate(cert);
         }
         b.build_rustls().map_err(|e| {
-            Failure::local(Code::ProviderConfig, format!("TLS settings: {}", error_chain(&e)))
+            Failure::local(
+                Code::ProviderConfig,
+                format!("TLS settings: {}", error_chain(&e)),
+            )
         })
     }
 
@@ -354,7 +362,9 @@ impl SmtpProvider {
                     conn.abort().await;
                     return Err(Failure::local(
                         Code::PasswordUndecryptable,
-                        format!("the stored password of provider {p:?} cannot be decrypted with this installation's key"),
+                        format!(
+                            "the stored password of provider {p:?} cannot be decrypted with this installation's key"
+                        ),
                     ));
                 }
                 Err(e) => {
@@ -405,7 +415,10 @@ impl SmtpProvider {
             TlsMode::Tls => "implicit TLS",
             TlsMode::None => "no TLS",
         };
-        Ok(format!("{}:{}: {tls}, {auth}; server {info}", self.host, self.port))
+        Ok(format!(
+            "{}:{}: {tls}, {auth}; server {info}",
+            self.host, self.port
+        ))
     }
 
     async fn checkout(&self) -> Result<(AsyncSmtpConnection, bool), Failure> {
@@ -485,7 +498,11 @@ impl SmtpProvider {
 
     /// MAIL, RCPT per recipient, DATA. `Err` when the whole attempt failed before any
     /// recipient-level answer (or at MAIL/DATA).
-    async fn transact(&self, conn: &mut AsyncSmtpConnection, d: &Delivery) -> Result<Outcome, Failure> {
+    async fn transact(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        d: &Delivery,
+    ) -> Result<Outcome, Failure> {
         let t = self.timeout;
         let info = conn.server_info();
         let body = wire_body(&d.raw);
@@ -498,7 +515,9 @@ impl SmtpProvider {
             if !info.supports_feature(Extension::SmtpUtfEight) {
                 return Err(Failure {
                     code: Code::Unknown,
-                    reply: "the message has non-ASCII addresses but the server does not offer SMTPUTF8".into(),
+                    reply:
+                        "the message has non-ASCII addresses but the server does not offer SMTPUTF8"
+                            .into(),
                     transient: false,
                     broken: false,
                 });
@@ -523,7 +542,11 @@ impl SmtpProvider {
                 Err(f) if f.broken => return Err(f),
                 Err(f) => results.push(RcptResult {
                     address: rcpt.clone(),
-                    fate: if f.transient { Fate::Transient } else { Fate::Permanent },
+                    fate: if f.transient {
+                        Fate::Transient
+                    } else {
+                        Fate::Permanent
+                    },
                     reply: f.reply,
                     diagnosis: Some(f.code.diagnosis()),
                 }),
@@ -561,6 +584,9 @@ mod tests {
         assert_eq!(&*wire_body(b"a\r\nb\r\n"), b"a\r\nb");
         assert_eq!(&*wire_body(b"a\r\nb\r\n\r\n"), b"a\r\nb\r\n");
         assert_eq!(&*wire_body(b"a\nb\rc\r\n"), b"a\r\nb\r\nc");
-        assert!(matches!(wire_body(b"a\r\nb\r\n"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            wire_body(b"a\r\nb\r\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -81,11 +81,20 @@ pub enum Mutation {
         /// Message id.
         id: String,
     },
+    /// Makes a waiting message due now (its record says so too).
+    DueNow {
+        /// Message id.
+        id: String,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+    },
     /// Writes nothing of substance; proves the store can commit.
     Probe,
 }
 
 struct WriteRequest {
+    /// Close the database after this request (shutdown).
+    close: bool,
     mutations: Vec<Mutation>,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -96,6 +105,8 @@ struct Shared {
     fail_writes: Arc<AtomicBool>,
     commits: AtomicU64,
     healthy: AtomicBool,
+    /// Closed for good (shutdown); no reopen.
+    closed: AtomicBool,
     /// Writes handed to the writer and not yet answered.
     waiting: AtomicU64,
     /// Test hook: while true, the writer holds the next commit (see [`Store::hold_commits`]).
@@ -241,6 +252,25 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                     }
                     messages.remove(id.as_str()).map_err(io_err)?;
                 }
+                Mutation::DueNow { id, now_ms } => {
+                    let old = records
+                        .get(id.as_str())
+                        .map_err(io_err)?
+                        .map(|v| decode_record(id, v.value()))
+                        .transpose()?;
+                    if let Some((mut rec, Some(old_due))) = old
+                        && old_due > *now_ms
+                    {
+                        due.remove(due_key(old_due, id).as_slice())
+                            .map_err(io_err)?;
+                        due.insert(due_key(*now_ms, id).as_slice(), ())
+                            .map_err(io_err)?;
+                        rec.next_attempt_at = Some(crate::history::rfc3339(*now_ms));
+                        records
+                            .insert(id.as_str(), encode_record(&rec, Some(*now_ms)).as_slice())
+                            .map_err(io_err)?;
+                    }
+                }
                 Mutation::Probe => {}
             }
         }
@@ -259,6 +289,7 @@ impl Store {
             fail_writes: fail,
             commits: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
             waiting: AtomicU64::new(0),
             hold: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
         });
@@ -278,13 +309,34 @@ impl Store {
     pub async fn write(&self, mutations: Vec<Mutation>) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.shared.waiting.fetch_add(1, Ordering::SeqCst);
-        let sent = self.tx.send(WriteRequest { mutations, reply }).await;
+        let sent = self
+            .tx
+            .send(WriteRequest {
+                close: false,
+                mutations,
+                reply,
+            })
+            .await;
         let result = match sent {
             Ok(()) => rx.await.map_err(|_| StoreError::Closed).and_then(|r| r),
             Err(_) => Err(StoreError::Closed),
         };
         self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    /// Closes the database: waits for writes already submitted, then releases the file
+    /// (another process may open it). Later writes fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        let req = WriteRequest {
+            close: true,
+            mutations: Vec::new(),
+            reply,
+        };
+        if self.tx.send(req).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Writes submitted and not yet answered (queued for, or inside, a commit).
@@ -463,14 +515,15 @@ fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteRequest>) {
             }
         }
         let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
+        while batch.len() < MAX_GROUP && !batch.iter().any(|r| r.close) {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
             }
         }
+        let close = batch.iter().any(|r| r.close);
         let mut db = shared.db.read().ok().and_then(|g| g.clone());
-        if db.is_none() {
+        if db.is_none() && !shared.closed.load(Ordering::SeqCst) {
             reopen(&shared);
             db = shared.db.read().ok().and_then(|g| g.clone());
         }
@@ -484,6 +537,10 @@ fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteRequest>) {
             tracing::error!(error = %e, messages = batch.len(), "store commit failed; nothing in it was acknowledged");
             reopen(&shared);
         }
+        if close {
+            shared.closed.store(true, Ordering::SeqCst);
+            release(&shared);
+        }
         for req in batch {
             let _ = req.reply.send(result.clone());
         }
@@ -494,10 +551,10 @@ fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteRequest>) {
     }
 }
 
-/// Drops the database handle (waiting briefly for readers) and opens the file again.
-fn reopen(shared: &Shared) {
+/// Drops the database handle, waiting briefly for readers to let go of it.
+fn release(shared: &Shared) -> bool {
     let Ok(mut guard) = shared.db.write() else {
-        return;
+        return false;
     };
     if let Some(old) = guard.take() {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -512,11 +569,22 @@ fn reopen(shared: &Shared) {
                 Err(arc) => {
                     // A reader still holds it; keep using it rather than lose the store.
                     *guard = Some(arc);
-                    return;
+                    return false;
                 }
             }
         }
     }
+    true
+}
+
+/// Drops the database handle and opens the file again (after an I/O failure).
+fn reopen(shared: &Shared) {
+    if shared.closed.load(Ordering::SeqCst) || !release(shared) {
+        return;
+    }
+    let Ok(mut guard) = shared.db.write() else {
+        return;
+    };
     match open_db(&shared.path, &shared.fail_writes) {
         Ok(db) => *guard = Some(Arc::new(db)),
         Err(e) => tracing::error!(error = %e, "store reopen failed; will retry on the next write"),

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::TcpStream;
 
+pub mod upstream;
+
 /// A temp dir with a config that listens on port 0 everywhere and writes to `outbox/`.
 pub struct TestEnv {
     pub dir: tempfile::TempDir,

@@ -1,0 +1,387 @@
+//! A scriptable upstream SMTP server for tests: real sockets, real TLS (tokio-rustls
+//! with certificates made by rcgen at test time). It can offer or withhold STARTTLS and
+//! AUTH, accept given credentials, answer any stage with a chosen reply, and it records
+//! every transaction and connection.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// A test CA that issues server certificates.
+pub struct TestCa {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// (certificate PEM, key PEM) for these names (DNS names or IP literals).
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+pub fn server_tls(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    Arc::new(config)
+}
+
+/// What the upstream does.
+#[derive(Clone, Default)]
+pub struct Script {
+    /// Offer STARTTLS (needs `tls`).
+    pub starttls: bool,
+    /// Speak TLS from the first byte (implicit TLS).
+    pub implicit_tls: bool,
+    /// Server TLS settings.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Offer AUTH (after STARTTLS when `starttls`).
+    pub offer_auth: bool,
+    /// The mechanisms offered; default "PLAIN LOGIN".
+    pub auth_mechs: Option<String>,
+    /// Accepted credentials; when set, MAIL without AUTH gets 530.
+    pub credentials: Option<(String, String)>,
+    /// Reply overrides by stage: "auth", "mail", "data", "end", or "rcpt:<address>".
+    pub replies: HashMap<String, String>,
+    /// Accept TCP and never say anything.
+    pub silent: bool,
+    /// Close the connection in the middle of receiving DATA.
+    pub drop_in_data: bool,
+}
+
+impl Script {
+    pub fn reply(mut self, stage: &str, reply: &str) -> Script {
+        self.replies.insert(stage.to_string(), reply.to_string());
+        self
+    }
+}
+
+/// One message as the upstream received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    /// The data, unstuffed, including the CRLF before the final dot.
+    pub data: Vec<u8>,
+    pub auth_user: Option<String>,
+    pub tls: bool,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub connections: Arc<AtomicUsize>,
+    pub script: Arc<Mutex<Script>>,
+    pub arrived: Arc<Notify>,
+}
+
+impl Upstream {
+    pub async fn start(script: Script) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Upstream {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            connections: Arc::default(),
+            script: Arc::new(Mutex::new(script)),
+            arrived: Arc::new(Notify::new()),
+        };
+        let u = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                u.connections.fetch_add(1, Ordering::SeqCst);
+                let u = u.clone();
+                tokio::spawn(async move {
+                    let script = u.script.lock().unwrap().clone();
+                    if script.silent {
+                        let _hold = stream;
+                        return std::future::pending::<()>().await;
+                    }
+                    if script.implicit_tls {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(script.tls.clone().unwrap());
+                        if let Ok(tls) = acceptor.accept(stream).await {
+                            let _ = serve(Box::new(tls), true, &u, &script).await;
+                        }
+                    } else {
+                        let _ = serve(Box::new(stream), false, &u, &script).await;
+                    }
+                });
+            }
+        });
+        up
+    }
+
+    pub fn set_script(&self, script: Script) {
+        *self.script.lock().unwrap() = script;
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` messages have arrived.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                let notified = self.arrived.notified();
+                if self.received.lock().unwrap().len() >= n {
+                    return self.messages();
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("messages arrive upstream")
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn serve(
+    stream: Box<dyn Io>,
+    tls: bool,
+    up: &Upstream,
+    first: &Script,
+) -> std::io::Result<()> {
+    let _ = first;
+    let mut io = BufReader::new(stream);
+    io.get_mut()
+        .write_all(b"220 upstream.test ESMTP test\r\n")
+        .await?;
+    let mut tls = tls;
+    let mut auth_user: Option<String> = None;
+    let mut from: Option<String> = None;
+    let mut rcpts: Vec<String> = Vec::new();
+    loop {
+        let mut line = String::new();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        // The script is read per command, so a test can change it between messages
+        // sent over one pooled connection.
+        let script = up.script.lock().unwrap().clone();
+        let s = &script;
+        let line = line.trim_end().to_string();
+        let upper = line.to_ascii_uppercase();
+        let reply = |stage: &str, default: &str| -> String {
+            s.replies
+                .get(stage)
+                .cloned()
+                .unwrap_or_else(|| default.to_string())
+        };
+        let out: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            let mut caps = vec![
+                "250-upstream.test".to_string(),
+                "250-SIZE 52428800".into(),
+                "250-8BITMIME".into(),
+                "250-SMTPUTF8".into(),
+            ];
+            if s.starttls && !tls {
+                caps.push("250-STARTTLS".into());
+            }
+            if s.offer_auth && (tls || !s.starttls) {
+                caps.push(format!(
+                    "250-AUTH {}",
+                    s.auth_mechs.as_deref().unwrap_or("PLAIN LOGIN")
+                ));
+            }
+            caps.push("250 ENHANCEDSTATUSCODES".into());
+            caps.join("\r\n")
+        } else if upper == "STARTTLS" && s.starttls && !tls {
+            io.get_mut()
+                .write_all(b"220 2.0.0 Ready to start TLS\r\n")
+                .await?;
+            let inner = io.into_inner();
+            let acceptor = tokio_rustls::TlsAcceptor::from(s.tls.clone().unwrap());
+            let upgraded = acceptor.accept(inner).await?;
+            io = BufReader::new(Box::new(upgraded));
+            tls = true;
+            continue;
+        } else if upper.starts_with("AUTH ") {
+            let mut words = line.split_whitespace().skip(1);
+            let mech = words.next().unwrap_or("").to_ascii_uppercase();
+            let initial = words.next().map(String::from);
+            let (user, pass) = match mech.as_str() {
+                m if !s
+                    .auth_mechs
+                    .as_deref()
+                    .unwrap_or("PLAIN LOGIN")
+                    .split(' ')
+                    .any(|x| x == m) =>
+                {
+                    io.get_mut()
+                        .write_all(b"504 5.5.4 Unrecognized authentication type\r\n")
+                        .await?;
+                    continue;
+                }
+                "PLAIN" => {
+                    let b64 = match initial {
+                        Some(i) => i,
+                        None => {
+                            io.get_mut().write_all(b"334 \r\n").await?;
+                            read_line(&mut io).await?
+                        }
+                    };
+                    let raw = B64.decode(b64.trim()).unwrap_or_default();
+                    let parts: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+                    let get = |i: usize| {
+                        parts
+                            .get(i)
+                            .map(|p| String::from_utf8_lossy(p).into_owned())
+                            .unwrap_or_default()
+                    };
+                    (get(1), get(2))
+                }
+                "LOGIN" => {
+                    io.get_mut().write_all(b"334 VXNlcm5hbWU6\r\n").await?;
+                    let u = read_line(&mut io).await?;
+                    io.get_mut().write_all(b"334 UGFzc3dvcmQ6\r\n").await?;
+                    let p = read_line(&mut io).await?;
+                    let d = |x: &str| {
+                        String::from_utf8_lossy(&B64.decode(x.trim()).unwrap_or_default())
+                            .into_owned()
+                    };
+                    (d(&u), d(&p))
+                }
+                _ => (String::new(), String::new()),
+            };
+            if let Some(r) = s.replies.get("auth") {
+                r.clone()
+            } else if s.credentials.as_ref() == Some(&(user.clone(), pass)) {
+                auth_user = Some(user);
+                "235 2.7.0 Authentication successful".into()
+            } else {
+                "535 5.7.8 Error: authentication failed".into()
+            }
+        } else if upper.starts_with("MAIL FROM:") {
+            if s.credentials.is_some() && auth_user.is_none() {
+                "530 5.7.57 Client not authenticated to send mail".into()
+            } else {
+                let r = reply("mail", "250 2.1.0 Ok");
+                if r.starts_with('2') {
+                    from = Some(between_brackets(&line));
+                    rcpts.clear();
+                }
+                r
+            }
+        } else if upper.starts_with("RCPT TO:") {
+            let addr = between_brackets(&line);
+            let r = reply(&format!("rcpt:{addr}"), "250 2.1.5 Ok");
+            if r.starts_with('2') {
+                rcpts.push(addr);
+            }
+            r
+        } else if upper == "DATA" {
+            let r = reply("data", "354 End data with <CR><LF>.<CR><LF>");
+            if r.starts_with("354") {
+                io.get_mut()
+                    .write_all(format!("{r}\r\n").as_bytes())
+                    .await?;
+                let mut data = Vec::new();
+                loop {
+                    let mut l = Vec::new();
+                    if io.read_until(b'\n', &mut l).await? == 0 {
+                        return Ok(());
+                    }
+                    if s.drop_in_data {
+                        return Ok(());
+                    }
+                    if l == b".\r\n" {
+                        break;
+                    }
+                    if l.starts_with(b"..") {
+                        l.remove(0);
+                    }
+                    data.extend_from_slice(&l);
+                }
+                let end = reply("end", "250 2.0.0 Ok: queued");
+                if end.starts_with('2') {
+                    up.received.lock().unwrap().push(Received {
+                        from: from.take().unwrap_or_default(),
+                        rcpts: std::mem::take(&mut rcpts),
+                        data,
+                        auth_user: auth_user.clone(),
+                        tls,
+                    });
+                    up.arrived.notify_waiters();
+                }
+                end
+            } else {
+                r
+            }
+        } else if upper == "RSET" {
+            from = None;
+            rcpts.clear();
+            "250 2.0.0 Ok".into()
+        } else if upper == "NOOP" {
+            "250 2.0.0 Ok".into()
+        } else if upper == "QUIT" {
+            io.get_mut().write_all(b"221 2.0.0 Bye\r\n").await?;
+            return Ok(());
+        } else {
+            "502 5.5.2 Error: command not recognized".into()
+        };
+        io.get_mut()
+            .write_all(format!("{out}\r\n").as_bytes())
+            .await?;
+        if out.starts_with("421") {
+            return Ok(());
+        }
+    }
+}
+
+async fn read_line(io: &mut BufReader<Box<dyn Io>>) -> std::io::Result<String> {
+    let mut l = String::new();
+    io.read_line(&mut l).await?;
+    Ok(l.trim_end().to_string())
+}
+
+fn between_brackets(line: &str) -> String {
+    let start = line.find('<').map_or(0, |i| i + 1);
+    let end = line[start..].find('>').map_or(line.len(), |i| start + i);
+    line[start..end].to_string()
+}

@@ -1,0 +1,629 @@
+//! The smtp provider against the scriptable test upstream (real sockets, real TLS): one
+//! test per outcome and per diagnosis code SMTP can produce, byte identity, connection
+//! reuse, and the auth soft bounce.
+
+mod common;
+
+use std::time::Duration;
+
+use common::upstream::{Script, TestCa, Upstream, server_tls};
+use common::{Smtp, TestEnv, queued_id};
+use mailgate::Daemon;
+use mailgate::history::{Record, Status};
+
+const WAIT: Duration = Duration::from_secs(30);
+const USER: &str = "relay@contoso.com";
+const PASS: &str = "s3cret-Passw0rd";
+
+struct Relay {
+    env: TestEnv,
+    ca: TestCa,
+    upstream: Upstream,
+}
+
+/// A STARTTLS + AUTH upstream with a certificate for localhost and 127.0.0.1.
+fn tls_script(ca: &TestCa) -> Script {
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    Script {
+        starttls: true,
+        tls: Some(server_tls(&cert, &key)),
+        offer_auth: true,
+        credentials: Some((USER.into(), PASS.into())),
+        ..Script::default()
+    }
+}
+
+impl Relay {
+    async fn new(script: impl FnOnce(&TestCa) -> Script, provider: &str) -> Relay {
+        let ca = TestCa::new("mailgate test CA");
+        let upstream = Upstream::start(script(&ca)).await;
+        let env = TestEnv::new("", "");
+        std::fs::write(env.dir.path().join("ca.pem"), &ca.pem).unwrap();
+        let r = Relay { env, ca, upstream };
+        r.configure(provider);
+        r
+    }
+
+    /// Rewrites the config: provider "up" pointing at the test upstream, as default.
+    fn configure(&self, provider: &str) {
+        let extra = format!(
+            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\ntimeout = \"5s\"\n{provider}\n\
+             [distributor]\ndefault_provider = \"up\"\nretry_initial = \"1m\"\n",
+            self.upstream.addr.port(),
+            self.env.dir.path().join("ca.pem").display()
+        );
+        self.env.write_config("", &extra);
+    }
+
+    async fn start(&self) -> Daemon {
+        Daemon::start(self.env.config()).await.unwrap()
+    }
+}
+
+const AUTH: &str = "username = \"relay@contoso.com\"\npassword = \"s3cret-Passw0rd\"";
+
+async fn submit(daemon: &Daemon, rcpts: &[&str], body: &str) -> String {
+    let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
+    s.cmd("EHLO erp01").await.unwrap();
+    let reply = s
+        .send(
+            "app@erp.local",
+            rcpts,
+            format!("Subject: relay test\r\n\r\n{body}\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    queued_id(&reply).unwrap_or_else(|| panic!("{reply}"))
+}
+
+/// Submits one message and returns its record after the first attempt.
+async fn first_attempt(daemon: &Daemon, rcpts: &[&str]) -> Record {
+    let mut events = daemon.distributor.subscribe();
+    let id = submit(daemon, rcpts, "hello").await;
+    next_attempt(daemon, &mut events, &id).await
+}
+
+async fn next_attempt(
+    daemon: &Daemon,
+    events: &mut tokio::sync::broadcast::Receiver<mailgate::distributor::DeliveryEvent>,
+    id: &str,
+) -> Record {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.id == id {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("an attempt is made");
+    daemon.pipeline.store().record(id).unwrap().unwrap()
+}
+
+fn diag(r: &Record) -> &str {
+    r.attempts
+        .last()
+        .unwrap()
+        .diagnosis
+        .as_ref()
+        .map_or("", |d| d.code.as_str())
+}
+
+#[tokio::test]
+async fn starttls_auth_delivers_the_stored_bytes() {
+    let relay = Relay::new(tls_script, AUTH).await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com", "b@contoso.com"]).await;
+    assert_eq!(rec.status, Status::Sent, "{rec:#?}");
+    let got = relay.upstream.messages();
+    assert_eq!(got.len(), 1);
+    let stored = daemon.pipeline.store().message(&rec.id).unwrap().unwrap();
+    assert_eq!(got[0].data, stored, "upstream bytes equal the stored bytes");
+    assert_eq!(got[0].from, "app@erp.local");
+    assert_eq!(got[0].rcpts, ["a@contoso.com", "b@contoso.com"]);
+    assert_eq!(got[0].auth_user.as_deref(), Some(USER));
+    assert!(got[0].tls, "sent inside STARTTLS");
+    assert!(rec.recipients.iter().all(|r| r.status == Status::Sent && r.reply.as_deref() == Some("250 2.0.0 Ok: queued")));
+    assert!(rec.attempts[0].diagnosis.is_none());
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn auth_login_only_server_like_office_365() {
+    let relay = Relay::new(
+        |ca| Script {
+            auth_mechs: Some("LOGIN XOAUTH2".into()),
+            ..tls_script(ca)
+        },
+        AUTH,
+    )
+    .await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
+    assert_eq!(rec.status, Status::Sent, "{rec:#?}");
+    assert_eq!(
+        relay.upstream.messages()[0].auth_user.as_deref(),
+        Some(USER)
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_username_never_authenticates() {
+    let relay = Relay::new(
+        |ca| Script {
+            credentials: None,
+            ..tls_script(ca)
+        },
+        "",
+    )
+    .await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
+    assert_eq!(rec.status, Status::Sent, "{rec:#?}");
+    assert_eq!(relay.upstream.messages()[0].auth_user, None);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn username_but_no_auth_offered_is_auth_not_supported() {
+    let relay = Relay::new(
+        |ca| Script {
+            offer_auth: false,
+            credentials: None,
+            ..tls_script(ca)
+        },
+        AUTH,
+    )
+    .await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
+    assert_eq!(rec.status, Status::Deferred);
+    assert_eq!(diag(&rec), "auth-not-supported");
+    let d = rec.attempts[0].diagnosis.as_ref().unwrap();
+    assert!(d.fix.contains("If your SMTP server doesn't support authentication, please clear the SMTP user name and password"));
+    assert!(relay.upstream.messages().is_empty());
+    assert!(rec.next_attempt_at.is_some());
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn starttls_required_never_falls_back_to_plain_text() {
+    let relay = Relay::new(
+        |ca| Script {
+            starttls: false,
+            ..tls_script(ca)
+        },
+        AUTH,
+    )
+    .await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
+    assert_eq!(rec.status, Status::Deferred);
+    assert_eq!(diag(&rec), "starttls-unavailable");
+    assert!(relay.upstream.messages().is_empty());
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn untrusted_certificate_is_tls_certificate() {
+    let relay = Relay::new(
+        |_| {
+            let other = TestCa::new("somebody else");
+            let (cert, key) = other.issue(&["localhost", "127.0.0.1"]);
+            Script {
+                starttls: true,
+                tls: Some(server_tls(&cert, &key)),
+                offer_auth: true,
+                credentials: Some((USER.into(), PASS.into())),
+                ..Script::default()
+            }
+        },
+        AUTH,
+    )
+    .await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
+    assert_eq!(rec.status, Status::Deferred);
+    assert_eq!(diag(&rec), "tls-certificate", "{rec:#?}");
+    assert!(relay.upstream.messages().is_empty());
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn certificate_for_another_name_is_tls_certificate() {
+    let relay = Relay::new(
+        |ca| {
+            let (cert, key) = ca.issue(&["mail.example.org"]);
+            Script {
+                starttls: true,
+                tls: Some(server_tls(&cert, &key)),
+                ..Script::default()
+            }
+        },
+        "",
+    )
+    .await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
+    assert_eq!(diag(&rec), "tls-certificate", "{rec:#?}");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn implicit_tls() {
+    let relay = Relay::new(
+        |ca| Script {
+            starttls: false,
+            implicit_tls: true,
+            ..tls_script(ca)
+        },
+        &format!("tls = \"tls\"\n{AUTH}"),
+    )
+    .await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
+    assert_eq!(rec.status, Status::Sent, "{rec:#?}");
+    assert!(relay.upstream.messages()[0].tls);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_refused_is_connection_failed_and_retried_until_it_works() {
+    let relay = Relay::new(tls_script, AUTH).await;
+    // Point the provider at a port where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&relay.env.config_path)
+        .unwrap()
+        .replace(
+            &format!("port = {}", relay.upstream.addr.port()),
+            &format!("port = {dead}"),
+        )
+        .replace("retry_initial = \"1m\"", "retry_initial = \"300ms\"");
+    std::fs::write(&relay.env.config_path, &text).unwrap();
+    let daemon = relay.start().await;
+    let mut events = daemon.distributor.subscribe();
+    let id = submit(&daemon, &["a@contoso.com"], "x").await;
+    let rec = next_attempt(&daemon, &mut events, &id).await;
+    assert_eq!(rec.status, Status::Deferred);
+    assert_eq!(diag(&rec), "connection-failed");
+    assert!(
+        rec.attempts[0].reply.contains("cannot connect"),
+        "{}",
+        rec.attempts[0].reply
+    );
+    assert_eq!(rec.deferrals, 1);
+    // Retried with backoff: a second attempt comes by itself, and fails the same way.
+    let rec = next_attempt(&daemon, &mut events, &id).await;
+    assert_eq!(rec.attempts.len(), 2);
+    assert_eq!(rec.deferrals, 2);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_that_comes_back_gets_the_mail() {
+    let relay = Relay::new(tls_script, AUTH).await;
+    let text = std::fs::read_to_string(&relay.env.config_path)
+        .unwrap()
+        .replace("retry_initial = \"1m\"", "retry_initial = \"200ms\"");
+    std::fs::write(&relay.env.config_path, &text).unwrap();
+    relay.upstream.set_script(
+        tls_script(&relay.ca).reply("mail", "421 4.3.2 Service not available, try again later"),
+    );
+    let daemon = relay.start().await;
+    let mut events = daemon.distributor.subscribe();
+    let id = submit(&daemon, &["a@contoso.com"], "x").await;
+    let rec = next_attempt(&daemon, &mut events, &id).await;
+    assert_eq!(rec.status, Status::Deferred);
+    assert_eq!(diag(&rec), "upstream-throttled");
+    relay.upstream.set_script(tls_script(&relay.ca));
+    let rec = loop {
+        let rec = next_attempt(&daemon, &mut events, &id).await;
+        if rec.status != Status::Deferred {
+            break rec;
+        }
+    };
+    assert_eq!(rec.status, Status::Sent);
+    assert_eq!(relay.upstream.messages().len(), 1);
+    daemon.shutdown().await;
+}
+
+/// Replies at a stage and what they must become.
+async fn case(stage: &str, reply: &str, rcpts: &[&str], status: Status, code: &str) -> Record {
+    let relay = Relay::new(|ca| tls_script(ca).reply(stage, reply), AUTH).await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, rcpts).await;
+    assert_eq!(rec.status, status, "{stage} {reply}: {rec:#?}");
+    assert_eq!(diag(&rec), code, "{stage} {reply}");
+    let attempt = rec.attempts.last().unwrap();
+    assert!(!attempt.diagnosis.as_ref().unwrap().fix.is_empty());
+    daemon.shutdown().await;
+    rec
+}
+
+#[tokio::test]
+async fn auth_failures_are_deferred_with_their_diagnosis() {
+    let cases = [
+        ("535 5.7.8 Error: authentication failed", "auth-failed"),
+        ("535 5.7.3 Authentication unsuccessful", "auth-failed"),
+        (
+            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information.",
+            "smtp-auth-disabled",
+        ),
+        (
+            "535 5.7.139 Authentication unsuccessful, the request did not meet the criteria to be authenticated successfully. Contact your administrator.",
+            "auth-mfa-required",
+        ),
+        (
+            "550 5.7.30 Basic authentication is not supported for Client Submission.",
+            "basic-auth-retired",
+        ),
+    ];
+    for (reply, code) in cases {
+        let rec = case("auth", reply, &["a@contoso.com"], Status::Deferred, code).await;
+        assert_eq!(rec.attempts[0].reply, reply);
+    }
+}
+
+#[tokio::test]
+async fn message_level_replies() {
+    case(
+        "mail",
+        "530 5.7.57 Client not authenticated to send mail",
+        &["a@contoso.com"],
+        Status::Deferred,
+        "not-authenticated",
+    )
+    .await;
+    case(
+        "mail",
+        "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+        &["a@contoso.com"],
+        Status::Deferred,
+        "send-as-denied",
+    )
+    .await;
+    case(
+        "end",
+        "554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied",
+        &["a@contoso.com"],
+        Status::Deferred,
+        "send-as-denied",
+    )
+    .await;
+    case(
+        "end",
+        "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+        &["a@contoso.com"],
+        Status::Deferred,
+        "daily-quota",
+    )
+    .await;
+    case(
+        "end",
+        "552 5.3.4 Message size exceeds fixed maximum message size",
+        &["a@contoso.com"],
+        Status::Failed,
+        "message-too-large",
+    )
+    .await;
+    case(
+        "mail",
+        "421 4.7.0 Too many connections, slow down",
+        &["a@contoso.com"],
+        Status::Deferred,
+        "upstream-throttled",
+    )
+    .await;
+    case(
+        "data",
+        "451 4.3.0 Temporary local problem",
+        &["a@contoso.com"],
+        Status::Deferred,
+        "unknown",
+    )
+    .await;
+    case(
+        "mail",
+        "550 5.1.8 Sender address rejected",
+        &["a@contoso.com"],
+        Status::Failed,
+        "unknown",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn per_recipient_replies() {
+    // 5xx to some recipients: sent to the others, status partial.
+    let rec = case(
+        "rcpt:b@contoso.com",
+        "550 5.1.1 User unknown",
+        &["a@contoso.com", "b@contoso.com"],
+        Status::Partial,
+        "unknown",
+    )
+    .await;
+    assert_eq!(rec.recipients[0].status, Status::Sent);
+    assert_eq!(rec.recipients[1].status, Status::Failed);
+    assert_eq!(
+        rec.recipients[1].reply.as_deref(),
+        Some("550 5.1.1 User unknown")
+    );
+    assert!(rec.sent_at.is_some());
+    case(
+        "rcpt:full@contoso.com",
+        "552 5.2.2 Mailbox full",
+        &["a@contoso.com", "full@contoso.com"],
+        Status::Partial,
+        "mailbox-full",
+    )
+    .await;
+    case(
+        "rcpt:b@contoso.com",
+        "550 5.1.2 single label domains not accepted",
+        &["a@contoso.com", "b@contoso.com"],
+        Status::Partial,
+        "single-label-domain",
+    )
+    .await;
+    // 5xx to every recipient: failed.
+    let relay = Relay::new(
+        |ca| {
+            tls_script(ca)
+                .reply("rcpt:a@contoso.com", "550 5.1.1 User unknown")
+                .reply(
+                    "rcpt:b@contoso.com",
+                    "550 5.1.2 single label domains not accepted",
+                )
+        },
+        AUTH,
+    )
+    .await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com", "b@contoso.com"]).await;
+    assert_eq!(rec.status, Status::Failed);
+    assert!(relay.upstream.messages().is_empty());
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_4xx_recipient_is_retried_alone() {
+    let relay = Relay::new(
+        |ca| {
+            tls_script(ca).reply(
+                "rcpt:later@contoso.com",
+                "450 4.2.1 Mailbox busy, try again later",
+            )
+        },
+        AUTH,
+    )
+    .await;
+    let text = std::fs::read_to_string(&relay.env.config_path)
+        .unwrap()
+        .replace("retry_initial = \"1m\"", "retry_initial = \"200ms\"");
+    std::fs::write(&relay.env.config_path, &text).unwrap();
+    let daemon = relay.start().await;
+    let mut events = daemon.distributor.subscribe();
+    let id = submit(&daemon, &["now@contoso.com", "later@contoso.com"], "x").await;
+    let rec = next_attempt(&daemon, &mut events, &id).await;
+    assert_eq!(rec.status, Status::Deferred);
+    assert_eq!(rec.recipients[0].status, Status::Sent);
+    assert_eq!(rec.recipients[1].status, Status::Deferred);
+    relay.upstream.set_script(tls_script(&relay.ca));
+    let rec = next_attempt(&daemon, &mut events, &id).await;
+    assert_eq!(rec.status, Status::Sent, "{rec:#?}");
+    let got = relay.upstream.messages();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].rcpts, ["now@contoso.com"]);
+    assert_eq!(
+        got[1].rcpts,
+        ["later@contoso.com"],
+        "only the waiting recipient is retried"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_are_reused_up_to_max_connections() {
+    let relay = Relay::new(tls_script, &format!("{AUTH}\nmax_connections = 2")).await;
+    let daemon = relay.start().await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(submit(&daemon, &["a@contoso.com"], &format!("m{i}")).await);
+    }
+    relay.upstream.wait_for(8).await;
+    let opened = relay
+        .upstream
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened <= 2, "8 messages used {opened} connections");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_password_holds_mail_until_the_config_is_fixed() {
+    let relay = Relay::new(
+        tls_script,
+        "username = \"relay@contoso.com\"\npassword = \"wrong\"",
+    )
+    .await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
+    assert_eq!(rec.status, Status::Deferred);
+    assert_eq!(diag(&rec), "auth-failed");
+    daemon.shutdown().await;
+    // Fix the password, restart: the held message goes at once (no backoff wait).
+    relay.configure(AUTH);
+    let daemon = relay.start().await;
+    let got = relay.upstream.wait_for(1).await;
+    assert_eq!(got[0].auth_user.as_deref(), Some(USER));
+    let rec = daemon.pipeline.store().record(&rec.id).unwrap().unwrap();
+    daemon.shutdown().await;
+    assert!(got[0].data == daemon_message(&relay, &rec.id));
+}
+
+fn daemon_message(relay: &Relay, id: &str) -> Vec<u8> {
+    let store = mailgate::store::Store::open(&relay.env.config().store.path).unwrap();
+    store.message(id).unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn give_up_after_fails_the_message() {
+    let relay = Relay::new(
+        tls_script,
+        "username = \"relay@contoso.com\"\npassword = \"wrong\"",
+    )
+    .await;
+    let text = std::fs::read_to_string(&relay.env.config_path)
+        .unwrap()
+        .replace(
+            "retry_initial = \"1m\"",
+            "retry_initial = \"1m\"\ngive_up_after = \"1ms\"",
+        );
+    std::fs::write(&relay.env.config_path, &text).unwrap();
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
+    assert_eq!(rec.status, Status::Failed);
+    assert_eq!(diag(&rec), "auth-failed");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn stored_password_from_another_installation_is_undecryptable() {
+    let relay = Relay::new(tls_script, "username = \"relay@contoso.com\"").await;
+    // A secrets file sealed by another installation's key.
+    let other = tempfile::tempdir().unwrap();
+    let store = mailgate::secrets::SecretStore::beside(&other.path().join("x.redb"));
+    store
+        .set("up", &mailgate::secrets::Secret::new(PASS))
+        .unwrap();
+    let data = relay.env.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(other.path().join("secrets.json"), data.join("secrets.json")).unwrap();
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
+    assert_eq!(rec.status, Status::Deferred);
+    assert_eq!(diag(&rec), "password-undecryptable");
+    assert!(
+        rec.attempts[0]
+            .diagnosis
+            .as_ref()
+            .unwrap()
+            .fix
+            .contains("mailgate password set")
+    );
+    daemon.shutdown().await;
+    // Set on this installation, it works.
+    mailgate::secrets::SecretStore::beside(&relay.env.config().store.path)
+        .set("up", &mailgate::secrets::Secret::new(PASS))
+        .unwrap();
+    let daemon = relay.start().await;
+    relay.upstream.wait_for(1).await;
+    daemon.shutdown().await;
+}
