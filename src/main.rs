@@ -73,6 +73,14 @@ async fn main() -> anyhow::Result<()> {
             Ok(c) => mailgate::cli::history::show(&c, args).await,
             Err(code) => code,
         },
+        Command::Verify(args) => match load(&cli) {
+            Ok(c) => mailgate::cli::provider::verify(&c, args).await,
+            Err(code) => code,
+        },
+        Command::Password { command } => match load(&cli) {
+            Ok(c) => mailgate::cli::provider::password(&c, command),
+            Err(code) => code,
+        },
     };
     std::process::exit(code);
 }

@@ -180,3 +180,97 @@ async fn show_and_history_against_a_running_daemon() {
 
     assert_eq!(daemon.terminate().code(), Some(0));
 }
+
+async fn run_async(args: Vec<String>, stdin: Option<&'static str>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new(bin())
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_and_stored_passwords() {
+    use common::upstream::{Script, TestCa, Upstream, server_tls};
+    let ca = TestCa::new("cli CA");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let up = Upstream::start(Script {
+        starttls: true,
+        tls: Some(server_tls(&cert, &key)),
+        offer_auth: true,
+        credentials: Some(("relay@contoso.com".into(), "right-one".into())),
+        ..Script::default()
+    })
+    .await;
+    let env = TestEnv::new("", "");
+    std::fs::write(env.dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let provider = |secret: &str| {
+        format!(
+            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\nusername = \"relay@contoso.com\"\n{secret}\n",
+            up.addr.port(),
+            env.dir.path().join("ca.pem").display()
+        )
+    };
+    let path = env.config_path.to_str().unwrap().to_string();
+    let args = |a: &[&str]| -> Vec<String> {
+        let mut v = vec!["--config".to_string(), path.clone()];
+        v.extend(a.iter().map(|s| s.to_string()));
+        v
+    };
+
+    env.write_config("", &provider("password = \"wrong-one\""));
+    let o = run_async(args(&["verify", "--provider", "up"]), None).await;
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.starts_with("up: FAILED: 535 5.7.8"), "{out}");
+    assert!(out.contains("  diagnosis: auth-failed\n"), "{out}");
+    assert!(
+        out.contains("  fix:       Check username and the password"),
+        "{out}"
+    );
+    assert!(!out.contains("wrong-one"), "the password is never printed");
+
+    // No password in the config: store one, encrypted, from stdin.
+    env.write_config("", &provider(""));
+    let o = run_async(args(&["verify", "--provider", "up"]), None).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("diagnosis: provider-config"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run_async(
+        args(&["password", "set", "--provider", "up"]),
+        Some("right-one\n"),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let secrets = std::fs::read_to_string(env.dir.path().join("data/secrets.json")).unwrap();
+    assert!(!secrets.contains("right-one"));
+    let o = run_async(args(&["verify"]), None).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(out.contains("up: ok: 127.0.0.1:"), "{out}");
+    assert!(out.contains("STARTTLS, authenticated"), "{out}");
+    assert!(out.contains("outbox: ok: "), "{out}");
+
+    let o = run_async(args(&["password", "clear", "--provider", "up"]), None).await;
+    assert_eq!(o.status.code(), Some(0));
+    let o = run_async(args(&["verify", "--provider", "up"]), None).await;
+    assert_eq!(o.status.code(), Some(1));
+    let o = run_async(args(&["password", "set", "--provider", "nope"]), Some("x")).await;
+    assert_eq!(o.status.code(), Some(2));
+}

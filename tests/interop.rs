@@ -164,3 +164,212 @@ mod reqwest {
         rt.block_on(async { ::reqwest::get(url).await.unwrap().json().await.unwrap() })
     }
 }
+
+/// aiosmtpd as the upstream, in a child process; its JSON lines arrive on a channel.
+struct Aiosmtpd {
+    child: std::process::Child,
+    port: u16,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Aiosmtpd {
+    fn start(dir: &std::path::Path, ca: &common::upstream::TestCa, extra: &[&str]) -> Aiosmtpd {
+        use std::io::BufRead;
+        let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+        std::fs::write(dir.join("up.crt"), cert).unwrap();
+        std::fs::write(dir.join("up.key"), key).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/upstream.py");
+        let mut child = tool("python3")
+            .arg(script)
+            .args(["--cert", dir.join("up.crt").to_str().unwrap()])
+            .args(["--key", dir.join("up.key").to_str().unwrap()])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = rx
+            .recv_timeout(WAIT)
+            .expect("aiosmtpd starts (pip install aiosmtpd)");
+        let port = first["port"].as_u64().unwrap() as u16;
+        Aiosmtpd {
+            child,
+            port,
+            lines: rx,
+        }
+    }
+}
+
+impl Drop for Aiosmtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn relay_config(env: &TestEnv, ca: &common::upstream::TestCa, port: u16, auth: &str) {
+    std::fs::write(env.dir.path().join("ca.pem"), &ca.pem).unwrap();
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"aiosmtpd\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"starttls\"\nca_file = \"{}\"\n{auth}\n\
+             [distributor]\ndefault_provider = \"aiosmtpd\"\n",
+            env.dir.path().join("ca.pem").display()
+        ),
+    );
+}
+
+fn api_get(status: std::net::SocketAddr, path: &str) -> Vec<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        ::reqwest::get(format!("http://{status}{path}"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    })
+}
+
+#[test]
+fn swaks_through_mailgate_to_aiosmtpd_with_starttls_and_auth() {
+    let env = TestEnv::new("", "");
+    let ca = common::upstream::TestCa::new("interop CA");
+    let up = Aiosmtpd::start(
+        env.dir.path(),
+        &ca,
+        &["--user", "relay@contoso.com", "--password", "pa55-w0rd"],
+    );
+    relay_config(
+        &env,
+        &ca,
+        up.port,
+        "username = \"relay@contoso.com\"\npassword_env = \"MG_TEST_PASSWORD\"",
+    );
+    // The password comes from the environment of the daemon.
+    let mut daemon = {
+        // Set for the child only.
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.env("MG_TEST_PASSWORD", "pa55-w0rd");
+        DaemonProcess::start_with(&env.config_path, cmd)
+    };
+    let mut ids = Vec::new();
+    for (n, auth_args) in [(0, vec![]), (1, vec!["--pipeline"])] {
+        let o = tool("swaks")
+            .args([
+                "--server",
+                "127.0.0.1",
+                "--port",
+                &daemon.smtp.port().to_string(),
+            ])
+            .args([
+                "--from",
+                "scanner@printer.local",
+                "--to",
+                "a@contoso.com,b@contoso.com",
+            ])
+            .args([
+                "--header",
+                &format!("Subject: interop {n}"),
+                "--body",
+                "scan attached\n.dot",
+            ])
+            .args(auth_args)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{out}");
+        ids.push(id_from_swaks(&out));
+    }
+    daemon.wait_sent(&ids, WAIT);
+    for id in &ids {
+        let got = up.lines.recv_timeout(WAIT).unwrap();
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(got["data_b64"].as_str().unwrap())
+            .unwrap();
+        let stored = api_get(daemon.status, &format!("/api/messages/{id}/eml"));
+        assert_eq!(data, stored, "aiosmtpd received exactly the stored bytes");
+        assert_eq!(got["from"], "scanner@printer.local");
+        assert_eq!(
+            got["rcpts"],
+            serde_json::json!(["a@contoso.com", "b@contoso.com"])
+        );
+        assert_eq!(got["auth"], "relay@contoso.com");
+        let rec: serde_json::Value =
+            serde_json::from_slice(&api_get(daemon.status, &format!("/api/messages/{id}")))
+                .unwrap();
+        assert_eq!(rec["status"], "sent");
+        assert!(
+            rec["attempts"][0]["reply"]
+                .as_str()
+                .unwrap()
+                .contains("queued at aiosmtpd"),
+            "{rec}"
+        );
+    }
+    // The password never reaches the log or the history.
+    let log = serde_json::to_string(&daemon.seen).unwrap();
+    assert!(!log.contains("pa55-w0rd"));
+    let history = api_get(daemon.status, "/api/messages");
+    assert!(!String::from_utf8_lossy(&history).contains("pa55-w0rd"));
+}
+
+#[test]
+fn aiosmtpd_without_auth_gives_auth_not_supported() {
+    let env = TestEnv::new("", "");
+    let ca = common::upstream::TestCa::new("interop CA");
+    let _up = Aiosmtpd::start(env.dir.path(), &ca, &["--no-auth"]);
+    relay_config(
+        &env,
+        &ca,
+        _up.port,
+        "username = \"relay@contoso.com\"\npassword = \"secret-xyz\"",
+    );
+    let mut daemon = DaemonProcess::start(&env.config_path);
+    let o = tool("swaks")
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &daemon.smtp.port().to_string(),
+        ])
+        .args(["--from", "app@erp.local", "--to", "a@contoso.com"])
+        .output()
+        .unwrap();
+    let id = id_from_swaks(&String::from_utf8_lossy(&o.stdout));
+    let line = daemon.wait_log(
+        |v| v["message"] == "delivery" && v["id"] == id.as_str(),
+        WAIT,
+    );
+    assert_eq!(line["status"], "deferred");
+    assert_eq!(line["diagnosis"], "auth-not-supported");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&api_get(daemon.status, &format!("/api/messages/{id}"))).unwrap();
+    assert_eq!(rec["status"], "deferred");
+    let d = &rec["attempts"][0]["diagnosis"];
+    assert_eq!(d["code"], "auth-not-supported");
+    assert!(
+        d["fix"]
+            .as_str()
+            .unwrap()
+            .contains("please clear the SMTP user name and password")
+    );
+    let log = serde_json::to_string(&daemon.seen).unwrap();
+    assert!(!log.contains("secret-xyz"));
+}

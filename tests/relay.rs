@@ -627,3 +627,32 @@ async fn stored_password_from_another_installation_is_undecryptable() {
     relay.upstream.wait_for(1).await;
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn silent_upstream_times_out_and_does_not_block_other_providers() {
+    let relay = Relay::new(
+        |_| Script {
+            silent: true,
+            ..Script::default()
+        },
+        "",
+    )
+    .await;
+    let text = std::fs::read_to_string(&relay.env.config_path)
+        .unwrap()
+        .replace("timeout = \"5s\"", "timeout = \"500ms\"");
+    // A user of the outbox provider is not held up by the silent upstream.
+    std::fs::write(&relay.env.config_path, text).unwrap();
+    let daemon = relay.start().await;
+    let mut events = daemon.distributor.subscribe();
+    let stuck = submit(&daemon, &["a@contoso.com"], "to the silent one").await;
+    let rec = next_attempt(&daemon, &mut events, &stuck).await;
+    assert_eq!(rec.status, Status::Deferred);
+    assert_eq!(diag(&rec), "connection-failed");
+    assert!(
+        rec.attempts[0].reply.contains("no answer from the server"),
+        "{}",
+        rec.attempts[0].reply
+    );
+    daemon.shutdown().await;
+}

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod history;
+pub mod provider;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,14 @@ pub enum Command {
     History(history::HistoryArgs),
     /// Show one record with its attempts and diagnoses.
     Show(history::ShowArgs),
+    /// Sign in to each (or one) upstream without sending; print the outcome and diagnosis.
+    Verify(provider::VerifyArgs),
+    /// Store or drop a provider's encrypted password.
+    Password {
+        /// set or clear.
+        #[command(subcommand)]
+        command: provider::PasswordCommand,
+    },
 }
 
 /// Exit codes of the CLI.

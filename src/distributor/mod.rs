@@ -293,22 +293,31 @@ impl Distributor {
             },
         };
         let (record, due) = apply_outcome(record, outcome, &routing.retry, now_ms());
-        let attempt = record.attempts.last();
+        let (id, status, provider, deferrals) = (
+            record.id.clone(),
+            record.status,
+            record.provider.clone(),
+            record.deferrals,
+        );
+        let (diagnosis, reply) = record.attempts.last().map_or((None, None), |a| {
+            (
+                a.diagnosis.as_ref().map(|d| d.code.clone()),
+                Some(a.reply.clone()),
+            )
+        });
+        self.store.update(record, due).await?;
+        // Logged once committed, so what the log says is what the history holds.
         tracing::info!(
-            id = %record.id,
-            status = record.status.as_str(),
-            provider = %record.provider,
-            deferrals = record.deferrals,
-            diagnosis = attempt.and_then(|a| a.diagnosis.as_ref()).map(|d| d.code.as_str()),
-            reply = attempt.map(|a| a.reply.as_str()),
+            id = %id,
+            status = status.as_str(),
+            provider = %provider,
+            deferrals,
+            diagnosis,
+            reply,
             delay_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "delivery"
         );
-        let event = DeliveryEvent {
-            id: record.id.clone(),
-            status: record.status,
-        };
-        self.store.update(record, due).await?;
+        let event = DeliveryEvent { id, status };
         let _ = self.events.send(event);
         Ok(())
     }

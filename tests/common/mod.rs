@@ -84,7 +84,12 @@ pub struct DaemonProcess {
 
 impl DaemonProcess {
     pub fn start(config: &Path) -> DaemonProcess {
-        let mut child = Command::new(bin())
+        DaemonProcess::start_with(config, Command::new(bin()))
+    }
+
+    /// Starts `cmd` (the mailgate binary, maybe with extra environment) as the daemon.
+    pub fn start_with(config: &Path, mut cmd: Command) -> DaemonProcess {
+        let mut child = cmd
             .args([
                 "--config",
                 config.to_str().unwrap(),
