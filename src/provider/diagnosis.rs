@@ -358,6 +358,15 @@ mod tests {
     }
 
     #[test]
+    fn readme_troubleshooting_lists_every_code() {
+        let readme = include_str!("../../README.md");
+        let table = &readme[readme.find("### Diagnosis codes").expect("section")..];
+        for c in ALL {
+            assert!(table.contains(&format!("| `{}` |", c.as_str())), "{c:?} missing from README");
+        }
+    }
+
+    #[test]
     fn every_code_explains_itself() {
         for c in ALL {
             assert_eq!(Code::parse(c.as_str()), Some(c));
