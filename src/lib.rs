@@ -60,6 +60,21 @@ pub enum Error {
     Config(String),
 }
 
+/// Why a finished DATA was not acknowledged.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// The message is refused as it is (e.g. a line that cannot be re-encoded).
+    Refused(smtp::reply::Reply),
+    /// The store could not commit it; the client should try again.
+    Store(StoreError),
+}
+
+impl From<StoreError> for SubmitError {
+    fn from(e: StoreError) -> Self {
+        SubmitError::Store(e)
+    }
+}
+
 /// Accepted mail's way into the store: prepares the message, commits it with its
 /// history record, and wakes the distributor.
 #[derive(Debug)]
@@ -108,14 +123,46 @@ impl Pipeline {
         &self.store
     }
 
-    /// Commits one transaction durably; returns its id only once it is on disk.
-    pub async fn submit(&self, txn: Transaction) -> Result<String, StoreError> {
+    /// Identifies the sender, rewrites From, fits long lines, adds the trace headers
+    /// and commits the message durably; returns its id only once it is on disk.
+    pub async fn submit(&self, txn: Transaction) -> Result<String, SubmitError> {
         let config = self.config();
         let now = now_ms();
         let id = ulid::Ulid::new().to_string();
-        let protocol = if txn.smtputf8 { "UTF8SMTP" } else { "ESMTP" };
+        let mut data = txn.data.bytes;
+        let header_from = message::rewrite::header_from(&data);
+        let plan = message::identify::plan(
+            &config,
+            txn.auth_login.as_deref(),
+            &txn.mail_from,
+            header_from.as_deref(),
+        );
+        if let Some(target) = &plan.target {
+            data = message::rewrite::rewrite(
+                &data,
+                &message::rewrite::Rewrite {
+                    target: target.clone(),
+                    sender: plan.on_behalf_of.clone(),
+                    reply_to_original: config.rewrite.reply_to_original,
+                },
+            );
+        }
+        if message::longlines::longest_line(&data) > message::longlines::MAX_LINE {
+            data = message::longlines::encode(&data)
+                .map_err(|why| SubmitError::Refused(smtp::reply::Reply::new(554, "5.6.0", why)))?;
+        }
+        let protocol = match (txn.smtputf8, txn.tls, txn.auth_login.is_some()) {
+            (true, true, true) => "UTF8SMTPSA",
+            (true, true, false) => "UTF8SMTPS",
+            (true, false, true) => "UTF8SMTPA",
+            (true, false, false) => "UTF8SMTP",
+            (false, true, true) => "ESMTPSA",
+            (false, true, false) => "ESMTPS",
+            (false, false, true) => "ESMTPA",
+            (false, false, false) => "ESMTP",
+        };
         let prepared = message::prepare(
-            &txn.data.bytes,
+            &data,
             &message::TraceInfo {
                 id: &id,
                 hostname: &config.smtp.hostname,
@@ -133,9 +180,9 @@ impl Pipeline {
             client: txn.peer.to_string(),
             helo: txn.helo.clone(),
             auth_login: txn.auth_login.clone(),
-            user: None,
+            user: plan.user.clone(),
             original_sender: txn.mail_from.clone(),
-            sender: txn.mail_from.clone(),
+            sender: plan.envelope_from.clone(),
             recipients: txn
                 .rcpts
                 .iter()
@@ -148,21 +195,27 @@ impl Pipeline {
             subject: prepared.subject,
             message_id: Some(prepared.message_id),
             size: prepared.raw.len() as u64,
-            provider: config.distributor.default_provider.get_ref().clone(),
+            provider: plan.provider.clone(),
             deferrals: 0,
             sent_at: None,
             next_attempt_at: None,
             attempts: Vec::new(),
         };
-        let (from, nrcpt, size, provider) = (
-            record.original_sender.clone(),
-            record.recipients.len(),
-            record.size,
-            record.provider.clone(),
-        );
+        let (nrcpt, size) = (record.recipients.len(), record.size);
         self.store.insert(prepared.raw, record, now).await?;
         self.wake.notify_one();
-        tracing::info!(id = %id, client = %txn.peer, from = %from, nrcpt, size, provider = %provider, status = "queued", "accepted");
+        tracing::info!(
+            id = %id,
+            client = %txn.peer,
+            from = %txn.mail_from,
+            sender = %plan.envelope_from,
+            user = plan.user.as_deref(),
+            nrcpt,
+            size,
+            provider = %plan.provider,
+            status = "queued",
+            "accepted"
+        );
         Ok(id)
     }
 }
@@ -226,10 +279,18 @@ impl Daemon {
             source,
         })?;
 
+        let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
+            (Some(c), Some(k)) => {
+                Some(smtp::tls::acceptor(c.get_ref(), k.get_ref()).map_err(Error::Config)?)
+            }
+            _ => None,
+        };
         let ctx = Arc::new(smtp::listener::ListenerContext {
             pipeline: pipeline.clone(),
             permits: Arc::new(Semaphore::new(config.smtp.max_connections)),
             idle_timeout: config.smtp.idle_timeout.0,
+            tls,
+            auth_failures: smtp::auth::FailureLimiter::default(),
         });
         let mut smtp_addrs = Vec::new();
         for l in listeners {

@@ -3,6 +3,10 @@
 //! trace header at the top and `Message-ID:`/`Date:` at the end of the header block when
 //! missing; every other byte is kept as submitted. No I/O.
 
+pub mod identify;
+pub mod longlines;
+pub mod rewrite;
+
 use std::time::{Duration, UNIX_EPOCH};
 
 use mail_parser::MessageParser;

@@ -362,7 +362,10 @@ mod tests {
         let readme = include_str!("../../README.md");
         let table = &readme[readme.find("### Diagnosis codes").expect("section")..];
         for c in ALL {
-            assert!(table.contains(&format!("| `{}` |", c.as_str())), "{c:?} missing from README");
+            assert!(
+                table.contains(&format!("| `{}` |", c.as_str())),
+                "{c:?} missing from README"
+            );
         }
     }
 

@@ -22,7 +22,6 @@ use crate::config::BareNewlines;
 pub const MAX_LINE: usize = 512;
 
 /// Shared by every connection of every listener.
-#[derive(Debug)]
 pub struct ListenerContext {
     /// Where accepted mail goes.
     pub pipeline: Arc<Pipeline>,
@@ -30,6 +29,28 @@ pub struct ListenerContext {
     pub permits: Arc<Semaphore>,
     /// A silent client is closed after this long.
     pub idle_timeout: Duration,
+    /// STARTTLS, when `tls_cert`/`tls_key` are set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// AUTH failures per client address.
+    pub auth_failures: super::auth::FailureLimiter,
+}
+
+impl std::fmt::Debug for ListenerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerContext")
+            .field("idle_timeout", &self.idle_timeout)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a session's run over one stream ended.
+#[derive(Debug)]
+pub enum Ended<S> {
+    /// The connection is closed (or should be).
+    Closed,
+    /// The client asked for STARTTLS: upgrade `S` and go on with the session.
+    StartTls(S, Session),
 }
 
 /// Accepts on `listener` until `shutdown`; then lets sessions finish until `deadline`.
@@ -96,7 +117,29 @@ async fn handle(
 ) {
     let session = Session::new(ctx.pipeline.policy(), peer);
     tracing::debug!(%peer, "connect");
-    match run_session(stream, session, &ctx, shutdown).await {
+    let result = match run_session(stream, session, &ctx, shutdown.clone(), true).await {
+        Ok(Ended::StartTls(tcp, mut session)) => match &ctx.tls {
+            Some(acceptor) => {
+                match tokio::time::timeout(ctx.idle_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        session.tls_started();
+                        run_session(tls, session, &ctx, shutdown, false)
+                            .await
+                            .map(|_| ())
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    )),
+                }
+            }
+            None => Ok(()),
+        },
+        Ok(Ended::Closed) => Ok(()),
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => tracing::debug!(%peer, "disconnect"),
         Err(e) => tracing::debug!(%peer, error = %e, "connection ended"),
     }
@@ -110,14 +153,17 @@ enum Mode {
     Discard(usize, Reply),
 }
 
-/// Drives one session over any byte stream.
+/// Drives one session over any byte stream (greeting first when `greet`).
 pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     mut io: S,
     mut session: Session,
     ctx: &ListenerContext,
     mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    io.write_all(session.greeting().as_bytes()).await?;
+    greet: bool,
+) -> std::io::Result<Ended<S>> {
+    if greet {
+        io.write_all(session.greeting().as_bytes()).await?;
+    }
     let policy = ctx.pipeline.policy();
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut out: Vec<u8> = Vec::new();
@@ -144,8 +190,20 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                         );
                         continue;
                     }
-                    match session.command(line) {
+                    let mut action = session.command(line);
+                    if let Action::Authenticate { login, password } = action {
+                        action = authenticate(ctx, &mut session, login, password).await;
+                    }
+                    match action {
                         Action::Reply(r) => out.extend_from_slice(r.as_bytes()),
+                        Action::StartTls(r) => {
+                            // Whatever the client pipelined after STARTTLS is dropped
+                            // unread (CVE-2011-0411): it must not run inside TLS.
+                            out.extend_from_slice(r.as_bytes());
+                            io.write_all(&out).await?;
+                            return Ok(Ended::StartTls(io, session));
+                        }
+                        Action::Authenticate { .. } => {}
                         Action::Data(r) => {
                             out.extend_from_slice(r.as_bytes());
                             mode = Mode::Data(DataReader::new(
@@ -169,7 +227,8 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                         DataVerdict::Reject(r) => r,
                         DataVerdict::Commit(txn) => match ctx.pipeline.submit(*txn).await {
                             Ok(id) => session.queued(&id),
-                            Err(e) => {
+                            Err(crate::SubmitError::Refused(r)) => r,
+                            Err(crate::SubmitError::Store(e)) => {
                                 tracing::error!(error = %e, "message not committed; client told to retry");
                                 session.commit_failed()
                             }
@@ -196,14 +255,14 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if closing {
             let _ = io.shutdown().await;
-            return Ok(());
+            return Ok(Ended::Closed);
         }
         let idle = matches!(mode, Mode::Command) && buf.is_empty() && !session.in_transaction();
         if idle && *shutdown.borrow() {
             io.write_all(Reply::new(421, "4.3.2", "Service shutting down").as_bytes())
                 .await?;
             let _ = io.shutdown().await;
-            return Ok(());
+            return Ok(Ended::Closed);
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(65536);
@@ -219,11 +278,40 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 )
                 .await?;
                 let _ = io.shutdown().await;
-                return Ok(());
+                return Ok(Ended::Closed);
             }
-            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(0)) => return Ok(Ended::Closed),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
     }
+}
+
+/// Checks credentials off the runtime (argon2 is slow on purpose), with the per-address
+/// failure limit in front.
+async fn authenticate(
+    ctx: &ListenerContext,
+    session: &mut Session,
+    login: String,
+    password: crate::secrets::Secret,
+) -> Action {
+    let ip = session.peer().ip();
+    if !ctx.auth_failures.allowed(ip) {
+        return Action::Close(Reply::new(
+            421,
+            "4.7.0",
+            "Too many authentication failures from your address; try again later",
+        ));
+    }
+    let users = ctx.pipeline.config().user.clone();
+    let l = login.clone();
+    let ok =
+        tokio::task::spawn_blocking(move || super::auth::verify(&users, &l, password.expose()))
+            .await
+            .unwrap_or(false);
+    if !ok {
+        ctx.auth_failures.failed(ip);
+        tracing::warn!(client = %session.peer(), login = %login, "AUTH failed");
+    }
+    session.auth_done(login, ok)
 }

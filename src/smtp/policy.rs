@@ -65,6 +65,12 @@ pub struct Policy {
     pub bare_newlines: BareNewlines,
     /// Free-disk check.
     pub space: Arc<dyn SpaceCheck>,
+    /// STARTTLS is configured.
+    pub tls_enabled: bool,
+    /// Some user has a login (AUTH can succeed).
+    pub auth_enabled: bool,
+    /// Lines over 998 octets are refused instead of re-encoded.
+    pub reject_long_lines: bool,
 }
 
 impl Policy {
@@ -79,6 +85,9 @@ impl Policy {
             require_auth: c.smtp.require_auth,
             bare_newlines: c.smtp.bare_newlines,
             space,
+            tls_enabled: c.smtp.tls_cert.is_some() && c.smtp.tls_key.is_some(),
+            auth_enabled: c.user.iter().any(|u| u.login.is_some()),
+            reject_long_lines: c.smtp.long_lines == crate::config::LongLines::Reject,
         }
     }
 

@@ -7,10 +7,14 @@ use std::sync::Arc;
 
 use smtp_proto::{EhloResponse, Error as ParseError, Request};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
 use super::data::DataOutcome;
 use super::policy::{AddressProblem, Policy, check_address};
 use super::reply::Reply;
 use crate::config::BareNewlines;
+use crate::secrets::Secret;
 
 /// What the listener must do after a command.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,6 +27,24 @@ pub enum Action {
     Discard(usize, Reply),
     /// Send the reply and close the connection.
     Close(Reply),
+    /// Send the reply, drop any input already received, start TLS; then call
+    /// [`Session::tls_started`].
+    StartTls(Reply),
+    /// Check these credentials, then call [`Session::auth_done`].
+    Authenticate {
+        /// The login.
+        login: String,
+        /// The password (never printed).
+        password: Secret,
+    },
+}
+
+/// An AUTH exchange waiting for the client's next line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthPending {
+    Plain,
+    LoginUser,
+    LoginPass(String),
 }
 
 /// A complete transaction, ready to be committed.
@@ -40,6 +62,8 @@ pub struct Transaction {
     pub rcpts: Vec<String>,
     /// The client announced SMTPUTF8.
     pub smtputf8: bool,
+    /// The session was inside TLS.
+    pub tls: bool,
     /// The message as read.
     pub data: DataOutcome,
 }
@@ -68,7 +92,13 @@ pub struct Session {
     helo: Option<String>,
     auth_login: Option<String>,
     envelope: Option<Envelope>,
+    tls: bool,
+    auth_failures: u32,
+    auth_pending: Option<AuthPending>,
 }
+
+/// AUTH failures after which a session is closed.
+pub const MAX_AUTH_FAILURES: u32 = 3;
 
 fn bad_sequence(text: &str) -> Reply {
     Reply::new(503, "5.5.1", text)
@@ -83,6 +113,149 @@ impl Session {
             helo: None,
             auth_login: None,
             envelope: None,
+            tls: false,
+            auth_failures: 0,
+            auth_pending: None,
+        }
+    }
+
+    /// TLS is up: the session starts over (RFC 3207: forget HELO, transaction, AUTH).
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.envelope = None;
+        self.auth_login = None;
+        self.auth_pending = None;
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Whether the session is inside TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Whether AUTH is offered to this client now: there are logins, and the session is
+    /// in TLS or the client is in `allowed_networks`.
+    fn auth_offered(&self) -> bool {
+        self.policy.auth_enabled && (self.tls || self.policy.is_allowed(self.peer.ip()))
+    }
+
+    /// The result of checking the credentials of [`Action::Authenticate`].
+    pub fn auth_done(&mut self, login: String, ok: bool) -> Action {
+        if ok {
+            self.auth_login = Some(login);
+            return Action::Reply(Reply::new(235, "2.7.0", "Authentication successful"));
+        }
+        self.auth_failures += 1;
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            return Action::Close(Reply::new(
+                421,
+                "4.7.0",
+                "Too many authentication failures, closing connection",
+            ));
+        }
+        Action::Reply(Reply::new(
+            535,
+            "5.7.8",
+            "Authentication credentials invalid",
+        ))
+    }
+
+    fn auth_start(&mut self, mechanism: u64, initial: &str) -> Action {
+        if self.auth_login.is_some() {
+            return Action::Reply(bad_sequence("Already authenticated"));
+        }
+        if self.envelope.is_some() {
+            return Action::Reply(bad_sequence("AUTH not allowed during a mail transaction"));
+        }
+        if !self.auth_offered() {
+            return Action::Reply(if self.policy.auth_enabled {
+                Reply::new(
+                    538,
+                    "5.7.11",
+                    "Encryption required for requested authentication mechanism",
+                )
+            } else {
+                Reply::new(503, "5.5.1", "AUTH is not available on this listener")
+            });
+        }
+        let initial = initial.trim();
+        match mechanism {
+            smtp_proto::AUTH_PLAIN if initial.is_empty() => {
+                self.auth_pending = Some(AuthPending::Plain);
+                Action::Reply(Reply::new(334, "", ""))
+            }
+            smtp_proto::AUTH_PLAIN => self.auth_plain(initial),
+            smtp_proto::AUTH_LOGIN if initial.is_empty() => {
+                self.auth_pending = Some(AuthPending::LoginUser);
+                Action::Reply(Reply::new(334, "", "VXNlcm5hbWU6"))
+            }
+            smtp_proto::AUTH_LOGIN => match decode(initial) {
+                Some(user) => {
+                    self.auth_pending = Some(AuthPending::LoginPass(user));
+                    Action::Reply(Reply::new(334, "", "UGFzc3dvcmQ6"))
+                }
+                None => Action::Reply(Reply::new(501, "5.5.2", "Invalid base64 data")),
+            },
+            _ => Action::Reply(Reply::new(
+                504,
+                "5.5.4",
+                "Unrecognized authentication type; use PLAIN or LOGIN",
+            )),
+        }
+    }
+
+    fn auth_plain(&mut self, b64: &str) -> Action {
+        let Some(raw) = B64.decode(b64.trim()).ok() else {
+            return Action::Reply(Reply::new(501, "5.5.2", "Invalid base64 data"));
+        };
+        let mut parts = raw.split(|b| *b == 0);
+        let (Some(authz), Some(user), Some(pass), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Action::Reply(Reply::new(501, "5.5.2", "Invalid PLAIN response"));
+        };
+        let (Ok(user), Ok(pass)) = (
+            String::from_utf8(user.to_vec()),
+            String::from_utf8(pass.to_vec()),
+        ) else {
+            return Action::Reply(Reply::new(501, "5.5.2", "Invalid PLAIN response"));
+        };
+        if !authz.is_empty() && authz != user.as_bytes() {
+            return self.auth_done(user, false);
+        }
+        Action::Authenticate {
+            login: user,
+            password: Secret::new(pass),
+        }
+    }
+
+    fn auth_continue(&mut self, pending: AuthPending, line: &[u8]) -> Action {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim();
+        if text == "*" {
+            return Action::Reply(Reply::new(501, "5.7.0", "Authentication cancelled"));
+        }
+        match pending {
+            AuthPending::Plain => self.auth_plain(text),
+            AuthPending::LoginUser => match decode(text) {
+                Some(user) => {
+                    self.auth_pending = Some(AuthPending::LoginPass(user));
+                    Action::Reply(Reply::new(334, "", "UGFzc3dvcmQ6"))
+                }
+                None => Action::Reply(Reply::new(501, "5.5.2", "Invalid base64 data")),
+            },
+            AuthPending::LoginPass(user) => match decode(text) {
+                Some(pass) => Action::Authenticate {
+                    login: user,
+                    password: Secret::new(pass),
+                },
+                None => Action::Reply(Reply::new(501, "5.5.2", "Invalid base64 data")),
+            },
         }
     }
 
@@ -103,6 +276,9 @@ impl Session {
 
     /// Handles one command line (including its line end).
     pub fn command(&mut self, line: &[u8]) -> Action {
+        if let Some(pending) = self.auth_pending.take() {
+            return self.auth_continue(pending, line);
+        }
         let request = match Request::parse(&mut line.iter()) {
             Ok(r) => r,
             Err(e) => return Action::Reply(parse_error(e)),
@@ -145,12 +321,15 @@ impl Session {
                 "2.0.0",
                 "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
             )),
+            Request::StartTls if self.tls => Action::Reply(bad_sequence("Already in TLS")),
+            Request::StartTls if self.policy.tls_enabled => {
+                Action::StartTls(Reply::new(220, "2.0.0", "Ready to start TLS"))
+            }
             Request::StartTls => Action::Reply(Reply::new(454, "4.7.0", "TLS not available")),
-            Request::Auth { .. } => Action::Reply(Reply::new(
-                503,
-                "5.5.1",
-                "AUTH is not available on this listener",
-            )),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth_start(mechanism, &initial_response),
             Request::Bdat { chunk_size, .. } => Action::Discard(
                 chunk_size,
                 Reply::new(503, "5.5.1", "CHUNKING was not offered; use DATA"),
@@ -172,6 +351,13 @@ impl Session {
             | smtp_proto::EXT_8BIT_MIME
             | smtp_proto::EXT_SMTP_UTF8
             | smtp_proto::EXT_ENHANCED_STATUS_CODES;
+        if self.policy.tls_enabled && !self.tls {
+            r.capabilities |= smtp_proto::EXT_START_TLS;
+        }
+        if self.auth_offered() && self.auth_login.is_none() {
+            r.capabilities |= smtp_proto::EXT_AUTH;
+            r.auth_mechanisms = smtp_proto::AUTH_PLAIN | smtp_proto::AUTH_LOGIN;
+        }
         r.size = usize::try_from(self.policy.max_message_size).unwrap_or(usize::MAX);
         let mut out = Vec::new();
         // Writing into a Vec cannot fail.
@@ -257,6 +443,16 @@ impl Session {
                 ),
             ));
         }
+        if self.policy.reject_long_lines && data.max_line > crate::message::longlines::MAX_LINE {
+            return DataVerdict::Reject(Reply::new(
+                554,
+                "5.6.0",
+                format!(
+                    "Message has a line of {} octets; lines are limited to 998 (RFC 5322)",
+                    data.max_line
+                ),
+            ));
+        }
         if data.bare_newline && self.policy.bare_newlines == BareNewlines::Reject {
             return DataVerdict::Reject(Reply::new(
                 554,
@@ -271,6 +467,7 @@ impl Session {
             mail_from: env.from,
             rcpts: env.rcpts,
             smtputf8: env.smtputf8,
+            tls: self.tls,
             data,
         }))
     }
@@ -288,6 +485,12 @@ impl Session {
             "Local error: the message could not be stored; try again later",
         )
     }
+}
+
+fn decode(b64: &str) -> Option<String> {
+    B64.decode(b64.trim())
+        .ok()
+        .and_then(|v| String::from_utf8(v).ok())
 }
 
 fn parse_error(e: ParseError) -> Reply {

@@ -44,6 +44,8 @@ fn harness_with(extra: &str, space: Arc<dyn SpaceCheck>, peer: &str) -> Harness 
             pipeline,
             permits: Arc::new(Semaphore::new(10)),
             idle_timeout: Duration::from_secs(300),
+            tls: None,
+            auth_failures: Default::default(),
         },
         peer: peer.parse().unwrap(),
     }
@@ -61,7 +63,7 @@ impl Harness {
         let (_tx, rx) = watch::channel(false);
         let session = Session::new(self.ctx.pipeline.policy(), self.peer);
         let ctx = &self.ctx;
-        let serve = run_session(server, session, ctx, rx);
+        let serve = run_session(server, session, ctx, rx, true);
         let talk = async {
             client.write_all(input).await.unwrap();
             client.shutdown().await.unwrap();
@@ -366,7 +368,7 @@ async fn idle_client_is_closed() {
     let (mut client, server) = tokio::io::duplex(4096);
     let (_tx, rx) = watch::channel(false);
     let session = Session::new(h.ctx.pipeline.policy(), h.peer);
-    let serve = run_session(server, session, &h.ctx, rx);
+    let serve = run_session(server, session, &h.ctx, rx, true);
     let talk = async {
         client.write_all(b"EHLO c\r\n").await.unwrap();
         let mut out = Vec::new();
@@ -386,7 +388,7 @@ async fn shutdown_closes_idle_sessions_with_421() {
     let (mut client, server) = tokio::io::duplex(4096);
     let (tx, rx) = watch::channel(false);
     let session = Session::new(h.ctx.pipeline.policy(), h.peer);
-    let serve = run_session(server, session, &h.ctx, rx);
+    let serve = run_session(server, session, &h.ctx, rx, true);
     let talk = async {
         let mut greeting = [0u8; 32];
         let n = client.read(&mut greeting).await.unwrap();

@@ -1,0 +1,317 @@
+//! The From rewrite: splices the header block of the submitted bytes. The From field
+//! (all its folded lines) is replaced so that its address is the target and its display
+//! name is kept; every original From field is kept as `X-Original-From`; `Sender:` (for
+//! on-behalf-of) and `Reply-To:` (when asked and absent) are added beside it. Every other
+//! byte of the message stays as it was. Headers are read with mail-parser, whose byte
+//! offsets say exactly which bytes a field owns.
+
+use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
+
+/// What to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// The From address the world sees.
+    pub target: String,
+    /// `Sender:` for on-behalf-of.
+    pub sender: Option<String>,
+    /// Put the original From into Reply-To when there is none.
+    pub reply_to_original: bool,
+}
+
+/// The first address of the first From field, as the header says it.
+pub fn header_from(raw: &[u8]) -> Option<String> {
+    let msg = MessageParser::default().parse_headers(raw)?;
+    let h = msg
+        .root_part()
+        .headers
+        .iter()
+        .find(|h| h.name == HeaderName::From)?;
+    first_address(&h.value).map(|(_, a)| a)
+}
+
+/// Strips an obsolete source route (`@a,@b:user@host` -> `user@host`).
+fn strip_route(a: &str) -> &str {
+    if a.starts_with('@') {
+        a.rsplit_once(':').map_or(a, |(_, rest)| rest)
+    } else {
+        a
+    }
+}
+
+fn first_address(v: &HeaderValue<'_>) -> Option<(Option<String>, String)> {
+    let addr = match v {
+        HeaderValue::Address(Address::List(list)) => list.first(),
+        HeaderValue::Address(Address::Group(groups)) => {
+            groups.iter().flat_map(|g| g.addresses.iter()).next()
+        }
+        _ => None,
+    }?;
+    let a = addr.address.as_deref()?;
+    Some((
+        addr.name.as_ref().map(|n| n.to_string()),
+        strip_route(a).to_string(),
+    ))
+}
+
+fn address_count(v: &HeaderValue<'_>) -> usize {
+    match v {
+        HeaderValue::Address(Address::List(list)) => list.len(),
+        HeaderValue::Address(Address::Group(groups)) => {
+            groups.iter().map(|g| g.addresses.len()).sum()
+        }
+        _ => 0,
+    }
+}
+
+/// A display name as header text: a quoted string, or RFC 2047 when not ASCII.
+fn encode_display_name(name: &str) -> String {
+    use base64::Engine;
+    if name.is_ascii() {
+        let escaped = name.replace('\\', "\\\\").replace('"', "\\\"");
+        format!("\"{escaped}\"")
+    } else {
+        format!(
+            "=?UTF-8?B?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(name.as_bytes())
+        )
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
+}
+
+/// The new value (after `From:`) of a From field whose raw value is `value`.
+fn new_from_value(value: &[u8], parsed: &HeaderValue<'_>, target: &str) -> Vec<u8> {
+    let eol: &[u8] = if value.ends_with(b"\r\n") {
+        b"\r\n"
+    } else {
+        b"\n"
+    };
+    if address_count(parsed) == 1
+        && let Some((_, original)) = first_address(parsed)
+        && let Some(i) = find(value, original.as_bytes())
+        && find(&value[i + original.len()..], original.as_bytes()).is_none()
+    {
+        // Splice: keep display name, comments and folding; swap the address (with its
+        // angle brackets and any source route).
+        let end = i + original.len();
+        let lt = value[..i].iter().rposition(|&b| b == b'<');
+        let gt = value[end..]
+            .iter()
+            .position(|&b| b == b'>')
+            .map(|p| end + p);
+        let mut out = Vec::with_capacity(value.len() + target.len());
+        match (lt, gt) {
+            (Some(l), Some(g)) if !value[l + 1..i].contains(&b'>') => {
+                out.extend_from_slice(&value[..l]);
+                out.extend_from_slice(format!("<{target}>").as_bytes());
+                out.extend_from_slice(&value[g + 1..]);
+            }
+            _ => {
+                out.extend_from_slice(&value[..i]);
+                out.extend_from_slice(target.as_bytes());
+                out.extend_from_slice(&value[end..]);
+            }
+        }
+        return out;
+    }
+    // Several mailboxes, a group, or an address we cannot find as written: one mailbox
+    // with the first display name.
+    let name = first_address(parsed)
+        .and_then(|(n, _)| n)
+        .filter(|n| !n.trim().is_empty());
+    let mut out = match name {
+        Some(n) => format!(" {} <{target}>", encode_display_name(&n)).into_bytes(),
+        None => format!(" <{target}>").into_bytes(),
+    };
+    out.extend_from_slice(eol);
+    out
+}
+
+/// Rewrites the header block of `raw`; returns the new bytes.
+pub fn rewrite(raw: &[u8], plan: &Rewrite) -> Vec<u8> {
+    let parsed = MessageParser::default().parse_headers(raw);
+    let headers: Vec<_> = parsed
+        .as_ref()
+        .map(|m| m.root_part().headers.iter().collect())
+        .unwrap_or_default();
+    let eol: &[u8] = if memchr::memchr(b'\n', raw).is_some_and(|i| i > 0 && raw[i - 1] == b'\r')
+        || raw.is_empty()
+    {
+        b"\r\n"
+    } else {
+        b"\n"
+    };
+    let froms: Vec<_> = headers
+        .iter()
+        .filter(|h| h.name == HeaderName::From)
+        .collect();
+    let has_reply_to = headers.iter().any(|h| h.name == HeaderName::ReplyTo);
+    let senders: Vec<_> = headers
+        .iter()
+        .filter(|h| h.name == HeaderName::Sender)
+        .collect();
+
+    let value_of = |h: &mail_parser::Header<'_>| -> Vec<u8> {
+        let v = &raw[h.offset_start as usize..h.offset_end as usize];
+        let mut v = v.to_vec();
+        if !v.starts_with(b" ") && !v.starts_with(b"\t") {
+            v.insert(0, b' ');
+        }
+        if !v.ends_with(b"\n") {
+            v.extend_from_slice(eol);
+        }
+        v
+    };
+
+    // The block written where the first From stood (or at the end of the headers).
+    let mut block = Vec::new();
+    block.extend_from_slice(b"From:");
+    match froms.first() {
+        Some(h) => block.extend(new_from_value(&value_of(h), &h.value, &plan.target)),
+        None => {
+            block.extend_from_slice(format!(" <{}>", plan.target).as_bytes());
+            block.extend_from_slice(eol);
+        }
+    }
+    for h in &froms {
+        block.extend_from_slice(b"X-Original-From:");
+        block.extend(value_of(h));
+    }
+    if let Some(account) = &plan.sender {
+        block.extend_from_slice(format!("Sender: <{account}>").as_bytes());
+        block.extend_from_slice(eol);
+        for h in &senders {
+            block.extend_from_slice(b"X-Original-Sender:");
+            block.extend(value_of(h));
+        }
+    }
+    if plan.reply_to_original
+        && !has_reply_to
+        && let Some(h) = froms.first()
+    {
+        block.extend_from_slice(b"Reply-To:");
+        block.extend(value_of(h));
+    }
+
+    // Byte ranges removed: every From field, and the Senders we replace.
+    let mut removed: Vec<(usize, usize)> = froms
+        .iter()
+        .map(|h| (h.offset_field as usize, h.offset_end as usize))
+        .collect();
+    if plan.sender.is_some() {
+        removed.extend(
+            senders
+                .iter()
+                .map(|h| (h.offset_field as usize, h.offset_end as usize)),
+        );
+    }
+    removed.sort_unstable();
+
+    let mut out = Vec::with_capacity(raw.len() + block.len());
+    if removed.is_empty() && headers.is_empty() {
+        // No header block at all: ours becomes it.
+        out.extend_from_slice(&block);
+        if !raw.starts_with(eol) {
+            out.extend_from_slice(eol);
+        }
+        out.extend_from_slice(raw);
+        return out;
+    }
+    if removed.is_empty() {
+        let at = header_block_end(
+            raw,
+            parsed.as_ref().map(|m| m.root_part().offset_body as usize),
+        );
+        out.extend_from_slice(&raw[..at]);
+        if at > 0 && !raw[..at].ends_with(b"\n") {
+            out.extend_from_slice(eol);
+        }
+        out.extend_from_slice(&block);
+        out.extend_from_slice(&raw[at..]);
+        return out;
+    }
+    let mut pos = 0;
+    for (i, (start, end)) in removed.into_iter().enumerate() {
+        out.extend_from_slice(&raw[pos..start]);
+        if i == 0 {
+            out.extend_from_slice(&block);
+        }
+        pos = end;
+    }
+    out.extend_from_slice(&raw[pos..]);
+    out
+}
+
+/// Where new header fields go when there is no From: before the empty line that ends
+/// the header block (or at the end of a headers-only message).
+fn header_block_end(raw: &[u8], body_offset: Option<usize>) -> usize {
+    if let Some(i) = find(raw, b"\r\n\r\n") {
+        return i + 2;
+    }
+    if let Some(i) = find(raw, b"\n\n") {
+        return i + 1;
+    }
+    body_offset.unwrap_or(raw.len()).min(raw.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Rewrite {
+        Rewrite {
+            target: "billing@contoso.com".into(),
+            sender: None,
+            reply_to_original: false,
+        }
+    }
+
+    fn headers(out: &[u8]) -> String {
+        let s = String::from_utf8_lossy(out);
+        s.split("\r\n\r\n").next().unwrap().to_string()
+    }
+
+    #[test]
+    fn display_name_is_kept() {
+        let raw = b"Subject: x\r\nFrom: \"Last, First\" <first.last@erp.local>\r\nTo: a@b.com\r\n\r\nbody\r\n";
+        let out = rewrite(raw, &plan());
+        assert_eq!(
+            headers(&out),
+            "Subject: x\r\nFrom: \"Last, First\" <billing@contoso.com>\r\nX-Original-From: \"Last, First\" <first.last@erp.local>\r\nTo: a@b.com"
+        );
+        assert!(out.ends_with(b"\r\n\r\nbody\r\n"));
+    }
+
+    #[test]
+    fn bare_address_and_missing_from() {
+        let out = rewrite(b"From: app@erp.local\r\n\r\nx", &plan());
+        assert_eq!(
+            headers(&out),
+            "From: billing@contoso.com\r\nX-Original-From: app@erp.local"
+        );
+        let out = rewrite(b"Subject: s\r\n\r\nx", &plan());
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "Subject: s\r\nFrom: <billing@contoso.com>\r\n\r\nx"
+        );
+    }
+
+    #[test]
+    fn on_behalf_of_and_reply_to() {
+        let p = Rewrite {
+            sender: Some("relay@contoso.com".into()),
+            reply_to_original: true,
+            ..plan()
+        };
+        let out = rewrite(
+            b"From: Scanner <scan@printer.local>\r\nSender: old@x.y\r\n\r\nx",
+            &p,
+        );
+        assert_eq!(
+            headers(&out),
+            "From: Scanner <billing@contoso.com>\r\nX-Original-From: Scanner <scan@printer.local>\r\nSender: <relay@contoso.com>\r\nX-Original-Sender: old@x.y\r\nReply-To: Scanner <scan@printer.local>"
+        );
+    }
+}
