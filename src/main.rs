@@ -32,6 +32,33 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+fn hash_password() -> i32 {
+    use std::io::Read;
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("cannot read the password from stdin: {e}");
+        return exit::FAILED;
+    }
+    let password = input
+        .strip_suffix("\r\n")
+        .or_else(|| input.strip_suffix('\n'))
+        .unwrap_or(&input);
+    if password.is_empty() {
+        eprintln!("empty password");
+        return exit::FAILED;
+    }
+    match mailgate::smtp::auth::hash_password(password) {
+        Ok(phc) => {
+            println!("{phc}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("cannot hash: {e}");
+            exit::FAILED
+        }
+    }
+}
+
 fn load(cli: &Cli) -> Result<Config, i32> {
     Config::load(&cli.config).map_err(|e| {
         eprintln!("{e}");
@@ -77,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(c) => mailgate::cli::provider::verify(&c, args).await,
             Err(code) => code,
         },
+        Command::HashPassword => hash_password(),
         Command::Password { command } => match load(&cli) {
             Ok(c) => mailgate::cli::provider::password(&c, command),
             Err(code) => code,

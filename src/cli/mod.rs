@@ -46,6 +46,8 @@ pub enum Command {
     Show(history::ShowArgs),
     /// Sign in to each (or one) upstream without sending; print the outcome and diagnosis.
     Verify(provider::VerifyArgs),
+    /// Read a password from stdin, print the PHC string for `password_hash`.
+    HashPassword,
     /// Store or drop a provider's encrypted password.
     Password {
         /// set or clear.

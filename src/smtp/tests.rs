@@ -25,7 +25,7 @@ struct Harness {
 fn harness_with(extra: &str, space: Arc<dyn SpaceCheck>, peer: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[smtp]\nhostname = \"mx.test\"\nmax_message_size = 1000\nmax_recipients = 3\n{extra}\n\
+        "[smtp]\nhostname = \"mx.test\"\nmax_message_size = 1100\nmax_recipients = 3\n{extra}\n\
          [store]\npath = \"{}\"\n[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"{}\"\n",
         dir.path().join("s.redb").display(),
         dir.path().join("outbox").display()
@@ -115,7 +115,7 @@ async fn greeting_and_ehlo_capabilities() {
     let caps: Vec<&str> = r[2..r.len() - 1].iter().map(|l| &l[4..]).collect();
     for want in [
         "PIPELINING",
-        "SIZE 1000",
+        "SIZE 1100",
         "8BITMIME",
         "SMTPUTF8",
         "ENHANCEDSTATUSCODES",
@@ -400,4 +400,160 @@ async fn shutdown_closes_idle_sessions_with_421() {
     };
     let (_, out) = tokio::join!(serve, talk);
     assert_eq!(out, "421 4.3.2 Service shutting down\r\n");
+}
+
+/// A user `erp` with password `secret-pw`, and one without a login.
+fn users() -> String {
+    let hash = super::auth::hash_password("secret-pw").unwrap();
+    format!(
+        "[[user]]\nname = \"erp\"\nlogin = \"erp\"\npassword_hash = \"{hash}\"\nemail = \"billing@contoso.com\"\n"
+    )
+}
+
+fn auth_harness(peer: &str) -> Harness {
+    // [[user]] tables must come after [smtp] keys: pass them through the tail.
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[smtp]\nhostname = \"mx.test\"\n[store]\npath = \"{}\"\n[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"{}\"\n{}",
+        dir.path().join("s.redb").display(),
+        dir.path().join("outbox").display(),
+        users()
+    );
+    let config = Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let store = Store::open(&config.store.path).unwrap();
+    let pipeline = Arc::new(Pipeline::new(
+        store,
+        Arc::new(Notify::new()),
+        Arc::new(config),
+        Arc::new(FixedSpace(true)),
+    ));
+    Harness {
+        _dir: dir,
+        ctx: ListenerContext {
+            pipeline,
+            permits: Arc::new(Semaphore::new(10)),
+            idle_timeout: Duration::from_secs(300),
+            tls: None,
+            auth_failures: Default::default(),
+        },
+        peer: peer.parse().unwrap(),
+    }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn auth_plain_and_login_from_an_allowed_network() {
+    let h = auth_harness("127.0.0.1:4000");
+    let plain = b64("\0erp\0secret-pw");
+    let input = format!("EHLO c\r\nAUTH PLAIN {plain}\r\nAUTH PLAIN {plain}\r\nQUIT\r\n");
+    let r = h.converse(input.as_bytes()).await;
+    assert!(
+        r.iter()
+            .any(|l| l == "250-AUTH PLAIN LOGIN" || l == "250 AUTH PLAIN LOGIN"),
+        "{r:?}"
+    );
+    let c = codes(&r);
+    assert_eq!(c[2], "235 2.7.0 Authentication successful");
+    assert!(c[3].starts_with("503 5.5.1 Already authenticated"), "{c:?}");
+
+    let input = format!(
+        "EHLO c\r\nAUTH LOGIN\r\n{}\r\n{}\r\nAUTH PLAIN\r\n{plain}\r\nQUIT\r\n",
+        b64("erp"),
+        b64("secret-pw")
+    );
+    let c = codes(&h.converse(input.as_bytes()).await);
+    assert_eq!(c[2], "334 VXNlcm5hbWU6");
+    assert_eq!(c[3], "334 UGFzc3dvcmQ6");
+    assert_eq!(c[4], "235 2.7.0 Authentication successful");
+}
+
+#[tokio::test]
+async fn auth_failures_535_then_421_after_three() {
+    let h = auth_harness("127.0.0.1:4000");
+    let bad = b64("\0erp\0wrong");
+    let input = format!(
+        "EHLO c\r\nAUTH PLAIN {bad}\r\nAUTH LOGIN {}\r\n{}\r\nAUTH PLAIN {bad}\r\nNOOP\r\n",
+        b64("erp"),
+        b64("nope")
+    );
+    let c = codes(&h.converse(input.as_bytes()).await);
+    assert_eq!(c[2], "535 5.7.8 Authentication credentials invalid");
+    assert_eq!(c[3], "334 UGFzc3dvcmQ6");
+    assert_eq!(c[4], "535 5.7.8 Authentication credentials invalid");
+    assert_eq!(
+        c[5],
+        "421 4.7.0 Too many authentication failures, closing connection"
+    );
+    assert_eq!(c.len(), 6, "closed: NOOP never answered: {c:?}");
+}
+
+#[tokio::test]
+async fn brute_force_from_one_address_is_cut_off() {
+    let h = auth_harness("127.0.0.1:4000");
+    let bad = b64("\0erp\0guess");
+    // Five failures fill the per-address quota (two sessions), the sixth blocks it.
+    for _ in 0..2 {
+        h.converse(
+            format!("EHLO c\r\nAUTH PLAIN {bad}\r\nAUTH PLAIN {bad}\r\nAUTH PLAIN {bad}\r\n")
+                .as_bytes(),
+        )
+        .await;
+    }
+    let good = b64("\0erp\0secret-pw");
+    let c = codes(
+        &h.converse(format!("EHLO c\r\nAUTH PLAIN {good}\r\n").as_bytes())
+            .await,
+    );
+    assert_eq!(
+        c[2],
+        "421 4.7.0 Too many authentication failures from your address; try again later"
+    );
+}
+
+#[tokio::test]
+async fn auth_needs_tls_outside_allowed_networks_and_cancel_works() {
+    let h = auth_harness("192.0.2.9:4000");
+    let plain = b64("\0erp\0secret-pw");
+    let input = format!("EHLO c\r\nAUTH PLAIN {plain}\r\nMAIL FROM:<a@b.com>\r\nQUIT\r\n");
+    let r = h.converse(input.as_bytes()).await;
+    assert!(
+        !r.iter().any(|l| l.contains("AUTH")),
+        "AUTH is not offered in plain text: {r:?}"
+    );
+    let c = codes(&r);
+    assert!(c[2].starts_with("538 5.7.11"), "{c:?}");
+    assert_eq!(c[3], "530 5.7.0 Authentication required");
+    let h = auth_harness("127.0.0.1:4000");
+    let c = codes(
+        &h.converse(b"EHLO c\r\nAUTH LOGIN\r\n*\r\nAUTH CRAM-MD5\r\nQUIT\r\n")
+            .await,
+    );
+    assert_eq!(c[3], "501 5.7.0 Authentication cancelled");
+    assert!(c[4].starts_with("504 5.5.4"), "{c:?}");
+}
+
+#[tokio::test]
+async fn long_lines_rejected_when_configured() {
+    let h = harness("long_lines = \"reject\"");
+    let long = "x".repeat(999);
+    let input = format!("EHLO c\r\n{TXN}\r\n{long}\r\n.\r\nQUIT\r\n");
+    let c = codes(&h.converse(input.as_bytes()).await);
+    assert!(
+        c[5].starts_with("554 5.6.0 Message has a line of 999 octets"),
+        "{c:?}"
+    );
+    assert!(h.stored().is_empty());
+}
+
+#[tokio::test]
+async fn smtputf8_addresses_need_smtputf8() {
+    let h = harness("");
+    let c = codes(&h.converse("EHLO c\r\nMAIL FROM:<jdöe@mächine.example> SMTPUTF8\r\nRCPT TO:<ü@bücher.example>\r\nRSET\r\nMAIL FROM:<jdöe@mächine.example>\r\nQUIT\r\n".as_bytes()).await);
+    assert_eq!(c[2], "250 2.1.0 Sender OK");
+    assert_eq!(c[3], "250 2.1.5 Recipient OK");
+    assert!(c[5].starts_with("501 5.1.7"), "{c:?}");
 }
