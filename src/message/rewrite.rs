@@ -116,6 +116,18 @@ fn new_from_value(value: &[u8], parsed: &HeaderValue<'_>, target: &str) -> Vec<u
         }
         return out;
     }
+    // One mailbox we cannot find as written (comments inside it): keep the raw display
+    // part before its angle bracket.
+    if address_count(parsed) == 1
+        && let Some(lt) = value.iter().position(|&b| b == b'<')
+        && value.iter().filter(|&&b| b == b'<').count() == 1
+    {
+        let display = value[..lt].trim_ascii_end();
+        let mut out = display.to_vec();
+        out.extend_from_slice(format!(" <{target}>").as_bytes());
+        out.extend_from_slice(eol);
+        return out;
+    }
     // Several mailboxes, a group, or an address we cannot find as written: one mailbox
     // with the first display name.
     let name = first_address(parsed)
@@ -146,6 +158,23 @@ pub fn rewrite(raw: &[u8], plan: &Rewrite) -> Vec<u8> {
     let froms: Vec<_> = headers
         .iter()
         .filter(|h| h.name == HeaderName::From)
+        .collect();
+    // From fields in obsolete syntax that the parser does not take for From (a name
+    // folded before its colon): the upstream might, so they go too.
+    let header_end = headers
+        .iter()
+        .map(|h| h.offset_end as usize)
+        .max()
+        .unwrap_or(0);
+    let obsolete: Vec<(usize, usize)> = obsolete_from_fields(&raw[..header_end.min(raw.len())])
+        .into_iter()
+        .filter(|&(start, end)| {
+            !headers.iter().any(|h| {
+                (h.offset_field as usize) < end
+                    && start < h.offset_end as usize
+                    && h.name == HeaderName::From
+            })
+        })
         .collect();
     let has_reply_to = headers.iter().any(|h| h.name == HeaderName::ReplyTo);
     let senders: Vec<_> = headers
@@ -179,6 +208,19 @@ pub fn rewrite(raw: &[u8], plan: &Rewrite) -> Vec<u8> {
         block.extend_from_slice(b"X-Original-From:");
         block.extend(value_of(h));
     }
+    for &(start, end) in &obsolete {
+        let field = &raw[start..end];
+        let colon = field
+            .iter()
+            .position(|&b| b == b':')
+            .map_or(field.len(), |c| c + 1);
+        block.extend_from_slice(b"X-Original-From:");
+        let v = &field[colon..];
+        if !v.starts_with(b" ") && !v.starts_with(b"\t") {
+            block.push(b' ');
+        }
+        block.extend_from_slice(v);
+    }
     if let Some(account) = &plan.sender {
         block.extend_from_slice(format!("Sender: <{account}>").as_bytes());
         block.extend_from_slice(eol);
@@ -207,6 +249,7 @@ pub fn rewrite(raw: &[u8], plan: &Rewrite) -> Vec<u8> {
                 .map(|h| (h.offset_field as usize, h.offset_end as usize)),
         );
     }
+    removed.extend(obsolete.iter().copied());
     removed.sort_unstable();
 
     let mut out = Vec::with_capacity(raw.len() + block.len());
@@ -234,6 +277,11 @@ pub fn rewrite(raw: &[u8], plan: &Rewrite) -> Vec<u8> {
     }
     let mut pos = 0;
     for (i, (start, end)) in removed.into_iter().enumerate() {
+        if start < pos {
+            // Overlapping ranges (malformed input): never step back.
+            pos = pos.max(end);
+            continue;
+        }
         out.extend_from_slice(&raw[pos..start]);
         if i == 0 {
             out.extend_from_slice(&block);
@@ -241,6 +289,41 @@ pub fn rewrite(raw: &[u8], plan: &Rewrite) -> Vec<u8> {
         pos = end;
     }
     out.extend_from_slice(&raw[pos..]);
+    out
+}
+
+/// Header fields (start, end) whose name, with folding and white space removed, is
+/// `From`: the scanner behind the parser for obsolete shapes such as `From\r\n : x`.
+fn obsolete_from_fields(block: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < block.len() {
+        // A field runs until a line that does not start with white space.
+        let mut end = start;
+        loop {
+            end = match memchr::memchr(b'\n', &block[end..]) {
+                Some(i) => end + i + 1,
+                None => block.len(),
+            };
+            if end >= block.len() || !matches!(block[end], b' ' | b'\t') {
+                break;
+            }
+        }
+        let field = &block[start..end];
+        if let Some(colon) = field.iter().position(|&b| b == b':') {
+            let name: Vec<u8> = field[..colon]
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            if name.eq_ignore_ascii_case(b"from")
+                && field[..colon].iter().any(|b| b.is_ascii_whitespace())
+            {
+                out.push((start, end));
+            }
+        }
+        start = end;
+    }
     out
 }
 
