@@ -373,3 +373,82 @@ fn aiosmtpd_without_auth_gives_auth_not_supported() {
     let log = serde_json::to_string(&daemon.seen).unwrap();
     assert!(!log.contains("secret-xyz"));
 }
+
+#[test]
+fn swaks_auth_login_over_starttls_to_the_listener() {
+    let env = TestEnv::new("", "");
+    let d = env.dir.path();
+    let ca = common::upstream::TestCa::new("listener CA");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    std::fs::write(d.join("l.crt"), cert).unwrap();
+    std::fs::write(d.join("l.key"), key).unwrap();
+    std::fs::write(d.join("ca.pem"), &ca.pem).unwrap();
+    let hash = mailgate::smtp::auth::hash_password("scanner-pw-7").unwrap();
+    env.write_config(
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\nallowed_networks = [\"10.0.0.0/8\"]",
+            d.join("l.crt").display(),
+            d.join("l.key").display()
+        ),
+        &format!("[[user]]\nname = \"scanner\"\nlogin = \"scanner\"\npassword_hash = \"{hash}\"\nemail = \"scanner@contoso.com\"\n"),
+    );
+    let mut daemon = DaemonProcess::start(&env.config_path);
+    let swaks = |password: &str| {
+        tool("swaks")
+            .args([
+                "--server",
+                "127.0.0.1",
+                "--port",
+                &daemon.smtp.port().to_string(),
+            ])
+            .args([
+                "--tls",
+                "--tls-verify",
+                "--tls-ca-path",
+                d.join("ca.pem").to_str().unwrap(),
+            ])
+            .args([
+                "--auth",
+                "LOGIN",
+                "--auth-user",
+                "scanner",
+                "--auth-password",
+                password,
+            ])
+            .args([
+                "--from",
+                "scan@printer.local",
+                "--to",
+                "a@contoso.com",
+                "--header",
+                "Subject: tls auth",
+            ])
+            .output()
+            .unwrap()
+    };
+    let bad = swaks("wrong");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("535 5.7.8"),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+    let o = swaks("scanner-pw-7");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("235 2.7.0 Authentication successful"), "{out}");
+    let id = id_from_swaks(&out);
+    daemon.wait_sent(std::slice::from_ref(&id), WAIT);
+    let eml = String::from_utf8(env.eml(&id)).unwrap();
+    assert!(eml.contains("with ESMTPSA id"), "{eml}");
+    assert!(
+        eml.contains("\r\nFrom: scanner@contoso.com\r\n")
+            || eml.contains("\r\nFrom: <scanner@contoso.com>\r\n"),
+        "{eml}"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_slice(&api_get(daemon.status, &format!("/api/messages/{id}"))).unwrap();
+    assert_eq!(rec["auth_login"], "scanner");
+    assert_eq!(rec["user"], "scanner");
+    assert_eq!(rec["sender"], "scanner@contoso.com");
+}
