@@ -88,6 +88,9 @@ pub struct Attempt {
     /// Why it failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<Diagnosis>,
+    /// Anything else worth knowing (e.g. the throttle was bypassed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The history record of one message.
@@ -121,8 +124,11 @@ pub struct Record {
     pub size: u64,
     /// The provider that handles it.
     pub provider: String,
-    /// How many times it was deferred.
+    /// How many times it was deferred (for any reason).
     pub deferrals: u32,
+    /// How many of those were for the provider's per-minute limit.
+    #[serde(default)]
+    pub throttle_deferrals: u32,
     /// When it was sent (RFC 3339 UTC).
     pub sent_at: Option<String>,
     /// When the next attempt is due (RFC 3339 UTC), while unfinished.
@@ -151,4 +157,71 @@ pub fn rfc3339(ms: u64) -> String {
 /// Parses an RFC 3339 time back into milliseconds since the epoch.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
     humantime::parse_rfc3339_weak(s).ok().map(to_ms)
+}
+
+/// Finished records deleted per transaction, so a long prune never holds the writer.
+const PRUNE_BATCH: usize = 200;
+
+/// Deletes finished records (sent, partial, failed) received more than `keep` before
+/// `now` (ms), with their message bodies, in bounded batches; unfinished ones are never
+/// deleted. Also forgets provider sends older than any limit window. Returns how many
+/// records went.
+pub async fn prune(
+    store: &crate::store::Store,
+    keep: Duration,
+    now: u64,
+) -> Result<usize, crate::store::StoreError> {
+    let cutoff = now.saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
+    let mut total = 0;
+    loop {
+        let s = store.clone();
+        let ids = tokio::task::spawn_blocking(move || s.finished_before(cutoff, PRUNE_BATCH))
+            .await
+            .map_err(|e| crate::store::StoreError::Io(e.to_string()))??;
+        if ids.is_empty() {
+            break;
+        }
+        let n = ids.len();
+        store
+            .write(
+                ids.into_iter()
+                    .map(|id| crate::store::Mutation::Delete { id })
+                    .collect(),
+            )
+            .await?;
+        total += n;
+        if n < PRUNE_BATCH {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    store
+        .write(vec![crate::store::Mutation::PruneUsage {
+            before: now.saturating_sub(crate::distributor::throttle::DAY_MS),
+        }])
+        .await?;
+    if total > 0 {
+        tracing::info!(
+            records = total,
+            "history retention: deleted finished records"
+        );
+    }
+    Ok(total)
+}
+
+/// Runs [`prune`] at start and then every hour until `shutdown`.
+pub async fn retention_task(
+    store: crate::store::Store,
+    keep: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = prune(&store, keep, now_ms()).await {
+            tracing::error!(error = %e, "history retention failed; will try again");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }

@@ -197,6 +197,7 @@ impl Pipeline {
             size: prepared.raw.len() as u64,
             provider: plan.provider.clone(),
             deferrals: 0,
+            throttle_deferrals: 0,
             sent_at: None,
             next_attempt_at: None,
             attempts: Vec::new(),

@@ -1,10 +1,13 @@
-//! The distributor: takes due messages from the store's due index (oldest first), hands
-//! each to its provider, and records the typed outcome in the same store. A channel
-//! ([`Notify`]) wakes it on new mail; otherwise it sleeps until the next due time. A
-//! message stays in the due index until its outcome is committed, so whatever was in
-//! flight when the process died is simply due again after a restart.
+//! The distributor: takes due messages from the store's due index (oldest first), checks
+//! its provider's limits and concurrency, hands each to its provider, and records the
+//! typed outcome in the same store. A [`Notify`] wakes it on new mail; otherwise it sleeps
+//! until the next due time; nothing polls. A message stays in the due index until its
+//! outcome is committed, so whatever was in flight when the process died is simply due
+//! again after a restart.
 
+pub mod outcome;
 pub mod retry;
+pub mod throttle;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,20 +17,40 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio::task::JoinSet;
 
-use crate::config::Config;
-use crate::history::{Attempt, Diagnosis, Record, Status, now_ms, rfc3339};
-use crate::provider::{Delivery, Fate, Outcome, Provider, ProviderContext, RcptResult};
-use crate::store::Store;
+use crate::config::{Config, ProviderConfig, ProviderKind};
+use crate::history::{Diagnosis, Record, Status, now_ms};
+use crate::provider::{Delivery, Outcome, Provider, ProviderContext};
+use crate::store::{Mutation, Store, StoreError};
+pub use outcome::apply_outcome;
 use retry::RetryPolicy;
+use throttle::{Limits, MAX_THROTTLE_DEFERRALS, Verdict, Windows};
 
 /// How many deliveries run at once across all providers.
 const MAX_IN_FLIGHT: usize = 64;
 
-/// Providers and retry rules of one configuration (replaced whole on reload).
+/// The limits a provider gets when it sets none: smtp.office365.com allows 30 messages a
+/// minute and 10,000 recipients a day per mailbox.
+pub fn provider_limits(p: &ProviderConfig) -> Limits {
+    let office365 = p.kind == ProviderKind::Smtp
+        && p.host
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case("smtp.office365.com"));
+    Limits {
+        per_minute: p.per_minute_limit.unwrap_or(if office365 { 30 } else { 0 }),
+        per_day: p
+            .per_day_recipient_limit
+            .unwrap_or(if office365 { 10_000 } else { 0 }),
+    }
+}
+
+/// Providers, their limits and the retry rules of one configuration (replaced whole on
+/// reload).
 #[derive(Debug)]
 pub struct Routing {
     /// Providers by name.
     pub providers: HashMap<String, Arc<Provider>>,
+    /// Limits and concurrency by provider name.
+    pub limits: HashMap<String, (Limits, usize)>,
     /// Backoff and give-up rules.
     pub retry: RetryPolicy,
 }
@@ -50,18 +73,72 @@ impl Routing {
                     )
                 })
                 .collect(),
+            limits: c
+                .provider
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.get_ref().clone(),
+                        (provider_limits(p), p.max_connections.max(1)),
+                    )
+                })
+                .collect(),
             retry: RetryPolicy::from_config(&c.distributor),
         }
     }
+
+    fn limits(&self, provider: &str) -> (Limits, usize) {
+        self.limits
+            .get(provider)
+            .copied()
+            .unwrap_or((Limits::default(), 1))
+    }
 }
 
-/// Published after every attempt whose outcome was committed.
+/// Published after every attempt or deferral whose outcome was committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryEvent {
     /// Message id.
     pub id: String,
     /// Its status after the attempt.
     pub status: Status,
+}
+
+/// What the status endpoint shows of a provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderStats {
+    /// Messages sent in the last minute.
+    pub sent_last_minute: u64,
+    /// Recipients sent in the last 24 hours.
+    pub recipients_last_day: u64,
+    /// Throttle deferrals since start.
+    pub throttle_deferrals: u64,
+    /// Deliveries running now.
+    pub in_flight: usize,
+    /// The last failure's reply.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct ProviderState {
+    windows: Windows,
+    in_flight: usize,
+    throttle_deferrals: u64,
+    last_error: Option<String>,
+}
+
+/// Time as the scheduler sees it: the wall clock at start plus tokio's monotonic clock
+/// since, so tests can drive it with `tokio::time::pause()`.
+#[derive(Debug)]
+struct Clock {
+    base_ms: u64,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    fn now(&self) -> u64 {
+        self.base_ms + u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The delivery scheduler.
@@ -73,24 +150,36 @@ pub struct Distributor {
     paused: AtomicBool,
     routing: RwLock<Arc<Routing>>,
     in_flight: Mutex<HashSet<String>>,
+    providers: Mutex<HashMap<String, ProviderState>>,
     slots: Arc<Semaphore>,
+    clock: Clock,
 }
 
 impl Distributor {
     /// A distributor over `store`; `wake` is notified by whoever commits new mail.
     pub fn new(store: Store, wake: Arc<Notify>, config: &Config) -> Distributor {
         Distributor {
-            events: broadcast::channel(1024).0,
+            events: broadcast::channel(4096).0,
             store,
             wake,
             paused: AtomicBool::new(!config.distributor.enabled),
             routing: RwLock::new(Arc::new(Routing::from_config(config))),
             in_flight: Mutex::new(HashSet::new()),
+            providers: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            clock: Clock {
+                base_ms: now_ms(),
+                base: tokio::time::Instant::now(),
+            },
         }
     }
 
-    /// Outcomes of attempts, as they are committed (for `test-email` and tests).
+    /// The scheduler's clock, ms since the epoch.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Outcomes of attempts and deferrals, as they are committed.
     pub fn subscribe(&self) -> broadcast::Receiver<DeliveryEvent> {
         self.events.subscribe()
     }
@@ -113,7 +202,7 @@ impl Distributor {
         self.paused.load(Ordering::SeqCst)
     }
 
-    /// Replaces providers and retry rules (config reload).
+    /// Replaces providers, limits and retry rules (config reload).
     pub fn set_routing(&self, routing: Routing) {
         if let Ok(mut g) = self.routing.write() {
             *g = Arc::new(routing);
@@ -128,13 +217,32 @@ impl Distributor {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    fn is_in_flight(&self, id: &str) -> bool {
-        self.in_flight.lock().is_ok_and(|s| s.contains(id))
+    /// Per-provider figures for the status endpoint.
+    pub fn provider_stats(&self, name: &str) -> ProviderStats {
+        let now = self.now();
+        let Ok(mut map) = self.providers.lock() else {
+            return ProviderStats::default();
+        };
+        let Some(st) = map.get_mut(name) else {
+            return ProviderStats::default();
+        };
+        ProviderStats {
+            sent_last_minute: st.windows.last_minute(now) as u64,
+            recipients_last_day: st.windows.last_day(now),
+            throttle_deferrals: st.throttle_deferrals,
+            in_flight: st.in_flight,
+            last_error: st.last_error.clone(),
+        }
+    }
+
+    /// Messages being delivered right now.
+    pub fn sending(&self) -> usize {
+        self.in_flight.lock().map_or(0, |s| s.len())
     }
 
     /// Makes every message deferred for an authentication, TLS or configuration reason
     /// due now (after a config fix: reload, restart, `retry --all`). Returns how many.
-    pub async fn release_held(&self) -> Result<usize, crate::store::StoreError> {
+    pub async fn release_held(&self) -> Result<usize, StoreError> {
         let store = self.store.clone();
         let held = tokio::task::spawn_blocking(move || {
             store.list(usize::MAX, |r| {
@@ -147,14 +255,14 @@ impl Distributor {
             })
         })
         .await
-        .map_err(|e| crate::store::StoreError::Io(e.to_string()))??;
-        let now = now_ms();
+        .map_err(|e| StoreError::Io(e.to_string()))??;
         let n = held.len();
         if n > 0 {
+            let now = self.now();
             self.store
                 .write(
                     held.into_iter()
-                        .map(|r| crate::store::Mutation::DueNow {
+                        .map(|r| Mutation::DueNow {
                             id: r.id,
                             now_ms: now,
                         })
@@ -170,10 +278,31 @@ impl Distributor {
         Ok(n)
     }
 
+    /// Rebuilds the limit windows from the sends of the last 24 hours in the store.
+    async fn restore_windows(&self) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let since = self.now().saturating_sub(throttle::DAY_MS);
+        let uses = tokio::task::spawn_blocking(move || store.usage_since(since))
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))??;
+        if let Ok(mut map) = self.providers.lock() {
+            for (provider, at, id, rcpts) in uses {
+                map.entry(provider)
+                    .or_default()
+                    .windows
+                    .take(at, &id, rcpts);
+            }
+        }
+        Ok(())
+    }
+
     /// Runs until `shutdown` turns true; then waits up to `drain` for deliveries in
     /// flight and abandons the rest (they stay due in the store).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
         let mut tasks = JoinSet::new();
+        if let Err(e) = self.restore_windows().await {
+            tracing::error!(error = %e, "cannot restore the provider limit windows");
+        }
         // A start is a config change too: what waited for a fix goes now.
         if let Err(e) = self.release_held().await {
             tracing::error!(error = %e, "cannot release held mail");
@@ -205,72 +334,196 @@ impl Distributor {
         }
     }
 
-    /// Starts every due delivery there is a slot for; returns ms until the next due one.
+    fn busy_providers(&self, routing: &Routing) -> HashSet<String> {
+        self.providers.lock().map_or_else(
+            |_| HashSet::new(),
+            |map| {
+                map.iter()
+                    .filter(|(name, st)| st.in_flight >= routing.limits(name).1)
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            },
+        )
+    }
+
+    /// Starts every due delivery its provider has room for; defers what its limits hold
+    /// back. Returns ms until the next due message (None: wait for a wake-up).
     async fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Option<u64> {
+        let routing = self.routing();
+        let busy = self.busy_providers(&routing);
         let this = self.clone();
         let limit = self.slots.available_permits() + 1;
-        let entries = tokio::task::spawn_blocking(move || {
-            this.store.due_entries(limit, |id| this.is_in_flight(id))
+        let now = self.now();
+        // Due entries of providers with room, and their records, in one blocking read.
+        let scan = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let in_flight = this.in_flight.lock().map(|s| s.clone()).unwrap_or_default();
+            let entries = this.store.due_entries(limit, |id, provider| {
+                in_flight.contains(id) || busy.contains(provider)
+            })?;
+            let mut out = Vec::new();
+            for (due, id, _) in entries {
+                if due > now {
+                    out.push((due, None));
+                    break;
+                }
+                out.push((due, this.store.record(&id)?));
+            }
+            Ok(out)
         })
-        .await
-        .ok()?;
-        let entries = match entries {
-            Ok(e) => e,
-            Err(e) => {
+        .await;
+        let candidates = match scan {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the due index; retrying in 1s");
                 return Some(1000);
             }
+            Err(_) => return Some(1000),
         };
-        let now = now_ms();
-        for (due, id) in entries {
-            if due > now {
-                return Some(due - now);
-            }
-            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                return None; // a finishing delivery wakes us
+        let mut held = Vec::new();
+        let mut next = None;
+        for (due, record) in candidates {
+            let Some(record) = record else {
+                next = Some(due.saturating_sub(now));
+                break;
             };
-            if let Ok(mut s) = self.in_flight.lock() {
-                s.insert(id.clone());
+            if record.status.is_finished() {
+                held.push((record, None));
+                continue;
             }
-            let this = self.clone();
-            tasks.spawn(async move { this.deliver(id, permit).await });
+            let (limits, max_conn) = routing.limits(&record.provider);
+            let pending = record
+                .recipients
+                .iter()
+                .filter(|r| !r.status.is_finished())
+                .count() as u32;
+            let verdict = {
+                let Ok(mut map) = self.providers.lock() else {
+                    break;
+                };
+                let st = map.entry(record.provider.clone()).or_default();
+                if st.in_flight >= max_conn {
+                    continue;
+                }
+                let verdict = st.windows.check(limits, now, pending);
+                match verdict {
+                    Verdict::Throttled(_) if record.throttle_deferrals < MAX_THROTTLE_DEFERRALS => {
+                        st.throttle_deferrals += 1;
+                    }
+                    Verdict::DailyQuota(_) => {}
+                    _ => {
+                        st.windows.take(now, &record.id, pending);
+                        st.in_flight += 1;
+                    }
+                }
+                verdict
+            };
+            match verdict {
+                Verdict::Throttled(until) if record.throttle_deferrals < MAX_THROTTLE_DEFERRALS => {
+                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", reason = "per_minute_limit", until = %crate::history::rfc3339(until), "throttled");
+                    held.push((outcome::throttle_deferral(record, until), Some(until)));
+                }
+                Verdict::DailyQuota(until) => {
+                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", diagnosis = "daily-quota", until = %crate::history::rfc3339(until), "daily quota reached");
+                    held.push((
+                        outcome::quota_deferral(record, now, until, limits.per_day),
+                        Some(until),
+                    ));
+                }
+                verdict => {
+                    let bypassed = matches!(verdict, Verdict::Throttled(_));
+                    let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                        self.settle(&record.provider, &record.id, 0, None);
+                        break;
+                    };
+                    if let Ok(mut s) = self.in_flight.lock() {
+                        s.insert(record.id.clone());
+                    }
+                    let this = self.clone();
+                    tasks.spawn(async move { this.deliver(record, permit, now, bypassed).await });
+                }
+            }
         }
-        None
+        if !held.is_empty() {
+            let events: Vec<DeliveryEvent> = held
+                .iter()
+                .map(|(r, _)| DeliveryEvent {
+                    id: r.id.clone(),
+                    status: r.status,
+                })
+                .collect();
+            let mutations = held
+                .into_iter()
+                .map(|(r, due)| Mutation::Update {
+                    record: Box::new(r),
+                    due_ms: due,
+                })
+                .collect();
+            if let Err(e) = self.store.write(mutations).await {
+                tracing::error!(error = %e, "cannot record deferrals; retrying in 1s");
+                return Some(1000);
+            }
+            for ev in events {
+                let _ = self.events.send(ev);
+            }
+            return Some(0); // look again: the next due time has changed
+        }
+        next
     }
 
-    async fn deliver(self: Arc<Self>, id: String, _permit: OwnedSemaphorePermit) {
-        if let Err(e) = self.attempt(&id).await {
-            tracing::error!(id = %id, error = %e, "delivery bookkeeping failed; the message stays queued");
+    /// Gives back or confirms a dispatched send's place in its provider's windows.
+    fn settle(&self, provider: &str, id: &str, sent_rcpts: u32, error: Option<String>) {
+        if let Ok(mut map) = self.providers.lock() {
+            let st = map.entry(provider.to_string()).or_default();
+            st.windows.settle(id, sent_rcpts);
+            st.in_flight = st.in_flight.saturating_sub(1);
+            if error.is_some() {
+                st.last_error = error;
+            }
         }
+    }
+
+    async fn deliver(
+        self: Arc<Self>,
+        record: Record,
+        _permit: OwnedSemaphorePermit,
+        at: u64,
+        bypassed: bool,
+    ) {
+        let (id, provider) = (record.id.clone(), record.provider.clone());
+        let (sent, error) = match self.attempt(record, at, bypassed).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(id = %id, error = %e, "delivery bookkeeping failed; the message stays queued");
+                (0, None)
+            }
+        };
+        self.settle(&provider, &id, sent, error);
         if let Ok(mut s) = self.in_flight.lock() {
             s.remove(&id);
         }
         self.wake.notify_one();
     }
 
-    async fn attempt(&self, id: &str) -> Result<(), crate::store::StoreError> {
-        let (record, raw) = {
+    /// One attempt; returns the recipients sent and the failure reply, if any.
+    async fn attempt(
+        &self,
+        record: Record,
+        at: u64,
+        bypassed: bool,
+    ) -> Result<(u32, Option<String>), StoreError> {
+        let raw = {
             let store = self.store.clone();
-            let id = id.to_string();
-            tokio::task::spawn_blocking(move || {
-                Ok::<_, crate::store::StoreError>((
-                    store.record_with_due(&id)?,
-                    store.message(&id)?,
-                ))
-            })
-            .await
-            .map_err(|e| crate::store::StoreError::Io(e.to_string()))??
+            let id = record.id.clone();
+            tokio::task::spawn_blocking(move || store.message(&id))
+                .await
+                .map_err(|e| StoreError::Io(e.to_string()))??
         };
-        let (Some((record, _)), Some(raw)) = (record, raw) else {
-            return Ok(());
+        let Some(raw) = raw else {
+            return Ok((0, None));
         };
-        if record.status.is_finished() {
-            // Finished but still indexed (should not happen): drop the index entry.
-            return self.store.update(record, None).await;
-        }
         let routing = self.routing();
         let delivery = Delivery {
-            id: id.to_string(),
+            id: record.id.clone(),
             from: record.sender.clone(),
             rcpts: record
                 .recipients
@@ -286,140 +539,65 @@ impl Distributor {
             None => Outcome::Transient {
                 reply: format!("no provider named {:?}", record.provider),
                 diagnosis: Diagnosis {
-                    code: "unknown".into(),
-                    explanation: format!("The message is routed to provider {:?}, which is not in the configuration", record.provider),
+                    code: "provider-config".into(),
+                    explanation: format!(
+                        "The message is routed to provider {:?}, which is not in the configuration",
+                        record.provider
+                    ),
                     fix: "Add the provider back to the configuration, or route the user elsewhere, and reload".into(),
                 },
             },
         };
-        let (record, due) = apply_outcome(record, outcome, &routing.retry, now_ms());
+        let was_sent = |r: &Record| {
+            r.recipients
+                .iter()
+                .filter(|x| x.status == Status::Sent)
+                .count()
+        };
+        let sent_before = was_sent(&record);
+        let (mut record, due) = apply_outcome(record, outcome, &routing.retry, self.now());
+        if bypassed && let Some(a) = record.attempts.last_mut() {
+            a.note = Some(format!(
+                "sent regardless of the per-minute limit after {MAX_THROTTLE_DEFERRALS} throttle deferrals"
+            ));
+        }
+        let sent = u32::try_from(was_sent(&record) - sent_before).unwrap_or(u32::MAX);
+        let last = record.attempts.last().cloned();
+        let error = last
+            .as_ref()
+            .filter(|a| a.diagnosis.is_some())
+            .map(|a| a.reply.clone());
         let (id, status, provider, deferrals) = (
             record.id.clone(),
             record.status,
             record.provider.clone(),
             record.deferrals,
         );
-        let (diagnosis, reply) = record.attempts.last().map_or((None, None), |a| {
-            (
-                a.diagnosis.as_ref().map(|d| d.code.clone()),
-                Some(a.reply.clone()),
-            )
-        });
-        self.store.update(record, due).await?;
+        let mut mutations = vec![Mutation::Update {
+            record: Box::new(record),
+            due_ms: due,
+        }];
+        if sent > 0 {
+            mutations.push(Mutation::Usage {
+                provider: provider.clone(),
+                at,
+                id: id.clone(),
+                rcpts: sent,
+            });
+        }
+        self.store.write(mutations).await?;
         // Logged once committed, so what the log says is what the history holds.
         tracing::info!(
             id = %id,
             status = status.as_str(),
             provider = %provider,
             deferrals,
-            diagnosis,
-            reply,
+            diagnosis = last.as_ref().and_then(|a| a.diagnosis.as_ref()).map(|d| d.code.clone()),
+            reply = last.as_ref().map(|a| a.reply.clone()),
             delay_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "delivery"
         );
-        let event = DeliveryEvent { id, status };
-        let _ = self.events.send(event);
-        Ok(())
+        let _ = self.events.send(DeliveryEvent { id, status });
+        Ok((sent, error))
     }
-}
-
-/// The record after an attempt, and its next due time (None when finished).
-///
-/// Every outcome becomes a fate per pending recipient; the message's status follows from
-/// its recipients: any still waiting -> `deferred`; else all sent -> `sent`, all failed
-/// -> `failed`, a mix -> `partial`. A transient failure past `give_up_after` is failed.
-pub fn apply_outcome(
-    mut record: Record,
-    outcome: Outcome,
-    retry: &RetryPolicy,
-    now: u64,
-) -> (Record, Option<u64>) {
-    let at = rfc3339(now);
-    let pending: Vec<String> = record
-        .recipients
-        .iter()
-        .filter(|r| !r.status.is_finished())
-        .map(|r| r.address.clone())
-        .collect();
-    let all = |fate: Fate, reply: &str, diagnosis: Option<Diagnosis>| -> Vec<RcptResult> {
-        pending
-            .iter()
-            .map(|a| RcptResult {
-                address: a.clone(),
-                fate,
-                reply: reply.to_string(),
-                diagnosis: diagnosis.clone(),
-            })
-            .collect()
-    };
-    let (reply, results) = match outcome {
-        Outcome::Sent { reply } => {
-            let results = all(Fate::Sent, &reply, None);
-            (reply, results)
-        }
-        Outcome::Transient { reply, diagnosis } => {
-            let results = all(Fate::Transient, &reply, Some(diagnosis));
-            (reply, results)
-        }
-        Outcome::Permanent { reply, diagnosis } => {
-            let results = all(Fate::Permanent, &reply, Some(diagnosis));
-            (reply, results)
-        }
-        Outcome::PerRecipient { reply, results } => (reply, results),
-    };
-    let received = ulid::Ulid::from_string(&record.id)
-        .map(|u| u.timestamp_ms())
-        .unwrap_or(now);
-    let give_up = retry.gives_up(received, now);
-    let diagnosis = results.iter().find_map(|r| r.diagnosis.clone());
-    for res in results {
-        let Some(r) = record
-            .recipients
-            .iter_mut()
-            .find(|r| r.address == res.address && !r.status.is_finished())
-        else {
-            continue;
-        };
-        r.status = match res.fate {
-            Fate::Sent => Status::Sent,
-            Fate::Permanent => Status::Failed,
-            Fate::Transient if give_up => Status::Failed,
-            Fate::Transient => Status::Deferred,
-        };
-        r.reply = Some(res.reply);
-    }
-    record.attempts.push(Attempt {
-        at: at.clone(),
-        provider: record.provider.clone(),
-        reply,
-        diagnosis,
-    });
-    let waiting = record.recipients.iter().any(|r| !r.status.is_finished());
-    let sent = record
-        .recipients
-        .iter()
-        .filter(|r| r.status == Status::Sent)
-        .count();
-    if waiting {
-        record.deferrals += 1;
-        record.status = Status::Deferred;
-        let due = now + retry.delay_ms(record.deferrals);
-        record.next_attempt_at = Some(rfc3339(due));
-        if sent > 0 && record.sent_at.is_none() {
-            record.sent_at = Some(at);
-        }
-        return (record, Some(due));
-    }
-    record.next_attempt_at = None;
-    record.status = if sent == record.recipients.len() {
-        Status::Sent
-    } else if sent == 0 {
-        Status::Failed
-    } else {
-        Status::Partial
-    };
-    if sent > 0 && record.sent_at.is_none() {
-        record.sent_at = Some(at);
-    }
-    (record, None)
 }

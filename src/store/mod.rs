@@ -23,7 +23,10 @@ use crate::history::{Record, Status};
 
 const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
-const DUE: TableDefinition<&[u8], ()> = TableDefinition::new("due");
+/// `BE(due_ms) id` -> the provider of the message (so the scan can pass over a busy one).
+const DUE: TableDefinition<&[u8], &str> = TableDefinition::new("due");
+/// Sends per provider: `provider \0 BE(at_ms) id` -> recipients sent.
+const USAGE: TableDefinition<&[u8], u32> = TableDefinition::new("usage");
 
 /// How many waiting requests one commit takes at most.
 const MAX_GROUP: usize = 512;
@@ -87,6 +90,22 @@ pub enum Mutation {
         id: String,
         /// Now, ms since the epoch.
         now_ms: u64,
+    },
+    /// A send counted against its provider's limits (with the record that says sent).
+    Usage {
+        /// Provider name.
+        provider: String,
+        /// When it was dispatched, ms.
+        at: u64,
+        /// Message id.
+        id: String,
+        /// Recipients sent.
+        rcpts: u32,
+    },
+    /// Forgets sends older than this (ms), beyond any limit window.
+    PruneUsage {
+        /// Cut-off, ms.
+        before: u64,
     },
     /// Writes nothing of substance; proves the store can commit.
     Probe,
@@ -158,6 +177,7 @@ fn open_db(path: &Path, fail: &Arc<AtomicBool>) -> Result<Database, StoreError> 
         txn.open_table(MESSAGES).map_err(io_err)?;
         txn.open_table(RECORDS).map_err(io_err)?;
         txn.open_table(DUE).map_err(io_err)?;
+        txn.open_table(USAGE).map_err(io_err)?;
     }
     txn.commit().map_err(io_err)?;
     Ok(db)
@@ -169,6 +189,22 @@ fn due_key(due_ms: u64, id: &str) -> Vec<u8> {
     k.extend_from_slice(&due_ms.to_be_bytes());
     k.extend_from_slice(id.as_bytes());
     k
+}
+
+fn usage_key(provider: &str, at: u64, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(provider.len() + 9 + id.len());
+    k.extend_from_slice(provider.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&at.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn split_usage_key(k: &[u8]) -> Option<(String, u64, String)> {
+    let nul = k.iter().position(|&b| b == 0)?;
+    let provider = String::from_utf8(k[..nul].to_vec()).ok()?;
+    let (at, id) = split_due_key(&k[nul + 1..])?;
+    Some((provider, at, id))
 }
 
 fn split_due_key(k: &[u8]) -> Option<(u64, String)> {
@@ -200,6 +236,7 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
         let mut messages = txn.open_table(MESSAGES).map_err(io_err)?;
         let mut records = txn.open_table(RECORDS).map_err(io_err)?;
         let mut due = txn.open_table(DUE).map_err(io_err)?;
+        let mut usage = txn.open_table(USAGE).map_err(io_err)?;
         for m in batch.iter().flat_map(|r| r.mutations.iter()) {
             match m {
                 Mutation::Insert {
@@ -216,8 +253,11 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                             encode_record(record, Some(*due_ms)).as_slice(),
                         )
                         .map_err(io_err)?;
-                    due.insert(due_key(*due_ms, &record.id).as_slice(), ())
-                        .map_err(io_err)?;
+                    due.insert(
+                        due_key(*due_ms, &record.id).as_slice(),
+                        record.provider.as_str(),
+                    )
+                    .map_err(io_err)?;
                 }
                 Mutation::Update { record, due_ms } => {
                     let old = records
@@ -236,7 +276,7 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                         )
                         .map_err(io_err)?;
                     if let Some(d) = due_ms {
-                        due.insert(due_key(*d, &record.id).as_slice(), ())
+                        due.insert(due_key(*d, &record.id).as_slice(), record.provider.as_str())
                             .map_err(io_err)?;
                     }
                 }
@@ -263,12 +303,38 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                     {
                         due.remove(due_key(old_due, id).as_slice())
                             .map_err(io_err)?;
-                        due.insert(due_key(*now_ms, id).as_slice(), ())
+                        due.insert(due_key(*now_ms, id).as_slice(), rec.provider.as_str())
                             .map_err(io_err)?;
                         rec.next_attempt_at = Some(crate::history::rfc3339(*now_ms));
                         records
                             .insert(id.as_str(), encode_record(&rec, Some(*now_ms)).as_slice())
                             .map_err(io_err)?;
+                    }
+                }
+                Mutation::Usage {
+                    provider,
+                    at,
+                    id,
+                    rcpts,
+                } => {
+                    usage
+                        .insert(usage_key(provider, *at, id).as_slice(), *rcpts)
+                        .map_err(io_err)?;
+                }
+                Mutation::PruneUsage { before } => {
+                    let old: Vec<Vec<u8>> = usage
+                        .iter()
+                        .map_err(io_err)?
+                        .filter_map(Result::ok)
+                        .filter_map(|(k, _)| {
+                            let key = k.value().to_vec();
+                            split_usage_key(&key)
+                                .filter(|(_, at, _)| at < before)
+                                .map(|_| key)
+                        })
+                        .collect();
+                    for k in old {
+                        usage.remove(k.as_slice()).map_err(io_err)?;
                     }
                 }
                 Mutation::Probe => {}
@@ -433,21 +499,62 @@ impl Store {
         Ok(t.get(id).map_err(io_err)?.map(|v| v.value().to_vec()))
     }
 
-    /// Due-index entries in order, skipping ids for which `skip` is true, at most `limit`.
+    /// Due-index entries in order as (due, id, provider), passing over those for which
+    /// `skip(id, provider)` is true, at most `limit`.
     pub fn due_entries(
         &self,
         limit: usize,
-        skip: impl Fn(&str) -> bool,
-    ) -> Result<Vec<(u64, String)>, StoreError> {
+        skip: impl Fn(&str, &str) -> bool,
+    ) -> Result<Vec<(u64, String, String)>, StoreError> {
         let txn = self.db()?.begin_read().map_err(io_err)?;
         let t = txn.open_table(DUE).map_err(io_err)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(io_err)? {
-            let (k, _) = item.map_err(io_err)?;
+            let (k, v) = item.map_err(io_err)?;
             if let Some((ms, id)) = split_due_key(k.value())
-                && !skip(&id)
+                && !skip(&id, v.value())
             {
-                out.push((ms, id));
+                out.push((ms, id, v.value().to_string()));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends counted against provider limits since `since` (ms): (provider, at, id, rcpts).
+    pub fn usage_since(&self, since: u64) -> Result<Vec<(String, u64, String, u32)>, StoreError> {
+        let txn = self.db()?.begin_read().map_err(io_err)?;
+        let t = txn.open_table(USAGE).map_err(io_err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            if let Some((p, at, id)) = split_usage_key(k.value())
+                && at >= since
+            {
+                out.push((p, at, id, v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of finished records received before `cutoff` (ms), oldest first, at most
+    /// `limit`; unfinished records are passed over.
+    pub fn finished_before(&self, cutoff: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let txn = self.db()?.begin_read().map_err(io_err)?;
+        let t = txn.open_table(RECORDS).map_err(io_err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            let id = k.value();
+            let received = ulid::Ulid::from_string(id).map_or(0, |u| u.timestamp_ms());
+            if received >= cutoff {
+                break;
+            }
+            let (rec, _) = decode_record(id, v.value())?;
+            if rec.status.is_finished() {
+                out.push(id.to_string());
                 if out.len() >= limit {
                     break;
                 }

@@ -1,0 +1,142 @@
+//! Attempt outcomes applied to a history record: typed outcome in, new record and next
+//! due time out. Pure.
+
+use crate::history::{Attempt, Diagnosis, Record, Status, rfc3339};
+use crate::provider::{Fate, Outcome, RcptResult};
+
+use super::retry::RetryPolicy;
+
+/// The record after an attempt, and its next due time (None when finished).
+///
+/// Every outcome becomes a fate per pending recipient; the message's status follows from
+/// its recipients: any still waiting -> `deferred`; else all sent -> `sent`, all failed
+/// -> `failed`, a mix -> `partial`. A transient failure past `give_up_after` is failed.
+pub fn apply_outcome(
+    mut record: Record,
+    outcome: Outcome,
+    retry: &RetryPolicy,
+    now: u64,
+) -> (Record, Option<u64>) {
+    let at = rfc3339(now);
+    let pending: Vec<String> = record
+        .recipients
+        .iter()
+        .filter(|r| !r.status.is_finished())
+        .map(|r| r.address.clone())
+        .collect();
+    let all = |fate: Fate, reply: &str, diagnosis: Option<Diagnosis>| -> Vec<RcptResult> {
+        pending
+            .iter()
+            .map(|a| RcptResult {
+                address: a.clone(),
+                fate,
+                reply: reply.to_string(),
+                diagnosis: diagnosis.clone(),
+            })
+            .collect()
+    };
+    let (reply, results) = match outcome {
+        Outcome::Sent { reply } => {
+            let results = all(Fate::Sent, &reply, None);
+            (reply, results)
+        }
+        Outcome::Transient { reply, diagnosis } => {
+            let results = all(Fate::Transient, &reply, Some(diagnosis));
+            (reply, results)
+        }
+        Outcome::Permanent { reply, diagnosis } => {
+            let results = all(Fate::Permanent, &reply, Some(diagnosis));
+            (reply, results)
+        }
+        Outcome::PerRecipient { reply, results } => (reply, results),
+    };
+    let received = ulid::Ulid::from_string(&record.id)
+        .map(|u| u.timestamp_ms())
+        .unwrap_or(now);
+    let give_up = retry.gives_up(received, now);
+    let diagnosis = results.iter().find_map(|r| r.diagnosis.clone());
+    for res in results {
+        let Some(r) = record
+            .recipients
+            .iter_mut()
+            .find(|r| r.address == res.address && !r.status.is_finished())
+        else {
+            continue;
+        };
+        r.status = match res.fate {
+            Fate::Sent => Status::Sent,
+            Fate::Permanent => Status::Failed,
+            Fate::Transient if give_up => Status::Failed,
+            Fate::Transient => Status::Deferred,
+        };
+        r.reply = Some(res.reply);
+    }
+    record.attempts.push(Attempt {
+        at: at.clone(),
+        provider: record.provider.clone(),
+        reply,
+        diagnosis,
+        note: None,
+    });
+    let waiting = record.recipients.iter().any(|r| !r.status.is_finished());
+    let sent = record
+        .recipients
+        .iter()
+        .filter(|r| r.status == Status::Sent)
+        .count();
+    if waiting {
+        record.deferrals += 1;
+        record.status = Status::Deferred;
+        let due = now + retry.delay_ms(record.deferrals);
+        record.next_attempt_at = Some(rfc3339(due));
+        if sent > 0 && record.sent_at.is_none() {
+            record.sent_at = Some(at);
+        }
+        return (record, Some(due));
+    }
+    record.next_attempt_at = None;
+    record.status = if sent == record.recipients.len() {
+        Status::Sent
+    } else if sent == 0 {
+        Status::Failed
+    } else {
+        Status::Partial
+    };
+    if sent > 0 && record.sent_at.is_none() {
+        record.sent_at = Some(at);
+    }
+    (record, None)
+}
+
+/// The record of a message held back by its provider's per-minute limit until `until`.
+pub fn throttle_deferral(mut record: Record, until: u64) -> Record {
+    record.deferrals += 1;
+    record.throttle_deferrals += 1;
+    record.status = Status::Deferred;
+    record.next_attempt_at = Some(rfc3339(until));
+    record
+}
+
+/// The record of a message waiting for its provider's daily recipient quota.
+pub fn quota_deferral(mut record: Record, now: u64, until: u64, limit: u32) -> Record {
+    record.deferrals += 1;
+    record.status = Status::Deferred;
+    record.next_attempt_at = Some(rfc3339(until));
+    for r in record
+        .recipients
+        .iter_mut()
+        .filter(|r| !r.status.is_finished())
+    {
+        r.status = Status::Deferred;
+    }
+    record.attempts.push(Attempt {
+        at: rfc3339(now),
+        provider: record.provider.clone(),
+        reply: format!(
+            "not sent: the provider's daily limit of {limit} recipients in 24 hours is reached (mailgate's own per_day_recipient_limit)"
+        ),
+        diagnosis: Some(crate::provider::diagnosis::Code::DailyQuota.diagnosis()),
+        note: None,
+    });
+    record
+}
