@@ -23,6 +23,15 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in index order.
+    pub const ALL: [Status; 5] = [
+        Status::Queued,
+        Status::Deferred,
+        Status::Sent,
+        Status::Partial,
+        Status::Failed,
+    ];
+
     /// Whether the message still has work to do.
     pub fn is_finished(self) -> bool {
         matches!(self, Status::Sent | Status::Partial | Status::Failed)
@@ -41,15 +50,7 @@ impl Status {
 
     /// Parses the lower-case name.
     pub fn parse(s: &str) -> Option<Status> {
-        [
-            Status::Queued,
-            Status::Deferred,
-            Status::Sent,
-            Status::Partial,
-            Status::Failed,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
     }
 }
 

@@ -80,6 +80,7 @@ impl From<StoreError> for SubmitError {
 #[derive(Debug)]
 pub struct Pipeline {
     store: Store,
+    metrics: Arc<status::metrics::Metrics>,
     wake: Arc<Notify>,
     config: RwLock<Arc<Config>>,
     policy: RwLock<Arc<Policy>>,
@@ -92,10 +93,12 @@ impl Pipeline {
         wake: Arc<Notify>,
         config: Arc<Config>,
         space: Arc<dyn smtp::policy::SpaceCheck>,
+        metrics: Arc<status::metrics::Metrics>,
     ) -> Pipeline {
         let policy = Arc::new(Policy::from_config(&config, space));
         Pipeline {
             store,
+            metrics,
             wake,
             config: RwLock::new(config),
             policy: RwLock::new(policy),
@@ -118,9 +121,26 @@ impl Pipeline {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// Puts a new configuration in force for the next session and message.
+    pub fn set_config(&self, config: Arc<Config>) {
+        let space = self.policy().space.clone();
+        let policy = Arc::new(Policy::from_config(&config, space));
+        if let Ok(mut g) = self.policy.write() {
+            *g = policy;
+        }
+        if let Ok(mut g) = self.config.write() {
+            *g = config;
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &status::metrics::Metrics {
+        &self.metrics
     }
 
     /// Identifies the sender, rewrites From, fits long lines, adds the trace headers
@@ -131,12 +151,16 @@ impl Pipeline {
         let id = ulid::Ulid::new().to_string();
         let mut data = txn.data.bytes;
         let header_from = message::rewrite::header_from(&data);
-        let plan = message::identify::plan(
+        let mut plan = message::identify::plan_for(
             &config,
+            txn.as_user.as_deref(),
             txn.auth_login.as_deref(),
             &txn.mail_from,
             header_from.as_deref(),
         );
+        if let Some(p) = &txn.provider {
+            plan.provider = p.clone();
+        }
         if let Some(target) = &plan.target {
             data = message::rewrite::rewrite(
                 &data,
@@ -204,6 +228,7 @@ impl Pipeline {
         };
         let (nrcpt, size) = (record.recipients.len(), record.size);
         self.store.insert(prepared.raw, record, now).await?;
+        self.metrics.accepted.inc();
         self.wake.notify_one();
         tracing::info!(
             id = %id,
@@ -232,6 +257,8 @@ pub struct Daemon {
     pub pipeline: Arc<Pipeline>,
     /// The distributor.
     pub distributor: Arc<Distributor>,
+    config_path: Arc<RwLock<Option<std::path::PathBuf>>>,
+    listeners_up: Arc<std::sync::atomic::AtomicBool>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -251,9 +278,17 @@ impl Daemon {
             min_free: config.store.min_free_space.0,
         });
         let wake = Arc::new(Notify::new());
-        let distributor = Arc::new(Distributor::new(store.clone(), wake.clone(), &config));
+        let metrics = Arc::new(status::metrics::Metrics::default());
+        let commit_hist = metrics.commit_duration.clone();
+        store.on_commit(Box::new(move |d| commit_hist.observe(d.as_secs_f64())));
+        let distributor = Arc::new(Distributor::new(
+            store.clone(),
+            wake.clone(),
+            &config,
+            metrics.clone(),
+        ));
         let config = Arc::new(config);
-        let pipeline = Arc::new(Pipeline::new(store, wake, config.clone(), space));
+        let pipeline = Arc::new(Pipeline::new(store, wake, config.clone(), space, metrics));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
@@ -309,12 +344,16 @@ impl Daemon {
             )));
         }
         tracing::info!(addr = %status_addr, "status listening");
+        let config_path = Arc::new(RwLock::new(None));
+        let listeners_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let status_state = status::http::AppState {
             pipeline: pipeline.clone(),
             distributor: distributor.clone(),
             started: Instant::now(),
             token: status::http::load_token(&config.status)
                 .map_err(|e| Error::Config(e.to_string()))?,
+            config_path: config_path.clone(),
+            listeners_up: listeners_up.clone(),
         };
         tasks.push(tokio::spawn(status::http::serve(
             status_listener,
@@ -331,14 +370,39 @@ impl Daemon {
             status_addr,
             pipeline,
             distributor,
+            config_path,
+            listeners_up,
             shutdown,
             tasks,
         })
     }
 
+    /// Remembers the file the configuration came from, for reloads.
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        if let Ok(mut g) = self.config_path.write() {
+            *g = Some(path);
+        }
+    }
+
+    /// Reloads the configuration file (SIGHUP).
+    pub async fn reload(&self) -> Result<ReloadReport, config::ConfigErrors> {
+        let path = self.config_path.read().ok().and_then(|g| g.clone());
+        match path {
+            Some(p) => reload(&self.pipeline, &self.distributor, &p).await,
+            None => Err(config::ConfigErrors(vec![config::ConfigError {
+                file: "".into(),
+                line: 1,
+                col: 1,
+                message: "the daemon was not started from a file".into(),
+            }])),
+        }
+    }
+
     /// Graceful stop: stop accepting, let sessions and deliveries finish (bounded by
     /// `smtp.shutdown_timeout`), leave the rest queued, close the store.
     pub async fn shutdown(self) {
+        self.listeners_up
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -346,6 +410,110 @@ impl Daemon {
         self.pipeline.store().close().await;
         tracing::info!("stopped");
     }
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Settings that changed but take effect only after a restart.
+    pub needs_restart: Vec<String>,
+    /// Messages held for a configuration reason that were made due.
+    pub released: usize,
+}
+
+/// Re-reads the configuration at `path`: users, rewrite rules, providers and limits take
+/// effect for the next message; listener and store settings are reported as needing a
+/// restart. An invalid file changes nothing. Held mail is released.
+pub async fn reload(
+    pipeline: &Pipeline,
+    distributor: &Distributor,
+    path: &std::path::Path,
+) -> Result<ReloadReport, config::ConfigErrors> {
+    let new = Config::load(path)?;
+    let old = pipeline.config();
+    let mut needs_restart = Vec::new();
+    let changed = |a: String, b: String, name: &str, list: &mut Vec<String>| {
+        if a != b {
+            list.push(name.to_string());
+        }
+    };
+    changed(
+        format!("{:?}", old.smtp.listen_addrs()),
+        format!("{:?}", new.smtp.listen_addrs()),
+        "smtp.listen",
+        &mut needs_restart,
+    );
+    changed(
+        format!(
+            "{:?}",
+            (
+                &old.smtp.tls_cert.as_ref().map(|c| c.get_ref()),
+                &old.smtp.tls_key.as_ref().map(|c| c.get_ref())
+            )
+        ),
+        format!(
+            "{:?}",
+            (
+                &new.smtp.tls_cert.as_ref().map(|c| c.get_ref()),
+                &new.smtp.tls_key.as_ref().map(|c| c.get_ref())
+            )
+        ),
+        "smtp.tls_cert/tls_key",
+        &mut needs_restart,
+    );
+    changed(
+        format!("{:?}", (old.smtp.max_connections, old.smtp.idle_timeout)),
+        format!("{:?}", (new.smtp.max_connections, new.smtp.idle_timeout)),
+        "smtp.max_connections/idle_timeout",
+        &mut needs_restart,
+    );
+    changed(
+        format!("{:?}", old.store.path),
+        format!("{:?}", new.store.path),
+        "store.path",
+        &mut needs_restart,
+    );
+    changed(
+        format!(
+            "{:?}",
+            (
+                old.status.listen.get_ref(),
+                &old.status.token_file,
+                &old.status.token
+            )
+        ),
+        format!(
+            "{:?}",
+            (
+                new.status.listen.get_ref(),
+                &new.status.token_file,
+                &new.status.token
+            )
+        ),
+        "status",
+        &mut needs_restart,
+    );
+    changed(
+        format!("{:?}", old.history.retention()),
+        format!("{:?}", new.history.retention()),
+        "history.retention_days",
+        &mut needs_restart,
+    );
+    if old.distributor.enabled != new.distributor.enabled {
+        if new.distributor.enabled {
+            distributor.resume();
+        } else {
+            distributor.pause();
+        }
+    }
+    distributor.set_routing(distributor::Routing::from_config(&new));
+    pipeline.set_config(Arc::new(new));
+    let released = distributor.release_held().await.unwrap_or(0);
+    tracing::info!(needs_restart = ?needs_restart, released, "configuration reloaded");
+    Ok(ReloadReport {
+        needs_restart,
+        released,
+    })
 }
 
 /// Runs the daemon until `stop` resolves, then shuts down gracefully.

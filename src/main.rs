@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use mailgate::cli::{Cli, Command, LogFormat, exit};
+use mailgate::cli::{Cli, Command, LogFormat, admin, exit};
 use mailgate::config::Config;
 
 fn init_logging(format: LogFormat) {
@@ -59,6 +59,18 @@ fn hash_password() -> i32 {
     }
 }
 
+/// Loads the configuration and runs an admin command with it.
+async fn with_config<F, Fut>(cli: &Cli, f: F) -> i32
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = i32>,
+{
+    match load(cli) {
+        Ok(c) => f(c).await,
+        Err(code) => code,
+    }
+}
+
 fn load(cli: &Cli) -> Result<Config, i32> {
     Config::load(&cli.config).map_err(|e| {
         eprintln!("{e}");
@@ -80,9 +92,26 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             init_logging(cli.log_format);
             let stop = shutdown_signal()?;
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             match load(&cli) {
-                Ok(config) => match mailgate::run(config, stop).await {
-                    Ok(()) => exit::OK,
+                Ok(config) => match mailgate::Daemon::start(config).await {
+                    Ok(daemon) => {
+                        daemon.set_config_path(cli.config.clone());
+                        tokio::pin!(stop);
+                        loop {
+                            tokio::select! {
+                                _ = &mut stop => break,
+                                _ = hup.recv() => match daemon.reload().await {
+                                    Ok(r) if r.needs_restart.is_empty() => {}
+                                    Ok(r) => tracing::warn!(settings = ?r.needs_restart, "reloaded; these settings take effect after a restart"),
+                                    Err(e) => tracing::error!(errors = %e, "reload refused; the running configuration stays"),
+                                },
+                            }
+                        }
+                        tracing::info!("shutting down");
+                        daemon.shutdown().await;
+                        exit::OK
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "mailgate cannot run");
                         eprintln!("mailgate: {e}");
@@ -105,6 +134,29 @@ async fn main() -> anyhow::Result<()> {
             Err(code) => code,
         },
         Command::HashPassword => hash_password(),
+        Command::Send(args) => {
+            with_config(&cli, |c| async move { admin::send(&c, args).await }).await
+        }
+        Command::TestEmail(args) => {
+            with_config(&cli, |c| async move { admin::test_email(&c, args).await }).await
+        }
+        Command::Export { id } => {
+            with_config(&cli, |c| async move { admin::export(&c, id).await }).await
+        }
+        Command::Retry(args) => {
+            with_config(&cli, |c| async move { admin::retry(&c, args).await }).await
+        }
+        Command::Queue => with_config(&cli, |c| async move { admin::queue(&c).await }).await,
+        Command::Pause => {
+            with_config(&cli, |c| async move { admin::pause_resume(&c, true).await }).await
+        }
+        Command::Resume => {
+            with_config(
+                &cli,
+                |c| async move { admin::pause_resume(&c, false).await },
+            )
+            .await
+        }
         Command::Password { command } => match load(&cli) {
             Ok(c) => mailgate::cli::provider::password(&c, command),
             Err(code) => code,

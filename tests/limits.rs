@@ -55,6 +55,8 @@ fn txn(n: usize, rcpts: &[&str]) -> Transaction {
         rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
         smtputf8: false,
         tls: false,
+        as_user: None,
+        provider: None,
         data: DataOutcome {
             size: bytes.len() as u64,
             bytes,

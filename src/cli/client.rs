@@ -79,6 +79,27 @@ impl AdminClient {
         }
     }
 
+    /// POST JSON to a path and decode the JSON answer.
+    pub async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ClientError> {
+        let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))
+    }
+
+    /// GET a path's raw bytes.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let resp = self.send(self.http.get(self.url(path))).await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| ClientError::Http(e.to_string()))
+    }
+
     /// GET a path and decode its JSON.
     pub async fn get_json<T: serde::de::DeserializeOwned>(
         &self,

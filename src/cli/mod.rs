@@ -1,6 +1,7 @@
 //! The command line: flags (clap) and the admin commands, which talk to the running
 //! daemon's admin API (the daemon owns the store).
 
+pub mod admin;
 pub mod client;
 pub mod history;
 pub mod provider;
@@ -44,6 +45,23 @@ pub enum Command {
     History(history::HistoryArgs),
     /// Show one record with its attempts and diagnoses.
     Show(history::ShowArgs),
+    /// Compose and submit a message (the "send email" dialog).
+    Send(admin::SendArgs),
+    /// Send a test message, wait for its outcome, print status and diagnosis.
+    TestEmail(admin::TestEmailArgs),
+    /// The message as relayed, to stdout.
+    Export {
+        /// Message id.
+        id: String,
+    },
+    /// Queue a failed or deferred message (or every deferred one) again, now.
+    Retry(admin::RetryArgs),
+    /// Counts per status and the oldest waiting message.
+    Queue,
+    /// Stop the distributor (mail is still accepted and queued).
+    Pause,
+    /// Start the distributor again.
+    Resume,
     /// Sign in to each (or one) upstream without sending; print the outcome and diagnosis.
     Verify(provider::VerifyArgs),
     /// Read a password from stdin, print the PHC string for `password_hash`.

@@ -144,6 +144,7 @@ impl Clock {
 /// The delivery scheduler.
 #[derive(Debug)]
 pub struct Distributor {
+    metrics: Arc<crate::status::metrics::Metrics>,
     events: broadcast::Sender<DeliveryEvent>,
     store: Store,
     wake: Arc<Notify>,
@@ -157,8 +158,14 @@ pub struct Distributor {
 
 impl Distributor {
     /// A distributor over `store`; `wake` is notified by whoever commits new mail.
-    pub fn new(store: Store, wake: Arc<Notify>, config: &Config) -> Distributor {
+    pub fn new(
+        store: Store,
+        wake: Arc<Notify>,
+        config: &Config,
+        metrics: Arc<crate::status::metrics::Metrics>,
+    ) -> Distributor {
         Distributor {
+            metrics,
             events: broadcast::channel(4096).0,
             store,
             wake,
@@ -195,6 +202,11 @@ impl Distributor {
         self.paused.store(false, Ordering::SeqCst);
         self.wake.notify_one();
         tracing::info!("distributor resumed");
+    }
+
+    /// Makes the scheduler look at the due index now (after a retry).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Whether sending is paused.
@@ -245,14 +257,19 @@ impl Distributor {
     pub async fn release_held(&self) -> Result<usize, StoreError> {
         let store = self.store.clone();
         let held = tokio::task::spawn_blocking(move || {
-            store.list(usize::MAX, |r| {
-                r.status == Status::Deferred
-                    && r.attempts
-                        .last()
-                        .and_then(|a| a.diagnosis.as_ref())
-                        .and_then(|d| crate::provider::diagnosis::Code::parse(&d.code))
-                        .is_some_and(|c| c.is_config())
-            })
+            store
+                .query(Some(Status::Deferred), None, None, usize::MAX)
+                .map(|v| {
+                    v.into_iter()
+                        .filter(|r| {
+                            r.attempts
+                                .last()
+                                .and_then(|a| a.diagnosis.as_ref())
+                                .and_then(|d| crate::provider::diagnosis::Code::parse(&d.code))
+                                .is_some_and(|c| c.is_config())
+                        })
+                        .collect::<Vec<_>>()
+                })
         })
         .await
         .map_err(|e| StoreError::Io(e.to_string()))??;
@@ -419,10 +436,17 @@ impl Distributor {
             };
             match verdict {
                 Verdict::Throttled(until) if record.throttle_deferrals < MAX_THROTTLE_DEFERRALS => {
+                    self.metrics
+                        .throttle_deferrals
+                        .get_or_create(&crate::status::metrics::ProviderLabel {
+                            provider: record.provider.clone(),
+                        })
+                        .inc();
                     tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", reason = "per_minute_limit", until = %crate::history::rfc3339(until), "throttled");
                     held.push((outcome::throttle_deferral(record, until), Some(until)));
                 }
                 Verdict::DailyQuota(until) => {
+                    self.count_deferred(&record.provider, "daily-quota");
                     tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", diagnosis = "daily-quota", until = %crate::history::rfc3339(until), "daily quota reached");
                     held.push((
                         outcome::quota_deferral(record, now, until, limits.per_day),
@@ -597,7 +621,60 @@ impl Distributor {
             delay_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "delivery"
         );
+        self.count_outcome(&provider, status, last.as_ref(), started.elapsed());
         let _ = self.events.send(DeliveryEvent { id, status });
         Ok((sent, error))
+    }
+
+    fn count_deferred(&self, provider: &str, diagnosis: &str) {
+        self.metrics
+            .deferred
+            .get_or_create(&crate::status::metrics::ProviderDiagnosis {
+                provider: provider.to_string(),
+                diagnosis: diagnosis.to_string(),
+            })
+            .inc();
+    }
+
+    fn count_outcome(
+        &self,
+        provider: &str,
+        status: Status,
+        last: Option<&crate::history::Attempt>,
+        took: Duration,
+    ) {
+        use crate::status::metrics::{ProviderDiagnosis, ProviderLabel};
+        let m = &self.metrics;
+        let label = ProviderLabel {
+            provider: provider.to_string(),
+        };
+        m.delivery_duration
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+        let diagnosis = last
+            .and_then(|a| a.diagnosis.as_ref())
+            .map_or_else(|| "none".to_string(), |d| d.code.clone());
+        match status {
+            Status::Sent | Status::Partial => {
+                m.sent.get_or_create(&label).inc();
+                let total = if status == Status::Sent {
+                    &m.totals.sent
+                } else {
+                    &m.totals.partial
+                };
+                total.fetch_add(1, Ordering::Relaxed);
+            }
+            Status::Failed => {
+                m.failed
+                    .get_or_create(&ProviderDiagnosis {
+                        provider: provider.to_string(),
+                        diagnosis,
+                    })
+                    .inc();
+                m.totals.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Status::Deferred => self.count_deferred(provider, &diagnosis),
+            Status::Queued => {}
+        }
     }
 }

@@ -63,7 +63,19 @@ pub fn plan(
     envelope_from: &str,
     header_from: Option<&str>,
 ) -> SenderPlan {
-    let user = identify(&config.user, auth_login, envelope_from, header_from);
+    plan_for(config, None, auth_login, envelope_from, header_from)
+}
+
+/// [`plan`], with the user named outright when `as_user` is given (admin `send --as`).
+pub fn plan_for(
+    config: &Config,
+    as_user: Option<&str>,
+    auth_login: Option<&str>,
+    envelope_from: &str,
+    header_from: Option<&str>,
+) -> SenderPlan {
+    let named = as_user.and_then(|n| config.user.iter().find(|u| u.name.get_ref() == n));
+    let user = named.or_else(|| identify(&config.user, auth_login, envelope_from, header_from));
     let target = match user {
         Some(u) => u.sender_email.clone().or_else(|| u.email.clone()),
         None => config.rewrite.default_sender.clone(),

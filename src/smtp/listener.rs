@@ -85,6 +85,7 @@ pub async fn serve(
                         sessions.spawn(async move {
                             let mut stream = stream;
                             let r = Reply::new(421, "4.3.2", "Too many connections, try again later");
+                            ctx.pipeline.metrics().reject("too-many-connections");
                             let _ = stream.write_all(r.as_bytes()).await;
                             let _ = stream.shutdown().await;
                         });
@@ -109,12 +110,56 @@ pub async fn serve(
     }
 }
 
+/// Counts the session in `mailgate_smtp_sessions_active` while it lives.
+struct SessionGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Queues a reply for the client and counts it when it refuses something.
+fn emit(out: &mut Vec<u8>, r: &Reply, ctx: &ListenerContext) {
+    if let Some(reason) = reject_reason(r) {
+        ctx.pipeline.metrics().reject(reason);
+    }
+    out.extend_from_slice(r.as_bytes());
+}
+
+/// The `reason` label of `mailgate_messages_rejected_total` for a refusing reply.
+pub fn reject_reason(r: &Reply) -> Option<&'static str> {
+    let text = r.text();
+    let esc = text
+        .get(4..)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or("");
+    Some(match (r.code(), esc) {
+        (552, _) => "size",
+        (530, _) => "auth-required",
+        (535, _) | (421, "4.7.0") => "auth-failed",
+        (538, _) => "auth-needs-tls",
+        (550, "5.1.2") => "single-label-domain",
+        (501, "5.1.3") => "recipient-syntax",
+        (501, "5.1.7") => "sender-syntax",
+        (452, "4.5.3") => "too-many-recipients",
+        (452, "4.3.1") => "disk-space",
+        (451, _) => "store-failed",
+        (554, "5.6.0") => "content",
+        (500, "5.5.2") => "line-too-long",
+        _ => return None,
+    })
+}
+
 async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<ListenerContext>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let gauge = ctx.pipeline.metrics().sessions_active.clone();
+    gauge.inc();
+    let _gauge = SessionGauge(gauge);
     let session = Session::new(ctx.pipeline.policy(), peer);
     tracing::debug!(%peer, "connect");
     let result = match run_session(stream, session, &ctx, shutdown.clone(), true).await {
@@ -195,7 +240,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                         action = authenticate(ctx, &mut session, login, password).await;
                     }
                     match action {
-                        Action::Reply(r) => out.extend_from_slice(r.as_bytes()),
+                        Action::Reply(r) => emit(&mut out, &r, ctx),
                         Action::StartTls(r) => {
                             // Whatever the client pipelined after STARTTLS is dropped
                             // unread (CVE-2011-0411): it must not run inside TLS.
@@ -213,7 +258,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         Action::Discard(n, r) => mode = Mode::Discard(n, r),
                         Action::Close(r) => {
-                            out.extend_from_slice(r.as_bytes());
+                            emit(&mut out, &r, ctx);
                             closing = true;
                         }
                     }
@@ -234,7 +279,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                         },
                     };
-                    out.extend_from_slice(reply.as_bytes());
+                    emit(&mut out, &reply, ctx);
                 }
                 Mode::Discard(left, _) => {
                     let n = (*left).min(buf.len() - pos);

@@ -64,6 +64,10 @@ pub struct Transaction {
     pub smtputf8: bool,
     /// The session was inside TLS.
     pub tls: bool,
+    /// Submitted on behalf of this user (admin API `send --as`), not identified.
+    pub as_user: Option<String>,
+    /// Route to this provider instead of the user's (admin API `--provider`).
+    pub provider: Option<String>,
     /// The message as read.
     pub data: DataOutcome,
 }
@@ -468,6 +472,8 @@ impl Session {
             rcpts: env.rcpts,
             smtputf8: env.smtputf8,
             tls: self.tls,
+            as_user: None,
+            provider: None,
             data,
         }))
     }

@@ -23,10 +23,21 @@ struct Harness {
 }
 
 fn harness_with(extra: &str, space: Arc<dyn SpaceCheck>, peer: &str) -> Harness {
+    build(
+        &format!(
+            "[smtp]\nhostname = \"mx.test\"\nmax_message_size = 1100\nmax_recipients = 3\n{extra}\n"
+        ),
+        "",
+        space,
+        peer,
+    )
+}
+
+/// A harness over `smtp` (the `[smtp]` table) and `tail` (tables after the provider).
+fn build(smtp: &str, tail: &str, space: Arc<dyn SpaceCheck>, peer: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[smtp]\nhostname = \"mx.test\"\nmax_message_size = 1100\nmax_recipients = 3\n{extra}\n\
-         [store]\npath = \"{}\"\n[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"{}\"\n",
+        "{smtp}[store]\npath = \"{}\"\n[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"{}\"\n{tail}",
         dir.path().join("s.redb").display(),
         dir.path().join("outbox").display()
     );
@@ -37,6 +48,7 @@ fn harness_with(extra: &str, space: Arc<dyn SpaceCheck>, peer: &str) -> Harness 
         Arc::new(Notify::new()),
         Arc::new(config),
         space,
+        Arc::default(),
     ));
     Harness {
         _dir: dir,
@@ -411,33 +423,12 @@ fn users() -> String {
 }
 
 fn auth_harness(peer: &str) -> Harness {
-    // [[user]] tables must come after [smtp] keys: pass them through the tail.
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[smtp]\nhostname = \"mx.test\"\n[store]\npath = \"{}\"\n[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"{}\"\n{}",
-        dir.path().join("s.redb").display(),
-        dir.path().join("outbox").display(),
-        users()
-    );
-    let config = Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let store = Store::open(&config.store.path).unwrap();
-    let pipeline = Arc::new(Pipeline::new(
-        store,
-        Arc::new(Notify::new()),
-        Arc::new(config),
+    build(
+        "[smtp]\nhostname = \"mx.test\"\n",
+        &users(),
         Arc::new(FixedSpace(true)),
-    ));
-    Harness {
-        _dir: dir,
-        ctx: ListenerContext {
-            pipeline,
-            permits: Arc::new(Semaphore::new(10)),
-            idle_timeout: Duration::from_secs(300),
-            tls: None,
-            auth_failures: Default::default(),
-        },
-        peer: peer.parse().unwrap(),
-    }
+        peer,
+    )
 }
 
 fn b64(s: &str) -> String {

@@ -1,28 +1,37 @@
-//! HTTP on `status.listen` (axum): `/healthz` and the admin API the CLI talks to. With a
-//! token configured, every `/api/` call needs `Authorization: Bearer <token>`.
+//! HTTP on `status.listen` (axum): `/healthz`, `/status`, `/metrics`, and the admin API
+//! the CLI talks to. With a token configured, every `/api/` call needs
+//! `Authorization: Bearer <token>`; `/healthz`, `/status` and `/metrics` stay open.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use base64::Engine;
 use serde::Deserialize;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Pipeline;
 use crate::config::StatusConfig;
-use crate::distributor::Distributor;
-use crate::history::{Record, Status, now_ms, parse_rfc3339};
+use crate::distributor::{Distributor, provider_limits};
+use crate::history::{Record, Status, now_ms, parse_rfc3339, rfc3339};
+use crate::smtp::data::DataOutcome;
+use crate::smtp::session::Transaction;
+use crate::store::Mutation;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// Accepted-mail pipeline (and the store).
+    /// Accepted-mail pipeline (and the store, the config, the metrics).
     pub pipeline: Arc<Pipeline>,
     /// The distributor.
     pub distributor: Arc<Distributor>,
@@ -30,6 +39,10 @@ pub struct AppState {
     pub started: Instant,
     /// Bearer token for `/api/`, if configured.
     pub token: Option<String>,
+    /// The configuration file, for reloads.
+    pub config_path: Arc<RwLock<Option<PathBuf>>>,
+    /// False once the SMTP listeners are closing.
+    pub listeners_up: Arc<AtomicBool>,
 }
 
 /// Reads the admin token from `token` or `token_file` (trimmed).
@@ -51,16 +64,24 @@ pub fn router(state: AppState) -> Router {
         .route("/messages", get(list_messages))
         .route("/messages/{id}", get(get_message))
         .route("/messages/{id}/eml", get(get_eml))
+        .route("/messages/{id}/retry", post(retry_one))
+        .route("/retry-all", post(retry_all))
+        .route("/distributor/pause", post(pause))
+        .route("/distributor/resume", post(resume))
+        .route("/send", post(send))
+        .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .nest("/api", api)
         .with_state(state)
 }
 
 /// Serves until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, state: AppState, mut shutdown: watch::Receiver<bool>) {
-    let app = router(state);
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let stop = async move {
         while !*shutdown.borrow() {
             if shutdown.changed().await.is_err() {
@@ -77,11 +98,7 @@ pub async fn serve(listener: TcpListener, state: AppState, mut shutdown: watch::
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -99,6 +116,9 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
+    if !state.listeners_up.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "SMTP listeners are down").into_response();
+    }
     if state.pipeline.store().probe().await {
         (StatusCode::OK, "ok").into_response()
     } else {
@@ -108,6 +128,104 @@ async fn healthz(State(state): State<AppState>) -> Response {
         )
             .into_response()
     }
+}
+
+async fn status(State(state): State<AppState>) -> Response {
+    let store = state.pipeline.store().clone();
+    let counts = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::store::StoreError>((store.status_counts()?, store.oldest_waiting()?))
+    })
+    .await;
+    let (counts, oldest) = match counts {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let count = |s: Status| {
+        counts
+            .iter()
+            .find(|(st, _)| *st == s)
+            .map_or(0, |(_, n)| *n)
+    };
+    let oldest_age = oldest
+        .as_deref()
+        .and_then(|id| ulid::Ulid::from_string(id).ok())
+        .map(|u| now_ms().saturating_sub(u.timestamp_ms()) / 1000);
+    let records: serde_json::Map<String, serde_json::Value> = counts
+        .iter()
+        .map(|(st, n)| (st.as_str().to_string(), json!(n)))
+        .collect();
+    let config = state.pipeline.config();
+    let m = state.pipeline.metrics();
+    let providers: Vec<_> = config
+        .provider
+        .iter()
+        .map(|p| {
+            let name = p.name.get_ref();
+            let stats = state.distributor.provider_stats(name);
+            let limits = provider_limits(p);
+            json!({
+                "name": name,
+                "kind": format!("{:?}", p.kind).to_ascii_lowercase(),
+                "per_minute_limit": limits.per_minute,
+                "sent_last_minute": stats.sent_last_minute,
+                "throttle_deferrals": stats.throttle_deferrals,
+                "last_error": stats.last_error,
+                "per_day_recipient_limit": limits.per_day,
+                "recipients_last_day": stats.recipients_last_day,
+                "sending": stats.in_flight,
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "distributor": {
+            "enabled": config.distributor.enabled,
+            "paused": state.distributor.is_paused(),
+        },
+        "queue": {
+            "queued": count(Status::Queued),
+            "deferred": count(Status::Deferred),
+            "sending": state.distributor.sending(),
+            "oldest_age_seconds": oldest_age,
+            "oldest_id": oldest,
+        },
+        "records": records,
+        "totals": {
+            "accepted": m.accepted.get(),
+            "rejected": m.totals.rejected.load(Ordering::Relaxed),
+            "sent": m.totals.sent.load(Ordering::Relaxed),
+            "partial": m.totals.partial.load(Ordering::Relaxed),
+            "failed": m.totals.failed.load(Ordering::Relaxed),
+        },
+        "providers": providers,
+    }))
+    .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let store = state.pipeline.store().clone();
+    if let Ok(Ok(counts)) = tokio::task::spawn_blocking(move || store.status_counts()).await {
+        for (st, n) in counts {
+            state
+                .pipeline
+                .metrics()
+                .queue
+                .get_or_create(&crate::status::metrics::StatusLabel {
+                    status: st.as_str().to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.pipeline.metrics().encode(),
+    )
+        .into_response()
 }
 
 /// Query of `GET /api/messages`.
@@ -161,14 +279,9 @@ async fn list_messages(State(state): State<AppState>, Query(q): Query<ListQuery>
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
     let user = q.user.filter(|u| !u.is_empty());
     let store = state.pipeline.store().clone();
-    let result = tokio::task::spawn_blocking(move || {
-        store.list(limit, |r: &Record| {
-            status.is_none_or(|s| r.status == s)
-                && user.as_ref().is_none_or(|u| r.user.as_ref() == Some(u))
-                && since.is_none_or(|t| parse_rfc3339(&r.received_at).is_some_and(|at| at >= t))
-        })
-    })
-    .await;
+    let result =
+        tokio::task::spawn_blocking(move || store.query(status, user.as_deref(), since, limit))
+            .await;
     match result {
         Ok(Ok(records)) => axum::Json(records).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -176,11 +289,57 @@ async fn list_messages(State(state): State<AppState>, Query(q): Query<ListQuery>
     }
 }
 
-async fn get_message(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.pipeline.store().record(&id) {
-        Ok(Some(r)) => axum::Json(r).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no message {id}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+/// Query of `GET /api/messages/{id}`.
+#[derive(Debug, Deserialize, Default)]
+pub struct WaitQuery {
+    /// Wait up to this long (`60s`) for the first attempt or the end.
+    pub wait: Option<String>,
+}
+
+fn has_outcome(r: &Record) -> bool {
+    r.status.is_finished() || !r.attempts.is_empty()
+}
+
+async fn get_message(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Response {
+    let wait = q
+        .wait
+        .as_deref()
+        .and_then(|w| humantime::parse_duration(w).ok())
+        .unwrap_or_default()
+        .min(Duration::from_secs(600));
+    let mut events = state.distributor.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let record = match state.pipeline.store().record(&id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return error(StatusCode::NOT_FOUND, format!("no message {id}")),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        if wait.is_zero() || has_outcome(&record) {
+            return axum::Json(record).into_response();
+        }
+        // Wait for news of this message (or the deadline), then look again.
+        let news = tokio::time::timeout_at(deadline, async {
+            loop {
+                match events.recv().await {
+                    Ok(ev) if ev.id == id => return,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            }
+        })
+        .await;
+        if news.is_err() {
+            return match state.pipeline.store().record(&id) {
+                Ok(Some(r)) => axum::Json(r).into_response(),
+                Ok(None) => error(StatusCode::NOT_FOUND, format!("no message {id}")),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+        }
     }
 }
 
@@ -189,5 +348,173 @@ async fn get_eml(State(state): State<AppState>, Path(id): Path<String>) -> Respo
         Ok(Some(raw)) => ([(header::CONTENT_TYPE, "message/rfc822")], raw).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no message {id}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn retry_one(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let store = state.pipeline.store();
+    let mut record = match store.record(&id) {
+        Ok(Some(r)) => r,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no message {id}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if record.status == Status::Sent {
+        return error(
+            StatusCode::CONFLICT,
+            format!("message {id} was sent; nothing to retry"),
+        );
+    }
+    // Failed recipients get another chance; the message is due now.
+    for r in record
+        .recipients
+        .iter_mut()
+        .filter(|r| r.status == Status::Failed)
+    {
+        r.status = Status::Queued;
+    }
+    if matches!(record.status, Status::Failed | Status::Partial) {
+        record.status = Status::Queued;
+    }
+    let now = state.distributor.now();
+    record.next_attempt_at = Some(rfc3339(now));
+    let status = record.status;
+    if let Err(e) = store.update(record, Some(now)).await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    tracing::info!(id = %id, status = status.as_str(), "retry requested");
+    state.distributor.wake();
+    axum::Json(json!({ "id": id, "status": status.as_str() })).into_response()
+}
+
+async fn retry_all(State(state): State<AppState>) -> Response {
+    let store = state.pipeline.store().clone();
+    let deferred = tokio::task::spawn_blocking(move || {
+        store.query(Some(Status::Deferred), None, None, usize::MAX)
+    })
+    .await;
+    let ids: Vec<String> = match deferred {
+        Ok(Ok(r)) => r.into_iter().map(|r| r.id).collect(),
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let n = ids.len();
+    let now = state.distributor.now();
+    if n > 0
+        && let Err(e) = state
+            .pipeline
+            .store()
+            .write(
+                ids.into_iter()
+                    .map(|id| Mutation::DueNow { id, now_ms: now })
+                    .collect(),
+            )
+            .await
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    tracing::info!(messages = n, "retry of every deferred message requested");
+    state.distributor.wake();
+    axum::Json(json!({ "retried": n })).into_response()
+}
+
+async fn pause(State(state): State<AppState>) -> Response {
+    state.distributor.pause();
+    axum::Json(json!({ "paused": true })).into_response()
+}
+
+async fn resume(State(state): State<AppState>) -> Response {
+    state.distributor.resume();
+    axum::Json(json!({ "paused": false })).into_response()
+}
+
+/// Body of `POST /api/send`.
+#[derive(Debug, Deserialize)]
+pub struct SendRequest {
+    /// Envelope sender (default: the message's From after the rewrite).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Envelope recipients.
+    pub to: Vec<String>,
+    /// The message, base64.
+    pub raw: String,
+    /// Submit as this user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Route to this provider.
+    #[serde(default)]
+    pub provider: Option<String>,
+}
+
+async fn send(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Json(req): axum::Json<SendRequest>,
+) -> Response {
+    let config = state.pipeline.config();
+    if let Some(u) = &req.user
+        && !config.user.iter().any(|x| x.name.get_ref() == u)
+    {
+        return error(StatusCode::BAD_REQUEST, format!("no user named {u:?}"));
+    }
+    if let Some(p) = &req.provider
+        && config.provider(p).is_none()
+    {
+        return error(StatusCode::BAD_REQUEST, format!("no provider named {p:?}"));
+    }
+    if req.to.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "no recipients");
+    }
+    for a in req.to.iter().chain(req.from.iter()) {
+        if crate::smtp::policy::check_address(a, true).is_err() {
+            return error(StatusCode::BAD_REQUEST, format!("invalid address {a:?}"));
+        }
+    }
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(req.raw.trim()) else {
+        return error(StatusCode::BAD_REQUEST, "raw is not base64");
+    };
+    let header_from = crate::message::rewrite::header_from(&bytes).unwrap_or_default();
+    let txn = Transaction {
+        peer,
+        helo: "mailgate-admin".into(),
+        auth_login: None,
+        mail_from: req.from.clone().unwrap_or(header_from),
+        rcpts: req.to.clone(),
+        smtputf8: req.to.iter().any(|a| !a.is_ascii()),
+        tls: false,
+        as_user: req.user.clone(),
+        provider: req.provider.clone(),
+        data: DataOutcome {
+            size: bytes.len() as u64,
+            bytes,
+            ..DataOutcome::default()
+        },
+    };
+    match state.pipeline.submit(txn).await {
+        Ok(id) => (StatusCode::ACCEPTED, axum::Json(json!({ "id": id }))).into_response(),
+        Err(crate::SubmitError::Refused(r)) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, r.text().trim())
+        }
+        Err(crate::SubmitError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn reload(State(state): State<AppState>) -> Response {
+    let path = state.config_path.read().ok().and_then(|g| g.clone());
+    let Some(path) = path else {
+        return error(
+            StatusCode::CONFLICT,
+            "the daemon was not started from a file",
+        );
+    };
+    match crate::reload(&state.pipeline, &state.distributor, &path).await {
+        Ok(report) => axum::Json(json!({ "reloaded": true, "needs_restart": report.needs_restart, "released": report.released })).into_response(),
+        Err(errors) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({
+                "error": "the new configuration is invalid; the running one stays",
+                "errors": errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
     }
 }

@@ -1,3 +1,4 @@
 //! The status endpoint and admin API, served on `status.listen`.
 
 pub mod http;
+pub mod metrics;

@@ -8,31 +8,26 @@
 //! concurrent sessions share one fsync.
 
 mod backend;
+mod schema;
+mod writer;
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use redb::backends::FileBackend;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::history::{Record, Status};
-
-const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
-const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
-/// `BE(due_ms) id` -> the provider of the message (so the scan can pass over a busy one).
-const DUE: TableDefinition<&[u8], &str> = TableDefinition::new("due");
-/// Sends per provider: `provider \0 BE(at_ms) id` -> recipients sent.
-const USAGE: TableDefinition<&[u8], u32> = TableDefinition::new("usage");
+use schema::*;
+use writer::{open_db, writer};
 
 /// How many waiting requests one commit takes at most.
 const MAX_GROUP: usize = 512;
 
-/// Records per status, and the `received_at` of the oldest unfinished one.
-pub type QueueCounts = (Vec<(Status, u64)>, Option<String>);
+/// Called with the duration of every commit.
+pub type CommitObserver = Box<dyn Fn(Duration) + Send>;
 
 /// Store failures. Whatever the cause, a failed write acknowledged nothing.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -128,6 +123,8 @@ struct Shared {
     closed: AtomicBool,
     /// Writes handed to the writer and not yet answered.
     waiting: AtomicU64,
+    /// Told the duration of every commit (metrics).
+    on_commit: std::sync::Mutex<Option<CommitObserver>>,
     /// Test hook: while true, the writer holds the next commit (see [`Store::hold_commits`]).
     hold: (std::sync::Mutex<bool>, std::sync::Condvar),
 }
@@ -147,203 +144,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn open_db(path: &Path, fail: &Arc<AtomicBool>) -> Result<Database, StoreError> {
-    let open_err = |reason: String| StoreError::Open {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| open_err(e.to_string()))?;
-    let inner = FileBackend::new(file).map_err(|e| open_err(e.to_string()))?;
-    let backend = backend::SwitchableBackend::new(inner, fail.clone());
-    let db = Database::builder()
-        .create_with_backend(backend)
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                open_err("it is in use by another process (is mailgate already running?)".into())
-            }
-            other => open_err(other.to_string()),
-        })?;
-    let txn = db.begin_write().map_err(io_err)?;
-    {
-        txn.open_table(MESSAGES).map_err(io_err)?;
-        txn.open_table(RECORDS).map_err(io_err)?;
-        txn.open_table(DUE).map_err(io_err)?;
-        txn.open_table(USAGE).map_err(io_err)?;
-    }
-    txn.commit().map_err(io_err)?;
-    Ok(db)
-}
-
-/// The due-index key: big-endian due time, then the id.
-fn due_key(due_ms: u64, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + id.len());
-    k.extend_from_slice(&due_ms.to_be_bytes());
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn usage_key(provider: &str, at: u64, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(provider.len() + 9 + id.len());
-    k.extend_from_slice(provider.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&at.to_be_bytes());
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn split_usage_key(k: &[u8]) -> Option<(String, u64, String)> {
-    let nul = k.iter().position(|&b| b == 0)?;
-    let provider = String::from_utf8(k[..nul].to_vec()).ok()?;
-    let (at, id) = split_due_key(&k[nul + 1..])?;
-    Some((provider, at, id))
-}
-
-fn split_due_key(k: &[u8]) -> Option<(u64, String)> {
-    let (t, id) = k.split_at_checked(8)?;
-    let ms = u64::from_be_bytes(t.try_into().ok()?);
-    Some((ms, String::from_utf8(id.to_vec()).ok()?))
-}
-
-fn encode_record(record: &Record, due_ms: Option<u64>) -> Vec<u8> {
-    let mut v = due_ms.unwrap_or(u64::MAX).to_be_bytes().to_vec();
-    // Serialising a plain struct of strings and numbers cannot fail.
-    v.extend(serde_json::to_vec(record).unwrap_or_default());
-    v
-}
-
-fn decode_record(id: &str, bytes: &[u8]) -> Result<(Record, Option<u64>), StoreError> {
-    let (t, json) = bytes
-        .split_at_checked(8)
-        .ok_or_else(|| StoreError::Corrupt(id.into()))?;
-    let due = u64::from_be_bytes(t.try_into().map_err(|_| StoreError::Corrupt(id.into()))?);
-    let rec = serde_json::from_slice(json).map_err(|_| StoreError::Corrupt(id.into()))?;
-    Ok((rec, (due != u64::MAX).then_some(due)))
-}
-
-fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
-    let mut txn = db.begin_write().map_err(io_err)?;
-    txn.set_durability(Durability::Immediate).map_err(io_err)?;
-    {
-        let mut messages = txn.open_table(MESSAGES).map_err(io_err)?;
-        let mut records = txn.open_table(RECORDS).map_err(io_err)?;
-        let mut due = txn.open_table(DUE).map_err(io_err)?;
-        let mut usage = txn.open_table(USAGE).map_err(io_err)?;
-        for m in batch.iter().flat_map(|r| r.mutations.iter()) {
-            match m {
-                Mutation::Insert {
-                    raw,
-                    record,
-                    due_ms,
-                } => {
-                    messages
-                        .insert(record.id.as_str(), raw.as_slice())
-                        .map_err(io_err)?;
-                    records
-                        .insert(
-                            record.id.as_str(),
-                            encode_record(record, Some(*due_ms)).as_slice(),
-                        )
-                        .map_err(io_err)?;
-                    due.insert(
-                        due_key(*due_ms, &record.id).as_slice(),
-                        record.provider.as_str(),
-                    )
-                    .map_err(io_err)?;
-                }
-                Mutation::Update { record, due_ms } => {
-                    let old = records
-                        .get(record.id.as_str())
-                        .map_err(io_err)?
-                        .map(|v| decode_record(&record.id, v.value()))
-                        .transpose()?;
-                    if let Some((_, Some(old_due))) = old {
-                        due.remove(due_key(old_due, &record.id).as_slice())
-                            .map_err(io_err)?;
-                    }
-                    records
-                        .insert(
-                            record.id.as_str(),
-                            encode_record(record, *due_ms).as_slice(),
-                        )
-                        .map_err(io_err)?;
-                    if let Some(d) = due_ms {
-                        due.insert(due_key(*d, &record.id).as_slice(), record.provider.as_str())
-                            .map_err(io_err)?;
-                    }
-                }
-                Mutation::Delete { id } => {
-                    let old = records
-                        .remove(id.as_str())
-                        .map_err(io_err)?
-                        .map(|v| decode_record(id, v.value()))
-                        .transpose()?;
-                    if let Some((_, Some(old_due))) = old {
-                        due.remove(due_key(old_due, id).as_slice())
-                            .map_err(io_err)?;
-                    }
-                    messages.remove(id.as_str()).map_err(io_err)?;
-                }
-                Mutation::DueNow { id, now_ms } => {
-                    let old = records
-                        .get(id.as_str())
-                        .map_err(io_err)?
-                        .map(|v| decode_record(id, v.value()))
-                        .transpose()?;
-                    if let Some((mut rec, Some(old_due))) = old
-                        && old_due > *now_ms
-                    {
-                        due.remove(due_key(old_due, id).as_slice())
-                            .map_err(io_err)?;
-                        due.insert(due_key(*now_ms, id).as_slice(), rec.provider.as_str())
-                            .map_err(io_err)?;
-                        rec.next_attempt_at = Some(crate::history::rfc3339(*now_ms));
-                        records
-                            .insert(id.as_str(), encode_record(&rec, Some(*now_ms)).as_slice())
-                            .map_err(io_err)?;
-                    }
-                }
-                Mutation::Usage {
-                    provider,
-                    at,
-                    id,
-                    rcpts,
-                } => {
-                    usage
-                        .insert(usage_key(provider, *at, id).as_slice(), *rcpts)
-                        .map_err(io_err)?;
-                }
-                Mutation::PruneUsage { before } => {
-                    let old: Vec<Vec<u8>> = usage
-                        .iter()
-                        .map_err(io_err)?
-                        .filter_map(Result::ok)
-                        .filter_map(|(k, _)| {
-                            let key = k.value().to_vec();
-                            split_usage_key(&key)
-                                .filter(|(_, at, _)| at < before)
-                                .map(|_| key)
-                        })
-                        .collect();
-                    for k in old {
-                        usage.remove(k.as_slice()).map_err(io_err)?;
-                    }
-                }
-                Mutation::Probe => {}
-            }
-        }
-    }
-    txn.commit().map_err(io_err)
-}
-
 impl Store {
     /// Opens (or creates) the store at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -358,6 +158,7 @@ impl Store {
             closed: AtomicBool::new(false),
             waiting: AtomicU64::new(0),
             hold: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
+            on_commit: std::sync::Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(4096);
         let s = shared.clone();
@@ -402,6 +203,13 @@ impl Store {
         };
         if self.tx.send(req).await.is_ok() {
             let _ = rx.await;
+        }
+    }
+
+    /// Sets the function told the duration of every commit.
+    pub fn on_commit(&self, f: CommitObserver) {
+        if let Ok(mut g) = self.shared.on_commit.lock() {
+            *g = Some(f);
         }
     }
 
@@ -585,115 +393,100 @@ impl Store {
         Ok(out)
     }
 
-    /// Counts of records per status, and the oldest unfinished received time.
-    pub fn counts(&self) -> Result<QueueCounts, StoreError> {
+    /// Number of records of each status (from the status index).
+    pub fn status_counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
         let txn = self.db()?.begin_read().map_err(io_err)?;
-        let t = txn.open_table(RECORDS).map_err(io_err)?;
-        let mut counts: Vec<(Status, u64)> = Vec::new();
-        let mut oldest = None;
-        for item in t.iter().map_err(io_err)? {
-            let (k, v) = item.map_err(io_err)?;
-            let (rec, _) = decode_record(k.value(), v.value())?;
-            if oldest.is_none() && !rec.status.is_finished() {
-                oldest = Some(rec.received_at.clone());
-            }
-            match counts.iter_mut().find(|(s, _)| *s == rec.status) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((rec.status, 1)),
-            }
+        let t = txn.open_table(BY_STATUS).map_err(io_err)?;
+        let mut out = Vec::new();
+        for st in Status::ALL {
+            let lo = [st as u8];
+            let hi = [st as u8 + 1];
+            let n = t.range(&lo[..]..&hi[..]).map_err(io_err)?.count() as u64;
+            out.push((st, n));
         }
-        Ok((counts, oldest))
+        Ok(out)
     }
-}
 
-/// The writer thread: group commit, and reopening the file after an I/O failure (redb
-/// refuses further writes on a handle that saw one).
-fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteRequest>) {
-    while let Some(first) = rx.blocking_recv() {
-        {
-            let (lock, cv) = &shared.hold;
-            if let Ok(mut held) = lock.lock() {
-                while *held {
-                    match cv.wait(held) {
-                        Ok(g) => held = g,
-                        Err(_) => break,
-                    }
+    /// The id of the oldest queued or deferred message.
+    pub fn oldest_waiting(&self) -> Result<Option<String>, StoreError> {
+        let txn = self.db()?.begin_read().map_err(io_err)?;
+        let t = txn.open_table(BY_STATUS).map_err(io_err)?;
+        let mut oldest: Option<String> = None;
+        for st in [Status::Queued, Status::Deferred] {
+            let lo = [st as u8];
+            let hi = [st as u8 + 1];
+            if let Some(first) = t.range(&lo[..]..&hi[..]).map_err(io_err)?.next() {
+                let (k, _) = first.map_err(io_err)?;
+                let id = String::from_utf8_lossy(&k.value()[1..]).into_owned();
+                if oldest.as_ref().is_none_or(|o| id < *o) {
+                    oldest = Some(id);
                 }
             }
         }
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUP && !batch.iter().any(|r| r.close) {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        Ok(oldest)
+    }
+
+    /// History query, newest first: by status and/or user from their indexes, received
+    /// at or after `since` (ms), at most `limit`.
+    pub fn query(
+        &self,
+        status: Option<Status>,
+        user: Option<&str>,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let txn = self.db()?.begin_read().map_err(io_err)?;
+        let records = txn.open_table(RECORDS).map_err(io_err)?;
+        let floor = since.map(|ms| ulid::Ulid::from_parts(ms, 0).to_string());
+        let too_old = |id: &str| floor.as_ref().is_some_and(|f| id < f.as_str());
+        let mut ids: Vec<String> = Vec::new();
+        let mut take = |id: String| -> bool {
+            if too_old(&id) {
+                return false;
             }
-        }
-        let close = batch.iter().any(|r| r.close);
-        let mut db = shared.db.read().ok().and_then(|g| g.clone());
-        if db.is_none() && !shared.closed.load(Ordering::SeqCst) {
-            reopen(&shared);
-            db = shared.db.read().ok().and_then(|g| g.clone());
-        }
-        let result = match db {
-            Some(db) => apply(&db, &batch),
-            None => Err(StoreError::Closed),
+            ids.push(id);
+            ids.len() < limit
         };
-        shared.commits.fetch_add(1, Ordering::Relaxed);
-        shared.healthy.store(result.is_ok(), Ordering::Relaxed);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, messages = batch.len(), "store commit failed; nothing in it was acknowledged");
-            reopen(&shared);
-        }
-        if close {
-            shared.closed.store(true, Ordering::SeqCst);
-            release(&shared);
-        }
-        for req in batch {
-            let _ = req.reply.send(result.clone());
-        }
-    }
-    // Channel closed: every Store handle is gone. Close the database.
-    if let Ok(mut g) = shared.db.write() {
-        g.take();
-    }
-}
-
-/// Drops the database handle, waiting briefly for readers to let go of it.
-fn release(shared: &Shared) -> bool {
-    let Ok(mut guard) = shared.db.write() else {
-        return false;
-    };
-    if let Some(old) = guard.take() {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut old = Some(old);
-        while let Some(arc) = old.take() {
-            match Arc::try_unwrap(arc) {
-                Ok(db) => drop(db),
-                Err(arc) if Instant::now() < deadline => {
-                    old = Some(arc);
-                    std::thread::sleep(Duration::from_millis(1));
+        if let Some(st) = status {
+            let t = txn.open_table(BY_STATUS).map_err(io_err)?;
+            let lo = [st as u8];
+            let hi = [st as u8 + 1];
+            for item in t.range(&lo[..]..&hi[..]).map_err(io_err)?.rev() {
+                let (k, _) = item.map_err(io_err)?;
+                let id = String::from_utf8_lossy(&k.value()[1..]).into_owned();
+                if !take(id) {
+                    break;
                 }
-                Err(arc) => {
-                    // A reader still holds it; keep using it rather than lose the store.
-                    *guard = Some(arc);
-                    return false;
+            }
+        } else if let Some(u) = user {
+            let t = txn.open_table(BY_USER).map_err(io_err)?;
+            let lo = user_key(u, "");
+            let mut hi = u.as_bytes().to_vec();
+            hi.push(1);
+            for item in t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?.rev() {
+                let (k, _) = item.map_err(io_err)?;
+                let id = String::from_utf8_lossy(&k.value()[lo.len()..]).into_owned();
+                if !take(id) {
+                    break;
+                }
+            }
+        } else {
+            for item in records.iter().map_err(io_err)?.rev() {
+                let (k, _) = item.map_err(io_err)?;
+                if !take(k.value().to_string()) {
+                    break;
                 }
             }
         }
-    }
-    true
-}
-
-/// Drops the database handle and opens the file again (after an I/O failure).
-fn reopen(shared: &Shared) {
-    if shared.closed.load(Ordering::SeqCst) || !release(shared) {
-        return;
-    }
-    let Ok(mut guard) = shared.db.write() else {
-        return;
-    };
-    match open_db(&shared.path, &shared.fail_writes) {
-        Ok(db) => *guard = Some(Arc::new(db)),
-        Err(e) => tracing::error!(error = %e, "store reopen failed; will retry on the next write"),
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(v) = records.get(id.as_str()).map_err(io_err)? {
+                let (rec, _) = decode_record(&id, v.value())?;
+                if user.is_none_or(|u| rec.user.as_deref() == Some(u)) {
+                    out.push(rec);
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -1,0 +1,180 @@
+//! Prometheus metrics (prometheus-client), prefix `mailgate_`: the names of SPEC.md,
+//! shared by the listener, the pipeline, the distributor and the store.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `{reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Why the message was refused.
+    pub reason: String,
+}
+
+/// `{provider}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    /// Provider name.
+    pub provider: String,
+}
+
+/// `{provider,diagnosis}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderDiagnosis {
+    /// Provider name.
+    pub provider: String,
+    /// Diagnosis code.
+    pub diagnosis: String,
+}
+
+/// `{status}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// Message status.
+    pub status: String,
+}
+
+fn delivery_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+fn commit_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+/// Every metric, and the registry that encodes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `mailgate_smtp_sessions_active`
+    pub sessions_active: Gauge,
+    /// `mailgate_messages_accepted_total`
+    pub accepted: Counter,
+    /// `mailgate_messages_rejected_total{reason}`
+    pub rejected: Family<Reason, Counter>,
+    /// `mailgate_messages_sent_total{provider}`
+    pub sent: Family<ProviderLabel, Counter>,
+    /// `mailgate_messages_failed_total{provider,diagnosis}`
+    pub failed: Family<ProviderDiagnosis, Counter>,
+    /// `mailgate_deliveries_deferred_total{provider,diagnosis}`
+    pub deferred: Family<ProviderDiagnosis, Counter>,
+    /// `mailgate_throttle_deferrals_total{provider}`
+    pub throttle_deferrals: Family<ProviderLabel, Counter>,
+    /// `mailgate_queue_messages{status}`
+    pub queue: Family<StatusLabel, Gauge>,
+    /// `mailgate_delivery_duration_seconds{provider}`
+    pub delivery_duration: Family<ProviderLabel, Histogram, fn() -> Histogram>,
+    /// `mailgate_store_commit_duration_seconds`
+    pub commit_duration: Histogram,
+    /// Totals since start for `/status` (label families cannot be summed).
+    pub totals: Totals,
+}
+
+/// Counts since start, for `/status`.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Refused messages or transactions.
+    pub rejected: AtomicU64,
+    /// Messages sent.
+    pub sent: AtomicU64,
+    /// Messages partly sent.
+    pub partial: AtomicU64,
+    /// Messages failed.
+    pub failed: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mailgate");
+        let m = Metrics {
+            sessions_active: Gauge::default(),
+            accepted: Counter::default(),
+            rejected: Family::default(),
+            sent: Family::default(),
+            failed: Family::default(),
+            deferred: Family::default(),
+            throttle_deferrals: Family::default(),
+            queue: Family::default(),
+            delivery_duration: Family::new_with_constructor(delivery_histogram),
+            commit_duration: commit_histogram(),
+            totals: Totals::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "smtp_sessions_active",
+            "SMTP sessions open now",
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            "messages_accepted",
+            "Messages accepted and committed",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "messages_rejected",
+            "Messages or transactions refused, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "messages_sent",
+            "Messages sent, by provider",
+            m.sent.clone(),
+        );
+        registry.register(
+            "messages_failed",
+            "Messages failed, by provider and diagnosis",
+            m.failed.clone(),
+        );
+        registry.register(
+            "deliveries_deferred",
+            "Delivery attempts deferred, by provider and diagnosis",
+            m.deferred.clone(),
+        );
+        registry.register(
+            "throttle_deferrals",
+            "Messages held back by a per-minute limit, by provider",
+            m.throttle_deferrals.clone(),
+        );
+        registry.register(
+            "queue_messages",
+            "Messages in the store, by status",
+            m.queue.clone(),
+        );
+        registry.register(
+            "delivery_duration_seconds",
+            "Duration of delivery attempts, by provider",
+            m.delivery_duration.clone(),
+        );
+        registry.register(
+            "store_commit_duration_seconds",
+            "Duration of store commits (group commit)",
+            m.commit_duration.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts a refused message or transaction.
+    pub fn reject(&self, reason: &str) {
+        self.totals.rejected.fetch_add(1, Ordering::Relaxed);
+        self.rejected
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The text exposition (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

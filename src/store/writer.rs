@@ -1,0 +1,295 @@
+//! The writer side of the store: opening the file, applying mutations in one write
+//! transaction, the group-commit thread, and reopening after an I/O failure.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redb::backends::FileBackend;
+use redb::{Database, Durability, ReadableTable};
+use tokio::sync::mpsc;
+
+use super::schema::*;
+use super::{MAX_GROUP, Mutation, Shared, StoreError, WriteRequest, backend, io_err};
+use crate::history::Record;
+
+pub(super) fn open_db(path: &Path, fail: &Arc<AtomicBool>) -> Result<Database, StoreError> {
+    let open_err = |reason: String| StoreError::Open {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| open_err(e.to_string()))?;
+    let inner = FileBackend::new(file).map_err(|e| open_err(e.to_string()))?;
+    let backend = backend::SwitchableBackend::new(inner, fail.clone());
+    let db = Database::builder()
+        .create_with_backend(backend)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                open_err("it is in use by another process (is mailgate already running?)".into())
+            }
+            other => open_err(other.to_string()),
+        })?;
+    let txn = db.begin_write().map_err(io_err)?;
+    {
+        txn.open_table(MESSAGES).map_err(io_err)?;
+        txn.open_table(RECORDS).map_err(io_err)?;
+        txn.open_table(DUE).map_err(io_err)?;
+        txn.open_table(USAGE).map_err(io_err)?;
+        txn.open_table(BY_STATUS).map_err(io_err)?;
+        txn.open_table(BY_USER).map_err(io_err)?;
+    }
+    txn.commit().map_err(io_err)?;
+    Ok(db)
+}
+
+fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(io_err)?;
+    txn.set_durability(Durability::Immediate).map_err(io_err)?;
+    {
+        let mut messages = txn.open_table(MESSAGES).map_err(io_err)?;
+        let mut records = txn.open_table(RECORDS).map_err(io_err)?;
+        let mut due = txn.open_table(DUE).map_err(io_err)?;
+        let mut usage = txn.open_table(USAGE).map_err(io_err)?;
+        let mut by_status = txn.open_table(BY_STATUS).map_err(io_err)?;
+        let mut by_user = txn.open_table(BY_USER).map_err(io_err)?;
+        let mut index = |old: Option<&Record>, new: Option<&Record>| -> Result<(), StoreError> {
+            if let Some(o) = old {
+                by_status
+                    .remove(status_key(o.status, &o.id).as_slice())
+                    .map_err(io_err)?;
+                if let Some(u) = &o.user {
+                    by_user
+                        .remove(user_key(u, &o.id).as_slice())
+                        .map_err(io_err)?;
+                }
+            }
+            if let Some(n) = new {
+                by_status
+                    .insert(status_key(n.status, &n.id).as_slice(), ())
+                    .map_err(io_err)?;
+                if let Some(u) = &n.user {
+                    by_user
+                        .insert(user_key(u, &n.id).as_slice(), ())
+                        .map_err(io_err)?;
+                }
+            }
+            Ok(())
+        };
+        for m in batch.iter().flat_map(|r| r.mutations.iter()) {
+            match m {
+                Mutation::Insert {
+                    raw,
+                    record,
+                    due_ms,
+                } => {
+                    messages
+                        .insert(record.id.as_str(), raw.as_slice())
+                        .map_err(io_err)?;
+                    records
+                        .insert(
+                            record.id.as_str(),
+                            encode_record(record, Some(*due_ms)).as_slice(),
+                        )
+                        .map_err(io_err)?;
+                    due.insert(
+                        due_key(*due_ms, &record.id).as_slice(),
+                        record.provider.as_str(),
+                    )
+                    .map_err(io_err)?;
+                    index(None, Some(record))?;
+                }
+                Mutation::Update { record, due_ms } => {
+                    let old = records
+                        .get(record.id.as_str())
+                        .map_err(io_err)?
+                        .map(|v| decode_record(&record.id, v.value()))
+                        .transpose()?;
+                    if let Some((_, Some(old_due))) = &old {
+                        due.remove(due_key(*old_due, &record.id).as_slice())
+                            .map_err(io_err)?;
+                    }
+                    index(old.as_ref().map(|(r, _)| r), Some(record))?;
+                    records
+                        .insert(
+                            record.id.as_str(),
+                            encode_record(record, *due_ms).as_slice(),
+                        )
+                        .map_err(io_err)?;
+                    if let Some(d) = due_ms {
+                        due.insert(due_key(*d, &record.id).as_slice(), record.provider.as_str())
+                            .map_err(io_err)?;
+                    }
+                }
+                Mutation::Delete { id } => {
+                    let old = records
+                        .remove(id.as_str())
+                        .map_err(io_err)?
+                        .map(|v| decode_record(id, v.value()))
+                        .transpose()?;
+                    if let Some((_, Some(old_due))) = &old {
+                        due.remove(due_key(*old_due, id).as_slice())
+                            .map_err(io_err)?;
+                    }
+                    index(old.as_ref().map(|(r, _)| r), None)?;
+                    messages.remove(id.as_str()).map_err(io_err)?;
+                }
+                Mutation::DueNow { id, now_ms } => {
+                    let old = records
+                        .get(id.as_str())
+                        .map_err(io_err)?
+                        .map(|v| decode_record(id, v.value()))
+                        .transpose()?;
+                    if let Some((mut rec, Some(old_due))) = old
+                        && old_due > *now_ms
+                    {
+                        due.remove(due_key(old_due, id).as_slice())
+                            .map_err(io_err)?;
+                        due.insert(due_key(*now_ms, id).as_slice(), rec.provider.as_str())
+                            .map_err(io_err)?;
+                        rec.next_attempt_at = Some(crate::history::rfc3339(*now_ms));
+                        records
+                            .insert(id.as_str(), encode_record(&rec, Some(*now_ms)).as_slice())
+                            .map_err(io_err)?;
+                    }
+                }
+                Mutation::Usage {
+                    provider,
+                    at,
+                    id,
+                    rcpts,
+                } => {
+                    usage
+                        .insert(usage_key(provider, *at, id).as_slice(), *rcpts)
+                        .map_err(io_err)?;
+                }
+                Mutation::PruneUsage { before } => {
+                    let old: Vec<Vec<u8>> = usage
+                        .iter()
+                        .map_err(io_err)?
+                        .filter_map(Result::ok)
+                        .filter_map(|(k, _)| {
+                            let key = k.value().to_vec();
+                            split_usage_key(&key)
+                                .filter(|(_, at, _)| at < before)
+                                .map(|_| key)
+                        })
+                        .collect();
+                    for k in old {
+                        usage.remove(k.as_slice()).map_err(io_err)?;
+                    }
+                }
+                Mutation::Probe => {}
+            }
+        }
+    }
+    txn.commit().map_err(io_err)
+}
+
+/// The writer thread: group commit, and reopening the file after an I/O failure (redb
+/// refuses further writes on a handle that saw one).
+pub(super) fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteRequest>) {
+    while let Some(first) = rx.blocking_recv() {
+        {
+            let (lock, cv) = &shared.hold;
+            if let Ok(mut held) = lock.lock() {
+                while *held {
+                    match cv.wait(held) {
+                        Ok(g) => held = g,
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP && !batch.iter().any(|r| r.close) {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let close = batch.iter().any(|r| r.close);
+        let mut db = shared.db.read().ok().and_then(|g| g.clone());
+        if db.is_none() && !shared.closed.load(Ordering::SeqCst) {
+            reopen(&shared);
+            db = shared.db.read().ok().and_then(|g| g.clone());
+        }
+        let started = Instant::now();
+        let result = match db {
+            Some(db) => apply(&db, &batch),
+            None => Err(StoreError::Closed),
+        };
+        if let Ok(g) = shared.on_commit.lock()
+            && let Some(f) = g.as_ref()
+        {
+            f(started.elapsed());
+        }
+        shared.commits.fetch_add(1, Ordering::Relaxed);
+        shared.healthy.store(result.is_ok(), Ordering::Relaxed);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, messages = batch.len(), "store commit failed; nothing in it was acknowledged");
+            reopen(&shared);
+        }
+        if close {
+            shared.closed.store(true, Ordering::SeqCst);
+            release(&shared);
+        }
+        for req in batch {
+            let _ = req.reply.send(result.clone());
+        }
+    }
+    // Channel closed: every Store handle is gone. Close the database.
+    if let Ok(mut g) = shared.db.write() {
+        g.take();
+    }
+}
+
+/// Drops the database handle, waiting briefly for readers to let go of it.
+fn release(shared: &Shared) -> bool {
+    let Ok(mut guard) = shared.db.write() else {
+        return false;
+    };
+    if let Some(old) = guard.take() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut old = Some(old);
+        while let Some(arc) = old.take() {
+            match Arc::try_unwrap(arc) {
+                Ok(db) => drop(db),
+                Err(arc) if Instant::now() < deadline => {
+                    old = Some(arc);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(arc) => {
+                    // A reader still holds it; keep using it rather than lose the store.
+                    *guard = Some(arc);
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Drops the database handle and opens the file again (after an I/O failure).
+fn reopen(shared: &Shared) {
+    if shared.closed.load(Ordering::SeqCst) || !release(shared) {
+        return;
+    }
+    let Ok(mut guard) = shared.db.write() else {
+        return;
+    };
+    match open_db(&shared.path, &shared.fail_writes) {
+        Ok(db) => *guard = Some(Arc::new(db)),
+        Err(e) => tracing::error!(error = %e, "store reopen failed; will retry on the next write"),
+    }
+}
