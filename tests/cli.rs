@@ -274,3 +274,230 @@ async fn verify_and_stored_passwords() {
     let o = run_async(args(&["password", "set", "--provider", "nope"]), Some("x")).await;
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// Points the config's status.listen at the port the daemon bound (the CLI reads it).
+fn point_cli_at(env: &TestEnv, daemon: &DaemonProcess) {
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "[status]\nlisten = \"127.0.0.1:0\"",
+        &format!("[status]\nlisten = \"{}\"", daemon.status),
+    );
+    std::fs::write(&env.config_path, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_command() {
+    use common::upstream::{Script, Upstream};
+    let refusing = Upstream::start(Script::default().reply(
+        "mail",
+        "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+    ))
+    .await;
+    let env = TestEnv::new("", "");
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"strict\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+             [[user]]\nname = \"erp\"\nemail = \"erp@contoso.com\"\nsender_email = \"billing@contoso.com\"\n",
+            refusing.addr.port()
+        ),
+    );
+    let mut daemon = DaemonProcess::start(&env.config_path);
+    point_cli_at(&env, &daemon);
+    let path = env.config_path.to_str().unwrap().to_string();
+    let cmd = |a: &[&str]| {
+        let mut v = vec!["--config".to_string(), path.clone()];
+        v.extend(a.iter().map(|s| s.to_string()));
+        v
+    };
+
+    // send, with an attachment, as a user.
+    let attachment = env.dir.path().join("invoice.pdf");
+    std::fs::write(&attachment, b"%PDF-1.4 invoice").unwrap();
+    let o = run_async(
+        cmd(&[
+            "send",
+            "--to",
+            "a@contoso.com",
+            "--cc",
+            "b@contoso.com",
+            "--bcc",
+            "c@contoso.com",
+            "--subject",
+            "Invoice 1001",
+            "--body",
+            "Please pay.",
+            "--attach",
+            attachment.to_str().unwrap(),
+            "--as",
+            "erp",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let id = stdout(&o)
+        .trim()
+        .strip_prefix("queued as ")
+        .unwrap()
+        .to_string();
+    daemon.wait_sent(std::slice::from_ref(&id), Duration::from_secs(30));
+    let eml = String::from_utf8(env.eml(&id)).unwrap();
+    assert!(eml.contains("\r\nFrom: billing@contoso.com\r\n"), "{eml}");
+    assert!(eml.contains("Subject: Invoice 1001"));
+    assert!(eml.contains("filename=\"invoice.pdf\""));
+    assert!(!eml.contains("c@contoso.com"), "Bcc is not in the headers");
+    let o = run_async(cmd(&["show", &id, "--json"]), None).await;
+    let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rec["recipients"].as_array().unwrap().len(), 3);
+    assert_eq!(rec["user"], "erp");
+
+    // send --eml writes the message instead.
+    let out = env.dir.path().join("draft.eml");
+    let o = run_async(
+        cmd(&[
+            "send",
+            "--to",
+            "a@contoso.com",
+            "--subject",
+            "Draft",
+            "--body",
+            "x",
+            "--eml",
+            out.to_str().unwrap(),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("Subject: Draft")
+    );
+
+    // export: the stored bytes.
+    let o = run_async(cmd(&["export", &id]), None).await;
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.stdout, env.eml(&id));
+
+    // test-email: sent through the outbox -> 0; through the refusing upstream -> 1 + diagnosis.
+    let o = run_async(
+        cmd(&["test-email", "--to", "me@contoso.com", "--wait", "20s"]),
+        None,
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("status: sent"));
+    let o = run_async(
+        cmd(&[
+            "test-email",
+            "--to",
+            "me@contoso.com",
+            "--provider",
+            "strict",
+            "--wait",
+            "20s",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("status: deferred"), "{out}");
+    assert!(out.contains("diagnosis: send-as-denied"), "{out}");
+    assert!(
+        out.contains("fix: Grant the relay account Send As"),
+        "{out}"
+    );
+    let held = out
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("queued as ")
+        .unwrap()
+        .to_string();
+
+    // queue, retry, retry --all.
+    let o = run_async(cmd(&["queue"]), None).await;
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    assert!(out.contains("deferred: 1\n"), "{out}");
+    assert!(out.contains(&format!("oldest waiting: {held}")), "{out}");
+    let o = run_async(cmd(&["retry", &held]), None).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    daemon.wait_log(
+        |v| v["message"] == "delivery" && v["id"] == held.as_str() && v["deferrals"] == 2,
+        Duration::from_secs(30),
+    );
+    let o = run_async(cmd(&["retry", "--all"]), None).await;
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o).trim(), "1 deferred messages queued again");
+    let o = run_async(cmd(&["retry", &id]), None).await;
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a sent message has nothing to retry"
+    );
+
+    // pause / resume.
+    let o = run_async(cmd(&["pause"]), None).await;
+    assert_eq!(o.status.code(), Some(0));
+    let o = run_async(
+        cmd(&[
+            "send",
+            "--to",
+            "a@contoso.com",
+            "--subject",
+            "while paused",
+            "--body",
+            "x",
+        ]),
+        None,
+    )
+    .await;
+    let paused_id = stdout(&o)
+        .trim()
+        .strip_prefix("queued as ")
+        .unwrap()
+        .to_string();
+    let o = run_async(cmd(&["queue"]), None).await;
+    assert!(
+        stdout(&o).contains("the distributor is paused"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run_async(cmd(&["resume"]), None).await;
+    assert_eq!(o.status.code(), Some(0));
+    daemon.wait_sent(std::slice::from_ref(&paused_id), Duration::from_secs(30));
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    // Every command that needs the daemon says so, in one line, exit 1.
+    for args in [
+        vec![
+            "send",
+            "--to",
+            "a@contoso.com",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+        ],
+        vec!["test-email", "--to", "a@contoso.com"],
+        vec!["export", &id],
+        vec!["retry", &id],
+        vec!["retry", "--all"],
+        vec!["queue"],
+        vec!["pause"],
+        vec!["resume"],
+        vec!["history"],
+        vec!["show", &id],
+    ] {
+        let o = run_async(cmd(&args), None).await;
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            stderr(&o),
+            format!("mailgate is not running at {}\n", daemon.status),
+            "{args:?}"
+        );
+    }
+}

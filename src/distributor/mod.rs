@@ -164,6 +164,14 @@ impl Distributor {
         config: &Config,
         metrics: Arc<crate::status::metrics::Metrics>,
     ) -> Distributor {
+        // Every provider's series exist from the start (at 0), so alerts can use them.
+        for p in &config.provider {
+            let label = crate::status::metrics::ProviderLabel {
+                provider: p.name.get_ref().clone(),
+            };
+            metrics.sent.get_or_create(&label);
+            metrics.throttle_deferrals.get_or_create(&label);
+        }
         Distributor {
             metrics,
             events: broadcast::channel(4096).0,
