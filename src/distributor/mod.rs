@@ -169,8 +169,8 @@ impl Distributor {
             let label = crate::status::metrics::ProviderLabel {
                 provider: p.name.get_ref().clone(),
             };
-            metrics.sent.get_or_create(&label);
-            metrics.throttle_deferrals.get_or_create(&label);
+            let _ = metrics.sent.get_or_create(&label);
+            let _ = metrics.throttle_deferrals.get_or_create(&label);
         }
         Distributor {
             metrics,
