@@ -71,10 +71,19 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> i32 {
                         )
                     })
             }
-            ProviderKind::Graph => Err((
-                Code::ProviderConfig,
-                "kind = \"graph\" is not available in this build yet".to_string(),
-            )),
+            ProviderKind::Graph => {
+                // Graph has no sign-in without sending: prove the app registration by
+                // getting a token (`test-email` proves the mailbox).
+                let source = crate::provider::oauth2::TokenSource::new(
+                    &p.oauth2.clone().unwrap_or_default(),
+                    ProviderKind::Graph,
+                );
+                source
+                    .token()
+                    .await
+                    .map(|_| "OAuth2 token acquired for Microsoft Graph (use test-email to prove the mailbox)".to_string())
+                    .map_err(|e| (e.code, e.reply))
+            }
         };
         match result {
             Ok(text) => println!("{name}: ok: {text}"),

@@ -237,6 +237,11 @@ impl Distributor {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// The provider of this name in the routing in force.
+    pub fn provider(&self, name: &str) -> Option<Arc<Provider>> {
+        self.routing().providers.get(name).cloned()
+    }
+
     /// Per-provider figures for the status endpoint.
     pub fn provider_stats(&self, name: &str) -> ProviderStats {
         let now = self.now();

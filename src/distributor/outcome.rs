@@ -35,7 +35,17 @@ pub fn apply_outcome(
             })
             .collect()
     };
+    let mut retry_after = None;
     let (reply, results) = match outcome {
+        Outcome::Later {
+            reply,
+            diagnosis,
+            after,
+        } => {
+            retry_after = Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+            let results = all(Fate::Transient, &reply, Some(diagnosis));
+            (reply, results)
+        }
         Outcome::Sent { reply } => {
             let results = all(Fate::Sent, &reply, None);
             (reply, results)
@@ -87,7 +97,7 @@ pub fn apply_outcome(
     if waiting {
         record.deferrals += 1;
         record.status = Status::Deferred;
-        let due = now + retry.delay_ms(record.deferrals);
+        let due = now + retry_after.unwrap_or_else(|| retry.delay_ms(record.deferrals));
         record.next_attempt_at = Some(rfc3339(due));
         if sent > 0 && record.sent_at.is_none() {
             record.sent_at = Some(at);

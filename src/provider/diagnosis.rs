@@ -42,12 +42,24 @@ pub enum Code {
     PasswordUndecryptable,
     /// The provider's configuration cannot work (missing secret file, bad CA file...).
     ProviderConfig,
+    /// The token endpoint refused the app's credentials.
+    OAuthInvalidClient,
+    /// The app lacks admin consent or the permission (AADSTS consent codes).
+    OAuthConsentRequired,
+    /// The token endpoint did not answer.
+    OAuthEndpointUnreachable,
+    /// Graph 401.
+    GraphUnauthorized,
+    /// Graph 403.
+    GraphForbidden,
+    /// Graph 404.
+    GraphMailboxNotFound,
     /// Anything else.
     Unknown,
 }
 
 /// Every code, for lookups.
-pub const ALL: [Code; 18] = [
+pub const ALL: [Code; 24] = [
     Code::AuthNotSupported,
     Code::AuthFailed,
     Code::NotAuthenticated,
@@ -65,6 +77,12 @@ pub const ALL: [Code; 18] = [
     Code::UpstreamThrottled,
     Code::PasswordUndecryptable,
     Code::ProviderConfig,
+    Code::OAuthInvalidClient,
+    Code::OAuthConsentRequired,
+    Code::OAuthEndpointUnreachable,
+    Code::GraphUnauthorized,
+    Code::GraphForbidden,
+    Code::GraphMailboxNotFound,
     Code::Unknown,
 ];
 
@@ -89,6 +107,12 @@ impl Code {
             Code::UpstreamThrottled => "upstream-throttled",
             Code::PasswordUndecryptable => "password-undecryptable",
             Code::ProviderConfig => "provider-config",
+            Code::OAuthInvalidClient => "oauth-invalid-client",
+            Code::OAuthConsentRequired => "oauth-consent-required",
+            Code::OAuthEndpointUnreachable => "oauth-endpoint-unreachable",
+            Code::GraphUnauthorized => "graph-unauthorized",
+            Code::GraphForbidden => "graph-forbidden",
+            Code::GraphMailboxNotFound => "graph-mailbox-not-found",
             Code::Unknown => "unknown",
         }
     }
@@ -123,6 +147,11 @@ impl Code {
                     | Code::TlsCertificate
                     | Code::ProviderConfig
                     | Code::SendAsDenied
+                    | Code::OAuthInvalidClient
+                    | Code::OAuthConsentRequired
+                    | Code::GraphUnauthorized
+                    | Code::GraphForbidden
+                    | Code::GraphMailboxNotFound
             )
     }
 
@@ -196,6 +225,30 @@ impl Code {
             Code::ProviderConfig => (
                 "The provider's configuration cannot be used as it is.",
                 "Correct the provider's settings shown in the reply, then reload (SIGHUP) or restart; held mail is sent.",
+            ),
+            Code::OAuthInvalidClient => (
+                "The Microsoft identity platform refused the app's credentials (invalid_client / unauthorized_client: wrong client_id or tenant_id, an expired or wrong client secret, or a certificate it does not know).",
+                "In Entra ID > App registrations, check the Application (client) ID and Directory (tenant) ID, and create a new client secret (or upload the certificate) under Certificates & secrets; update [provider.oauth2] and reload.",
+            ),
+            Code::OAuthConsentRequired => (
+                "The app registration has no admin consent for the permission it needs, or the resource is not set up in the tenant (AADSTS65001, AADSTS500011 and similar).",
+                "In Entra ID > App registrations > API permissions, add the application permission (Office 365 Exchange Online SMTP.SendAsApp for SMTP, Microsoft Graph Mail.Send for Graph) and press \"Grant admin consent\"; then reload.",
+            ),
+            Code::OAuthEndpointUnreachable => (
+                "The OAuth2 token endpoint could not be reached or answered with a server error.",
+                "Check DNS and that outbound HTTPS to login.microsoftonline.com (or token_url) is allowed; mail is retried.",
+            ),
+            Code::GraphUnauthorized => (
+                "Microsoft Graph refused the access token (401), even after a fresh one was fetched.",
+                "Check that the app registration has the Mail.Send application permission with admin consent and that tenant_id names the tenant of the mailbox; then reload.",
+            ),
+            Code::GraphForbidden => (
+                "Microsoft Graph refused to send as this mailbox (403): the app may not send for it (an application access policy may restrict it), or the mailbox is invalid or has no licence.",
+                "Allow the app for this mailbox (New-ApplicationAccessPolicy, or remove the restriction) and check that the sender is a licensed mailbox; or map the application to a user with a valid sender_email.",
+            ),
+            Code::GraphMailboxNotFound => (
+                "Microsoft Graph found no mailbox for the sender address (404).",
+                "The envelope sender after the rewrite must be an existing mailbox in the tenant: set the user's sender_email (or rewrite.default_sender) to one.",
             ),
             Code::Unknown => (
                 "The upstream refused the message for a reason mailgate does not recognise; its reply is kept.",

@@ -4,6 +4,8 @@
 
 pub mod diagnosis;
 pub mod eml;
+pub mod graph;
+pub mod oauth2;
 pub mod smtp;
 
 use std::sync::Arc;
@@ -71,6 +73,15 @@ pub enum Outcome {
         /// Why, and what to do.
         diagnosis: Diagnosis,
     },
+    /// Nothing delivered; the upstream says when to try again.
+    Later {
+        /// Upstream reply.
+        reply: String,
+        /// Why, and what to do.
+        diagnosis: Diagnosis,
+        /// Try again after this long (Retry-After).
+        after: std::time::Duration,
+    },
     /// Recipients had different fates.
     PerRecipient {
         /// The reply to the data (or the first refusal when nothing was sent).
@@ -96,13 +107,8 @@ pub enum Provider {
     Eml(eml::EmlProvider),
     /// An SMTP submission server.
     Smtp(Box<smtp::SmtpProvider>),
-    /// A kind this build cannot deliver to yet; attempts are deferred with a diagnosis.
-    Unsupported {
-        /// Provider name.
-        name: String,
-        /// Its kind.
-        kind: ProviderKind,
-    },
+    /// Microsoft Graph sendMail.
+    Graph(Box<graph::GraphProvider>),
 }
 
 impl Provider {
@@ -117,10 +123,16 @@ impl Provider {
                 &ctx.hostname,
                 ctx.secrets.clone(),
             ))),
-            kind => Provider::Unsupported {
-                name: p.name.get_ref().clone(),
-                kind,
-            },
+            ProviderKind::Graph => Provider::Graph(Box::new(graph::GraphProvider::new(p))),
+        }
+    }
+
+    /// The OAuth2 token's state, for providers that use one.
+    pub fn token_status(&self) -> Option<oauth2::TokenStatus> {
+        match self {
+            Provider::Smtp(p) => p.token_status(),
+            Provider::Graph(p) => Some(p.token_status()),
+            Provider::Eml(_) => None,
         }
     }
 
@@ -129,14 +141,7 @@ impl Provider {
         match self {
             Provider::Eml(p) => p.deliver(d).await,
             Provider::Smtp(p) => p.deliver(d).await,
-            Provider::Unsupported { name, kind } => Outcome::Transient {
-                reply: format!("provider {name:?} of kind {kind:?} is not available in this build"),
-                diagnosis: Diagnosis {
-                    code: "provider-config".into(),
-                    explanation: format!("mailgate cannot deliver through a provider of kind {kind:?} yet"),
-                    fix: "Route this mail to another provider (distributor.default_provider or the user's provider) and reload".into(),
-                },
-            },
+            Provider::Graph(p) => p.deliver(d).await,
         }
     }
 }

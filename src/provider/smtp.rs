@@ -18,6 +18,7 @@ use lettre::transport::smtp::response::Response;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::diagnosis::{self, Code};
+use super::oauth2::{TokenSource, TokenStatus};
 use super::{Delivery, Fate, Outcome, RcptResult};
 use crate::config::{ProviderConfig, TlsMode};
 use crate::secrets::{SecretError, SecretStore, provider_password};
@@ -100,6 +101,13 @@ fn classify(e: &lettre::transport::smtp::Error, stage: &str) -> Failure {
             format!("{stage}: TLS certificate verification failed: {chain}"),
         );
     }
+    if e.is_client() && chain.contains("does not expect a challenge") {
+        // XOAUTH2 refused with a 334 error challenge (the token was not accepted).
+        return Failure::local(
+            Code::AuthFailed,
+            format!("{stage}: the server rejected the OAuth2 token"),
+        );
+    }
     if e.is_client() && chain.contains("No compatible authentication mechanism") {
         return Failure::local(
             Code::AuthNotSupported,
@@ -173,6 +181,7 @@ pub struct SmtpProvider {
     timeout: Duration,
     hello: ClientId,
     secrets: SecretStore,
+    oauth: Option<TokenSource>,
     pool: Mutex<Vec<Idle>>,
     permits: Arc<Semaphore>,
     opened: AtomicU64,
@@ -247,11 +256,20 @@ impl SmtpProvider {
                 .max(Duration::from_millis(1)),
             hello: ClientId::Domain(hostname.to_string()),
             secrets,
+            oauth: config
+                .oauth2
+                .as_ref()
+                .map(|o| TokenSource::new(o, crate::config::ProviderKind::Smtp)),
             pool: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(config.max_connections.max(1))),
             opened: AtomicU64::new(0),
             config: config.clone(),
         }
+    }
+
+    /// The OAuth2 token's state, when the provider uses XOAUTH2.
+    pub fn token_status(&self) -> Option<TokenStatus> {
+        self.oauth.as_ref().map(TokenSource::status)
     }
 
     /// Connections opened since start (connection reuse is visible here).
@@ -285,9 +303,23 @@ impl SmtpProvider {
         })
     }
 
-    /// Opens a connection: TCP (TCP_NODELAY), TLS as configured, EHLO, AUTH when a
-    /// username is set.
+    /// Opens a connection and signs in. With OAuth2, a token the server rejects is
+    /// dropped and a fresh one tried once.
     async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+        match self.connect_once().await {
+            Err(f) if self.oauth.is_some() && f.code == Code::AuthFailed => {
+                if let Some(o) = &self.oauth {
+                    o.invalidate();
+                }
+                self.connect_once().await
+            }
+            other => other,
+        }
+    }
+
+    /// Opens a connection: TCP (TCP_NODELAY), TLS as configured, EHLO, AUTH when a
+    /// username is set (XOAUTH2 with `[provider.oauth2]`, else PLAIN or LOGIN).
+    async fn connect_once(&self) -> Result<AsyncSmtpConnection, Failure> {
         let t = self.timeout;
         let target = format!("{}:{}", self.host, self.port);
         let mut conn = match self.config.tls {
@@ -348,7 +380,33 @@ impl SmtpProvider {
             let params = self.tls_parameters()?;
             timed(t, "STARTTLS", conn.starttls(params, &self.hello)).await?;
         }
-        if let Some(user) = &self.config.username {
+        if let (Some(user), Some(oauth)) = (&self.config.username, &self.oauth) {
+            let token = match oauth.token().await {
+                Ok(t) => t,
+                Err(e) => {
+                    conn.abort().await;
+                    return Err(Failure::local(e.code, e.reply));
+                }
+            };
+            if !conn
+                .server_info()
+                .supports_auth_mechanism(Mechanism::Xoauth2)
+            {
+                conn.abort().await;
+                return Err(Failure::local(
+                    Code::AuthNotSupported,
+                    format!("{target} does not offer AUTH XOAUTH2, which [provider.oauth2] needs"),
+                ));
+            }
+            let creds = Credentials::new(user.clone(), token.expose().to_string());
+            timed(t, "AUTH", conn.auth(&[Mechanism::Xoauth2], &creds))
+                .await
+                .map_err(|mut f| {
+                    f.transient = true;
+                    f.broken = true;
+                    f
+                })?;
+        } else if let Some(user) = &self.config.username {
             let password = match provider_password(&self.config, &self.secrets) {
                 Ok(Some(p)) => p,
                 Ok(None) => {

@@ -164,6 +164,18 @@ async fn status(State(state): State<AppState>) -> Response {
             let name = p.name.get_ref();
             let stats = state.distributor.provider_stats(name);
             let limits = provider_limits(p);
+            let oauth2 = state
+                .distributor
+                .provider(name)
+                .and_then(|pr| pr.token_status())
+                .map(|t| {
+                    json!({
+                        "token_valid": t.valid,
+                        "token_expires_at": t.expires_at_ms.map(rfc3339),
+                        "last_token_error": t.last_error,
+                        "tokens_fetched": t.fetched,
+                    })
+                });
             json!({
                 "name": name,
                 "kind": format!("{:?}", p.kind).to_ascii_lowercase(),
@@ -174,6 +186,7 @@ async fn status(State(state): State<AppState>) -> Response {
                 "per_day_recipient_limit": limits.per_day,
                 "recipients_last_day": stats.recipients_last_day,
                 "sending": stats.in_flight,
+                "oauth2": oauth2,
             })
         })
         .collect();

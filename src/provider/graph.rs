@@ -1,0 +1,234 @@
+//! The graph provider (`kind = "graph"`, the "Exchange" provider): sends the stored MIME
+//! message through Microsoft Graph, `POST {graph_url}/v1.0/users/{sender}/sendMail` with
+//! the message base64-encoded and `Content-Type: text/plain`, as Microsoft documents for
+//! MIME. Graph takes the recipients from the MIME headers, so envelope recipients that
+//! no header names (blind copies) are added as a `Bcc:` header for Graph only.
+
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::sync::Semaphore;
+
+use super::diagnosis::Code;
+use super::oauth2::{TokenSource, TokenStatus};
+use super::{Delivery, Outcome};
+use crate::config::{ProviderConfig, ProviderKind};
+use crate::history::Diagnosis;
+
+/// Graph's limit on a request (sendMail with MIME).
+pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
+
+/// A Microsoft Graph sender.
+#[derive(Debug)]
+pub struct GraphProvider {
+    graph_url: String,
+    token: TokenSource,
+    http: reqwest::Client,
+    permits: Semaphore,
+}
+
+fn transient(code: Code, reply: String) -> Outcome {
+    Outcome::Transient {
+        reply,
+        diagnosis: code.diagnosis(),
+    }
+}
+
+/// Addresses named in the To, Cc and Bcc headers, lower-cased.
+fn header_recipients(raw: &[u8]) -> Vec<String> {
+    use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
+    let Some(msg) = MessageParser::default().parse_headers(raw) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for h in &msg.root_part().headers {
+        if !matches!(h.name, HeaderName::To | HeaderName::Cc | HeaderName::Bcc) {
+            continue;
+        }
+        let addrs: Vec<&mail_parser::Addr<'_>> = match &h.value {
+            HeaderValue::Address(Address::List(l)) => l.iter().collect(),
+            HeaderValue::Address(Address::Group(g)) => {
+                g.iter().flat_map(|g| g.addresses.iter()).collect()
+            }
+            _ => Vec::new(),
+        };
+        out.extend(
+            addrs
+                .iter()
+                .filter_map(|a| a.address.as_ref().map(|s| s.to_ascii_lowercase())),
+        );
+    }
+    out
+}
+
+/// The MIME Graph gets: the stored message, with a `Bcc:` header for envelope recipients
+/// no header names.
+pub fn graph_mime(raw: &[u8], rcpts: &[String]) -> Vec<u8> {
+    let named = header_recipients(raw);
+    let hidden: Vec<&String> = rcpts
+        .iter()
+        .filter(|r| !named.contains(&r.to_ascii_lowercase()))
+        .collect();
+    if hidden.is_empty() {
+        return raw.to_vec();
+    }
+    let list = hidden
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",\r\n ");
+    let mut out = format!("Bcc: {list}\r\n").into_bytes();
+    out.extend_from_slice(raw);
+    out
+}
+
+/// The error text of a Graph error response (`{"error":{"code","message"}}`).
+fn graph_error(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            Some(format!(
+                "{}: {}",
+                e.get("code")?.as_str()?,
+                e.get("message").and_then(|m| m.as_str()).unwrap_or("")
+            ))
+        })
+        .unwrap_or_else(|| body.chars().take(300).collect())
+}
+
+impl GraphProvider {
+    /// A provider for `config` (which has a `[provider.oauth2]` table; checked at load).
+    pub fn new(config: &ProviderConfig) -> GraphProvider {
+        let oauth = config.oauth2.clone().unwrap_or_default();
+        GraphProvider {
+            graph_url: config
+                .graph_url
+                .clone()
+                .unwrap_or_else(|| "https://graph.microsoft.com".into())
+                .trim_end_matches('/')
+                .to_string(),
+            token: TokenSource::new(&oauth, ProviderKind::Graph),
+            http: reqwest::Client::builder()
+                .timeout(config.timeout.map_or(Duration::from_secs(120), |d| d.0))
+                .build()
+                .unwrap_or_default(),
+            permits: Semaphore::new(config.max_connections.max(1)),
+        }
+    }
+
+    /// The token's state for `/status`.
+    pub fn token_status(&self) -> TokenStatus {
+        self.token.status()
+    }
+
+    fn url(&self, sender: &str) -> Result<reqwest::Url, String> {
+        let mut url =
+            reqwest::Url::parse(&self.graph_url).map_err(|e| format!("graph_url: {e}"))?;
+        url.path_segments_mut()
+            .map_err(|()| "graph_url cannot have a path".to_string())?
+            .pop_if_empty()
+            .extend(["v1.0", "users", sender, "sendMail"]);
+        Ok(url)
+    }
+
+    /// Sends one message.
+    pub async fn deliver(&self, d: &Delivery) -> Outcome {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return transient(Code::Unknown, "provider closed".into());
+        };
+        let body = base64::engine::general_purpose::STANDARD.encode(graph_mime(&d.raw, &d.rcpts));
+        if body.len() > MAX_REQUEST {
+            let (why, _) = Code::MessageTooLarge.texts();
+            return Outcome::Permanent {
+                reply: format!("the message is {} bytes base64-encoded; Graph accepts at most {MAX_REQUEST}", body.len()),
+                diagnosis: Diagnosis {
+                    code: Code::MessageTooLarge.as_str().into(),
+                    explanation: format!("{why} Microsoft Graph accepts requests of at most 4 MB (about 3 MB of message)."),
+                    fix: "Send large messages through an smtp provider (smtp.office365.com accepts up to 35 MB by default): route this user to one.".into(),
+                },
+            };
+        }
+        let url = match self.url(&d.from) {
+            Ok(u) => u,
+            Err(e) => return transient(Code::ProviderConfig, e),
+        };
+        for try_no in 0..2 {
+            let token = match self.token.token().await {
+                Ok(t) => t,
+                Err(e) => return transient(e.code, e.reply),
+            };
+            let resp = self
+                .http
+                .post(url.clone())
+                .bearer_auth(token.expose())
+                .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                .body(body.clone())
+                .send()
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    return transient(Code::ConnectionFailed, format!("Graph unreachable: {e}"));
+                }
+            };
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let text = resp.text().await.unwrap_or_default();
+            let reply = format!("HTTP {status} {}", graph_error(&text))
+                .trim()
+                .to_string();
+            return match status {
+                200..=299 => Outcome::Sent {
+                    reply: format!("HTTP {status} accepted by Graph sendMail"),
+                },
+                401 if try_no == 0 => {
+                    // The token may have been revoked or expired early: one fresh try.
+                    self.token.invalidate();
+                    continue;
+                }
+                401 => transient(Code::GraphUnauthorized, reply),
+                403 => transient(Code::GraphForbidden, reply),
+                404 => transient(Code::GraphMailboxNotFound, reply),
+                413 => Outcome::Permanent {
+                    reply,
+                    diagnosis: Code::MessageTooLarge.diagnosis(),
+                },
+                429 | 503 => Outcome::Later {
+                    reply,
+                    diagnosis: Code::UpstreamThrottled.diagnosis(),
+                    after: Duration::from_secs(retry_after.unwrap_or(60).clamp(1, 3600)),
+                },
+                400..=499 => Outcome::Permanent {
+                    reply,
+                    diagnosis: Code::Unknown.diagnosis(),
+                },
+                _ => transient(Code::Unknown, reply),
+            };
+        }
+        transient(Code::GraphUnauthorized, "HTTP 401".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blind_recipients_become_a_bcc_header() {
+        let raw = b"To: A <a@contoso.com>\r\nCc: b@contoso.com\r\nSubject: s\r\n\r\nx\r\n";
+        let rcpts = vec![
+            "a@contoso.com".into(),
+            "B@contoso.com".into(),
+            "hidden@contoso.com".into(),
+        ];
+        let out = graph_mime(raw, &rcpts);
+        assert_eq!(&out[..30], b"Bcc: hidden@contoso.com\r\nTo: A");
+        assert!(out.ends_with(raw));
+        assert_eq!(graph_mime(raw, &rcpts[..2]), raw.to_vec());
+    }
+}
