@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::TcpStream;
 
+pub mod msgraph;
 pub mod upstream;
 
 /// A temp dir with a config that listens on port 0 everywhere and writes to `outbox/`.

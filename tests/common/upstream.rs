@@ -114,6 +114,8 @@ pub struct Upstream {
     pub connections: Arc<AtomicUsize>,
     pub script: Arc<Mutex<Script>>,
     pub arrived: Arc<Notify>,
+    /// Every XOAUTH2 token presented.
+    pub xoauth2_tokens: Arc<Mutex<Vec<String>>>,
 }
 
 impl Upstream {
@@ -125,6 +127,7 @@ impl Upstream {
             connections: Arc::default(),
             script: Arc::new(Mutex::new(script)),
             arrived: Arc::new(Notify::new()),
+            xoauth2_tokens: Arc::default(),
         };
         let u = up.clone();
         tokio::spawn(async move {
@@ -276,6 +279,23 @@ async fn serve(
                     };
                     (get(1), get(2))
                 }
+                "XOAUTH2" => {
+                    let raw = B64
+                        .decode(initial.unwrap_or_default().trim())
+                        .unwrap_or_default();
+                    let text = String::from_utf8_lossy(&raw).into_owned();
+                    let mut user = String::new();
+                    let mut token = String::new();
+                    for part in text.split('\x01') {
+                        if let Some(u) = part.strip_prefix("user=") {
+                            user = u.to_string();
+                        } else if let Some(t) = part.strip_prefix("auth=Bearer ") {
+                            token = t.to_string();
+                        }
+                    }
+                    up.xoauth2_tokens.lock().unwrap().push(token.clone());
+                    (user, token)
+                }
                 "LOGIN" => {
                     io.get_mut().write_all(b"334 VXNlcm5hbWU6\r\n").await?;
                     let u = read_line(&mut io).await?;
@@ -289,13 +309,21 @@ async fn serve(
                 }
                 _ => (String::new(), String::new()),
             };
-            if let Some(r) = s.replies.get("auth") {
+            if let Some(r) = s
+                .replies
+                .get(&format!("auth:{mech}"))
+                .or_else(|| s.replies.get("auth"))
+            {
                 r.clone()
             } else if s.credentials.as_ref() == Some(&(user.clone(), pass)) {
                 auth_user = Some(user);
                 "235 2.7.0 Authentication successful".into()
             } else {
-                "535 5.7.8 Error: authentication failed".into()
+                if mech == "XOAUTH2" {
+                    "535 5.7.3 Authentication unsuccessful".into()
+                } else {
+                    "535 5.7.8 Error: authentication failed".into()
+                }
             }
         } else if upper.starts_with("MAIL FROM:") {
             if s.credentials.is_some() && auth_user.is_none() {
