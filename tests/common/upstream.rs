@@ -87,6 +87,10 @@ pub struct Script {
     pub silent: bool,
     /// Close the connection in the middle of receiving DATA.
     pub drop_in_data: bool,
+    /// Wait this long before every reply (a slow server).
+    pub delay_ms: u64,
+    /// After "220 Ready to start TLS", send garbage instead of a TLS handshake.
+    pub tls_garbage: bool,
 }
 
 impl Script {
@@ -238,6 +242,12 @@ async fn serve(
             io.get_mut()
                 .write_all(b"220 2.0.0 Ready to start TLS\r\n")
                 .await?;
+            if s.tls_garbage {
+                io.get_mut()
+                    .write_all(b"this is not a TLS server hello\r\n")
+                    .await?;
+                return Ok(());
+            }
             let inner = io.into_inner();
             let acceptor = tokio_rustls::TlsAcceptor::from(s.tls.clone().unwrap());
             let upgraded = acceptor.accept(inner).await?;
@@ -393,6 +403,9 @@ async fn serve(
         } else {
             "502 5.5.2 Error: command not recognized".into()
         };
+        if s.delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(s.delay_ms)).await;
+        }
         io.get_mut()
             .write_all(format!("{out}\r\n").as_bytes())
             .await?;
