@@ -162,8 +162,8 @@ impl Pipeline {
             plan.provider = p.clone();
         }
         if let Some(target) = &plan.target {
-            data = message::rewrite::rewrite(
-                &data,
+            message::rewrite::rewrite_in_place(
+                &mut data,
                 &message::rewrite::Rewrite {
                     target: target.clone(),
                     sender: plan.on_behalf_of.clone(),
@@ -186,7 +186,7 @@ impl Pipeline {
             (false, false, false) => "ESMTP",
         };
         let prepared = message::prepare(
-            &data,
+            data,
             &message::TraceInfo {
                 id: &id,
                 hostname: &config.smtp.hostname,

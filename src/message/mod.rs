@@ -59,9 +59,10 @@ fn header_end(raw: &[u8]) -> usize {
     }
 }
 
-/// Adds the trace header and any missing Message-ID/Date.
-pub fn prepare(data: &[u8], info: &TraceInfo<'_>) -> Prepared {
-    let parsed = MessageParser::default().parse_headers(data);
+/// Adds the trace header and any missing Message-ID/Date, in place (a large message is
+/// not copied).
+pub fn prepare(data: Vec<u8>, info: &TraceInfo<'_>) -> Prepared {
+    let parsed = MessageParser::default().parse_headers(&data);
     let has_headers = parsed
         .as_ref()
         .is_some_and(|m| !m.root_part().headers.is_empty());
@@ -108,25 +109,26 @@ pub fn prepare(data: &[u8], info: &TraceInfo<'_>) -> Prepared {
         trailing.push_str(&format!("Date: {date}\r\n"));
     }
 
-    let mut raw = Vec::with_capacity(data.len() + received.len() + trailing.len() + 2);
-    raw.extend_from_slice(received.as_bytes());
+    drop(parsed);
+    let mut raw = data;
     if has_headers {
-        let end = header_end(data);
-        raw.extend_from_slice(&data[..end]);
-        if end > 0 && !data[..end].ends_with(b"\n") {
-            raw.extend_from_slice(b"\r\n");
+        let end = header_end(&raw);
+        let mut insert = Vec::with_capacity(trailing.len() + 2);
+        if end > 0 && !raw[..end].ends_with(b"\n") {
+            insert.extend_from_slice(b"\r\n");
         }
-        raw.extend_from_slice(trailing.as_bytes());
-        raw.extend_from_slice(&data[end..]);
+        insert.extend_from_slice(trailing.as_bytes());
+        raw.splice(end..end, insert);
     } else {
         // No header fields: ours become the header block, the data the body (an empty
         // line opening the data already separates the two).
-        raw.extend_from_slice(trailing.as_bytes());
-        if !data.starts_with(b"\r\n") {
-            raw.extend_from_slice(b"\r\n");
+        let mut insert = trailing.into_bytes();
+        if !raw.starts_with(b"\r\n") {
+            insert.extend_from_slice(b"\r\n");
         }
-        raw.extend_from_slice(data);
+        raw.splice(0..0, insert);
     }
+    raw.splice(0..0, received.into_bytes());
     Prepared {
         raw,
         subject,
@@ -153,7 +155,7 @@ mod tests {
     #[test]
     fn adds_trace_and_missing_headers_keeps_the_rest() {
         let data = b"From: a@b.com\r\nSubject: =?utf-8?q?Caf=C3=A9?=\r\n\r\nbody\r\n";
-        let p = prepare(data, &info());
+        let p = prepare(data.to_vec(), &info());
         let text = String::from_utf8(p.raw.clone()).unwrap();
         assert!(text.starts_with("Received: from erp01 (127.0.0.1)\r\n\tby relay.test (mailgate) with ESMTP id 01JTEST\r\n\tfor <a@contoso.com>; "));
         assert!(text.contains(
@@ -175,7 +177,7 @@ mod tests {
     #[test]
     fn existing_id_and_date_are_kept() {
         let data = b"Message-ID: <x@y>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nb\r\n";
-        let p = prepare(data, &info());
+        let p = prepare(data.to_vec(), &info());
         assert_eq!(p.message_id, "<x@y>");
         assert!(p.raw.ends_with(data));
     }

@@ -143,6 +143,21 @@ fn new_from_value(value: &[u8], parsed: &HeaderValue<'_>, target: &str) -> Vec<u
 
 /// Rewrites the header block of `raw`; returns the new bytes.
 pub fn rewrite(raw: &[u8], plan: &Rewrite) -> Vec<u8> {
+    let mut out = raw.to_vec();
+    rewrite_in_place(&mut out, plan);
+    out
+}
+
+/// Rewrites the header block of `raw` in place (the body is moved, never copied).
+pub fn rewrite_in_place(raw: &mut Vec<u8>, plan: &Rewrite) {
+    let edits = edits(raw, plan);
+    for (start, end, with) in edits.into_iter().rev() {
+        raw.splice(start..end, with);
+    }
+}
+
+/// The rewrite as byte-range replacements, in order and not overlapping.
+fn edits(raw: &[u8], plan: &Rewrite) -> Vec<(usize, usize, Vec<u8>)> {
     let parsed = MessageParser::default().parse_headers(raw);
     let headers: Vec<_> = parsed
         .as_ref()
@@ -252,43 +267,38 @@ pub fn rewrite(raw: &[u8], plan: &Rewrite) -> Vec<u8> {
     removed.extend(obsolete.iter().copied());
     removed.sort_unstable();
 
-    let mut out = Vec::with_capacity(raw.len() + block.len());
     if removed.is_empty() && headers.is_empty() {
         // No header block at all: ours becomes it.
-        out.extend_from_slice(&block);
         if !raw.starts_with(eol) {
-            out.extend_from_slice(eol);
+            block.extend_from_slice(eol);
         }
-        out.extend_from_slice(raw);
-        return out;
+        return vec![(0, 0, block)];
     }
     if removed.is_empty() {
         let at = header_block_end(
             raw,
             parsed.as_ref().map(|m| m.root_part().offset_body as usize),
         );
-        out.extend_from_slice(&raw[..at]);
         if at > 0 && !raw[..at].ends_with(b"\n") {
-            out.extend_from_slice(eol);
+            block.splice(0..0, eol.iter().copied());
         }
-        out.extend_from_slice(&block);
-        out.extend_from_slice(&raw[at..]);
-        return out;
+        return vec![(at, at, block)];
     }
+    let mut out: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     let mut pos = 0;
-    for (i, (start, end)) in removed.into_iter().enumerate() {
+    for (start, end) in removed {
         if start < pos {
             // Overlapping ranges (malformed input): never step back.
+            if let Some(last) = out.last_mut() {
+                last.1 = last.1.max(end);
+            }
             pos = pos.max(end);
             continue;
         }
-        out.extend_from_slice(&raw[pos..start]);
-        if i == 0 {
-            out.extend_from_slice(&block);
-        }
+        let with = if out.is_empty() { std::mem::take(&mut block) } else { Vec::new() };
+        out.push((start, end, with));
         pos = end;
     }
-    out.extend_from_slice(&raw[pos..]);
     out
 }
 

@@ -620,7 +620,13 @@ impl SmtpProvider {
         timed(t, "DATA", conn.command("DATA\r\n")).await?;
         // Large messages get time in proportion to their size (at least 64 KB/s).
         let data_time = t + Duration::from_secs(body.len() as u64 / 65_536);
-        let reply = timed(data_time, "end of DATA", conn.message(&body)).await?;
+        // In 64 KB pieces: lettre dot-stuffs each into a buffer of its own size.
+        let reply = timed(
+            data_time,
+            "end of DATA",
+            conn.message_iter(body.chunks(64 * 1024)),
+        )
+        .await?;
         let reply = response_text(&reply);
         for r in results.iter_mut().filter(|r| r.fate == Fate::Sent) {
             r.reply = reply.clone();

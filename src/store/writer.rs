@@ -32,7 +32,10 @@ pub(super) fn open_db(path: &Path, fail: &Arc<AtomicBool>) -> Result<Database, S
         .map_err(|e| open_err(e.to_string()))?;
     let inner = FileBackend::new(file).map_err(|e| open_err(e.to_string()))?;
     let backend = backend::SwitchableBackend::new(inner, fail.clone());
+    // A small page cache: messages are written once and read once, so caching whole
+    // bodies only costs memory (a 25 MB message would stay resident).
     let db = Database::builder()
+        .set_cache_size(16 << 20)
         .create_with_backend(backend)
         .map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => {
