@@ -53,7 +53,10 @@ impl Conn {
         loop {
             let mut l = String::new();
             if self.r.read_line(&mut l).await? == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
             }
             if l.as_bytes().get(3) != Some(&b'-') {
                 return Ok(l);
@@ -68,7 +71,11 @@ impl Conn {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let (r, w) = s.into_split();
-        let mut c = Conn { r: BufReader::new(r), w, pipelining: false };
+        let mut c = Conn {
+            r: BufReader::new(r),
+            w,
+            pipelining: false,
+        };
         expect(&c.reply().await?, "220")?;
         c.w.write_all(b"EHLO mailgate-load\r\n").await?;
         expect(&c.reply().await?, "250")?;
@@ -80,7 +87,8 @@ impl Conn {
 
     /// One transaction; returns the latency from the end of DATA to the final reply.
     async fn send(&mut self, n: usize, body: &[u8]) -> std::io::Result<Duration> {
-        let env = format!("MAIL FROM:<load@bench.local>\r\nRCPT TO:<sink{n}@bench.example>\r\nDATA\r\n");
+        let env =
+            format!("MAIL FROM:<load@bench.local>\r\nRCPT TO:<sink{n}@bench.example>\r\nDATA\r\n");
         if self.pipelining {
             self.w.write_all(env.as_bytes()).await?;
             for code in ["250", "250", "354"] {
@@ -92,7 +100,8 @@ impl Conn {
                 expect(&self.reply().await?, code)?;
             }
         }
-        let mut data = format!("Subject: load {n}\r\nMessage-ID: <load{n}@bench.local>\r\n\r\n").into_bytes();
+        let mut data =
+            format!("Subject: load {n}\r\nMessage-ID: <load{n}@bench.local>\r\n\r\n").into_bytes();
         data.extend_from_slice(body);
         data.extend_from_slice(b".\r\n");
         self.w.write_all(&data).await?;
@@ -106,7 +115,10 @@ fn expect(reply: &str, code: &str) -> std::io::Result<()> {
     if reply.starts_with(code) {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("expected {code}, got {}", reply.trim_end())))
+        Err(std::io::Error::other(format!(
+            "expected {code}, got {}",
+            reply.trim_end()
+        )))
     }
 }
 
@@ -161,7 +173,11 @@ async fn main() {
                 held.push(s);
             }
         }
-        println!("idle={} greeted={greeted} held_for={}", held.len(), args.hold);
+        println!(
+            "idle={} greeted={greeted} held_for={}",
+            held.len(),
+            args.hold
+        );
         tokio::time::sleep(*args.hold).await;
         return;
     }

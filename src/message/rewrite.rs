@@ -295,7 +295,11 @@ fn edits(raw: &[u8], plan: &Rewrite) -> Vec<(usize, usize, Vec<u8>)> {
             pos = pos.max(end);
             continue;
         }
-        let with = if out.is_empty() { std::mem::take(&mut block) } else { Vec::new() };
+        let with = if out.is_empty() {
+            std::mem::take(&mut block)
+        } else {
+            Vec::new()
+        };
         out.push((start, end, with));
         pos = end;
     }
