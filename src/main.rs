@@ -32,33 +32,6 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn hash_password() -> i32 {
-    use std::io::Read;
-    let mut input = String::new();
-    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
-        eprintln!("cannot read the password from stdin: {e}");
-        return exit::FAILED;
-    }
-    let password = input
-        .strip_suffix("\r\n")
-        .or_else(|| input.strip_suffix('\n'))
-        .unwrap_or(&input);
-    if password.is_empty() {
-        eprintln!("empty password");
-        return exit::FAILED;
-    }
-    match mailgate::smtp::auth::hash_password(password) {
-        Ok(phc) => {
-            println!("{phc}");
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("cannot hash: {e}");
-            exit::FAILED
-        }
-    }
-}
-
 /// Loads the configuration and runs an admin command with it.
 async fn with_config<F, Fut>(cli: &Cli, f: F) -> i32
 where
@@ -133,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(c) => mailgate::cli::provider::verify(&c, args).await,
             Err(code) => code,
         },
-        Command::HashPassword => hash_password(),
+        Command::HashPassword => mailgate::cli::provider::hash_password(),
         Command::Send(args) => {
             with_config(&cli, |c| async move { admin::send(&c, args).await }).await
         }

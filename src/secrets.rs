@@ -191,6 +191,13 @@ impl SecretStore {
     }
 }
 
+/// Strips one trailing line end (`\r\n` or `\n`), as a file or a pipe adds.
+pub fn strip_one_newline(s: &str) -> &str {
+    s.strip_suffix("\r\n")
+        .or_else(|| s.strip_suffix('\n'))
+        .unwrap_or(s)
+}
+
 /// The password of a provider: `password`, `password_file` (one trailing newline
 /// stripped), `password_env`, else the stored secret; `None` when there is none.
 pub fn provider_password(
@@ -202,11 +209,7 @@ pub fn provider_password(
     }
     if let Some(path) = &p.password_file {
         let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-        let text = text
-            .strip_suffix("\r\n")
-            .or_else(|| text.strip_suffix('\n'))
-            .unwrap_or(&text);
-        return Ok(Some(Secret(text.to_string())));
+        return Ok(Some(Secret(strip_one_newline(&text).to_string())));
     }
     if let Some(var) = &p.password_env {
         return std::env::var(var)

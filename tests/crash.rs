@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{DaemonProcess, Smtp, TestEnv, queued_id};
+use common::{DaemonProcess, TestEnv};
 
 const CLIENTS: usize = 8;
 const KILL_AFTER: usize = 40;
@@ -20,47 +17,10 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
     let env = TestEnv::new("", "");
     let mut daemon = DaemonProcess::start(&env.config_path);
     let addr = daemon.smtp;
-    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-    let count = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
-        let acked = acked.clone();
-        let count = count.clone();
-        clients.push(tokio::spawn(async move {
-            let Ok((mut s, _)) = Smtp::connect(addr).await else {
-                return;
-            };
-            if s.cmd("EHLO crash.test").await.is_err() {
-                return;
-            }
-            // Bounded: stops at the first error (the kill) or after PER_CLIENT_MAX.
-            for n in 0..PER_CLIENT_MAX {
-                let token = format!("TOKEN-{c}-{n}");
-                let data = format!("Subject: {token}\r\n\r\n{token}\r\n");
-                match s
-                    .send("load@erp.local", &["sink@contoso.com"], data.as_bytes())
-                    .await
-                {
-                    Ok(reply) => match queued_id(&reply) {
-                        Some(id) => {
-                            acked.lock().unwrap().insert(token, id);
-                            count.fetch_add(1, Ordering::SeqCst);
-                        }
-                        None => return,
-                    },
-                    Err(_) => return,
-                }
-            }
-        }));
-    }
+    let acked: common::Acked = Default::default();
+    let (clients, count) = common::burst(addr, CLIENTS, PER_CLIENT_MAX, "TOKEN", &acked);
     // Kill as soon as enough have been acknowledged, while the clients are mid-burst.
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while count.load(Ordering::SeqCst) < KILL_AFTER {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("clients make progress");
+    common::until_count(&count, KILL_AFTER).await;
     daemon.kill();
     for c in clients {
         c.await.unwrap();

@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::upstream::{Script, TestCa, Upstream, server_tls};
@@ -66,48 +64,13 @@ async fn crash_loop_loses_nothing_acknowledged() {
     let env = TestEnv::new("", "");
     relay_to(&env, &up);
     let mut rng = Rng::new();
-    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let acked: common::Acked = Default::default();
     for round in 0..10 {
         let mut daemon = DaemonProcess::start(&env.config_path);
         let addr = daemon.smtp;
-        let count = Arc::new(AtomicUsize::new(0));
         let kill_after = 5 + rng.below(40) as usize;
-        let mut clients = Vec::new();
-        for c in 0..8 {
-            let (acked, count) = (acked.clone(), count.clone());
-            clients.push(tokio::spawn(async move {
-                let Ok((mut s, _)) = Smtp::connect(addr).await else {
-                    return;
-                };
-                if s.cmd("EHLO crash").await.is_err() {
-                    return;
-                }
-                for n in 0..300 {
-                    let token = format!("R{round}-C{c}-N{n}");
-                    let data = format!("Subject: {token}\r\n\r\n{token}\r\n");
-                    match s
-                        .send("load@erp.local", &["sink@contoso.com"], data.as_bytes())
-                        .await
-                    {
-                        Ok(reply) => match queued_id(&reply) {
-                            Some(id) => {
-                                acked.lock().unwrap().insert(token, id);
-                                count.fetch_add(1, Ordering::SeqCst);
-                            }
-                            None => return,
-                        },
-                        Err(_) => return,
-                    }
-                }
-            }));
-        }
-        tokio::time::timeout(WAIT, async {
-            while count.load(Ordering::SeqCst) < kill_after {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("load makes progress");
+        let (clients, count) = common::burst(addr, 8, 300, &format!("R{round}"), &acked);
+        common::until_count(&count, kill_after).await;
         daemon.kill();
         for c in clients {
             c.await.unwrap();

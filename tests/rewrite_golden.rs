@@ -23,24 +23,7 @@ fn data(name: &str) -> PathBuf {
 /// What the SMTP path stores for these bytes: bare LF or CR become CRLF, and the data
 /// ends with a line end.
 fn as_submitted(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 30);
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 2;
-            }
-            b'\r' | b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
+    let mut out = mailgate::message::crlf_normalized(raw).into_owned();
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }

@@ -74,6 +74,20 @@ pub enum Command {
     },
 }
 
+/// Reads a secret from stdin (one trailing newline stripped); refuses an empty one.
+pub fn read_secret_stdin() -> Result<crate::secrets::Secret, String> {
+    use std::io::Read;
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    let secret = crate::secrets::strip_one_newline(&input);
+    if secret.is_empty() {
+        return Err("empty password".into());
+    }
+    Ok(crate::secrets::Secret::new(secret))
+}
+
 /// Exit codes of the CLI.
 pub mod exit {
     /// Success.

@@ -2,15 +2,13 @@
 //! running daemon: `verify` signs in to the upstream itself, `password` writes the
 //! encrypted secrets file beside the store (the daemon reads it at every connection).
 
-use std::io::Read;
-
 use clap::{Args, Subcommand};
 
 use super::exit;
 use crate::config::{Config, ProviderKind};
 use crate::provider::diagnosis::Code;
 use crate::provider::smtp::SmtpProvider;
-use crate::secrets::{Secret, SecretStore};
+use crate::secrets::SecretStore;
 
 /// Flags of `verify`.
 #[derive(Debug, Args)]
@@ -107,6 +105,27 @@ fn check_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::remove_file(probe)
 }
 
+/// Runs `hash-password`: the argon2id PHC string of the password on stdin.
+pub fn hash_password() -> i32 {
+    let password = match super::read_secret_stdin() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::FAILED;
+        }
+    };
+    match crate::smtp::auth::hash_password(password.expose()) {
+        Ok(phc) => {
+            println!("{phc}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("cannot hash: {e}");
+            exit::FAILED
+        }
+    }
+}
+
 /// Runs `password set|clear`; returns the exit code.
 pub fn password(config: &Config, cmd: &PasswordCommand) -> i32 {
     let name = match cmd {
@@ -119,20 +138,14 @@ pub fn password(config: &Config, cmd: &PasswordCommand) -> i32 {
     let store = SecretStore::beside(&config.store.path);
     match cmd {
         PasswordCommand::Set { .. } => {
-            let mut input = String::new();
-            if let Err(e) = std::io::stdin().read_to_string(&mut input) {
-                eprintln!("cannot read the password from stdin: {e}");
-                return exit::FAILED;
-            }
-            let secret = input
-                .strip_suffix("\r\n")
-                .or_else(|| input.strip_suffix('\n'))
-                .unwrap_or(&input);
-            if secret.is_empty() {
-                eprintln!("empty password: nothing stored");
-                return exit::FAILED;
-            }
-            match store.set(name, &Secret::new(secret)) {
+            let secret = match super::read_secret_stdin() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}: nothing stored");
+                    return exit::FAILED;
+                }
+            };
+            match store.set(name, &secret) {
                 Ok(()) => {
                     println!(
                         "stored the password of provider {name:?} (encrypted with this installation's key)"

@@ -41,6 +41,37 @@ pub struct Prepared {
     pub message_id: String,
 }
 
+/// The bytes with every bare CR or LF made CRLF (borrowed when there is none).
+pub fn crlf_normalized(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let bare = raw.iter().enumerate().any(|(i, &b)| match b {
+        b'\r' => raw.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || raw[i - 1] != b'\r',
+        _ => false,
+    });
+    if !bare {
+        return raw.into();
+    }
+    let mut out = Vec::with_capacity(raw.len() + 16);
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 2;
+            }
+            b'\r' | b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out.into()
+}
+
 /// An RFC 5322 date, e.g. `Sat, 28 Nov 2026 00:04:32 +0000`.
 pub fn rfc5322_date(ms: u64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms);

@@ -201,42 +201,18 @@ fn valid_envelope_address(a: &str) -> bool {
         .any(|c| c.is_control() || c == '<' || c == '>' || c.is_whitespace())
 }
 
-fn has_bare_newline(raw: &[u8]) -> bool {
-    raw.iter().enumerate().any(|(i, &b)| match b {
-        b'\r' => raw.get(i + 1) != Some(&b'\n'),
-        b'\n' => i == 0 || raw[i - 1] != b'\r',
-        _ => false,
-    })
-}
-
 /// Bare CR or LF become CRLF (lettre only dot-stuffs after CRLF); one trailing CRLF is
 /// removed because lettre ends the data with CRLF . CRLF itself.
 pub fn wire_body(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if !has_bare_newline(raw) {
-        return raw.strip_suffix(b"\r\n").unwrap_or(raw).into();
-    }
-    let mut out = Vec::with_capacity(raw.len() + 16);
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 2;
+    match crate::message::crlf_normalized(raw) {
+        std::borrow::Cow::Borrowed(b) => b.strip_suffix(b"\r\n").unwrap_or(b).into(),
+        std::borrow::Cow::Owned(mut v) => {
+            if v.ends_with(b"\r\n") {
+                v.truncate(v.len() - 2);
             }
-            b'\r' | b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
+            v.into()
         }
     }
-    if out.ends_with(b"\r\n") {
-        out.truncate(out.len() - 2);
-    }
-    out.into()
 }
 
 impl SmtpProvider {

@@ -267,3 +267,61 @@ pub fn queued_id(reply: &str) -> Option<String> {
         .strip_prefix("250 2.0.0 OK queued as ")
         .map(|s| s.trim().to_string())
 }
+
+/// Tokens acknowledged with a 250, and the id each got.
+pub type Acked = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+
+/// Starts `clients` sessions that each send up to `per_client` messages whose Subject
+/// is a unique token (`{prefix}-C{c}-N{n}`), recording every 250 in `acked`; each stops
+/// at its first error (the daemon killed). Returns the tasks and the running count.
+pub fn burst(
+    addr: SocketAddr,
+    clients: usize,
+    per_client: usize,
+    prefix: &str,
+    acked: &Acked,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let tasks = (0..clients)
+        .map(|c| {
+            let (acked, count, prefix) = (acked.clone(), count.clone(), prefix.to_string());
+            tokio::spawn(async move {
+                let Ok((mut s, _)) = Smtp::connect(addr).await else {
+                    return;
+                };
+                if s.cmd("EHLO burst.test").await.is_err() {
+                    return;
+                }
+                for n in 0..per_client {
+                    let token = format!("{prefix}-C{c}-N{n}");
+                    let data = format!("Subject: {token}\r\n\r\n{token}\r\n");
+                    let Ok(reply) = s
+                        .send("load@erp.local", &["sink@contoso.com"], data.as_bytes())
+                        .await
+                    else {
+                        return;
+                    };
+                    let Some(id) = queued_id(&reply) else { return };
+                    acked.lock().unwrap().insert(token, id);
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    (tasks, count)
+}
+
+/// Waits (bounded) until `count` reaches `n`.
+pub async fn until_count(count: &std::sync::atomic::AtomicUsize, n: usize) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while count.load(std::sync::atomic::Ordering::SeqCst) < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the load makes progress");
+}
