@@ -137,11 +137,6 @@ impl Session {
         self.peer
     }
 
-    /// Whether the session is inside TLS.
-    pub fn is_tls(&self) -> bool {
-        self.tls
-    }
-
     /// Whether AUTH is offered to this client now: there are logins, and the session is
     /// in TLS or the client is in `allowed_networks`.
     fn auth_offered(&self) -> bool {

@@ -118,7 +118,6 @@ struct Shared {
     db: RwLock<Option<Arc<Database>>>,
     fail_writes: Arc<AtomicBool>,
     commits: AtomicU64,
-    healthy: AtomicBool,
     /// Closed for good (shutdown); no reopen.
     closed: AtomicBool,
     /// Writes handed to the writer and not yet answered.
@@ -154,7 +153,6 @@ impl Store {
             db: RwLock::new(Some(Arc::new(db))),
             fail_writes: fail,
             commits: AtomicU64::new(0),
-            healthy: AtomicBool::new(true),
             closed: AtomicBool::new(false),
             waiting: AtomicU64::new(0),
             hold: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
@@ -265,11 +263,6 @@ impl Store {
         self.shared.commits.load(Ordering::Relaxed)
     }
 
-    /// Whether the last commit succeeded.
-    pub fn healthy(&self) -> bool {
-        self.shared.healthy.load(Ordering::Relaxed)
-    }
-
     /// Test hook: while set, every write to the file fails as on a full disk.
     #[doc(hidden)]
     pub fn fail_writes(&self, on: bool) {
@@ -287,16 +280,11 @@ impl Store {
 
     /// One record.
     pub fn record(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        Ok(self.record_with_due(id)?.map(|(r, _)| r))
-    }
-
-    /// One record with its due time.
-    pub fn record_with_due(&self, id: &str) -> Result<Option<(Record, Option<u64>)>, StoreError> {
         let txn = self.db()?.begin_read().map_err(io_err)?;
         let t = txn.open_table(RECORDS).map_err(io_err)?;
         t.get(id)
             .map_err(io_err)?
-            .map(|v| decode_record(id, v.value()))
+            .map(|v| decode_record(id, v.value()).map(|(r, _)| r))
             .transpose()
     }
 

@@ -238,7 +238,6 @@ pub(super) fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteRequest>) 
             f(started.elapsed());
         }
         shared.commits.fetch_add(1, Ordering::Relaxed);
-        shared.healthy.store(result.is_ok(), Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, messages = batch.len(), "store commit failed; nothing in it was acknowledged");
             reopen(&shared);
