@@ -1,0 +1,180 @@
+//! Configuration parsing and validation, fed text.
+use super::*;
+
+fn errors(text: &str) -> Vec<String> {
+    match Config::parse(text, Path::new("t.toml")) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const OUTBOX: &str = "[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"outbox\"\n";
+
+#[test]
+fn shipped_default_is_valid() {
+    let text = include_str!("../../config/mailgate.toml");
+    let c = Config::parse(text, Path::new("config/mailgate.toml")).expect("valid");
+    assert_eq!(
+        c.smtp.listen_addrs(),
+        vec!["127.0.0.1:2525".parse().unwrap()]
+    );
+    assert_eq!(c.store.path, PathBuf::from("data/mailgate.redb"));
+    assert_eq!(c.distributor.default_provider.get_ref(), "outbox");
+    assert_eq!(c.provider[0].kind, ProviderKind::Eml);
+}
+
+#[test]
+fn unknown_key_is_located() {
+    let e = errors(&format!(
+        "{OUTBOX}[smtp]\nhostname = \"x\"\nmax_mesage_size = 5\n"
+    ));
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("t.toml:7:1: "), "{e:?}");
+    assert!(e[0].contains("max_mesage_size"), "{e:?}");
+}
+
+#[test]
+fn bad_size_and_duration_are_located() {
+    let e = errors(&format!(
+        "{OUTBOX}[smtp]\nmax_message_size = \"35 parsecs\"\n"
+    ));
+    assert!(e[0].starts_with("t.toml:6:20: "), "{e:?}");
+    assert!(e[0].contains("invalid size"), "{e:?}");
+    let e = errors(&format!("{OUTBOX}[distributor]\nretry_max = \"soon\"\n"));
+    assert!(e[0].starts_with("t.toml:6:13: "), "{e:?}");
+    assert!(e[0].contains("invalid duration"), "{e:?}");
+}
+
+#[test]
+fn sizes_and_durations_parse() {
+    assert_eq!(parse_size("35MB"), Ok(35 << 20));
+    assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+    assert_eq!(parse_size("1024"), Ok(1024));
+    assert!(parse_size("-1").is_err());
+    let c = Config::parse(
+        &format!("{OUTBOX}[smtp]\nmax_message_size = 1000\nidle_timeout = \"2d\"\n"),
+        Path::new("t"),
+    )
+    .unwrap();
+    assert_eq!(c.smtp.max_message_size, ByteSize(1000));
+    assert_eq!(c.smtp.idle_timeout.0, Duration::from_secs(172_800));
+}
+
+#[test]
+fn duplicate_provider_and_dangling_references() {
+    let text = format!(
+        "{OUTBOX}\n[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"b\"\n\n[distributor]\ndefault_provider = \"nowhere\"\n\n[[user]]\nname = \"erp\"\nprovider = \"gone\"\n"
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.toml:7:8: ") && m.contains("duplicate provider")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.toml:12:20: ") && m.contains("nowhere")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.toml:16:12: ") && m.contains("gone")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn non_loopback_status_needs_token() {
+    let e = errors(&format!("{OUTBOX}[status]\nlisten = \"0.0.0.0:8525\"\n"));
+    assert!(
+        e[0].starts_with("t.toml:6:10: ") && e[0].contains("token_file"),
+        "{e:?}"
+    );
+    assert!(
+        errors(&format!(
+            "{OUTBOX}[status]\nlisten = \"0.0.0.0:8525\"\ntoken_file = \"t\"\n"
+        ))
+        .is_empty()
+    );
+}
+
+#[test]
+fn full_schema_of_spec_parses() {
+    let text = r#"
+[smtp]
+listen = ["127.0.0.1:2525", "[::1]:2525"]
+hostname = "relay.contoso.com"
+max_message_size = "35MB"
+max_recipients = 500
+reject_single_label_domains = true
+allowed_networks = ["127.0.0.0/8", "::1/128"]
+require_auth = false
+bare_newlines = "reject"
+long_lines = "encode"
+tls_cert = "certs/mailgate.crt"
+tls_key  = "certs/mailgate.key"
+max_connections = 1000
+idle_timeout = "5m"
+[store]
+path = "data/mailgate.redb"
+min_free_space = "200MB"
+[history]
+retention_days = 30
+[status]
+listen = "127.0.0.1:8525"
+[distributor]
+enabled = true
+default_provider = "office365"
+retry_initial = "1m"
+retry_max = "30m"
+give_up_after = "2d"
+[rewrite]
+default_sender = "noreply@contoso.com"
+reply_to_original = false
+[[provider]]
+name = "outbox"
+kind = "eml"
+directory = "outbox"
+[[provider]]
+name = "office365"
+kind = "smtp"
+host = "smtp.office365.com"
+port = 587
+tls = "starttls"
+username = "relay@contoso.com"
+password_file = "/etc/mailgate/office365.pass"
+per_minute_limit = 30
+per_day_recipient_limit = 10000
+max_connections = 4
+[provider.oauth2]
+tenant_id = "t"
+client_id = "c"
+client_secret_file = "s"
+scope = "https://outlook.office365.com/.default"
+[[provider]]
+name = "exchange"
+kind = "graph"
+[provider.oauth2]
+tenant_id = "t"
+client_id = "c"
+certificate_file = "c.pem"
+private_key_file = "k.pem"
+[[user]]
+name = "erp"
+login = "erp"
+password_hash = "$argon2id$..."
+email = "erp@contoso.com"
+sender_email = "billing@contoso.com"
+provider = "office365"
+match_senders = ["noreply@erp.local", "*@legacy.local"]
+send_mode = "on-behalf-of"
+"#;
+    let c = Config::parse(text, Path::new("t")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.smtp.listen_addrs().len(), 2);
+    assert_eq!(c.smtp.bare_newlines, BareNewlines::Reject);
+    assert_eq!(c.provider.len(), 3);
+    assert_eq!(c.provider[1].tls, TlsMode::Starttls);
+    assert_eq!(c.user[0].send_mode, SendMode::OnBehalfOf);
+    assert_eq!(c.provider[2].kind, ProviderKind::Graph);
+}

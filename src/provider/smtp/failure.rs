@@ -1,0 +1,151 @@
+//! How an smtp attempt failed: lettre's errors and upstream replies classified, once,
+//! into a diagnosis code and transient or permanent.
+
+use std::time::Duration;
+
+use lettre::transport::smtp::response::Response;
+
+use super::super::Outcome;
+use super::super::diagnosis::{self, Code};
+
+/// Why an attempt stopped before a per-recipient answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Diagnosis code.
+    pub code: Code,
+    /// Upstream reply or local error text.
+    pub reply: String,
+    /// Temporary (deferred) or permanent (failed).
+    pub transient: bool,
+    /// The connection cannot be used further.
+    pub broken: bool,
+}
+
+impl Failure {
+    pub(super) fn local(code: Code, reply: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            reply: reply.into(),
+            transient: true,
+            broken: true,
+        }
+    }
+
+    pub(super) fn into_outcome(self) -> Outcome {
+        let diagnosis = self.code.diagnosis();
+        if self.transient {
+            Outcome::Transient {
+                reply: self.reply,
+                diagnosis,
+            }
+        } else {
+            Outcome::Permanent {
+                reply: self.reply,
+                diagnosis,
+            }
+        }
+    }
+}
+
+/// The reply text of a lettre response: `250 2.0.0 OK ...`.
+pub(super) fn response_text(r: &Response) -> String {
+    format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))
+}
+
+/// An upstream reply or a local error, classified. At the AUTH stage every refusal is an
+/// authentication failure.
+pub(super) fn classify(e: &lettre::transport::smtp::Error, stage: &str) -> Failure {
+    if let Some(code) = e.status() {
+        let num: u16 = code.to_string().parse().unwrap_or(0);
+        let text = std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let mut diag = diagnosis::from_reply(num, &text);
+        if stage == "AUTH" && !diag.is_auth() {
+            diag = Code::AuthFailed;
+        }
+        // Authentication, permission and quota problems are held, not bounced: fixing
+        // the configuration (or waiting for the quota) releases the mail.
+        let transient = e.is_transient()
+            || diag.is_config()
+            || matches!(diag, Code::DailyQuota | Code::UpstreamThrottled);
+        return Failure {
+            code: diag,
+            reply: format!("{num} {text}").trim().to_string(),
+            transient,
+            broken: num == 421,
+        };
+    }
+    let chain = error_chain(e);
+    if is_certificate_error(e) {
+        return Failure::local(
+            Code::TlsCertificate,
+            format!("{stage}: TLS certificate verification failed: {chain}"),
+        );
+    }
+    if e.is_client() && chain.contains("does not expect a challenge") {
+        // XOAUTH2 refused with a 334 error challenge (the token was not accepted).
+        return Failure::local(
+            Code::AuthFailed,
+            format!("{stage}: the server rejected the OAuth2 token"),
+        );
+    }
+    if e.is_client() && chain.contains("No compatible authentication mechanism") {
+        return Failure::local(
+            Code::AuthNotSupported,
+            format!("{stage}: the server offers no AUTH mechanism mailgate can use (PLAIN, LOGIN)"),
+        );
+    }
+    Failure::local(Code::ConnectionFailed, format!("{stage}: {chain}"))
+}
+
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// Certificate failures arrive as connection or network errors; look for rustls's
+/// verdict in the chain.
+fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(r) = s.downcast_ref::<rustls::Error>() {
+            return matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            );
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(r) = inner.downcast_ref::<rustls::Error>()
+        {
+            return matches!(r, rustls::Error::InvalidCertificate(_));
+        }
+        src = s.source();
+    }
+    error_chain(e).contains("invalid peer certificate")
+}
+
+pub(super) async fn timed<T>(
+    t: Duration,
+    stage: &str,
+    fut: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(t, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(&e, stage)),
+        Err(_) => Err(Failure::local(
+            Code::ConnectionFailed,
+            format!("{stage}: no answer from the server within {}s", t.as_secs()),
+        )),
+    }
+}
