@@ -107,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
             Err(code) => code,
         },
         Command::HashPassword => mailgate::cli::provider::hash_password(),
+        Command::GenCert(args) => mailgate::cli::certs::gen_cert(args),
         Command::Send(args) => {
             with_config(&cli, |c| async move { admin::send(&c, args).await }).await
         }

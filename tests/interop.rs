@@ -452,3 +452,76 @@ fn swaks_auth_login_over_starttls_to_the_listener() {
     assert_eq!(rec["user"], "scanner");
     assert_eq!(rec["sender"], "scanner@contoso.com");
 }
+
+#[test]
+fn gen_cert_makes_a_certificate_swaks_verifies() {
+    let env = TestEnv::new("", "");
+    let d = env.dir.path().join("certs");
+    let make = |extra: &[&str]| {
+        std::process::Command::new(common::bin())
+            .args([
+                "gen-cert",
+                "--name",
+                "localhost",
+                "--ip",
+                "127.0.0.1",
+                "--out-dir",
+                d.to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = make(&[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mode = std::fs::metadata(d.join("mailgate.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    assert_eq!(
+        make(&[]).status.code(),
+        Some(1),
+        "existing files are not replaced without --force"
+    );
+    assert_eq!(make(&["--force"]).status.code(), Some(0));
+    env.write_config(
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            d.join("mailgate.crt").display(),
+            d.join("mailgate.key").display()
+        ),
+        "",
+    );
+    let mut daemon = DaemonProcess::start(&env.config_path);
+    let o = tool("swaks")
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &daemon.smtp.port().to_string(),
+        ])
+        .args([
+            "--tls",
+            "--tls-verify",
+            "--tls-ca-path",
+            d.join("mailgate.crt").to_str().unwrap(),
+        ])
+        .args(["--from", "app@erp.local", "--to", "a@contoso.com"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}");
+    let id = id_from_swaks(&out);
+    daemon.wait_sent(std::slice::from_ref(&id), WAIT);
+    assert!(
+        String::from_utf8(env.eml(&id))
+            .unwrap()
+            .contains("with ESMTPS id")
+    );
+}

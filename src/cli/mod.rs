@@ -2,6 +2,7 @@
 //! daemon's admin API (the daemon owns the store).
 
 pub mod admin;
+pub mod certs;
 pub mod client;
 pub mod history;
 pub mod provider;
@@ -64,6 +65,8 @@ pub enum Command {
     Resume,
     /// Sign in to each (or one) upstream without sending; print the outcome and diagnosis.
     Verify(provider::VerifyArgs),
+    /// Make a self-signed certificate and key for the listener's STARTTLS.
+    GenCert(certs::GenCertArgs),
     /// Read a password from stdin, print the PHC string for `password_hash`.
     HashPassword,
     /// Store or drop a provider's encrypted password.

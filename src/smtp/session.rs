@@ -361,6 +361,11 @@ impl Session {
         let mut out = Vec::new();
         // Writing into a Vec cannot fail.
         let _ = r.write(&mut out);
+        // The builder's first line carries a joke; greet the client by its name instead.
+        let first_end = memchr::memchr(b'\n', &out).map_or(out.len(), |i| i + 1);
+        let helo = self.helo.as_deref().unwrap_or("");
+        let greeting = format!("250-{} Hello {helo}\r\n", self.policy.hostname);
+        out.splice(..first_end, greeting.into_bytes());
         Reply::rendered(250, out)
     }
 

@@ -123,7 +123,7 @@ async fn greeting_and_ehlo_capabilities() {
     let h = harness("");
     let r = h.converse(b"EHLO client.test\r\nQUIT\r\n").await;
     assert_eq!(r[0], "220 mx.test ESMTP mailgate");
-    assert!(r[1].starts_with("250-mx.test"));
+    assert_eq!(r[1], "250-mx.test Hello client.test");
     let caps: Vec<&str> = r[2..r.len() - 1].iter().map(|l| &l[4..]).collect();
     for want in [
         "PIPELINING",
