@@ -23,17 +23,8 @@ async fn submit(addr: std::net::SocketAddr, from: &str, rcpts: &[&str], data: &s
     s.send(from, rcpts, data.as_bytes()).await.unwrap()
 }
 
-async fn wait_event(
-    daemon: &Daemon,
-    events: &mut tokio::sync::broadcast::Receiver<mailgate::distributor::DeliveryEvent>,
-    id: &str,
-) {
-    tokio::time::timeout(WAIT, async {
-        while events.recv().await.unwrap().id != id {}
-    })
-    .await
-    .unwrap();
-    let _ = daemon;
+async fn wait_event(daemon: &Daemon, events: &mut common::Events, id: &str) {
+    common::next_record(daemon, events, id).await;
 }
 
 /// The samples of a metric, parsed with prometheus-parse.

@@ -5,14 +5,10 @@
 
 mod common;
 
-use std::time::Duration;
-
+use common::TestEnv;
 use common::upstream::{Script, Upstream};
-use common::{Smtp, TestEnv, queued_id};
 use mailgate::Daemon;
 use mailgate::history::Record;
-
-const WAIT: Duration = Duration::from_secs(30);
 
 async fn setup(default_sender: Option<&str>) -> (TestEnv, Upstream, Daemon) {
     let up = Upstream::start(Script::default()).await;
@@ -35,21 +31,7 @@ async fn setup(default_sender: Option<&str>) -> (TestEnv, Upstream, Daemon) {
 }
 
 async fn send(daemon: &Daemon, from: &str, data: &str) -> Record {
-    let mut events = daemon.distributor.subscribe();
-    let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
-    s.cmd("EHLO app01").await.unwrap();
-    let id = queued_id(
-        &s.send(from, &["customer@example.com"], data.as_bytes())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    tokio::time::timeout(WAIT, async {
-        while events.recv().await.unwrap().id != id {}
-    })
-    .await
-    .unwrap();
-    daemon.pipeline.store().record(&id).unwrap().unwrap()
+    common::send_and_wait(daemon, from, &["customer@example.com"], data.as_bytes()).await
 }
 
 fn header_block(bytes: &[u8]) -> String {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::TestEnv;
 use common::msgraph::MockMicrosoft;
 use common::upstream::{Script, Upstream};
-use common::{Smtp, TestEnv, queued_id};
 use mailgate::Daemon;
 use mailgate::history::{Record, Status};
 
@@ -31,26 +31,9 @@ async fn start(env: &TestEnv) -> Daemon {
 }
 
 async fn send_one(daemon: &Daemon, rcpts: &[&str], body: &str) -> Record {
-    let mut events = daemon.distributor.subscribe();
-    let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
-    s.cmd("EHLO erp").await.unwrap();
-    let id = queued_id(
-        &s.send(
-            "erp@contoso.com",
-            rcpts,
-            format!("From: erp@contoso.com\r\nTo: a@contoso.com\r\nSubject: t\r\n\r\n{body}\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
-    tokio::time::timeout(WAIT, async {
-        while events.recv().await.unwrap().id != id {}
-    })
-    .await
-    .unwrap();
-    daemon.pipeline.store().record(&id).unwrap().unwrap()
+    let data =
+        format!("From: erp@contoso.com\r\nTo: a@contoso.com\r\nSubject: t\r\n\r\n{body}\r\n");
+    common::send_and_wait(daemon, "erp@contoso.com", rcpts, data.as_bytes()).await
 }
 
 fn diag(r: &Record) -> String {

@@ -4,14 +4,11 @@
 
 mod common;
 
-use std::time::Duration;
-
+use common::TestEnv;
 use common::upstream::{Script, TestCa, Upstream, server_tls};
-use common::{Smtp, TestEnv, queued_id};
 use mailgate::Daemon;
 use mailgate::history::{Record, Status};
 
-const WAIT: Duration = Duration::from_secs(30);
 const USER: &str = "relay@contoso.com";
 const PASS: &str = "s3cret-Passw0rd";
 
@@ -63,17 +60,14 @@ impl Relay {
 const AUTH: &str = "username = \"relay@contoso.com\"\npassword = \"s3cret-Passw0rd\"";
 
 async fn submit(daemon: &Daemon, rcpts: &[&str], body: &str) -> String {
-    let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
-    s.cmd("EHLO erp01").await.unwrap();
-    let reply = s
-        .send(
-            "app@erp.local",
-            rcpts,
-            format!("Subject: relay test\r\n\r\n{body}\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    queued_id(&reply).unwrap_or_else(|| panic!("{reply}"))
+    let data = format!("Subject: relay test\r\n\r\n{body}\r\n");
+    common::submit_to(
+        daemon.smtp_addrs[0],
+        "app@erp.local",
+        rcpts,
+        data.as_bytes(),
+    )
+    .await
 }
 
 /// Submits one message and returns its record after the first attempt.
@@ -83,23 +77,7 @@ async fn first_attempt(daemon: &Daemon, rcpts: &[&str]) -> Record {
     next_attempt(daemon, &mut events, &id).await
 }
 
-async fn next_attempt(
-    daemon: &Daemon,
-    events: &mut tokio::sync::broadcast::Receiver<mailgate::distributor::DeliveryEvent>,
-    id: &str,
-) -> Record {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let ev = events.recv().await.unwrap();
-            if ev.id == id {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("an attempt is made");
-    daemon.pipeline.store().record(id).unwrap().unwrap()
-}
+use common::next_record as next_attempt;
 
 fn diag(r: &Record) -> &str {
     r.attempts

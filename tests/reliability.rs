@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::upstream::{Script, TestCa, Upstream, server_tls};
 use common::{DaemonProcess, Smtp, TestEnv, queued_id};
 use mailgate::Daemon;
-use mailgate::history::{Record, Status};
+use mailgate::history::Status;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -112,31 +112,17 @@ async fn crash_loop_loses_nothing_acknowledged() {
 }
 
 async fn submit(daemon: &Daemon, token: &str) -> String {
-    let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
-    s.cmd("EHLO faults").await.unwrap();
-    let reply = s
-        .send(
-            "app@erp.local",
-            &["a@contoso.com"],
-            format!("Subject: {token}\r\n\r\n{token}\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    queued_id(&reply).unwrap_or_else(|| panic!("{reply}"))
+    let data = format!("Subject: {token}\r\n\r\n{token}\r\n");
+    common::submit_to(
+        daemon.smtp_addrs[0],
+        "app@erp.local",
+        &["a@contoso.com"],
+        data.as_bytes(),
+    )
+    .await
 }
 
-async fn next_outcome(
-    daemon: &Daemon,
-    events: &mut tokio::sync::broadcast::Receiver<mailgate::distributor::DeliveryEvent>,
-    id: &str,
-) -> Record {
-    tokio::time::timeout(WAIT, async {
-        while events.recv().await.unwrap().id != id {}
-    })
-    .await
-    .expect("an attempt");
-    daemon.pipeline.store().record(id).unwrap().unwrap()
-}
+use common::next_record as next_outcome;
 
 /// One fault: the first attempt fails with `code`, the upstream recovers, and the
 /// message is then delivered exactly once.

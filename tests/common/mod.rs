@@ -325,3 +325,40 @@ pub async fn until_count(count: &std::sync::atomic::AtomicUsize, n: usize) {
     .await
     .expect("the load makes progress");
 }
+
+/// Delivery events of a daemon.
+pub type Events = tokio::sync::broadcast::Receiver<mailgate::distributor::DeliveryEvent>;
+
+/// One transaction over a fresh session; the id of its `250` (panics otherwise).
+pub async fn submit_to(addr: SocketAddr, from: &str, rcpts: &[&str], data: &[u8]) -> String {
+    let (mut s, _) = Smtp::connect(addr).await.unwrap();
+    s.cmd("EHLO test-client").await.unwrap();
+    let reply = s.send(from, rcpts, data).await.unwrap();
+    queued_id(&reply).unwrap_or_else(|| panic!("{reply}"))
+}
+
+/// Waits (bounded) for the next event of `id`; returns its record then.
+pub async fn next_record(
+    daemon: &mailgate::Daemon,
+    events: &mut Events,
+    id: &str,
+) -> mailgate::history::Record {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while events.recv().await.unwrap().id != id {}
+    })
+    .await
+    .expect("an attempt is made in time");
+    daemon.pipeline.store().record(id).unwrap().unwrap()
+}
+
+/// Submits one message and returns its record after its first attempt.
+pub async fn send_and_wait(
+    daemon: &mailgate::Daemon,
+    from: &str,
+    rcpts: &[&str],
+    data: &[u8],
+) -> mailgate::history::Record {
+    let mut events = daemon.distributor.subscribe();
+    let id = submit_to(daemon.smtp_addrs[0], from, rcpts, data).await;
+    next_record(daemon, &mut events, &id).await
+}
