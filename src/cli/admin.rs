@@ -61,6 +61,9 @@ pub struct TestEmailArgs {
     /// How long to wait for the outcome.
     #[arg(long, default_value = "60s")]
     pub wait: String,
+    /// Send as this user (its sender address; Graph needs a real mailbox as sender).
+    #[arg(long = "as")]
+    pub as_user: Option<String>,
 }
 
 /// Flags of `retry`.
@@ -247,7 +250,7 @@ pub async fn test_email(config: &Config, args: &TestEmailArgs) -> i32 {
         )),
         body_file: None,
         attach: vec![],
-        as_user: None,
+        as_user: args.as_user.clone(),
         provider: Some(provider.clone()),
         eml: None,
     };
@@ -262,7 +265,7 @@ pub async fn test_email(config: &Config, args: &TestEmailArgs) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let id = match submit(&c, &msg, None, Some(&provider)).await {
+    let id = match submit(&c, &msg, args.as_user.as_deref(), Some(&provider)).await {
         Ok(id) => id,
         Err(e) => return fail(&e),
     };
