@@ -141,6 +141,7 @@ impl Daemon {
             idle_timeout: config.smtp.idle_timeout.0,
             tls,
             auth_failures: smtp::auth::FailureLimiter::default(),
+            connection_rate: smtp::listener::connection_limiter(config.smtp.connection_rate_limit),
         });
         let mut smtp_addrs = Vec::new();
         for l in listeners {

@@ -498,3 +498,35 @@ async fn smuggling_over_a_real_socket_stays_one_message() {
     fresh_client_served(&daemon, 5).await;
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn connection_rate_per_address_outside_allowed_networks() {
+    // 127.0.0.1 outside allowed_networks: the fourth connection in a minute is refused.
+    let env = TestEnv::new(
+        "connection_rate_limit = 3\nallowed_networks = [\"10.0.0.0/8\"]",
+        "",
+    );
+    let daemon = Daemon::start(env.config()).await.unwrap();
+    let mut greetings = Vec::new();
+    for _ in 0..4 {
+        let (_s, g) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
+        greetings.push(g);
+    }
+    assert!(
+        greetings[..3].iter().all(|g| g.starts_with("220 ")),
+        "{greetings:?}"
+    );
+    assert_eq!(
+        greetings[3],
+        "421 4.7.0 Too many connections from your address, try again later"
+    );
+    daemon.shutdown().await;
+    // Inside allowed_networks there is no such limit.
+    let env = TestEnv::new("connection_rate_limit = 3", "");
+    let daemon = Daemon::start(env.config()).await.unwrap();
+    for _ in 0..10 {
+        let (_s, g) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
+        assert!(g.starts_with("220 "), "{g}");
+    }
+    daemon.shutdown().await;
+}

@@ -167,6 +167,9 @@ pub struct SmtpConfig {
     pub idle_timeout: Dur,
     /// On shutdown, how long open sessions may take to finish.
     pub shutdown_timeout: Dur,
+    /// New connections per minute from one address outside `allowed_networks` (0 = no
+    /// limit).
+    pub connection_rate_limit: u32,
 }
 
 impl Default for SmtpConfig {
@@ -189,6 +192,7 @@ impl Default for SmtpConfig {
             max_connections: 1000,
             idle_timeout: Dur(Duration::from_secs(300)),
             shutdown_timeout: Dur(Duration::from_secs(30)),
+            connection_rate_limit: 120,
         }
     }
 }

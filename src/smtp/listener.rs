@@ -33,6 +33,26 @@ pub struct ListenerContext {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// AUTH failures per client address.
     pub auth_failures: super::auth::FailureLimiter,
+    /// New connections per minute per address outside `allowed_networks`.
+    pub connection_rate: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
+}
+
+impl ListenerContext {
+    /// Whether a new connection from `ip` goes over its address's connection rate.
+    fn over_rate(&self, ip: std::net::IpAddr) -> bool {
+        match &self.connection_rate {
+            Some(l) if !self.pipeline.policy().is_allowed(ip) => l.check_key(&ip).is_err(),
+            _ => false,
+        }
+    }
+}
+
+/// The per-address connection limiter of `connection_rate_limit` (None for 0).
+pub fn connection_limiter(
+    per_minute: u32,
+) -> Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>> {
+    std::num::NonZeroU32::new(per_minute)
+        .map(|n| governor::RateLimiter::keyed(governor::Quota::per_minute(n)))
 }
 
 impl std::fmt::Debug for ListenerContext {
@@ -74,6 +94,12 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
+                if ctx.over_rate(peer.ip()) {
+                    ctx.pipeline.metrics().reject("connection-rate");
+                    tracing::warn!(client = %peer, "connection rate limit reached; refused");
+                    sessions.spawn(refuse(stream, Reply::new(421, "4.7.0", "Too many connections from your address, try again later")));
+                    continue;
+                }
                 match ctx.permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         sessions.spawn(async move {
@@ -82,13 +108,8 @@ pub async fn serve(
                         });
                     }
                     Err(_) => {
-                        sessions.spawn(async move {
-                            let mut stream = stream;
-                            let r = Reply::new(421, "4.3.2", "Too many connections, try again later");
-                            ctx.pipeline.metrics().reject("too-many-connections");
-                            let _ = stream.write_all(r.as_bytes()).await;
-                            let _ = stream.shutdown().await;
-                        });
+                        ctx.pipeline.metrics().reject("too-many-connections");
+                        sessions.spawn(refuse(stream, Reply::new(421, "4.3.2", "Too many connections, try again later")));
                     }
                 }
             }
@@ -108,6 +129,12 @@ pub async fn serve(
         );
         sessions.abort_all();
     }
+}
+
+/// Answers a connection that is not served with one reply, then closes it.
+async fn refuse(mut stream: TcpStream, r: Reply) {
+    let _ = stream.write_all(r.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Counts the session in `mailgate_smtp_sessions_active` while it lives.

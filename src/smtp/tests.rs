@@ -58,6 +58,7 @@ fn build(smtp: &str, tail: &str, space: Arc<dyn SpaceCheck>, peer: &str) -> Harn
             idle_timeout: Duration::from_secs(300),
             tls: None,
             auth_failures: Default::default(),
+            connection_rate: None,
         },
         peer: peer.parse().unwrap(),
     }
