@@ -267,43 +267,52 @@ impl Distributor {
     }
 
     /// Makes every message deferred for an authentication, TLS or configuration reason
-    /// due now (after a config fix: reload, restart, `retry --all`). Returns how many.
+    /// due now (after a config fix: reload, restart). Returns how many.
     pub async fn release_held(&self) -> Result<usize, StoreError> {
+        self.make_deferred_due(true).await
+    }
+
+    /// Makes every deferred message due now (`retry --all`). Returns how many.
+    pub async fn retry_deferred(&self) -> Result<usize, StoreError> {
+        self.make_deferred_due(false).await
+    }
+
+    async fn make_deferred_due(&self, only_config_held: bool) -> Result<usize, StoreError> {
         let store = self.store.clone();
-        let held = tokio::task::spawn_blocking(move || {
-            store
-                .query(Some(Status::Deferred), None, None, usize::MAX)
-                .map(|v| {
-                    v.into_iter()
-                        .filter(|r| {
-                            r.attempts
-                                .last()
-                                .and_then(|a| a.diagnosis.as_ref())
-                                .and_then(|d| crate::provider::diagnosis::Code::parse(&d.code))
-                                .is_some_and(|c| c.is_config())
-                        })
-                        .collect::<Vec<_>>()
-                })
+        let held_for_config = |r: &crate::history::Record| {
+            r.attempts
+                .last()
+                .and_then(|a| a.diagnosis.as_ref())
+                .and_then(|d| crate::provider::diagnosis::Code::parse(&d.code))
+                .is_some_and(|c| c.is_config())
+        };
+        let ids: Vec<String> = tokio::task::spawn_blocking(move || {
+            store.query(Some(Status::Deferred), None, None, usize::MAX)
         })
         .await
-        .map_err(|e| StoreError::Io(e.to_string()))??;
-        let n = held.len();
+        .map_err(|e| StoreError::Io(e.to_string()))??
+        .into_iter()
+        .filter(|r| !only_config_held || held_for_config(r))
+        .map(|r| r.id)
+        .collect();
+        let n = ids.len();
         if n > 0 {
             let now = self.now();
             self.store
                 .write(
-                    held.into_iter()
-                        .map(|r| Mutation::DueNow {
-                            id: r.id,
-                            now_ms: now,
-                        })
+                    ids.into_iter()
+                        .map(|id| Mutation::DueNow { id, now_ms: now })
                         .collect(),
                 )
                 .await?;
-            tracing::info!(
-                messages = n,
-                "released mail held for a configuration reason"
-            );
+            if only_config_held {
+                tracing::info!(
+                    messages = n,
+                    "released mail held for a configuration reason"
+                );
+            } else {
+                tracing::info!(messages = n, "every deferred message queued again");
+            }
             self.wake.notify_one();
         }
         Ok(n)

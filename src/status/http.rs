@@ -26,7 +26,6 @@ use crate::distributor::{Distributor, provider_limits};
 use crate::history::{Record, Status, now_ms, parse_rfc3339, rfc3339};
 use crate::smtp::data::DataOutcome;
 use crate::smtp::session::Transaction;
-use crate::store::Mutation;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -400,34 +399,10 @@ async fn retry_one(State(state): State<AppState>, Path(id): Path<String>) -> Res
 }
 
 async fn retry_all(State(state): State<AppState>) -> Response {
-    let store = state.pipeline.store().clone();
-    let deferred = tokio::task::spawn_blocking(move || {
-        store.query(Some(Status::Deferred), None, None, usize::MAX)
-    })
-    .await;
-    let ids: Vec<String> = match deferred {
-        Ok(Ok(r)) => r.into_iter().map(|r| r.id).collect(),
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let n = ids.len();
-    let now = state.distributor.now();
-    if n > 0
-        && let Err(e) = state
-            .pipeline
-            .store()
-            .write(
-                ids.into_iter()
-                    .map(|id| Mutation::DueNow { id, now_ms: now })
-                    .collect(),
-            )
-            .await
-    {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    match state.distributor.retry_deferred().await {
+        Ok(n) => axum::Json(json!({ "retried": n })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-    tracing::info!(messages = n, "retry of every deferred message requested");
-    state.distributor.wake();
-    axum::Json(json!({ "retried": n })).into_response()
 }
 
 async fn pause(State(state): State<AppState>) -> Response {
