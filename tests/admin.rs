@@ -335,6 +335,21 @@ async fn history_queries_use_filters() {
     assert_eq!(erp.len(), 1);
     assert_eq!(erp[0]["id"], a.as_str());
     assert_eq!(list("?limit=1").await.len(), 1);
+    // Both filters, with a limit smaller than what the status index holds: the user's
+    // record is still found (filters apply before the limit).
+    for id in [&a, &b] {
+        while daemon.pipeline.store().record(id).unwrap().unwrap().status
+            != mailgate::history::Status::Sent
+        {
+            tokio::time::timeout(WAIT, events.recv())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+    let both = list("?status=sent&user=erp&limit=1").await;
+    assert_eq!(both.len(), 1);
+    assert_eq!(both[0]["id"], a.as_str());
     assert_eq!(list("?since=1h").await.len(), 2);
     assert_eq!(
         list(&format!(

@@ -426,23 +426,30 @@ impl Store {
         let txn = self.db()?.begin_read().map_err(io_err)?;
         let records = txn.open_table(RECORDS).map_err(io_err)?;
         let floor = since.map(|ms| ulid::Ulid::from_parts(ms, 0).to_string());
-        let too_old = |id: &str| floor.as_ref().is_some_and(|f| id < f.as_str());
-        let mut ids: Vec<String> = Vec::new();
-        let mut take = |id: String| -> bool {
-            if too_old(&id) {
-                return false;
+        let mut out = Vec::new();
+        // Candidates newest first from the narrowest index; each is checked against every
+        // filter before it counts towards `limit`. Ids are time-ordered, so the scan ends
+        // at the first one older than `since`.
+        let mut take = |id: &str| -> Result<bool, StoreError> {
+            if floor.as_ref().is_some_and(|f| id < f.as_str()) {
+                return Ok(false);
             }
-            ids.push(id);
-            ids.len() < limit
+            if let Some(v) = records.get(id).map_err(io_err)? {
+                let (rec, _) = decode_record(id, v.value())?;
+                if user.is_none_or(|u| rec.user.as_deref() == Some(u))
+                    && status.is_none_or(|s| rec.status == s)
+                {
+                    out.push(rec);
+                }
+            }
+            Ok(out.len() < limit)
         };
         if let Some(st) = status {
             let t = txn.open_table(BY_STATUS).map_err(io_err)?;
-            let lo = [st as u8];
-            let hi = [st as u8 + 1];
+            let (lo, hi) = ([st as u8], [st as u8 + 1]);
             for item in t.range(&lo[..]..&hi[..]).map_err(io_err)?.rev() {
                 let (k, _) = item.map_err(io_err)?;
-                let id = String::from_utf8_lossy(&k.value()[1..]).into_owned();
-                if !take(id) {
+                if !take(&String::from_utf8_lossy(&k.value()[1..]))? {
                     break;
                 }
             }
@@ -453,25 +460,16 @@ impl Store {
             hi.push(1);
             for item in t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?.rev() {
                 let (k, _) = item.map_err(io_err)?;
-                let id = String::from_utf8_lossy(&k.value()[lo.len()..]).into_owned();
-                if !take(id) {
+                if !take(&String::from_utf8_lossy(&k.value()[lo.len()..]))? {
                     break;
                 }
             }
         } else {
-            for item in records.iter().map_err(io_err)?.rev() {
+            let ids = txn.open_table(RECORDS).map_err(io_err)?;
+            for item in ids.iter().map_err(io_err)?.rev() {
                 let (k, _) = item.map_err(io_err)?;
-                if !take(k.value().to_string()) {
+                if !take(k.value())? {
                     break;
-                }
-            }
-        }
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(v) = records.get(id.as_str()).map_err(io_err)? {
-                let (rec, _) = decode_record(&id, v.value())?;
-                if user.is_none_or(|u| rec.user.as_deref() == Some(u)) {
-                    out.push(rec);
                 }
             }
         }
