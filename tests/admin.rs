@@ -232,64 +232,30 @@ async fn api_needs_the_token_health_and_metrics_do_not() {
     let daemon = Daemon::start(env.config()).await.unwrap();
     let base = format!("http://{}", daemon.status_addr);
     let http = reqwest::Client::new();
-    assert_eq!(
-        http.get(format!("{base}/api/messages"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        http.get(format!("{base}/api/messages"))
-            .bearer_auth("wrong")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        http.post(format!("{base}/api/distributor/pause"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert!(!daemon.distributor.is_paused());
-    assert_eq!(
-        http.get(format!("{base}/api/messages"))
-            .bearer_auth("s3cr3t-token")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(format!("{base}/status"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
+    // (method, path, bearer token, expected status)
+    let cases = [
+        ("GET", "/api/messages", None, 401),
+        ("GET", "/api/messages", Some("wrong"), 401),
+        ("POST", "/api/distributor/pause", None, 401),
+        ("GET", "/api/messages", Some("s3cr3t-token"), 200),
+        ("GET", "/healthz", None, 200),
+        ("GET", "/metrics", None, 200),
+        ("GET", "/status", None, 200),
+    ];
+    for (method, path, token, want) in cases {
+        let mut req = http.request(method.parse().unwrap(), format!("{base}{path}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        assert_eq!(
+            req.send().await.unwrap().status(),
+            want,
+            "{method} {path} {token:?}"
+        );
+    }
+    assert!(
+        !daemon.distributor.is_paused(),
+        "the refused pause did nothing"
     );
     daemon.shutdown().await;
 }
