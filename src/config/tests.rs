@@ -178,3 +178,19 @@ send_mode = "on-behalf-of"
     assert_eq!(c.user[0].send_mode, SendMode::OnBehalfOf);
     assert_eq!(c.provider[2].kind, ProviderKind::Graph);
 }
+
+#[test]
+fn retention_zero_means_thirty_days() {
+    let c = Config::parse(
+        &format!("{OUTBOX}[history]\nretention_days = 0\n"),
+        Path::new("t"),
+    )
+    .unwrap();
+    assert_eq!(c.history.retention(), Duration::from_secs(30 * 86_400));
+    let c = Config::parse(
+        &format!("{OUTBOX}[history]\nretention_days = 7\n"),
+        Path::new("t"),
+    )
+    .unwrap();
+    assert_eq!(c.history.retention(), Duration::from_secs(7 * 86_400));
+}
