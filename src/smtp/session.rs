@@ -193,18 +193,23 @@ impl Session {
                 self.auth_pending = Some(AuthPending::LoginUser);
                 Action::Reply(Reply::new(334, "", "VXNlcm5hbWU6"))
             }
-            smtp_proto::AUTH_LOGIN => match decode(initial) {
-                Some(user) => {
-                    self.auth_pending = Some(AuthPending::LoginPass(user));
-                    Action::Reply(Reply::new(334, "", "UGFzc3dvcmQ6"))
-                }
-                None => Action::Reply(Reply::new(501, "5.5.2", "Invalid base64 data")),
-            },
+            smtp_proto::AUTH_LOGIN => self.login_user(initial),
             _ => Action::Reply(Reply::new(
                 504,
                 "5.5.4",
                 "Unrecognized authentication type; use PLAIN or LOGIN",
             )),
+        }
+    }
+
+    /// The user name of AUTH LOGIN (base64); the password is asked next.
+    fn login_user(&mut self, b64: &str) -> Action {
+        match decode(b64) {
+            Some(user) => {
+                self.auth_pending = Some(AuthPending::LoginPass(user));
+                Action::Reply(Reply::new(334, "", "UGFzc3dvcmQ6"))
+            }
+            None => Action::Reply(Reply::new(501, "5.5.2", "Invalid base64 data")),
         }
     }
 
@@ -241,13 +246,7 @@ impl Session {
         }
         match pending {
             AuthPending::Plain => self.auth_plain(text),
-            AuthPending::LoginUser => match decode(text) {
-                Some(user) => {
-                    self.auth_pending = Some(AuthPending::LoginPass(user));
-                    Action::Reply(Reply::new(334, "", "UGFzc3dvcmQ6"))
-                }
-                None => Action::Reply(Reply::new(501, "5.5.2", "Invalid base64 data")),
-            },
+            AuthPending::LoginUser => self.login_user(text),
             AuthPending::LoginPass(user) => match decode(text) {
                 Some(pass) => Action::Authenticate {
                     login: user,

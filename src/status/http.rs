@@ -325,17 +325,18 @@ async fn get_message(
         .min(Duration::from_secs(600));
     let mut events = state.distributor.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
+    let mut waited_out = wait.is_zero();
     loop {
         let record = match state.pipeline.store().record(&id) {
             Ok(Some(r)) => r,
             Ok(None) => return error(StatusCode::NOT_FOUND, format!("no message {id}")),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
-        if wait.is_zero() || has_outcome(&record) {
+        if waited_out || has_outcome(&record) {
             return axum::Json(record).into_response();
         }
         // Wait for news of this message (or the deadline), then look again.
-        let news = tokio::time::timeout_at(deadline, async {
+        waited_out = tokio::time::timeout_at(deadline, async {
             loop {
                 match events.recv().await {
                     Ok(ev) if ev.id == id => return,
@@ -344,14 +345,8 @@ async fn get_message(
                 }
             }
         })
-        .await;
-        if news.is_err() {
-            return match state.pipeline.store().record(&id) {
-                Ok(Some(r)) => axum::Json(r).into_response(),
-                Ok(None) => error(StatusCode::NOT_FOUND, format!("no message {id}")),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            };
-        }
+        .await
+        .is_err();
     }
 }
 

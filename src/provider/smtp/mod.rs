@@ -356,36 +356,38 @@ impl SmtpProvider {
             Ok(c) => c,
             Err(f) => return f.into_outcome(),
         };
-        match self.transact(&mut conn, d).await {
+        let mut result = self.transact(&mut conn, d).await;
+        if reused && matches!(&result, Err(f) if f.broken) {
+            // The idle connection went stale; one fresh try.
+            conn.abort().await;
+            conn = match self.connect().await {
+                Ok(c) => c,
+                Err(f) => return f.into_outcome(),
+            };
+            result = self.transact(&mut conn, d).await;
+        }
+        self.finish(conn, result).await
+    }
+
+    /// After a transaction: a usable connection goes back to the pool (reset after a
+    /// refusal), a broken one is closed.
+    async fn finish(
+        &self,
+        mut conn: AsyncSmtpConnection,
+        result: Result<Outcome, Failure>,
+    ) -> Outcome {
+        match result {
             Ok(outcome) => {
                 self.checkin(conn).await;
                 outcome
             }
-            Err(f) if reused && f.broken => {
-                // The idle connection went stale; one fresh try.
+            Err(f) if f.broken => {
                 conn.abort().await;
-                let mut fresh = match self.connect().await {
-                    Ok(c) => c,
-                    Err(f) => return f.into_outcome(),
-                };
-                match self.transact(&mut fresh, d).await {
-                    Ok(outcome) => {
-                        self.checkin(fresh).await;
-                        outcome
-                    }
-                    Err(f) => {
-                        fresh.abort().await;
-                        f.into_outcome()
-                    }
-                }
+                f.into_outcome()
             }
             Err(f) => {
-                if f.broken {
-                    conn.abort().await;
-                } else {
-                    let _ = tokio::time::timeout(self.timeout, conn.command("RSET\r\n")).await;
-                    self.checkin(conn).await;
-                }
+                let _ = tokio::time::timeout(self.timeout, conn.command("RSET\r\n")).await;
+                self.checkin(conn).await;
                 f.into_outcome()
             }
         }
