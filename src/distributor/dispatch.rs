@@ -78,7 +78,8 @@ impl Distributor {
                 .iter()
                 .filter(|r| !r.status.is_finished())
                 .count() as u32;
-            let verdict = {
+            // A message throttled ten times goes regardless (the attempt says so).
+            let (verdict, bypassed) = {
                 let Ok(mut map) = self.providers.lock() else {
                     break;
                 };
@@ -86,21 +87,26 @@ impl Distributor {
                 if st.in_flight >= max_conn {
                     continue;
                 }
-                let verdict = st.windows.check(limits, now, pending);
-                match verdict {
-                    Verdict::Throttled(_) if record.throttle_deferrals < MAX_THROTTLE_DEFERRALS => {
-                        st.throttle_deferrals += 1;
+                let (verdict, bypassed) = match st.windows.check(limits, now, pending) {
+                    Verdict::Throttled(_)
+                        if record.throttle_deferrals >= MAX_THROTTLE_DEFERRALS =>
+                    {
+                        (Verdict::Send, true)
                     }
+                    v => (v, false),
+                };
+                match verdict {
+                    Verdict::Throttled(_) => st.throttle_deferrals += 1,
                     Verdict::DailyQuota(_) => {}
-                    _ => {
+                    Verdict::Send => {
                         st.windows.take(now, &record.id, pending);
                         st.in_flight += 1;
                     }
                 }
-                verdict
+                (verdict, bypassed)
             };
             match verdict {
-                Verdict::Throttled(until) if record.throttle_deferrals < MAX_THROTTLE_DEFERRALS => {
+                Verdict::Throttled(until) => {
                     self.metrics
                         .throttle_deferrals
                         .get_or_create(&crate::status::metrics::ProviderLabel {
@@ -118,8 +124,7 @@ impl Distributor {
                         Some(until),
                     ));
                 }
-                verdict => {
-                    let bypassed = matches!(verdict, Verdict::Throttled(_));
+                Verdict::Send => {
                     let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                         self.settle(&record.provider, &record.id, 0, None);
                         break;
