@@ -236,6 +236,40 @@ pub struct ReloadReport {
     pub released: usize,
 }
 
+/// The settings a reload cannot apply, each with a comparable rendering.
+fn restart_settings(c: &Config) -> [(&'static str, String); 6] {
+    let path = |p: &Option<serde_spanned::Spanned<std::path::PathBuf>>| {
+        p.as_ref().map(|p| p.get_ref().clone())
+    };
+    [
+        ("smtp.listen", format!("{:?}", c.smtp.listen_addrs())),
+        (
+            "smtp.tls_cert/tls_key",
+            format!("{:?}", (path(&c.smtp.tls_cert), path(&c.smtp.tls_key))),
+        ),
+        (
+            "smtp.max_connections/idle_timeout",
+            format!("{:?}", (c.smtp.max_connections, c.smtp.idle_timeout)),
+        ),
+        ("store.path", format!("{:?}", c.store.path)),
+        (
+            "status",
+            format!(
+                "{:?}",
+                (
+                    c.status.listen.get_ref(),
+                    &c.status.token_file,
+                    &c.status.token
+                )
+            ),
+        ),
+        (
+            "history.retention_days",
+            format!("{:?}", c.history.retention()),
+        ),
+    ]
+}
+
 /// Re-reads the configuration at `path`: users, rewrite rules, providers and limits take
 /// effect for the next message; listener and store settings are reported as needing a
 /// restart. An invalid file changes nothing. Held mail is released.
@@ -246,74 +280,12 @@ pub async fn reload(
 ) -> Result<ReloadReport, config::ConfigErrors> {
     let new = Config::load(path)?;
     let old = pipeline.config();
-    let mut needs_restart = Vec::new();
-    let changed = |a: String, b: String, name: &str, list: &mut Vec<String>| {
-        if a != b {
-            list.push(name.to_string());
-        }
-    };
-    changed(
-        format!("{:?}", old.smtp.listen_addrs()),
-        format!("{:?}", new.smtp.listen_addrs()),
-        "smtp.listen",
-        &mut needs_restart,
-    );
-    changed(
-        format!(
-            "{:?}",
-            (
-                &old.smtp.tls_cert.as_ref().map(|c| c.get_ref()),
-                &old.smtp.tls_key.as_ref().map(|c| c.get_ref())
-            )
-        ),
-        format!(
-            "{:?}",
-            (
-                &new.smtp.tls_cert.as_ref().map(|c| c.get_ref()),
-                &new.smtp.tls_key.as_ref().map(|c| c.get_ref())
-            )
-        ),
-        "smtp.tls_cert/tls_key",
-        &mut needs_restart,
-    );
-    changed(
-        format!("{:?}", (old.smtp.max_connections, old.smtp.idle_timeout)),
-        format!("{:?}", (new.smtp.max_connections, new.smtp.idle_timeout)),
-        "smtp.max_connections/idle_timeout",
-        &mut needs_restart,
-    );
-    changed(
-        format!("{:?}", old.store.path),
-        format!("{:?}", new.store.path),
-        "store.path",
-        &mut needs_restart,
-    );
-    changed(
-        format!(
-            "{:?}",
-            (
-                old.status.listen.get_ref(),
-                &old.status.token_file,
-                &old.status.token
-            )
-        ),
-        format!(
-            "{:?}",
-            (
-                new.status.listen.get_ref(),
-                &new.status.token_file,
-                &new.status.token
-            )
-        ),
-        "status",
-        &mut needs_restart,
-    );
-    changed(
-        format!("{:?}", old.history.retention()),
-        format!("{:?}", new.history.retention()),
-        "history.retention_days",
-        &mut needs_restart,
-    );
+    let needs_restart: Vec<String> = restart_settings(&old)
+        .into_iter()
+        .zip(restart_settings(&new))
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0.to_string())
+        .collect();
     if old.distributor.enabled != new.distributor.enabled {
         if new.distributor.enabled {
             distributor.resume();
