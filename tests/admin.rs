@@ -386,7 +386,11 @@ async fn reload_by_api_applies_new_users_and_refuses_broken_config() {
         .await
         .unwrap();
     assert_eq!(v["reloaded"], true);
-    assert_eq!(v["needs_restart"], serde_json::json!([]), "only users changed");
+    assert_eq!(
+        v["needs_restart"],
+        serde_json::json!([]),
+        "only users changed"
+    );
     let id = queued_id(
         &submit(
             daemon.smtp_addrs[0],
