@@ -2,8 +2,6 @@
 //! written by the store together with the message (before the 250) and updated by the
 //! distributor after every attempt; the admin API and CLI read them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use serde::{Deserialize, Serialize};
 
 /// The state of a message (or of one recipient).
@@ -137,92 +135,4 @@ pub struct Record {
     pub next_attempt_at: Option<String>,
     /// Every attempt, oldest first.
     pub attempts: Vec<Attempt>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    to_ms(SystemTime::now())
-}
-
-/// A `SystemTime` as milliseconds since the Unix epoch.
-pub fn to_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Milliseconds since the epoch as RFC 3339 UTC (second precision).
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-/// Parses an RFC 3339 time back into milliseconds since the epoch.
-pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    humantime::parse_rfc3339_weak(s).ok().map(to_ms)
-}
-
-/// Finished records deleted per transaction, so a long prune never holds the writer.
-const PRUNE_BATCH: usize = 200;
-
-/// Deletes finished records (sent, partial, failed) received more than `keep` before
-/// `now` (ms), with their message bodies, in bounded batches; unfinished ones are never
-/// deleted. Also forgets provider sends older than any limit window. Returns how many
-/// records went.
-pub async fn prune(
-    store: &crate::store::Store,
-    keep: Duration,
-    now: u64,
-) -> Result<usize, crate::store::StoreError> {
-    let cutoff = now.saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
-    let mut total = 0;
-    loop {
-        let s = store.clone();
-        let ids = tokio::task::spawn_blocking(move || s.finished_before(cutoff, PRUNE_BATCH))
-            .await
-            .map_err(|e| crate::store::StoreError::Io(e.to_string()))??;
-        if ids.is_empty() {
-            break;
-        }
-        let n = ids.len();
-        store
-            .write(
-                ids.into_iter()
-                    .map(|id| crate::store::Mutation::Delete { id })
-                    .collect(),
-            )
-            .await?;
-        total += n;
-        if n < PRUNE_BATCH {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    store
-        .write(vec![crate::store::Mutation::PruneUsage {
-            before: now.saturating_sub(crate::distributor::throttle::DAY_MS),
-        }])
-        .await?;
-    if total > 0 {
-        tracing::info!(
-            records = total,
-            "history retention: deleted finished records"
-        );
-    }
-    Ok(total)
-}
-
-/// Runs [`prune`] at start and then every hour until `shutdown`.
-pub async fn retention_task(
-    store: crate::store::Store,
-    keep: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        if let Err(e) = prune(&store, keep, now_ms()).await {
-            tracing::error!(error = %e, "history retention failed; will try again");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
 }

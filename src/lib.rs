@@ -26,6 +26,7 @@ pub mod secrets;
 pub mod smtp;
 pub mod status;
 pub mod store;
+pub mod time;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -173,6 +174,11 @@ impl Daemon {
         tasks.push(tokio::spawn(status::http::serve(
             status_listener,
             status_state,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(store::retention_task(
+            pipeline.store().clone(),
+            config.history.retention(),
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(

@@ -6,10 +6,11 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::history::{Recipient, Record, Status, now_ms, rfc3339};
+use crate::history::{Recipient, Record, Status};
 use crate::smtp::policy::Policy;
 use crate::smtp::session::Transaction;
 use crate::store::{Store, StoreError};
+use crate::time::{now_ms, rfc3339};
 use crate::{message, smtp, status};
 
 /// Why a finished DATA was not acknowledged.

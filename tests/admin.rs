@@ -173,7 +173,7 @@ async fn status_metrics_and_counters_that_move() {
         value(
             &m,
             "mailgate_messages_failed_total",
-            &[("provider", "up"), ("diagnosis", "unknown")]
+            &[("provider", "up"), ("diagnosis", "recipient-unknown")]
         ),
         1.0
     );
@@ -320,7 +320,7 @@ async fn history_queries_use_filters() {
     assert_eq!(
         list(&format!(
             "?since={}",
-            mailgate::history::rfc3339(mailgate::history::now_ms() + 3_600_000)
+            mailgate::time::rfc3339(mailgate::time::now_ms() + 3_600_000)
         ))
         .await
         .len(),

@@ -331,6 +331,64 @@ fn swaks_through_mailgate_to_aiosmtpd_with_starttls_and_auth() {
 }
 
 #[test]
+fn aiosmtpd_refusing_one_recipient_gives_partial_with_recipient_unknown() {
+    let env = TestEnv::new("", "");
+    let ca = common::upstream::TestCa::new("interop CA");
+    let up = Aiosmtpd::start(env.dir.path(), &ca, &["--no-auth"]);
+    relay_config(&env, &ca, up.port, "");
+    let mut daemon = DaemonProcess::start(&env.config_path);
+    let o = tool("swaks")
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &daemon.smtp.port().to_string(),
+        ])
+        .args([
+            "--from",
+            "erp@erp.local",
+            "--to",
+            "a@contoso.com,unknown.person@contoso.com",
+        ])
+        .args(["--header", "Subject: partial", "--body", "x"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}");
+    let id = id_from_swaks(&out);
+    daemon.wait_log(
+        |v| v["message"] == "delivery" && v["id"] == id.as_str(),
+        WAIT,
+    );
+    let got = up.lines.recv_timeout(WAIT).unwrap();
+    assert_eq!(got["rcpts"], serde_json::json!(["a@contoso.com"]));
+    let rec: serde_json::Value =
+        serde_json::from_slice(&api_get(daemon.status, &format!("/api/messages/{id}"))).unwrap();
+    assert_eq!(rec["status"], "partial", "{rec}");
+    assert_eq!(rec["recipients"][0]["status"], "sent");
+    assert_eq!(rec["recipients"][1]["status"], "failed");
+    let attempt = &rec["attempts"][0];
+    assert!(
+        attempt["reply"]
+            .as_str()
+            .unwrap()
+            .contains("queued at aiosmtpd"),
+        "{rec}"
+    );
+    let d = &attempt["diagnosis"];
+    assert_eq!(d["code"], "recipient-unknown", "{rec}");
+    let why = d["explanation"].as_str().unwrap();
+    assert!(
+        why.starts_with("The upstream accepted the message for 1 of 2 recipients and refused 1: unknown.person@contoso.com (550 5.1.1"),
+        "{why}"
+    );
+    assert!(
+        d["fix"].as_str().unwrap().contains("Correct the address"),
+        "{d}"
+    );
+}
+
+#[test]
 fn aiosmtpd_without_auth_gives_auth_not_supported() {
     let env = TestEnv::new("", "");
     let ca = common::upstream::TestCa::new("interop CA");

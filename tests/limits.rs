@@ -10,9 +10,10 @@ use std::time::Duration;
 use common::TestEnv;
 use mailgate::Daemon;
 use mailgate::distributor::DeliveryEvent;
-use mailgate::history::{Record, Status, parse_rfc3339};
+use mailgate::history::{Record, Status};
 use mailgate::smtp::data::DataOutcome;
 use mailgate::smtp::session::Transaction;
+use mailgate::time::parse_rfc3339;
 use tokio::sync::broadcast::Receiver;
 
 /// Long in virtual time: the scheduler's own timers always come first.
@@ -327,10 +328,11 @@ async fn a_dead_provider_does_not_hold_up_a_live_one() {
 
 #[tokio::test]
 async fn retention_deletes_finished_records_and_keeps_waiting_ones() {
-    use mailgate::history::{Recipient, prune, rfc3339};
+    use mailgate::history::Recipient;
+    use mailgate::time::rfc3339;
     let env = TestEnv::new("", "");
     let store = mailgate::store::Store::open(&env.config().store.path).unwrap();
-    let now = mailgate::history::now_ms();
+    let now = mailgate::time::now_ms();
     let old = now - 40 * 86_400_000;
     let mk = |ms: u64, status: Status| {
         let id = ulid::Ulid::from_parts(ms, 7).to_string();
@@ -370,7 +372,8 @@ async fn retention_deletes_finished_records_and_keeps_waiting_ones() {
             .await
             .unwrap();
     }
-    let deleted = prune(&store, Duration::from_secs(30 * 86_400), now)
+    let deleted = store
+        .prune(Duration::from_secs(30 * 86_400), now)
         .await
         .unwrap();
     assert_eq!(deleted, 2);

@@ -219,8 +219,8 @@ async fn graph_statuses_map_to_outcomes() {
         );
         if let Some(secs) = retry_after {
             let next =
-                mailgate::history::parse_rfc3339(r.next_attempt_at.as_deref().unwrap()).unwrap();
-            let at = mailgate::history::parse_rfc3339(&r.attempts[0].at).unwrap();
+                mailgate::time::parse_rfc3339(r.next_attempt_at.as_deref().unwrap()).unwrap();
+            let at = mailgate::time::parse_rfc3339(&r.attempts[0].at).unwrap();
             let waited = next.saturating_sub(at) / 1000;
             assert!(
                 waited >= secs - 1 && waited <= secs + 1,

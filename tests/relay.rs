@@ -424,7 +424,7 @@ async fn per_recipient_replies() {
         "550 5.1.1 User unknown",
         &["a@contoso.com", "b@contoso.com"],
         Status::Partial,
-        "unknown",
+        "recipient-unknown",
     )
     .await;
     assert_eq!(rec.recipients[0].status, Status::Sent);
@@ -434,6 +434,33 @@ async fn per_recipient_replies() {
         Some("550 5.1.1 User unknown")
     );
     assert!(rec.sent_at.is_some());
+    // The attempt's words describe this attempt: accepted for one, refused for the other.
+    let attempt = &rec.attempts[0];
+    assert!(attempt.reply.starts_with("250"), "{}", attempt.reply);
+    let d = attempt.diagnosis.as_ref().unwrap();
+    assert!(
+        d.explanation.starts_with(
+            "The upstream accepted the message for 1 of 2 recipients and refused 1: b@contoso.com (550 5.1.1 User unknown)."
+        ),
+        "{}",
+        d.explanation
+    );
+    assert!(
+        !d.explanation.contains("refused the message"),
+        "{}",
+        d.explanation
+    );
+    assert!(d.fix.contains("Correct the address"), "{}", d.fix);
+    // One recipient, unknown: failed at once, with the code and its fix.
+    let rec = case(
+        "rcpt:a@contoso.com",
+        "550 5.1.1 <a@contoso.com>: Recipient address rejected: User unknown in local recipient table",
+        &["a@contoso.com"],
+        Status::Failed,
+        "recipient-unknown",
+    )
+    .await;
+    assert!(rec.attempts[0].reply.contains("User unknown"));
     case(
         "rcpt:full@contoso.com",
         "552 5.2.2 Mailbox full",

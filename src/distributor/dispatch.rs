@@ -113,12 +113,12 @@ impl Distributor {
                             provider: record.provider.clone(),
                         })
                         .inc();
-                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", reason = "per_minute_limit", until = %crate::history::rfc3339(until), "throttled");
+                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", reason = "per_minute_limit", until = %crate::time::rfc3339(until), "throttled");
                     held.push((outcome::throttle_deferral(record, until), Some(until)));
                 }
                 Verdict::DailyQuota(until) => {
                     self.count_deferred(&record.provider, "daily-quota");
-                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", diagnosis = "daily-quota", until = %crate::history::rfc3339(until), "daily quota reached");
+                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", diagnosis = "daily-quota", until = %crate::time::rfc3339(until), "daily quota reached");
                     held.push((
                         outcome::quota_deferral(record, now, until, limits.per_day),
                         Some(until),

@@ -19,9 +19,10 @@ use tokio::sync::{Notify, Semaphore, broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, ProviderConfig, ProviderKind};
-use crate::history::{Status, now_ms};
+use crate::history::Status;
 use crate::provider::{Provider, ProviderContext};
 use crate::store::{Mutation, Store, StoreError};
+use crate::time::now_ms;
 pub use outcome::apply_outcome;
 use retry::RetryPolicy;
 use throttle::{Limits, Windows};

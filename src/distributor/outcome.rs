@@ -1,8 +1,9 @@
 //! Attempt outcomes applied to a history record: typed outcome in, new record and next
 //! due time out. Pure.
 
-use crate::history::{Attempt, Diagnosis, Record, Status, rfc3339};
+use crate::history::{Attempt, Diagnosis, Record, Status};
 use crate::provider::{Fate, Outcome, RcptResult};
+use crate::time::rfc3339;
 
 use super::retry::RetryPolicy;
 
@@ -64,7 +65,7 @@ pub fn apply_outcome(
         .map(|u| u.timestamp_ms())
         .unwrap_or(now);
     let give_up = retry.gives_up(received, now);
-    let diagnosis = results.iter().find_map(|r| r.diagnosis.clone());
+    let diagnosis = attempt_diagnosis(&results);
     for res in results {
         let Some(r) = record
             .recipients
@@ -116,6 +117,37 @@ pub fn apply_outcome(
         record.sent_at = Some(at);
     }
     (record, None)
+}
+
+/// The diagnosis of one attempt: it describes that attempt. When recipients had different
+/// fates it says how many were accepted and which were refused, with their replies, then
+/// explains the refusal's code; it never calls an accepted message refused.
+fn attempt_diagnosis(results: &[RcptResult]) -> Option<Diagnosis> {
+    let refused: Vec<&RcptResult> = results.iter().filter(|r| r.fate != Fate::Sent).collect();
+    let first = refused.iter().find_map(|r| r.diagnosis.clone())?;
+    let accepted = results.len() - refused.len();
+    if refused.len() == results.len() && refused.iter().all(|r| r.reply == refused[0].reply) {
+        return Some(first);
+    }
+    let list = refused
+        .iter()
+        .map(|r| format!("{} ({})", r.address, r.reply))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let head = if accepted > 0 {
+        format!(
+            "The upstream accepted the message for {accepted} of {} recipients and refused {}: {list}.",
+            results.len(),
+            refused.len()
+        )
+    } else {
+        format!("The upstream refused every recipient: {list}.")
+    };
+    Some(Diagnosis {
+        code: first.code,
+        explanation: format!("{head} {}", first.explanation),
+        fix: first.fix,
+    })
 }
 
 /// The record of a message held back by its provider's per-minute limit until `until`.

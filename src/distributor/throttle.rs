@@ -8,10 +8,7 @@
 
 use std::collections::VecDeque;
 
-/// One minute, ms.
-pub const MINUTE_MS: u64 = 60_000;
-/// One day, ms.
-pub const DAY_MS: u64 = 86_400_000;
+pub use crate::time::{DAY_MS, MINUTE_MS};
 /// Throttle deferrals after which a message is sent regardless.
 pub const MAX_THROTTLE_DEFERRALS: u32 = 10;
 

@@ -209,19 +209,41 @@ fn edits(raw: &[u8], plan: &Rewrite) -> Vec<(usize, usize, Vec<u8>)> {
         v
     };
 
+    // A From that already names the target alone is not changed, and gets no
+    // X-Original-From (nor a Reply-To naming the same address).
+    let unchanged = match froms.as_slice() {
+        [h] => {
+            obsolete.is_empty()
+                && address_count(&h.value) == 1
+                && first_address(&h.value)
+                    .is_some_and(|(_, a)| a.eq_ignore_ascii_case(&plan.target))
+        }
+        _ => false,
+    };
+    if unchanged && plan.sender.is_none() {
+        return Vec::new();
+    }
+
     // The block written where the first From stood (or at the end of the headers).
     let mut block = Vec::new();
-    block.extend_from_slice(b"From:");
     match froms.first() {
-        Some(h) => block.extend(new_from_value(&value_of(h), &h.value, &plan.target)),
+        Some(h) if unchanged => {
+            block.extend_from_slice(&raw[h.offset_field as usize..h.offset_end as usize]);
+        }
+        Some(h) => {
+            block.extend_from_slice(b"From:");
+            block.extend(new_from_value(&value_of(h), &h.value, &plan.target));
+        }
         None => {
-            block.extend_from_slice(format!(" <{}>", plan.target).as_bytes());
+            block.extend_from_slice(format!("From: <{}>", plan.target).as_bytes());
             block.extend_from_slice(eol);
         }
     }
-    for h in &froms {
-        block.extend_from_slice(b"X-Original-From:");
-        block.extend(value_of(h));
+    if !unchanged {
+        for h in &froms {
+            block.extend_from_slice(b"X-Original-From:");
+            block.extend(value_of(h));
+        }
     }
     for &(start, end) in &obsolete {
         let field = &raw[start..end];
@@ -245,6 +267,7 @@ fn edits(raw: &[u8], plan: &Rewrite) -> Vec<(usize, usize, Vec<u8>)> {
         }
     }
     if plan.reply_to_original
+        && !unchanged
         && !has_reply_to
         && let Some(h) = froms.first()
     {
@@ -379,6 +402,32 @@ mod tests {
             "Subject: x\r\nFrom: \"Last, First\" <billing@contoso.com>\r\nX-Original-From: \"Last, First\" <first.last@erp.local>\r\nTo: a@b.com"
         );
         assert!(out.ends_with(b"\r\n\r\nbody\r\n"));
+    }
+
+    #[test]
+    fn a_from_that_already_names_the_target_is_left_alone() {
+        let raw = b"From: Billing <Billing@Contoso.com>\r\nTo: a@b.com\r\n\r\nbody\r\n";
+        assert_eq!(rewrite(raw, &plan()), raw.to_vec(), "no X-Original-From");
+        let with_reply = Rewrite {
+            reply_to_original: true,
+            ..plan()
+        };
+        assert_eq!(
+            rewrite(raw, &with_reply),
+            raw.to_vec(),
+            "no Reply-To to itself"
+        );
+        let behalf = Rewrite {
+            sender: Some("relay@contoso.com".into()),
+            ..plan()
+        };
+        assert_eq!(
+            headers(&rewrite(raw, &behalf)),
+            "From: Billing <Billing@Contoso.com>\r\nSender: <relay@contoso.com>\r\nTo: a@b.com"
+        );
+        // Two addresses, one of them the target: that is a change.
+        let two = b"From: billing@contoso.com, x@y.z\r\n\r\nb";
+        assert!(String::from_utf8_lossy(&rewrite(two, &plan())).contains("X-Original-From:"));
     }
 
     #[test]

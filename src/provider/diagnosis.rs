@@ -26,6 +26,8 @@ pub enum Code {
     DailyQuota,
     /// "single label domains not accepted".
     SingleLabelDomain,
+    /// 5.1.1, 5.1.10 RecipientNotFound, "user unknown", "no such user".
+    RecipientUnknown,
     /// 5.2.2.
     MailboxFull,
     /// 552 / 5.3.4.
@@ -59,7 +61,7 @@ pub enum Code {
 }
 
 /// Every code, for lookups.
-pub const ALL: [Code; 24] = [
+pub const ALL: [Code; 25] = [
     Code::AuthNotSupported,
     Code::AuthFailed,
     Code::NotAuthenticated,
@@ -69,6 +71,7 @@ pub const ALL: [Code; 24] = [
     Code::SendAsDenied,
     Code::DailyQuota,
     Code::SingleLabelDomain,
+    Code::RecipientUnknown,
     Code::MailboxFull,
     Code::MessageTooLarge,
     Code::StarttlsUnavailable,
@@ -99,6 +102,7 @@ impl Code {
             Code::SendAsDenied => "send-as-denied",
             Code::DailyQuota => "daily-quota",
             Code::SingleLabelDomain => "single-label-domain",
+            Code::RecipientUnknown => "recipient-unknown",
             Code::MailboxFull => "mailbox-full",
             Code::MessageTooLarge => "message-too-large",
             Code::StarttlsUnavailable => "starttls-unavailable",
@@ -164,15 +168,15 @@ impl Code {
             ),
             Code::AuthFailed => (
                 "The server rejected the user name or password.",
-                "Check username and the password (password, password_file, password_env or `mailgate password set`). For Microsoft 365, the account must have a licence and SMTP AUTH enabled; then run `mailgate verify`.",
+                "Check the provider's `username` and its password (`password`, `password_file`, `password_env`, or `mailgate password set --provider NAME`), then run `mailgate verify --provider NAME`. For Microsoft 365 the mailbox needs a licence and Authenticated SMTP (Microsoft 365 admin center > Users > Active users > the user > Mail > Manage email apps).",
             ),
             Code::NotAuthenticated => (
                 "The server requires authentication before accepting mail from this client (530 / 5.7.57).",
-                "Set username and a password (or [provider.oauth2]) for this provider, and use port 587 with tls = \"starttls\".",
+                "Set `username` and a password (or a `[provider.oauth2]` table) on this provider, with `port = 587` and `tls = \"starttls\"`; then run `mailgate verify --provider NAME`.",
             ),
             Code::AuthMfaRequired => (
                 "Microsoft 365 refused the sign-in: the account did not meet the criteria to be authenticated (Conditional Access or multi-factor authentication applies to it).",
-                "Exclude the relay account from MFA / Conditional Access for SMTP, or switch the provider to [provider.oauth2] (app registration with SMTP.SendAsApp).",
+                "Exclude the relay account from the policy (Entra admin center > Protection > Conditional Access), or switch the provider to a `[provider.oauth2]` table (an app registration with SMTP.SendAsApp), then reload.",
             ),
             Code::SmtpAuthDisabled => (
                 "SMTP client authentication (SMTP AUTH) is disabled for the tenant or the mailbox.",
@@ -184,15 +188,19 @@ impl Code {
             ),
             Code::SendAsDenied => (
                 "The relay account is not allowed to send as this From address.",
-                "Grant the relay account Send As (or Send on Behalf) permission on that mailbox, or map the sending application to a user whose sender_email the account may use; with send_mode = \"on-behalf-of\" only Send on Behalf is needed.",
+                "Grant the relay account Send As on that mailbox (Exchange admin center > Recipients > Mailboxes > the mailbox > Delegation > Send as, or Add-RecipientPermission), or set the user's `sender_email` to an address the account may use; with `send_mode = \"on-behalf-of\"` only Send on Behalf is needed.",
             ),
             Code::DailyQuota => (
                 "The daily recipient quota is reached (Microsoft 365: 10,000 recipients a day per mailbox, SubmissionQuotaExceeded).",
-                "Wait: mail goes out when the rolling 24-hour window allows. To send more, spread mail over several provider accounts or raise per_day_recipient_limit if your plan allows it.",
+                "Nothing to do: mail goes out when the rolling 24-hour window allows (`mailgate queue` shows what waits). To send more, route some users to another provider (`provider` in their `[[user]]`), or raise the provider's `per_day_recipient_limit` if the mailbox's plan allows it.",
             ),
             Code::SingleLabelDomain => (
                 "The upstream refused a recipient in a single-label domain (like user@contoso).",
                 "Fix the recipient address in the sending application: it needs a full domain (user@contoso.com).",
+            ),
+            Code::RecipientUnknown => (
+                "The upstream does not know the recipient address: it is misspelt, or the mailbox was removed or renamed.",
+                "Correct the address in the sending application (or its address book); the upstream's reply names the address. This is permanent: `mailgate retry ID` only helps after the mailbox exists again.",
             ),
             Code::MailboxFull => (
                 "The recipient's mailbox is full.",
@@ -200,23 +208,23 @@ impl Code {
             ),
             Code::MessageTooLarge => (
                 "The message is larger than the upstream accepts.",
-                "Send smaller attachments, or raise the upstream's limit (Microsoft 365: up to 150 MB per mailbox); keep smtp.max_message_size at or below the upstream's limit so clients are told at once.",
+                "Send smaller attachments, or raise the upstream's limit (Exchange admin center > Mail flow > Message size restrictions; up to 150 MB). Keep `smtp.max_message_size` at or below the upstream's limit so clients are refused at once with 552 instead.",
             ),
             Code::StarttlsUnavailable => (
                 "tls = \"starttls\" is set, but the server did not offer STARTTLS; mailgate never falls back to plain text.",
-                "Check host and port (Microsoft 365: smtp.office365.com port 587). For implicit TLS (port 465) set tls = \"tls\"; only for a trusted local server set tls = \"none\".",
+                "Check the provider's `host` and `port` (Microsoft 365: `smtp.office365.com`, `port = 587`). For implicit TLS on port 465 set `tls = \"tls\"`; only for a trusted server on this machine set `tls = \"none\"`. Then run `mailgate verify --provider NAME`.",
             ),
             Code::TlsCertificate => (
                 "The server's TLS certificate could not be verified (unknown issuer, wrong name, or expired).",
-                "Use the host name the certificate is issued for; for a private CA set ca_file to its PEM certificate. Verification is never switched off.",
+                "Set the provider's `host` to the name the certificate is issued for; for a private CA or a self-signed server set `ca_file` to its PEM certificate; then run `mailgate verify --provider NAME`. Verification is never switched off.",
             ),
             Code::ConnectionFailed => (
                 "The upstream server could not be reached: connection refused, timed out, name not resolved, or dropped.",
-                "Check host and port, DNS, and that a firewall allows outbound connections to it; mail is retried and sent when it is reachable.",
+                "Check the provider's `host` and `port`, DNS, and that a firewall allows outbound connections to that port; `mailgate verify --provider NAME` tries it now. Mail is retried and sent once the server is reachable.",
             ),
             Code::UpstreamThrottled => (
                 "The upstream is limiting the rate or number of concurrent connections.",
-                "Nothing to do: mail is retried. To avoid it, lower per_minute_limit or max_connections for this provider.",
+                "Nothing to do: mail is retried. To avoid it, lower the provider's `per_minute_limit` or `max_connections` and reload.",
             ),
             Code::PasswordUndecryptable => (
                 "The stored password of this provider cannot be decrypted with this installation's key (the store or secrets file came from another installation, or the key file changed).",
@@ -224,7 +232,7 @@ impl Code {
             ),
             Code::ProviderConfig => (
                 "The provider's configuration cannot be used as it is.",
-                "Correct the provider's settings shown in the reply, then reload (SIGHUP) or restart; held mail is sent.",
+                "Correct the setting the reply names in the provider's `[[provider]]` section, check it with `mailgate check-config`, then reload (`systemctl reload mailgate` or SIGHUP); held mail is sent.",
             ),
             Code::OAuthInvalidClient => (
                 "The Microsoft identity platform refused the app's credentials (invalid_client / unauthorized_client: wrong client_id or tenant_id, an expired or wrong client secret, or a certificate it does not know).",
@@ -236,7 +244,7 @@ impl Code {
             ),
             Code::OAuthEndpointUnreachable => (
                 "The OAuth2 token endpoint could not be reached or answered with a server error.",
-                "Check DNS and that outbound HTTPS to login.microsoftonline.com (or token_url) is allowed; mail is retried.",
+                "Check DNS and that outbound HTTPS to login.microsoftonline.com (or the `token_url` of `[provider.oauth2]`) is allowed; `mailgate verify --provider NAME` tries it now. Mail is retried.",
             ),
             Code::GraphUnauthorized => (
                 "Microsoft Graph refused the access token (401), even after a fresh one was fetched.",
@@ -251,8 +259,8 @@ impl Code {
                 "The envelope sender after the rewrite must be an existing mailbox in the tenant: set the user's sender_email (or rewrite.default_sender) to one.",
             ),
             Code::Unknown => (
-                "The upstream refused the message for a reason mailgate does not recognise; its reply is kept.",
-                "Read the upstream reply in the attempt; search the enhanced status code in the provider's documentation.",
+                "The upstream answered with a failure that mailgate does not recognise; its reply is kept in the attempt.",
+                "Read the upstream reply in the attempt (`mailgate show ID`) and look up its enhanced status code (like 5.7.1) in the upstream's documentation; when the cause is fixed, `mailgate retry ID` sends it again.",
             ),
         }
     }
@@ -306,6 +314,14 @@ pub fn from_reply(code: u16, text: &str) -> Code {
         Code::NotAuthenticated
     } else if code == 535 || is(7, 8) || is(7, 3) || is(7, 139) {
         Code::AuthFailed
+    } else if is(1, 1)
+        || is(1, 10)
+        || has("RecipientNotFound")
+        || has("user unknown")
+        || has("no such user")
+        || has("unknown user")
+    {
+        Code::RecipientUnknown
     } else if is(2, 2) {
         Code::MailboxFull
     } else if code == 552 || is(3, 4) {
@@ -403,7 +419,19 @@ mod tests {
                 Code::UpstreamThrottled,
             ),
             (452, "4.5.3 Too many recipients", Code::UpstreamThrottled),
-            (550, "5.1.1 User unknown", Code::Unknown),
+            (550, "5.1.1 User unknown", Code::RecipientUnknown),
+            (
+                550,
+                "5.1.1 <nobody@example.com>: Recipient address rejected: User unknown in local recipient table",
+                Code::RecipientUnknown,
+            ),
+            (
+                550,
+                "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+                Code::RecipientUnknown,
+            ),
+            (550, "No such user here", Code::RecipientUnknown),
+            (550, "5.7.1 Relaying denied", Code::Unknown),
         ];
         for (code, text, want) in cases {
             assert_eq!(from_reply(code, text), want, "{code} {text}");

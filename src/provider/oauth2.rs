@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use super::diagnosis::Code;
 use crate::config::{OAuth2Config, ProviderKind};
-use crate::history::now_ms;
 use crate::secrets::Secret;
+use crate::time::now_ms;
 
 /// A token is renewed this long before it expires.
 const RENEW_BEFORE: Duration = Duration::from_secs(300);

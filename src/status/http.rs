@@ -23,9 +23,10 @@ use tokio::sync::watch;
 use crate::Pipeline;
 use crate::config::StatusConfig;
 use crate::distributor::{Distributor, provider_limits};
-use crate::history::{Record, Status, now_ms, parse_rfc3339, rfc3339};
+use crate::history::{Record, Status};
 use crate::smtp::data::DataOutcome;
 use crate::smtp::session::Transaction;
+use crate::time::{now_ms, parse_rfc3339, rfc3339};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]

@@ -8,8 +8,11 @@
 //! concurrent sessions share one fsync.
 
 mod backend;
+mod retention;
 mod schema;
 mod writer;
+
+pub use retention::{RETENTION_INTERVAL, retention_task};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -202,6 +205,19 @@ impl Store {
         if self.tx.send(req).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Runs a read on the blocking pool (store reads touch the disk and may be large), so
+    /// the async runtime never waits on the file.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| StoreError::Io(format!("store read task failed: {e}")))?
     }
 
     /// Sets the function told the duration of every commit.

@@ -160,7 +160,7 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                             .map_err(io_err)?;
                         due.insert(due_key(*now_ms, id).as_slice(), rec.provider.as_str())
                             .map_err(io_err)?;
-                        rec.next_attempt_at = Some(crate::history::rfc3339(*now_ms));
+                        rec.next_attempt_at = Some(crate::time::rfc3339(*now_ms));
                         records
                             .insert(id.as_str(), encode_record(&rec, Some(*now_ms)).as_slice())
                             .map_err(io_err)?;

@@ -362,3 +362,42 @@ pub async fn send_and_wait(
     let id = submit_to(daemon.smtp_addrs[0], from, rcpts, data).await;
     next_record(daemon, &mut events, &id).await
 }
+
+/// A port that was free a moment ago on 127.0.0.1 (bound, read, released), for configs
+/// that must name the same port across daemon restarts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the mailgate binary with `args` and returns its output.
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run mailgate")
+}
+
+/// Whether a program is on PATH (tests that need Debian packages say so when absent).
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Debian's libfaketime (multi-threaded build), preloaded to run the daemon under a
+/// shifted wall clock; None when the package is not installed.
+pub fn libfaketime() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime",
+        "/usr/lib/aarch64-linux-gnu/faketime",
+        "/usr/lib/faketime",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join("libfaketimeMT.so.1"))
+    .find(|p| p.exists())
+}

@@ -33,6 +33,13 @@ class Handler:
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
         return responses
 
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # Postfix's words for a recipient it does not know (local_recipient_maps).
+        if address.split("@")[0].startswith("unknown"):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
     async def handle_DATA(self, server, session, envelope):
         auth = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else session.auth_data
         emit({

@@ -1,0 +1,139 @@
+//! mailgate-store-bench: what the store costs on disk. Commits N finished messages of S
+//! bytes through the store's real write path (the same group-committed transactions a
+//! submission and its delivery record make), prints the file size and the bytes per
+//! stored message, lets retention delete them all, then commits N more and prints the size
+//! again: freed pages must be reused, so the second round must not grow the file by the
+//! first round's size. Runs in a temporary directory; bounded by N.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mailgate::history::{Recipient, Record, Status};
+use mailgate::store::{Mutation, Store};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mailgate-store-bench",
+    about = "store size per message, and after retention"
+)]
+struct Args {
+    /// Messages per round.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 1536)]
+    size: usize,
+    /// Messages per transaction (as group commit batches them under load).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+}
+
+fn record(id: String, now: u64, size: usize) -> Record {
+    Record {
+        id,
+        status: Status::Sent,
+        received_at: mailgate::time::rfc3339(now),
+        client: "127.0.0.1:52114".into(),
+        helo: "erp01.contoso.local".into(),
+        auth_login: None,
+        user: Some("erp".into()),
+        original_sender: "noreply@erp.local".into(),
+        sender: "billing@contoso.com".into(),
+        recipients: vec![Recipient {
+            address: "customer@example.com".into(),
+            status: Status::Sent,
+            reply: Some("250 2.0.0 OK <queued>".into()),
+        }],
+        subject: Some("Invoice 1001".into()),
+        message_id: Some("<01JABCDEFGHJKMNPQRSTVWXYZ0@mailgate.test>".into()),
+        size: size as u64,
+        provider: "office365".into(),
+        deferrals: 0,
+        throttle_deferrals: 0,
+        sent_at: Some(mailgate::time::rfc3339(now)),
+        next_attempt_at: None,
+        attempts: vec![mailgate::history::Attempt {
+            at: mailgate::time::rfc3339(now),
+            provider: "office365".into(),
+            reply: "250 2.0.0 OK <queued>".into(),
+            diagnosis: None,
+            note: None,
+        }],
+    }
+}
+
+async fn round(store: &Store, args: &Args, at_ms: u64) -> Duration {
+    let body = {
+        let mut b = b"From: billing@contoso.com\r\nTo: customer@example.com\r\nSubject: Invoice 1001\r\n\r\n".to_vec();
+        b.resize(args.size.saturating_sub(2), b'x');
+        b.extend_from_slice(b"\r\n");
+        b
+    };
+    let started = Instant::now();
+    let mut n = 0;
+    while n < args.messages {
+        let mut m = Vec::new();
+        for _ in 0..args.batch.min(args.messages - n) {
+            let id = ulid::Ulid::from_parts(at_ms + n as u64, n as u128).to_string();
+            let rec = record(id, at_ms, args.size);
+            m.push(Mutation::Insert {
+                raw: body.clone(),
+                record: Box::new(rec.clone()),
+                due_ms: at_ms,
+            });
+            m.push(Mutation::Update {
+                record: Box::new(rec),
+                due_ms: None,
+            });
+            n += 1;
+        }
+        store.write(m).await.expect("commit");
+    }
+    started.elapsed()
+}
+
+fn size(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let dir = std::env::temp_dir().join(format!("mailgate-store-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("mailgate.redb");
+    let store = Store::open(&path).expect("open store");
+    let day = 86_400_000;
+    let t0 = mailgate::time::now_ms() - 60 * day;
+
+    let took = round(&store, &args, t0).await;
+    let first = size(&path);
+    println!(
+        "store: {} finished messages of {} bytes: file {:.1} MB, {} bytes per message ({:.0} msg/s committed)",
+        args.messages,
+        args.size,
+        first as f64 / 1e6,
+        first / args.messages as u64,
+        args.messages as f64 / took.as_secs_f64()
+    );
+    let started = Instant::now();
+    let deleted = store
+        .prune(Duration::from_secs(30 * 86_400), mailgate::time::now_ms())
+        .await
+        .expect("prune");
+    println!(
+        "retention: deleted {deleted} in {:.1} s; file {:.1} MB (redb keeps the file; freed pages are reused)",
+        started.elapsed().as_secs_f64(),
+        size(&path) as f64 / 1e6
+    );
+    round(&store, &args, t0 + day).await;
+    let second = size(&path);
+    println!(
+        "store: {} more after retention: file {:.1} MB ({:+.1} MB against the first round)",
+        args.messages,
+        second as f64 / 1e6,
+        (second as f64 - first as f64) / 1e6
+    );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
