@@ -82,16 +82,10 @@ impl Daemon {
     /// Opens the store, binds every listener and starts all tasks.
     pub async fn start(config: Config) -> Result<Daemon, Error> {
         let store = Store::open(&config.store.path)?;
-        let store_dir = config
-            .store
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or_else(|| ".".into(), |d| d.to_path_buf());
-        let space = Arc::new(DiskSpace {
-            dir: store_dir,
-            min_free: config.store.min_free_space.0,
-        });
+        let space = Arc::new(DiskSpace::new(
+            config.store.path.clone(),
+            config.store.min_free_space.0,
+        ));
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(status::metrics::Metrics::default());
         let commit_hist = metrics.commit_duration.clone();

@@ -53,6 +53,23 @@ fn load(cli: &Cli) -> Result<Config, i32> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // A panic is a bug: one line that says so, never a backtrace where a person reads.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %what, location = %at, "internal error (a bug in mailgate); it was contained");
+        if !tracing::dispatcher::has_been_set() {
+            eprintln!("mailgate: internal error{at}: {what}");
+        }
+    }));
     let cli = Cli::parse();
     let code = match &cli.command {
         Command::CheckConfig => match load(&cli) {
@@ -129,6 +146,12 @@ async fn main() -> anyhow::Result<()> {
                 &cli,
                 |c| async move { admin::pause_resume(&c, false).await },
             )
+            .await
+        }
+        Command::Store { command } => {
+            with_config(&cli, |c| async move {
+                mailgate::cli::store::store(&c, command).await
+            })
             .await
         }
         Command::Password { command } => match load(&cli) {

@@ -77,6 +77,7 @@ impl Pipeline {
     /// Puts a new configuration in force for the next session and message.
     pub fn set_config(&self, config: Arc<Config>) {
         let space = self.policy().space.clone();
+        space.set_min_free(config.store.min_free_space.0);
         let policy = Arc::new(Policy::from_config(&config, space));
         if let Ok(mut g) = self.policy.write() {
             *g = policy;

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod client;
 pub mod history;
 pub mod provider;
+pub mod store;
 
 use std::path::PathBuf;
 
@@ -69,6 +70,12 @@ pub enum Command {
     GenCert(certs::GenCertArgs),
     /// Read a password from stdin, print the PHC string for `password_hash`.
     HashPassword,
+    /// Check or salvage the store of a stopped daemon.
+    Store {
+        /// check or salvage.
+        #[command(subcommand)]
+        command: store::StoreCommand,
+    },
     /// Store or drop a provider's encrypted password.
     Password {
         /// set or clear.

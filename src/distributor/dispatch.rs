@@ -10,10 +10,42 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use super::throttle::{MAX_THROTTLE_DEFERRALS, Verdict};
+use super::unrecorded::{Finish, Unrecorded};
 use super::{DeliveryEvent, Distributor, Routing, apply_outcome, outcome};
 use crate::history::{Diagnosis, Record, Status};
 use crate::provider::{Delivery, Outcome};
 use crate::store::{Mutation, StoreError};
+
+/// How long a message is set aside after its attempt's bookkeeping failed or panicked.
+const BOOKKEEPING_COOLDOWN_MS: u64 = 30_000;
+
+/// A delivery's hold on its message and its provider's connection count. Released by
+/// `deliver` when the attempt ends; if the attempt panics (or is aborted) instead, the
+/// drop releases both and sets the message aside for a while, so neither the provider
+/// wedges nor the message is retried in a loop.
+struct Slot {
+    dist: Arc<Distributor>,
+    id: String,
+    provider: String,
+    armed: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if std::thread::panicking() {
+            tracing::error!(id = %self.id, provider = %self.provider, "a delivery attempt panicked; the message is tried again in {}s", BOOKKEEPING_COOLDOWN_MS / 1000);
+        }
+        self.dist.cool_down(&self.id, BOOKKEEPING_COOLDOWN_MS);
+        self.dist.settle(&self.provider, &self.id, 0, None);
+        if let Ok(mut s) = self.dist.in_flight.lock() {
+            s.remove(&self.id);
+        }
+        self.dist.wake.notify_one();
+    }
+}
 
 impl Distributor {
     fn busy_providers(&self, routing: &Routing) -> HashSet<String> {
@@ -36,25 +68,40 @@ impl Distributor {
         let this = self.clone();
         let limit = self.slots.available_permits() + 1;
         let now = self.now();
-        // Due entries of providers with room, and their records, in one blocking read.
+        let aside = self.set_aside();
+        // Due entries of providers with room, and their records, in one blocking read. A
+        // record that cannot be read (store damage) is set aside, never retried in a loop.
         let scan = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let in_flight = this.in_flight.lock().map(|s| s.clone()).unwrap_or_default();
             let entries = this.store.due_entries(limit, |id, provider| {
-                in_flight.contains(id) || busy.contains(provider)
+                in_flight.contains(id) || aside.contains(id) || busy.contains(provider)
             })?;
             let mut out = Vec::new();
+            let mut damaged = Vec::new();
             for (due, id, _) in entries {
                 if due > now {
                     out.push((due, None));
                     break;
                 }
-                out.push((due, this.store.record(&id)?));
+                match this.store.record(&id) {
+                    Ok(r) => out.push((due, r)),
+                    Err(e) if e.is_damage() => damaged.push((id, e)),
+                    Err(e) => return Err(e),
+                }
             }
-            Ok(out)
+            Ok((out, damaged))
         })
         .await;
         let candidates = match scan {
-            Ok(Ok(c)) => c,
+            Ok(Ok((c, damaged))) => {
+                if let Ok(mut d) = self.damaged.lock() {
+                    for (id, e) in damaged {
+                        tracing::error!(id = %id, error = %e, diagnosis = "store-damaged", "the record of a queued message cannot be read; it is set aside (run `mailgate store check`)");
+                        d.insert(id);
+                    }
+                }
+                c
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the due index; retrying in 1s");
                 return Some(1000);
@@ -184,37 +231,118 @@ impl Distributor {
         bypassed: bool,
     ) {
         let (id, provider) = (record.id.clone(), record.provider.clone());
-        let (sent, error) = match self.attempt(record, at, bypassed).await {
+        let mut slot = Slot {
+            dist: self.clone(),
+            id: id.clone(),
+            provider: provider.clone(),
+            armed: true,
+        };
+        let (sent, error, recorded) = match self.attempt(record, at, bypassed).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(id = %id, error = %e, "delivery bookkeeping failed; the message stays queued");
-                (0, None)
+                tracing::error!(id = %id, error = %e, "delivery bookkeeping failed; the message stays queued and is tried again in {}s", BOOKKEEPING_COOLDOWN_MS / 1000);
+                self.cool_down(&id, BOOKKEEPING_COOLDOWN_MS);
+                (0, None, true)
             }
         };
+        slot.armed = false;
         self.settle(&provider, &id, sent, error);
-        if let Ok(mut s) = self.in_flight.lock() {
+        // An outcome the store could not record keeps its message in flight until it is.
+        if recorded && let Ok(mut s) = self.in_flight.lock() {
             s.remove(&id);
         }
         self.wake.notify_one();
     }
 
-    /// One attempt; returns the recipients sent and the failure reply, if any.
+    /// The record of a message whose stored body cannot be read back: failed, with the
+    /// store-damaged diagnosis (logged once; it is never picked up again).
+    fn damaged_outcome(&self, mut record: Record, e: &StoreError) -> Record {
+        tracing::error!(id = %record.id, error = %e, diagnosis = "store-damaged", "a stored message cannot be read back; it is marked failed");
+        let now = self.now();
+        for r in record
+            .recipients
+            .iter_mut()
+            .filter(|r| !r.status.is_finished())
+        {
+            r.status = Status::Failed;
+            r.reply = Some(e.to_string());
+        }
+        record.status = Status::Failed;
+        record.next_attempt_at = None;
+        record.attempts.push(crate::history::Attempt {
+            at: crate::time::rfc3339(now),
+            provider: record.provider.clone(),
+            reply: e.to_string(),
+            diagnosis: Some(crate::provider::diagnosis::Code::StoreDamaged.diagnosis()),
+            note: None,
+        });
+        record
+    }
+
+    /// One attempt; returns the recipients sent, the failure reply if any, and whether
+    /// its outcome is recorded (false: kept in memory until the store commits again).
     async fn attempt(
         &self,
         record: Record,
         at: u64,
         bypassed: bool,
-    ) -> Result<(u32, Option<String>), StoreError> {
-        let raw = {
-            let store = self.store.clone();
-            let id = record.id.clone();
-            tokio::task::spawn_blocking(move || store.message(&id))
-                .await
-                .map_err(|e| StoreError::Io(e.to_string()))??
+    ) -> Result<(u32, Option<String>, bool), StoreError> {
+        let started = std::time::Instant::now();
+        let id = record.id.clone();
+        let read = self.store.blocking(move |s| s.message(&id)).await;
+        let (mut record, due, sent, error) = match read {
+            Ok(None) => return Ok((0, None, true)),
+            Err(e) if e.is_damage() => {
+                let reply = e.to_string();
+                (self.damaged_outcome(record, &e), None, 0, Some(reply))
+            }
+            Err(e) => return Err(e),
+            Ok(Some(raw)) => self.send(record, raw).await,
         };
-        let Some(raw) = raw else {
-            return Ok((0, None));
+        if bypassed && let Some(a) = record.attempts.last_mut() {
+            a.note = Some(format!(
+                "sent regardless of the per-minute limit after {MAX_THROTTLE_DEFERRALS} throttle deferrals"
+            ));
+        }
+        let finish = Finish {
+            id: record.id.clone(),
+            status: record.status,
+            provider: record.provider.clone(),
+            deferrals: record.deferrals,
+            last: record.attempts.last().cloned(),
+            took: started.elapsed(),
         };
+        let mut mutations = vec![Mutation::Update {
+            record: Box::new(record),
+            due_ms: due,
+        }];
+        if sent > 0 {
+            mutations.push(Mutation::Usage {
+                provider: finish.provider.clone(),
+                at,
+                id: finish.id.clone(),
+                rcpts: sent,
+            });
+        }
+        match self.store.write(mutations.clone()).await {
+            Ok(()) => {
+                self.finished(finish);
+                Ok((sent, error, true))
+            }
+            Err(e) => {
+                self.keep_unrecorded(Unrecorded { mutations, finish }, &e);
+                Ok((sent, error, false))
+            }
+        }
+    }
+
+    /// Hands the message to its provider; the record after the outcome, its next due
+    /// time, the recipients sent and the failure reply.
+    async fn send(
+        &self,
+        record: Record,
+        raw: Vec<u8>,
+    ) -> (Record, Option<u64>, u32, Option<String>) {
         let routing = self.routing();
         let delivery = Delivery {
             id: record.id.clone(),
@@ -227,7 +355,6 @@ impl Distributor {
                 .collect(),
             raw: Arc::new(raw),
         };
-        let started = std::time::Instant::now();
         let outcome = match routing.providers.get(&record.provider) {
             Some(p) => p.deliver(&delivery).await,
             None => Outcome::Transient {
@@ -249,51 +376,14 @@ impl Distributor {
                 .count()
         };
         let sent_before = was_sent(&record);
-        let (mut record, due) = apply_outcome(record, outcome, &routing.retry, self.now());
-        if bypassed && let Some(a) = record.attempts.last_mut() {
-            a.note = Some(format!(
-                "sent regardless of the per-minute limit after {MAX_THROTTLE_DEFERRALS} throttle deferrals"
-            ));
-        }
+        let (record, due) = apply_outcome(record, outcome, &routing.retry, self.now());
         let sent = u32::try_from(was_sent(&record) - sent_before).unwrap_or(u32::MAX);
-        let last = record.attempts.last().cloned();
-        let error = last
-            .as_ref()
+        let error = record
+            .attempts
+            .last()
             .filter(|a| a.diagnosis.is_some())
             .map(|a| a.reply.clone());
-        let (id, status, provider, deferrals) = (
-            record.id.clone(),
-            record.status,
-            record.provider.clone(),
-            record.deferrals,
-        );
-        let mut mutations = vec![Mutation::Update {
-            record: Box::new(record),
-            due_ms: due,
-        }];
-        if sent > 0 {
-            mutations.push(Mutation::Usage {
-                provider: provider.clone(),
-                at,
-                id: id.clone(),
-                rcpts: sent,
-            });
-        }
-        self.store.write(mutations).await?;
-        // Logged once committed, so what the log says is what the history holds.
-        tracing::info!(
-            id = %id,
-            status = status.as_str(),
-            provider = %provider,
-            deferrals,
-            diagnosis = last.as_ref().and_then(|a| a.diagnosis.as_ref()).map(|d| d.code.clone()),
-            reply = last.as_ref().map(|a| a.reply.clone()),
-            delay_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "delivery"
-        );
-        self.count_outcome(&provider, status, last.as_ref(), started.elapsed());
-        let _ = self.events.send(DeliveryEvent { id, status });
-        Ok((sent, error))
+        (record, due, sent, error)
     }
 
     fn count_deferred(&self, provider: &str, diagnosis: &str) {
@@ -306,7 +396,7 @@ impl Distributor {
             .inc();
     }
 
-    fn count_outcome(
+    pub(super) fn count_outcome(
         &self,
         provider: &str,
         status: Status,

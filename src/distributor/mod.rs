@@ -9,6 +9,7 @@ mod dispatch;
 pub mod outcome;
 pub mod retry;
 pub mod throttle;
+mod unrecorded;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,6 +157,13 @@ pub struct Distributor {
     providers: Mutex<HashMap<String, ProviderState>>,
     slots: Arc<Semaphore>,
     clock: Clock,
+    /// Outcomes the store could not record yet (see `unrecorded.rs`).
+    unrecorded: Mutex<Vec<unrecorded::Unrecorded>>,
+    /// Messages not to pick up before a time (ms): after a failed attempt's bookkeeping
+    /// or a panic, so no error path retries without a delay.
+    cooldown: Mutex<HashMap<String, u64>>,
+    /// Messages whose record cannot be read (store damage); passed over, reported once.
+    damaged: Mutex<HashSet<String>>,
 }
 
 impl Distributor {
@@ -184,6 +192,9 @@ impl Distributor {
             in_flight: Mutex::new(HashSet::new()),
             providers: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            unrecorded: Mutex::new(Vec::new()),
+            cooldown: Mutex::new(HashMap::new()),
+            damaged: Mutex::new(HashSet::new()),
             clock: Clock {
                 base_ms: now_ms(),
                 base: tokio::time::Instant::now(),
@@ -348,12 +359,22 @@ impl Distributor {
         if let Err(e) = self.release_held().await {
             tracing::error!(error = %e, "cannot release held mail");
         }
+        let mut backoff = unrecorded::FIRST_BACKOFF;
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let mut wait_ms = None;
-            if !self.is_paused() {
+            // A store that cannot record what was sent must not send more.
+            if self.unrecorded() > 0 {
+                if self.flush_unrecorded().await {
+                    backoff = unrecorded::FIRST_BACKOFF;
+                } else {
+                    wait_ms = Some(crate::time::duration_ms(backoff));
+                    backoff = (backoff * 2).min(unrecorded::MAX_BACKOFF);
+                }
+            }
+            if wait_ms.is_none() && !self.is_paused() {
                 wait_ms = self.dispatch(&mut tasks).await;
             }
             let sleep = tokio::time::sleep(Duration::from_millis(wait_ms.unwrap_or(0)));
@@ -373,5 +394,37 @@ impl Distributor {
             );
             tasks.abort_all();
         }
+        if self.unrecorded() > 0 && !self.flush_unrecorded().await {
+            tracing::error!(
+                outcomes = self.unrecorded(),
+                "stopping with delivery outcomes the store could not record: those messages were sent and will be sent again after the restart"
+            );
+        }
+    }
+
+    /// Puts a message aside for `ms` (after an error in its attempt's bookkeeping).
+    fn cool_down(&self, id: &str, ms: u64) {
+        if let Ok(mut c) = self.cooldown.lock() {
+            c.insert(id.to_string(), self.now() + ms);
+        }
+    }
+
+    /// Ids the scan must pass over now: cooling down or damaged.
+    fn set_aside(&self) -> HashSet<String> {
+        let now = self.now();
+        let mut out: HashSet<String> = self.damaged.lock().map(|d| d.clone()).unwrap_or_default();
+        if let Ok(mut c) = self.cooldown.lock() {
+            c.retain(|_, until| *until > now);
+            out.extend(c.keys().cloned());
+        }
+        out
+    }
+
+    /// Messages whose record cannot be read back (store damage).
+    pub fn damaged(&self) -> Vec<String> {
+        self.damaged
+            .lock()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }

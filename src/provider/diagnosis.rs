@@ -56,12 +56,14 @@ pub enum Code {
     GraphForbidden,
     /// Graph 404.
     GraphMailboxNotFound,
+    /// A stored message failed its checksum or could not be read back.
+    StoreDamaged,
     /// Anything else.
     Unknown,
 }
 
 /// Every code, for lookups.
-pub const ALL: [Code; 25] = [
+pub const ALL: [Code; 26] = [
     Code::AuthNotSupported,
     Code::AuthFailed,
     Code::NotAuthenticated,
@@ -86,6 +88,7 @@ pub const ALL: [Code; 25] = [
     Code::GraphUnauthorized,
     Code::GraphForbidden,
     Code::GraphMailboxNotFound,
+    Code::StoreDamaged,
     Code::Unknown,
 ];
 
@@ -117,6 +120,7 @@ impl Code {
             Code::GraphUnauthorized => "graph-unauthorized",
             Code::GraphForbidden => "graph-forbidden",
             Code::GraphMailboxNotFound => "graph-mailbox-not-found",
+            Code::StoreDamaged => "store-damaged",
             Code::Unknown => "unknown",
         }
     }
@@ -257,6 +261,10 @@ impl Code {
             Code::GraphMailboxNotFound => (
                 "Microsoft Graph found no mailbox for the sender address (404).",
                 "The envelope sender after the rewrite must be an existing mailbox in the tenant: set the user's sender_email (or rewrite.default_sender) to one.",
+            ),
+            Code::StoreDamaged => (
+                "The stored copy of the message fails its checksum or cannot be read back from the store file (a damaged disk page or a file changed outside mailgate); it was not sent, so no damaged mail went out.",
+                "Stop mailgate and run `mailgate store check` to see what else is affected; `mailgate store salvage NEW.redb` copies every readable message into a new store (then point store.path at it). Ask the sender to send this message again, and check the disk (`dmesg`, SMART).",
             ),
             Code::Unknown => (
                 "The upstream answered with a failure that mailgate does not recognise; its reply is kept in the attempt.",

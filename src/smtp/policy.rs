@@ -15,24 +15,69 @@ use crate::config::{BareNewlines, Config};
 pub trait SpaceCheck: Send + Sync + fmt::Debug {
     /// True when new mail may be accepted.
     fn has_room(&self) -> bool;
+    /// Free and needed bytes, when they can be measured (for `/status` and `/healthz`).
+    fn measure(&self) -> Option<(u64, u64)> {
+        None
+    }
+    /// A new `store.min_free_space` (config reload).
+    fn set_min_free(&self, _bytes: u64) {}
 }
 
-/// Free space on the filesystem holding a directory, against a minimum.
+/// Free space on the filesystem holding the store, against `store.min_free_space` plus
+/// the room redb needs for its next growth: below 4 GiB it grows its file by doubling, so
+/// the next growth may take as much again as the file's size.
 #[derive(Debug)]
 pub struct DiskSpace {
-    /// A directory on the store's filesystem.
-    pub dir: PathBuf,
-    /// The minimum free bytes.
-    pub min_free: u64,
+    /// The store file (its directory is on the filesystem measured).
+    pub store: PathBuf,
+    /// `store.min_free_space`, live.
+    pub min_free: std::sync::atomic::AtomicU64,
 }
+
+impl DiskSpace {
+    /// Measures the filesystem of `store` against `min_free`.
+    pub fn new(store: PathBuf, min_free: u64) -> DiskSpace {
+        DiskSpace {
+            store,
+            min_free: std::sync::atomic::AtomicU64::new(min_free),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.store
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| ".".into(), |d| d.to_path_buf())
+    }
+}
+
+/// Above this size redb grows its file by one 4 GiB region at a time instead of doubling.
+const REDB_REGION: u64 = 4 << 30;
 
 impl SpaceCheck for DiskSpace {
     fn has_room(&self) -> bool {
-        if self.min_free == 0 {
-            return true;
-        }
         // If free space cannot be measured, do not refuse mail on that account.
-        fs4::available_space(&self.dir).map_or(true, |free| free >= self.min_free)
+        self.measure().is_none_or(|(free, needed)| free >= needed)
+    }
+
+    fn measure(&self) -> Option<(u64, u64)> {
+        let min = self.min_free.load(std::sync::atomic::Ordering::Relaxed);
+        if min == 0 {
+            return None;
+        }
+        let free = fs4::available_space(self.dir()).ok()?;
+        let file = std::fs::metadata(&self.store).map_or(0, |m| m.len());
+        let growth = if file < REDB_REGION {
+            file
+        } else {
+            2 * REDB_REGION
+        };
+        Some((free, min.saturating_add(growth)))
+    }
+
+    fn set_min_free(&self, bytes: u64) {
+        self.min_free
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

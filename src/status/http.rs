@@ -115,18 +115,49 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     next.run(req).await
 }
 
-async fn healthz(State(state): State<AppState>) -> Response {
+/// Why the daemon cannot take mail right now, or None: listeners down, the store file
+/// lost, its last commit failed, delivery outcomes waiting for the store, free space
+/// below `store.min_free_space` (plus the store's next growth), or a probe write failing.
+async fn store_problem(state: &AppState) -> Option<String> {
     if !state.listeners_up.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "SMTP listeners are down").into_response();
+        return Some("SMTP listeners are down".into());
     }
-    if state.pipeline.store().probe().await {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (
+    let store = state.pipeline.store();
+    // The last commit's result: a probe write that succeeds clears a past failure.
+    if let Some(why) = store.trouble().or_else(|| {
+        (state.distributor.unrecorded() > 0).then(|| {
+            format!(
+                "{} delivery outcomes wait for the store to commit",
+                state.distributor.unrecorded()
+            )
+        })
+    }) {
+        return Some(why);
+    }
+    if let Some((free, needed)) = state.pipeline.policy().space.measure()
+        && free < needed
+    {
+        return Some(format!(
+            "free disk space {} MB is below store.min_free_space plus the store's next growth ({} MB)",
+            free / 1_000_000,
+            needed / 1_000_000
+        ));
+    }
+    None
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    // The probe is a real write: it fails while the store cannot commit, and its success
+    // clears a past failure.
+    let probe = state.pipeline.store().probe().await;
+    match store_problem(&state).await {
+        None if probe => (StatusCode::OK, "ok").into_response(),
+        None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "store is not writable (disk full or I/O error)",
         )
-            .into_response()
+            .into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
 }
 
@@ -157,6 +188,8 @@ async fn status(State(state): State<AppState>) -> Response {
         .collect();
     let config = state.pipeline.config();
     let m = state.pipeline.metrics();
+    let problem = store_problem(&state).await;
+    let space = state.pipeline.policy().space.measure();
     let providers: Vec<_> = config
         .provider
         .iter()
@@ -213,6 +246,15 @@ async fn status(State(state): State<AppState>) -> Response {
             "failed": m.totals.failed.load(Ordering::Relaxed),
         },
         "providers": providers,
+        "store": {
+            "ok": problem.is_none(),
+            "problem": problem,
+            "unrecorded_outcomes": state.distributor.unrecorded(),
+            "damaged_messages": state.distributor.damaged(),
+            "file_bytes": state.pipeline.store().file_len(),
+            "free_bytes": space.map(|(free, _)| free),
+            "needed_free_bytes": space.map(|(_, needed)| needed),
+        },
     }))
     .into_response()
 }

@@ -8,10 +8,13 @@
 //! concurrent sessions share one fsync.
 
 mod backend;
+mod check;
+mod health;
 mod retention;
 mod schema;
 mod writer;
 
+pub use check::{CheckReport, SalvageReport};
 pub use retention::{RETENTION_INTERVAL, retention_task};
 
 use std::path::{Path, PathBuf};
@@ -52,14 +55,48 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("corrupt store value for {0}")]
     Corrupt(String),
+    /// A stored message failed its checksum or could not be read back (a damaged page).
+    #[error("the store is damaged: {0}")]
+    Damaged(String),
+    /// The store file was deleted or replaced under the running daemon.
+    #[error("{0}")]
+    Lost(String),
 }
 
-fn io_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(e.to_string())
+impl StoreError {
+    /// Whether this is damage to stored data (as opposed to a failing disk or shutdown).
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StoreError::Damaged(_) | StoreError::Corrupt(_))
+    }
+}
+
+/// Runs a store read where a panic inside redb (a damaged page can make it panic) is
+/// contained and becomes [`StoreError::Damaged`] instead of unwinding into the caller.
+fn contained<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(StoreError::Damaged(format!(
+                "reading {what} failed inside the database ({msg})"
+            )))
+        }
+    }
+}
+
+fn io_err(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Corrupted(why) => StoreError::Damaged(why),
+        other => StoreError::Io(other.to_string()),
+    }
 }
 
 /// One change to apply inside a write transaction.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Mutation {
     /// A new message: body, record, and due now.
     Insert {
@@ -118,6 +155,7 @@ struct WriteRequest {
 
 struct Shared {
     path: PathBuf,
+    health: health::Health,
     db: RwLock<Option<Arc<Database>>>,
     fail_writes: Arc<AtomicBool>,
     commits: AtomicU64,
@@ -150,9 +188,10 @@ impl Store {
     /// Opens (or creates) the store at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let fail = Arc::new(AtomicBool::new(false));
-        let db = open_db(path, &fail)?;
+        let (db, file_id, fd) = open_db(path, &fail)?;
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
+            health: health::Health::default(),
             db: RwLock::new(Some(Arc::new(db))),
             fail_writes: fail,
             commits: AtomicU64::new(0),
@@ -161,6 +200,8 @@ impl Store {
             hold: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
             on_commit: std::sync::Mutex::new(None),
         });
+        backend::fault_injection(Arc::downgrade(&shared), shared.fail_writes.clone());
+        health::watch(Arc::downgrade(&shared), path.to_path_buf(), file_id, fd);
         let (tx, rx) = mpsc::channel(4096);
         let s = shared.clone();
         std::thread::Builder::new()
@@ -268,9 +309,25 @@ impl Store {
         .await
     }
 
-    /// Commits an empty transaction: true when the store can write right now.
+    /// Commits a small real write: true when the store can write right now.
     pub async fn probe(&self) -> bool {
         self.write(vec![Mutation::Probe]).await.is_ok()
+    }
+
+    /// What is wrong with the store right now (its file deleted or replaced, or the last
+    /// commit failed), in one sentence; None when it is healthy.
+    pub fn trouble(&self) -> Option<String> {
+        self.shared.health.trouble()
+    }
+
+    /// The path of the store file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The size of the store file in bytes (0 when it cannot be read).
+    pub fn file_len(&self) -> u64 {
+        std::fs::metadata(&self.shared.path).map_or(0, |m| m.len())
     }
 
     /// Number of transactions committed since open (group commit makes this smaller
@@ -296,19 +353,36 @@ impl Store {
 
     /// One record.
     pub fn record(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(io_err)?;
-        let t = txn.open_table(RECORDS).map_err(io_err)?;
-        t.get(id)
-            .map_err(io_err)?
-            .map(|v| decode_record(id, v.value()).map(|(r, _)| r))
-            .transpose()
+        contained(&format!("the record of {id}"), || {
+            let txn = self.db()?.begin_read().map_err(io_err)?;
+            let t = txn.open_table(RECORDS).map_err(io_err)?;
+            t.get(id)
+                .map_err(io_err)?
+                .map(|v| decode_record(id, v.value()).map(|(r, _)| r))
+                .transpose()
+        })
     }
 
-    /// The stored message bytes.
+    /// The stored message bytes, checked against their checksum. A mismatch, or a read
+    /// that fails inside the database, is [`StoreError::Damaged`].
     pub fn message(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(io_err)?;
-        let t = txn.open_table(MESSAGES).map_err(io_err)?;
-        Ok(t.get(id).map_err(io_err)?.map(|v| v.value().to_vec()))
+        contained(&format!("the message {id}"), || {
+            let txn = self.db()?.begin_read().map_err(io_err)?;
+            let t = txn.open_table(MESSAGES).map_err(io_err)?;
+            let Some(body) = t.get(id).map_err(io_err)?.map(|v| v.value().to_vec()) else {
+                return Ok(None);
+            };
+            let crcs = txn.open_table(BODY_CRC).map_err(io_err)?;
+            if let Some(want) = crcs.get(id).map_err(io_err)?.map(|v| v.value()) {
+                let got = crc32c::crc32c(&body);
+                if got != want {
+                    return Err(StoreError::Damaged(format!(
+                        "the stored body of {id} fails its checksum (CRC32C {got:08x}, stored {want:08x})"
+                    )));
+                }
+            }
+            Ok(Some(body))
+        })
     }
 
     /// Due-index entries in order as (due, id, provider), passing over those for which
@@ -318,61 +392,67 @@ impl Store {
         limit: usize,
         skip: impl Fn(&str, &str) -> bool,
     ) -> Result<Vec<(u64, String, String)>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(io_err)?;
-        let t = txn.open_table(DUE).map_err(io_err)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(io_err)? {
-            let (k, v) = item.map_err(io_err)?;
-            if let Some((ms, id)) = split_due_key(k.value())
-                && !skip(&id, v.value())
-            {
-                out.push((ms, id, v.value().to_string()));
-                if out.len() >= limit {
-                    break;
+        contained("the due entries index", || {
+            let txn = self.db()?.begin_read().map_err(io_err)?;
+            let t = txn.open_table(DUE).map_err(io_err)?;
+            let mut out = Vec::new();
+            for item in t.iter().map_err(io_err)? {
+                let (k, v) = item.map_err(io_err)?;
+                if let Some((ms, id)) = split_due_key(k.value())
+                    && !skip(&id, v.value())
+                {
+                    out.push((ms, id, v.value().to_string()));
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Sends counted against provider limits since `since` (ms): (provider, at, id, rcpts).
     pub fn usage_since(&self, since: u64) -> Result<Vec<(String, u64, String, u32)>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(io_err)?;
-        let t = txn.open_table(USAGE).map_err(io_err)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(io_err)? {
-            let (k, v) = item.map_err(io_err)?;
-            if let Some((p, at, id)) = split_usage_key(k.value())
-                && at >= since
-            {
-                out.push((p, at, id, v.value()));
+        contained("the usage since index", || {
+            let txn = self.db()?.begin_read().map_err(io_err)?;
+            let t = txn.open_table(USAGE).map_err(io_err)?;
+            let mut out = Vec::new();
+            for item in t.iter().map_err(io_err)? {
+                let (k, v) = item.map_err(io_err)?;
+                if let Some((p, at, id)) = split_usage_key(k.value())
+                    && at >= since
+                {
+                    out.push((p, at, id, v.value()));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Ids of finished records received before `cutoff` (ms), oldest first, at most
     /// `limit`; unfinished records are passed over.
     pub fn finished_before(&self, cutoff: u64, limit: usize) -> Result<Vec<String>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(io_err)?;
-        let t = txn.open_table(RECORDS).map_err(io_err)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(io_err)? {
-            let (k, v) = item.map_err(io_err)?;
-            let id = k.value();
-            let received = ulid::Ulid::from_string(id).map_or(0, |u| u.timestamp_ms());
-            if received >= cutoff {
-                break;
-            }
-            let (rec, _) = decode_record(id, v.value())?;
-            if rec.status.is_finished() {
-                out.push(id.to_string());
-                if out.len() >= limit {
+        contained("the finished before index", || {
+            let txn = self.db()?.begin_read().map_err(io_err)?;
+            let t = txn.open_table(RECORDS).map_err(io_err)?;
+            let mut out = Vec::new();
+            for item in t.iter().map_err(io_err)? {
+                let (k, v) = item.map_err(io_err)?;
+                let id = k.value();
+                let received = ulid::Ulid::from_string(id).map_or(0, |u| u.timestamp_ms());
+                if received >= cutoff {
                     break;
                 }
+                let (rec, _) = decode_record(id, v.value())?;
+                if rec.status.is_finished() {
+                    out.push(id.to_string());
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Records newest first that pass `filter`, at most `limit`.
@@ -381,53 +461,59 @@ impl Store {
         limit: usize,
         filter: impl Fn(&Record) -> bool,
     ) -> Result<Vec<Record>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(io_err)?;
-        let t = txn.open_table(RECORDS).map_err(io_err)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(io_err)?.rev() {
-            let (k, v) = item.map_err(io_err)?;
-            let (rec, _) = decode_record(k.value(), v.value())?;
-            if filter(&rec) {
-                out.push(rec);
-                if out.len() >= limit {
-                    break;
+        contained("the list index", || {
+            let txn = self.db()?.begin_read().map_err(io_err)?;
+            let t = txn.open_table(RECORDS).map_err(io_err)?;
+            let mut out = Vec::new();
+            for item in t.iter().map_err(io_err)?.rev() {
+                let (k, v) = item.map_err(io_err)?;
+                let (rec, _) = decode_record(k.value(), v.value())?;
+                if filter(&rec) {
+                    out.push(rec);
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Number of records of each status (from the status index).
     pub fn status_counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(io_err)?;
-        let t = txn.open_table(BY_STATUS).map_err(io_err)?;
-        let mut out = Vec::new();
-        for st in Status::ALL {
-            let lo = [st as u8];
-            let hi = [st as u8 + 1];
-            let n = t.range(&lo[..]..&hi[..]).map_err(io_err)?.count() as u64;
-            out.push((st, n));
-        }
-        Ok(out)
+        contained("the status counts index", || {
+            let txn = self.db()?.begin_read().map_err(io_err)?;
+            let t = txn.open_table(BY_STATUS).map_err(io_err)?;
+            let mut out = Vec::new();
+            for st in Status::ALL {
+                let lo = [st as u8];
+                let hi = [st as u8 + 1];
+                let n = t.range(&lo[..]..&hi[..]).map_err(io_err)?.count() as u64;
+                out.push((st, n));
+            }
+            Ok(out)
+        })
     }
 
     /// The id of the oldest queued or deferred message.
     pub fn oldest_waiting(&self) -> Result<Option<String>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(io_err)?;
-        let t = txn.open_table(BY_STATUS).map_err(io_err)?;
-        let mut oldest: Option<String> = None;
-        for st in [Status::Queued, Status::Deferred] {
-            let lo = [st as u8];
-            let hi = [st as u8 + 1];
-            if let Some(first) = t.range(&lo[..]..&hi[..]).map_err(io_err)?.next() {
-                let (k, _) = first.map_err(io_err)?;
-                let id = String::from_utf8_lossy(&k.value()[1..]).into_owned();
-                if oldest.as_ref().is_none_or(|o| id < *o) {
-                    oldest = Some(id);
+        contained("the oldest waiting index", || {
+            let txn = self.db()?.begin_read().map_err(io_err)?;
+            let t = txn.open_table(BY_STATUS).map_err(io_err)?;
+            let mut oldest: Option<String> = None;
+            for st in [Status::Queued, Status::Deferred] {
+                let lo = [st as u8];
+                let hi = [st as u8 + 1];
+                if let Some(first) = t.range(&lo[..]..&hi[..]).map_err(io_err)?.next() {
+                    let (k, _) = first.map_err(io_err)?;
+                    let id = String::from_utf8_lossy(&k.value()[1..]).into_owned();
+                    if oldest.as_ref().is_none_or(|o| id < *o) {
+                        oldest = Some(id);
+                    }
                 }
             }
-        }
-        Ok(oldest)
+            Ok(oldest)
+        })
     }
 
     /// History query, newest first: by status and/or user from their indexes, received
@@ -439,56 +525,58 @@ impl Store {
         since: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(io_err)?;
-        let records = txn.open_table(RECORDS).map_err(io_err)?;
-        let floor = since.map(|ms| ulid::Ulid::from_parts(ms, 0).to_string());
-        let mut out = Vec::new();
-        // Candidates newest first from the narrowest index; each is checked against every
-        // filter before it counts towards `limit`. Ids are time-ordered, so the scan ends
-        // at the first one older than `since`.
-        let mut take = |id: &str| -> Result<bool, StoreError> {
-            if floor.as_ref().is_some_and(|f| id < f.as_str()) {
-                return Ok(false);
-            }
-            if let Some(v) = records.get(id).map_err(io_err)? {
-                let (rec, _) = decode_record(id, v.value())?;
-                if user.is_none_or(|u| rec.user.as_deref() == Some(u))
-                    && status.is_none_or(|s| rec.status == s)
-                {
-                    out.push(rec);
+        contained("the query index", || {
+            let txn = self.db()?.begin_read().map_err(io_err)?;
+            let records = txn.open_table(RECORDS).map_err(io_err)?;
+            let floor = since.map(|ms| ulid::Ulid::from_parts(ms, 0).to_string());
+            let mut out = Vec::new();
+            // Candidates newest first from the narrowest index; each is checked against every
+            // filter before it counts towards `limit`. Ids are time-ordered, so the scan ends
+            // at the first one older than `since`.
+            let mut take = |id: &str| -> Result<bool, StoreError> {
+                if floor.as_ref().is_some_and(|f| id < f.as_str()) {
+                    return Ok(false);
+                }
+                if let Some(v) = records.get(id).map_err(io_err)? {
+                    let (rec, _) = decode_record(id, v.value())?;
+                    if user.is_none_or(|u| rec.user.as_deref() == Some(u))
+                        && status.is_none_or(|s| rec.status == s)
+                    {
+                        out.push(rec);
+                    }
+                }
+                Ok(out.len() < limit)
+            };
+            if let Some(st) = status {
+                let t = txn.open_table(BY_STATUS).map_err(io_err)?;
+                let (lo, hi) = ([st as u8], [st as u8 + 1]);
+                for item in t.range(&lo[..]..&hi[..]).map_err(io_err)?.rev() {
+                    let (k, _) = item.map_err(io_err)?;
+                    if !take(&String::from_utf8_lossy(&k.value()[1..]))? {
+                        break;
+                    }
+                }
+            } else if let Some(u) = user {
+                let t = txn.open_table(BY_USER).map_err(io_err)?;
+                let lo = user_key(u, "");
+                let mut hi = u.as_bytes().to_vec();
+                hi.push(1);
+                for item in t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?.rev() {
+                    let (k, _) = item.map_err(io_err)?;
+                    if !take(&String::from_utf8_lossy(&k.value()[lo.len()..]))? {
+                        break;
+                    }
+                }
+            } else {
+                let ids = txn.open_table(RECORDS).map_err(io_err)?;
+                for item in ids.iter().map_err(io_err)?.rev() {
+                    let (k, _) = item.map_err(io_err)?;
+                    if !take(k.value())? {
+                        break;
+                    }
                 }
             }
-            Ok(out.len() < limit)
-        };
-        if let Some(st) = status {
-            let t = txn.open_table(BY_STATUS).map_err(io_err)?;
-            let (lo, hi) = ([st as u8], [st as u8 + 1]);
-            for item in t.range(&lo[..]..&hi[..]).map_err(io_err)?.rev() {
-                let (k, _) = item.map_err(io_err)?;
-                if !take(&String::from_utf8_lossy(&k.value()[1..]))? {
-                    break;
-                }
-            }
-        } else if let Some(u) = user {
-            let t = txn.open_table(BY_USER).map_err(io_err)?;
-            let lo = user_key(u, "");
-            let mut hi = u.as_bytes().to_vec();
-            hi.push(1);
-            for item in t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?.rev() {
-                let (k, _) = item.map_err(io_err)?;
-                if !take(&String::from_utf8_lossy(&k.value()[lo.len()..]))? {
-                    break;
-                }
-            }
-        } else {
-            let ids = txn.open_table(RECORDS).map_err(io_err)?;
-            for item in ids.iter().map_err(io_err)?.rev() {
-                let (k, _) = item.map_err(io_err)?;
-                if !take(k.value())? {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 }

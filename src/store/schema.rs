@@ -6,6 +6,11 @@ use super::StoreError;
 use crate::history::Record;
 
 pub(super) const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
+/// id -> CRC32C of the message body, written in the same transaction as the body and
+/// checked on every read (a body without one predates checksums and is read as it is).
+pub(super) const BODY_CRC: TableDefinition<&str, u32> = TableDefinition::new("body_crc");
+/// Small facts about the store itself (the health probe's last write).
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// `BE(due_ms) id` -> the provider of the message (so the scan can pass over a busy one).
 pub(super) const DUE: TableDefinition<&[u8], &str> = TableDefinition::new("due");

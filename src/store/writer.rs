@@ -15,7 +15,18 @@ use super::schema::*;
 use super::{MAX_GROUP, Mutation, Shared, StoreError, WriteRequest, backend, io_err};
 use crate::history::Record;
 
-pub(super) fn open_db(path: &Path, fail: &Arc<AtomicBool>) -> Result<Database, StoreError> {
+/// The first bytes of every redb file.
+const REDB_MAGIC: &[u8] = b"redb\x1A\x0A\xA9\x0D\x0A";
+
+/// Opens (or creates) the store file. Refuses, and never replaces, a file that exists but
+/// is empty or is not a redb database; a panic inside redb while opening (a damaged
+/// file) becomes an error. After an unclean shutdown redb repairs the file; then its
+/// integrity check runs and its result is logged. Returns the database, the file's
+/// identity (device, inode) and its `/proc` path (to rescue it if the path is deleted).
+pub(super) fn open_db(
+    path: &Path,
+    fail: &Arc<AtomicBool>,
+) -> Result<(Database, (u64, u64), String), StoreError> {
     let open_err = |reason: String| StoreError::Open {
         path: path.to_path_buf(),
         reason,
@@ -23,6 +34,7 @@ pub(super) fn open_db(path: &Path, fail: &Arc<AtomicBool>) -> Result<Database, S
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
     }
+    let existed = path.exists();
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -30,30 +42,115 @@ pub(super) fn open_db(path: &Path, fail: &Arc<AtomicBool>) -> Result<Database, S
         .truncate(false)
         .open(path)
         .map_err(|e| open_err(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| open_err(e.to_string()))?;
+    if existed {
+        if meta.len() == 0 {
+            return Err(open_err(
+                "the file exists but is empty (0 bytes), so it is not a mailgate store; mailgate will not replace it. \
+                 Restore the store from a backup, or delete the file to start a new, empty store"
+                    .into(),
+            ));
+        }
+        let mut head = [0u8; 9];
+        use std::io::Read;
+        let read = (&file)
+            .read(&mut head)
+            .map_err(|e| open_err(e.to_string()))?;
+        if read < head.len() || head != REDB_MAGIC {
+            return Err(open_err(
+                "the file is not a mailgate store (not a redb database); mailgate will not replace it. \
+                 Check store.path, or move the file away to start a new store"
+                    .into(),
+            ));
+        }
+    }
+    let id = super::health::identity(&meta);
+    let fd = {
+        use std::os::fd::AsRawFd;
+        format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd())
+    };
     let inner = FileBackend::new(file).map_err(|e| open_err(e.to_string()))?;
-    let backend = backend::SwitchableBackend::new(inner, fail.clone());
-    // A small page cache: messages are written once and read once, so caching whole
-    // bodies only costs memory (a 25 MB message would stay resident).
-    let db = Database::builder()
-        .set_cache_size(16 << 20)
-        .create_with_backend(backend)
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                open_err("it is in use by another process (is mailgate already running?)".into())
+    let opening = Arc::new(AtomicBool::new(true));
+    let backend = backend::SwitchableBackend::new(inner, fail.clone(), opening.clone());
+    let repaired = Arc::new(AtomicBool::new(false));
+    let opened = {
+        let repaired = repaired.clone();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            // A small page cache: messages are written once and read once, so caching
+            // whole bodies only costs memory (a 25 MB message would stay resident).
+            Database::builder()
+                .set_cache_size(16 << 20)
+                .set_repair_callback(move |_| repaired.store(true, Ordering::SeqCst))
+                .create_with_backend(backend)
+        }))
+    };
+    let damaged = |why: String| {
+        open_err(format!(
+            "the file is damaged ({why}); run `mailgate store check` to see what is readable and \
+             `mailgate store salvage NEW.redb` to copy it into a new store"
+        ))
+    };
+    let mut db = match opened {
+        Err(_) => return Err(damaged("the database panicked while opening it".into())),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(open_err(
+                "it is in use by another process (is mailgate already running?)".into(),
+            ));
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)))) => {
+            return Err(damaged(why));
+        }
+        Ok(Err(other)) => return Err(open_err(other.to_string())),
+        Ok(Ok(db)) => db,
+    };
+    if repaired.load(Ordering::SeqCst) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.check_integrity())) {
+            Ok(Ok(true)) => {
+                tracing::warn!(path = %path.display(), "the store was not closed cleanly; it was repaired and its integrity check passed")
             }
-            other => open_err(other.to_string()),
-        })?;
+            Ok(Ok(false)) => {
+                tracing::error!(path = %path.display(), "the store was not closed cleanly; its integrity check found damage that was repaired; run `mailgate store check` while mailgate is stopped")
+            }
+            Ok(Err(e)) => {
+                tracing::error!(path = %path.display(), error = %e, "the store was not closed cleanly and its integrity check failed; run `mailgate store check`")
+            }
+            Err(_) => return Err(damaged("the integrity check panicked".into())),
+        }
+    }
+    opening.store(false, Ordering::SeqCst);
+    // Tables are created once; an existing store opens without a write transaction, so
+    // the writer can reopen it (after a failed commit) even while the disk is full.
+    if tables_exist(&db) {
+        return Ok((db, id, fd));
+    }
     let txn = db.begin_write().map_err(io_err)?;
     {
         txn.open_table(MESSAGES).map_err(io_err)?;
+        txn.open_table(BODY_CRC).map_err(io_err)?;
         txn.open_table(RECORDS).map_err(io_err)?;
         txn.open_table(DUE).map_err(io_err)?;
         txn.open_table(USAGE).map_err(io_err)?;
         txn.open_table(BY_STATUS).map_err(io_err)?;
         txn.open_table(BY_USER).map_err(io_err)?;
+        txn.open_table(META).map_err(io_err)?;
     }
     txn.commit().map_err(io_err)?;
-    Ok(db)
+    Ok((db, id, fd))
+}
+
+fn tables_exist(db: &Database) -> bool {
+    use redb::ReadableDatabase;
+    let Ok(txn) = db.begin_read() else {
+        return false;
+    };
+    txn.open_table(MESSAGES).is_ok()
+        && txn.open_table(BODY_CRC).is_ok()
+        && txn.open_table(RECORDS).is_ok()
+        && txn.open_table(DUE).is_ok()
+        && txn.open_table(USAGE).is_ok()
+        && txn.open_table(BY_STATUS).is_ok()
+        && txn.open_table(BY_USER).is_ok()
+        && txn.open_table(META).is_ok()
 }
 
 fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
@@ -61,6 +158,8 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
     txn.set_durability(Durability::Immediate).map_err(io_err)?;
     {
         let mut messages = txn.open_table(MESSAGES).map_err(io_err)?;
+        let mut crcs = txn.open_table(BODY_CRC).map_err(io_err)?;
+        let mut meta = txn.open_table(META).map_err(io_err)?;
         let mut records = txn.open_table(RECORDS).map_err(io_err)?;
         let mut due = txn.open_table(DUE).map_err(io_err)?;
         let mut usage = txn.open_table(USAGE).map_err(io_err)?;
@@ -98,6 +197,8 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                 } => {
                     messages
                         .insert(record.id.as_str(), raw.as_slice())
+                        .map_err(io_err)?;
+                    crcs.insert(record.id.as_str(), crc32c::crc32c(raw))
                         .map_err(io_err)?;
                     records
                         .insert(
@@ -146,6 +247,7 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                     }
                     index(old.as_ref().map(|(r, _)| r), None)?;
                     messages.remove(id.as_str()).map_err(io_err)?;
+                    crcs.remove(id.as_str()).map_err(io_err)?;
                 }
                 Mutation::DueNow { id, now_ms } => {
                     let old = records
@@ -192,7 +294,10 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                         usage.remove(k.as_slice()).map_err(io_err)?;
                     }
                 }
-                Mutation::Probe => {}
+                Mutation::Probe => {
+                    meta.insert("probe", crate::time::now_ms())
+                        .map_err(io_err)?;
+                }
             }
         }
     }
@@ -228,10 +333,12 @@ pub(super) fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteRequest>) 
             db = shared.db.read().ok().and_then(|g| g.clone());
         }
         let started = Instant::now();
-        let result = match db {
-            Some(db) => apply(&db, &batch),
-            None => Err(StoreError::Closed),
+        let result = match (db, shared.health.lost()) {
+            (_, Some(why)) => Err(StoreError::Lost(why)),
+            (Some(db), None) => apply(&db, &batch),
+            (None, None) => Err(StoreError::Closed),
         };
+        shared.health.commit_result(&result);
         if let Ok(g) = shared.on_commit.lock()
             && let Some(f) = g.as_ref()
         {
@@ -291,7 +398,7 @@ fn reopen(shared: &Shared) {
         return;
     };
     match open_db(&shared.path, &shared.fail_writes) {
-        Ok(db) => *guard = Some(Arc::new(db)),
+        Ok((db, _, _)) => *guard = Some(Arc::new(db)),
         Err(e) => tracing::error!(error = %e, "store reopen failed; will retry on the next write"),
     }
 }

@@ -401,3 +401,33 @@ pub fn libfaketime() -> Option<PathBuf> {
     .map(|d| Path::new(d).join("libfaketimeMT.so.1"))
     .find(|p| p.exists())
 }
+
+impl DaemonProcess {
+    /// Waits until `n` log lines match `pred` (counting lines already seen).
+    pub fn wait_count(
+        &mut self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while self.seen.iter().filter(|v| pred(v)).count() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(e) => panic!(
+                    "{n} matching log lines not seen ({e:?}); log so far: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Reads the log lines that arrived so far without waiting.
+    pub fn drain(&mut self) -> usize {
+        while let Ok(v) = self.lines.try_recv() {
+            self.seen.push(v);
+        }
+        self.seen.len()
+    }
+}

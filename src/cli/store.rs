@@ -1,0 +1,89 @@
+//! `mailgate store check` and `mailgate store salvage OUT`: work on the store file
+//! directly, so they need the daemon stopped (the daemon holds the file's lock).
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::exit;
+use crate::config::Config;
+use crate::store::Store;
+
+/// What to do with the store.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Check a stopped daemon's store: integrity, every body against its checksum, and
+    /// the indexes against the records; exit 0 only when nothing is wrong.
+    Check,
+    /// Copy every readable record and body into a new store at OUT and report what could
+    /// not be read; then point `store.path` at OUT.
+    Salvage {
+        /// The new store file (must not exist).
+        out: PathBuf,
+    },
+}
+
+/// Runs a store command.
+pub async fn store(config: &Config, command: &StoreCommand) -> i32 {
+    let path = &config.store.path;
+    match command {
+        StoreCommand::Check => {
+            let p = path.clone();
+            match tokio::task::spawn_blocking(move || Store::check(&p)).await {
+                Ok(Ok(report)) => {
+                    println!(
+                        "{}: integrity {}, {} records, {} bodies verified, {} problems",
+                        path.display(),
+                        if report.integrity_ok { "ok" } else { "FAILED" },
+                        report.records,
+                        report.bodies_ok,
+                        report.problems.len()
+                    );
+                    for p in &report.problems {
+                        println!("  {p}");
+                    }
+                    if report.problems.is_empty() {
+                        exit::OK
+                    } else {
+                        println!(
+                            "Copy what is readable into a new store with `mailgate store salvage NEW.redb`, then set store.path to it."
+                        );
+                        exit::FAILED
+                    }
+                }
+                Ok(Err(e)) => {
+                    eprintln!("mailgate: {e}");
+                    exit::FAILED
+                }
+                Err(e) => {
+                    eprintln!("mailgate: the check stopped: {e}");
+                    exit::FAILED
+                }
+            }
+        }
+        StoreCommand::Salvage { out } => match Store::salvage(path, out).await {
+            Ok(r) => {
+                println!(
+                    "{} -> {}: {} messages copied, {} finished records kept without their body, {} could not be read",
+                    path.display(),
+                    out.display(),
+                    r.copied,
+                    r.history_only,
+                    r.lost.len()
+                );
+                for l in &r.lost {
+                    println!("  lost: {l}");
+                }
+                println!(
+                    "Set store.path = \"{}\" in the configuration and start mailgate.",
+                    out.display()
+                );
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("mailgate: {e}");
+                exit::FAILED
+            }
+        },
+    }
+}
