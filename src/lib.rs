@@ -81,6 +81,7 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the store, binds every listener and starts all tasks.
     pub async fn start(config: Config) -> Result<Daemon, Error> {
+        raise_open_files(config.smtp.max_connections);
         let store = Store::open(&config.store.path)?;
         let space = Arc::new(DiskSpace::new(
             config.store.path.clone(),
@@ -137,6 +138,9 @@ impl Daemon {
             tls,
             auth_failures: smtp::auth::FailureLimiter::default(),
             connection_rate: smtp::listener::connection_limiter(config.smtp.connection_rate_limit),
+            per_address: config.smtp.max_connections_per_address,
+            open_per_address: Arc::default(),
+            min_data_rate: config.smtp.min_data_rate.0,
         });
         let mut smtp_addrs = Vec::new();
         for l in listeners {
@@ -227,6 +231,25 @@ impl Daemon {
     }
 }
 
+/// Raises the soft open-file limit to the hard one (each SMTP session holds a socket)
+/// and warns when `smtp.max_connections` cannot fit in it.
+fn raise_open_files(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            // The store, the status listener, upstream connections and a margin.
+            let needed = max_connections as u64 + 128;
+            if limit < needed {
+                tracing::warn!(
+                    limit,
+                    max_connections,
+                    "the open-file limit is too small for smtp.max_connections; raise LimitNOFILE (systemd) or ulimit -n, or lower max_connections"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+}
+
 /// What a successful reload changed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadReport {
@@ -237,7 +260,7 @@ pub struct ReloadReport {
 }
 
 /// The settings a reload cannot apply, each with a comparable rendering.
-fn restart_settings(c: &Config) -> [(&'static str, String); 6] {
+fn restart_settings(c: &Config) -> [(&'static str, String); 7] {
     let path = |p: &Option<serde_spanned::Spanned<std::path::PathBuf>>| {
         p.as_ref().map(|p| p.get_ref().clone())
     };
@@ -248,8 +271,21 @@ fn restart_settings(c: &Config) -> [(&'static str, String); 6] {
             format!("{:?}", (path(&c.smtp.tls_cert), path(&c.smtp.tls_key))),
         ),
         (
-            "smtp.max_connections/idle_timeout",
-            format!("{:?}", (c.smtp.max_connections, c.smtp.idle_timeout)),
+            "smtp.max_connections/idle_timeout/connection_rate_limit/max_connections_per_address/min_data_rate",
+            format!(
+                "{:?}",
+                (
+                    c.smtp.max_connections,
+                    c.smtp.idle_timeout,
+                    c.smtp.connection_rate_limit,
+                    c.smtp.max_connections_per_address,
+                    c.smtp.min_data_rate,
+                )
+            ),
+        ),
+        (
+            "smtp.shutdown_timeout",
+            format!("{:?}", c.smtp.shutdown_timeout),
         ),
         ("store.path", format!("{:?}", c.store.path)),
         (

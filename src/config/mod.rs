@@ -170,6 +170,11 @@ pub struct SmtpConfig {
     /// New connections per minute from one address outside `allowed_networks` (0 = no
     /// limit).
     pub connection_rate_limit: u32,
+    /// Connections open at once from one address outside `allowed_networks` (0 = no
+    /// limit), so strangers cannot take every slot from local clients.
+    pub max_connections_per_address: usize,
+    /// The slowest DATA accepted after its first minute, in bytes per second (0 = none).
+    pub min_data_rate: ByteSize,
 }
 
 impl Default for SmtpConfig {
@@ -193,6 +198,8 @@ impl Default for SmtpConfig {
             idle_timeout: Dur(Duration::from_secs(300)),
             shutdown_timeout: Dur(Duration::from_secs(30)),
             connection_rate_limit: 120,
+            max_connections_per_address: 10,
+            min_data_rate: ByteSize(1024),
         }
     }
 }

@@ -53,6 +53,29 @@ impl Config {
             }
             Some(_) => {}
         }
+        // An empty token would open the API to anyone sending an empty bearer token.
+        if self
+            .status
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            out.push((
+                0..0,
+                "status.token is empty: set a long random token, or remove the key".into(),
+            ));
+        }
+        // Checked when readable: commands run by other users (sendmail from cron) load
+        // this file too and must not fail on a token only the daemon may read.
+        if let Some(f) = &self.status.token_file
+            && let Ok(t) = std::fs::read_to_string(f)
+            && t.trim().is_empty()
+        {
+            out.push((
+                0..0,
+                format!("status.token_file {} is empty: write a long random token into it (for example `openssl rand -hex 32 > {}`)", f.display(), f.display()),
+            ));
+        }
         let d = &self.distributor;
         if d.retry_initial.0.is_zero() || d.retry_initial > d.retry_max {
             out.push((

@@ -113,9 +113,11 @@ pub fn prepare(data: Vec<u8>, info: &TraceInfo<'_>) -> Prepared {
     let mut received = format!(
         "Received: from {} ({})\r\n\tby {} (mailgate) with {} id {}",
         if info.helo.is_empty() {
-            "unknown"
+            "unknown".to_string()
         } else {
+            // Never a control character in a header, whatever the session let through.
             info.helo
+                .replace(|c: char| c.is_control() || c.is_whitespace(), "?")
         },
         info.client_ip,
         info.hostname,

@@ -35,9 +35,59 @@ pub struct ListenerContext {
     pub auth_failures: super::auth::FailureLimiter,
     /// New connections per minute per address outside `allowed_networks`.
     pub connection_rate: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    /// Connections open at once per address outside `allowed_networks` (0 = no limit).
+    pub per_address: usize,
+    /// Open connections per address outside `allowed_networks`.
+    pub open_per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    /// The slowest DATA accepted after its first minute, bytes per second (0 = none).
+    pub min_data_rate: u64,
 }
 
+/// One open connection counted against its address; the count drops with it.
+struct AddressSlot {
+    ip: std::net::IpAddr,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.open.lock()
+            && let Some(n) = m.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// DATA may be slower than `min_data_rate` for this long (or `idle_timeout`, if that is
+/// shorter) before it counts.
+const DATA_RATE_GRACE: Duration = Duration::from_secs(60);
+
+/// The longest wait after a failed `accept` (EMFILE and the like).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
 impl ListenerContext {
+    /// Counts a connection from `ip` outside `allowed_networks`; None when its address
+    /// already has `max_connections_per_address` open.
+    fn address_slot(&self, ip: std::net::IpAddr) -> Result<Option<AddressSlot>, ()> {
+        if self.per_address == 0 || self.pipeline.policy().is_allowed(ip) {
+            return Ok(None);
+        }
+        let mut m = self.open_per_address.lock().map_err(|_| ())?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.per_address {
+            return Err(());
+        }
+        *n += 1;
+        Ok(Some(AddressSlot {
+            ip,
+            open: self.open_per_address.clone(),
+        }))
+    }
+
     /// Whether a new connection from `ip` goes over its address's connection rate.
     fn over_rate(&self, ip: std::net::IpAddr) -> bool {
         match &self.connection_rate {
@@ -81,16 +131,30 @@ pub async fn serve(
     deadline: Duration,
 ) {
     let mut sessions = JoinSet::new();
+    let mut backoff = Duration::from_millis(5);
+    let mut failures = 0u64;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        // Out of file descriptors (EMFILE) or the like: wait before the
+                        // next accept instead of spinning, and say so once a second.
+                        failures += 1;
+                        if failures == 1 || backoff >= MAX_ACCEPT_BACKOFF {
+                            tracing::warn!(error = %e, failures, "accept failed; backing off");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => break,
+                        }
+                        backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                         continue;
                     }
                 };
+                backoff = Duration::from_millis(5);
+                failures = 0;
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
@@ -100,10 +164,17 @@ pub async fn serve(
                     sessions.spawn(refuse(stream, Reply::new(421, "4.7.0", "Too many connections from your address, try again later")));
                     continue;
                 }
+                let Ok(slot) = ctx.address_slot(peer.ip()) else {
+                    ctx.pipeline.metrics().reject("connections-per-address");
+                    tracing::warn!(client = %peer, "max_connections_per_address reached; refused");
+                    sessions.spawn(refuse(stream, Reply::new(421, "4.7.0", "Too many open connections from your address, try again later")));
+                    continue;
+                };
                 match ctx.permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         sessions.spawn(async move {
                             let _permit = permit;
+                            let _slot = slot;
                             handle(stream, peer, ctx, shutdown).await;
                         });
                     }
@@ -241,6 +312,10 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut out: Vec<u8> = Vec::new();
     let mut mode = Mode::Command;
     let mut closing = false;
+    // A command line must be complete within idle_timeout of its first byte (a client
+    // trickling bytes is cut like a silent one); DATA must keep min_data_rate.
+    let mut line_started: Option<tokio::time::Instant> = None;
+    let mut data_started: Option<(tokio::time::Instant, u64)> = None;
     loop {
         let mut pos = 0;
         while pos < buf.len() && !closing {
@@ -277,6 +352,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         Action::Authenticate { .. } => {}
                         Action::Data(r) => {
+                            data_started = Some((tokio::time::Instant::now(), 0));
                             out.extend_from_slice(r.as_bytes());
                             mode = Mode::Data(DataReader::new(
                                 policy.max_message_size,
@@ -293,8 +369,12 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 Mode::Data(reader) => {
                     let (n, done) = reader.feed(&buf[pos..]);
                     pos += n;
+                    if let Some((_, bytes)) = &mut data_started {
+                        *bytes += n as u64;
+                    }
                     let Some(outcome) = done else { break };
                     mode = Mode::Command;
+                    data_started = None;
                     let reply = match session.data_finished(outcome) {
                         DataVerdict::Reject(r) => r,
                         DataVerdict::Commit(txn) => match ctx.pipeline.submit(*txn).await {
@@ -339,16 +419,39 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(65536);
         }
+        let now = tokio::time::Instant::now();
+        let partial = matches!(mode, Mode::Command | Mode::LongLine) && !buf.is_empty();
+        if !partial {
+            line_started = None;
+        } else if line_started.is_none() {
+            line_started = Some(now);
+        }
+        let mut deadline = line_started.unwrap_or(now) + ctx.idle_timeout;
+        let mut too_slow = false;
+        if let (Some((start, bytes)), true) = (data_started, ctx.min_data_rate > 0) {
+            // The moment the data would fall below the minimum rate if nothing more came.
+            let grace = DATA_RATE_GRACE.min(ctx.idle_timeout);
+            let due = start
+                + grace.max(Duration::from_millis(
+                    bytes.saturating_mul(1000) / ctx.min_data_rate,
+                ));
+            if due < deadline {
+                deadline = due;
+                too_slow = true;
+            }
+        }
         let read = tokio::select! {
-            r = tokio::time::timeout(ctx.idle_timeout, io.read_buf(&mut buf)) => r,
+            r = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => r,
             _ = shutdown.changed(), if idle && !*shutdown.borrow() => continue,
         };
         match read {
             Err(_) => {
-                io.write_all(
-                    Reply::new(421, "4.4.2", "Idle timeout, closing connection").as_bytes(),
-                )
-                .await?;
+                let r = if too_slow {
+                    Reply::new(421, "4.4.2", "Data arrives too slowly, closing connection")
+                } else {
+                    Reply::new(421, "4.4.2", "Idle timeout, closing connection")
+                };
+                io.write_all(r.as_bytes()).await?;
                 let _ = io.shutdown().await;
                 return Ok(Ended::Closed);
             }

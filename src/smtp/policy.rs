@@ -167,16 +167,54 @@ impl fmt::Display for AddressProblem {
     }
 }
 
-/// Checks `local@domain`. Single-label domains are reported last, so the caller may let
-/// them pass.
+/// RFC 5322 `atext`, plus UTF-8 (RFC 6531).
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+}
+
+/// Whether a local part is a dot-atom (`first.last`), which needs no quoting.
+fn is_dot_atom(local: &str) -> bool {
+    !local.is_empty()
+        && local
+            .split('.')
+            .all(|w| !w.is_empty() && w.chars().all(is_atext))
+}
+
+/// The address as it goes on the wire: smtp-proto hands over a quoted local part
+/// unquoted (`"a b"@example.com` arrives as `a b@example.com`), so a local part that is
+/// not a dot-atom is quoted again (RFC 5321 Quoted-string, `\` and `"` escaped).
+pub fn canonical_address(parsed: &str) -> String {
+    match parsed.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !is_dot_atom(local) => {
+            let mut q = String::with_capacity(local.len() + 2);
+            q.push('"');
+            for c in local.chars() {
+                if c == '"' || c == '\\' {
+                    q.push('\\');
+                }
+                q.push(c);
+            }
+            q.push('"');
+            format!("{q}@{domain}")
+        }
+        _ => parsed.to_string(),
+    }
+}
+
+/// Checks `local@domain` (the local part a dot-atom or a quoted string). Single-label
+/// domains are reported last, so the caller may let them pass.
 pub fn check_address(addr: &str, smtputf8: bool) -> Result<(), AddressProblem> {
     let Some((local, domain)) = addr.rsplit_once('@') else {
         return Err(AddressProblem::Malformed);
     };
+    let quoted = local.len() >= 2 && local.starts_with('"') && local.ends_with('"');
     if local.is_empty()
         || domain.is_empty()
-        || addr.chars().any(|c| c.is_whitespace() || c.is_control())
-        || addr.contains(['<', '>'])
+        || addr.chars().any(|c| c.is_control())
+        || domain.chars().any(char::is_whitespace)
+        || (!quoted && local.chars().any(char::is_whitespace))
+        || domain.contains(['<', '>'])
+        || (!quoted && local.contains(['<', '>']))
     {
         return Err(AddressProblem::Malformed);
     }

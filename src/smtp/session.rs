@@ -282,6 +282,13 @@ impl Session {
             Err(e) => return Action::Reply(parse_error(e)),
         };
         match request {
+            Request::Ehlo { host } | Request::Helo { host } if !valid_helo(&host) => {
+                Action::Reply(Reply::new(
+                    501,
+                    "5.5.4",
+                    "Invalid EHLO/HELO argument: no spaces or control characters",
+                ))
+            }
             Request::Ehlo { host } => {
                 self.helo = Some(host.into_owned());
                 self.envelope = None;
@@ -292,10 +299,14 @@ impl Session {
                 self.envelope = None;
                 Action::Reply(Reply::new(250, "", &self.policy.hostname))
             }
-            Request::Mail { from } => {
-                Action::Reply(self.mail(&from.address, from.size, from.flags))
+            Request::Mail { from } => Action::Reply(self.mail(
+                &super::policy::canonical_address(&from.address),
+                from.size,
+                from.flags,
+            )),
+            Request::Rcpt { to } => {
+                Action::Reply(self.rcpt(&super::policy::canonical_address(&to.address)))
             }
-            Request::Rcpt { to } => Action::Reply(self.rcpt(&to.address)),
             Request::Data => match &self.envelope {
                 None => Action::Reply(bad_sequence("Error: need MAIL command")),
                 Some(e) if e.rcpts.is_empty() => {
@@ -519,4 +530,10 @@ fn parse_error(e: ParseError) -> Reply {
             Reply::new(500, "5.5.2", "Error: bad syntax")
         }
     }
+}
+
+/// An EHLO/HELO argument: a domain or address literal, never empty, with no spaces or
+/// control characters (it is written into the `Received:` header).
+fn valid_helo(host: &str) -> bool {
+    !host.is_empty() && !host.chars().any(|c| c.is_control() || c.is_whitespace())
 }

@@ -59,6 +59,9 @@ fn build(smtp: &str, tail: &str, space: Arc<dyn SpaceCheck>, peer: &str) -> Harn
             tls: None,
             auth_failures: Default::default(),
             connection_rate: None,
+            per_address: 0,
+            open_per_address: Arc::default(),
+            min_data_rate: 0,
         },
         peer: peer.parse().unwrap(),
     }

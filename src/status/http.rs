@@ -47,15 +47,21 @@ pub struct AppState {
 
 /// Reads the admin token from `token` or `token_file` (trimmed).
 pub fn load_token(c: &StatusConfig) -> std::io::Result<Option<String>> {
-    if let Some(t) = &c.token {
-        return Ok(Some(t.trim().to_string()));
+    let token = match (&c.token, &c.token_file) {
+        (Some(t), _) => t.trim().to_string(),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("token_file {}: {e}", p.display())))?,
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        // An empty token would let anyone in with an empty bearer token.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the admin token (status.token or status.token_file) is empty",
+        ));
     }
-    match &c.token_file {
-        Some(p) => std::fs::read_to_string(p)
-            .map(|t| Some(t.trim().to_string()))
-            .map_err(|e| std::io::Error::new(e.kind(), format!("token_file {}: {e}", p.display()))),
-        None => Ok(None),
-    }
+    Ok(Some(token))
 }
 
 /// The router (exposed for tests).
