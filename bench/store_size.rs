@@ -108,6 +108,17 @@ async fn main() {
 
     let took = round(&store, &args, t0).await;
     let first = size(&path);
+    store.close().await;
+    let n = args.messages as u64;
+    for t in Store::space(&path).expect("table space") {
+        println!(
+            "  table {:<10} {:>6} bytes/message in pages, {:>6} stored",
+            t.table,
+            t.page_bytes / n,
+            t.stored_bytes / n
+        );
+    }
+    let store = Store::open(&path).expect("reopen store");
     println!(
         "store: {} finished messages of {} bytes: file {:.1} MB, {} bytes per message ({:.0} msg/s committed)",
         args.messages,
@@ -135,5 +146,11 @@ async fn main() {
         (second as f64 - first as f64) / 1e6
     );
     store.close().await;
+    let used: u64 = Store::space(&path).expect("table space").iter().map(|t| t.page_bytes).sum();
+    println!(
+        "  pages in use after the second round: {:.1} MB ({} bytes per live message)",
+        used as f64 / 1e6,
+        used / n
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -389,3 +389,24 @@ async fn a_store_file_deleted_under_the_daemon_stops_acknowledgements() {
     assert_eq!(code, 503);
     assert!(why.contains("deleted"), "{why}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_the_integrity_check_runs_and_is_logged() {
+    let env = TestEnv::new("", "");
+    let mut d = DaemonProcess::start(&env.config_path);
+    let id = submit_to(d.smtp, "a@erp.local", &["x@contoso.com"], b"Subject: c\r\n\r\nx\r\n").await;
+    d.kill();
+    let mut d = DaemonProcess::start(&env.config_path);
+    let line = d.wait_log(
+        |v| v["message"].as_str().is_some_and(|m| m.starts_with("the store was not closed cleanly")),
+        WAIT,
+    );
+    assert!(line["message"].as_str().unwrap().contains("integrity check passed"), "{line}");
+    d.wait_sent(std::slice::from_ref(&id), WAIT);
+    // A clean stop needs no check at the next start.
+    assert_eq!(d.terminate().code(), Some(0));
+    let mut d = DaemonProcess::start(&env.config_path);
+    d.wait_log(|v| v["message"] == "history retention ran", WAIT);
+    d.drain();
+    assert!(!d.seen.iter().any(|v| v["message"].as_str().is_some_and(|m| m.contains("not closed cleanly"))));
+}

@@ -268,3 +268,44 @@ impl Store {
         Ok(report)
     }
 }
+
+/// Space used by one table: pages (leaf and branch) times the page size, and the bytes
+/// of keys and values stored in them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableSpace {
+    /// Table name.
+    pub table: &'static str,
+    /// Bytes in its pages.
+    pub page_bytes: u64,
+    /// Bytes of keys and values.
+    pub stored_bytes: u64,
+}
+
+impl Store {
+    /// The space each table takes in the store at `path` (no daemon may have it open).
+    pub fn space(path: &Path) -> Result<Vec<TableSpace>, StoreError> {
+        use redb::ReadableTableMetadata;
+        let db = open_existing(path)?;
+        let txn = db.begin_read().map_err(io_err)?;
+        let mut out = Vec::new();
+        macro_rules! table {
+            ($def:expr, $name:literal) => {{
+                let t = txn.open_table($def).map_err(io_err)?;
+                let s = t.stats().map_err(io_err)?;
+                out.push(TableSpace {
+                    table: $name,
+                    page_bytes: (s.leaf_pages() + s.branch_pages()) * 4096,
+                    stored_bytes: s.stored_bytes(),
+                });
+            }};
+        }
+        table!(MESSAGES, "messages");
+        table!(BODY_CRC, "body_crc");
+        table!(RECORDS, "records");
+        table!(DUE, "due");
+        table!(USAGE, "usage");
+        table!(BY_STATUS, "by_status");
+        table!(BY_USER, "by_user");
+        Ok(out)
+    }
+}
