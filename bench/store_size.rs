@@ -146,7 +146,11 @@ async fn main() {
         (second as f64 - first as f64) / 1e6
     );
     store.close().await;
-    let used: u64 = Store::space(&path).expect("table space").iter().map(|t| t.page_bytes).sum();
+    let used: u64 = Store::space(&path)
+        .expect("table space")
+        .iter()
+        .map(|t| t.page_bytes)
+        .sum();
     println!(
         "  pages in use after the second round: {:.1} MB ({} bytes per live message)",
         used as f64 / 1e6,

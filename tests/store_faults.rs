@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::upstream::{Script, Upstream};
-use common::{DaemonProcess, Smtp, TestEnv, bin, run_cli, submit_to};
+use common::{DaemonProcess, TestEnv, bin, run_cli, send_once, submit_to};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -93,16 +93,13 @@ async fn a_store_that_cannot_record_outcomes_sends_each_message_once() {
         "every copy that went out counts: {p}"
     );
     // New mail is not acknowledged while nothing can be committed.
-    let (mut c, _) = Smtp::connect(d.smtp).await.unwrap();
-    c.cmd("EHLO client").await.unwrap();
-    let r = c
-        .send(
-            "erp@erp.local",
-            &["a@contoso.com"],
-            b"Subject: x\r\n\r\nx\r\n",
-        )
-        .await
-        .unwrap();
+    let r = send_once(
+        d.smtp,
+        "erp@erp.local",
+        &["a@contoso.com"],
+        b"Subject: x\r\n\r\nx\r\n",
+    )
+    .await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
 
     // Space comes back: the outcomes are recorded by themselves, health recovers.
@@ -374,16 +371,13 @@ async fn a_store_file_deleted_under_the_daemon_stops_acknowledgements() {
         line["open_file"].as_str().unwrap().starts_with("/proc/"),
         "{line}"
     );
-    let (mut c, _) = Smtp::connect(d.smtp).await.unwrap();
-    c.cmd("EHLO client").await.unwrap();
-    let r = c
-        .send(
-            "a@erp.local",
-            &["x@contoso.com"],
-            b"Subject: after\r\n\r\nx\r\n",
-        )
-        .await
-        .unwrap();
+    let r = send_once(
+        d.smtp,
+        "a@erp.local",
+        &["x@contoso.com"],
+        b"Subject: after\r\n\r\nx\r\n",
+    )
+    .await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
     let (code, why) = http(format!("http://{}/healthz", d.status)).await;
     assert_eq!(code, 503);
@@ -394,19 +388,39 @@ async fn a_store_file_deleted_under_the_daemon_stops_acknowledgements() {
 async fn after_a_crash_the_integrity_check_runs_and_is_logged() {
     let env = TestEnv::new("", "");
     let mut d = DaemonProcess::start(&env.config_path);
-    let id = submit_to(d.smtp, "a@erp.local", &["x@contoso.com"], b"Subject: c\r\n\r\nx\r\n").await;
+    let id = submit_to(
+        d.smtp,
+        "a@erp.local",
+        &["x@contoso.com"],
+        b"Subject: c\r\n\r\nx\r\n",
+    )
+    .await;
     d.kill();
     let mut d = DaemonProcess::start(&env.config_path);
     let line = d.wait_log(
-        |v| v["message"].as_str().is_some_and(|m| m.starts_with("the store was not closed cleanly")),
+        |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("the store was not closed cleanly"))
+        },
         WAIT,
     );
-    assert!(line["message"].as_str().unwrap().contains("integrity check passed"), "{line}");
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("integrity check passed"),
+        "{line}"
+    );
     d.wait_sent(std::slice::from_ref(&id), WAIT);
     // A clean stop needs no check at the next start.
     assert_eq!(d.terminate().code(), Some(0));
     let mut d = DaemonProcess::start(&env.config_path);
     d.wait_log(|v| v["message"] == "history retention ran", WAIT);
     d.drain();
-    assert!(!d.seen.iter().any(|v| v["message"].as_str().is_some_and(|m| m.contains("not closed cleanly"))));
+    assert!(!d.seen.iter().any(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not closed cleanly"))
+    }));
 }

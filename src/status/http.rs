@@ -51,7 +51,9 @@ pub fn load_token(c: &StatusConfig) -> std::io::Result<Option<String>> {
         (Some(t), _) => t.trim().to_string(),
         (None, Some(p)) => std::fs::read_to_string(p)
             .map(|t| t.trim().to_string())
-            .map_err(|e| std::io::Error::new(e.kind(), format!("token_file {}: {e}", p.display())))?,
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("token_file {}: {e}", p.display()))
+            })?,
         (None, None) => return Ok(None),
     };
     if token.is_empty() {

@@ -431,3 +431,10 @@ impl DaemonProcess {
         self.seen.len()
     }
 }
+
+/// One transaction over a fresh session; its final reply, whatever it is.
+pub async fn send_once(addr: SocketAddr, from: &str, rcpts: &[&str], data: &[u8]) -> String {
+    let (mut s, _) = Smtp::connect(addr).await.unwrap();
+    s.cmd("EHLO test-client").await.unwrap();
+    s.send(from, rcpts, data).await.unwrap()
+}
