@@ -15,11 +15,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod address;
 pub mod cli;
 pub mod config;
 pub mod distributor;
 pub mod history;
 pub mod message;
+pub mod metrics;
 pub mod pipeline;
 pub mod provider;
 pub mod secrets;
@@ -39,7 +41,7 @@ use tokio::task::JoinHandle;
 use config::Config;
 use distributor::Distributor;
 pub use pipeline::{Pipeline, SubmitError};
-use smtp::policy::DiskSpace;
+use store::space::DiskSpace;
 use store::{Store, StoreError};
 
 /// Errors that stop the daemon from starting or running.
@@ -83,12 +85,8 @@ impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, Error> {
         raise_open_files(config.smtp.max_connections);
         let store = Store::open(&config.store.path)?;
-        let space = Arc::new(DiskSpace::new(
-            config.store.path.clone(),
-            config.store.min_free_space.0,
-        ));
         let wake = Arc::new(Notify::new());
-        let metrics = Arc::new(status::metrics::Metrics::default());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let commit_hist = metrics.commit_duration.clone();
         store.on_commit(Box::new(move |d| commit_hist.observe(d.as_secs_f64())));
         let distributor = Arc::new(Distributor::new(
@@ -97,8 +95,11 @@ impl Daemon {
             &config,
             metrics.clone(),
         ));
-        let config = Arc::new(config);
-        let pipeline = Arc::new(Pipeline::new(store, wake, config.clone(), space, metrics));
+        let live = Arc::new(config::Live::new(config));
+        let config = live.get();
+        let space: Arc<dyn store::space::SpaceCheck> =
+            Arc::new(DiskSpace::new(config.store.path.clone(), live.clone()));
+        let pipeline = Arc::new(Pipeline::new(store, wake, live.clone(), metrics.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
@@ -132,7 +133,11 @@ impl Daemon {
             _ => None,
         };
         let ctx = Arc::new(smtp::listener::ListenerContext {
-            pipeline: pipeline.clone(),
+            submit: pipeline.clone(),
+            live: live.clone(),
+            space: space.clone(),
+            metrics: metrics.clone(),
+            policy: std::sync::Mutex::new(None),
             permits: Arc::new(Semaphore::new(config.smtp.max_connections)),
             idle_timeout: config.smtp.idle_timeout.0,
             tls,
@@ -168,6 +173,7 @@ impl Daemon {
                 .map_err(|e| Error::Config(e.to_string()))?,
             config_path: config_path.clone(),
             listeners_up: listeners_up.clone(),
+            space: space.clone(),
         };
         tasks.push(tokio::spawn(status::http::serve(
             status_listener,
@@ -330,7 +336,7 @@ pub async fn reload(
         }
     }
     distributor.set_routing(distributor::Routing::from_config(&new));
-    pipeline.set_config(Arc::new(new));
+    pipeline.live().set(Arc::new(new));
     let released = distributor.release_held().await.unwrap_or(0);
     tracing::info!(needs_restart = ?needs_restart, released, "configuration reloaded");
     Ok(ReloadReport {

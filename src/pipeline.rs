@@ -1,135 +1,118 @@
-//! Accepted mail's way into the store: who sent it, the From rewrite, long lines, the
-//! trace headers, and the durable commit with its history record (before the 250).
+//! The one door into the store: a protocol-free [`Submission`] (envelope, bytes, who
+//! handed it in) from the SMTP listener, the admin API or the sendmail maildrop goes
+//! through the message stage (identify, rewrite, fit, trace) and is committed durably
+//! with its history record; the answer is its id or a [`SubmitError`]. Nothing here
+//! knows SMTP: `smtp/` turns a `SubmitError` into a reply.
 
-use std::sync::{Arc, RwLock};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::config::{Config, Live};
 use crate::history::{Recipient, Record, Status};
-use crate::smtp::policy::Policy;
-use crate::smtp::session::Transaction;
+use crate::message;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::time::{now_ms, rfc3339};
-use crate::{message, smtp, status};
 
-/// Why a finished DATA was not acknowledged.
-#[derive(Debug)]
+/// How a submission came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The SMTP listener.
+    Smtp {
+        /// The client announced SMTPUTF8.
+        smtputf8: bool,
+        /// The session was inside TLS.
+        tls: bool,
+    },
+    /// `POST /api/send` (the CLI's `send` and `test-email`).
+    AdminApi,
+    /// The sendmail door's maildrop, taken in by the daemon.
+    Maildrop,
+}
+
+/// Who handed the message in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Network address (the local host for the maildrop).
+    pub addr: SocketAddr,
+    /// HELO/EHLO name, when it said one.
+    pub helo: Option<String>,
+    /// SMTP AUTH login.
+    pub auth_login: Option<String>,
+}
+
+/// One message handed in, before the message stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// How it came in.
+    pub origin: Origin,
+    /// Who handed it in.
+    pub client: Client,
+    /// Envelope sender (`""` for the null sender).
+    pub mail_from: String,
+    /// Envelope recipients.
+    pub rcpts: Vec<String>,
+    /// The message bytes (CRLF line ends).
+    pub raw: Vec<u8>,
+    /// The longest line as the door measured it (None: not measured).
+    pub longest_line: Option<usize>,
+    /// The user named outright (admin API `send --as`), not identified.
+    pub as_user: Option<String>,
+    /// The provider named outright (admin API `--provider`).
+    pub provider: Option<String>,
+}
+
+/// Why a submission was not committed.
+#[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    /// The message is refused as it is (e.g. a line that cannot be re-encoded).
-    Refused(smtp::reply::Reply),
-    /// The store could not commit it; the client should try again.
-    Store(StoreError),
+    /// The message cannot be made to fit (a line that cannot be re-encoded): refused as
+    /// it is.
+    #[error("{0}")]
+    Unfit(String),
+    /// The store could not commit it; the sender should try again.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-impl From<StoreError> for SubmitError {
-    fn from(e: StoreError) -> Self {
-        SubmitError::Store(e)
-    }
+/// What the door needs of the pipeline: hand in a submission, get its id once it is
+/// durable. A trait so the SMTP session can be tested without a store.
+pub trait Submit: Send + Sync + std::fmt::Debug {
+    /// Commits the submission; the id only once it is on disk.
+    fn submit(
+        &self,
+        s: Submission,
+    ) -> Pin<Box<dyn Future<Output = Result<String, SubmitError>> + Send + '_>>;
 }
 
-/// Accepted mail's way into the store: prepares the message, commits it with its
-/// history record, and wakes the distributor.
+/// Accepted mail's way into the store: the message stage, then the durable commit with
+/// its history record; wakes the distributor.
 #[derive(Debug)]
 pub struct Pipeline {
     store: Store,
-    metrics: Arc<status::metrics::Metrics>,
+    metrics: Arc<Metrics>,
     wake: Arc<Notify>,
-    config: RwLock<Arc<Config>>,
-    policy: RwLock<Arc<Policy>>,
+    live: Arc<Live>,
 }
 
-impl Pipeline {
-    /// A pipeline over `store` for `config`; `wake` is notified after every commit.
-    pub fn new(
-        store: Store,
-        wake: Arc<Notify>,
-        config: Arc<Config>,
-        space: Arc<dyn smtp::policy::SpaceCheck>,
-        metrics: Arc<status::metrics::Metrics>,
-    ) -> Pipeline {
-        let policy = Arc::new(Policy::from_config(&config, space));
-        Pipeline {
-            store,
-            metrics,
-            wake,
-            config: RwLock::new(config),
-            policy: RwLock::new(policy),
-        }
+impl Submit for Pipeline {
+    fn submit(
+        &self,
+        s: Submission,
+    ) -> Pin<Box<dyn Future<Output = Result<String, SubmitError>> + Send + '_>> {
+        Box::pin(self.commit(s))
     }
+}
 
-    /// The session policy in force.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .map(|p| p.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .map(|p| p.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    /// Puts a new configuration in force for the next session and message.
-    pub fn set_config(&self, config: Arc<Config>) {
-        let space = self.policy().space.clone();
-        space.set_min_free(config.store.min_free_space.0);
-        let policy = Arc::new(Policy::from_config(&config, space));
-        if let Ok(mut g) = self.policy.write() {
-            *g = policy;
-        }
-        if let Ok(mut g) = self.config.write() {
-            *g = config;
-        }
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// The metrics.
-    pub fn metrics(&self) -> &status::metrics::Metrics {
-        &self.metrics
-    }
-
-    /// Identifies the sender, rewrites From, fits long lines, adds the trace headers
-    /// and commits the message durably; returns its id only once it is on disk.
-    pub async fn submit(&self, txn: Transaction) -> Result<String, SubmitError> {
-        let config = self.config();
-        let now = now_ms();
-        let id = ulid::Ulid::new().to_string();
-        let mut data = txn.data.bytes;
-        let header_from = message::rewrite::header_from(&data);
-        let mut plan = message::identify::plan_for(
-            &config,
-            txn.as_user.as_deref(),
-            txn.auth_login.as_deref(),
-            &txn.mail_from,
-            header_from.as_deref(),
-        );
-        if let Some(p) = &txn.provider {
-            plan.provider = p.clone();
-        }
-        if let Some(target) = &plan.target {
-            message::rewrite::rewrite_in_place(
-                &mut data,
-                &message::rewrite::Rewrite {
-                    target: target.clone(),
-                    sender: plan.on_behalf_of.clone(),
-                    reply_to_original: config.rewrite.reply_to_original,
-                },
-            );
-        }
-        if message::longlines::longest_line(&data) > message::longlines::MAX_LINE {
-            data = message::longlines::encode(&data)
-                .map_err(|why| SubmitError::Refused(smtp::reply::Reply::new(554, "5.6.0", why)))?;
-        }
-        let protocol = match (txn.smtputf8, txn.tls, txn.auth_login.is_some()) {
+/// The `with` keyword of the Received header (RFC 3848).
+fn protocol(origin: Origin, auth: bool) -> &'static str {
+    match origin {
+        Origin::AdminApi => "HTTP",
+        Origin::Maildrop => "local",
+        Origin::Smtp { smtputf8, tls } => match (smtputf8, tls, auth) {
             (true, true, true) => "UTF8SMTPSA",
             (true, true, false) => "UTF8SMTPS",
             (true, false, true) => "UTF8SMTPA",
@@ -138,30 +121,80 @@ impl Pipeline {
             (false, true, false) => "ESMTPS",
             (false, false, true) => "ESMTPA",
             (false, false, false) => "ESMTP",
+        },
+    }
+}
+
+impl Pipeline {
+    /// A pipeline over `store` with the configuration in force `live`; `wake` is
+    /// notified after every commit.
+    pub fn new(
+        store: Store,
+        wake: Arc<Notify>,
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+    ) -> Pipeline {
+        Pipeline {
+            store,
+            metrics,
+            wake,
+            live,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.live.get()
+    }
+
+    /// The configuration in force, to replace on reload.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs the message stage and commits the message durably; returns its id only once
+    /// it is on disk.
+    pub async fn commit(&self, s: Submission) -> Result<String, SubmitError> {
+        let config = self.config();
+        let now = now_ms();
+        let id = ulid::Ulid::new().to_string();
+        let helo = s.client.helo.clone().unwrap_or_default();
+        let facts = message::Facts {
+            id: &id,
+            now_ms: now,
+            hostname: &config.smtp.hostname,
+            helo: &helo,
+            client_ip: s.client.addr.ip().to_string(),
+            protocol: protocol(s.origin, s.client.auth_login.is_some()),
+            auth_login: s.client.auth_login.as_deref(),
+            mail_from: &s.mail_from,
+            rcpts: &s.rcpts,
+            as_user: s.as_user.as_deref(),
+            provider: s.provider.as_deref(),
+            longest_line: s.longest_line,
         };
-        let prepared = message::prepare(
-            data,
-            &message::TraceInfo {
-                id: &id,
-                hostname: &config.smtp.hostname,
-                helo: &txn.helo,
-                client_ip: txn.peer.ip().to_string(),
-                protocol,
-                single_rcpt: (txn.rcpts.len() == 1).then(|| txn.rcpts[0].as_str()),
-                now_ms: now,
-            },
-        );
+        let p = message::process(s.raw, &facts, &config).map_err(SubmitError::Unfit)?;
         let record = Record {
             id: id.clone(),
             status: Status::Queued,
             received_at: rfc3339(now),
-            client: txn.peer.to_string(),
-            helo: txn.helo.clone(),
-            auth_login: txn.auth_login.clone(),
-            user: plan.user.clone(),
-            original_sender: txn.mail_from.clone(),
-            sender: plan.envelope_from.clone(),
-            recipients: txn
+            client: s.client.addr.to_string(),
+            helo,
+            auth_login: s.client.auth_login.clone(),
+            user: p.plan.user.clone(),
+            original_sender: s.mail_from.clone(),
+            sender: p.plan.envelope_from.clone(),
+            recipients: s
                 .rcpts
                 .iter()
                 .map(|a| Recipient {
@@ -170,10 +203,10 @@ impl Pipeline {
                     reply: None,
                 })
                 .collect(),
-            subject: prepared.subject,
-            message_id: Some(prepared.message_id),
-            size: prepared.raw.len() as u64,
-            provider: plan.provider.clone(),
+            subject: p.subject,
+            message_id: Some(p.message_id),
+            size: p.raw.len() as u64,
+            provider: p.plan.provider.clone(),
             deferrals: 0,
             throttle_deferrals: 0,
             sent_at: None,
@@ -181,18 +214,18 @@ impl Pipeline {
             attempts: Vec::new(),
         };
         let (nrcpt, size) = (record.recipients.len(), record.size);
-        self.store.insert(prepared.raw, record, now).await?;
+        self.store.insert(p.raw, record, now).await?;
         self.metrics.accepted.inc();
         self.wake.notify_one();
         tracing::info!(
             id = %id,
-            client = %txn.peer,
-            from = %txn.mail_from,
-            sender = %plan.envelope_from,
-            user = plan.user.as_deref(),
+            client = %s.client.addr,
+            from = %s.mail_from,
+            sender = %p.plan.envelope_from,
+            user = p.plan.user.as_deref(),
             nrcpt,
             size,
-            provider = %plan.provider,
+            provider = %p.plan.provider,
             status = "queued",
             "accepted"
         );

@@ -11,8 +11,7 @@ use common::TestEnv;
 use mailgate::Daemon;
 use mailgate::distributor::DeliveryEvent;
 use mailgate::history::{Record, Status};
-use mailgate::smtp::data::DataOutcome;
-use mailgate::smtp::session::Transaction;
+use mailgate::pipeline::{Client, Origin, Submission};
 use mailgate::time::parse_rfc3339;
 use tokio::sync::broadcast::Receiver;
 
@@ -46,23 +45,23 @@ fn dispatch_times(daemon: &Daemon) -> Vec<u64> {
     t
 }
 
-fn txn(n: usize, rcpts: &[&str]) -> Transaction {
-    let bytes = format!("Subject: m{n}\r\n\r\nbody {n}\r\n").into_bytes();
-    Transaction {
-        peer: "127.0.0.1:1000".parse().unwrap(),
-        helo: "erp".into(),
-        auth_login: None,
+fn txn(n: usize, rcpts: &[&str]) -> Submission {
+    Submission {
+        origin: Origin::Smtp {
+            smtputf8: false,
+            tls: false,
+        },
+        client: Client {
+            addr: "127.0.0.1:1000".parse().unwrap(),
+            helo: Some("erp".into()),
+            auth_login: None,
+        },
         mail_from: "app@erp.local".into(),
         rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
-        smtputf8: false,
-        tls: false,
+        raw: format!("Subject: m{n}\r\n\r\nbody {n}\r\n").into_bytes(),
+        longest_line: None,
         as_user: None,
         provider: None,
-        data: DataOutcome {
-            size: bytes.len() as u64,
-            bytes,
-            ..DataOutcome::default()
-        },
     }
 }
 
@@ -83,7 +82,7 @@ fn env(outbox_extra: &str, distributor: &str) -> TestEnv {
 async fn submit_n(daemon: &Daemon, n: usize, rcpts: &[&str]) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        ids.push(daemon.pipeline.submit(txn(i, rcpts)).await.unwrap());
+        ids.push(daemon.pipeline.commit(txn(i, rcpts)).await.unwrap());
     }
     ids
 }
@@ -261,7 +260,7 @@ async fn daily_recipient_quota_survives_a_restart() {
     daemon.distributor.resume();
     let extra = daemon
         .pipeline
-        .submit(txn(9, &["c@contoso.com"]))
+        .commit(txn(9, &["c@contoso.com"]))
         .await
         .unwrap();
     let all = run_until(&daemon, &mut events, |all| {
@@ -307,7 +306,7 @@ async fn a_dead_provider_does_not_hold_up_a_live_one() {
     for i in 0..20 {
         let mut t = txn(i, &["x@contoso.com"]);
         t.mail_from = "app@dead.local".into();
-        daemon.pipeline.submit(t).await.unwrap();
+        daemon.pipeline.commit(t).await.unwrap();
     }
     let live = submit_n(&daemon, 5, &["a@contoso.com"]).await;
     // The live provider's mail is sent while the dead one's connections hang.

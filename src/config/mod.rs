@@ -529,3 +529,30 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests;
+
+/// The configuration in force, shared by every stage and replaced whole by a reload.
+#[derive(Debug)]
+pub struct Live(std::sync::RwLock<std::sync::Arc<Config>>);
+
+impl Live {
+    /// Puts `config` in force.
+    pub fn new(config: Config) -> Live {
+        Live(std::sync::RwLock::new(std::sync::Arc::new(config)))
+    }
+
+    /// The configuration in force now.
+    pub fn get(&self) -> std::sync::Arc<Config> {
+        self.0
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Replaces it (reload).
+    pub fn set(&self, config: std::sync::Arc<Config>) {
+        match self.0.write() {
+            Ok(mut g) => *g = config,
+            Err(p) => *p.into_inner() = config,
+        }
+    }
+}

@@ -156,7 +156,7 @@ impl Distributor {
                 Verdict::Throttled(until) => {
                     self.metrics
                         .throttle_deferrals
-                        .get_or_create(&crate::status::metrics::ProviderLabel {
+                        .get_or_create(&crate::metrics::ProviderLabel {
                             provider: record.provider.clone(),
                         })
                         .inc();
@@ -389,7 +389,7 @@ impl Distributor {
     fn count_deferred(&self, provider: &str, diagnosis: &str) {
         self.metrics
             .deferred
-            .get_or_create(&crate::status::metrics::ProviderDiagnosis {
+            .get_or_create(&crate::metrics::ProviderDiagnosis {
                 provider: provider.to_string(),
                 diagnosis: diagnosis.to_string(),
             })
@@ -403,7 +403,7 @@ impl Distributor {
         last: Option<&crate::history::Attempt>,
         took: Duration,
     ) {
-        use crate::status::metrics::{ProviderDiagnosis, ProviderLabel};
+        use crate::metrics::{ProviderDiagnosis, ProviderLabel};
         let m = &self.metrics;
         let label = ProviderLabel {
             provider: provider.to_string(),

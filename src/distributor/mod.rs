@@ -147,7 +147,7 @@ impl Clock {
 /// The delivery scheduler.
 #[derive(Debug)]
 pub struct Distributor {
-    metrics: Arc<crate::status::metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
     events: broadcast::Sender<DeliveryEvent>,
     store: Store,
     wake: Arc<Notify>,
@@ -172,11 +172,11 @@ impl Distributor {
         store: Store,
         wake: Arc<Notify>,
         config: &Config,
-        metrics: Arc<crate::status::metrics::Metrics>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Distributor {
         // Every provider's series exist from the start (at 0), so alerts can use them.
         for p in &config.provider {
-            let label = crate::status::metrics::ProviderLabel {
+            let label = crate::metrics::ProviderLabel {
                 provider: p.name.get_ref().clone(),
             };
             let _ = metrics.sent.get_or_create(&label);

@@ -199,7 +199,7 @@ pub fn encode(raw: &[u8]) -> Result<Vec<u8>, String> {
             }),
             None => {
                 // Add the header at the end of the part's header block.
-                let at = header_end(raw, part.offset_header as usize, s);
+                let at = part_header_end(raw, part.offset_header as usize, s);
                 let mut with = b"Content-Transfer-Encoding: quoted-printable\r\n".to_vec();
                 if part.offset_header == 0
                     && !msg
@@ -239,8 +239,9 @@ pub fn encode(raw: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The offset where a part's header block ends (before its empty line).
-fn header_end(raw: &[u8], header_start: usize, body_start: usize) -> usize {
+/// The offset where one MIME part's header block ends (before its empty line); the
+/// message's own is [`super::header_end`].
+fn part_header_end(raw: &[u8], header_start: usize, body_start: usize) -> usize {
     let block = &raw[header_start..body_start.min(raw.len())];
     match memchr::memmem::rfind(block, b"\r\n\r\n") {
         Some(i) => header_start + i + 2,

@@ -11,25 +11,6 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use mail_parser::MessageParser;
 
-/// What the message stage needs to know about the submission.
-#[derive(Debug, Clone)]
-pub struct TraceInfo<'a> {
-    /// Message id (ULID).
-    pub id: &'a str,
-    /// Our hostname.
-    pub hostname: &'a str,
-    /// Client HELO name.
-    pub helo: &'a str,
-    /// Client IP as text.
-    pub client_ip: String,
-    /// Protocol keyword for Received (`ESMTP`, `ESMTPA`, `ESMTPS`, `UTF8SMTP`...).
-    pub protocol: &'a str,
-    /// The recipient, named in Received only when there is exactly one.
-    pub single_rcpt: Option<&'a str>,
-    /// Arrival time, ms since the epoch.
-    pub now_ms: u64,
-}
-
 /// The stored form of a message and what was read from its headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
@@ -78,74 +59,187 @@ pub fn rfc5322_date(ms: u64) -> String {
     httpdate::fmt_http_date(t).replace(" GMT", " +0000")
 }
 
-/// Offset where the header block ends (where new trailing headers go) and whether the
-/// message has a header block at all.
-fn header_end(raw: &[u8]) -> usize {
-    if raw.starts_with(b"\r\n") {
-        return 0;
+/// The one header-end finder: the offset where the message's header block ends and its
+/// empty line begins (where trailing headers go): 0 when the data opens with an empty
+/// line, None when there is no empty line at all (all header, or no header).
+pub fn header_end(raw: &[u8]) -> Option<usize> {
+    if raw.starts_with(b"\r\n") || raw.starts_with(b"\n") {
+        return Some(0);
     }
-    match memchr::memmem::find(raw, b"\r\n\r\n") {
-        Some(i) => i + 2,
-        None => raw.len(),
+    memchr::memmem::find(raw, b"\r\n\r\n")
+        .map(|i| i + 2)
+        .or_else(|| memchr::memmem::find(raw, b"\n\n").map(|i| i + 1))
+}
+
+/// What the header block says, read once per message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderFacts {
+    /// The first address of the first From field.
+    pub from: Option<String>,
+    /// Decoded Subject.
+    pub subject: Option<String>,
+    /// Message-ID with angle brackets.
+    pub message_id: Option<String>,
+    /// A Date field is present.
+    pub has_date: bool,
+    /// There is a header block at all.
+    pub has_headers: bool,
+}
+
+impl HeaderFacts {
+    /// Reads the facts of a parsed header block.
+    pub fn of(parsed: Option<&mail_parser::Message<'_>>) -> HeaderFacts {
+        let Some(m) = parsed else {
+            return HeaderFacts::default();
+        };
+        HeaderFacts {
+            from: rewrite::header_from_of(m),
+            subject: m.subject().map(str::to_string),
+            message_id: m.message_id().map(|id| format!("<{id}>")),
+            has_date: m.header_raw("Date").is_some(),
+            has_headers: !m.root_part().headers.is_empty(),
+        }
     }
 }
 
-/// Adds the trace header and any missing Message-ID/Date, in place (a large message is
-/// not copied).
-pub fn prepare(data: Vec<u8>, info: &TraceInfo<'_>) -> Prepared {
-    let parsed = MessageParser::default().parse_headers(&data);
-    let has_headers = parsed
-        .as_ref()
-        .is_some_and(|m| !m.root_part().headers.is_empty());
-    let subject = parsed
-        .as_ref()
-        .and_then(|m| m.subject())
-        .map(str::to_string);
-    let existing_id = parsed
-        .as_ref()
-        .and_then(|m| m.message_id())
-        .map(|id| format!("<{id}>"));
-    let has_date = parsed
-        .as_ref()
-        .is_some_and(|m| m.header_raw("Date").is_some());
+/// Who submitted the message and how: what identification and the trace header need.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    /// Message id (ULID).
+    pub id: &'a str,
+    /// Arrival time, ms since the epoch.
+    pub now_ms: u64,
+    /// Our hostname (`smtp.hostname`).
+    pub hostname: &'a str,
+    /// HELO/EHLO name ("" when none).
+    pub helo: &'a str,
+    /// Client IP as text.
+    pub client_ip: String,
+    /// Protocol keyword for Received (`ESMTP`, `ESMTPSA`, `UTF8SMTP`, `HTTP`, `local`...).
+    pub protocol: &'a str,
+    /// SMTP AUTH login.
+    pub auth_login: Option<&'a str>,
+    /// Envelope sender.
+    pub mail_from: &'a str,
+    /// Envelope recipients.
+    pub rcpts: &'a [String],
+    /// The user named outright (admin API `send --as`), not identified.
+    pub as_user: Option<&'a str>,
+    /// The provider named outright (admin API `--provider`).
+    pub provider: Option<&'a str>,
+    /// The longest line as the door measured it (None: not measured).
+    pub longest_line: Option<usize>,
+}
 
-    let date = rfc5322_date(info.now_ms);
+/// One message after the message stage: bytes to store and relay, who sent it, and
+/// what the history record needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Processed {
+    /// Bytes to store and relay.
+    pub raw: Vec<u8>,
+    /// Who sent it, the target sender, the envelope and the provider.
+    pub plan: identify::SenderPlan,
+    /// Decoded Subject.
+    pub subject: Option<String>,
+    /// Message-ID with angle brackets (ours if it had none).
+    pub message_id: String,
+}
+
+/// The message stage in one call, pure: the header block is parsed once, and that one
+/// parse serves identification, the From rewrite and the trace headers; long lines are
+/// re-encoded only when the door measured one (the encoder parses the MIME tree, a rare
+/// path). `Err` says why the message cannot be made to fit (554 5.6.0 at the door).
+pub fn process(
+    mut raw: Vec<u8>,
+    facts: &Facts<'_>,
+    config: &crate::config::Config,
+) -> Result<Processed, String> {
+    let parsed = MessageParser::default().parse_headers(&raw);
+    let mut head = HeaderFacts::of(parsed.as_ref());
+    let mut plan = identify::plan_for(
+        config,
+        facts.as_user,
+        facts.auth_login,
+        facts.mail_from,
+        head.from.as_deref(),
+    );
+    if let Some(p) = facts.provider {
+        plan.provider = p.to_string();
+    }
+    let edits = plan.target.as_ref().map(|target| {
+        rewrite::edits(
+            &raw,
+            parsed.as_ref(),
+            &rewrite::Rewrite {
+                target: target.clone(),
+                sender: plan.on_behalf_of.clone(),
+                reply_to_original: config.rewrite.reply_to_original,
+            },
+        )
+    });
+    drop(parsed);
+    if let Some(edits) = edits
+        && !edits.is_empty()
+    {
+        // The rewrite writes a From when there was none: then there is a header block.
+        head.has_headers = true;
+        rewrite::apply(&mut raw, edits);
+    }
+    let longest = facts
+        .longest_line
+        .unwrap_or_else(|| longlines::longest_line(&raw));
+    if longest > longlines::MAX_LINE {
+        raw = longlines::encode(&raw)?;
+    }
+    let prepared = prepare(raw, facts, &head);
+    Ok(Processed {
+        raw: prepared.raw,
+        plan,
+        subject: prepared.subject,
+        message_id: prepared.message_id,
+    })
+}
+
+/// Adds the `Received:` trace header at the top and any missing Message-ID/Date at the
+/// end of the header block, in place (a large message is not copied).
+fn prepare(data: Vec<u8>, facts: &Facts<'_>, head: &HeaderFacts) -> Prepared {
+    let hostname = facts.hostname;
+    let date = rfc5322_date(facts.now_ms);
     let mut received = format!(
         "Received: from {} ({})\r\n\tby {} (mailgate) with {} id {}",
-        if info.helo.is_empty() {
+        if facts.helo.is_empty() {
             "unknown".to_string()
         } else {
-            // Never a control character in a header, whatever the session let through.
-            info.helo
+            // Never a control character in a header, whatever the door let through.
+            facts
+                .helo
                 .replace(|c: char| c.is_control() || c.is_whitespace(), "?")
         },
-        info.client_ip,
-        info.hostname,
-        info.protocol,
-        info.id
+        facts.client_ip,
+        hostname,
+        facts.protocol,
+        facts.id
     );
-    if let Some(r) = info.single_rcpt {
+    if let [r] = facts.rcpts {
         received.push_str(&format!("\r\n\tfor <{r}>"));
     }
     received.push_str(&format!("; {date}\r\n"));
 
     let mut trailing = String::new();
-    let message_id = match existing_id {
-        Some(id) => id,
+    let message_id = match &head.message_id {
+        Some(id) => id.clone(),
         None => {
-            let id = format!("<{}@{}>", info.id, info.hostname);
+            let id = format!("<{}@{}>", facts.id, hostname);
             trailing.push_str(&format!("Message-ID: {id}\r\n"));
             id
         }
     };
-    if !has_date {
+    if !head.has_date {
         trailing.push_str(&format!("Date: {date}\r\n"));
     }
-
-    drop(parsed);
     let mut raw = data;
-    if has_headers {
-        let end = header_end(&raw);
+    if head.has_headers {
+        let end = header_end(&raw).unwrap_or(raw.len());
         let mut insert = Vec::with_capacity(trailing.len() + 2);
         if end > 0 && !raw[..end].ends_with(b"\n") {
             insert.extend_from_slice(b"\r\n");
@@ -164,7 +258,7 @@ pub fn prepare(data: Vec<u8>, info: &TraceInfo<'_>) -> Prepared {
     raw.splice(0..0, received.into_bytes());
     Prepared {
         raw,
-        subject,
+        subject: head.subject.clone(),
         message_id,
     }
 }
@@ -173,22 +267,37 @@ pub fn prepare(data: Vec<u8>, info: &TraceInfo<'_>) -> Prepared {
 mod tests {
     use super::*;
 
-    fn info() -> TraceInfo<'static> {
-        TraceInfo {
+    fn config() -> crate::config::Config {
+        crate::config::Config::parse(
+            "[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    fn run(data: &[u8]) -> Processed {
+        let rcpts = vec!["a@contoso.com".to_string()];
+        let facts = Facts {
             id: "01JTEST",
+            now_ms: 1_795_000_000_000,
             hostname: "relay.test",
             helo: "erp01",
             client_ip: "127.0.0.1".into(),
             protocol: "ESMTP",
-            single_rcpt: Some("a@contoso.com"),
-            now_ms: 1_795_000_000_000,
-        }
+            auth_login: None,
+            mail_from: "a@b.com",
+            rcpts: &rcpts,
+            as_user: None,
+            provider: None,
+            longest_line: None,
+        };
+        process(data.to_vec(), &facts, &config()).unwrap()
     }
 
     #[test]
     fn adds_trace_and_missing_headers_keeps_the_rest() {
         let data = b"From: a@b.com\r\nSubject: =?utf-8?q?Caf=C3=A9?=\r\n\r\nbody\r\n";
-        let p = prepare(data.to_vec(), &info());
+        let p = run(data);
         let text = String::from_utf8(p.raw.clone()).unwrap();
         assert!(text.starts_with("Received: from erp01 (127.0.0.1)\r\n\tby relay.test (mailgate) with ESMTP id 01JTEST\r\n\tfor <a@contoso.com>; "));
         assert!(text.contains(
@@ -210,7 +319,7 @@ mod tests {
     #[test]
     fn existing_id_and_date_are_kept() {
         let data = b"Message-ID: <x@y>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nb\r\n";
-        let p = prepare(data.to_vec(), &info());
+        let p = run(data);
         assert_eq!(p.message_id, "<x@y>");
         assert!(p.raw.ends_with(data));
     }

@@ -21,6 +21,11 @@ pub struct Rewrite {
 /// The first address of the first From field, as the header says it.
 pub fn header_from(raw: &[u8]) -> Option<String> {
     let msg = MessageParser::default().parse_headers(raw)?;
+    header_from_of(&msg)
+}
+
+/// [`header_from`] of an already parsed header block.
+pub fn header_from_of(msg: &mail_parser::Message<'_>) -> Option<String> {
     let h = msg
         .root_part()
         .headers
@@ -150,15 +155,24 @@ pub fn rewrite(raw: &[u8], plan: &Rewrite) -> Vec<u8> {
 
 /// Rewrites the header block of `raw` in place (the body is moved, never copied).
 pub fn rewrite_in_place(raw: &mut Vec<u8>, plan: &Rewrite) {
-    let edits = edits(raw, plan);
+    let parsed = MessageParser::default().parse_headers(raw);
+    let edits = edits(raw, parsed.as_ref(), plan);
+    drop(parsed);
+    apply(raw, edits);
+}
+
+/// Byte-range replacements, in order and not overlapping.
+pub type Edits = Vec<(usize, usize, Vec<u8>)>;
+
+/// Applies [`edits`] to the bytes they were computed on.
+pub fn apply(raw: &mut Vec<u8>, edits: Edits) {
     for (start, end, with) in edits.into_iter().rev() {
         raw.splice(start..end, with);
     }
 }
 
-/// The rewrite as byte-range replacements, in order and not overlapping.
-fn edits(raw: &[u8], plan: &Rewrite) -> Vec<(usize, usize, Vec<u8>)> {
-    let parsed = MessageParser::default().parse_headers(raw);
+/// The rewrite of `raw` (whose header block `parsed` is) as byte-range replacements.
+pub fn edits(raw: &[u8], parsed: Option<&mail_parser::Message<'_>>, plan: &Rewrite) -> Edits {
     let headers: Vec<_> = parsed
         .as_ref()
         .map(|m| m.root_part().headers.iter().collect())
@@ -298,10 +312,9 @@ fn edits(raw: &[u8], plan: &Rewrite) -> Vec<(usize, usize, Vec<u8>)> {
         return vec![(0, 0, block)];
     }
     if removed.is_empty() {
-        let at = header_block_end(
-            raw,
-            parsed.as_ref().map(|m| m.root_part().offset_body as usize),
-        );
+        let at = super::header_end(raw)
+            .unwrap_or_else(|| parsed.map_or(raw.len(), |m| m.root_part().offset_body as usize))
+            .min(raw.len());
         if at > 0 && !raw[..at].ends_with(b"\n") {
             block.splice(0..0, eol.iter().copied());
         }
@@ -366,16 +379,6 @@ fn obsolete_from_fields(block: &[u8]) -> Vec<(usize, usize)> {
 
 /// Where new header fields go when there is no From: before the empty line that ends
 /// the header block (or at the end of a headers-only message).
-fn header_block_end(raw: &[u8], body_offset: Option<usize>) -> usize {
-    if let Some(i) = find(raw, b"\r\n\r\n") {
-        return i + 2;
-    }
-    if let Some(i) = find(raw, b"\n\n") {
-        return i + 1;
-    }
-    body_offset.unwrap_or(raw.len()).min(raw.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,10 +13,12 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::data::DataReader;
+use super::policy::{Policy, SpaceCheck};
 use super::reply::Reply;
 use super::session::{Action, DataVerdict, Session};
-use crate::Pipeline;
-use crate::config::BareNewlines;
+use crate::config::{BareNewlines, Live};
+use crate::metrics::Metrics;
+use crate::pipeline::{Submit, SubmitError};
 
 /// RFC 5321 4.5.3.1.4: a command line is at most 512 octets including CRLF.
 pub const MAX_LINE: usize = 512;
@@ -24,7 +26,15 @@ pub const MAX_LINE: usize = 512;
 /// Shared by every connection of every listener.
 pub struct ListenerContext {
     /// Where accepted mail goes.
-    pub pipeline: Arc<Pipeline>,
+    pub submit: Arc<dyn Submit>,
+    /// The configuration in force (the session policy is built from it).
+    pub live: Arc<Live>,
+    /// The free-disk check of the policy.
+    pub space: Arc<dyn SpaceCheck>,
+    /// Counters of the door.
+    pub metrics: Arc<Metrics>,
+    /// The policy of the configuration last seen, rebuilt when a reload replaces it.
+    pub policy: std::sync::Mutex<Option<(Arc<crate::config::Config>, Arc<Policy>)>>,
     /// Connection permits (`max_connections`).
     pub permits: Arc<Semaphore>,
     /// A silent client is closed after this long.
@@ -70,10 +80,26 @@ const DATA_RATE_GRACE: Duration = Duration::from_secs(60);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 impl ListenerContext {
+    /// The session policy of the configuration in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        let config = self.live.get();
+        let Ok(mut cached) = self.policy.lock() else {
+            return Arc::new(Policy::from_config(&config, self.space.clone()));
+        };
+        match &*cached {
+            Some((c, p)) if Arc::ptr_eq(c, &config) => p.clone(),
+            _ => {
+                let p = Arc::new(Policy::from_config(&config, self.space.clone()));
+                *cached = Some((config, p.clone()));
+                p
+            }
+        }
+    }
+
     /// Counts a connection from `ip` outside `allowed_networks`; None when its address
     /// already has `max_connections_per_address` open.
     fn address_slot(&self, ip: std::net::IpAddr) -> Result<Option<AddressSlot>, ()> {
-        if self.per_address == 0 || self.pipeline.policy().is_allowed(ip) {
+        if self.per_address == 0 || self.policy().is_allowed(ip) {
             return Ok(None);
         }
         let mut m = self.open_per_address.lock().map_err(|_| ())?;
@@ -91,7 +117,7 @@ impl ListenerContext {
     /// Whether a new connection from `ip` goes over its address's connection rate.
     fn over_rate(&self, ip: std::net::IpAddr) -> bool {
         match &self.connection_rate {
-            Some(l) if !self.pipeline.policy().is_allowed(ip) => l.check_key(&ip).is_err(),
+            Some(l) if !self.policy().is_allowed(ip) => l.check_key(&ip).is_err(),
             _ => false,
         }
     }
@@ -159,13 +185,13 @@ pub async fn serve(
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
                 if ctx.over_rate(peer.ip()) {
-                    ctx.pipeline.metrics().reject("connection-rate");
+                    ctx.metrics.reject("connection-rate");
                     tracing::warn!(client = %peer, "connection rate limit reached; refused");
                     sessions.spawn(refuse(stream, Reply::new(421, "4.7.0", "Too many connections from your address, try again later")));
                     continue;
                 }
                 let Ok(slot) = ctx.address_slot(peer.ip()) else {
-                    ctx.pipeline.metrics().reject("connections-per-address");
+                    ctx.metrics.reject("connections-per-address");
                     tracing::warn!(client = %peer, "max_connections_per_address reached; refused");
                     sessions.spawn(refuse(stream, Reply::new(421, "4.7.0", "Too many open connections from your address, try again later")));
                     continue;
@@ -179,7 +205,7 @@ pub async fn serve(
                         });
                     }
                     Err(_) => {
-                        ctx.pipeline.metrics().reject("too-many-connections");
+                        ctx.metrics.reject("too-many-connections");
                         sessions.spawn(refuse(stream, Reply::new(421, "4.3.2", "Too many connections, try again later")));
                     }
                 }
@@ -220,7 +246,7 @@ impl Drop for SessionGauge {
 /// Queues a reply for the client and counts it when it refuses something.
 fn emit(out: &mut Vec<u8>, r: &Reply, ctx: &ListenerContext) {
     if let Some(reason) = reject_reason(r) {
-        ctx.pipeline.metrics().reject(reason);
+        ctx.metrics.reject(reason);
     }
     out.extend_from_slice(r.as_bytes());
 }
@@ -255,10 +281,10 @@ async fn handle(
     ctx: Arc<ListenerContext>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let gauge = ctx.pipeline.metrics().sessions_active.clone();
+    let gauge = ctx.metrics.sessions_active.clone();
     gauge.inc();
     let _gauge = SessionGauge(gauge);
-    let session = Session::new(ctx.pipeline.policy(), peer);
+    let session = Session::new(ctx.policy(), peer);
     tracing::debug!(%peer, "connect");
     let result = match run_session(stream, session, &ctx, shutdown.clone(), true).await {
         Ok(Ended::StartTls(tcp, mut session)) => match &ctx.tls {
@@ -307,7 +333,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     if greet {
         io.write_all(session.greeting().as_bytes()).await?;
     }
-    let policy = ctx.pipeline.policy();
+    let policy = ctx.policy();
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut out: Vec<u8> = Vec::new();
     let mut mode = Mode::Command;
@@ -377,10 +403,10 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     data_started = None;
                     let reply = match session.data_finished(outcome) {
                         DataVerdict::Reject(r) => r,
-                        DataVerdict::Commit(txn) => match ctx.pipeline.submit(*txn).await {
+                        DataVerdict::Commit(sub) => match ctx.submit.submit(*sub).await {
                             Ok(id) => session.queued(&id),
-                            Err(crate::SubmitError::Refused(r)) => r,
-                            Err(crate::SubmitError::Store(e)) => {
+                            Err(SubmitError::Unfit(why)) => Reply::new(554, "5.6.0", why),
+                            Err(SubmitError::Store(e)) => {
                                 tracing::error!(error = %e, "message not committed; client told to retry");
                                 session.commit_failed()
                             }
@@ -478,7 +504,7 @@ async fn authenticate(
             "Too many authentication failures from your address; try again later",
         ));
     }
-    let users = ctx.pipeline.config().user.clone();
+    let users = ctx.live.get().user.clone();
     let l = login.clone();
     let ok =
         tokio::task::spawn_blocking(move || super::auth::verify(&users, &l, password.expose()))

@@ -14,6 +14,7 @@ use super::data::DataOutcome;
 use super::policy::{AddressProblem, Policy, check_address};
 use super::reply::Reply;
 use crate::config::BareNewlines;
+use crate::pipeline::{Client, Origin, Submission};
 use crate::secrets::Secret;
 
 /// What the listener must do after a command.
@@ -47,38 +48,13 @@ enum AuthPending {
     LoginPass(String),
 }
 
-/// A complete transaction, ready to be committed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transaction {
-    /// Client address.
-    pub peer: SocketAddr,
-    /// HELO/EHLO name.
-    pub helo: String,
-    /// SMTP AUTH login.
-    pub auth_login: Option<String>,
-    /// Envelope sender (`""` for the null sender).
-    pub mail_from: String,
-    /// Envelope recipients.
-    pub rcpts: Vec<String>,
-    /// The client announced SMTPUTF8.
-    pub smtputf8: bool,
-    /// The session was inside TLS.
-    pub tls: bool,
-    /// Submitted on behalf of this user (admin API `send --as`), not identified.
-    pub as_user: Option<String>,
-    /// Route to this provider instead of the user's (admin API `--provider`).
-    pub provider: Option<String>,
-    /// The message as read.
-    pub data: DataOutcome,
-}
-
 /// What to do with a finished DATA section.
 #[derive(Debug)]
 pub enum DataVerdict {
     /// Refuse it with this reply.
     Reject(Reply),
     /// Commit it; then answer with [`Session::queued`] or [`Session::commit_failed`].
-    Commit(Box<Transaction>),
+    Commit(Box<Submission>),
 }
 
 #[derive(Debug, Default)]
@@ -474,17 +450,22 @@ impl Session {
                 "Message contains a bare CR or LF; lines must end with CRLF",
             ));
         }
-        DataVerdict::Commit(Box::new(Transaction {
-            peer: self.peer,
-            helo: self.helo.clone().unwrap_or_default(),
-            auth_login: self.auth_login.clone(),
+        DataVerdict::Commit(Box::new(Submission {
+            origin: Origin::Smtp {
+                smtputf8: env.smtputf8,
+                tls: self.tls,
+            },
+            client: Client {
+                addr: self.peer,
+                helo: self.helo.clone(),
+                auth_login: self.auth_login.clone(),
+            },
             mail_from: env.from,
             rcpts: env.rcpts,
-            smtputf8: env.smtputf8,
-            tls: self.tls,
+            longest_line: Some(data.max_line),
+            raw: data.bytes,
             as_user: None,
             provider: None,
-            data,
         }))
     }
 

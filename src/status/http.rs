@@ -24,8 +24,8 @@ use crate::Pipeline;
 use crate::config::StatusConfig;
 use crate::distributor::{Distributor, provider_limits};
 use crate::history::{Record, Status};
-use crate::smtp::data::DataOutcome;
-use crate::smtp::session::Transaction;
+use crate::pipeline::{Client, Origin, Submission, SubmitError};
+use crate::store::space::SpaceCheck;
 use crate::time::{now_ms, parse_rfc3339, rfc3339};
 
 /// What every handler can reach.
@@ -43,6 +43,8 @@ pub struct AppState {
     pub config_path: Arc<RwLock<Option<PathBuf>>>,
     /// False once the SMTP listeners are closing.
     pub listeners_up: Arc<AtomicBool>,
+    /// Free space on the store's disk.
+    pub space: Arc<dyn SpaceCheck>,
 }
 
 /// Reads the admin token from `token` or `token_file` (trimmed).
@@ -142,7 +144,7 @@ async fn store_problem(state: &AppState) -> Option<String> {
     }) {
         return Some(why);
     }
-    if let Some((free, needed)) = state.pipeline.policy().space.measure()
+    if let Some((free, needed)) = state.space.measure()
         && free < needed
     {
         return Some(format!(
@@ -197,7 +199,7 @@ async fn status(State(state): State<AppState>) -> Response {
     let config = state.pipeline.config();
     let m = state.pipeline.metrics();
     let problem = store_problem(&state).await;
-    let space = state.pipeline.policy().space.measure();
+    let space = state.space.measure();
     let providers: Vec<_> = config
         .provider
         .iter()
@@ -275,7 +277,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 .pipeline
                 .metrics()
                 .queue
-                .get_or_create(&crate::status::metrics::StatusLabel {
+                .get_or_create(&crate::metrics::StatusLabel {
                     status: st.as_str().to_string(),
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -499,7 +501,7 @@ async fn send(
         return error(StatusCode::BAD_REQUEST, "no recipients");
     }
     for a in req.to.iter().chain(req.from.iter()) {
-        if crate::smtp::policy::check_address(a, true).is_err() {
+        if crate::address::check_address(a, true).is_err() {
             return error(StatusCode::BAD_REQUEST, format!("invalid address {a:?}"));
         }
     }
@@ -507,28 +509,24 @@ async fn send(
         return error(StatusCode::BAD_REQUEST, "raw is not base64");
     };
     let header_from = crate::message::rewrite::header_from(&bytes).unwrap_or_default();
-    let txn = Transaction {
-        peer,
-        helo: "mailgate-admin".into(),
-        auth_login: None,
+    let sub = Submission {
+        origin: Origin::AdminApi,
+        client: Client {
+            addr: peer,
+            helo: None,
+            auth_login: None,
+        },
         mail_from: req.from.clone().unwrap_or(header_from),
         rcpts: req.to.clone(),
-        smtputf8: req.to.iter().any(|a| !a.is_ascii()),
-        tls: false,
+        raw: bytes,
+        longest_line: None,
         as_user: req.user.clone(),
         provider: req.provider.clone(),
-        data: DataOutcome {
-            size: bytes.len() as u64,
-            bytes,
-            ..DataOutcome::default()
-        },
     };
-    match state.pipeline.submit(txn).await {
+    match state.pipeline.commit(sub).await {
         Ok(id) => (StatusCode::ACCEPTED, axum::Json(json!({ "id": id }))).into_response(),
-        Err(crate::SubmitError::Refused(r)) => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, r.text().trim())
-        }
-        Err(crate::SubmitError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(SubmitError::Unfit(why)) => error(StatusCode::UNPROCESSABLE_ENTITY, why),
+        Err(SubmitError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

@@ -1,4 +1,3 @@
 //! The status endpoint and admin API, served on `status.listen`.
 
 pub mod http;
-pub mod metrics;

@@ -12,6 +12,7 @@ mod check;
 mod health;
 mod retention;
 mod schema;
+pub mod space;
 mod writer;
 
 pub use check::{CheckReport, SalvageReport};
