@@ -12,7 +12,8 @@ use tokio::task::JoinSet;
 use super::throttle::{MAX_THROTTLE_DEFERRALS, Verdict};
 use super::unrecorded::{Finish, Unrecorded};
 use super::{DeliveryEvent, Distributor, Routing, apply_outcome, outcome};
-use crate::history::{Diagnosis, Record, Status};
+use crate::history::{Record, Status};
+use crate::provider::diagnosis::Code;
 use crate::provider::{Delivery, Outcome};
 use crate::store::{Mutation, StoreError};
 
@@ -273,7 +274,7 @@ impl Distributor {
             at: crate::time::rfc3339(now),
             provider: record.provider.clone(),
             reply: e.to_string(),
-            diagnosis: Some(crate::provider::diagnosis::Code::StoreDamaged.diagnosis()),
+            diagnosis: Some(Code::StoreDamaged.diagnosis()),
             note: None,
         });
         record
@@ -358,15 +359,11 @@ impl Distributor {
         let outcome = match routing.providers.get(&record.provider) {
             Some(p) => p.deliver(&delivery).await,
             None => Outcome::Transient {
-                reply: format!("no provider named {:?}", record.provider),
-                diagnosis: Diagnosis {
-                    code: "provider-config".into(),
-                    explanation: format!(
-                        "The message is routed to provider {:?}, which is not in the configuration",
-                        record.provider
-                    ),
-                    fix: "Add the provider back to the configuration, or route the user elsewhere, and reload".into(),
-                },
+                reply: format!(
+                    "the message is routed to provider {:?}, which is not in the configuration: add it back, or route the user elsewhere, and reload",
+                    record.provider
+                ),
+                code: Code::ProviderConfig,
             },
         };
         let was_sent = |r: &Record| {

@@ -2,6 +2,7 @@
 //! due time out. Pure.
 
 use crate::history::{Attempt, Diagnosis, Record, Status};
+use crate::provider::diagnosis::Code;
 use crate::provider::{Fate, Outcome, RcptResult};
 use crate::time::rfc3339;
 
@@ -25,38 +26,34 @@ pub fn apply_outcome(
         .filter(|r| !r.status.is_finished())
         .map(|r| r.address.clone())
         .collect();
-    let all = |fate: Fate, reply: &str, diagnosis: Option<Diagnosis>| -> Vec<RcptResult> {
+    let all = |fate: Fate, reply: &str, code: Option<Code>| -> Vec<RcptResult> {
         pending
             .iter()
             .map(|a| RcptResult {
                 address: a.clone(),
                 fate,
                 reply: reply.to_string(),
-                diagnosis: diagnosis.clone(),
+                code,
             })
             .collect()
     };
     let mut retry_after = None;
     let (reply, results) = match outcome {
-        Outcome::Later {
-            reply,
-            diagnosis,
-            after,
-        } => {
+        Outcome::Later { reply, code, after } => {
             retry_after = Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
-            let results = all(Fate::Transient, &reply, Some(diagnosis));
+            let results = all(Fate::Transient, &reply, Some(code));
             (reply, results)
         }
         Outcome::Sent { reply } => {
             let results = all(Fate::Sent, &reply, None);
             (reply, results)
         }
-        Outcome::Transient { reply, diagnosis } => {
-            let results = all(Fate::Transient, &reply, Some(diagnosis));
+        Outcome::Transient { reply, code } => {
+            let results = all(Fate::Transient, &reply, Some(code));
             (reply, results)
         }
-        Outcome::Permanent { reply, diagnosis } => {
-            let results = all(Fate::Permanent, &reply, Some(diagnosis));
+        Outcome::Permanent { reply, code } => {
+            let results = all(Fate::Permanent, &reply, Some(code));
             (reply, results)
         }
         Outcome::PerRecipient { reply, results } => (reply, results),
@@ -124,7 +121,8 @@ pub fn apply_outcome(
 /// explains the refusal's code; it never calls an accepted message refused.
 fn attempt_diagnosis(results: &[RcptResult]) -> Option<Diagnosis> {
     let refused: Vec<&RcptResult> = results.iter().filter(|r| r.fate != Fate::Sent).collect();
-    let first = refused.iter().find_map(|r| r.diagnosis.clone())?;
+    // The typed code becomes words here, where the history record is written.
+    let first = refused.iter().find_map(|r| r.code)?.diagnosis();
     let accepted = results.len() - refused.len();
     if refused.len() == results.len() && refused.iter().all(|r| r.reply == refused[0].reply) {
         return Some(first);
@@ -177,7 +175,7 @@ pub fn quota_deferral(mut record: Record, now: u64, until: u64, limit: u32) -> R
         reply: format!(
             "not sent: the provider's daily limit of {limit} recipients in 24 hours is reached (mailgate's own per_day_recipient_limit)"
         ),
-        diagnosis: Some(crate::provider::diagnosis::Code::DailyQuota.diagnosis()),
+        diagnosis: Some(Code::DailyQuota.diagnosis()),
         note: None,
     });
     record

@@ -212,7 +212,7 @@ impl Code {
             ),
             Code::MessageTooLarge => (
                 "The message is larger than the upstream accepts.",
-                "Send smaller attachments, or raise the upstream's limit (Exchange admin center > Mail flow > Message size restrictions; up to 150 MB). Keep `smtp.max_message_size` at or below the upstream's limit so clients are refused at once with 552 instead.",
+                "Send smaller attachments, or raise the upstream's limit (Exchange admin center > Mail flow > Message size restrictions; up to 150 MB). Keep `smtp.max_message_size` at or below the upstream's limit so clients are refused at once with 552 instead. A graph provider takes at most 4 MB per request: route users who send large attachments to an smtp provider.",
             ),
             Code::StarttlsUnavailable => (
                 "tls = \"starttls\" is set, but the server did not offer STARTTLS; mailgate never falls back to plain text.",

@@ -5,8 +5,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::diagnosis::Code;
 use super::{Delivery, Outcome};
-use crate::history::Diagnosis;
 
 /// Writes each message as one file.
 #[derive(Debug)]
@@ -47,15 +47,11 @@ impl EmlProvider {
                 reply: format!("written to {}", path.display()),
             },
             Err(e) => Outcome::Transient {
-                reply: format!("cannot write to {}: {e}", self.dir.display()),
-                diagnosis: Diagnosis {
-                    code: "unknown".into(),
-                    explanation: format!(
-                        "The outbox directory {} could not be written: {e}",
-                        self.dir.display()
-                    ),
-                    fix: "Check that the directory exists, is writable by mailgate, and that the disk has free space".into(),
-                },
+                reply: format!(
+                    "cannot write to the outbox directory {}: {e} (it must exist or be creatable, be writable by mailgate, and have free space)",
+                    self.dir.display()
+                ),
+                code: Code::ProviderConfig,
             },
         }
     }

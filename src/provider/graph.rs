@@ -13,7 +13,6 @@ use super::diagnosis::Code;
 use super::oauth2::{TokenSource, TokenStatus};
 use super::{Delivery, Outcome};
 use crate::config::{ProviderConfig, ProviderKind};
-use crate::history::Diagnosis;
 
 /// Graph's limit on a request (sendMail with MIME).
 pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
@@ -28,10 +27,7 @@ pub struct GraphProvider {
 }
 
 fn transient(code: Code, reply: String) -> Outcome {
-    Outcome::Transient {
-        reply,
-        diagnosis: code.diagnosis(),
-    }
+    Outcome::Transient { reply, code }
 }
 
 /// Addresses named in the To, Cc and Bcc headers, lower-cased.
@@ -139,14 +135,12 @@ impl GraphProvider {
         };
         let body = base64::engine::general_purpose::STANDARD.encode(graph_mime(&d.raw, &d.rcpts));
         if body.len() > MAX_REQUEST {
-            let (why, _) = Code::MessageTooLarge.texts();
             return Outcome::Permanent {
-                reply: format!("the message is {} bytes base64-encoded; Graph accepts at most {MAX_REQUEST}", body.len()),
-                diagnosis: Diagnosis {
-                    code: Code::MessageTooLarge.as_str().into(),
-                    explanation: format!("{why} Microsoft Graph accepts requests of at most 4 MB (about 3 MB of message)."),
-                    fix: "Send large messages through an smtp provider (smtp.office365.com accepts up to 35 MB by default): route this user to one.".into(),
-                },
+                reply: format!(
+                    "the message is {} bytes base64-encoded; Microsoft Graph accepts requests of at most {MAX_REQUEST} bytes (about 3 MB of message): send large messages through an smtp provider (smtp.office365.com accepts up to 35 MB)",
+                    body.len()
+                ),
+                code: Code::MessageTooLarge,
             };
         }
         let url = match self.url(&d.from) {
@@ -196,16 +190,16 @@ impl GraphProvider {
                 404 => transient(Code::GraphMailboxNotFound, reply),
                 413 => Outcome::Permanent {
                     reply,
-                    diagnosis: Code::MessageTooLarge.diagnosis(),
+                    code: Code::MessageTooLarge,
                 },
                 429 | 503 => Outcome::Later {
                     reply,
-                    diagnosis: Code::UpstreamThrottled.diagnosis(),
+                    code: Code::UpstreamThrottled,
                     after: Duration::from_secs(retry_after.unwrap_or(60).clamp(1, 3600)),
                 },
                 400..=499 => Outcome::Permanent {
                     reply,
-                    diagnosis: Code::Unknown.diagnosis(),
+                    code: Code::Unknown,
                 },
                 _ => transient(Code::Unknown, reply),
             };

@@ -1,6 +1,8 @@
-//! Providers: where a committed message goes (an .eml outbox, an SMTP upstream; Graph
-//! builds on the same shape). Each attempt ends in one typed [`Outcome`]: transient or
-//! permanent is decided here, at the provider boundary, and the distributor acts on it.
+//! Providers: where a committed message goes (an .eml outbox, an SMTP upstream, Microsoft
+//! Graph). Each attempt ends in one typed [`Outcome`] carrying a diagnosis [`Code`]:
+//! transient or permanent is decided here, at the provider boundary, and the distributor
+//! acts on it. The code becomes words (explanation, fix) only where the history record is
+//! written.
 
 pub mod diagnosis;
 pub mod eml;
@@ -11,8 +13,8 @@ pub mod smtp;
 use std::sync::Arc;
 
 use crate::config::{ProviderConfig, ProviderKind};
-use crate::history::Diagnosis;
 use crate::secrets::SecretStore;
+use diagnosis::Code;
 
 /// The envelope and bytes of one delivery.
 #[derive(Debug, Clone)]
@@ -48,7 +50,7 @@ pub struct RcptResult {
     /// The upstream reply concerning it.
     pub reply: String,
     /// Why it failed, when it did.
-    pub diagnosis: Option<Diagnosis>,
+    pub code: Option<Code>,
 }
 
 /// What one attempt achieved.
@@ -63,22 +65,22 @@ pub enum Outcome {
     Transient {
         /// Upstream reply or local error.
         reply: String,
-        /// Why, and what to do.
-        diagnosis: Diagnosis,
+        /// Why.
+        code: Code,
     },
     /// Nothing delivered; it never will be as it is.
     Permanent {
         /// Upstream reply or local error.
         reply: String,
-        /// Why, and what to do.
-        diagnosis: Diagnosis,
+        /// Why.
+        code: Code,
     },
     /// Nothing delivered; the upstream says when to try again.
     Later {
         /// Upstream reply.
         reply: String,
-        /// Why, and what to do.
-        diagnosis: Diagnosis,
+        /// Why.
+        code: Code,
         /// Try again after this long (Retry-After).
         after: std::time::Duration,
     },

@@ -230,7 +230,7 @@ pub async fn serve(
 
 /// Answers a connection that is not served with one reply, then closes it.
 async fn refuse(mut stream: TcpStream, r: Reply) {
-    let _ = stream.write_all(r.as_bytes()).await;
+    let _ = stream.write_all(&r.as_bytes()).await;
     let _ = stream.shutdown().await;
 }
 
@@ -248,17 +248,12 @@ fn emit(out: &mut Vec<u8>, r: &Reply, ctx: &ListenerContext) {
     if let Some(reason) = reject_reason(r) {
         ctx.metrics.reject(reason);
     }
-    out.extend_from_slice(r.as_bytes());
+    out.extend_from_slice(&r.as_bytes());
 }
 
 /// The `reason` label of `mailgate_messages_rejected_total` for a refusing reply.
 pub fn reject_reason(r: &Reply) -> Option<&'static str> {
-    let text = r.text();
-    let esc = text
-        .get(4..)
-        .and_then(|t| t.split_whitespace().next())
-        .unwrap_or("");
-    Some(match (r.code(), esc) {
+    Some(match (r.code, r.enhanced.unwrap_or("")) {
         (552, _) => "size",
         (530, _) => "auth-required",
         (535, _) | (421, "4.7.0") => "auth-failed",
@@ -331,7 +326,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     greet: bool,
 ) -> std::io::Result<Ended<S>> {
     if greet {
-        io.write_all(session.greeting().as_bytes()).await?;
+        io.write_all(&session.greeting().as_bytes()).await?;
     }
     let policy = ctx.policy();
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
@@ -359,7 +354,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     if matches!(mode, Mode::LongLine) || line.len() > MAX_LINE {
                         mode = Mode::Command;
                         out.extend_from_slice(
-                            Reply::new(500, "5.5.2", "Error: line too long").as_bytes(),
+                            &Reply::new(500, "5.5.2", "Error: line too long").as_bytes(),
                         );
                         continue;
                     }
@@ -372,14 +367,14 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                         Action::StartTls(r) => {
                             // Whatever the client pipelined after STARTTLS is dropped
                             // unread (CVE-2011-0411): it must not run inside TLS.
-                            out.extend_from_slice(r.as_bytes());
+                            out.extend_from_slice(&r.as_bytes());
                             io.write_all(&out).await?;
                             return Ok(Ended::StartTls(io, session));
                         }
                         Action::Authenticate { .. } => {}
                         Action::Data(r) => {
                             data_started = Some((tokio::time::Instant::now(), 0));
-                            out.extend_from_slice(r.as_bytes());
+                            out.extend_from_slice(&r.as_bytes());
                             mode = Mode::Data(DataReader::new(
                                 policy.max_message_size,
                                 policy.bare_newlines == BareNewlines::Normalize,
@@ -421,7 +416,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     if *left == 0
                         && let Mode::Discard(_, r) = std::mem::replace(&mut mode, Mode::Command)
                     {
-                        out.extend_from_slice(r.as_bytes());
+                        out.extend_from_slice(&r.as_bytes());
                     }
                 }
             }
@@ -437,7 +432,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let idle = matches!(mode, Mode::Command) && buf.is_empty() && !session.in_transaction();
         if idle && *shutdown.borrow() {
-            io.write_all(Reply::new(421, "4.3.2", "Service shutting down").as_bytes())
+            io.write_all(&Reply::new(421, "4.3.2", "Service shutting down").as_bytes())
                 .await?;
             let _ = io.shutdown().await;
             return Ok(Ended::Closed);
@@ -477,7 +472,7 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                 } else {
                     Reply::new(421, "4.4.2", "Idle timeout, closing connection")
                 };
-                io.write_all(r.as_bytes()).await?;
+                io.write_all(&r.as_bytes()).await?;
                 let _ = io.shutdown().await;
                 return Ok(Ended::Closed);
             }

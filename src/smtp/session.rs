@@ -347,12 +347,17 @@ impl Session {
         let mut out = Vec::new();
         // Writing into a Vec cannot fail.
         let _ = r.write(&mut out);
-        // The builder's first line carries a joke; greet the client by its name instead.
-        let first_end = memchr::memchr(b'\n', &out).map_or(out.len(), |i| i + 1);
+        // The builder's lines without their codes; its first line carries a joke: greet
+        // the client by its name instead.
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| l.get(4..).unwrap_or("").to_string())
+            .collect();
         let helo = self.helo.as_deref().unwrap_or("");
-        let greeting = format!("250-{} Hello {helo}\r\n", self.policy.hostname);
-        out.splice(..first_end, greeting.into_bytes());
-        Reply::rendered(250, out)
+        if let Some(first) = lines.first_mut() {
+            *first = format!("{} Hello {helo}", self.policy.hostname);
+        }
+        Reply::lines(250, lines)
     }
 
     fn mail(&mut self, from: &str, size: usize, flags: u64) -> Reply {

@@ -8,40 +8,82 @@ use lettre::transport::smtp::response::Response;
 use super::super::Outcome;
 use super::super::diagnosis::{self, Code};
 
-/// Why an attempt stopped before a per-recipient answer.
+/// What a failure means for the message and the connection: decided once, here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Try again later; the connection can go on (after RSET).
+    Temporary,
+    /// Refused for good; the connection can go on (after RSET).
+    Permanent,
+    /// Try again later; the connection cannot be used further.
+    ConnectionLost,
+}
+
+/// Why an attempt stopped before a per-recipient answer. Callers ask it questions
+/// (`is_transient`, `is_broken`, `is_auth`) instead of reading flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     /// Diagnosis code.
     pub code: Code,
     /// Upstream reply or local error text.
     pub reply: String,
-    /// Temporary (deferred) or permanent (failed).
-    pub transient: bool,
-    /// The connection cannot be used further.
-    pub broken: bool,
+    kind: Kind,
 }
 
 impl Failure {
+    /// A local failure (connection, TLS, configuration): temporary, connection lost.
     pub(super) fn local(code: Code, reply: impl Into<String>) -> Failure {
         Failure {
             code,
             reply: reply.into(),
-            transient: true,
-            broken: true,
+            kind: Kind::ConnectionLost,
         }
     }
 
+    /// A refusal that no retry can change (e.g. an address the server cannot take).
+    pub(super) fn permanent(code: Code, reply: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            reply: reply.into(),
+            kind: Kind::Permanent,
+        }
+    }
+
+    /// The same failure, but the session is over (a failed AUTH leaves nothing to reuse),
+    /// and the mail is held, not bounced (soft bounce, like Postfix's
+    /// `smtp_sasl_auth_soft_bounce`).
+    pub(super) fn ends_session(self) -> Failure {
+        Failure {
+            kind: Kind::ConnectionLost,
+            ..self
+        }
+    }
+
+    /// Whether the message should be tried again later.
+    pub fn is_transient(&self) -> bool {
+        self.kind != Kind::Permanent
+    }
+
+    /// Whether the connection cannot be used further.
+    pub fn is_broken(&self) -> bool {
+        self.kind == Kind::ConnectionLost
+    }
+
+    /// Whether it is about credentials or the auth method.
+    pub fn is_auth(&self) -> bool {
+        self.code.is_auth()
+    }
+
     pub(super) fn into_outcome(self) -> Outcome {
-        let diagnosis = self.code.diagnosis();
-        if self.transient {
+        if self.is_transient() {
             Outcome::Transient {
                 reply: self.reply,
-                diagnosis,
+                code: self.code,
             }
         } else {
             Outcome::Permanent {
                 reply: self.reply,
-                diagnosis,
+                code: self.code,
             }
         }
     }
@@ -72,8 +114,11 @@ pub(super) fn classify(e: &lettre::transport::smtp::Error, stage: &str) -> Failu
         return Failure {
             code: diag,
             reply: format!("{num} {text}").trim().to_string(),
-            transient,
-            broken: num == 421,
+            kind: match (num == 421, transient) {
+                (true, _) => Kind::ConnectionLost,
+                (false, true) => Kind::Temporary,
+                (false, false) => Kind::Permanent,
+            },
         };
     }
     let chain = error_chain(e);

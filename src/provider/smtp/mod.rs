@@ -238,11 +238,7 @@ impl SmtpProvider {
             let creds = Credentials::new(user.clone(), token.expose().to_string());
             timed(t, "AUTH", conn.auth(&[Mechanism::Xoauth2], &creds))
                 .await
-                .map_err(|mut f| {
-                    f.transient = true;
-                    f.broken = true;
-                    f
-                })?;
+                .map_err(Failure::ends_session)?;
         } else if let Some(user) = &self.config.username {
             let password = match provider_password(&self.config, &self.secrets) {
                 Ok(Some(p)) => p,
@@ -285,11 +281,7 @@ impl SmtpProvider {
                 conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds),
             )
             .await
-            .map_err(|mut f| {
-                f.transient = true;
-                f.broken = true;
-                f
-            })?;
+            .map_err(Failure::ends_session)?;
         }
         Ok(conn)
     }
@@ -348,7 +340,7 @@ impl SmtpProvider {
             if !valid_envelope_address(a) {
                 return Outcome::Permanent {
                     reply: format!("invalid envelope address {a:?}"),
-                    diagnosis: Code::Unknown.diagnosis(),
+                    code: Code::Unknown,
                 };
             }
         }
@@ -357,7 +349,7 @@ impl SmtpProvider {
             Err(f) => return f.into_outcome(),
         };
         let mut result = self.transact(&mut conn, d).await;
-        if reused && matches!(&result, Err(f) if f.broken) {
+        if reused && matches!(&result, Err(f) if f.is_broken()) {
             // The idle connection went stale; one fresh try.
             conn.abort().await;
             conn = match self.connect().await {
@@ -381,7 +373,7 @@ impl SmtpProvider {
                 self.checkin(conn).await;
                 outcome
             }
-            Err(f) if f.broken => {
+            Err(f) if f.is_broken() => {
                 conn.abort().await;
                 f.into_outcome()
             }
@@ -410,14 +402,10 @@ impl SmtpProvider {
         let utf8 = !d.from.is_ascii() || d.rcpts.iter().any(|r| !r.is_ascii());
         if utf8 {
             if !info.supports_feature(Extension::SmtpUtfEight) {
-                return Err(Failure {
-                    code: Code::Unknown,
-                    reply:
-                        "the message has non-ASCII addresses but the server does not offer SMTPUTF8"
-                            .into(),
-                    transient: false,
-                    broken: false,
-                });
+                return Err(Failure::permanent(
+                    Code::Unknown,
+                    "the message has non-ASCII addresses but the server does not offer SMTPUTF8",
+                ));
             }
             params.push_str(" SMTPUTF8");
         }
@@ -433,19 +421,19 @@ impl SmtpProvider {
                         address: rcpt.clone(),
                         fate: Fate::Sent,
                         reply: String::new(),
-                        diagnosis: None,
+                        code: None,
                     });
                 }
-                Err(f) if f.broken => return Err(f),
+                Err(f) if f.is_broken() => return Err(f),
                 Err(f) => results.push(RcptResult {
                     address: rcpt.clone(),
-                    fate: if f.transient {
+                    fate: if f.is_transient() {
                         Fate::Transient
                     } else {
                         Fate::Permanent
                     },
                     reply: f.reply,
-                    diagnosis: Some(f.code.diagnosis()),
+                    code: Some(f.code),
                 }),
             }
         }
