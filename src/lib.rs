@@ -174,6 +174,7 @@ impl Daemon {
             config_path: config_path.clone(),
             listeners_up: listeners_up.clone(),
             space: space.clone(),
+            shutdown: shutdown_rx.clone(),
         };
         tasks.push(tokio::spawn(status::http::serve(
             status_listener,
@@ -229,8 +230,15 @@ impl Daemon {
         self.listeners_up
             .store(false, std::sync::atomic::Ordering::SeqCst);
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        // One deadline for everything: listeners and sessions, deliveries, long polls and
+        // the status server (each stops by itself within it; what is left is aborted).
+        let grace = self.pipeline.config().smtp.shutdown_timeout.0 + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                tracing::warn!("a task was still running at the shutdown deadline; stopped");
+                t.abort();
+            }
         }
         self.pipeline.store().close().await;
         tracing::info!("stopped");
@@ -345,7 +353,46 @@ pub async fn reload(
     })
 }
 
-/// Runs the daemon until `stop` resolves, then shuts down gracefully.
+/// Installs the SIGTERM/SIGINT handlers now (before the listeners are up, so a signal
+/// that arrives during start-up is not lost) and returns the future that waits for one.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// `mailgate serve`: runs the daemon on `config` (read from `path`) until SIGTERM or
+/// SIGINT, reloading on SIGHUP, then shuts down gracefully.
+pub async fn serve(config: Config, path: std::path::PathBuf) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Config(format!("cannot install signal handlers: {e}"));
+    let stop = shutdown_signal().map_err(io)?;
+    let mut hup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(io)?;
+    let daemon = Daemon::start(config).await?;
+    daemon.set_config_path(path);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hup.recv() => match daemon.reload().await {
+                Ok(r) if r.needs_restart.is_empty() => {}
+                Ok(r) => tracing::warn!(settings = ?r.needs_restart, "reloaded; these settings take effect after a restart"),
+                Err(e) => tracing::error!(errors = %e, "reload refused; the running configuration stays"),
+            },
+        }
+    }
+    tracing::info!("shutting down");
+    daemon.shutdown().await;
+    Ok(())
+}
+
+/// Runs the daemon until `stop` resolves, then shuts down gracefully (embedding, tests).
 pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
     let daemon = Daemon::start(config).await?;
     stop.await;

@@ -492,3 +492,34 @@ fn sighup_reload_releases_mail_held_for_a_wrong_password() {
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     assert_eq!(daemon.terminate().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_does_not_hold_the_shutdown() {
+    let env = TestEnv::new("", "[distributor]\nenabled = false\n");
+    let mut d = common::DaemonProcess::start(&env.config_path);
+    let id = common::submit_to(
+        d.smtp,
+        "a@erp.local",
+        &["x@contoso.com"],
+        b"Subject: w\r\n\r\nx\r\n",
+    )
+    .await;
+    let url = format!("http://{}/api/messages/{id}?wait=600s", d.status);
+    let poll = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) });
+    // The poll is waiting (the message cannot go out: sending is off).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished());
+    let started = std::time::Instant::now();
+    let code = tokio::task::spawn_blocking(move || d.terminate().code())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    // shutdown_timeout is 5 s in the test config; the poll must not hold it for 10 minutes.
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+    let answered = tokio::time::timeout(Duration::from_secs(5), poll).await;
+    assert!(answered.is_ok(), "the long poll ended with the daemon");
+}

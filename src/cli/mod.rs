@@ -6,7 +6,10 @@ pub mod certs;
 pub mod client;
 pub mod history;
 pub mod provider;
+mod run;
 pub mod store;
+
+pub use run::run;
 
 use std::path::PathBuf;
 

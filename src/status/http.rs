@@ -45,6 +45,8 @@ pub struct AppState {
     pub listeners_up: Arc<AtomicBool>,
     /// Free space on the store's disk.
     pub space: Arc<dyn SpaceCheck>,
+    /// Turns true at shutdown: long polls answer at once.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Reads the admin token from `token` or `token_file` (trimmed).
@@ -379,8 +381,15 @@ async fn get_message(
     let mut events = state.distributor.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     let mut waited_out = wait.is_zero();
+    let mut shutdown = state.shutdown.clone();
     loop {
-        let record = match state.pipeline.store().record(&id) {
+        let lookup = id.clone();
+        let record = match state
+            .pipeline
+            .store()
+            .blocking(move |s| s.record(&lookup))
+            .await
+        {
             Ok(Some(r)) => r,
             Ok(None) => return error(StatusCode::NOT_FOUND, format!("no message {id}")),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -388,8 +397,8 @@ async fn get_message(
         if waited_out || has_outcome(&record) {
             return axum::Json(record).into_response();
         }
-        // Wait for news of this message (or the deadline), then look again.
-        waited_out = tokio::time::timeout_at(deadline, async {
+        // Wait for news of this message (or the deadline, or shutdown), then look again.
+        let news = async {
             loop {
                 match events.recv().await {
                     Ok(ev) if ev.id == id => return,
@@ -397,14 +406,22 @@ async fn get_message(
                     Err(_) => std::future::pending::<()>().await,
                 }
             }
-        })
-        .await
-        .is_err();
+        };
+        waited_out = tokio::select! {
+            r = tokio::time::timeout_at(deadline, news) => r.is_err(),
+            _ = shutdown.wait_for(|stop| *stop) => true,
+        };
     }
 }
 
 async fn get_eml(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.pipeline.store().message(&id) {
+    let lookup = id.clone();
+    match state
+        .pipeline
+        .store()
+        .blocking(move |s| s.message(&lookup))
+        .await
+    {
         Ok(Some(raw)) => ([(header::CONTENT_TYPE, "message/rfc822")], raw).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no message {id}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -413,7 +430,8 @@ async fn get_eml(State(state): State<AppState>, Path(id): Path<String>) -> Respo
 
 async fn retry_one(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let store = state.pipeline.store();
-    let mut record = match store.record(&id) {
+    let lookup = id.clone();
+    let mut record = match store.blocking(move |s| s.record(&lookup)).await {
         Ok(Some(r)) => r,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no message {id}")),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -1,0 +1,95 @@
+//! The command dispatch: one function from parsed flags to an exit code, so the binary
+//! only parses flags and sets up logging.
+
+use super::{Cli, Command, admin, exit};
+use crate::config::Config;
+
+/// Loads the configuration and runs an admin command with it.
+async fn with_config<F, Fut>(cli: &Cli, f: F) -> i32
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = i32>,
+{
+    match load(cli) {
+        Ok(c) => f(c).await,
+        Err(code) => code,
+    }
+}
+
+fn load(cli: &Cli) -> Result<Config, i32> {
+    Config::load(&cli.config).map_err(|e| {
+        eprintln!("{e}");
+        exit::USAGE
+    })
+}
+
+/// Runs the command of `cli`; returns the process's exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match &cli.command {
+        Command::CheckConfig => match load(&cli) {
+            Ok(_) => {
+                println!("{}: ok", cli.config.display());
+                exit::OK
+            }
+            Err(code) => code,
+        },
+        Command::Serve => match load(&cli) {
+            Ok(config) => match crate::serve(config, cli.config.clone()).await {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    tracing::error!(error = %e, "mailgate cannot run");
+                    eprintln!("mailgate: {e}");
+                    exit::FAILED
+                }
+            },
+            Err(code) => code,
+        },
+        Command::History(args) => match load(&cli) {
+            Ok(c) => crate::cli::history::history(&c, args).await,
+            Err(code) => code,
+        },
+        Command::Show(args) => match load(&cli) {
+            Ok(c) => crate::cli::history::show(&c, args).await,
+            Err(code) => code,
+        },
+        Command::Verify(args) => match load(&cli) {
+            Ok(c) => crate::cli::provider::verify(&c, args).await,
+            Err(code) => code,
+        },
+        Command::HashPassword => crate::cli::provider::hash_password(),
+        Command::GenCert(args) => crate::cli::certs::gen_cert(args),
+        Command::Send(args) => {
+            with_config(&cli, |c| async move { admin::send(&c, args).await }).await
+        }
+        Command::TestEmail(args) => {
+            with_config(&cli, |c| async move { admin::test_email(&c, args).await }).await
+        }
+        Command::Export { id } => {
+            with_config(&cli, |c| async move { admin::export(&c, id).await }).await
+        }
+        Command::Retry(args) => {
+            with_config(&cli, |c| async move { admin::retry(&c, args).await }).await
+        }
+        Command::Queue => with_config(&cli, |c| async move { admin::queue(&c).await }).await,
+        Command::Pause => {
+            with_config(&cli, |c| async move { admin::pause_resume(&c, true).await }).await
+        }
+        Command::Resume => {
+            with_config(
+                &cli,
+                |c| async move { admin::pause_resume(&c, false).await },
+            )
+            .await
+        }
+        Command::Store { command } => {
+            with_config(&cli, |c| async move {
+                crate::cli::store::store(&c, command).await
+            })
+            .await
+        }
+        Command::Password { command } => match load(&cli) {
+            Ok(c) => crate::cli::provider::password(&c, command),
+            Err(code) => code,
+        },
+    }
+}
