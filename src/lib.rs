@@ -3,15 +3,20 @@
 //! The journey of one message, module by module:
 //!
 //! ```text
-//! client --SMTP--> smtp::listener (socket I/O) -> smtp::session (state machine, policy)
-//!               -> message (trace headers)     -> store (redb; durable BEFORE the 250)
-//!               -> distributor (due index, retries) -> provider (eml | smtp | graph)
-//!               -> history (status, attempts, diagnosis)
-//! status (axum) and cli read and steer all of it.
+//! client --SMTP--> smtp::listener (sockets) -> smtp::session (state machine, one file per verb)
+//!    admin API, maildrop ------------------------.
+//!               -> pipeline::Submission ----------'-> pipeline (the one door into the store)
+//!               -> message::process (parse once: identify, rewrite From, fit, trace)
+//!               -> store (redb; durable BEFORE the 250)
+//!               -> distributor (due index, limits, retries) -> provider (eml | smtp | graph)
+//!                  each attempt ends in a typed Outcome with a diagnosis Code
+//!               -> history (status, attempts, diagnosis; store::retention prunes)
+//! status (axum) and cli read and steer all of it; metrics, address, time and config are
+//! leaves every stage may use.
 //! ```
 //!
-//! [`Daemon::start`] binds the listeners and starts every task; `main.rs` only parses
-//! flags and waits for signals.
+//! [`Daemon::start`] binds the listeners and starts every task; [`serve`] runs it under
+//! signals; `main.rs` only parses flags and sets up logging.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 

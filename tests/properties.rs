@@ -94,6 +94,45 @@ proptest! {
     }
 
     #[test]
+    fn the_whole_message_stage_keeps_every_byte_it_does_not_own(
+        hdrs in proptest::collection::vec(field(), 0..8),
+        body in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let body: Vec<u8> = body.iter().flat_map(|&b| if b == b'\n' || b == b'\r' { b"\r\n".to_vec() } else { vec![b] }).collect();
+        let mut head = String::new();
+        for (n, v) in &hdrs {
+            head.push_str(&format!("{n}:{v}\r\n"));
+        }
+        let mut input = head.clone().into_bytes();
+        input.extend_from_slice(b"\r\n");
+        input.extend_from_slice(&body);
+        let config = mailgate::config::Config::parse(
+            "[rewrite]\ndefault_sender = \"billing@contoso.com\"\n[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\n",
+            std::path::Path::new("p.toml"),
+        ).unwrap();
+        let rcpts = vec!["a@contoso.com".to_string()];
+        let facts = mailgate::message::Facts {
+            id: "01JPROP", now_ms: 1_795_000_000_000, hostname: "relay.test", helo: "erp",
+            client_ip: "127.0.0.1".into(), protocol: "ESMTP", auth_login: None,
+            mail_from: "app@erp.local", rcpts: &rcpts, as_user: None, provider: None,
+            longest_line: Some(longlines::longest_line(&input)),
+        };
+        let Ok(p) = mailgate::message::process(input.clone(), &facts, &config) else {
+            return Ok(());
+        };
+        if longlines::longest_line(&input) <= longlines::MAX_LINE {
+            prop_assert!(p.raw.ends_with(&body), "the body is byte for byte the same");
+            prop_assert!(p.raw.starts_with(b"Received: from erp (127.0.0.1)"));
+            let out_head = String::from_utf8_lossy(&p.raw[..p.raw.len() - body.len()]).into_owned();
+            let owned = ["from", "x-original-from", "sender", "x-original-sender", "reply-to", "received", "message-id", "date"];
+            let keep = |f: &String| !owned.contains(&name_of(f).as_str());
+            let before: Vec<String> = fields(&head).into_iter().filter(keep).collect();
+            let after: Vec<String> = fields(&out_head).into_iter().filter(keep).filter(|f| f != "\r\n").collect();
+            prop_assert_eq!(before, after);
+        }
+    }
+
+    #[test]
     fn rewrite_and_long_lines_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let out = rewrite(&raw, &plan());
         if let Ok(enc) = longlines::encode(&out) {
