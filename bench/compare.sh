@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# mailgate beside Postfix, on one machine, in one run: the same loads from mailgate-load
-# against (a) mailgate relaying to Postfix's smtp-sink and (b) a private Postfix
-# configured as a relayhost to the same sink. Loopback only; everything is started and
-# stopped by PID under a temporary directory.
+# mailgate beside Postfix, on one machine, in one run: the same loads against (a) mailgate
+# relaying to Postfix's smtp-sink and (b) a private Postfix configured as a relayhost to
+# the same sink. The headline loads come from Postfix's own smtp-source (a new connection
+# per message, no pipelining: the way legacy clients submit); the mailgate-load figures
+# (pipelining, reused connections, latency percentiles) follow. CPU per message is read
+# from /proc (mailgate: its process; Postfix: the master and all its children). Loopback
+# only; everything is started and stopped by PID under a temporary directory.
 #
 #   bench/compare.sh            # needs root (Postfix); installs postfix when missing
 #   N=2000 bench/compare.sh     # fewer messages for a quick look
@@ -126,6 +129,19 @@ postfix_rss_kb() {
   echo "$total"
 }
 mailgate_rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$MG_PID/status"; }
+TCK=$(getconf CLK_TCK)
+# CPU ticks used so far: mailgate's process; Postfix's master with its reaped children
+# (cutime, cstime) plus the children alive now.
+mailgate_cpu() { awk '{print $14+$15}' "/proc/$MG_PID/stat"; }
+postfix_cpu() {
+  local master; master=$(head -1 "$PFX/queue/pid/master.pid" 2>/dev/null | tr -d ' ')
+  local total; total=$(awk '{print $14+$15+$16+$17}' "/proc/$master/stat")
+  local p
+  for p in $(ps -o pid= --ppid "$master"); do
+    total=$((total + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
 mailgate_peak_kb() { awk '/VmHWM/ {print $2}' "/proc/$MG_PID/status"; }
 
 # --- one measurement --------------------------------------------------------------------
@@ -146,12 +162,35 @@ run() {
   echo "$rate $p50 $p99 $e2e $errors"
 }
 
+# run_source PORT DRAINED_FN CPU_FN SESSIONS MESSAGES SIZE -> "accepted_rate e2e_rate cpu_ms"
+# smtp-source: one connection per message, no pipelining (legacy clients).
+run_source() {
+  local port=$1 drained=$2 cpufn=$3 sessions=$4 n=$5 size=$6
+  local c0 c1 t0 t1 t2
+  c0=$($cpufn); t0=$(date +%s.%N)
+  smtp-source -s "$sessions" -m "$n" -l "$size" -f app@erp.local -t sink@contoso.com "127.0.0.1:$port"
+  t1=$(date +%s.%N)
+  for _ in $(seq 6000); do $drained && break; sleep 0.02; done
+  t2=$(date +%s.%N); c1=$($cpufn)
+  python3 -c "n=$n; print(f'{n/($t1-$t0):.0f} {n/($t2-$t0):.0f} {($c1-$c0)*1000/$TCK/n:.3f}')"
+}
+
 declare -A R
+measure_source() { # name sessions messages size
+  local name=$1 s=$2 n=$3 size=$4
+  start_mailgate; R[mgs_$name]=$(run_source "$MG_SMTP" mailgate_drained mailgate_cpu "$s" "$n" "$size"); stop_mailgate
+  start_postfix;  R[pfs_$name]=$(run_source "$PF_SMTP" postfix_drained postfix_cpu "$s" "$n" "$size"); stop_postfix
+}
+
 measure() { # name sessions messages size
   local name=$1 s=$2 n=$3 size=$4
   start_mailgate; R[mg_$name]=$(run "$MG_SMTP" mailgate_drained "$s" "$n" "$size"); R[mg_${name}_peak]=$(mailgate_peak_kb); stop_mailgate
   start_postfix;  R[pf_$name]=$(run "$PF_SMTP" postfix_drained "$s" "$n" "$size"); stop_postfix
 }
+
+measure_source small20 20 "$N" 2048
+measure_source small1 1 "$N_ONE" 2048
+measure_source big20 20 "$N_BIG" 102400
 
 measure small20 20 "$N" 2048
 measure big20 20 "$N_BIG" 102400
@@ -182,7 +221,17 @@ f() { awk -v i="$2" '{print $i}' <<<"${R[$1]}"; }
 ratio() { python3 -c "a,b=float('$1'),float('$2'); print(f'{a/b:.2f}x' if b else 'n/a')"; }
 echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m); postfix $(postconf -c "$PFX/etc" -h mail_version)"
-echo "load: mailgate-load (pipelining), sink: Postfix smtp-sink; accepted = 250 after DATA; e2e = submitted and relayed"
+echo "load: smtp-source (a connection per message, no pipelining), sink: Postfix smtp-sink; accepted = 250 after DATA; e2e = submitted and relayed"
+printf '%-30s %14s %14s %8s\n' "" "mailgate" "postfix" "ratio"
+for load in small20:"2 KB x 20 sessions" big20:"100 KB x 20 sessions" small1:"2 KB x 1 session"; do
+  k=${load%%:*}; label=${load#*:}
+  g() { awk -v i="$2" '{print $i}' <<<"${R[$1]}"; }
+  printf '%-30s %14s %14s %8s\n' "$label accepted/s" "$(g mgs_$k 1)" "$(g pfs_$k 1)" "$(ratio "$(g mgs_$k 1)" "$(g pfs_$k 1)")"
+  printf '%-30s %14s %14s %8s\n' "$label e2e/s" "$(g mgs_$k 2)" "$(g pfs_$k 2)" "$(ratio "$(g mgs_$k 2)" "$(g pfs_$k 2)")"
+  printf '%-30s %14s %14s %8s\n' "$label CPU ms/message" "$(g mgs_$k 3)" "$(g pfs_$k 3)" "$(ratio "$(g pfs_$k 3)" "$(g mgs_$k 3)")"
+done
+echo
+echo "load: mailgate-load (pipelining, reused connections), same sink"
 printf '%-26s %14s %14s %8s\n' "" "mailgate" "postfix" "ratio"
 for load in small20:"2 KB x 20 sessions" big20:"100 KB x 20 sessions" small1:"2 KB x 1 session"; do
   k=${load%%:*}; label=${load#*:}
