@@ -374,13 +374,21 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 /// `mailgate serve`: runs the daemon on `config` (read from `path`) until SIGTERM or
 /// SIGINT, reloading on SIGHUP, then shuts down gracefully.
-pub async fn serve(config: Config, path: std::path::PathBuf) -> Result<(), Error> {
+pub async fn serve(config: Config, source: config::Source) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Config(format!("cannot install signal handlers: {e}"));
     let stop = shutdown_signal().map_err(io)?;
     let mut hup =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(io)?;
+    match &source {
+        config::Source::File(p) => tracing::info!(file = %p.display(), "configuration"),
+        config::Source::BuiltIn => tracing::info!(
+            "configuration: running on the built-in default (no --config, MAILGATE_CONFIG, ./config/mailgate.toml or /etc/mailgate/mailgate.toml)"
+        ),
+    }
     let daemon = Daemon::start(config).await?;
-    daemon.set_config_path(path);
+    if let Some(p) = source.path() {
+        daemon.set_config_path(p.to_path_buf());
+    }
     tokio::pin!(stop);
     loop {
         tokio::select! {

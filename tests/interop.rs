@@ -165,6 +165,13 @@ mod reqwest {
     }
 }
 
+/// swaks aimed at a listener.
+fn swaks_to(addr: std::net::SocketAddr) -> std::process::Command {
+    let mut c = tool("swaks");
+    c.args(["--server", "127.0.0.1", "--port", &addr.port().to_string()]);
+    c
+}
+
 /// aiosmtpd as the upstream, in a child process; its JSON lines arrive on a channel.
 struct Aiosmtpd {
     child: std::process::Child,
@@ -270,13 +277,7 @@ fn swaks_through_mailgate_to_aiosmtpd_with_starttls_and_auth() {
     };
     let mut ids = Vec::new();
     for (n, auth_args) in [(0, vec![]), (1, vec!["--pipeline"])] {
-        let o = tool("swaks")
-            .args([
-                "--server",
-                "127.0.0.1",
-                "--port",
-                &daemon.smtp.port().to_string(),
-            ])
+        let o = swaks_to(daemon.smtp)
             .args([
                 "--from",
                 "scanner@printer.local",
@@ -337,13 +338,7 @@ fn aiosmtpd_refusing_one_recipient_gives_partial_with_recipient_unknown() {
     let up = Aiosmtpd::start(env.dir.path(), &ca, &["--no-auth"]);
     relay_config(&env, &ca, up.port, "");
     let mut daemon = DaemonProcess::start(&env.config_path);
-    let o = tool("swaks")
-        .args([
-            "--server",
-            "127.0.0.1",
-            "--port",
-            &daemon.smtp.port().to_string(),
-        ])
+    let o = swaks_to(daemon.smtp)
         .args([
             "--from",
             "erp@erp.local",
@@ -400,13 +395,7 @@ fn aiosmtpd_without_auth_gives_auth_not_supported() {
         "username = \"relay@contoso.com\"\npassword = \"secret-xyz\"",
     );
     let mut daemon = DaemonProcess::start(&env.config_path);
-    let o = tool("swaks")
-        .args([
-            "--server",
-            "127.0.0.1",
-            "--port",
-            &daemon.smtp.port().to_string(),
-        ])
+    let o = swaks_to(daemon.smtp)
         .args(["--from", "app@erp.local", "--to", "a@contoso.com"])
         .output()
         .unwrap();
@@ -452,13 +441,7 @@ fn swaks_auth_login_over_starttls_to_the_listener() {
     );
     let mut daemon = DaemonProcess::start(&env.config_path);
     let swaks = |password: &str| {
-        tool("swaks")
-            .args([
-                "--server",
-                "127.0.0.1",
-                "--port",
-                &daemon.smtp.port().to_string(),
-            ])
+        swaks_to(daemon.smtp)
             .args([
                 "--tls",
                 "--tls-verify",
@@ -557,13 +540,7 @@ fn gen_cert_makes_a_certificate_swaks_verifies() {
         "",
     );
     let mut daemon = DaemonProcess::start(&env.config_path);
-    let o = tool("swaks")
-        .args([
-            "--server",
-            "127.0.0.1",
-            "--port",
-            &daemon.smtp.port().to_string(),
-        ])
+    let o = swaks_to(daemon.smtp)
         .args([
             "--tls",
             "--tls-verify",

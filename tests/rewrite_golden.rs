@@ -10,7 +10,7 @@ use mailgate::message::rewrite::{Rewrite, rewrite};
 
 fn corpus(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus/eml")
+        .join("tests/data/corpus/eml")
         .join(name)
 }
 

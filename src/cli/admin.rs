@@ -86,8 +86,34 @@ fn client(config: &Config) -> Result<AdminClient, i32> {
     AdminClient::new(config).map_err(|e| fail(&e))
 }
 
+/// An address of our own that the daemon accepts as a sender: `mailgate@<hostname>`, or
+/// `mailgate@localhost.localdomain` when the hostname is a single label (`localhost`).
+fn own_address(config: &Config) -> String {
+    let host = &config.smtp.hostname;
+    if host.contains('.') {
+        format!("mailgate@{host}")
+    } else {
+        format!("mailgate@{host}.localdomain")
+    }
+}
+
+/// The sender of `test-email`, chosen so it always works: the user's address (`--as`);
+/// else the provider's `username` when it is an address (the mailbox the account may send
+/// as, which Microsoft 365 requires); else `rewrite.default_sender`; else our own address.
+fn test_sender(config: &Config, as_user: Option<&str>, provider: &str) -> Result<String, String> {
+    if as_user.is_some() {
+        return composed_from(config, as_user);
+    }
+    if let Some(u) = config.provider(provider).and_then(|p| p.username.clone())
+        && crate::address::check_address(&u, true).is_ok()
+    {
+        return Ok(u);
+    }
+    composed_from(config, None)
+}
+
 /// The From of composed mail: the user's send-from address, else the default sender,
-/// else `mailgate@<hostname>`.
+/// else our own address.
 fn composed_from(config: &Config, as_user: Option<&str>) -> Result<String, String> {
     if let Some(name) = as_user {
         let u = config
@@ -105,7 +131,7 @@ fn composed_from(config: &Config, as_user: Option<&str>) -> Result<String, Strin
         .rewrite
         .default_sender
         .clone()
-        .unwrap_or_else(|| format!("mailgate@{}", config.smtp.hostname)))
+        .unwrap_or_else(|| own_address(config)))
 }
 
 fn content_type_of(path: &std::path::Path) -> ContentType {
@@ -137,7 +163,14 @@ fn parse_mailbox(a: &str) -> Result<Mailbox, String> {
 
 /// Builds the MIME message of `send` (lettre's builder).
 pub fn compose(config: &Config, args: &SendArgs) -> Result<Message, String> {
-    let from = composed_from(config, args.as_user.as_deref())?;
+    compose_from(
+        config,
+        args,
+        composed_from(config, args.as_user.as_deref())?,
+    )
+}
+
+fn compose_from(_config: &Config, args: &SendArgs, from: String) -> Result<Message, String> {
     let mut b = Message::builder()
         .from(parse_mailbox(&from)?)
         .subject(args.subject.clone())
@@ -254,7 +287,9 @@ pub async fn test_email(config: &Config, args: &TestEmailArgs) -> i32 {
         provider: Some(provider.clone()),
         eml: None,
     };
-    let msg = match compose(config, &send_args) {
+    let msg = match test_sender(config, args.as_user.as_deref(), &provider)
+        .and_then(|from| compose_from(config, &send_args, from))
+    {
         Ok(m) => m,
         Err(e) => {
             eprintln!("{e}");

@@ -19,9 +19,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "mailgate", version, about = "Local SMTP submission proxy")]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(long, global = true, env = "MAILGATE_CONFIG", default_value = crate::config::DEFAULT_PATH)]
-    pub config: PathBuf,
+    /// Configuration file (default: the first of ./config/mailgate.toml and
+    /// /etc/mailgate/mailgate.toml that exists, else the built-in default).
+    #[arg(long, global = true, env = "MAILGATE_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Log format for `serve`.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

@@ -2,7 +2,7 @@
 //! only parses flags and sets up logging.
 
 use super::{Cli, Command, admin, exit};
-use crate::config::Config;
+use crate::config::{Config, Source};
 
 /// Loads the configuration and runs an admin command with it.
 async fn with_config<F, Fut>(cli: &Cli, f: F) -> i32
@@ -16,8 +16,12 @@ where
     }
 }
 
+fn source(cli: &Cli) -> Source {
+    Source::locate(cli.config.as_deref())
+}
+
 fn load(cli: &Cli) -> Result<Config, i32> {
-    Config::load(&cli.config).map_err(|e| {
+    Config::load_from(&source(cli)).map_err(|e| {
         eprintln!("{e}");
         exit::USAGE
     })
@@ -28,13 +32,13 @@ pub async fn run(cli: Cli) -> i32 {
     match &cli.command {
         Command::CheckConfig => match load(&cli) {
             Ok(_) => {
-                println!("{}: ok", cli.config.display());
+                println!("{}: ok", source(&cli));
                 exit::OK
             }
             Err(code) => code,
         },
         Command::Serve => match load(&cli) {
-            Ok(config) => match crate::serve(config, cli.config.clone()).await {
+            Ok(config) => match crate::serve(config, source(&cli)).await {
                 Ok(()) => exit::OK,
                 Err(e) => {
                     tracing::error!(error = %e, "mailgate cannot run");

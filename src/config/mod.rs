@@ -17,6 +17,55 @@ mod validate;
 /// The configuration path used when neither `--config` nor `MAILGATE_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "config/mailgate.toml";
 
+/// The files looked for, in order, when neither `--config` nor `MAILGATE_CONFIG` names one.
+pub const SEARCH_PATH: [&str; 2] = [DEFAULT_PATH, "/etc/mailgate/mailgate.toml"];
+
+/// The shipped `config/mailgate.toml`, compiled in: what `serve` runs on when no file is
+/// found (listener 127.0.0.1:2525, store under `data/`, the `outbox` eml provider).
+pub const BUILT_IN: &str = include_str!("../../config/mailgate.toml");
+
+/// Where a configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file (named, or found on the search path).
+    File(PathBuf),
+    /// The built-in default.
+    BuiltIn,
+}
+
+impl Source {
+    /// Finds the configuration: `explicit` (from `--config` or `MAILGATE_CONFIG`) when
+    /// given, even if it does not exist (loading it is then an error, never a fallback);
+    /// else the first file of [`SEARCH_PATH`] that exists; else the built-in default.
+    pub fn locate(explicit: Option<&Path>) -> Source {
+        if let Some(p) = explicit {
+            return Source::File(p.to_path_buf());
+        }
+        SEARCH_PATH
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .map_or(Source::BuiltIn, |p| Source::File(p.to_path_buf()))
+    }
+
+    /// The file, when it is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Source::File(p) => Some(p),
+            Source::BuiltIn => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::BuiltIn => f.write_str("the built-in default configuration"),
+        }
+    }
+}
+
 /// One problem found in a configuration file, located by line and column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -484,6 +533,14 @@ impl Config {
             }])
         })?;
         Config::parse(&text, path)
+    }
+
+    /// Reads and validates the configuration of `source`.
+    pub fn load_from(source: &Source) -> Result<Config, ConfigErrors> {
+        match source {
+            Source::File(p) => Config::load(p),
+            Source::BuiltIn => Config::parse(BUILT_IN, Path::new("(built-in default)")),
+        }
     }
 
     /// Parses and validates configuration text; `file` names it in errors.

@@ -518,10 +518,27 @@ async fn send(
     if req.to.is_empty() {
         return error(StatusCode::BAD_REQUEST, "no recipients");
     }
-    for a in req.to.iter().chain(req.from.iter()) {
+    // The same checks as SMTP: a single-label domain is refused for a recipient only.
+    for a in &req.to {
         if crate::address::check_address(a, true).is_err() {
-            return error(StatusCode::BAD_REQUEST, format!("invalid address {a:?}"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid recipient address {a:?}"),
+            );
         }
+    }
+    if let Some(a) = &req.from
+        && !a.is_empty()
+        && matches!(
+            crate::address::check_address(a, true),
+            Err(crate::address::AddressProblem::Malformed
+                | crate::address::AddressProblem::NeedsSmtpUtf8)
+        )
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid sender address {a:?}"),
+        );
     }
     let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(req.raw.trim()) else {
         return error(StatusCode::BAD_REQUEST, "raw is not base64");
