@@ -104,24 +104,7 @@ impl DaemonProcess {
             .spawn()
             .expect("start mailgate");
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let v = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| serde_json::json!({ "message": line }));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut d = DaemonProcess {
-            child,
-            smtp: "0.0.0.0:0".parse().unwrap(),
-            status: "0.0.0.0:0".parse().unwrap(),
-            lines: rx,
-            seen: Vec::new(),
-        };
+        let mut d = DaemonProcess::adopt(stderr, child);
         let smtp = d.wait_log(
             |v| v["message"] == "smtp listening",
             Duration::from_secs(30),
@@ -133,6 +116,28 @@ impl DaemonProcess {
         );
         d.status = status["addr"].as_str().unwrap().parse().unwrap();
         d
+    }
+
+    /// Collects the JSON log lines of a daemon started by the caller.
+    pub fn adopt(stderr: std::process::ChildStderr, child: Child) -> DaemonProcess {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "message": line }));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        DaemonProcess {
+            child,
+            smtp: "0.0.0.0:0".parse().unwrap(),
+            status: "0.0.0.0:0".parse().unwrap(),
+            lines: rx,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for a log line matching `pred` (looking at lines already seen first).
