@@ -65,8 +65,15 @@ fn check_config_reports_every_problem_with_line_and_column() {
     .unwrap();
     let o = run(&["--config", path, "check-config"]);
     assert_eq!(o.status.code(), Some(2));
+    // Both problems, in the order of the file: the default provider (not in the file)
+    // names no provider, and the unknown key.
     assert!(
-        stderr(&o).starts_with(&format!("{path}:3:1: unknown field `max_size`")),
+        stderr(&o).contains(&format!("\n{path}:3:1: unknown field `max_size`")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("names no [[provider]]"),
         "{}",
         stderr(&o)
     );

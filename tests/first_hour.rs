@@ -28,7 +28,10 @@ async fn the_binary_runs_anywhere_on_its_built_in_default() {
     // check-config says what it read.
     let o = in_dir(dir.path()).arg("check-config").output().unwrap();
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "the built-in default configuration: ok\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "the built-in default configuration: ok\n"
+    );
 
     let mut child = in_dir(dir.path())
         .args(["--log-format", "json", "serve"])
@@ -38,22 +41,62 @@ async fn the_binary_runs_anywhere_on_its_built_in_default() {
         .spawn()
         .unwrap();
     let mut d = DaemonProcess::adopt(child.stderr.take().unwrap(), child);
-    let line = d.wait_log(|v| v["message"].as_str().is_some_and(|m| m.starts_with("configuration")), Duration::from_secs(10));
-    assert!(line["message"].as_str().unwrap().contains("built-in default"), "{line}");
-    d.wait_log(|v| v["message"] == "smtp listening" && v["addr"] == "127.0.0.1:2525", Duration::from_secs(10));
-    let (mut s, greeting) = Smtp::connect("127.0.0.1:2525".parse().unwrap()).await.unwrap();
-    assert!(greeting.starts_with("220 localhost ESMTP mailgate"), "{greeting}");
+    let line = d.wait_log(
+        |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("configuration"))
+        },
+        Duration::from_secs(10),
+    );
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("built-in default"),
+        "{line}"
+    );
+    d.wait_log(
+        |v| v["message"] == "smtp listening" && v["addr"] == "127.0.0.1:2525",
+        Duration::from_secs(10),
+    );
+    let (mut s, greeting) = Smtp::connect("127.0.0.1:2525".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        greeting.starts_with("220 localhost ESMTP mailgate"),
+        "{greeting}"
+    );
     s.cmd("EHLO erp01").await.unwrap();
-    let r = s.send("erp@erp.local", &["a@contoso.com"], b"Subject: first\r\n\r\nhello\r\n").await.unwrap();
+    let r = s
+        .send(
+            "erp@erp.local",
+            &["a@contoso.com"],
+            b"Subject: first\r\n\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
     let id = queued_id(&r).unwrap_or_else(|| panic!("{r}"));
     d.wait_sent(std::slice::from_ref(&id), Duration::from_secs(30));
     let eml = std::fs::read_to_string(dir.path().join("outbox").join(format!("{id}.eml"))).unwrap();
     assert!(eml.contains("hello"));
-    assert!(dir.path().join("data/mailgate.redb").exists(), "store under data/");
+    assert!(
+        dir.path().join("data/mailgate.redb").exists(),
+        "store under data/"
+    );
 
     // test-email works on the shipped configuration, first try.
-    let o = in_dir(dir.path()).args(["test-email", "--to", "you@example.com"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let o = in_dir(dir.path())
+        .args(["test-email", "--to", "you@example.com"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains("status: sent"));
     assert_eq!(d.terminate().code(), Some(0));
 }
@@ -61,17 +104,30 @@ async fn the_binary_runs_anywhere_on_its_built_in_default() {
 #[test]
 fn a_named_configuration_that_does_not_exist_is_an_error_not_a_fallback() {
     let dir = tempfile::tempdir().unwrap();
-    let o = in_dir(dir.path()).args(["--config", "nope.toml", "check-config"]).output().unwrap();
+    let o = in_dir(dir.path())
+        .args(["--config", "nope.toml", "check-config"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).starts_with("nope.toml:1:1: cannot read the configuration"));
-    let o = in_dir(dir.path()).env("MAILGATE_CONFIG", "gone.toml").arg("serve").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .starts_with("nope.toml:1:1: cannot read the configuration")
+    );
+    let o = in_dir(dir.path())
+        .env("MAILGATE_CONFIG", "gone.toml")
+        .arg("serve")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("gone.toml:1:1:"));
     // ./config/mailgate.toml is found before the built-in default.
     std::fs::create_dir_all(dir.path().join("config")).unwrap();
     std::fs::write(dir.path().join("config/mailgate.toml"), "[smtp]\nlisten = [\"127.0.0.1:2599\"]\n[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\n").unwrap();
     let o = in_dir(dir.path()).arg("check-config").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "config/mailgate.toml: ok\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "config/mailgate.toml: ok\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,13 +143,17 @@ async fn test_email_sends_as_the_providers_username() {
             up.addr.port()
         ),
     );
-    let text = std::fs::read_to_string(&env.config_path)
-        .unwrap()
-        .replace("[status]\nlisten = \"127.0.0.1:0\"", &format!("[status]\nlisten = \"127.0.0.1:{status}\""));
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "[status]\nlisten = \"127.0.0.1:0\"",
+        &format!("[status]\nlisten = \"127.0.0.1:{status}\""),
+    );
     std::fs::write(&env.config_path, text).unwrap();
     let test_email = |cfg: String| async move {
         tokio::task::spawn_blocking(move || {
-            Command::new(bin()).args(["--config", &cfg, "test-email", "--to", "you@example.com"]).output().unwrap()
+            Command::new(bin())
+                .args(["--config", &cfg, "test-email", "--to", "you@example.com"])
+                .output()
+                .unwrap()
         })
         .await
         .unwrap()
@@ -101,7 +161,13 @@ async fn test_email_sends_as_the_providers_username() {
     let cfg = env.config_path.to_str().unwrap().to_string();
     let mut d = DaemonProcess::start(&env.config_path);
     let o = test_email(cfg.clone()).await;
-    assert_eq!(o.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let got = up.wait_for(1).await;
     // No username: the sender is an address of our own that the daemon accepts.
     assert_eq!(got[0].from, "mailgate@mailgate.test");
@@ -113,15 +179,56 @@ async fn test_email_sends_as_the_providers_username() {
         credentials: Some(("relay@contoso.com".into(), "pw".into())),
         ..common::upstream::Script::default()
     });
-    let text = std::fs::read_to_string(&env.config_path)
-        .unwrap()
-        .replace("tls = \"none\"\n", "tls = \"none\"\nusername = \"relay@contoso.com\"\npassword = \"pw\"\n");
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "tls = \"none\"\n",
+        "tls = \"none\"\nusername = \"relay@contoso.com\"\npassword = \"pw\"\n",
+    );
     std::fs::write(&env.config_path, text).unwrap();
     let mut d = DaemonProcess::start(&env.config_path);
     let o = test_email(cfg.clone()).await;
-    assert_eq!(o.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let got = up.wait_for(2).await;
     assert_eq!(got[1].from, "relay@contoso.com");
     assert_eq!(got[1].auth_user.as_deref(), Some("relay@contoso.com"));
     assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[test]
+fn check_config_reports_three_different_mistakes_at_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(
+        &path,
+        "[smtp]\nlisten = [\"127.0.0.1:2525\"]\nmax_recipents = 5\nmax_connections = \"many\"\n\
+         [distributor]\nretry_initial = \"1h\"\nretry_max = \"30m\"\n\
+         [[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let o = Command::new(bin())
+        .args(["--config", p, "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].starts_with(&format!("{p}:3:1: unknown field `max_recipents`")),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{p}:4:19: ")) && lines[1].contains("invalid type"),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("{p}:6:1: distributor.retry_initial")),
+        "{err}"
+    );
 }

@@ -543,7 +543,10 @@ impl Config {
         }
     }
 
-    /// Parses and validates configuration text; `file` names it in errors.
+    /// Parses and validates configuration text; `file` names it in errors. Every problem
+    /// is reported in one run, each at the line and column of the key it is about: after
+    /// a key that cannot be read, its line is blanked (offsets kept) and the text read
+    /// again, so later mistakes are found too; then the checks beyond the syntax run.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
         let locate = |span: Option<Range<usize>>, message: String| {
             let (line, col) = line_col(text, span.map_or(0, |s| s.start));
@@ -554,18 +557,46 @@ impl Config {
                 message,
             }
         };
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigErrors(vec![locate(e.span(), e.message().trim().to_string())]))?;
-        let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(
-                problems
-                    .into_iter()
-                    .map(|(span, msg)| locate(Some(span), msg))
-                    .collect(),
-            ))
+        // A syntax error stops the reading there: what follows cannot be trusted.
+        if let Err(e) = text.parse::<toml::Table>() {
+            return Err(ConfigErrors(vec![locate(
+                e.span(),
+                e.message().trim().to_string(),
+            )]));
+        }
+        let mut work = text.to_string();
+        let mut errors = Vec::new();
+        let config = loop {
+            match toml::from_str::<Config>(&work) {
+                Ok(c) => break Some(c),
+                Err(e) => {
+                    let span = e.span();
+                    errors.push(locate(span.clone(), e.message().trim().to_string()));
+                    // Blank the key's line(s) and read again, at most 50 times.
+                    match span.and_then(|s| blank_key_lines(&mut work, s)) {
+                        Some(()) if errors.len() < 50 => {}
+                        _ => break None,
+                    }
+                }
+            }
+        };
+        if let Some(config) = &config {
+            for (span, msg) in config.validate() {
+                let span = if span.is_empty() && span.start == 0 {
+                    key_span(text, &msg).unwrap_or(span)
+                } else {
+                    span
+                };
+                errors.push(locate(Some(span), msg));
+            }
+        }
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => {
+                errors.sort_by_key(|e| (e.line, e.col));
+                errors.dedup();
+                Err(ConfigErrors(errors))
+            }
         }
     }
 
@@ -573,6 +604,55 @@ impl Config {
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.provider.iter().find(|p| p.name.get_ref() == name)
     }
+}
+
+/// Blanks (with spaces, newlines kept) every line that `span` touches, when they hold a
+/// `key = value` and not a table header; None when there is nothing to blank.
+fn blank_key_lines(text: &mut String, span: Range<usize>) -> Option<()> {
+    let start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let end = text[span.end.min(text.len())..]
+        .find('\n')
+        .map_or(text.len(), |i| span.end.min(text.len()) + i);
+    let chunk = &text[start..end];
+    if chunk.trim_start().starts_with('[') || chunk.trim().is_empty() {
+        return None;
+    }
+    let blank: String = chunk
+        .chars()
+        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .collect();
+    text.replace_range(start..end, &blank);
+    Some(())
+}
+
+/// The span of the key a check's message starts with (`distributor.retry_initial ...`):
+/// the key's line under its table header.
+fn key_span(text: &str, message: &str) -> Option<Range<usize>> {
+    let first = message.split_whitespace().next()?;
+    let (table, key) = first.rsplit_once('.')?;
+    let key = key.trim_end_matches([',', ':', ';']);
+    let mut current = String::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[') {
+            current = h
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .to_string();
+        } else if current == table
+            && let Some(rest) = t.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            let col = line.len() - line.trim_start().len();
+            return Some(offset + col..offset + col + key.len());
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// 1-based line and column (in characters) of a byte offset.
