@@ -435,8 +435,10 @@ pub struct ProviderConfig {
     /// smtp: transport security.
     #[serde(default)]
     pub tls: TlsMode,
-    /// smtp: extra trusted CA (PEM).
+    /// smtp: extra trusted CA (PEM), or the exact (self-signed) server certificate.
     pub ca_file: Option<PathBuf>,
+    /// smtp: pin of the server certificate, `sha256:AB:CD:...`.
+    pub tls_fingerprint: Option<String>,
     /// smtp: account name; when set, AUTH is mandatory.
     pub username: Option<String>,
     /// smtp: password inline.

@@ -89,6 +89,23 @@ impl Failure {
     }
 }
 
+/// A refusing reply read by hand (before STARTTLS), classified like lettre's.
+pub(super) fn from_text(reply: &str, stage: &str) -> Failure {
+    let num: u16 = reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let text = reply.get(4..).unwrap_or("").to_string();
+    let code = diagnosis::from_reply(num, &text);
+    let transient = (400..500).contains(&num) || code.is_config();
+    Failure {
+        code,
+        reply: format!("{stage}: {}", reply.trim()),
+        kind: if transient {
+            Kind::ConnectionLost
+        } else {
+            Kind::Permanent
+        },
+    }
+}
+
 /// The reply text of a lettre response: `250 2.0.0 OK ...`.
 pub(super) fn response_text(r: &Response) -> String {
     format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))

@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{
-    AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters,
-};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use tokio::sync::{Mutex, Semaphore};
 
 mod failure;
+pub mod tls;
 
 use super::diagnosis::Code;
 use super::oauth2::{TokenSource, TokenStatus};
@@ -46,6 +45,8 @@ pub struct SmtpProvider {
     pool: Mutex<Vec<Idle>>,
     permits: Arc<Semaphore>,
     opened: AtomicU64,
+    /// The last TLS session (version, cipher, certificate), for `verify`.
+    last_tls: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for SmtpProvider {
@@ -100,6 +101,7 @@ impl SmtpProvider {
             pool: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(config.max_connections.max(1))),
             opened: AtomicU64::new(0),
+            last_tls: std::sync::Mutex::new(None),
             config: config.clone(),
         }
     }
@@ -114,30 +116,144 @@ impl SmtpProvider {
         self.opened.load(Ordering::Relaxed)
     }
 
-    fn tls_parameters(&self) -> Result<TlsParameters, Failure> {
-        let mut b =
-            TlsParameters::builder(self.host.clone()).certificate_store(CertificateStore::Default);
-        if let Some(path) = &self.config.ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                Failure::local(
-                    Code::ProviderConfig,
-                    format!("ca_file {}: {e}", path.display()),
-                )
-            })?;
-            let cert = Certificate::from_pem(&pem).map_err(|e| {
-                Failure::local(
-                    Code::ProviderConfig,
-                    format!("ca_file {}: not a PEM certificate: {e}", path.display()),
-                )
-            })?;
-            b = b.add_root_certificate(cert);
-        }
-        b.build_rustls().map_err(|e| {
+    /// The TLS verifier and client configuration (ca_file read now, so a fixed file takes
+    /// effect at the next connection).
+    fn tls_setup(&self) -> Result<(Arc<tls::Trust>, Arc<rustls::ClientConfig>), Failure> {
+        let config_err = |m: String| Failure::local(Code::ProviderConfig, m);
+        let pem = match &self.config.ca_file {
+            Some(path) => Some((
+                path.display().to_string(),
+                std::fs::read(path)
+                    .map_err(|e| config_err(format!("ca_file {}: {e}", path.display())))?,
+            )),
+            None => None,
+        };
+        let pin = match &self.config.tls_fingerprint {
+            Some(f) => Some(tls::parse_fingerprint(f).map_err(config_err)?),
+            None => None,
+        };
+        let trust = Arc::new(
+            tls::Trust::new(pem.as_ref().map(|(n, p)| (n.as_str(), p.as_slice())), pin)
+                .map_err(config_err)?,
+        );
+        let cc = tls::client_config(trust.clone())
+            .map_err(|e| config_err(format!("TLS settings: {e}")))?;
+        Ok((trust, cc))
+    }
+
+    /// The TLS handshake over `tcp`, verified by [`tls::Trust`]; a refused certificate is
+    /// `tls-certificate` with its cause, subject, issuer, fingerprint and fix.
+    async fn handshake(
+        &self,
+        tcp: tokio::net::TcpStream,
+        prefix: Vec<u8>,
+    ) -> Result<tls::Wire, Failure> {
+        let target = format!("{}:{}", self.host, self.port);
+        let (trust, cc) = self.tls_setup()?;
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
             Failure::local(
                 Code::ProviderConfig,
-                format!("TLS settings: {}", error_chain(&e)),
+                format!("host {:?} is not a valid TLS server name: {e}", self.host),
             )
-        })
+        })?;
+        let connector = tokio_rustls::TlsConnector::from(cc);
+        match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
+            Ok(Ok(s)) => {
+                let wire = tls::Wire::tls(s, prefix);
+                let sess = wire.session();
+                let seen = trust.take_seen();
+                if let Ok(mut g) = self.last_tls.lock() {
+                    *g = Some(format!(
+                        "{}, {}; certificate {}",
+                        sess.version,
+                        sess.cipher,
+                        seen.summary.unwrap_or_default()
+                    ));
+                }
+                Ok(wire)
+            }
+            Ok(Err(e)) => match trust.take_seen().refusal {
+                Some(why) => Err(Failure::local(
+                    Code::TlsCertificate,
+                    format!("TLS certificate of {target} refused: {why}"),
+                )),
+                None => Err(Failure::local(
+                    Code::ConnectionFailed,
+                    format!("TLS handshake with {target} failed: {}", error_chain(&e)),
+                )),
+            },
+            Err(_) => Err(Failure::local(
+                Code::ConnectionFailed,
+                format!(
+                    "TLS handshake with {target}: no answer from the server within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+            )),
+        }
+    }
+
+    /// The part of STARTTLS before the handshake, done by hand on the TCP stream (lettre
+    /// cannot be given our verifier): greeting, EHLO, STARTTLS, 220.
+    async fn plain_starttls(&self, tcp: &mut tokio::net::TcpStream) -> Result<(), Failure> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let target = format!("{}:{}", self.host, self.port);
+        let lost = |what: &str, e: std::io::Error| {
+            Failure::local(Code::ConnectionFailed, format!("{target}: {what}: {e}"))
+        };
+        let exchange = async {
+            let (r, mut w) = tcp.split();
+            let mut r = BufReader::new(r);
+            let reply = async |r: &mut BufReader<tokio::net::tcp::ReadHalf<'_>>| -> std::io::Result<Vec<String>> {
+                let mut lines = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await? == 0 {
+                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+                    }
+                    let last = line.as_bytes().get(3) != Some(&b'-');
+                    lines.push(line.trim_end().to_string());
+                    if last {
+                        return Ok(lines);
+                    }
+                }
+            };
+            let greeting = reply(&mut r).await.map_err(|e| lost("greeting", e))?;
+            if !greeting.last().is_some_and(|l| l.starts_with("220")) {
+                return Err(failure::from_text(&greeting.join(" "), "greeting"));
+            }
+            let hello = self.hello.to_string();
+            w.write_all(format!("EHLO {hello}\r\n").as_bytes())
+                .await
+                .map_err(|e| lost("EHLO", e))?;
+            let ehlo = reply(&mut r).await.map_err(|e| lost("EHLO", e))?;
+            if !ehlo.iter().any(|l| {
+                l.get(4..)
+                    .is_some_and(|c| c.eq_ignore_ascii_case("STARTTLS"))
+            }) {
+                return Err(Failure::local(
+                    Code::StarttlsUnavailable,
+                    format!("{target} did not offer STARTTLS"),
+                ));
+            }
+            w.write_all(b"STARTTLS\r\n")
+                .await
+                .map_err(|e| lost("STARTTLS", e))?;
+            let go = reply(&mut r).await.map_err(|e| lost("STARTTLS", e))?;
+            if !go.last().is_some_and(|l| l.starts_with("220")) {
+                return Err(failure::from_text(&go.join(" "), "STARTTLS"));
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure::local(
+                Code::ConnectionFailed,
+                format!(
+                    "{target}: no answer from the server within {} before STARTTLS",
+                    humantime::format_duration(self.timeout)
+                ),
+            )),
+        }
     }
 
     /// Opens a connection and signs in. With OAuth2, a token the server rejects is
@@ -159,64 +275,48 @@ impl SmtpProvider {
     async fn connect_once(&self) -> Result<AsyncSmtpConnection, Failure> {
         let t = self.timeout;
         let target = format!("{}:{}", self.host, self.port);
-        let mut conn = match self.config.tls {
-            TlsMode::Tls => {
-                let params = self.tls_parameters()?;
-                timed(
-                    t,
-                    "connect",
-                    AsyncSmtpConnection::connect_tokio1(
-                        (self.host.as_str(), self.port),
-                        Some(t),
-                        &self.hello,
-                        Some(params),
-                        None,
-                    ),
-                )
-                .await?
-            }
-            TlsMode::Starttls | TlsMode::None => {
-                let tcp = match tokio::time::timeout(
-                    t,
-                    tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        return Err(Failure::local(
-                            Code::ConnectionFailed,
-                            format!("cannot connect to {target}: {e}"),
-                        ));
-                    }
-                    Err(_) => {
-                        return Err(Failure::local(
-                            Code::ConnectionFailed,
-                            format!("connection to {target} timed out after {}s", t.as_secs()),
-                        ));
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                timed(
-                    t,
-                    "greeting",
-                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello),
-                )
-                .await?
-            }
-        };
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        if self.config.tls == TlsMode::Starttls {
-            if !conn.server_info().supports_feature(Extension::StartTls) {
-                conn.abort().await;
+        let mut tcp = match tokio::time::timeout(
+            t,
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
                 return Err(Failure::local(
-                    Code::StarttlsUnavailable,
-                    format!("{target} did not offer STARTTLS"),
+                    Code::ConnectionFailed,
+                    format!("cannot connect to {target}: {e}"),
                 ));
             }
-            let params = self.tls_parameters()?;
-            timed(t, "STARTTLS", conn.starttls(params, &self.hello)).await?;
-        }
+            Err(_) => {
+                return Err(Failure::local(
+                    Code::ConnectionFailed,
+                    format!("connection to {target} timed out after {}s", t.as_secs()),
+                ));
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn lettre::transport::smtp::client::AsyncTokioStream> =
+            match self.config.tls {
+                TlsMode::None => Box::new(tcp),
+                TlsMode::Tls => Box::new(self.handshake(tcp, Vec::new()).await?),
+                TlsMode::Starttls => {
+                    self.plain_starttls(&mut tcp).await?;
+                    // lettre starts by reading a greeting; after STARTTLS the server sends
+                    // none, so the stream begins with one of ours.
+                    Box::new(
+                        self.handshake(tcp, b"220 TLS established\r\n".to_vec())
+                            .await?,
+                    )
+                }
+            };
+        let mut conn = timed(
+            t,
+            "greeting",
+            AsyncSmtpConnection::connect_with_transport(stream, &self.hello),
+        )
+        .await?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
         if let (Some(user), Some(oauth)) = (&self.config.username, &self.oauth) {
             let token = match oauth.token().await {
                 Ok(t) => t,
@@ -290,20 +390,50 @@ impl SmtpProvider {
     /// server reached.
     pub async fn verify(&self) -> Result<String, Failure> {
         let mut conn = self.connect().await?;
-        let info = conn.server_info().to_string();
-        let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
-        let auth = if self.config.username.is_some() {
-            "authenticated"
+        let info = conn.server_info();
+        let offered: Vec<&str> = [
+            (Mechanism::Plain, "PLAIN"),
+            (Mechanism::Login, "LOGIN"),
+            (Mechanism::Xoauth2, "XOAUTH2"),
+        ]
+        .into_iter()
+        .filter(|(m, _)| info.supports_auth_mechanism(*m))
+        .map(|(_, n)| n)
+        .collect();
+        let offered = if offered.is_empty() {
+            "none".to_string()
         } else {
-            "no authentication (no username)"
+            offered.join(" ")
         };
+        // The mechanism lettre picks: the first of ours that the server offers.
+        let used = match (&self.config.username, &self.oauth) {
+            (None, _) => "no sign-in (no username)".to_string(),
+            (Some(u), Some(_)) => format!("signed in as {u} with XOAUTH2"),
+            (Some(u), None) if info.supports_auth_mechanism(Mechanism::Plain) => {
+                format!("signed in as {u} with PLAIN")
+            }
+            (Some(u), None) => format!("signed in as {u} with LOGIN"),
+        };
+        let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
         let tls = match self.config.tls {
-            TlsMode::Starttls => "STARTTLS",
-            TlsMode::Tls => "implicit TLS",
-            TlsMode::None => "no TLS",
+            TlsMode::Starttls | TlsMode::Tls => {
+                let how = if self.config.tls == TlsMode::Tls {
+                    "implicit TLS"
+                } else {
+                    "STARTTLS"
+                };
+                let sess = self
+                    .last_tls
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.clone())
+                    .unwrap_or_default();
+                format!("{how}, {sess}")
+            }
+            TlsMode::None => "no TLS (tls = \"none\")".to_string(),
         };
         Ok(format!(
-            "{}:{}: {tls}, {auth}; server {info}",
+            "{}:{}: connected; {tls}; AUTH offered: {offered}; {used}",
             self.host, self.port
         ))
     }

@@ -1,0 +1,386 @@
+//! Upstream TLS trust (SPEC "Upstream TLS trust"): mailgate does the TLS handshake itself
+//! with rustls (ring) and hands the encrypted stream to lettre, so it decides what is
+//! trusted and can say why a certificate was refused.
+//!
+//! A server certificate is accepted when:
+//! - `tls_fingerprint` is set: its SHA-256 matches the pin (whoever issued it); nothing
+//!   else is accepted then;
+//! - else it is exactly a certificate in `ca_file` (a self-signed server certificate, as
+//!   `openssl req -x509` makes it with `CA:TRUE`, is trusted as that certificate);
+//! - else it verifies (chain, validity, name) against the system roots plus `ca_file`.
+//!
+//! A refusal is recorded with its cause, the certificate's subject, issuer and SHA-256, and
+//! a fix for that cause; there is no "verify = off".
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// What was learnt of the server's certificate during a handshake.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// Why it was refused, with the fix (None: accepted, or not reached).
+    pub refusal: Option<String>,
+    /// Subject, issuer and not-after of the end-entity certificate.
+    pub summary: Option<String>,
+}
+
+/// The verifier of one provider.
+#[derive(Debug)]
+pub struct Trust {
+    webpki: Arc<dyn ServerCertVerifier>,
+    exact: Vec<Vec<u8>>,
+    pin: Option<Vec<u8>>,
+    ca_file: Option<String>,
+    seen: Mutex<Seen>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+/// SHA-256 of a certificate, as `AB:CD:...`.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `sha256:AB:CD:...` (hex, colons optional, any case) into the 32 bytes.
+pub fn parse_fingerprint(text: &str) -> Result<Vec<u8>, String> {
+    let hex: String = text
+        .trim()
+        .strip_prefix("sha256:")
+        .or_else(|| text.trim().strip_prefix("SHA256:"))
+        .unwrap_or(text.trim())
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "tls_fingerprint {text:?} is not a SHA-256 fingerprint (sha256: and 64 hex digits, colons optional)"
+        ));
+    }
+    (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Subject, issuer and validity of a certificate, for people.
+fn describe(der: &[u8]) -> (String, String, String) {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, c)) => (
+            c.subject().to_string(),
+            c.issuer().to_string(),
+            c.validity().not_after.to_string(),
+        ),
+        Err(_) => ("(unparsable)".into(), "(unparsable)".into(), "?".into()),
+    }
+}
+
+impl Trust {
+    /// The verifier for `host` with the system roots, `ca_file` (PEM, read by the caller)
+    /// and an optional pin.
+    pub fn new(ca_pem: Option<(&str, &[u8])>, pin: Option<Vec<u8>>) -> Result<Trust, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for c in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(c);
+        }
+        let mut exact = Vec::new();
+        if let Some((name, pem)) = ca_pem {
+            let mut found = 0;
+            for c in rustls_pemfile_certs(pem).map_err(|e| format!("ca_file {name}: {e}"))? {
+                exact.push(c.as_ref().to_vec());
+                // A self-signed end-entity certificate may not be a valid root for webpki;
+                // it is trusted as that exact certificate either way.
+                let _ = roots.add(c);
+                found += 1;
+            }
+            if found == 0 {
+                return Err(format!("ca_file {name}: no PEM certificate in it"));
+            }
+        }
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("TLS roots: {e}"))?;
+        Ok(Trust {
+            webpki,
+            exact,
+            pin,
+            ca_file: ca_pem.map(|(n, _)| n.to_string()),
+            seen: Mutex::new(Seen::default()),
+            provider,
+        })
+    }
+
+    /// What the last handshake learnt (and forgets it).
+    pub fn take_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default()
+    }
+
+    fn refuse(&self, der: &[u8], cause: &str, fix: String) -> rustls::Error {
+        let (subject, issuer, until) = describe(der);
+        let why = format!(
+            "{cause}; certificate subject \"{subject}\", issuer \"{issuer}\", valid until {until}, SHA-256 {}. Fix: {fix}",
+            fingerprint(der)
+        );
+        if let Ok(mut g) = self.seen.lock() {
+            g.refusal = Some(why.clone());
+        }
+        rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+            io::Error::other(why),
+        ))))
+    }
+
+    fn fix_for(&self, e: &CertificateError, der: &[u8]) -> (&'static str, String) {
+        let pin = format!("tls_fingerprint = \"sha256:{}\"", fingerprint(der));
+        let self_signed = matches!(x509_parser::parse_x509_certificate(der), Ok((_, c)) if c.subject() == c.issuer());
+        match e {
+            CertificateError::UnknownIssuer | CertificateError::Other(_) if self_signed => (
+                "the certificate is self-signed",
+                format!("put this certificate (PEM) in the provider's ca_file, or pin it with {pin}"),
+            ),
+            CertificateError::UnknownIssuer => (
+                "the certificate's issuer is not trusted (unknown issuer)",
+                format!(
+                    "set ca_file to the PEM certificate of the CA that issued it{}, or pin the server certificate with {pin}",
+                    self.ca_file.as_deref().map(|f| format!(" (ca_file {f} does not hold it)")).unwrap_or_default()
+                ),
+            ),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => (
+                "the certificate has expired",
+                "renew the server's certificate; mailgate does not accept an expired one".into(),
+            ),
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => (
+                "the certificate is not valid yet",
+                "check the clocks of this machine and the server, or the certificate's start date".into(),
+            ),
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => (
+                "the certificate is not issued for this host name (name mismatch)",
+                "set the provider's host to a name the certificate lists, or issue a certificate for this name".into(),
+            ),
+            _ => (
+                "the certificate could not be verified",
+                format!("check the server's certificate chain; or pin it with {pin}"),
+            ),
+        }
+    }
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate: {e}"))
+}
+
+impl ServerCertVerifier for Trust {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let der = end_entity.as_ref();
+        let (subject, issuer, until) = describe(der);
+        if let Ok(mut g) = self.seen.lock() {
+            *g = Seen {
+                refusal: None,
+                summary: Some(format!(
+                    "subject \"{subject}\", issuer \"{issuer}\", valid until {until}"
+                )),
+            };
+        }
+        if let Some(pin) = &self.pin {
+            let got = ring::digest::digest(&ring::digest::SHA256, der);
+            return if got.as_ref() == pin.as_slice() {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(self.refuse(
+                    der,
+                    "the certificate does not match tls_fingerprint (fingerprint mismatch)",
+                    format!(
+                        "if the server's certificate was replaced on purpose, set tls_fingerprint = \"sha256:{}\"",
+                        fingerprint(der)
+                    ),
+                ))
+            };
+        }
+        if self.exact.iter().any(|c| c.as_slice() == der) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Ok(v) => Ok(v),
+            Err(rustls::Error::InvalidCertificate(e)) => {
+                let (cause, fix) = self.fix_for(&e, der);
+                Err(self.refuse(der, cause, fix))
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The rustls client configuration of a provider.
+pub fn client_config(trust: Arc<Trust>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = trust.provider.clone();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(trust)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The stream lettre talks over: TCP or TLS, with bytes to read first (the greeting
+/// after a STARTTLS done by hand: lettre starts a connection by reading one).
+#[derive(Debug)]
+pub struct Wire {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// What the TLS session agreed on, for `verify`.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// `TLSv1.3` and the like.
+    pub version: String,
+    /// The cipher suite.
+    pub cipher: String,
+}
+
+impl Wire {
+    /// A TLS stream, with `prefix` read before anything from the server.
+    pub fn tls(stream: tokio_rustls::client::TlsStream<TcpStream>, prefix: Vec<u8>) -> Wire {
+        Wire {
+            prefix,
+            at: 0,
+            inner: Inner::Tls(Box::new(stream)),
+        }
+    }
+
+    /// The negotiated version and cipher suite.
+    pub fn session(&self) -> Session {
+        let Inner::Tls(s) = &self.inner;
+        let c = s.get_ref().1;
+        Session {
+            version: c.protocol_version().map_or_else(
+                || "?".into(),
+                |v| format!("{v:?}").replace("TLSv1_", "TLS 1."),
+            ),
+            cipher: c
+                .negotiated_cipher_suite()
+                .map_or_else(|| "?".into(), |s| format!("{:?}", s.suite())),
+        }
+    }
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        match &mut self.inner {
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.inner {
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl lettre::transport::smtp::client::AsyncTokioStream for Wire {
+    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        let Inner::Tls(s) = &self.inner;
+        s.get_ref().0.peer_addr()
+    }
+}
