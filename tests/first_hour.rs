@@ -229,3 +229,33 @@ fn check_config_reports_three_different_mistakes_at_their_keys() {
         "{err}"
     );
 }
+
+#[test]
+fn the_human_log_has_no_colour_codes_in_a_pipe() {
+    let env = common::TestEnv::new("", "");
+    let mut child = Command::new(bin())
+        .args(["--config", env.config_path.to_str().unwrap(), "serve"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref().take(20) {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("status listening") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("status listening"), "{seen}");
+    assert!(
+        !seen.contains('\u{1b}'),
+        "ANSI escape codes in a pipe: {seen:?}"
+    );
+}

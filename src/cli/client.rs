@@ -18,7 +18,7 @@ pub enum ClientError {
     #[error("{0}")]
     NotFound(String),
     /// Anything else on the way.
-    #[error("admin API call failed: {0}")]
+    #[error("the call to the daemon's admin API failed: {0}")]
     Http(String),
 }
 
@@ -72,10 +72,16 @@ impl AdminClient {
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
             .unwrap_or(body);
-        if status == reqwest::StatusCode::NOT_FOUND {
-            Err(ClientError::NotFound(msg))
-        } else {
-            Err(ClientError::Api(format!("{status}: {msg}")))
+        // The daemon's own sentence, without HTTP jargon; what to do next where it helps.
+        match status {
+            reqwest::StatusCode::NOT_FOUND => Err(ClientError::NotFound(msg)),
+            reqwest::StatusCode::UNAUTHORIZED => Err(ClientError::Api(format!(
+                "the daemon refused the admin token ({msg}); check status.token_file"
+            ))),
+            s if s.is_server_error() => Err(ClientError::Api(format!(
+                "{msg} (the daemon could not do it; its log says more)"
+            ))),
+            _ => Err(ClientError::Api(msg)),
         }
     }
 

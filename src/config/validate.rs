@@ -92,6 +92,14 @@ impl Config {
                 ));
             }
             out.extend(validate_provider(p));
+            if let Some(f) = &p.tls_fingerprint
+                && let Err(e) = crate::provider::smtp::tls::parse_fingerprint(f)
+            {
+                out.push((
+                    p.name.span(),
+                    format!("provider {:?}: {e}", p.name.get_ref()),
+                ));
+            }
         }
         if self.provider(d.default_provider.get_ref()).is_none() {
             out.push((

@@ -219,8 +219,8 @@ impl Code {
                 "Check the provider's `host` and `port` (Microsoft 365: `smtp.office365.com`, `port = 587`). For implicit TLS on port 465 set `tls = \"tls\"`; only for a trusted server on this machine set `tls = \"none\"`. Then run `mailgate verify --provider NAME`.",
             ),
             Code::TlsCertificate => (
-                "The server's TLS certificate could not be verified (unknown issuer, wrong name, or expired).",
-                "Set the provider's `host` to the name the certificate is issued for; for a private CA or a self-signed server set `ca_file` to its PEM certificate; then run `mailgate verify --provider NAME`. Verification is never switched off.",
+                "The server's TLS certificate could not be verified; the reply names the cause (self-signed, unknown issuer, expired, not valid yet, name mismatch or fingerprint mismatch) and the certificate's subject, issuer and SHA-256 fingerprint.",
+                "Follow the fix in the reply: a self-signed server certificate or a private CA goes in the provider's `ca_file` (PEM), or pin the certificate with the `tls_fingerprint = \"sha256:...\"` line the reply prints; a name mismatch needs `host` set to a name the certificate lists; an expired certificate must be renewed on the server. Then run `mailgate verify --provider NAME`. Verification is never switched off.",
             ),
             Code::ConnectionFailed => (
                 "The upstream server could not be reached: connection refused, timed out, name not resolved, or dropped.",
