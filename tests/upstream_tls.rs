@@ -80,6 +80,15 @@ fn issued(
     (cert.pem(), key.serialize_pem())
 }
 
+/// Names, validity from and to, the cause and the fix expected.
+type Case<'a> = (
+    &'a [&'a str],
+    (i32, u8, u8),
+    (i32, u8, u8),
+    &'a str,
+    &'a str,
+);
+
 fn ca(name: &str) -> (CertificateParams, KeyPair, String) {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -186,7 +195,7 @@ async fn each_cause_of_a_refusal_is_named_with_its_fix() {
     let (ca_p, ca_k, ca_pem) = ca("Contoso Internal CA");
     let ca_file = write(dir.path(), "ca.pem", &ca_pem);
     let with_ca = format!("ca_file = \"{ca_file}\"");
-    let cases: [(&[&str], (i32, u8, u8), (i32, u8, u8), &str, &str); 3] = [
+    let cases: [Case; 3] = [
         (
             &["127.0.0.1"],
             (2020, 1, 1),
