@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod distributor;
 pub mod history;
+pub mod maildrop;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
@@ -184,6 +185,11 @@ impl Daemon {
         tasks.push(tokio::spawn(status::http::serve(
             status_listener,
             status_state,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(maildrop::intake(
+            pipeline.clone(),
+            maildrop::dir_for(&config.store.path),
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(store::retention_task(
@@ -372,6 +378,13 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// Tells systemd (when `NOTIFY_SOCKET` is set; a no-op otherwise).
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
 /// `mailgate serve`: runs the daemon on `config` (read from `path`) until SIGTERM or
 /// SIGINT, reloading on SIGHUP, then shuts down gracefully.
 pub async fn serve(config: Config, source: config::Source) -> Result<(), Error> {
@@ -389,18 +402,41 @@ pub async fn serve(config: Config, source: config::Source) -> Result<(), Error> 
     if let Some(p) = source.path() {
         daemon.set_config_path(p.to_path_buf());
     }
+    // systemd (Type=notify): ready once the listeners are bound and the store is open.
+    let addrs: Vec<String> = daemon.smtp_addrs.iter().map(|a| a.to_string()).collect();
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("accepting mail on {}", addrs.join(", "))),
+    ]);
+    let watchdog = sd_notify::watchdog_enabled().map(|every| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every / 2);
+            loop {
+                tick.tick().await;
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        })
+    });
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = hup.recv() => match daemon.reload().await {
-                Ok(r) if r.needs_restart.is_empty() => {}
-                Ok(r) => tracing::warn!(settings = ?r.needs_restart, "reloaded; these settings take effect after a restart"),
-                Err(e) => tracing::error!(errors = %e, "reload refused; the running configuration stays"),
-            },
+            _ = hup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading]);
+                match daemon.reload().await {
+                    Ok(r) if r.needs_restart.is_empty() => {}
+                    Ok(r) => tracing::warn!(settings = ?r.needs_restart, "reloaded; these settings take effect after a restart"),
+                    Err(e) => tracing::error!(errors = %e, "reload refused; the running configuration stays"),
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
         }
     }
     tracing::info!("shutting down");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     daemon.shutdown().await;
     Ok(())
 }

@@ -39,6 +39,16 @@ async fn main() {
             eprintln!("mailgate: internal error{at}: {what}");
         }
     }));
+    // Run as `sendmail` or `mailq` (a link to the binary): sendmail's flags, not ours.
+    let args: Vec<String> = std::env::args().collect();
+    let prog = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if prog == "sendmail" || prog == "mailq" {
+        std::process::exit(mailgate::cli::sendmail::run(&args[1..], prog == "mailq").await);
+    }
     let cli = Cli::parse();
     if matches!(cli.command, Command::Serve) {
         init_logging(cli.log_format);

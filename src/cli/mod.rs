@@ -7,6 +7,7 @@ pub mod client;
 pub mod history;
 pub mod provider;
 mod run;
+pub mod sendmail;
 pub mod store;
 
 pub use run::run;
@@ -74,6 +75,13 @@ pub enum Command {
     GenCert(certs::GenCertArgs),
     /// Read a password from stdin, print the PHC string for `password_hash`.
     HashPassword,
+    /// The sendmail door: read one message from stdin (`-t -i -f ADDR -F NAME -bp` and
+    /// sendmail's other flags); also run as `sendmail` or `mailq` through a link.
+    Sendmail {
+        /// sendmail's flags and the recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Check or salvage the store of a stopped daemon.
     Store {
         /// check or salvage.

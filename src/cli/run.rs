@@ -85,6 +85,15 @@ pub async fn run(cli: Cli) -> i32 {
             )
             .await
         }
+        Command::Sendmail { args } => {
+            let mut all: Vec<String> = cli
+                .config
+                .iter()
+                .flat_map(|c| ["--config".to_string(), c.display().to_string()])
+                .collect();
+            all.extend(args.iter().cloned());
+            super::sendmail::run(&all, false).await
+        }
         Command::Store { command } => {
             with_config(&cli, |c| async move {
                 crate::cli::store::store(&c, command).await

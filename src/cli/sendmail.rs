@@ -1,0 +1,420 @@
+//! The sendmail door: `mailgate sendmail [flags] [rcpt...]`, or the binary run as
+//! `sendmail` or `mailq`. Reads one message from standard input, submits it over SMTP to
+//! the first `smtp.listen` address (so it takes the whole journey), or, when the daemon
+//! cannot be reached, leaves it in the maildrop. Exit codes as sendmail's (sysexits.h).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::config::{Config, Source};
+
+/// sysexits.h codes.
+pub mod sysexits {
+    /// Accepted (by the daemon or the maildrop).
+    pub const OK: i32 = 0;
+    /// Command line usage error.
+    pub const USAGE: i32 = 64;
+    /// The message or its addresses are bad.
+    pub const DATAERR: i32 = 65;
+    /// Temporary failure: neither the daemon nor the maildrop took it.
+    pub const TEMPFAIL: i32 = 75;
+}
+
+/// What the flags asked for.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Flags {
+    /// `--config` given before the command.
+    pub config: Option<PathBuf>,
+    /// `-t`: recipients also from To, Cc, Bcc; Bcc removed.
+    pub from_headers: bool,
+    /// `-i`/`-oi`: a lone `.` does not end the message.
+    pub ignore_dots: bool,
+    /// `-f`/`-r`: envelope sender.
+    pub sender: Option<String>,
+    /// `-F`: full name for an added From.
+    pub full_name: Option<String>,
+    /// `-bp` (or run as `mailq`): print the queue.
+    pub print_queue: bool,
+    /// Recipients on the command line.
+    pub rcpts: Vec<String>,
+}
+
+/// Flags that take a value (as a separate argument when not attached).
+const WITH_VALUE: [char; 10] = ['f', 'r', 'F', 'B', 'N', 'R', 'X', 'L', 'V', 'C'];
+
+/// Parses sendmail's flags. Every flag sendmail knows is accepted; those without meaning
+/// here are ignored, so callers never break. Errors are usage errors (exit 64).
+pub fn parse(args: &[String]) -> Result<Flags, String> {
+    let mut f = Flags::default();
+    let mut it = args.iter().peekable();
+    let mut flags_done = false;
+    while let Some(a) = it.next() {
+        if flags_done || !a.starts_with('-') || a == "-" {
+            f.rcpts.extend(
+                a.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            );
+            continue;
+        }
+        if a == "--" {
+            flags_done = true;
+            continue;
+        }
+        if let Some(path) = a.strip_prefix("--config=") {
+            f.config = Some(path.into());
+            continue;
+        }
+        if a == "--config" {
+            f.config = Some(it.next().ok_or("--config needs a path")?.into());
+            continue;
+        }
+        let body = &a[1..];
+        let Some(flag) = body.chars().next() else {
+            continue;
+        };
+        let rest = &body[flag.len_utf8()..];
+        let mut value = || -> Result<String, String> {
+            if rest.is_empty() {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("-{flag} needs a value"))
+            } else {
+                Ok(rest.to_string())
+            }
+        };
+        match flag {
+            't' => f.from_headers = true,
+            'i' => f.ignore_dots = true,
+            'o' if rest == "i" => f.ignore_dots = true,
+            'o' => {} // -oem, -odi, -odb, -oQ... accepted and ignored
+            'b' => match rest {
+                "p" => f.print_queue = true,
+                "m" | "" => {}
+                _ => {} // -bs, -bv, -bd...: not served; delivering is the safe reading
+            },
+            'f' | 'r' => f.sender = Some(value()?),
+            'F' => f.full_name = Some(value()?),
+            c if WITH_VALUE.contains(&c) => {
+                value()?;
+            }
+            _ => {} // -v, -q, -U, -G, -n, -m, -e... accepted and ignored
+        }
+    }
+    Ok(f)
+}
+
+/// LF line ends become CRLF; without `ignore_dots` a line holding only `.` ends the
+/// message there (sendmail's default).
+pub fn read_message(input: &[u8], ignore_dots: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 32);
+    for line in input.split_inclusive(|&b| b == b'\n') {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if !ignore_dots && text == b"." {
+            break;
+        }
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The addresses of To, Cc and Bcc (for `-t`), and the message without its Bcc fields.
+pub fn header_recipients(raw: &[u8]) -> (Vec<String>, Vec<u8>) {
+    use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
+    let mut rcpts = Vec::new();
+    let mut bcc: Vec<(usize, usize)> = Vec::new();
+    if let Some(m) = MessageParser::default().parse_headers(raw) {
+        for h in &m.root_part().headers {
+            if !matches!(h.name, HeaderName::To | HeaderName::Cc | HeaderName::Bcc) {
+                continue;
+            }
+            if h.name == HeaderName::Bcc {
+                bcc.push((h.offset_field as usize, h.offset_end as usize));
+            }
+            let list: Vec<&mail_parser::Addr<'_>> = match &h.value {
+                HeaderValue::Address(Address::List(l)) => l.iter().collect(),
+                HeaderValue::Address(Address::Group(g)) => {
+                    g.iter().flat_map(|g| g.addresses.iter()).collect()
+                }
+                _ => Vec::new(),
+            };
+            rcpts.extend(
+                list.iter()
+                    .filter_map(|a| a.address.as_deref())
+                    .map(String::from),
+            );
+        }
+    }
+    let mut out = raw.to_vec();
+    for (s, e) in bcc.into_iter().rev() {
+        out.drain(s..e.min(out.len()));
+    }
+    (rcpts, out)
+}
+
+fn has_from(raw: &[u8]) -> bool {
+    mail_parser::MessageParser::default()
+        .parse_headers(raw)
+        .is_some_and(|m| {
+            m.root_part()
+                .headers
+                .iter()
+                .any(|h| h.name == mail_parser::HeaderName::From)
+        })
+}
+
+/// The invoking Unix user: LOGNAME (cron sets it) or USER, else the name of the real uid
+/// in /etc/passwd, else `nobody`.
+fn unix_user() -> String {
+    let fine = |u: &String| {
+        !u.is_empty()
+            && u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    };
+    std::env::var("LOGNAME")
+        .or_else(|_| std::env::var("USER"))
+        .ok()
+        .filter(fine)
+        .or_else(|| passwd_name().filter(fine))
+        .unwrap_or_else(|| "nobody".into())
+}
+
+fn passwd_name() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
+    })
+}
+
+/// One SMTP transaction to the daemon. Ok: the `250` id line. Err(Some(reply)): the
+/// daemon refused (reply text); Err(None): it could not be reached or talked to.
+async fn submit(
+    addr: std::net::SocketAddr,
+    from: &str,
+    rcpts: &[String],
+    raw: &[u8],
+) -> Result<String, Option<String>> {
+    let io = |_e: std::io::Error| None;
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(10), TcpStream::connect(addr))
+        .await
+        .map_err(|_| None)?
+        .map_err(io)?;
+    let _ = stream.set_nodelay(true);
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    async fn reply(
+        r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    ) -> Result<String, Option<String>> {
+        loop {
+            let mut line = String::new();
+            match tokio::time::timeout(std::time::Duration::from_secs(300), r.read_line(&mut line))
+                .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(None),
+                Ok(Ok(_)) => {}
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(line.trim_end().to_string());
+            }
+        }
+    }
+    let expect = |got: String, code: &str| -> Result<String, Option<String>> {
+        if got.starts_with(code) {
+            Ok(got)
+        } else {
+            Err(Some(got))
+        }
+    };
+    expect(reply(&mut r).await?, "220")?;
+    w.write_all(b"EHLO localhost\r\n").await.map_err(io)?;
+    expect(reply(&mut r).await?, "250")?;
+    w.write_all(format!("MAIL FROM:<{from}>\r\n").as_bytes())
+        .await
+        .map_err(io)?;
+    expect(reply(&mut r).await?, "250")?;
+    for rc in rcpts {
+        w.write_all(format!("RCPT TO:<{rc}>\r\n").as_bytes())
+            .await
+            .map_err(io)?;
+        expect(reply(&mut r).await?, "250")?;
+    }
+    w.write_all(b"DATA\r\n").await.map_err(io)?;
+    expect(reply(&mut r).await?, "354")?;
+    // Dot-stuffing, in pieces so a large message is not copied whole.
+    let mut buf = Vec::with_capacity(64 * 1024);
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            buf.push(b'.');
+        }
+        buf.extend_from_slice(line);
+        if buf.len() >= 60 * 1024 {
+            w.write_all(&buf).await.map_err(io)?;
+            buf.clear();
+        }
+    }
+    if !raw.is_empty() && !raw.ends_with(b"\r\n") {
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b".\r\n");
+    w.write_all(&buf).await.map_err(io)?;
+    let done = expect(reply(&mut r).await?, "250")?;
+    let _ = w.write_all(b"QUIT\r\n").await;
+    Ok(done)
+}
+
+/// Runs the door with sendmail's arguments (after the program name); `mailq` when run
+/// under that name. Returns the exit code.
+pub async fn run(args: &[String], as_mailq: bool) -> i32 {
+    let mut flags = match parse(args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return sysexits::USAGE;
+        }
+    };
+    flags.print_queue |= as_mailq;
+    // Run as `sendmail`, clap did not read the environment: MAILGATE_CONFIG here.
+    let named = flags
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("MAILGATE_CONFIG").map(PathBuf::from));
+    let config = match Config::load_from(&Source::locate(named.as_deref())) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return sysexits::TEMPFAIL;
+        }
+    };
+    if flags.print_queue {
+        return print_queue(&config).await;
+    }
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("sendmail: cannot read the message from standard input: {e}");
+        return sysexits::TEMPFAIL;
+    }
+    let mut raw = read_message(&input, flags.ignore_dots);
+    drop(input);
+    let mut rcpts = flags.rcpts.clone();
+    if flags.from_headers {
+        let (found, without_bcc) = header_recipients(&raw);
+        rcpts.extend(found);
+        raw = without_bcc;
+    }
+    let mut seen = std::collections::HashSet::new();
+    rcpts.retain(|r| seen.insert(r.to_ascii_lowercase()));
+    if rcpts.is_empty() {
+        eprintln!(
+            "sendmail: no recipients (name them as arguments, or use -t to read To, Cc and Bcc)"
+        );
+        return sysexits::DATAERR;
+    }
+    // The door's recipient checks, so mail left in the maildrop meets the same rules.
+    for a in &rcpts {
+        match crate::address::check_address(a, true) {
+            Ok(()) => {}
+            Err(crate::address::AddressProblem::SingleLabelDomain)
+                if !config.smtp.reject_single_label_domains => {}
+            Err(crate::address::AddressProblem::SingleLabelDomain) => {
+                eprintln!(
+                    "sendmail: <{a}>: recipient address rejected: single label domain not accepted (550 5.1.2); it needs a full domain (user@contoso.com)"
+                );
+                return sysexits::DATAERR;
+            }
+            Err(_) => {
+                eprintln!("sendmail: invalid recipient address {a:?}");
+                return sysexits::DATAERR;
+            }
+        }
+    }
+    let user = unix_user();
+    let host = &config.smtp.hostname;
+    let from = flags.sender.clone().unwrap_or_else(|| {
+        if host.contains('.') {
+            format!("{user}@{host}")
+        } else {
+            format!("{user}@{host}.localdomain")
+        }
+    });
+    if !from.is_empty() && crate::address::check_address(&from, true).is_err() {
+        eprintln!("sendmail: invalid sender address {from:?} (-f)");
+        return sysexits::DATAERR;
+    }
+    if !has_from(&raw) {
+        let field = match &flags.full_name {
+            Some(name) => format!(
+                "From: \"{}\" <{from}>\r\n",
+                name.replace(['"', '\\', '\r', '\n'], "")
+            ),
+            None => format!("From: <{from}>\r\n"),
+        };
+        raw.splice(0..0, field.into_bytes());
+    }
+    let Some(addr) = config.smtp.listen_addrs().first().copied() else {
+        eprintln!("sendmail: smtp.listen names no address");
+        return sysexits::TEMPFAIL;
+    };
+    match submit(addr, &from, &rcpts, &raw).await {
+        Ok(_) => sysexits::OK,
+        Err(Some(reply)) if reply.starts_with('5') => {
+            eprintln!("sendmail: the message was refused: {reply}");
+            sysexits::DATAERR
+        }
+        Err(other) => {
+            // Not reachable, or a temporary refusal: the maildrop takes it.
+            let dir = crate::maildrop::dir_for(&config.store.path);
+            let env = crate::maildrop::Envelope {
+                from,
+                rcpts,
+                user: Some(user),
+            };
+            match crate::maildrop::write(&dir, &env, &raw) {
+                Ok(path) => {
+                    let why = other.map_or_else(
+                        || format!("mailgate is not running at {addr}"),
+                        |r| format!("mailgate answered {r}"),
+                    );
+                    eprintln!(
+                        "sendmail: {why}; the message was left in the maildrop ({}) and will be sent when mailgate runs",
+                        path.display()
+                    );
+                    sysexits::OK
+                }
+                Err(e) => {
+                    eprintln!(
+                        "sendmail: mailgate could not be reached at {addr} and the maildrop {} cannot take the message: {e}",
+                        dir.display()
+                    );
+                    sysexits::TEMPFAIL
+                }
+            }
+        }
+    }
+}
+
+async fn print_queue(config: &Config) -> i32 {
+    let dir = crate::maildrop::dir_for(&config.store.path);
+    let waiting = crate::maildrop::waiting(&dir).len();
+    if waiting > 0 {
+        println!("maildrop: {waiting} messages waiting for mailgate to take them in");
+    }
+    let code = super::admin::queue(config).await;
+    if code != 0 && waiting == 0 {
+        println!("maildrop: empty");
+    }
+    code
+}
