@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds the two Debian packages into target/debian/:
+#   mailgate      (cargo-deb): the binary, the systemd unit, /etc/mailgate/mailgate.toml
+#                 (the shipped config with its store and outbox under /var/lib/mailgate),
+#                 the README, the mailgate system user;
+#   mailgate-mta  (dpkg-deb): only /usr/sbin/sendmail and /usr/bin/mailq as links to
+#                 /usr/bin/mailgate, providing mail-transport-agent (as msmtp-mta does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p target/packaging target/debian
+sed -e 's#^path = "data/mailgate.redb"#path = "/var/lib/mailgate/mailgate.redb"#' \
+    -e 's#^directory = "outbox"#directory = "/var/lib/mailgate/outbox"#' \
+    config/mailgate.toml > target/packaging/mailgate.toml
+grep -q '^path = "/var/lib/mailgate/mailgate.redb"' target/packaging/mailgate.toml
+cargo deb --locked --quiet
+VER=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+ARCH=$(dpkg --print-architecture)
+
+MTA=target/packaging/mailgate-mta
+rm -rf "$MTA"
+mkdir -p "$MTA/DEBIAN" "$MTA/usr/sbin" "$MTA/usr/bin" "$MTA/usr/share/doc/mailgate-mta"
+ln -s ../bin/mailgate "$MTA/usr/sbin/sendmail"
+ln -s mailgate "$MTA/usr/bin/mailq"
+cp packaging/mta/copyright "$MTA/usr/share/doc/mailgate-mta/copyright"
+gzip -9n < packaging/mta/changelog > "$MTA/usr/share/doc/mailgate-mta/changelog.gz"
+cat > "$MTA/DEBIAN/control" <<CONTROL
+Package: mailgate-mta
+Version: $VER
+Architecture: $ARCH
+Maintainer: mailgate developers <mailgate-dev@example.org>
+Depends: mailgate (= $VER)
+Provides: mail-transport-agent
+Conflicts: mail-transport-agent
+Replaces: mail-transport-agent
+Section: mail
+Priority: optional
+Description: mailgate as the system's sendmail
+ Links /usr/sbin/sendmail and /usr/bin/mailq to mailgate, so cron, PHP's mail(),
+ mailx and other software that runs sendmail hand their mail to mailgate.
+CONTROL
+chmod -R go-w "$MTA"
+dpkg-deb --root-owner-group --build "$MTA" "target/debian/mailgate-mta_${VER}_${ARCH}.deb" >/dev/null
+ls target/debian/*.deb
