@@ -171,12 +171,17 @@ impl Daemon {
         tracing::info!(addr = %status_addr, "status listening");
         let config_path = Arc::new(RwLock::new(None));
         let listeners_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let token =
+            status::http::load_token(&config.status).map_err(|e| Error::Config(e.to_string()))?;
         let status_state = status::http::AppState {
             pipeline: pipeline.clone(),
             distributor: distributor.clone(),
             started: Instant::now(),
-            token: status::http::load_token(&config.status)
-                .map_err(|e| Error::Config(e.to_string()))?,
+            pages: Arc::new(status::pages::PageState::new(
+                token.clone(),
+                !status_addr.ip().is_loopback(),
+            )),
+            token,
             config_path: config_path.clone(),
             listeners_up: listeners_up.clone(),
             space: space.clone(),

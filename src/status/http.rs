@@ -26,7 +26,7 @@ use crate::distributor::{Distributor, provider_limits};
 use crate::history::{Record, Status};
 use crate::pipeline::{Client, Origin, Submission, SubmitError};
 use crate::store::space::SpaceCheck;
-use crate::time::{now_ms, parse_rfc3339, rfc3339};
+use crate::time::{now_ms, rfc3339};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -47,6 +47,8 @@ pub struct AppState {
     pub space: Arc<dyn SpaceCheck>,
     /// Turns true at shutdown: long polls answer at once.
     pub shutdown: watch::Receiver<bool>,
+    /// Sessions and CSRF tokens of the pages.
+    pub pages: Arc<super::pages::PageState>,
 }
 
 /// Reads the admin token from `token` or `token_file` (trimmed).
@@ -84,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        .merge(super::pages::routes(state.clone()))
         .route("/healthz", get(healthz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
@@ -295,63 +298,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Query of `GET /api/messages`.
-#[derive(Debug, Deserialize, Default)]
-pub struct ListQuery {
-    /// Only records of this status.
-    pub status: Option<String>,
-    /// Only records of this user.
-    pub user: Option<String>,
-    /// Only records received within this duration (`2h`) or since this RFC 3339 time.
-    pub since: Option<String>,
-    /// At most this many (default 50, at most 10000).
-    pub limit: Option<usize>,
-}
-
-/// Parses `since`: a duration back from now, or an RFC 3339 time; ms since the epoch.
-pub fn parse_since(s: &str) -> Option<u64> {
-    humantime::parse_duration(s)
-        .ok()
-        .map(|d: Duration| {
-            now_ms().saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        })
-        .or_else(|| parse_rfc3339(s))
-}
+pub use super::query::{ListQuery, parse_since};
 
 async fn list_messages(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => match Status::parse(s) {
-            Some(st) => Some(st),
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown status {s:?}: use queued, deferred, sent, partial or failed"),
-                );
-            }
-        },
+    let query = match super::query::HistoryQuery::parse(&q) {
+        Ok(q) => q,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => match parse_since(s) {
-            Some(ms) => Some(ms),
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid since {s:?}: use a duration like 2h or an RFC 3339 time"),
-                );
-            }
-        },
-    };
-    let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
-    let user = q.user.filter(|u| !u.is_empty());
-    let store = state.pipeline.store().clone();
-    let result =
-        tokio::task::spawn_blocking(move || store.query(status, user.as_deref(), since, limit))
-            .await;
-    match result {
-        Ok(Ok(records)) => axum::Json(records).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match query.run_blocking(state.pipeline.store()).await {
+        Ok((records, _)) => axum::Json(records).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -428,21 +383,22 @@ async fn get_eml(State(state): State<AppState>, Path(id): Path<String>) -> Respo
     }
 }
 
-async fn retry_one(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+/// Queues a failed, partial or deferred message again, now (its failed recipients get
+/// another chance); the API and the page's Retry button. Err: the HTTP status and why.
+pub async fn retry_message(state: &AppState, id: &str) -> Result<Status, (StatusCode, String)> {
     let store = state.pipeline.store();
-    let lookup = id.clone();
+    let lookup = id.to_string();
     let mut record = match store.blocking(move |s| s.record(&lookup)).await {
         Ok(Some(r)) => r,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no message {id}")),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(None) => return Err((StatusCode::NOT_FOUND, format!("no message {id}"))),
+        Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     };
     if record.status == Status::Sent {
-        return error(
+        return Err((
             StatusCode::CONFLICT,
             format!("message {id} was sent; nothing to retry"),
-        );
+        ));
     }
-    // Failed recipients get another chance; the message is due now.
     for r in record
         .recipients
         .iter_mut()
@@ -456,12 +412,20 @@ async fn retry_one(State(state): State<AppState>, Path(id): Path<String>) -> Res
     let now = state.distributor.now();
     record.next_attempt_at = Some(rfc3339(now));
     let status = record.status;
-    if let Err(e) = store.update(record, Some(now)).await {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
+    store
+        .update(record, Some(now))
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     tracing::info!(id = %id, status = status.as_str(), "retry requested");
     state.distributor.wake();
-    axum::Json(json!({ "id": id, "status": status.as_str() })).into_response()
+    Ok(status)
+}
+
+async fn retry_one(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match retry_message(&state, &id).await {
+        Ok(status) => axum::Json(json!({ "id": id, "status": status.as_str() })).into_response(),
+        Err((code, why)) => error(code, why),
+    }
 }
 
 async fn retry_all(State(state): State<AppState>) -> Response {

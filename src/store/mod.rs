@@ -526,58 +526,127 @@ impl Store {
         since: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
-        contained("the query index", || {
+        self.page(&Page {
+            status,
+            user,
+            since,
+            limit,
+            ..Page::default()
+        })
+        .map(|(records, _)| records)
+    }
+
+    /// One page of history, newest first, from the narrowest index (status, else user,
+    /// else all records), starting below `before`; every filter is applied before a record
+    /// counts towards `limit`. At most `max_scan` records are examined (0: no cap). Returns
+    /// the records and the cursor of the next page (None at the end).
+    pub fn page(&self, q: &Page<'_>) -> Result<(Vec<Record>, Option<String>), StoreError> {
+        contained("the history index", || {
             let txn = self.db()?.begin_read().map_err(io_err)?;
             let records = txn.open_table(RECORDS).map_err(io_err)?;
-            let floor = since.map(|ms| ulid::Ulid::from_parts(ms, 0).to_string());
+            let floor = q.since.map(|ms| ulid::Ulid::from_parts(ms, 0).to_string());
             let mut out = Vec::new();
-            // Candidates newest first from the narrowest index; each is checked against every
-            // filter before it counts towards `limit`. Ids are time-ordered, so the scan ends
-            // at the first one older than `since`.
+            let mut scanned = 0usize;
+            let mut last: Option<String> = None;
+            // Returns whether to go on; ids are time-ordered, so the scan ends at the first
+            // one older than `since`.
             let mut take = |id: &str| -> Result<bool, StoreError> {
                 if floor.as_ref().is_some_and(|f| id < f.as_str()) {
+                    last = None;
                     return Ok(false);
                 }
+                scanned += 1;
+                last = Some(id.to_string());
                 if let Some(v) = records.get(id).map_err(io_err)? {
                     let (rec, _) = decode_record(id, v.value())?;
-                    if user.is_none_or(|u| rec.user.as_deref() == Some(u))
-                        && status.is_none_or(|s| rec.status == s)
+                    if q.user.is_none_or(|u| rec.user.as_deref() == Some(u))
+                        && q.status.is_none_or(|s| rec.status == s)
+                        && q.keep.is_none_or(|k| k(&rec))
                     {
                         out.push(rec);
                     }
                 }
-                Ok(out.len() < limit)
+                Ok(out.len() < q.limit && (q.max_scan == 0 || scanned < q.max_scan))
             };
-            if let Some(st) = status {
+            let mut ended = true;
+            if let Some(st) = q.status {
                 let t = txn.open_table(BY_STATUS).map_err(io_err)?;
-                let (lo, hi) = ([st as u8], [st as u8 + 1]);
-                for item in t.range(&lo[..]..&hi[..]).map_err(io_err)?.rev() {
+                let lo = vec![st as u8];
+                let hi = match q.before {
+                    Some(b) => status_key(st, b),
+                    None => vec![st as u8 + 1],
+                };
+                for item in t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?.rev() {
                     let (k, _) = item.map_err(io_err)?;
                     if !take(&String::from_utf8_lossy(&k.value()[1..]))? {
+                        ended = false;
                         break;
                     }
                 }
-            } else if let Some(u) = user {
+            } else if let Some(u) = q.user {
                 let t = txn.open_table(BY_USER).map_err(io_err)?;
                 let lo = user_key(u, "");
-                let mut hi = u.as_bytes().to_vec();
-                hi.push(1);
+                let hi = match q.before {
+                    Some(b) => user_key(u, b),
+                    None => {
+                        let mut hi = u.as_bytes().to_vec();
+                        hi.push(1);
+                        hi
+                    }
+                };
                 for item in t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?.rev() {
                     let (k, _) = item.map_err(io_err)?;
                     if !take(&String::from_utf8_lossy(&k.value()[lo.len()..]))? {
+                        ended = false;
                         break;
                     }
                 }
             } else {
                 let ids = txn.open_table(RECORDS).map_err(io_err)?;
-                for item in ids.iter().map_err(io_err)?.rev() {
+                let range = match q.before {
+                    Some(b) => ids.range(..b).map_err(io_err)?,
+                    None => ids.range::<&str>(..).map_err(io_err)?,
+                };
+                for item in range.rev() {
                     let (k, _) = item.map_err(io_err)?;
                     if !take(k.value())? {
+                        ended = false;
                         break;
                     }
                 }
             }
-            Ok(out)
+            let next = if ended { None } else { last };
+            Ok((out, next))
         })
+    }
+}
+
+/// One page of a history query (see [`Store::page`]).
+#[derive(Default)]
+pub struct Page<'a> {
+    /// Only this status (the status index).
+    pub status: Option<Status>,
+    /// Only this user (the user index).
+    pub user: Option<&'a str>,
+    /// Received at or after (ms).
+    pub since: Option<u64>,
+    /// Older than this id (the cursor of the previous page).
+    pub before: Option<&'a str>,
+    /// At most this many records.
+    pub limit: usize,
+    /// At most this many records examined (0: no cap).
+    pub max_scan: usize,
+    /// Any further filter (provider, search words).
+    pub keep: Option<&'a (dyn Fn(&Record) -> bool + Sync)>,
+}
+
+impl std::fmt::Debug for Page<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Page")
+            .field("status", &self.status)
+            .field("user", &self.user)
+            .field("before", &self.before)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
     }
 }

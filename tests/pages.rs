@@ -1,0 +1,438 @@
+//! The Email history page in a real browser: Debian's chromium driven through WebDriver
+//! (chromedriver started by the test on a free port, headless). The list, the Failed
+//! filter, search, the failure details of a 550 5.1.1, Retry and Pause/Resume by
+//! clicking, sign-in and CSRF with a token, and hostile mail that stays text. Screenshots
+//! of each page go to target/screenshots/.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::upstream::{Script, Upstream};
+use common::{TestEnv, free_port, submit_to};
+use fantoccini::{Client, ClientBuilder, Locator};
+use mailgate::Daemon;
+use mailgate::history::Status;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// chromedriver on a free port, stopped by PID when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+    profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    fn start() -> Option<Driver> {
+        if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists()
+        {
+            eprintln!(
+                "SKIPPED: Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
+            );
+            return None;
+        }
+        let port = free_port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Some(Driver {
+            child,
+            port,
+            profile: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--no-first-run", "--disable-quic", "--window-size=1280,1000",
+                         format!("--user-data-dir={}", self.profile.path().display())]
+            }),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a WebDriver session")
+    }
+}
+
+async fn shot(c: &Client, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+/// Clicks and waits until the next document has loaded (a form post or a link).
+async fn click(c: &Client, css: &str) {
+    let old = c.find(Locator::Css("html")).await.unwrap();
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if old.tag_name().await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..500 {
+        if c.execute("return document.readyState;", vec![]).await.ok()
+            == Some(serde_json::json!("complete"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn rows(c: &Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in c
+        .find_all(Locator::Css("table.history tbody tr"))
+        .await
+        .unwrap()
+    {
+        out.push(r.text().await.unwrap());
+    }
+    out
+}
+
+/// A daemon with an upstream that refuses gone@contoso.com for good (550 5.1.1).
+async fn daemon(extra_status: &str) -> (TestEnv, Daemon, Upstream) {
+    let up = Upstream::start(Script::default().reply("rcpt:gone@contoso.com", "550 5.1.1 <gone@contoso.com>: Recipient address rejected: User unknown in local recipient table")).await;
+    let env = TestEnv::new("", "");
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+             [[user]]\nname = \"payroll\"\nemail = \"payroll@contoso.com\"\nmatch_senders = [\"*@ops.local\"]\nprovider = \"up\"\n",
+            up.addr.port()
+        ),
+    );
+    if !extra_status.is_empty() {
+        let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+            "[status]\nlisten = \"127.0.0.1:0\"\n",
+            &format!("[status]\nlisten = \"127.0.0.1:0\"\n{extra_status}\n"),
+        );
+        std::fs::write(&env.config_path, text).unwrap();
+    }
+    let d = Daemon::start(env.config()).await.unwrap();
+    (env, d, up)
+}
+
+async fn wait_status(d: &Daemon, id: &str, want: Status) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if d.pipeline
+                .store()
+                .record(id)
+                .unwrap()
+                .is_some_and(|r| r.status == want)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{id} never became {want:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_filters_failed_reads_why_and_retries_in_the_browser() {
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let (_env, d, up) = daemon("").await;
+    let smtp = d.smtp_addrs[0];
+    let ok = submit_to(
+        smtp,
+        "erp@erp.local",
+        &["a@contoso.com"],
+        b"Subject: Invoice 1001\r\n\r\nThe invoice.\r\n",
+    )
+    .await;
+    let failed = submit_to(
+        smtp,
+        "clerk@ops.local",
+        &["gone@contoso.com"],
+        b"Subject: Payroll report\r\n\r\nNumbers.\r\n",
+    )
+    .await;
+    let hostile = submit_to(
+        smtp,
+        "erp@erp.local",
+        &["b@contoso.com"],
+        b"From: =?utf-8?q?=3Cscript=3Ewindow=2E=5F=5Fpwned=3D2=3C=2Fscript=3E?= <x@erp.local>\r\n\
+          Subject: <img src=x onerror=\"window.__pwned=1\">\r\n\
+          MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+          --b\r\nContent-Type: text/html\r\n\r\n<script>window.__pwned=4</script><b>bold</b>\r\n\
+          --b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"\\\"><svg onload=window.__pwned=3>.pdf\"\r\n\
+          Content-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n--b--\r\n",
+    )
+    .await;
+    wait_status(&d, &ok, Status::Sent).await;
+    wait_status(&d, &failed, Status::Failed).await;
+    wait_status(&d, &hostile, Status::Sent).await;
+    let base = format!("http://{}", d.status_addr);
+    let c = driver.browser().await;
+
+    // The list shows what was submitted, newest first.
+    c.goto(&format!("{base}/messages")).await.unwrap();
+    let all = rows(&c).await;
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(
+        all.iter()
+            .any(|r| r.contains("Invoice 1001") && r.contains("sent")),
+        "{all:?}"
+    );
+    shot(&c, "list").await;
+
+    // The Failed filter, chosen in the form: only the failed one.
+    c.find(Locator::Css("#filter-status"))
+        .await
+        .unwrap()
+        .select_by_value("failed")
+        .await
+        .unwrap();
+    click(&c, "#apply").await;
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains("status=failed"),
+        "the filter is in the URL"
+    );
+    let only = rows(&c).await;
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert!(
+        only[0].contains("Payroll report") && only[0].contains("failed"),
+        "{only:?}"
+    );
+
+    // Search by a word of the subject.
+    c.goto(&format!("{base}/messages")).await.unwrap();
+    c.find(Locator::Css("#search"))
+        .await
+        .unwrap()
+        .send_keys("invoice")
+        .await
+        .unwrap();
+    click(&c, "#apply").await;
+    let found = rows(&c).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("Invoice 1001"));
+
+    // The failure details of the 550 5.1.1: reply, code, explanation, fix.
+    c.goto(&format!("{base}/messages?status=failed"))
+        .await
+        .unwrap();
+    click(&c, "td.subject a").await;
+    let attempt = text(&c, "li.attempt").await;
+    assert!(attempt.contains("550 5.1.1"), "{attempt}");
+    assert!(attempt.contains("recipient-unknown"), "{attempt}");
+    assert!(
+        attempt.contains("The upstream does not know the recipient address"),
+        "{attempt}"
+    );
+    assert!(
+        attempt.contains("How to fix it: Correct the address in the sending application"),
+        "{attempt}"
+    );
+    shot(&c, "detail").await;
+
+    // Retry by clicking: another attempt is made (refused again by this upstream).
+    let before = up.connections.load(std::sync::atomic::Ordering::SeqCst);
+    click(&c, "#retry").await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while d
+            .pipeline
+            .store()
+            .record(&failed)
+            .unwrap()
+            .unwrap()
+            .attempts
+            .len()
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the retry makes a second attempt");
+    assert!(up.connections.load(std::sync::atomic::Ordering::SeqCst) >= before);
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .ends_with(&format!("/messages/{failed}"))
+    );
+
+    // Pause and Resume by clicking.
+    c.goto(&format!("{base}/")).await.unwrap();
+    shot(&c, "dashboard").await;
+    assert_eq!(text(&c, "#count-failed").await, "1");
+    click(&c, "#pause").await;
+    assert!(d.distributor.is_paused());
+    assert_eq!(text(&c, "#distributor-state").await, "paused");
+    click(&c, "#resume").await;
+    assert!(!d.distributor.is_paused());
+    assert_eq!(text(&c, "#distributor-state").await, "running");
+
+    // Hostile mail is text on the list and the detail page; none of it ran.
+    c.goto(&format!("{base}/messages")).await.unwrap();
+    let list = text(&c, "table.history").await;
+    assert!(
+        list.contains("<img src=x onerror=\"window.__pwned=1\">"),
+        "{list}"
+    );
+    c.goto(&format!("{base}/messages/{hostile}")).await.unwrap();
+    let page = text(&c, "main").await;
+    assert!(
+        page.contains("<script>window.__pwned=2</script> <x@erp.local>"),
+        "the decoded display name, as text: {page}"
+    );
+    assert!(
+        page.contains("\"><svg onload=window.__pwned=3>.pdf"),
+        "the attachment name, as text: {page}"
+    );
+    assert!(
+        c.find_all(Locator::Css("main img, main svg, main script"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no element came from the mail"
+    );
+    let pwned = c
+        .execute("return window.__pwned === undefined;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(pwned, serde_json::json!(true), "a script from the mail ran");
+    shot(&c, "hostile").await;
+    c.close().await.unwrap();
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_the_pages_ask_for_it_once_and_posts_need_the_csrf_token() {
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, "s3cret-admin-token\n").unwrap();
+    let (_env, d, _up) = daemon(&format!("token_file = \"{}\"", token_file.display())).await;
+    let base = format!("http://{}", d.status_addr);
+    let c = driver.browser().await;
+
+    c.goto(&format!("{base}/messages")).await.unwrap();
+    assert!(
+        c.current_url().await.unwrap().as_str().ends_with("/signin"),
+        "asked to sign in"
+    );
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys("wrong")
+        .await
+        .unwrap();
+    click(&c, "#signin").await;
+    assert!(text(&c, "main").await.contains("not the admin token"));
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys("s3cret-admin-token")
+        .await
+        .unwrap();
+    click(&c, "#signin").await;
+    assert!(text(&c, "h1").await.contains("Batch email sending status"));
+    let cookie = c.get_named_cookie("mailgate_session").await.unwrap();
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
+    click(&c, "#pause").await;
+    assert!(
+        d.distributor.is_paused(),
+        "a POST with the form's CSRF token works"
+    );
+
+    // The same session without the CSRF token is refused; without the session too.
+    let http = reqwest::Client::new();
+    let with_cookie = |path: &str| {
+        http.post(format!("{base}{path}"))
+            .header("Cookie", format!("mailgate_session={}", cookie.value()))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+    };
+    let r = with_cookie("/distributor/resume")
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = with_cookie("/distributor/resume")
+        .body("csrf=guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(d.distributor.is_paused());
+    let r = http
+        .post(format!("{base}/distributor/resume"))
+        .form(&[("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let h = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(
+        h.headers()["content-security-policy"],
+        "default-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    );
+    assert_eq!(h.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(h.headers()["referrer-policy"], "no-referrer");
+
+    // Sign out: the pages ask again.
+    click(&c, "header button").await;
+    c.goto(&format!("{base}/")).await.unwrap();
+    assert!(c.current_url().await.unwrap().as_str().ends_with("/signin"));
+    c.close().await.unwrap();
+    d.shutdown().await;
+}
