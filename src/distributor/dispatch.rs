@@ -17,8 +17,11 @@ use crate::provider::diagnosis::Code;
 use crate::provider::{Delivery, Outcome};
 use crate::store::{Mutation, StoreError};
 
-/// How long a message is set aside after its attempt's bookkeeping failed or panicked.
+/// How long a message is set aside after its attempt panicked.
 const BOOKKEEPING_COOLDOWN_MS: u64 = 30_000;
+/// How long a message is set aside after its body could not be read (a store error that
+/// is not damage, such as the moment the writer reopens the file).
+const READ_RETRY_MS: u64 = 2_000;
 
 /// A delivery's hold on its message and its provider's connection count. Released by
 /// `deliver` when the attempt ends; if the attempt panics (or is aborted) instead, the
@@ -241,8 +244,8 @@ impl Distributor {
         let (sent, error, recorded) = match self.attempt(record, at, bypassed).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(id = %id, error = %e, "delivery bookkeeping failed; the message stays queued and is tried again in {}s", BOOKKEEPING_COOLDOWN_MS / 1000);
-                self.cool_down(&id, BOOKKEEPING_COOLDOWN_MS);
+                tracing::error!(id = %id, error = %e, "delivery bookkeeping failed; the message stays queued and is tried again in {}s", READ_RETRY_MS / 1000);
+                self.cool_down(&id, READ_RETRY_MS);
                 (0, None, true)
             }
         };
