@@ -52,6 +52,16 @@ fn run(program: &std::path::Path, args: &[&str], env: &TestEnv, input: &[u8]) ->
     out
 }
 
+/// Exit 0, or the door's words.
+fn ok(o: &Output) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// A link named `sendmail` to the binary, in the test's directory.
 fn link(env: &TestEnv, name: &str) -> std::path::PathBuf {
     let p = env.dir.path().join(name);
@@ -93,12 +103,7 @@ async fn cron_and_php_style_mail_reaches_the_history() {
         &env,
         b"To: a@example.com\nSubject: cron job\n\nbody\n",
     );
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    ok(&o);
     assert!(
         o.stderr.is_empty(),
         "{}",
@@ -126,12 +131,7 @@ async fn cron_and_php_style_mail_reaches_the_history() {
         &env,
         b"To: b@example.com\nBcc: secret@example.com\nFrom: Shop <www@shop.example>\nSubject: order\n\n.leading dot\n.\nafter the lone dot\n",
     );
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    ok(&o);
     let id = accepted_id(&mut d, 2);
     d.wait_sent(std::slice::from_ref(&id), WAIT);
     let rec = record(status, &id).await;
@@ -164,12 +164,7 @@ async fn cron_and_php_style_mail_reaches_the_history() {
         &env,
         b"Subject: dot\n\nkept\n.\ndropped\n",
     );
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    ok(&o);
     let id = accepted_id(&mut d, 3);
     d.wait_sent(std::slice::from_ref(&id), WAIT);
     let eml = String::from_utf8(env.eml(&id)).unwrap();
@@ -184,12 +179,7 @@ async fn cron_and_php_style_mail_reaches_the_history() {
         big.extend_from_slice(format!("{i:063}\n").as_bytes());
     }
     let o = run(&sendmail, &["-t"], &env, &big);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    ok(&o);
     let id = accepted_id(&mut d, 4);
     d.wait_sent(std::slice::from_ref(&id), WAIT);
     assert!(env.eml(&id).len() > 20 << 20);

@@ -633,11 +633,7 @@ async fn pause(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if !csrf_ok(&state, &headers, &f) {
-        return csrf_refused();
-    }
-    state.distributor.pause();
-    Redirect::to("/").into_response()
+    set_paused(&state, &headers, &f, true)
 }
 
 async fn resume(
@@ -645,10 +641,19 @@ async fn resume(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if !csrf_ok(&state, &headers, &f) {
+    set_paused(&state, &headers, &f, false)
+}
+
+/// The Pause and Resume buttons.
+fn set_paused(state: &AppState, headers: &HeaderMap, f: &CsrfForm, paused: bool) -> Response {
+    if !csrf_ok(state, headers, f) {
         return csrf_refused();
     }
-    state.distributor.resume();
+    if paused {
+        state.distributor.pause();
+    } else {
+        state.distributor.resume();
+    }
     Redirect::to("/").into_response()
 }
 
