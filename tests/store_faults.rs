@@ -424,3 +424,52 @@ async fn after_a_crash_the_integrity_check_runs_and_is_logged() {
             .is_some_and(|m| m.contains("not closed cleanly"))
     }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_panics_inside_the_store_is_contained_once() {
+    let up = Upstream::start(Script::default()).await;
+    let env = relay_env(up.addr.port(), true);
+    let text = std::fs::read_to_string(&env.config_path)
+        .unwrap()
+        .replace("per_minute_limit = 30", "per_minute_limit = 0");
+    std::fs::write(&env.config_path, text).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.env("MAILGATE_FAULT_STORE_READ_PANIC", "PANIC-ON-THIS-PAGE");
+    let mut d = DaemonProcess::start_with(&env.config_path, cmd);
+    let bad = submit_to(
+        d.smtp,
+        "erp@erp.local",
+        &["a@contoso.com"],
+        b"Subject: p\r\n\r\nPANIC-ON-THIS-PAGE\r\n",
+    )
+    .await;
+    let good = submit_to(
+        d.smtp,
+        "erp@erp.local",
+        &["a@contoso.com"],
+        b"Subject: fine\r\n\r\nfine\r\n",
+    )
+    .await;
+    let line = d.wait_log(
+        |v| v["message"] == "delivery" && v["id"] == bad.as_str(),
+        WAIT,
+    );
+    assert_eq!(line["status"], "failed");
+    assert_eq!(line["diagnosis"], "store-damaged");
+    d.wait_sent(std::slice::from_ref(&good), WAIT);
+    // Once, not in a loop: a few lines, not hundreds of thousands.
+    let more = submit_to(
+        d.smtp,
+        "erp@erp.local",
+        &["a@contoso.com"],
+        b"Subject: after\r\n\r\nafter\r\n",
+    )
+    .await;
+    d.wait_sent(std::slice::from_ref(&more), WAIT);
+    let n = d.drain();
+    assert!(n < 40, "{n} log lines");
+    assert_eq!(up.messages().len(), 2, "the damaged one never went out");
+    let (code, _) = http(format!("http://{}/healthz", d.status)).await;
+    assert_eq!(code, 200, "the daemon goes on");
+    assert_eq!(d.terminate().code(), Some(0));
+}

@@ -97,6 +97,10 @@ impl StorageBackend for SwitchableBackend {
 /// which run the real binary; unset in production, where it costs nothing.
 pub const FAULT_ENV: &str = "MAILGATE_FAULT_STORE_WRITES";
 
+/// The environment variable of the read fault: a body holding its value makes the read
+/// panic, as redb does on some damaged pages. For the reliability tests only.
+pub const READ_PANIC_ENV: &str = "MAILGATE_FAULT_STORE_READ_PANIC";
+
 /// Starts the fault-injection watcher when [`FAULT_ENV`] is set: the switch follows the
 /// flag file's existence (checked now, then every 50 ms while the store lives).
 pub(super) fn fault_injection<T: Send + Sync + 'static>(

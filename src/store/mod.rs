@@ -157,6 +157,9 @@ struct WriteRequest {
 struct Shared {
     path: PathBuf,
     health: health::Health,
+    /// Fault injection for tests (`MAILGATE_FAULT_STORE_READ_PANIC`): reading a body that
+    /// holds these bytes panics inside the read, as redb does on a damaged page.
+    panic_on: Option<Vec<u8>>,
     db: RwLock<Option<Arc<Database>>>,
     fail_writes: Arc<AtomicBool>,
     commits: AtomicU64,
@@ -193,6 +196,8 @@ impl Store {
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             health: health::Health::default(),
+            panic_on: std::env::var_os(backend::READ_PANIC_ENV)
+                .map(|v| v.as_encoded_bytes().to_vec()),
             db: RwLock::new(Some(Arc::new(db))),
             fail_writes: fail,
             commits: AtomicU64::new(0),
@@ -373,6 +378,11 @@ impl Store {
             let Some(body) = t.get(id).map_err(io_err)?.map(|v| v.value().to_vec()) else {
                 return Ok(None);
             };
+            if let Some(marker) = &self.shared.panic_on
+                && memchr::memmem::find(&body, marker).is_some()
+            {
+                panic!("internal error: entered unreachable code (fault injection)");
+            }
             let crcs = txn.open_table(BODY_CRC).map_err(io_err)?;
             if let Some(want) = crcs.get(id).map_err(io_err)?.map(|v| v.value()) {
                 let got = crc32c::crc32c(&body);
