@@ -24,6 +24,7 @@ pub mod address;
 pub mod cli;
 pub mod config;
 pub mod distributor;
+pub mod fleet;
 pub mod history;
 pub mod maildrop;
 pub mod message;
@@ -95,12 +96,16 @@ impl Daemon {
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let commit_hist = metrics.commit_duration.clone();
         store.on_commit(Box::new(move |d| commit_hist.observe(d.as_secs_f64())));
-        let distributor = Arc::new(Distributor::new(
-            store.clone(),
-            wake.clone(),
-            &config,
-            metrics.clone(),
-        ));
+        let fleet = match &config.fleet {
+            Some(f) => Some(Arc::new(
+                fleet::Fleet::new(f).map_err(|e| Error::Config(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let distributor = Arc::new(
+            Distributor::new(store.clone(), wake.clone(), &config, metrics.clone())
+                .with_fleet(fleet.clone()),
+        );
         let live = Arc::new(config::Live::new(config));
         let config = live.get();
         let space: Arc<dyn store::space::SpaceCheck> =
@@ -192,6 +197,14 @@ impl Daemon {
             status_state,
             shutdown_rx.clone(),
         )));
+        if let Some(f) = fleet.clone() {
+            tasks.push(tokio::spawn(fleet_heartbeat(
+                f,
+                pipeline.store().clone(),
+                distributor.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(maildrop::intake(
             pipeline.clone(),
             maildrop::dir_for(&config.store.path),
@@ -258,6 +271,34 @@ impl Daemon {
         }
         self.pipeline.store().close().await;
         tracing::info!("stopped");
+    }
+}
+
+/// Writes this node's heartbeat into the fleet store until shutdown.
+async fn fleet_heartbeat(
+    fleet: Arc<fleet::Fleet>,
+    store: Store,
+    distributor: Arc<Distributor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let counts = store
+            .blocking(|s| s.status_counts())
+            .await
+            .unwrap_or_default();
+        let count =
+            |st: history::Status| counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
+        fleet
+            .heartbeat(serde_json::json!({
+                "queued": count(history::Status::Queued),
+                "deferred": count(history::Status::Deferred),
+                "sending": distributor.sending(),
+            }))
+            .await;
+        tokio::select! {
+            _ = tokio::time::sleep(fleet::HEARTBEAT_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -74,6 +74,13 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     /// Totals since start for `/status` (label families cannot be summed).
     pub totals: Totals,
+    /// `fleet_store_up`: 1 while the fleet store answers (with `[fleet]` only).
+    pub fleet_up: Gauge,
+    /// `fleet_nodes`: nodes with a live heartbeat (with `[fleet]` only).
+    pub fleet_nodes: Gauge,
+    /// Whether the fleet gauges are shown.
+    pub fleet_enabled: std::sync::atomic::AtomicBool,
+    fleet_registry: Registry,
 }
 
 /// Counts since start, for `/status`.
@@ -104,8 +111,23 @@ impl Default for Metrics {
             delivery_duration: Family::new_with_constructor(delivery_histogram),
             commit_duration: commit_histogram(),
             totals: Totals::default(),
+            fleet_up: Gauge::default(),
+            fleet_nodes: Gauge::default(),
+            fleet_enabled: std::sync::atomic::AtomicBool::new(false),
+            fleet_registry: Registry::default(),
             registry: Registry::default(),
         };
+        let mut fleet_registry = Registry::with_prefix("mailgate");
+        fleet_registry.register(
+            "fleet_store_up",
+            "1 while the fleet store (Redis) answers",
+            m.fleet_up.clone(),
+        );
+        fleet_registry.register(
+            "fleet_nodes",
+            "Nodes of the fleet with a live heartbeat",
+            m.fleet_nodes.clone(),
+        );
         registry.register(
             "smtp_sessions_active",
             "SMTP sessions open now",
@@ -156,7 +178,11 @@ impl Default for Metrics {
             "Duration of store commits (group commit)",
             m.commit_duration.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            fleet_registry,
+            ..m
+        }
     }
 }
 
@@ -175,6 +201,13 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        if self.fleet_enabled.load(Ordering::Relaxed) {
+            let mut fleet = String::new();
+            let _ = prometheus_client::encoding::text::encode(&mut fleet, &self.fleet_registry);
+            if let Some(body) = out.strip_suffix("# EOF\n") {
+                out = format!("{body}{fleet}");
+            }
+        }
         out
     }
 }

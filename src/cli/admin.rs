@@ -434,3 +434,52 @@ pub async fn pause_resume(config: &Config, pause: bool) -> i32 {
         Err(e) => fail(&e),
     }
 }
+
+/// Runs `fleet`: the nodes sharing this node's fleet store and the fleet-wide use.
+pub async fn fleet(config: &Config) -> i32 {
+    if config.fleet.is_none() {
+        eprintln!("this configuration has no [fleet]: the limits are this node's alone");
+        return exit::FAILED;
+    }
+    let c = match client(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let s: Value = match c.get_json("/status", &[]).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let f = &s["fleet"];
+    println!(
+        "fleet store: {} (this node: {})",
+        f["store"].as_str().unwrap_or("?"),
+        f["node"].as_str().unwrap_or("?")
+    );
+    for n in f["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "  node {:<20} version {:<8} last seen {}s ago  queued {} deferred {} sending {}",
+            n["node"].as_str().unwrap_or("?"),
+            n["version"].as_str().unwrap_or("?"),
+            n["last_seen_seconds"],
+            n["queue"]["queued"],
+            n["queue"]["deferred"],
+            n["queue"]["sending"]
+        );
+    }
+    for p in f["providers"].as_array().into_iter().flatten() {
+        println!(
+            "  provider {:<16} sent in the last minute {}, recipients in the last day {}, connections {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["sent_last_minute"],
+            p["recipients_last_day"],
+            p["connections"]
+        );
+    }
+    if f["store"] == json!("down") {
+        println!(
+            "the fleet store is unreachable: each node keeps to limit / expected_nodes ({})",
+            f["expected_nodes"]
+        );
+    }
+    exit::OK
+}

@@ -82,6 +82,8 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The nodes sharing this node's fleet store and the fleet-wide use of each provider.
+    Fleet,
     /// Check or salvage the store of a stopped daemon.
     Store {
         /// check or salvage.

@@ -85,6 +85,7 @@ pub async fn run(cli: Cli) -> i32 {
             )
             .await
         }
+        Command::Fleet => with_config(&cli, |c| async move { admin::fleet(&c).await }).await,
         Command::Sendmail { args } => {
             let mut all: Vec<String> = cli
                 .config

@@ -521,6 +521,35 @@ pub struct Config {
     pub provider: Vec<ProviderConfig>,
     /// `[[user]]`
     pub user: Vec<UserConfig>,
+    /// `[fleet]`: many nodes share each provider's limits through Redis.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]` (SPEC "Fleet: many nodes, one mailbox").
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `redis://host:port/db` or `rediss://` (TLS), Redis or Valkey.
+    pub redis_url: String,
+    /// A file holding the Redis password (AUTH).
+    pub password_file: Option<PathBuf>,
+    /// This node's name (default: the host name).
+    pub node: Option<String>,
+    /// Prefix of every key mailgate writes.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Nodes sharing the limits, used only while the fleet store is unreachable (each
+    /// node then keeps to limit / expected_nodes).
+    #[serde(default = "default_expected_nodes")]
+    pub expected_nodes: u32,
+}
+
+fn default_key_prefix() -> String {
+    "mailgate:".into()
+}
+
+fn default_expected_nodes() -> u32 {
+    1
 }
 
 impl Config {

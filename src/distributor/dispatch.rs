@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
-use super::throttle::{MAX_THROTTLE_DEFERRALS, Verdict};
+use super::throttle::{Limits, MAX_THROTTLE_DEFERRALS, Verdict};
 use super::unrecorded::{Finish, Unrecorded};
 use super::{DeliveryEvent, Distributor, Routing, apply_outcome, outcome};
+use crate::fleet::Decision;
 use crate::history::{Record, Status};
 use crate::provider::diagnosis::Code;
 use crate::provider::{Delivery, Outcome};
@@ -129,6 +130,41 @@ impl Distributor {
                 .iter()
                 .filter(|r| !r.status.is_finished())
                 .count() as u32;
+            // With [fleet], the shared windows decide (one script in Redis); while the
+            // store is away, this node keeps to its share of each limit.
+            let (mut limits, mut max_conn) = (limits, max_conn);
+            let bypass = record.throttle_deferrals >= MAX_THROTTLE_DEFERRALS;
+            let mut shared = None;
+            let mut owe = false;
+            if let Some(f) = &self.fleet {
+                if self.provider_full(&record.provider, max_conn) {
+                    continue;
+                }
+                match f
+                    .reserve(
+                        &record.provider,
+                        limits.per_minute,
+                        limits.per_day,
+                        &record.id,
+                        pending,
+                        bypass,
+                    )
+                    .await
+                {
+                    Some(Decision::Go) => shared = Some(Verdict::Send),
+                    Some(Decision::Wait(ms)) => shared = Some(Verdict::Throttled(now + ms)),
+                    Some(Decision::DailyQuota(ms)) => shared = Some(Verdict::DailyQuota(now + ms)),
+                    None => {
+                        limits = Limits {
+                            per_minute: f.share(limits.per_minute),
+                            per_day: f.share(limits.per_day),
+                        };
+                        max_conn =
+                            (f.share(u32::try_from(max_conn).unwrap_or(u32::MAX)) as usize).max(1);
+                        owe = true;
+                    }
+                }
+            }
             // A message throttled ten times goes regardless (the attempt says so).
             let (verdict, bypassed) = {
                 let Ok(mut map) = self.providers.lock() else {
@@ -136,16 +172,29 @@ impl Distributor {
                 };
                 let st = map.entry(record.provider.clone()).or_default();
                 if st.in_flight >= max_conn {
+                    if shared == Some(Verdict::Send) {
+                        self.give_back_later(&record.provider, &record.id, pending);
+                    }
                     continue;
                 }
-                let (verdict, bypassed) = match st.windows.check(limits, now, pending) {
-                    Verdict::Throttled(_)
-                        if record.throttle_deferrals >= MAX_THROTTLE_DEFERRALS =>
-                    {
-                        (Verdict::Send, true)
-                    }
+                let local = match shared {
+                    Some(v) => v,
+                    None => st.windows.check(limits, now, pending),
+                };
+                let (verdict, bypassed) = match local {
+                    Verdict::Throttled(_) if bypass => (Verdict::Send, true),
+                    Verdict::Send if shared.is_some() => (Verdict::Send, bypass),
                     v => (v, false),
                 };
+                if verdict == Verdict::Send {
+                    if shared.is_some() {
+                        if let Ok(mut r) = self.fleet_reserved.lock() {
+                            r.insert(record.id.clone(), (record.provider.clone(), pending));
+                        }
+                    } else if owe && let Some(f) = &self.fleet {
+                        f.owe(&record.provider, &record.id, pending, now);
+                    }
+                }
                 match verdict {
                     Verdict::Throttled(_) => st.throttle_deferrals += 1,
                     Verdict::DailyQuota(_) => {}
@@ -216,7 +265,33 @@ impl Distributor {
     }
 
     /// Gives back or confirms a dispatched send's place in its provider's windows.
+    /// Whether a provider has no room for another delivery on this node.
+    fn provider_full(&self, provider: &str, max_conn: usize) -> bool {
+        self.providers
+            .lock()
+            .map(|m| m.get(provider).is_some_and(|st| st.in_flight >= max_conn))
+            .unwrap_or(true)
+    }
+
+    /// Gives a shared reservation back in the background (nothing was sent).
+    fn give_back_later(&self, provider: &str, id: &str, rcpts: u32) {
+        if let Some(f) = self.fleet.clone() {
+            let (provider, id) = (provider.to_string(), id.to_string());
+            tokio::spawn(async move { f.give_back(&provider, &id, rcpts).await });
+        }
+    }
+
     fn settle(&self, provider: &str, id: &str, sent_rcpts: u32, error: Option<String>) {
+        let reserved = self
+            .fleet_reserved
+            .lock()
+            .ok()
+            .and_then(|mut r| r.remove(id));
+        if let Some((p, rcpts)) = reserved
+            && sent_rcpts == 0
+        {
+            self.give_back_later(&p, id, rcpts);
+        }
         if let Ok(mut map) = self.providers.lock() {
             let st = map.entry(provider.to_string()).or_default();
             st.windows.settle(id, sent_rcpts);
@@ -241,6 +316,9 @@ impl Distributor {
             provider: provider.clone(),
             armed: true,
         };
+        // With [fleet], a connection lease shared by every node (max_connections is
+        // fleet-wide), renewed while the delivery runs and freed after it.
+        let lease = self.take_lease(&provider, &id).await;
         let (sent, error, recorded) = match self.attempt(record, at, bypassed).await {
             Ok(r) => r,
             Err(e) => {
@@ -249,6 +327,12 @@ impl Distributor {
                 (0, None, true)
             }
         };
+        if let Some((renew, token)) = lease {
+            renew.abort();
+            if let Some(f) = &self.fleet {
+                f.unlease(&provider, &token).await;
+            }
+        }
         slot.armed = false;
         self.settle(&provider, &id, sent, error);
         // An outcome the store could not record keeps its message in flight until it is.
@@ -256,6 +340,38 @@ impl Distributor {
             s.remove(&id);
         }
         self.wake.notify_one();
+    }
+
+    /// Waits for one of the provider's fleet-wide connection leases (None without
+    /// [fleet] or while the store is away: the local limits apply then).
+    async fn take_lease(
+        &self,
+        provider: &str,
+        id: &str,
+    ) -> Option<(tokio::task::JoinHandle<()>, String)> {
+        let f = self.fleet.clone()?;
+        let max = self.routing().limits(provider).1;
+        let token = f.token(id);
+        // Bounded: a lease held by a dead node expires after LEASE_TTL.
+        for _ in 0..3000 {
+            match f.lease(provider, max, &token).await {
+                Some(true) => {
+                    let (f2, p, t) = (f.clone(), provider.to_string(), token.clone());
+                    let renew = tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(crate::fleet::LEASE_TTL / 3);
+                        tick.tick().await;
+                        loop {
+                            tick.tick().await;
+                            let _ = f2.lease(&p, max, &t).await;
+                        }
+                    });
+                    return Some((renew, token));
+                }
+                Some(false) => tokio::time::sleep(Duration::from_millis(50)).await,
+                None => return None,
+            }
+        }
+        None
     }
 
     /// The record of a message whose stored body cannot be read back: failed, with the

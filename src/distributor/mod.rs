@@ -164,6 +164,10 @@ pub struct Distributor {
     cooldown: Mutex<HashMap<String, u64>>,
     /// Messages whose record cannot be read (store damage); passed over, reported once.
     damaged: Mutex<HashSet<String>>,
+    /// `[fleet]`: the shared windows and leases.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// Shared reservations of deliveries in flight: id -> (provider, recipients).
+    fleet_reserved: Mutex<HashMap<String, (String, u32)>>,
 }
 
 impl Distributor {
@@ -195,11 +199,24 @@ impl Distributor {
             unrecorded: Mutex::new(Vec::new()),
             cooldown: Mutex::new(HashMap::new()),
             damaged: Mutex::new(HashSet::new()),
+            fleet: None,
+            fleet_reserved: Mutex::new(HashMap::new()),
             clock: Clock {
                 base_ms: now_ms(),
                 base: tokio::time::Instant::now(),
             },
         }
+    }
+
+    /// Shares this distributor's limits with a fleet (before it runs).
+    pub fn with_fleet(mut self, fleet: Option<Arc<crate::fleet::Fleet>>) -> Distributor {
+        self.fleet = fleet;
+        self
+    }
+
+    /// The fleet store client, with `[fleet]`.
+    pub fn fleet(&self) -> Option<&Arc<crate::fleet::Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// The scheduler's clock, ms since the epoch.

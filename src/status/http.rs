@@ -205,6 +205,7 @@ async fn status(State(state): State<AppState>) -> Response {
     let m = state.pipeline.metrics();
     let problem = store_problem(&state).await;
     let space = state.space.measure();
+    let fleet = fleet_status(&state).await;
     let providers: Vec<_> = config
         .provider
         .iter()
@@ -261,6 +262,7 @@ async fn status(State(state): State<AppState>) -> Response {
             "failed": m.totals.failed.load(Ordering::Relaxed),
         },
         "providers": providers,
+        "fleet": fleet,
         "store": {
             "ok": problem.is_none(),
             "problem": problem,
@@ -274,7 +276,36 @@ async fn status(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
+/// The `fleet` object of `/status` (SPEC), and the fleet gauges updated.
+async fn fleet_status(state: &AppState) -> Option<serde_json::Value> {
+    let f = state.distributor.fleet()?;
+    let names: Vec<String> = state
+        .pipeline
+        .config()
+        .provider
+        .iter()
+        .map(|p| p.name.get_ref().clone())
+        .collect();
+    let overview = f.overview(&names).await;
+    let m = state.pipeline.metrics();
+    m.fleet_enabled.store(true, Ordering::Relaxed);
+    m.fleet_up.set(i64::from(f.is_up()));
+    let (nodes, providers) = overview.unwrap_or_default();
+    m.fleet_nodes
+        .set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
+    Some(json!({
+        "store": if f.is_up() { "up" } else { "down" },
+        "node": f.node(),
+        "expected_nodes": f.expected_nodes(),
+        "nodes": nodes,
+        "providers": providers.iter().map(|(name, minute, day, conns)| json!({
+            "name": name, "sent_last_minute": minute, "recipients_last_day": day, "connections": conns,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
+    let _ = fleet_status(&state).await;
     let store = state.pipeline.store().clone();
     if let Ok(Ok(counts)) = tokio::task::spawn_blocking(move || store.status_counts()).await {
         for (st, n) in counts {

@@ -1,0 +1,475 @@
+//! Fleet mode (SPEC "Fleet: many nodes, one mailbox"): the only module that knows Redis.
+//! Every provider's per-minute window, rolling 24-hour recipient window and connection
+//! leases live in Redis (or Valkey) under `key_prefix`, keyed by provider name, so all
+//! nodes that name a provider the same share one mailbox's limits. Each decision is one
+//! Lua script (check and reserve together, on the Redis server's clock, so skewed node
+//! clocks agree). Accepting mail never waits for Redis; when it cannot be reached, each
+//! node keeps to its share (limit / `expected_nodes`), says so once, and goes back to the
+//! shared windows by itself, adding the sends it made meanwhile.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::config::FleetConfig;
+
+/// One Redis call may take this long before the store counts as unreachable.
+const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// A connection lease expires this long after its last renewal (a dead node's lease
+/// frees itself).
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often a node writes its heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
+
+/// Check-and-reserve of the two windows, on the server's clock. KEYS: minute zset, day
+/// zset. ARGV: per_minute, per_day, member, rcpts, bypass_minute (0/1), at_ms (0 = now;
+/// for re-adding a send made while the store was away).
+const RESERVE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = tonumber(ARGV[6])
+if at == 0 then at = now end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 86400000)
+local pm = tonumber(ARGV[1])
+local pd = tonumber(ARGV[2])
+local rc = tonumber(ARGV[4])
+if tonumber(ARGV[6]) == 0 then
+  if pd > 0 then
+    local used = 0
+    for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+      used = used + tonumber(string.match(m, ':(%d+)$'))
+    end
+    if used > 0 and used + rc > pd then
+      local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+      return {2, tonumber(first[2]) + 86400000 - now, now}
+    end
+  end
+  if pm > 0 and ARGV[5] == '0' and redis.call('ZCARD', KEYS[1]) >= pm then
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {1, math.max(1, tonumber(first[2]) + 60000 - now), now}
+  end
+end
+redis.call('ZADD', KEYS[1], at, ARGV[3])
+redis.call('ZADD', KEYS[2], at, ARGV[3] .. ':' .. ARGV[4])
+redis.call('PEXPIRE', KEYS[1], 120000)
+redis.call('PEXPIRE', KEYS[2], 90000000)
+return {0, 0, now}
+"#;
+
+/// Takes a connection lease when fewer than ARGV[1] are held. KEYS: the leases zset
+/// (member token, score expiry). ARGV: max, token, ttl_ms.
+const LEASE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+  return 1
+end
+return 0
+"#;
+
+/// The fleet store's answer for one dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Go: the send is reserved in the shared windows.
+    Go,
+    /// The shared per-minute window is full: wait this many ms.
+    Wait(u64),
+    /// The shared daily recipient window is full: wait this many ms.
+    DailyQuota(u64),
+}
+
+/// A send reserved locally while the store was away, to add to the shared windows.
+#[derive(Debug, Clone)]
+struct Owed {
+    provider: String,
+    member: String,
+    rcpts: u32,
+    at_ms: u64,
+}
+
+/// The fleet store client of one node.
+pub struct Fleet {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    node: String,
+    prefix: String,
+    expected: u32,
+    up: AtomicBool,
+    reserve: redis::Script,
+    lease: redis::Script,
+    owed: Mutex<Vec<Owed>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("node", &self.node)
+            .field("up", &self.up.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The host name, for the default node name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Why the fleet store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The configuration cannot work (URL, password file).
+    #[error("fleet: {0}")]
+    Config(String),
+}
+
+impl Fleet {
+    /// The client of `[fleet]`; it connects on first use (and again by itself).
+    pub fn new(c: &FleetConfig) -> Result<Fleet, FleetError> {
+        let mut info: redis::ConnectionInfo = c
+            .redis_url
+            .as_str()
+            .parse()
+            .map_err(|e| FleetError::Config(format!("redis_url {:?}: {e}", c.redis_url)))?;
+        if let Some(f) = &c.password_file {
+            let pw = std::fs::read_to_string(f)
+                .map_err(|e| FleetError::Config(format!("password_file {}: {e}", f.display())))?;
+            info.redis.password = Some(pw.trim().to_string());
+        }
+        let client = redis::Client::open(info).map_err(|e| FleetError::Config(e.to_string()))?;
+        Ok(Fleet {
+            client,
+            conn: tokio::sync::Mutex::new(None),
+            node: c.node.clone().unwrap_or_else(hostname),
+            prefix: c.key_prefix.clone(),
+            expected: c.expected_nodes.max(1),
+            up: AtomicBool::new(false),
+            reserve: redis::Script::new(RESERVE),
+            lease: redis::Script::new(LEASE),
+            owed: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the fleet store answered the last call.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Nodes that share the limits while the store is away.
+    pub fn expected_nodes(&self) -> u32 {
+        self.expected
+    }
+
+    fn key(&self, kind: &str, provider: &str) -> String {
+        format!("{}{kind}:{provider}", self.prefix)
+    }
+
+    fn mark(&self, up: bool, why: Option<&str>) {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        match (was, up) {
+            (true, false) => tracing::warn!(
+                node = %self.node,
+                error = why.unwrap_or(""),
+                "fleet store unreachable: keeping to this node's share of every limit (limit / expected_nodes) until it is back"
+            ),
+            (false, true) => {
+                tracing::info!(node = %self.node, "fleet store reachable: shared limits in force")
+            }
+            _ => {}
+        }
+    }
+
+    /// The connection, made when there is none (a manager reconnects by itself after).
+    async fn connection(&self) -> Option<ConnectionManager> {
+        let mut g = self.conn.lock().await;
+        if let Some(c) = g.as_ref() {
+            return Some(c.clone());
+        }
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(CALL_TIMEOUT)
+            .set_response_timeout(CALL_TIMEOUT)
+            .set_number_of_retries(1);
+        match tokio::time::timeout(
+            CALL_TIMEOUT * 2,
+            ConnectionManager::new_with_config(self.client.clone(), cfg),
+        )
+        .await
+        {
+            Ok(Ok(c)) => {
+                *g = Some(c.clone());
+                Some(c)
+            }
+            Ok(Err(e)) => {
+                self.mark(false, Some(&e.to_string()));
+                None
+            }
+            Err(_) => {
+                self.mark(false, Some("connecting timed out"));
+                None
+            }
+        }
+    }
+
+    /// Runs one call with the timeout; None (and marked down) when the store fails.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        f: impl AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        let conn = self.connection().await?;
+        match tokio::time::timeout(CALL_TIMEOUT, f(conn)).await {
+            Ok(Ok(v)) => {
+                if !self.is_up() {
+                    self.mark(true, None);
+                    self.repay().await;
+                }
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.mark(false, Some(&e.to_string()));
+                None
+            }
+            Err(_) => {
+                self.mark(false, Some("no answer within 500 ms"));
+                None
+            }
+        }
+    }
+
+    /// Checks and reserves a send of `rcpts` recipients for message `id` at `provider`
+    /// with these limits (0 = none); `bypass_minute` after ten throttle deferrals. None:
+    /// the store is away (the caller keeps to its local share, see [`Fleet::share`]).
+    pub async fn reserve(
+        &self,
+        provider: &str,
+        per_minute: u32,
+        per_day: u32,
+        id: &str,
+        rcpts: u32,
+        bypass_minute: bool,
+    ) -> Option<Decision> {
+        let (minute, day) = (self.key("minute", provider), self.key("day", provider));
+        let member = format!("{}:{id}", self.node);
+        let script = &self.reserve;
+        let r: (u8, u64, u64) = self
+            .call(async |mut c| {
+                script
+                    .key(&minute)
+                    .key(&day)
+                    .arg(per_minute)
+                    .arg(per_day)
+                    .arg(&member)
+                    .arg(rcpts)
+                    .arg(if bypass_minute { 1 } else { 0 })
+                    .arg(0)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Some(match r.0 {
+            0 => Decision::Go,
+            1 => Decision::Wait(r.1),
+            _ => Decision::DailyQuota(r.1),
+        })
+    }
+
+    /// Notes a send made on the local share while the store was away; it is added to the
+    /// shared windows when the store answers again, so the next minute is no burst.
+    pub fn owe(&self, provider: &str, id: &str, rcpts: u32, at_ms: u64) {
+        if let Ok(mut g) = self.owed.lock() {
+            g.push(Owed {
+                provider: provider.to_string(),
+                member: format!("{}:{id}", self.node),
+                rcpts,
+                at_ms,
+            });
+        }
+    }
+
+    /// Adds the owed sends (the store came back, maybe empty after a restart).
+    async fn repay(&self) {
+        let owed: Vec<Owed> = self
+            .owed
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
+        if owed.is_empty() {
+            return;
+        }
+        let Some(mut c) = self.connection().await else {
+            return;
+        };
+        let n = owed.len();
+        for o in owed {
+            let _: redis::RedisResult<(u8, u64, u64)> = self
+                .reserve
+                .key(self.key("minute", &o.provider))
+                .key(self.key("day", &o.provider))
+                .arg(0)
+                .arg(0)
+                .arg(&o.member)
+                .arg(o.rcpts)
+                .arg(1)
+                .arg(o.at_ms)
+                .invoke_async(&mut c)
+                .await;
+        }
+        tracing::info!(
+            sends = n,
+            "fleet: sends made while the store was away added to the shared windows"
+        );
+    }
+
+    /// Gives back a reservation whose send did not happen.
+    pub async fn give_back(&self, provider: &str, id: &str, rcpts: u32) {
+        let (minute, day) = (self.key("minute", provider), self.key("day", provider));
+        let member = format!("{}:{id}", self.node);
+        let _: Option<()> = self
+            .call(async |mut c| {
+                redis::pipe()
+                    .zrem(&minute, &member)
+                    .ignore()
+                    .zrem(&day, format!("{member}:{rcpts}"))
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+    }
+
+    /// Takes one of `max` connection leases of `provider`; Some(true) taken, Some(false)
+    /// all held, None the store is away.
+    pub async fn lease(&self, provider: &str, max: usize, token: &str) -> Option<bool> {
+        let key = self.key("leases", provider);
+        let script = &self.lease;
+        let got: u8 = self
+            .call(async |mut c| {
+                script
+                    .key(&key)
+                    .arg(max)
+                    .arg(token)
+                    .arg(crate::time::duration_ms(LEASE_TTL))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Some(got == 1)
+    }
+
+    /// Frees a lease.
+    pub async fn unlease(&self, provider: &str, token: &str) {
+        let key = self.key("leases", provider);
+        let _: Option<()> = self
+            .call(async |mut c| {
+                redis::cmd("ZREM")
+                    .arg(&key)
+                    .arg(token)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+    }
+
+    /// A lease token of this node.
+    pub fn token(&self, id: &str) -> String {
+        format!("{}:{id}", self.node)
+    }
+
+    /// Writes this node's heartbeat (expires by itself).
+    pub async fn heartbeat(&self, queue: serde_json::Value) {
+        let key = format!("{}node:{}", self.prefix, self.node);
+        let value = serde_json::json!({
+            "node": self.node,
+            "version": env!("CARGO_PKG_VERSION"),
+            "queue": queue,
+            "at_ms": crate::time::now_ms(),
+        })
+        .to_string();
+        let ttl = crate::time::duration_ms(HEARTBEAT_EVERY * 5);
+        let _: Option<()> = self
+            .call(async |mut c| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+    }
+
+    /// The nodes' heartbeats, and per provider the fleet-wide use: (sends in the last
+    /// minute, recipients in the last day, leases held).
+    pub async fn overview(
+        &self,
+        providers: &[String],
+    ) -> Option<(Vec<serde_json::Value>, Vec<(String, u64, u64, u64)>)> {
+        let pattern = format!("{}node:*", self.prefix);
+        let keys: Vec<String> = self
+            .call(async |mut c| redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await)
+            .await?;
+        let mut nodes = Vec::new();
+        for k in keys {
+            let v: Option<String> = self
+                .call(async |mut c| redis::cmd("GET").arg(&k).query_async(&mut c).await)
+                .await?;
+            if let Some(v) = v.and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok()) {
+                let age =
+                    crate::time::now_ms().saturating_sub(v["at_ms"].as_u64().unwrap_or(0)) / 1000;
+                nodes.push(serde_json::json!({
+                    "node": v["node"], "version": v["version"], "queue": v["queue"], "last_seen_seconds": age,
+                }));
+            }
+        }
+        let mut use_ = Vec::new();
+        for p in providers {
+            let (minute, day, leases) = (
+                self.key("minute", p),
+                self.key("day", p),
+                self.key("leases", p),
+            );
+            let (m, d, l): (u64, Vec<String>, u64) = self
+                .call(async |mut c| {
+                    let t: (u64, u64) = redis::cmd("TIME").query_async(&mut c).await?;
+                    let now = t.0 * 1000 + t.1 / 1000;
+                    redis::pipe()
+                        .zcount(&minute, now.saturating_sub(60_000), "+inf")
+                        .zrangebyscore(&day, now.saturating_sub(86_400_000), "+inf")
+                        .zcount(&leases, now, "+inf")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let rcpts = d
+                .iter()
+                .filter_map(|m| m.rsplit(':').next()?.parse::<u64>().ok())
+                .sum();
+            use_.push((p.clone(), m, rcpts, l));
+        }
+        Some((nodes, use_))
+    }
+
+    /// A limit as this node's share while the store is away (at least 1; 0 stays none).
+    pub fn share(&self, limit: u32) -> u32 {
+        if limit == 0 {
+            0
+        } else {
+            (limit / self.expected).max(1)
+        }
+    }
+}
