@@ -64,6 +64,7 @@ impl Routing {
         let ctx = ProviderContext {
             hostname: c.smtp.hostname.clone(),
             secrets: crate::secrets::SecretStore::beside(&c.store.path),
+            reuse_connections: c.fleet.is_none(),
         };
         Routing {
             providers: c

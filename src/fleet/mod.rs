@@ -8,7 +8,7 @@
 //! shared windows by itself, adding the sends it made meanwhile.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -100,7 +100,8 @@ pub struct Fleet {
     node: String,
     prefix: String,
     expected: u32,
-    up: AtomicBool,
+    /// 0 not asked yet, 1 up, 2 down.
+    up: AtomicU8,
     reserve: redis::Script,
     lease: redis::Script,
     owed: Mutex<Vec<Owed>>,
@@ -110,7 +111,7 @@ impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fleet")
             .field("node", &self.node)
-            .field("up", &self.up.load(Ordering::Relaxed))
+            .field("up", &self.is_up())
             .finish_non_exhaustive()
     }
 }
@@ -153,7 +154,7 @@ impl Fleet {
             node: c.node.clone().unwrap_or_else(hostname),
             prefix: c.key_prefix.clone(),
             expected: c.expected_nodes.max(1),
-            up: AtomicBool::new(false),
+            up: AtomicU8::new(0),
             reserve: redis::Script::new(RESERVE),
             lease: redis::Script::new(LEASE),
             owed: Mutex::new(Vec::new()),
@@ -167,7 +168,7 @@ impl Fleet {
 
     /// Whether the fleet store answered the last call.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed) == 1
     }
 
     /// Nodes that share the limits while the store is away.
@@ -180,14 +181,14 @@ impl Fleet {
     }
 
     fn mark(&self, up: bool, why: Option<&str>) {
-        let was = self.up.swap(up, Ordering::Relaxed);
+        let was = self.up.swap(if up { 1 } else { 2 }, Ordering::Relaxed);
         match (was, up) {
-            (true, false) => tracing::warn!(
+            (0 | 1, false) => tracing::warn!(
                 node = %self.node,
                 error = why.unwrap_or(""),
                 "fleet store unreachable: keeping to this node's share of every limit (limit / expected_nodes) until it is back"
             ),
-            (false, true) => {
+            (0 | 2, true) => {
                 tracing::info!(node = %self.node, "fleet store reachable: shared limits in force")
             }
             _ => {}
@@ -235,7 +236,7 @@ impl Fleet {
             Ok(Ok(v)) => {
                 if !self.is_up() {
                     self.mark(true, None);
-                    self.repay().await;
+                    Box::pin(self.repay()).await;
                 }
                 Some(v)
             }

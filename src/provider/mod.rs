@@ -100,6 +100,9 @@ pub struct ProviderContext {
     pub hostname: String,
     /// Stored secrets.
     pub secrets: SecretStore,
+    /// Keep upstream connections open for reuse. Off in fleet mode, where a connection
+    /// lives only as long as its fleet-wide lease.
+    pub reuse_connections: bool,
 }
 
 /// A configured provider.
@@ -120,11 +123,11 @@ impl Provider {
             ProviderKind::Eml => Provider::Eml(eml::EmlProvider::new(
                 p.directory.clone().unwrap_or_else(|| "outbox".into()),
             )),
-            ProviderKind::Smtp => Provider::Smtp(Box::new(smtp::SmtpProvider::new(
-                p,
-                &ctx.hostname,
-                ctx.secrets.clone(),
-            ))),
+            ProviderKind::Smtp => {
+                let mut s = smtp::SmtpProvider::new(p, &ctx.hostname, ctx.secrets.clone());
+                s.set_reuse(ctx.reuse_connections);
+                Provider::Smtp(Box::new(s))
+            }
             ProviderKind::Graph => Provider::Graph(Box::new(graph::GraphProvider::new(p))),
         }
     }

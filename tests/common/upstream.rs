@@ -116,6 +116,9 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
     pub connections: Arc<AtomicUsize>,
+    /// Connections open now, and the most ever open at once.
+    pub active: Arc<AtomicUsize>,
+    pub max_active: Arc<AtomicUsize>,
     pub script: Arc<Mutex<Script>>,
     pub arrived: Arc<Notify>,
     /// Every XOAUTH2 token presented.
@@ -129,6 +132,8 @@ impl Upstream {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
             connections: Arc::default(),
+            active: Arc::default(),
+            max_active: Arc::default(),
             script: Arc::new(Mutex::new(script)),
             arrived: Arc::new(Notify::new()),
             xoauth2_tokens: Arc::default(),
@@ -140,8 +145,17 @@ impl Upstream {
                     return;
                 };
                 u.connections.fetch_add(1, Ordering::SeqCst);
+                let now = u.active.fetch_add(1, Ordering::SeqCst) + 1;
+                u.max_active.fetch_max(now, Ordering::SeqCst);
                 let u = u.clone();
                 tokio::spawn(async move {
+                    struct Leave(Arc<AtomicUsize>);
+                    impl Drop for Leave {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _leave = Leave(u.active.clone());
                     let script = u.script.lock().unwrap().clone();
                     if script.silent {
                         let _hold = stream;

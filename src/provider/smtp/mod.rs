@@ -47,6 +47,8 @@ pub struct SmtpProvider {
     opened: AtomicU64,
     /// The last TLS session (version, cipher, certificate), for `verify`.
     last_tls: std::sync::Mutex<Option<String>>,
+    /// Keep connections for reuse (off in fleet mode).
+    reuse: bool,
 }
 
 impl std::fmt::Debug for SmtpProvider {
@@ -102,6 +104,7 @@ impl SmtpProvider {
             permits: Arc::new(Semaphore::new(config.max_connections.max(1))),
             opened: AtomicU64::new(0),
             last_tls: std::sync::Mutex::new(None),
+            reuse: true,
             config: config.clone(),
         }
     }
@@ -452,7 +455,16 @@ impl SmtpProvider {
         Ok((self.connect().await?, false))
     }
 
-    async fn checkin(&self, conn: AsyncSmtpConnection) {
+    /// Whether connections are kept for reuse.
+    pub fn set_reuse(&mut self, reuse: bool) {
+        self.reuse = reuse;
+    }
+
+    async fn checkin(&self, mut conn: AsyncSmtpConnection) {
+        if !self.reuse {
+            let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
+            return;
+        }
         if !conn.has_broken() {
             self.pool.lock().await.push(Idle {
                 conn,

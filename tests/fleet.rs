@@ -1,0 +1,285 @@
+//! Fleet mode with a real Redis (Debian's redis-server, started by each test on a free
+//! port, no persistence) and three daemon binaries sending as one mailbox to one capture
+//! upstream: the shared per-minute window, fleet-wide connection leases, and Redis going
+//! away and coming back empty.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::upstream::{Script, Upstream};
+use common::{DaemonProcess, TestEnv, free_port, submit_to};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A private redis-server, stopped by PID when dropped.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        if !common::have("redis-server") {
+            eprintln!("SKIPPED: Debian's redis-server is not installed (.ci/run installs it)");
+            return None;
+        }
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+        };
+        r.up();
+        Some(r)
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// One node of the fleet: a daemon with the shared provider `o365` and `[fleet]`.
+fn node(redis: &Redis, up: &Upstream, name: &str, provider: &str) -> (TestEnv, DaemonProcess) {
+    let env = TestEnv::new("", "");
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n{provider}\n\
+             [distributor]\ndefault_provider = \"o365\"\n\
+             [fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"{name}\"\nkey_prefix = \"t:\"\nexpected_nodes = 3\n",
+            up.addr.port(),
+            redis.port
+        ),
+    );
+    let d = DaemonProcess::start(&env.config_path);
+    (env, d)
+}
+
+async fn status(d: &DaemonProcess) -> serde_json::Value {
+    reqwest::get(format!("http://{}/status", d.status))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn throttled(d: &mut DaemonProcess) -> usize {
+    d.drain();
+    d.seen
+        .iter()
+        .filter(|v| v["message"] == "throttled")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_one_per_minute_window() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start(Script::default()).await;
+    let mut nodes: Vec<(TestEnv, DaemonProcess)> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| node(&redis, &up, n, "per_minute_limit = 6\nmax_connections = 4"))
+        .collect();
+    for (i, (_, d)) in nodes.iter().enumerate() {
+        for m in 0..5 {
+            let body = format!("Subject: n{i} m{m}\r\n\r\nx\r\n");
+            submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await;
+        }
+    }
+    // Six go out in this minute (exactly six: the budget is used), the other nine wait.
+    up.wait_for(6).await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let n: usize = nodes.iter_mut().map(|(_, d)| throttled(d)).sum();
+            if n >= 9 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the nine others are throttled");
+    assert_eq!(up.messages().len(), 6, "the mailbox's 6 a minute, not 18");
+    let s = status(&nodes[0].1).await;
+    let fleet = &s["fleet"];
+    assert_eq!(fleet["store"], "up", "{s}");
+    assert_eq!(fleet["node"], "n1");
+    let p = fleet["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "o365")
+        .unwrap()
+        .clone();
+    assert_eq!(p["sent_last_minute"], 6, "{fleet}");
+    // Heartbeats: every node is listed.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if status(&nodes[0].1).await["fleet"]["nodes"]
+                .as_array()
+                .map_or(0, |n| n.len())
+                == 3
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("three heartbeats");
+    let metrics = reqwest::get(format!("http://{}/metrics", nodes[0].1.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("mailgate_fleet_store_up 1"), "{metrics}");
+    assert!(metrics.contains("mailgate_fleet_nodes 3"), "{metrics}");
+    for (_, d) in &mut nodes {
+        assert_eq!(d.terminate().code(), Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_hold_two_connections_between_them() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start(Script {
+        delay_ms: 150,
+        ..Script::default()
+    })
+    .await;
+    let mut nodes: Vec<(TestEnv, DaemonProcess)> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|n| node(&redis, &up, n, "per_minute_limit = 0\nmax_connections = 2"))
+        .collect();
+    for (i, (_, d)) in nodes.iter().enumerate() {
+        for m in 0..3 {
+            let body = format!("Subject: c{i} m{m}\r\n\r\nx\r\n");
+            submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await;
+        }
+    }
+    up.wait_for(9).await;
+    let most = up.max_active.load(Ordering::SeqCst);
+    assert!(
+        most <= 2,
+        "{most} upstream sessions at once; the mailbox allows 2"
+    );
+    assert_eq!(most, 2, "both leases were used");
+    for (_, d) in &mut nodes {
+        assert_eq!(d.terminate().code(), Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let up = Upstream::start(Script::default()).await;
+    let (_env, mut d) = node(
+        &redis,
+        &up,
+        "solo",
+        "per_minute_limit = 6\nmax_connections = 4",
+    );
+    redis.down();
+    // Accepting never waits for Redis; sending keeps to 6 / 3 = 2 this minute.
+    for m in 0..4 {
+        let body = format!("Subject: down {m}\r\n\r\nx\r\n");
+        submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await;
+    }
+    up.wait_for(2).await;
+    d.wait_log(
+        |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("fleet store unreachable"))
+        },
+        WAIT,
+    );
+    tokio::time::timeout(WAIT, async {
+        while throttled(&mut d) < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the other two wait");
+    assert_eq!(
+        up.messages().len(),
+        2,
+        "this node's share while Redis is away"
+    );
+    let s = status(&d).await;
+    assert_eq!(s["fleet"]["store"], "down", "{s}");
+    let metrics = reqwest::get(format!("http://{}/metrics", d.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("mailgate_fleet_store_up 0"), "{metrics}");
+    // Redis comes back empty: the two sends made meanwhile are added to the shared window.
+    redis.up();
+    d.wait_log(
+        |v| v["message"] == "fleet store reachable: shared limits in force",
+        WAIT,
+    );
+    d.wait_log(
+        |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("fleet: sends made while the store was away"))
+        },
+        WAIT,
+    );
+    let s = status(&d).await;
+    assert_eq!(s["fleet"]["store"], "up", "{s}");
+    let p = s["fleet"]["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "o365")
+        .unwrap()
+        .clone();
+    assert!(
+        p["sent_last_minute"].as_u64().unwrap() >= 2,
+        "no fresh burst: {p}"
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+}
