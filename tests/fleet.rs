@@ -283,3 +283,168 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
     );
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_recipient_limit_is_shared_too() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start(Script::default()).await;
+    let mut nodes: Vec<(TestEnv, DaemonProcess)> = ["d1", "d2"]
+        .iter()
+        .map(|n| {
+            node(
+                &redis,
+                &up,
+                n,
+                "per_minute_limit = 0\nper_day_recipient_limit = 4",
+            )
+        })
+        .collect();
+    for (i, (_, d)) in nodes.iter().enumerate() {
+        for m in 0..3 {
+            let body = format!("Subject: d{i} m{m}\r\n\r\nx\r\n");
+            submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await;
+        }
+    }
+    up.wait_for(4).await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let n: usize = nodes
+                .iter_mut()
+                .map(|(_, d)| {
+                    d.drain();
+                    d.seen
+                        .iter()
+                        .filter(|v| v["message"] == "daily quota reached")
+                        .count()
+                })
+                .sum();
+            if n >= 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("two wait for the daily quota");
+    assert_eq!(
+        up.messages().len(),
+        4,
+        "4 recipients a day between both nodes"
+    );
+    for (_, d) in &mut nodes {
+        assert_eq!(d.terminate().code(), Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_skewed_clock_gets_no_more_than_its_share() {
+    let Some(redis) = Redis::start() else { return };
+    let Some(libfaketime) = common::libfaketime() else {
+        eprintln!("SKIPPED: Debian's faketime is not installed (.ci/run installs it)");
+        return;
+    };
+    let up = Upstream::start(Script::default()).await;
+    let (_e1, mut honest) = node(&redis, &up, "honest", "per_minute_limit = 4");
+    for m in 0..4 {
+        let body = format!("Subject: h{m}\r\n\r\nx\r\n");
+        submit_to(
+            honest.smtp,
+            "erp@erp.local",
+            &["a@contoso.com"],
+            body.as_bytes(),
+        )
+        .await;
+    }
+    up.wait_for(4).await;
+    // A node whose wall clock is two hours ahead: the window is Redis's clock, not its own.
+    let env = TestEnv::new("", "");
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 4\n\
+             [distributor]\ndefault_provider = \"o365\"\n\
+             [fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"skewed\"\nkey_prefix = \"t:\"\nexpected_nodes = 2\n",
+            up.addr.port(),
+            redis.port
+        ),
+    );
+    let mut cmd = Command::new(common::bin());
+    cmd.env("LD_PRELOAD", libfaketime)
+        .env("FAKETIME", "+2h")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let mut skewed = DaemonProcess::start_with(&env.config_path, cmd);
+    for m in 0..2 {
+        let body = format!("Subject: s{m}\r\n\r\nx\r\n");
+        submit_to(
+            skewed.smtp,
+            "erp@erp.local",
+            &["a@contoso.com"],
+            body.as_bytes(),
+        )
+        .await;
+    }
+    tokio::time::timeout(WAIT, async {
+        while throttled(&mut skewed) < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the skewed node waits like everyone");
+    assert_eq!(
+        up.messages().len(),
+        4,
+        "no fresh window for a clock two hours ahead"
+    );
+    assert_eq!(skewed.terminate().code(), Some(0));
+    assert_eq!(honest.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_of_a_killed_node_expires_and_the_others_use_it() {
+    let Some(redis) = Redis::start() else { return };
+    // The upstream says nothing at first: the first node's delivery hangs on its lease.
+    let up = Upstream::start(Script {
+        silent: true,
+        ..Script::default()
+    })
+    .await;
+    let (_e1, mut a) = node(
+        &redis,
+        &up,
+        "a",
+        "per_minute_limit = 0\nmax_connections = 1\ntimeout = \"120s\"",
+    );
+    submit_to(
+        a.smtp,
+        "erp@erp.local",
+        &["a@contoso.com"],
+        b"Subject: held\r\n\r\nx\r\n",
+    )
+    .await;
+    tokio::time::timeout(WAIT, async {
+        while up.connections.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("node a holds the only lease");
+    a.kill();
+    up.set_script(Script::default());
+    let (_e2, mut b) = node(
+        &redis,
+        &up,
+        "b",
+        "per_minute_limit = 0\nmax_connections = 1",
+    );
+    let id = submit_to(
+        b.smtp,
+        "erp@erp.local",
+        &["a@contoso.com"],
+        b"Subject: after\r\n\r\nx\r\n",
+    )
+    .await;
+    // The dead node's lease expires by itself (LEASE_TTL, 15 s), then b sends.
+    b.wait_sent(std::slice::from_ref(&id), Duration::from_secs(40));
+    assert_eq!(up.messages().len(), 1);
+    assert_eq!(b.terminate().code(), Some(0));
+}
