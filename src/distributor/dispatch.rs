@@ -353,7 +353,7 @@ impl Distributor {
         let max = self.routing().limits(provider).1;
         let token = f.token(id);
         // Bounded: a lease held by a dead node expires after LEASE_TTL.
-        for _ in 0..3000 {
+        for _ in 0..15_000 {
             match f.lease(provider, max, &token).await {
                 Some(true) => {
                     let (f2, p, t) = (f.clone(), provider.to_string(), token.clone());
@@ -367,7 +367,7 @@ impl Distributor {
                     });
                     return Some((renew, token));
                 }
-                Some(false) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Some(false) => tokio::time::sleep(Duration::from_millis(10)).await,
                 None => return None,
             }
         }

@@ -24,7 +24,7 @@ pub const LEASE_TTL: Duration = Duration::from_secs(15);
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 
 /// Check-and-reserve of the two windows, on the server's clock. KEYS: minute zset, day
-/// zset. ARGV: per_minute, per_day, member, rcpts, bypass_minute (0/1), at_ms (0 = now;
+/// zset, day recipient sum (kept with the zset, so a check is O(log n)). ARGV: per_minute, per_day, member, rcpts, bypass_minute (0/1), at_ms (0 = now;
 /// for re-adding a send made while the store was away).
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
@@ -32,16 +32,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = tonumber(ARGV[6])
 if at == 0 then at = now end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 86400000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - 86400000)
+if #expired > 0 then
+  local gone = 0
+  for _, m in ipairs(expired) do gone = gone + tonumber(string.match(m, ':(%d+)$')) end
+  redis.call('DECRBY', KEYS[3], gone)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 86400000)
+end
 local pm = tonumber(ARGV[1])
 local pd = tonumber(ARGV[2])
 local rc = tonumber(ARGV[4])
 if tonumber(ARGV[6]) == 0 then
   if pd > 0 then
-    local used = 0
-    for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-      used = used + tonumber(string.match(m, ':(%d+)$'))
-    end
+    local used = tonumber(redis.call('GET', KEYS[3]) or '0')
     if used > 0 and used + rc > pd then
       local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
       return {2, tonumber(first[2]) + 86400000 - now, now}
@@ -53,10 +56,22 @@ if tonumber(ARGV[6]) == 0 then
   end
 end
 redis.call('ZADD', KEYS[1], at, ARGV[3])
-redis.call('ZADD', KEYS[2], at, ARGV[3] .. ':' .. ARGV[4])
+if redis.call('ZADD', KEYS[2], at, ARGV[3] .. ':' .. ARGV[4]) == 1 then
+  redis.call('INCRBY', KEYS[3], rc)
+end
 redis.call('PEXPIRE', KEYS[1], 120000)
 redis.call('PEXPIRE', KEYS[2], 90000000)
+redis.call('PEXPIRE', KEYS[3], 90000000)
 return {0, 0, now}
+"#;
+
+/// Gives a reservation back. KEYS: minute zset, day zset, day sum. ARGV: member, rcpts.
+const GIVE_BACK: &str = r#"
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. ARGV[2]) == 1 then
+  redis.call('DECRBY', KEYS[3], tonumber(ARGV[2]))
+end
+return 1
 "#;
 
 /// Takes a connection lease when fewer than ARGV[1] are held. KEYS: the leases zset
@@ -103,6 +118,7 @@ pub struct Fleet {
     /// 0 not asked yet, 1 up, 2 down.
     up: AtomicU8,
     reserve: redis::Script,
+    give_back: redis::Script,
     lease: redis::Script,
     owed: Mutex<Vec<Owed>>,
 }
@@ -156,6 +172,7 @@ impl Fleet {
             expected: c.expected_nodes.max(1),
             up: AtomicU8::new(0),
             reserve: redis::Script::new(RESERVE),
+            give_back: redis::Script::new(GIVE_BACK),
             lease: redis::Script::new(LEASE),
             owed: Mutex::new(Vec::new()),
         })
@@ -263,7 +280,11 @@ impl Fleet {
         rcpts: u32,
         bypass_minute: bool,
     ) -> Option<Decision> {
-        let (minute, day) = (self.key("minute", provider), self.key("day", provider));
+        let (minute, day, sum) = (
+            self.key("minute", provider),
+            self.key("day", provider),
+            self.key("daysum", provider),
+        );
         let member = format!("{}:{id}", self.node);
         let script = &self.reserve;
         let r: (u8, u64, u64) = self
@@ -271,6 +292,7 @@ impl Fleet {
                 script
                     .key(&minute)
                     .key(&day)
+                    .key(&sum)
                     .arg(per_minute)
                     .arg(per_day)
                     .arg(&member)
@@ -320,6 +342,7 @@ impl Fleet {
                 .reserve
                 .key(self.key("minute", &o.provider))
                 .key(self.key("day", &o.provider))
+                .key(self.key("daysum", &o.provider))
                 .arg(0)
                 .arg(0)
                 .arg(&o.member)
@@ -337,16 +360,22 @@ impl Fleet {
 
     /// Gives back a reservation whose send did not happen.
     pub async fn give_back(&self, provider: &str, id: &str, rcpts: u32) {
-        let (minute, day) = (self.key("minute", provider), self.key("day", provider));
+        let (minute, day, sum) = (
+            self.key("minute", provider),
+            self.key("day", provider),
+            self.key("daysum", provider),
+        );
         let member = format!("{}:{id}", self.node);
-        let _: Option<()> = self
+        let script = &self.give_back;
+        let _: Option<u8> = self
             .call(async |mut c| {
-                redis::pipe()
-                    .zrem(&minute, &member)
-                    .ignore()
-                    .zrem(&day, format!("{member}:{rcpts}"))
-                    .ignore()
-                    .query_async(&mut c)
+                script
+                    .key(&minute)
+                    .key(&day)
+                    .key(&sum)
+                    .arg(&member)
+                    .arg(rcpts)
+                    .invoke_async(&mut c)
                     .await
             })
             .await;
@@ -439,28 +468,24 @@ impl Fleet {
         }
         let mut use_ = Vec::new();
         for p in providers {
-            let (minute, day, leases) = (
+            let (minute, sum, leases) = (
                 self.key("minute", p),
-                self.key("day", p),
+                self.key("daysum", p),
                 self.key("leases", p),
             );
-            let (m, d, l): (u64, Vec<String>, u64) = self
+            let (m, d, l): (u64, Option<u64>, u64) = self
                 .call(async |mut c| {
                     let t: (u64, u64) = redis::cmd("TIME").query_async(&mut c).await?;
                     let now = t.0 * 1000 + t.1 / 1000;
                     redis::pipe()
                         .zcount(&minute, now.saturating_sub(60_000), "+inf")
-                        .zrangebyscore(&day, now.saturating_sub(86_400_000), "+inf")
+                        .get(&sum)
                         .zcount(&leases, now, "+inf")
                         .query_async(&mut c)
                         .await
                 })
                 .await?;
-            let rcpts = d
-                .iter()
-                .filter_map(|m| m.rsplit(':').next()?.parse::<u64>().ok())
-                .sum();
-            use_.push((p.clone(), m, rcpts, l));
+            use_.push((p.clone(), m, d.unwrap_or(0), l));
         }
         Some((nodes, use_))
     }

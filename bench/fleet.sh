@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Fleet mode's cost: messages per second end to end through Postfix's smtp-sink with a
+# fleet-wide limit far above the load (so every dispatch runs the Redis script), one node
+# and three nodes, against the same without [fleet]; Redis round trips per message (from
+# Redis's own command statistics) and the script's time per call. Loopback only; a private
+# redis-server and sink, stopped by PID.
+#
+#   bench/fleet.sh             # needs redis-server and postfix (smtp-sink)
+#   N=3000 bench/fleet.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-3000}
+command -v redis-server >/dev/null || { echo "redis-server missing (apt-get install redis-server)" >&2; exit 1; }
+command -v smtp-sink >/dev/null || { echo "smtp-sink missing (apt-get install postfix)" >&2; exit 1; }
+cargo build --release --locked -q
+MG=target/release/mailgate
+LOAD=target/release/mailgate-load
+WORK=$(mktemp -d /tmp/mailgate-fleet-bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SINK=$(free_port); REDIS=$(free_port)
+smtp-sink -u postfix 127.0.0.1:"$SINK" 2048 >/dev/null 2>&1 & PIDS+=($!)
+redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 & PIDS+=($!)
+sleep 0.5
+
+# start_node NAME FLEET(0/1) -> prints "smtp_port status_port pid"
+start_node() {
+  local name=$1 fleet=$2 smtp status
+  smtp=$(free_port); status=$(free_port)
+  mkdir -p "$WORK/$name"
+  {
+    printf '[smtp]\nlisten = ["127.0.0.1:%s"]\nmax_connections = 2000\n' "$smtp"
+    printf '[store]\npath = "%s/data/m.redb"\nmin_free_space = 0\n' "$WORK/$name"
+    printf '[status]\nlisten = "127.0.0.1:%s"\n[distributor]\ndefault_provider = "sink"\n' "$status"
+    printf '[[provider]]\nname = "sink"\nkind = "smtp"\nhost = "127.0.0.1"\nport = %s\ntls = "none"\nmax_connections = 20\nper_minute_limit = 1000000\nper_day_recipient_limit = 100000000\n' "$SINK"
+    if [ "$fleet" = 1 ]; then
+      printf '[fleet]\nredis_url = "redis://127.0.0.1:%s/0"\nnode = "%s"\nkey_prefix = "bench:"\nexpected_nodes = 3\n' "$REDIS" "$name"
+    fi
+  } > "$WORK/$name/m.toml"
+  MAILGATE_LOG=warn $MG --config "$WORK/$name/m.toml" serve 2>>"$WORK/$name/log" &
+  local pid=$!
+  for _ in $(seq 100); do python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$status/healthz', timeout=1)" 2>/dev/null && break; sleep 0.1; done
+  echo "$smtp $status $pid"
+}
+drained() { # status ports...
+  for st in "$@"; do
+    python3 - "$st" <<'PY' || return 1
+import json, sys, urllib.request
+q = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/status"))["queue"]
+sys.exit(0 if q["queued"] + q["deferred"] + q["sending"] == 0 else 1)
+PY
+  done
+}
+redis_calls() { redis-cli -p "$REDIS" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_(evalsha|zrem|set|keys|get):/ {n+=$3} END {print n+0}'; }
+script_usec() { redis-cli -p "$REDIS" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_evalsha/ {print $7}'; }
+
+# run LABEL NODES FLEET
+run() {
+  local label=$1 nodes=$2 fleet=$3 ports=() statuses=() pids=() i
+  redis-cli -p "$REDIS" CONFIG RESETSTAT >/dev/null
+  for i in $(seq "$nodes"); do
+    read -r smtp status pid < <(start_node "$label-$i" "$fleet")
+    ports+=("$smtp"); statuses+=("$status"); pids+=("$pid"); PIDS+=("$pid")
+  done
+  local per=$((N / nodes)) start end
+  start=$(date +%s.%N)
+  for p in "${ports[@]}"; do $LOAD --target "127.0.0.1:$p" --sessions 20 --messages "$per" --size 2048 >/dev/null & done
+  wait $(jobs -p | grep -v -e "${PIDS[0]}" -e "${PIDS[1]}" || true) 2>/dev/null || true
+  for _ in $(seq 6000); do drained "${statuses[@]}" && break; sleep 0.05; done
+  end=$(date +%s.%N)
+  local calls; calls=$(redis_calls)
+  python3 -c "n=$per*$nodes; print(f'{\"$label\":<34} {n/($end-$start):8.0f} msg/s e2e   redis calls/msg {$calls/n:5.2f}   script {\"$(script_usec)\" or \"-\"} us/call')"
+  for pid in "${pids[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
+}
+
+echo "machine: $(nproc) cores; mailgate-load 20 sessions per node, 2 KB, $N messages in all, sink: smtp-sink"
+run "1 node, no [fleet]" 1 0
+run "1 node, [fleet]" 1 1
+run "3 nodes, no [fleet]" 3 0
+run "3 nodes, [fleet] (one mailbox)" 3 1
