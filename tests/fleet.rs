@@ -18,10 +18,19 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Redis {
     child: Option<Child>,
     port: u16,
+    password: Option<String>,
 }
 
 impl Redis {
     fn start() -> Option<Redis> {
+        Redis::start_with(None)
+    }
+
+    fn start_with_password(pw: &str) -> Option<Redis> {
+        Redis::start_with(Some(pw.to_string()))
+    }
+
+    fn start_with(password: Option<String>) -> Option<Redis> {
         if !common::have("redis-server") {
             eprintln!("SKIPPED: Debian's redis-server is not installed (.ci/run installs it)");
             return None;
@@ -29,23 +38,28 @@ impl Redis {
         let mut r = Redis {
             child: None,
             port: free_port(),
+            password,
         };
         r.up();
         Some(r)
     }
 
     fn up(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        if let Some(pw) = &self.password {
+            cmd.args(["--requirepass", pw]);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -447,4 +461,118 @@ async fn a_lease_of_a_killed_node_expires_and_the_others_use_it() {
     b.wait_sent(std::slice::from_ref(&id), Duration::from_secs(40));
     assert_eq!(up.messages().len(), 1);
     assert_eq!(b.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailgate_fleet_shows_the_nodes_and_the_shared_use() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start(Script::default()).await;
+    let (env, mut d) = node(&redis, &up, "cli1", "per_minute_limit = 30");
+    // The CLI reads the same file: point it at the port the daemon bound.
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "[status]\nlisten = \"127.0.0.1:0\"",
+        &format!("[status]\nlisten = \"{}\"", d.status),
+    );
+    std::fs::write(&env.config_path, text).unwrap();
+    submit_to(
+        d.smtp,
+        "erp@erp.local",
+        &["a@contoso.com"],
+        b"Subject: one\r\n\r\nx\r\n",
+    )
+    .await;
+    up.wait_for(1).await;
+    d.wait_log(
+        |v| v["message"] == "fleet store reachable: shared limits in force",
+        WAIT,
+    );
+    let cfg = env.config_path.to_str().unwrap().to_string();
+    let out = tokio::time::timeout(WAIT, async {
+        loop {
+            let c = cfg.clone();
+            let o = tokio::task::spawn_blocking(move || {
+                Command::new(common::bin())
+                    .args(["--config", &c, "fleet"])
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            if o.status.success() && out.contains("node cli1") {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("mailgate fleet lists the node");
+    assert!(
+        out.starts_with("fleet store: up (this node: cli1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("provider o365")
+            && out.contains("sent in the last minute 1, recipients in the last day 1"),
+        "{out}"
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_protected_redis_is_used_with_password_file_and_refused_without() {
+    let Some(redis) = Redis::start_with_password("fleet-s3cret") else {
+        return;
+    };
+    let up = Upstream::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("redis.pass");
+    std::fs::write(&pw, "fleet-s3cret\n").unwrap();
+    let env = TestEnv::new("", "");
+    for (name, extra, want_up) in [
+        (
+            "with-pw",
+            format!("password_file = \"{}\"\n", pw.display()),
+            true,
+        ),
+        ("without-pw", String::new(), false),
+    ] {
+        env.write_config(
+            "",
+            &format!(
+                "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 30\n\
+                 [distributor]\ndefault_provider = \"o365\"\n\
+                 [fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"{name}\"\nkey_prefix = \"t:\"\nexpected_nodes = 3\n{extra}",
+                up.addr.port(),
+                redis.port
+            ),
+        );
+        let mut d = DaemonProcess::start(&env.config_path);
+        submit_to(
+            d.smtp,
+            "erp@erp.local",
+            &["a@contoso.com"],
+            b"Subject: pw\r\n\r\nx\r\n",
+        )
+        .await;
+        let want = if want_up {
+            "fleet store reachable: shared limits in force"
+        } else {
+            "fleet store unreachable: keeping to this node's share of every limit (limit / expected_nodes) until it is back"
+        };
+        d.wait_log(|v| v["message"] == want, WAIT);
+        let s = status(&d).await;
+        assert_eq!(
+            s["fleet"]["store"],
+            if want_up { "up" } else { "down" },
+            "{name}: {s}"
+        );
+        d.drain();
+        let log = serde_json::to_string(&d.seen).unwrap();
+        assert!(
+            !log.contains("fleet-s3cret"),
+            "the password never reaches the log"
+        );
+        assert_eq!(d.terminate().code(), Some(0));
+    }
 }
