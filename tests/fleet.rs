@@ -105,6 +105,26 @@ fn node(redis: &Redis, up: &Upstream, name: &str, provider: &str) -> (TestEnv, D
     (env, d)
 }
 
+/// Nodes named `names` with the same provider lines.
+fn fleet_of(
+    redis: &Redis,
+    up: &Upstream,
+    names: &[&str],
+    provider: &str,
+) -> Vec<(TestEnv, DaemonProcess)> {
+    names.iter().map(|n| node(redis, up, n, provider)).collect()
+}
+
+/// `per_node` messages to each node, subjects tagged with the node's index.
+async fn submit_each(nodes: &[(TestEnv, DaemonProcess)], per_node: usize, tag: &str) {
+    for (i, (_, d)) in nodes.iter().enumerate() {
+        for m in 0..per_node {
+            let body = format!("Subject: {tag}{i} m{m}\r\n\r\nx\r\n");
+            submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await;
+        }
+    }
+}
+
 async fn status(d: &DaemonProcess) -> serde_json::Value {
     reqwest::get(format!("http://{}/status", d.status))
         .await
@@ -126,16 +146,13 @@ fn throttled(d: &mut DaemonProcess) -> usize {
 async fn three_nodes_share_one_per_minute_window() {
     let Some(redis) = Redis::start() else { return };
     let up = Upstream::start(Script::default()).await;
-    let mut nodes: Vec<(TestEnv, DaemonProcess)> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| node(&redis, &up, n, "per_minute_limit = 6\nmax_connections = 4"))
-        .collect();
-    for (i, (_, d)) in nodes.iter().enumerate() {
-        for m in 0..5 {
-            let body = format!("Subject: n{i} m{m}\r\n\r\nx\r\n");
-            submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await;
-        }
-    }
+    let mut nodes = fleet_of(
+        &redis,
+        &up,
+        &["n1", "n2", "n3"],
+        "per_minute_limit = 6\nmax_connections = 4",
+    );
+    submit_each(&nodes, 5, "n").await;
     // Six go out in this minute (exactly six: the budget is used), the other nine wait.
     up.wait_for(6).await;
     tokio::time::timeout(WAIT, async {
@@ -198,16 +215,13 @@ async fn three_nodes_hold_two_connections_between_them() {
         ..Script::default()
     })
     .await;
-    let mut nodes: Vec<(TestEnv, DaemonProcess)> = ["c1", "c2", "c3"]
-        .iter()
-        .map(|n| node(&redis, &up, n, "per_minute_limit = 0\nmax_connections = 2"))
-        .collect();
-    for (i, (_, d)) in nodes.iter().enumerate() {
-        for m in 0..3 {
-            let body = format!("Subject: c{i} m{m}\r\n\r\nx\r\n");
-            submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await;
-        }
-    }
+    let mut nodes = fleet_of(
+        &redis,
+        &up,
+        &["c1", "c2", "c3"],
+        "per_minute_limit = 0\nmax_connections = 2",
+    );
+    submit_each(&nodes, 3, "c").await;
     up.wait_for(9).await;
     let most = up.max_active.load(Ordering::SeqCst);
     assert!(
@@ -226,19 +240,16 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
         return;
     };
     let up = Upstream::start(Script::default()).await;
-    let mut nodes: Vec<(TestEnv, DaemonProcess)> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|n| node(&redis, &up, n, "per_minute_limit = 6\nmax_connections = 4"))
-        .collect();
+    let mut nodes = fleet_of(
+        &redis,
+        &up,
+        &["r1", "r2", "r3"],
+        "per_minute_limit = 6\nmax_connections = 4",
+    );
     redis.down();
     // Accepting never waits for Redis (every node answers 250); each node sends its share,
     // 6 / 3 = 2 this minute, so the three together stay within the mailbox's 6.
-    for (i, (_, d)) in nodes.iter().enumerate() {
-        for m in 0..4 {
-            let body = format!("Subject: r{i} down {m}\r\n\r\nx\r\n");
-            submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await;
-        }
-    }
+    submit_each(&nodes, 4, "r").await;
     up.wait_for(6).await;
     for (_, d) in &mut nodes {
         d.wait_log(
@@ -323,23 +334,13 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
 async fn the_daily_recipient_limit_is_shared_too() {
     let Some(redis) = Redis::start() else { return };
     let up = Upstream::start(Script::default()).await;
-    let mut nodes: Vec<(TestEnv, DaemonProcess)> = ["d1", "d2", "d3"]
-        .iter()
-        .map(|n| {
-            node(
-                &redis,
-                &up,
-                n,
-                "per_minute_limit = 0\nper_day_recipient_limit = 4",
-            )
-        })
-        .collect();
-    for (i, (_, d)) in nodes.iter().enumerate() {
-        for m in 0..3 {
-            let body = format!("Subject: d{i} m{m}\r\n\r\nx\r\n");
-            submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await;
-        }
-    }
+    let mut nodes = fleet_of(
+        &redis,
+        &up,
+        &["d1", "d2", "d3"],
+        "per_minute_limit = 0\nper_day_recipient_limit = 4",
+    );
+    submit_each(&nodes, 3, "d").await;
     up.wait_for(4).await;
     tokio::time::timeout(WAIT, async {
         loop {
