@@ -55,6 +55,8 @@ PY
 }
 redis_calls() { redis-cli -p "$REDIS" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_(evalsha|zrem|set|keys|get):/ {n+=$3} END {print n+0}'; }
 script_usec() { redis-cli -p "$REDIS" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_evalsha/ {print $7}'; }
+# The scripts' p99 as Redis measures it (Redis 7 latencystats), microseconds.
+script_p99() { redis-cli -p "$REDIS" INFO latencystats | tr -d '\r' | awk -F'[=,:]' '/^latency_percentiles_usec_evalsha/ {for (i=1;i<=NF;i++) if ($i=="p99") print $(i+1)}'; }
 
 # run LABEL NODES FLEET
 run() {
@@ -71,7 +73,7 @@ run() {
   for _ in $(seq 6000); do drained "${statuses[@]}" && break; sleep 0.05; done
   end=$(date +%s.%N)
   local calls; calls=$(redis_calls)
-  python3 -c "n=$per*$nodes; print(f'{\"$label\":<34} {n/($end-$start):8.0f} msg/s e2e   redis calls/msg {$calls/n:5.2f}   script {\"$(script_usec)\" or \"-\"} us/call')"
+  python3 -c "n=$per*$nodes; print(f'{\"$label\":<34} {n/($end-$start):8.0f} msg/s e2e   redis calls/msg {$calls/n:5.2f}   script {\"$(script_usec)\" or \"-\"} us/call, p99 {\"$(script_p99)\" or \"-\"} us')"
   for pid in "${pids[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
 }
 
