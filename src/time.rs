@@ -15,8 +15,7 @@ pub fn now_ms() -> u64 {
 
 /// A `SystemTime` as milliseconds since the Unix epoch.
 pub fn to_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    t.duration_since(UNIX_EPOCH).map_or(0, duration_ms)
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC (second precision).

@@ -141,7 +141,7 @@ struct Clock {
 
 impl Clock {
     fn now(&self) -> u64 {
-        self.base_ms + u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.base_ms + crate::time::duration_ms(self.base.elapsed())
     }
 }
 

@@ -40,7 +40,7 @@ pub fn apply_outcome(
     let mut retry_after = None;
     let (reply, results) = match outcome {
         Outcome::Later { reply, code, after } => {
-            retry_after = Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+            retry_after = Some(crate::time::duration_ms(after));
             let results = all(Fate::Transient, &reply, Some(code));
             (reply, results)
         }

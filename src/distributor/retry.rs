@@ -13,9 +13,7 @@ pub struct RetryPolicy {
     pub give_up_ms: u64,
 }
 
-fn ms(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+use crate::time::duration_ms as ms;
 
 impl RetryPolicy {
     /// The rules of `[distributor]`.

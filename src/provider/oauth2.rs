@@ -312,7 +312,7 @@ impl TokenSource {
         Ok(Token {
             value: Secret::new(t.access_token),
             expires_at: started + lifetime,
-            expires_at_ms: now_ms() + u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
+            expires_at_ms: now_ms() + crate::time::duration_ms(lifetime),
         })
     }
 }
