@@ -46,6 +46,14 @@ impl Status {
         }
     }
 
+    /// This status's number in counts such as [`crate::store::Store::status_counts`]'s.
+    pub fn count_in(self, counts: &[(Status, u64)]) -> u64 {
+        counts
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or(0, |(_, n)| *n)
+    }
+
     /// Parses the lower-case name.
     pub fn parse(s: &str) -> Option<Status> {
         Status::ALL.into_iter().find(|st| st.as_str() == s)

@@ -286,8 +286,7 @@ async fn fleet_heartbeat(
             .blocking(|s| s.status_counts())
             .await
             .unwrap_or_default();
-        let count =
-            |st: history::Status| counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
+        let count = |st: history::Status| st.count_in(&counts);
         fleet
             .heartbeat(serde_json::json!({
                 "queued": count(history::Status::Queued),

@@ -308,7 +308,6 @@ impl Distributor {
     }
 
     async fn make_deferred_due(&self, only_config_held: bool) -> Result<usize, StoreError> {
-        let store = self.store.clone();
         let held_for_config = |r: &crate::history::Record| {
             r.attempts
                 .last()
@@ -316,15 +315,14 @@ impl Distributor {
                 .and_then(|d| crate::provider::diagnosis::Code::parse(&d.code))
                 .is_some_and(|c| c.is_config())
         };
-        let ids: Vec<String> = tokio::task::spawn_blocking(move || {
-            store.query(Some(Status::Deferred), None, None, usize::MAX)
-        })
-        .await
-        .map_err(|e| StoreError::Io(e.to_string()))??
-        .into_iter()
-        .filter(|r| !only_config_held || held_for_config(r))
-        .map(|r| r.id)
-        .collect();
+        let ids: Vec<String> = self
+            .store
+            .blocking(|s| s.query(Some(Status::Deferred), None, None, usize::MAX))
+            .await?
+            .into_iter()
+            .filter(|r| !only_config_held || held_for_config(r))
+            .map(|r| r.id)
+            .collect();
         let n = ids.len();
         if n > 0 {
             let now = self.now();
@@ -350,11 +348,8 @@ impl Distributor {
 
     /// Rebuilds the limit windows from the sends of the last 24 hours in the store.
     async fn restore_windows(&self) -> Result<(), StoreError> {
-        let store = self.store.clone();
         let since = self.now().saturating_sub(throttle::DAY_MS);
-        let uses = tokio::task::spawn_blocking(move || store.usage_since(since))
-            .await
-            .map_err(|e| StoreError::Io(e.to_string()))??;
+        let uses = self.store.blocking(move |s| s.usage_since(since)).await?;
         if let Ok(mut map) = self.providers.lock() {
             for (provider, at, id, rcpts) in uses {
                 map.entry(provider)

@@ -177,22 +177,16 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn status(State(state): State<AppState>) -> Response {
-    let store = state.pipeline.store().clone();
-    let counts = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::store::StoreError>((store.status_counts()?, store.oldest_waiting()?))
-    })
-    .await;
+    let counts = state
+        .pipeline
+        .store()
+        .blocking(|s| Ok((s.status_counts()?, s.oldest_waiting()?)))
+        .await;
     let (counts, oldest) = match counts {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(c) => c,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let count = |s: Status| {
-        counts
-            .iter()
-            .find(|(st, _)| *st == s)
-            .map_or(0, |(_, n)| *n)
-    };
+    let count = |s: Status| s.count_in(&counts);
     let oldest_age = oldest
         .as_deref()
         .and_then(|id| ulid::Ulid::from_string(id).ok())
@@ -306,8 +300,7 @@ async fn fleet_status(state: &AppState) -> Option<serde_json::Value> {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let _ = fleet_status(&state).await;
-    let store = state.pipeline.store().clone();
-    if let Ok(Ok(counts)) = tokio::task::spawn_blocking(move || store.status_counts()).await {
+    if let Ok(counts) = state.pipeline.store().blocking(|s| s.status_counts()).await {
         for (st, n) in counts {
             state
                 .pipeline

@@ -232,7 +232,7 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
         Ok(c) => c,
         Err(e) => return page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let count = |st: Status| counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
+    let count = |st: Status| st.count_in(&counts);
     let config = state.pipeline.config();
     let limit = |n: u32| {
         if n == 0 {
