@@ -381,15 +381,19 @@ pub async fn retry(config: &Config, args: &RetryArgs) -> i32 {
     }
 }
 
+/// The running daemon's `/status`, or the exit code after saying why not.
+async fn daemon_status(config: &Config) -> Result<Value, i32> {
+    client(config)?
+        .get_json("/status", &[])
+        .await
+        .map_err(|e| fail(&e))
+}
+
 /// Runs `queue`: counts per status and the oldest waiting message.
 pub async fn queue(config: &Config) -> i32 {
-    let c = match client(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let s: Value = match c.get_json("/status", &[]).await {
+    let s = match daemon_status(config).await {
         Ok(s) => s,
-        Err(e) => return fail(&e),
+        Err(code) => return code,
     };
     let q = &s["queue"];
     println!("queued:   {}", q["queued"]);
@@ -441,13 +445,9 @@ pub async fn fleet(config: &Config) -> i32 {
         eprintln!("this configuration has no [fleet]: the limits are this node's alone");
         return exit::FAILED;
     }
-    let c = match client(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let s: Value = match c.get_json("/status", &[]).await {
+    let s = match daemon_status(config).await {
         Ok(s) => s,
-        Err(e) => return fail(&e),
+        Err(code) => return code,
     };
     let f = &s["fleet"];
     println!(
