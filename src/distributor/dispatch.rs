@@ -135,6 +135,7 @@ impl Distributor {
             let (mut limits, mut max_conn) = (limits, max_conn);
             let bypass = record.throttle_deferrals >= MAX_THROTTLE_DEFERRALS;
             let mut shared = None;
+            let mut shared_bypassed = false;
             let mut owe = false;
             if let Some(f) = &self.fleet {
                 if self.provider_full(&record.provider, max_conn) {
@@ -151,7 +152,10 @@ impl Distributor {
                     )
                     .await
                 {
-                    Some(Decision::Go) => shared = Some(Verdict::Send),
+                    Some(Decision::Go { bypassed }) => {
+                        shared = Some(Verdict::Send);
+                        shared_bypassed = bypassed;
+                    }
                     Some(Decision::Wait(ms)) => shared = Some(Verdict::Throttled(now + ms)),
                     Some(Decision::DailyQuota(ms)) => shared = Some(Verdict::DailyQuota(now + ms)),
                     None => {
@@ -183,7 +187,7 @@ impl Distributor {
                 };
                 let (verdict, bypassed) = match local {
                     Verdict::Throttled(_) if bypass => (Verdict::Send, true),
-                    Verdict::Send if shared.is_some() => (Verdict::Send, bypass),
+                    Verdict::Send if shared.is_some() => (Verdict::Send, shared_bypassed),
                     v => (v, false),
                 };
                 if verdict == Verdict::Send {
@@ -291,6 +295,11 @@ impl Distributor {
             && sent_rcpts == 0
         {
             self.give_back_later(&p, id, rcpts);
+        }
+        if sent_rcpts == 0
+            && let Some(f) = &self.fleet
+        {
+            f.forgive(id);
         }
         if let Ok(mut map) = self.providers.lock() {
             let st = map.entry(provider.to_string()).or_default();

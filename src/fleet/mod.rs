@@ -42,6 +42,7 @@ end
 local pm = tonumber(ARGV[1])
 local pd = tonumber(ARGV[2])
 local rc = tonumber(ARGV[4])
+local bypassed = 0
 if tonumber(ARGV[6]) == 0 then
   if pd > 0 then
     local used = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -50,9 +51,12 @@ if tonumber(ARGV[6]) == 0 then
       return {2, tonumber(first[2]) + 86400000 - now, now}
     end
   end
-  if pm > 0 and ARGV[5] == '0' and redis.call('ZCARD', KEYS[1]) >= pm then
-    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {1, math.max(1, tonumber(first[2]) + 60000 - now), now}
+  if pm > 0 and redis.call('ZCARD', KEYS[1]) >= pm then
+    if ARGV[5] == '0' then
+      local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+      return {1, math.max(1, tonumber(first[2]) + 60000 - now), now}
+    end
+    bypassed = 1
   end
 end
 redis.call('ZADD', KEYS[1], at, ARGV[3])
@@ -62,7 +66,7 @@ end
 redis.call('PEXPIRE', KEYS[1], 120000)
 redis.call('PEXPIRE', KEYS[2], 90000000)
 redis.call('PEXPIRE', KEYS[3], 90000000)
-return {0, 0, now}
+return {0, bypassed, now}
 "#;
 
 /// Gives a reservation back. KEYS: minute zset, day zset, day sum. ARGV: member, rcpts.
@@ -91,8 +95,12 @@ return 0
 /// The fleet store's answer for one dispatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Go: the send is reserved in the shared windows.
-    Go,
+    /// Go: the send is reserved in the shared windows; `bypassed` when the per-minute
+    /// window was full and the message goes regardless (after ten deferrals).
+    Go {
+        /// The full per-minute window was passed over.
+        bypassed: bool,
+    },
     /// The shared per-minute window is full: wait this many ms.
     Wait(u64),
     /// The shared daily recipient window is full: wait this many ms.
@@ -304,7 +312,7 @@ impl Fleet {
             })
             .await?;
         Some(match r.0 {
-            0 => Decision::Go,
+            0 => Decision::Go { bypassed: r.1 == 1 },
             1 => Decision::Wait(r.1),
             _ => Decision::DailyQuota(r.1),
         })
@@ -320,6 +328,14 @@ impl Fleet {
                 rcpts,
                 at_ms,
             });
+        }
+    }
+
+    /// Forgets an owed send that did not happen after all.
+    pub fn forgive(&self, id: &str) {
+        let member = format!("{}:{id}", self.node);
+        if let Ok(mut g) = self.owed.lock() {
+            g.retain(|o| o.member != member);
         }
     }
 
