@@ -53,7 +53,7 @@ sys.exit(0 if q["queued"] + q["deferred"] + q["sending"] == 0 else 1)
 PY
   done
 }
-redis_calls() { redis-cli -p "$REDIS" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_(evalsha|zrem|set|keys|get):/ {n+=$3} END {print n+0}'; }
+redis_calls() { redis-cli -p "$REDIS" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_(evalsha|zrem|set|sadd|smembers|mget|srem):/ {n+=$3} END {print n+0}'; }
 script_usec() { redis-cli -p "$REDIS" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_evalsha/ {print $7}'; }
 # The scripts' p99 as Redis measures it (Redis 7 latencystats), microseconds.
 script_p99() { redis-cli -p "$REDIS" INFO latencystats | tr -d '\r' | awk -F'[=,:]' '/^latency_percentiles_usec_evalsha/ {for (i=1;i<=NF;i++) if ($i=="p99") print $(i+1)}'; }

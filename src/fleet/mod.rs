@@ -446,13 +446,18 @@ impl Fleet {
         })
         .to_string();
         let ttl = crate::time::duration_ms(HEARTBEAT_EVERY * 5);
+        let names = format!("{}nodes", self.prefix);
         let _: Option<()> = self
             .call(async |mut c| {
-                redis::cmd("SET")
+                redis::pipe()
+                    .cmd("SET")
                     .arg(&key)
                     .arg(&value)
                     .arg("PX")
                     .arg(ttl)
+                    .ignore()
+                    .sadd(&names, &self.node)
+                    .ignore()
                     .query_async(&mut c)
                     .await
             })
@@ -465,22 +470,52 @@ impl Fleet {
         &self,
         providers: &[String],
     ) -> Option<(Vec<serde_json::Value>, Vec<(String, u64, u64, u64)>)> {
-        let pattern = format!("{}node:*", self.prefix);
-        let keys: Vec<String> = self
-            .call(async |mut c| redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await)
+        // The set of names (never KEYS, which scans the whole keyspace); a name whose
+        // heartbeat key has expired is a node gone, and leaves the set.
+        let names_key = format!("{}nodes", self.prefix);
+        let names: Vec<String> = self
+            .call(async |mut c| {
+                redis::cmd("SMEMBERS")
+                    .arg(&names_key)
+                    .query_async(&mut c)
+                    .await
+            })
             .await?;
+        let keys: Vec<String> = names
+            .iter()
+            .map(|n| format!("{}node:{n}", self.prefix))
+            .collect();
+        let beats: Vec<Option<String>> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.call(async |mut c| redis::cmd("MGET").arg(&keys).query_async(&mut c).await)
+                .await?
+        };
         let mut nodes = Vec::new();
-        for k in keys {
-            let v: Option<String> = self
-                .call(async |mut c| redis::cmd("GET").arg(&k).query_async(&mut c).await)
-                .await?;
-            if let Some(v) = v.and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok()) {
-                let age =
-                    crate::time::now_ms().saturating_sub(v["at_ms"].as_u64().unwrap_or(0)) / 1000;
-                nodes.push(serde_json::json!({
-                    "node": v["node"], "version": v["version"], "queue": v["queue"], "last_seen_seconds": age,
-                }));
+        let mut gone = Vec::new();
+        for (name, beat) in names.iter().zip(beats) {
+            match beat.and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok()) {
+                Some(v) => {
+                    let age = crate::time::now_ms()
+                        .saturating_sub(v["at_ms"].as_u64().unwrap_or(0))
+                        / 1000;
+                    nodes.push(serde_json::json!({
+                        "node": v["node"], "version": v["version"], "queue": v["queue"], "last_seen_seconds": age,
+                    }));
+                }
+                None => gone.push(name.clone()),
             }
+        }
+        if !gone.is_empty() {
+            let _: Option<()> = self
+                .call(async |mut c| {
+                    redis::cmd("SREM")
+                        .arg(&names_key)
+                        .arg(&gone)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await;
         }
         let mut use_ = Vec::new();
         for p in providers {
