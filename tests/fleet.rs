@@ -134,12 +134,21 @@ async fn status(d: &DaemonProcess) -> serde_json::Value {
         .unwrap()
 }
 
-fn throttled(d: &mut DaemonProcess) -> usize {
+/// How many log lines with this message a node has written so far.
+fn logged(d: &mut DaemonProcess, message: &str) -> usize {
     d.drain();
-    d.seen
-        .iter()
-        .filter(|v| v["message"] == "throttled")
-        .count()
+    d.seen.iter().filter(|v| v["message"] == message).count()
+}
+
+/// Waits (bounded) until these nodes together have logged `message` `n` times.
+async fn until_logged(ds: &mut [&mut DaemonProcess], message: &str, n: usize, what: &str) {
+    tokio::time::timeout(WAIT, async {
+        while ds.iter_mut().map(|d| logged(d, message)).sum::<usize>() < n {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,17 +164,8 @@ async fn three_nodes_share_one_per_minute_window() {
     submit_each(&nodes, 5, "n").await;
     // Six go out in this minute (exactly six: the budget is used), the other nine wait.
     up.wait_for(6).await;
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let n: usize = nodes.iter_mut().map(|(_, d)| throttled(d)).sum();
-            if n >= 9 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the nine others are throttled");
+    let mut ds: Vec<_> = nodes.iter_mut().map(|(_, d)| d).collect();
+    until_logged(&mut ds, "throttled", 9, "the nine others are throttled").await;
     assert_eq!(up.messages().len(), 6, "the mailbox's 6 a minute, not 18");
     let s = status(&nodes[0].1).await;
     let fleet = &s["fleet"];
@@ -260,13 +260,13 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
             },
             WAIT,
         );
-        tokio::time::timeout(WAIT, async {
-            while throttled(d) < 2 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .expect("the other two of each node wait");
+        until_logged(
+            &mut [&mut *d],
+            "throttled",
+            2,
+            "the other two of each node wait",
+        )
+        .await;
         let s = status(d).await;
         assert_eq!(s["fleet"]["store"], "down", "{s}");
         let metrics = reqwest::get(format!("http://{}/metrics", d.status))
@@ -309,7 +309,7 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
         "the shared window knows the six: {p}"
     );
     // A new message now waits: the mailbox's minute is used.
-    let before = throttled(&mut nodes[1].1);
+    let before = logged(&mut nodes[1].1, "throttled");
     submit_to(
         nodes[1].1.smtp,
         "erp@erp.local",
@@ -317,13 +317,13 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
         b"Subject: after\r\n\r\nx\r\n",
     )
     .await;
-    tokio::time::timeout(WAIT, async {
-        while throttled(&mut nodes[1].1) <= before {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("no burst after the outage");
+    until_logged(
+        &mut [&mut nodes[1].1],
+        "throttled",
+        before + 1,
+        "no burst after the outage",
+    )
+    .await;
     assert_eq!(up.messages().len(), 6);
     for (_, d) in &mut nodes {
         assert_eq!(d.terminate().code(), Some(0));
@@ -342,26 +342,14 @@ async fn the_daily_recipient_limit_is_shared_too() {
     );
     submit_each(&nodes, 3, "d").await;
     up.wait_for(4).await;
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let n: usize = nodes
-                .iter_mut()
-                .map(|(_, d)| {
-                    d.drain();
-                    d.seen
-                        .iter()
-                        .filter(|v| v["message"] == "daily quota reached")
-                        .count()
-                })
-                .sum();
-            if n >= 2 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the others wait for the daily quota");
+    let mut ds: Vec<_> = nodes.iter_mut().map(|(_, d)| d).collect();
+    until_logged(
+        &mut ds,
+        "daily quota reached",
+        2,
+        "the others wait for the daily quota",
+    )
+    .await;
     assert_eq!(
         up.messages().len(),
         4,
@@ -419,13 +407,13 @@ async fn a_node_with_a_skewed_clock_gets_no_more_than_its_share() {
         )
         .await;
     }
-    tokio::time::timeout(WAIT, async {
-        while throttled(&mut skewed) < 2 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the skewed node waits like everyone");
+    until_logged(
+        &mut [&mut skewed],
+        "throttled",
+        2,
+        "the skewed node waits like everyone",
+    )
+    .await;
     assert_eq!(
         up.messages().len(),
         4,
