@@ -28,6 +28,11 @@ fn write_relay(env: &TestEnv, port: u16, enabled: bool) {
     );
 }
 
+/// One message from the ERP to a@contoso.com; its id.
+async fn send(addr: std::net::SocketAddr, data: &[u8]) -> String {
+    submit_to(addr, "erp@erp.local", &["a@contoso.com"], data).await
+}
+
 async fn http(url: String) -> (u16, String) {
     let r = reqwest::get(url).await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
@@ -42,7 +47,7 @@ async fn a_store_that_cannot_record_outcomes_sends_each_message_once() {
     let mut ids = Vec::new();
     for n in 0..10 {
         let body = format!("Subject: m{n}\r\n\r\nbody {n}\r\n");
-        ids.push(submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await);
+        ids.push(send(d.smtp, body.as_bytes()).await);
     }
     assert_eq!(d.terminate().code(), Some(0));
 
@@ -166,37 +171,17 @@ async fn a_damaged_body_is_never_relayed_and_the_rest_goes_on() {
     // checks the roots' checksums itself when it opens the file).
     let filler = format!("Subject: filler\r\n\r\n{}\r\n", "f".repeat(3000));
     for _ in 0..20 {
-        submit_to(
-            d.smtp,
-            "erp@erp.local",
-            &["a@contoso.com"],
-            filler.as_bytes(),
-        )
-        .await;
+        send(d.smtp, filler.as_bytes()).await;
     }
-    let bad = submit_to(
+    let bad = send(
         d.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
         b"Subject: bad\r\n\r\nTOKEN-DAMAGED-BODY-0123456789\r\n",
     )
     .await;
     for _ in 0..20 {
-        submit_to(
-            d.smtp,
-            "erp@erp.local",
-            &["a@contoso.com"],
-            filler.as_bytes(),
-        )
-        .await;
+        send(d.smtp, filler.as_bytes()).await;
     }
-    let good = submit_to(
-        d.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: good\r\n\r\nfine\r\n",
-    )
-    .await;
+    let good = send(d.smtp, b"Subject: good\r\n\r\nfine\r\n").await;
     assert_eq!(d.terminate().code(), Some(0));
     let store = env.dir.path().join("data/mailgate.redb");
     assert!(damage(&store, b"TOKEN-DAMAGED-BODY-0123456789") >= 1);
@@ -436,20 +421,8 @@ async fn a_read_that_panics_inside_the_store_is_contained_once() {
     let mut cmd = Command::new(bin());
     cmd.env("MAILGATE_FAULT_STORE_READ_PANIC", "PANIC-ON-THIS-PAGE");
     let mut d = DaemonProcess::start_with(&env.config_path, cmd);
-    let bad = submit_to(
-        d.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: p\r\n\r\nPANIC-ON-THIS-PAGE\r\n",
-    )
-    .await;
-    let good = submit_to(
-        d.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: fine\r\n\r\nfine\r\n",
-    )
-    .await;
+    let bad = send(d.smtp, b"Subject: p\r\n\r\nPANIC-ON-THIS-PAGE\r\n").await;
+    let good = send(d.smtp, b"Subject: fine\r\n\r\nfine\r\n").await;
     let line = d.wait_log(
         |v| v["message"] == "delivery" && v["id"] == bad.as_str(),
         WAIT,
@@ -458,13 +431,7 @@ async fn a_read_that_panics_inside_the_store_is_contained_once() {
     assert_eq!(line["diagnosis"], "store-damaged");
     d.wait_sent(std::slice::from_ref(&good), WAIT);
     // Once, not in a loop: a few lines, not hundreds of thousands.
-    let more = submit_to(
-        d.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: after\r\n\r\nafter\r\n",
-    )
-    .await;
+    let more = send(d.smtp, b"Subject: after\r\n\r\nafter\r\n").await;
     d.wait_sent(std::slice::from_ref(&more), WAIT);
     let n = d.drain();
     assert!(n < 40, "{n} log lines");
