@@ -205,6 +205,10 @@ impl Daemon {
                 shutdown_rx.clone(),
             )));
         }
+        tasks.push(tokio::spawn(oauth2_keep_alive(
+            distributor.clone(),
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(maildrop::intake(
             pipeline.clone(),
             maildrop::dir_for(&config.store.path),
@@ -296,6 +300,38 @@ async fn fleet_heartbeat(
             .await;
         tokio::select! {
             _ = tokio::time::sleep(fleet::HEARTBEAT_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Uses each delegated provider's refresh token when it has gone unused for
+/// [`provider::oauth2::KEEP_ALIVE`] (checked at start and every ten minutes), so that a
+/// sign-in never ages out while mailgate runs, mail or no mail.
+async fn oauth2_keep_alive(distributor: Arc<Distributor>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        for p in distributor.providers() {
+            let Some(source) = p.oauth() else { continue };
+            let renewal = tokio::select! {
+                r = source.keep_alive() => r,
+                _ = shutdown.changed() => return,
+            };
+            match renewal {
+                Some(Ok(())) => tracing::info!(
+                    provider = source.provider(),
+                    "OAuth2 sign-in renewed while idle (refresh tokens age out when unused)"
+                ),
+                Some(Err(e)) => tracing::warn!(
+                    provider = source.provider(),
+                    diagnosis = e.code.as_str(),
+                    error = %e.reply,
+                    "cannot renew the OAuth2 sign-in"
+                ),
+                None => {}
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             _ = shutdown.changed() => return,
         }
     }

@@ -68,6 +68,12 @@ pub struct Metrics {
     pub throttle_deferrals: Family<ProviderLabel, Counter>,
     /// `mailgate_queue_messages{status}`
     pub queue: Family<StatusLabel, Gauge>,
+    /// `mailgate_oauth2_access_token_expires_seconds{provider}`
+    pub oauth2_access_expires: Family<ProviderLabel, Gauge>,
+    /// `mailgate_oauth2_signed_in{provider}` (delegated flows)
+    pub oauth2_signed_in: Family<ProviderLabel, Gauge>,
+    /// `mailgate_oauth2_refresh_token_ages_out_seconds{provider}` (delegated flows)
+    pub oauth2_ages_out: Family<ProviderLabel, Gauge>,
     /// `mailgate_delivery_duration_seconds{provider}`
     pub delivery_duration: Family<ProviderLabel, Histogram, fn() -> Histogram>,
     /// `mailgate_store_commit_duration_seconds`
@@ -109,6 +115,9 @@ impl Default for Metrics {
             throttle_deferrals: Family::default(),
             queue: Family::default(),
             delivery_duration: Family::new_with_constructor(delivery_histogram),
+            oauth2_access_expires: Family::default(),
+            oauth2_signed_in: Family::default(),
+            oauth2_ages_out: Family::default(),
             commit_duration: commit_histogram(),
             totals: Totals::default(),
             fleet_up: Gauge::default(),
@@ -174,6 +183,21 @@ impl Default for Metrics {
             m.delivery_duration.clone(),
         );
         registry.register(
+            "oauth2_access_token_expires_seconds",
+            "Seconds until the OAuth2 access token held expires (0: none held), by provider",
+            m.oauth2_access_expires.clone(),
+        );
+        registry.register(
+            "oauth2_signed_in",
+            "1 while a delegated OAuth2 provider holds a sign-in (refresh token), by provider",
+            m.oauth2_signed_in.clone(),
+        );
+        registry.register(
+            "oauth2_refresh_token_ages_out_seconds",
+            "Seconds until the stored refresh token ages out if it is not used again, by provider",
+            m.oauth2_ages_out.clone(),
+        );
+        registry.register(
             "store_commit_duration_seconds",
             "Duration of store commits (group commit)",
             m.commit_duration.clone(),
@@ -195,6 +219,28 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    /// Sets a provider's OAuth2 gauges (read at scrape time).
+    pub fn oauth2_token(
+        &self,
+        provider: &str,
+        access_expires_in: i64,
+        signed_in: Option<bool>,
+        ages_out_in: Option<i64>,
+    ) {
+        let label = ProviderLabel {
+            provider: provider.to_string(),
+        };
+        self.oauth2_access_expires
+            .get_or_create(&label)
+            .set(access_expires_in);
+        if let Some(s) = signed_in {
+            self.oauth2_signed_in.get_or_create(&label).set(i64::from(s));
+            self.oauth2_ages_out
+                .get_or_create(&label)
+                .set(ages_out_in.unwrap_or(0));
+        }
     }
 
     /// The text exposition (OpenMetrics).

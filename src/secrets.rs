@@ -66,6 +66,13 @@ pub struct SecretStore {
 
 const KEY_FILE: &str = "mailgate.key";
 const SECRETS_FILE: &str = "secrets.json";
+const LOCK_FILE: &str = "secrets.lock";
+
+/// The held lock of the secrets file (see [`SecretStore::lock`]).
+#[derive(Debug)]
+pub struct SecretsLock {
+    _file: std::fs::File,
+}
 
 fn io(path: &Path, e: std::io::Error) -> SecretError {
     SecretError::Io(format!("{}: {e}", path.display()))
@@ -133,8 +140,36 @@ impl SecretStore {
         write_private(&self.dir.join(SECRETS_FILE), &json)
     }
 
+    /// Takes the secrets file's lock (an exclusive `flock` on `secrets.lock`), which every
+    /// change holds, in the daemon and in the CLI; blocks until it is free. Released when
+    /// the guard is dropped.
+    pub fn lock(&self) -> Result<SecretsLock, SecretError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
+        let path = self.dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        file.lock().map_err(|e| io(&path, e))?;
+        Ok(SecretsLock { _file: file })
+    }
+
     /// Encrypts and stores the secret of a provider (creating the key on first use).
     pub fn set(&self, provider: &str, secret: &Secret) -> Result<(), SecretError> {
+        let held = self.lock()?;
+        self.set_locked(&held, provider, secret)
+    }
+
+    /// [`SecretStore::set`] for a caller that already holds the lock.
+    pub fn set_locked(
+        &self,
+        _held: &SecretsLock,
+        provider: &str,
+        secret: &Secret,
+    ) -> Result<(), SecretError> {
         let key = self
             .key(true)?
             .ok_or_else(|| SecretError::Io("no key".into()))?;
@@ -158,6 +193,12 @@ impl SecretStore {
 
     /// Drops the stored secret of a provider; false when there was none.
     pub fn clear(&self, provider: &str) -> Result<bool, SecretError> {
+        let held = self.lock()?;
+        self.clear_locked(&held, provider)
+    }
+
+    /// [`SecretStore::clear`] for a caller that already holds the lock.
+    pub fn clear_locked(&self, _held: &SecretsLock, provider: &str) -> Result<bool, SecretError> {
         let mut map = self.load()?;
         let had = map.remove(provider).is_some();
         if had {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod certs;
 pub mod client;
 pub mod history;
+pub mod oauth2;
 pub mod provider;
 mod run;
 pub mod sendmail;
@@ -89,6 +90,13 @@ pub enum Command {
         /// check or salvage.
         #[command(subcommand)]
         command: store::StoreCommand,
+    },
+    /// Sign a delegated OAuth2 provider in, show the sign-ins, or forget one.
+    #[command(name = "oauth2")]
+    OAuth2 {
+        /// login, status or logout.
+        #[command(subcommand)]
+        command: oauth2::OAuth2Command,
     },
     /// Store or drop a provider's encrypted password.
     Password {

@@ -72,10 +72,7 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> i32 {
             ProviderKind::Graph => {
                 // Graph has no sign-in without sending: prove the app registration by
                 // getting a token (`test-email` proves the mailbox).
-                let source = crate::provider::oauth2::TokenSource::new(
-                    &p.oauth2.clone().unwrap_or_default(),
-                    ProviderKind::Graph,
-                );
+                let source = crate::provider::oauth2::TokenSource::new(p, secrets.clone());
                 source
                     .token()
                     .await

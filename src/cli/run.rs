@@ -101,6 +101,12 @@ pub async fn run(cli: Cli) -> i32 {
             })
             .await
         }
+        Command::OAuth2 { command } => {
+            with_config(&cli, |c| async move {
+                crate::cli::oauth2::oauth2(&c, command).await
+            })
+            .await
+        }
         Command::Password { command } => match load(&cli) {
             Ok(c) => crate::cli::provider::password(&c, command),
             Err(code) => code,

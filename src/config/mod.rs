@@ -394,10 +394,54 @@ pub enum TlsMode {
     None,
 }
 
-/// `[provider.oauth2]`: client credentials grant.
+/// How a provider gets its OAuth2 access tokens (`[provider.oauth2] flow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthFlow {
+    /// App-only: the app's secret or certificate (Microsoft 365 SMTP.SendAsApp, Graph).
+    #[default]
+    ClientCredentials,
+    /// RFC 8628: a mailbox signs in once (`mailgate oauth2 login`); Outlook.com, Hotmail,
+    /// a Microsoft 365 mailbox signing in itself.
+    DeviceCode,
+    /// RFC 6749 with PKCE (RFC 7636): browser sign-in redirected to the loopback; Gmail.
+    AuthorizationCode,
+    /// RFC 7523: a Google service account with domain-wide delegation.
+    JwtBearer,
+}
+
+impl OAuthFlow {
+    /// The name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthFlow::ClientCredentials => "client_credentials",
+            OAuthFlow::DeviceCode => "device_code",
+            OAuthFlow::AuthorizationCode => "authorization_code",
+            OAuthFlow::JwtBearer => "jwt_bearer",
+        }
+    }
+
+    /// Whether a mailbox signs in (`mailgate oauth2 login`) and mailgate holds its
+    /// refresh token.
+    pub fn is_delegated(self) -> bool {
+        matches!(self, OAuthFlow::DeviceCode | OAuthFlow::AuthorizationCode)
+    }
+}
+
+/// `[provider.oauth2]`: how the provider gets OAuth2 access tokens.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct OAuth2Config {
+    /// The grant (default `client_credentials`).
+    pub flow: OAuthFlow,
+    /// Device authorization endpoint (`device_code`); default from the issuer.
+    pub device_code_url: Option<String>,
+    /// Authorization endpoint (`authorization_code`); default from the issuer.
+    pub authorize_url: Option<String>,
+    /// Google service account key file (JSON) for `jwt_bearer`.
+    pub service_account_file: Option<PathBuf>,
+    /// The mailbox a `jwt_bearer` service account acts for.
+    pub subject: Option<String>,
     /// Entra tenant.
     pub tenant_id: Option<String>,
     /// App registration id.
@@ -464,6 +508,36 @@ pub struct ProviderConfig {
 
 fn default_provider_connections() -> usize {
     4
+}
+
+/// Whose identity platform a provider's OAuth2 endpoints default to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issuer {
+    /// The Microsoft identity platform (login.microsoftonline.com).
+    Microsoft,
+    /// Google (oauth2.googleapis.com).
+    Google,
+}
+
+impl ProviderConfig {
+    /// Google for an smtp provider whose host is `smtp.gmail.com` and for `jwt_bearer`
+    /// (Google service accounts), otherwise Microsoft.
+    pub fn oauth_issuer(&self) -> Issuer {
+        let gmail = self.kind == ProviderKind::Smtp
+            && self
+                .host
+                .as_deref()
+                .is_some_and(|h| h.eq_ignore_ascii_case("smtp.gmail.com"));
+        let jwt = self
+            .oauth2
+            .as_ref()
+            .is_some_and(|o| o.flow == OAuthFlow::JwtBearer);
+        if gmail || jwt {
+            Issuer::Google
+        } else {
+            Issuer::Microsoft
+        }
+    }
 }
 
 /// How the sender appears when a user's mail is rewritten.

@@ -183,7 +183,8 @@ fn validate_provider(p: &ProviderConfig) -> Vec<(Range<usize>, String)> {
                     format!("provider {name:?}: kind = \"smtp\" needs host"),
                 ));
             }
-            if p.oauth2.is_some() && p.username.is_none() {
+            let subject = p.oauth2.as_ref().and_then(|o| o.subject.as_ref());
+            if p.oauth2.is_some() && p.username.is_none() && subject.is_none() {
                 out.push((
                     span.clone(),
                     format!("provider {name:?}: [provider.oauth2] needs username (the mailbox to send as)"),
@@ -200,32 +201,97 @@ fn validate_provider(p: &ProviderConfig) -> Vec<(Range<usize>, String)> {
         }
     }
     if let Some(o) = &p.oauth2 {
+        for problem in oauth2_problems(p, o) {
+            out.push((span.clone(), format!("provider {name:?}: {problem}")));
+        }
+    }
+    out
+}
+
+/// The combinations of `[provider.oauth2]` keys that cannot work, each in one sentence.
+fn oauth2_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<String> {
+    use crate::config::{Issuer, OAuthFlow};
+    let mut out = Vec::new();
+    let flow = o.flow.as_str();
+    let google = p.oauth_issuer() == Issuer::Google;
+    let secrets = [
+        o.client_secret.is_some(),
+        o.client_secret_file.is_some(),
+        o.client_secret_env.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if o.certificate_file.is_some() != o.private_key_file.is_some() {
+        out.push("[provider.oauth2] certificate_file and private_key_file go together".into());
+    }
+    if secrets > 1 {
+        out.push("[provider.oauth2] set only one of client_secret, client_secret_file, client_secret_env".into());
+    }
+    if o.flow != OAuthFlow::JwtBearer {
         if o.client_id.is_none() {
-            out.push((
-                span.clone(),
-                format!("provider {name:?}: [provider.oauth2] needs client_id"),
-            ));
+            out.push("[provider.oauth2] needs client_id".into());
         }
-        if o.tenant_id.is_none() && o.token_url.is_none() {
-            out.push((
-                span.clone(),
-                format!("provider {name:?}: [provider.oauth2] needs tenant_id or token_url"),
-            ));
+        for (set, key) in [
+            (o.service_account_file.is_some(), "service_account_file"),
+            (o.subject.is_some(), "subject"),
+        ] {
+            if set {
+                out.push(format!(
+                    "[provider.oauth2] {key} is only for flow = \"jwt_bearer\" (this provider has flow = \"{flow}\")"
+                ));
+            }
         }
-        let secrets = [
-            o.client_secret.is_some(),
-            o.client_secret_file.is_some(),
-            o.client_secret_env.is_some(),
-            o.certificate_file.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if secrets != 1 {
-            out.push((span.clone(), format!("provider {name:?}: [provider.oauth2] needs exactly one of client_secret, client_secret_file, client_secret_env, certificate_file")));
+    }
+    let microsoft_urls =
+        |urls: &[&Option<String>]| o.tenant_id.is_some() || urls.iter().all(|u| u.is_some());
+    match o.flow {
+        OAuthFlow::ClientCredentials => {
+            if o.tenant_id.is_none() && o.token_url.is_none() {
+                out.push("[provider.oauth2] needs tenant_id or token_url".into());
+            }
+            if secrets + usize::from(o.certificate_file.is_some()) != 1 {
+                out.push("[provider.oauth2] needs exactly one of client_secret, client_secret_file, client_secret_env, certificate_file".into());
+            }
         }
-        if o.certificate_file.is_some() != o.private_key_file.is_some() {
-            out.push((span, format!("provider {name:?}: [provider.oauth2] certificate_file and private_key_file go together")));
+        OAuthFlow::DeviceCode => {
+            if google && o.device_code_url.is_none() {
+                out.push("[provider.oauth2] flow = \"device_code\" does not work with Gmail: Google's device flow does not allow the https://mail.google.com/ scope; use flow = \"authorization_code\"".into());
+            } else if !google
+                && !microsoft_urls(&[&o.token_url, &o.device_code_url])
+            {
+                out.push("[provider.oauth2] flow = \"device_code\" needs tenant_id (the tenant's ID or domain, or \"consumers\" for Outlook.com and Hotmail accounts)".into());
+            }
+            if secrets > 0 || o.certificate_file.is_some() {
+                out.push("[provider.oauth2] flow = \"device_code\" is a public client flow: remove client_secret, client_secret_file, client_secret_env and certificate_file (Microsoft refuses a public client that sends a secret with AADSTS700025)".into());
+            }
+        }
+        OAuthFlow::AuthorizationCode => {
+            if !google
+                && !microsoft_urls(&[&o.token_url, &o.authorize_url])
+            {
+                out.push("[provider.oauth2] flow = \"authorization_code\" needs tenant_id (the tenant's ID or domain, or \"consumers\" for Outlook.com and Hotmail accounts)".into());
+            }
+            if google && secrets == 0 {
+                out.push("[provider.oauth2] flow = \"authorization_code\" with Gmail needs the Desktop app client's client_secret (client_secret, client_secret_file or client_secret_env; it is in the client JSON Google Cloud offers for download)".into());
+            }
+            if o.certificate_file.is_some() {
+                out.push("[provider.oauth2] certificate_file is only for flow = \"client_credentials\"".into());
+            }
+        }
+        OAuthFlow::JwtBearer => {
+            if p.kind != ProviderKind::Smtp {
+                out.push("[provider.oauth2] flow = \"jwt_bearer\" (a Google service account) needs kind = \"smtp\"".into());
+            }
+            if o.service_account_file.is_none() {
+                out.push("[provider.oauth2] flow = \"jwt_bearer\" needs service_account_file (the service account's JSON key)".into());
+            }
+            if o.subject.is_none() {
+                out.push("[provider.oauth2] flow = \"jwt_bearer\" needs subject (the Workspace mailbox the service account sends as)".into());
+            }
+            if secrets > 0 || o.certificate_file.is_some() {
+                out.push("[provider.oauth2] flow = \"jwt_bearer\" signs with the service account key: remove client_secret, client_secret_file, client_secret_env and certificate_file".into());
+            }
         }
     }
     out

@@ -299,15 +299,30 @@ impl Distributor {
     /// Makes every message deferred for an authentication, TLS or configuration reason
     /// due now (after a config fix: reload, restart). Returns how many.
     pub async fn release_held(&self) -> Result<usize, StoreError> {
-        self.make_deferred_due(true).await
+        self.make_deferred_due(true, None).await
+    }
+
+    /// [`Distributor::release_held`] for the mail of one provider (after its
+    /// `oauth2 login`).
+    pub async fn release_held_of(&self, provider: &str) -> Result<usize, StoreError> {
+        self.make_deferred_due(true, Some(provider)).await
     }
 
     /// Makes every deferred message due now (`retry --all`). Returns how many.
     pub async fn retry_deferred(&self) -> Result<usize, StoreError> {
-        self.make_deferred_due(false).await
+        self.make_deferred_due(false, None).await
     }
 
-    async fn make_deferred_due(&self, only_config_held: bool) -> Result<usize, StoreError> {
+    /// Every provider of the routing in force.
+    pub fn providers(&self) -> Vec<Arc<Provider>> {
+        self.routing().providers.values().cloned().collect()
+    }
+
+    async fn make_deferred_due(
+        &self,
+        only_config_held: bool,
+        provider: Option<&str>,
+    ) -> Result<usize, StoreError> {
         let held_for_config = |r: &crate::history::Record| {
             r.attempts
                 .last()
@@ -321,6 +336,7 @@ impl Distributor {
             .await?
             .into_iter()
             .filter(|r| !only_config_held || held_for_config(r))
+            .filter(|r| provider.is_none_or(|p| r.provider == p))
             .map(|r| r.id)
             .collect();
         let n = ids.len();

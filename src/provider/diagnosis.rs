@@ -50,6 +50,10 @@ pub enum Code {
     OAuthConsentRequired,
     /// The token endpoint did not answer.
     OAuthEndpointUnreachable,
+    /// A delegated flow with no refresh token yet.
+    OAuthNotSignedIn,
+    /// The platform refused the refresh token (`invalid_grant`).
+    OAuthReauthorize,
     /// Graph 401.
     GraphUnauthorized,
     /// Graph 403.
@@ -63,7 +67,7 @@ pub enum Code {
 }
 
 /// Every code, for lookups.
-pub const ALL: [Code; 26] = [
+pub const ALL: [Code; 28] = [
     Code::AuthNotSupported,
     Code::AuthFailed,
     Code::NotAuthenticated,
@@ -85,6 +89,8 @@ pub const ALL: [Code; 26] = [
     Code::OAuthInvalidClient,
     Code::OAuthConsentRequired,
     Code::OAuthEndpointUnreachable,
+    Code::OAuthNotSignedIn,
+    Code::OAuthReauthorize,
     Code::GraphUnauthorized,
     Code::GraphForbidden,
     Code::GraphMailboxNotFound,
@@ -117,6 +123,8 @@ impl Code {
             Code::OAuthInvalidClient => "oauth-invalid-client",
             Code::OAuthConsentRequired => "oauth-consent-required",
             Code::OAuthEndpointUnreachable => "oauth-endpoint-unreachable",
+            Code::OAuthNotSignedIn => "oauth-not-signed-in",
+            Code::OAuthReauthorize => "oauth-reauthorize",
             Code::GraphUnauthorized => "graph-unauthorized",
             Code::GraphForbidden => "graph-forbidden",
             Code::GraphMailboxNotFound => "graph-mailbox-not-found",
@@ -157,6 +165,8 @@ impl Code {
                     | Code::SendAsDenied
                     | Code::OAuthInvalidClient
                     | Code::OAuthConsentRequired
+                    | Code::OAuthNotSignedIn
+                    | Code::OAuthReauthorize
                     | Code::GraphUnauthorized
                     | Code::GraphForbidden
                     | Code::GraphMailboxNotFound
@@ -249,6 +259,14 @@ impl Code {
             Code::OAuthEndpointUnreachable => (
                 "The OAuth2 token endpoint could not be reached or answered with a server error.",
                 "Check DNS and that outbound HTTPS to login.microsoftonline.com (or the `token_url` of `[provider.oauth2]`) is allowed; `mailgate verify --provider NAME` tries it now. Mail is retried.",
+            ),
+            Code::OAuthNotSignedIn => (
+                "The provider uses a delegated OAuth2 flow (flow = \"device_code\" or \"authorization_code\") and no mailbox has signed in yet, so mailgate has no refresh token to get access tokens with. The mail is held.",
+                "Run `mailgate oauth2 login --provider NAME` (with the daemon's configuration, as the user mailgate runs as) and sign in as the mailbox; held mail is sent as soon as the sign-in succeeds. `mailgate oauth2 status` shows the sign-in of every provider.",
+            ),
+            Code::OAuthReauthorize => (
+                "The identity platform refused the stored refresh token (invalid_grant): it went unused too long (AADSTS700082, 90 days), a sign-in frequency policy asks for a new sign-in (AADSTS70043), the password was changed or the sessions revoked (AADSTS50173), or Google revoked or expired it. The reply keeps the platform's code and words, with what they mean. The mail is held.",
+                "Sign in again: `mailgate oauth2 login --provider NAME`; held mail is sent when it succeeds. If it comes back: for AADSTS70043 lengthen or lift the Conditional Access sign-in frequency for this mailbox; for Gmail publish the OAuth consent screen (apps in Testing status get refresh tokens that expire after 7 days); for AADSTS700082 keep mailgate running (it renews the sign-in every 12 hours).",
             ),
             Code::GraphUnauthorized => (
                 "Microsoft Graph refused the access token (401), even after a fresh one was fetched.",

@@ -10,9 +10,10 @@ use base64::Engine;
 use tokio::sync::Semaphore;
 
 use super::diagnosis::Code;
-use super::oauth2::{TokenSource, TokenStatus};
+use super::oauth2::TokenSource;
+use crate::secrets::SecretStore;
 use super::{Delivery, Outcome};
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::ProviderConfig;
 
 /// Graph's limit on a request (sendMail with MIME).
 pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
@@ -95,8 +96,7 @@ fn graph_error(body: &str) -> String {
 
 impl GraphProvider {
     /// A provider for `config` (which has a `[provider.oauth2]` table; checked at load).
-    pub fn new(config: &ProviderConfig) -> GraphProvider {
-        let oauth = config.oauth2.clone().unwrap_or_default();
+    pub fn new(config: &ProviderConfig, secrets: SecretStore) -> GraphProvider {
         GraphProvider {
             graph_url: config
                 .graph_url
@@ -104,7 +104,7 @@ impl GraphProvider {
                 .unwrap_or_else(|| "https://graph.microsoft.com".into())
                 .trim_end_matches('/')
                 .to_string(),
-            token: TokenSource::new(&oauth, ProviderKind::Graph),
+            token: TokenSource::new(config, secrets),
             http: reqwest::Client::builder()
                 .timeout(config.timeout.map_or(Duration::from_secs(120), |d| d.0))
                 .build()
@@ -113,9 +113,9 @@ impl GraphProvider {
         }
     }
 
-    /// The token's state for `/status`.
-    pub fn token_status(&self) -> TokenStatus {
-        self.token.status()
+    /// The token source.
+    pub fn oauth(&self) -> &TokenSource {
+        &self.token
     }
 
     fn url(&self, sender: &str) -> Result<reqwest::Url, String> {

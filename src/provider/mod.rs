@@ -128,17 +128,25 @@ impl Provider {
                 s.set_reuse(ctx.reuse_connections);
                 Provider::Smtp(Box::new(s))
             }
-            ProviderKind::Graph => Provider::Graph(Box::new(graph::GraphProvider::new(p))),
+            ProviderKind::Graph => Provider::Graph(Box::new(graph::GraphProvider::new(
+                p,
+                ctx.secrets.clone(),
+            ))),
+        }
+    }
+
+    /// The OAuth2 token source, for providers that use one.
+    pub fn oauth(&self) -> Option<&oauth2::TokenSource> {
+        match self {
+            Provider::Smtp(p) => p.oauth(),
+            Provider::Graph(p) => Some(p.oauth()),
+            Provider::Eml(_) => None,
         }
     }
 
     /// The OAuth2 token's state, for providers that use one.
     pub fn token_status(&self) -> Option<oauth2::TokenStatus> {
-        match self {
-            Provider::Smtp(p) => p.token_status(),
-            Provider::Graph(p) => Some(p.token_status()),
-            Provider::Eml(_) => None,
-        }
+        self.oauth().map(oauth2::TokenSource::status)
     }
 
     /// Attempts one delivery.

@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/distributor/resume", post(resume))
         .route("/send", post(send))
         .route("/reload", post(reload))
+        .route("/oauth2/{provider}/reload", post(oauth2_reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(super::pages::routes(state.clone()))
@@ -212,12 +213,27 @@ async fn status(State(state): State<AppState>) -> Response {
                 .provider(name)
                 .and_then(|pr| pr.token_status())
                 .map(|t| {
-                    json!({
+                    let mut o = json!({
+                        "flow": t.flow,
                         "token_valid": t.valid,
                         "token_expires_at": t.expires_at_ms.map(rfc3339),
                         "last_token_error": t.last_error,
                         "tokens_fetched": t.fetched,
-                    })
+                    });
+                    if let Some(signed_in) = t.signed_in {
+                        o["signed_in"] = json!(signed_in);
+                        o["sign_in"] = t.sign_in.as_ref().map_or(json!(null), |g| {
+                            json!({
+                                "account": g.account,
+                                "signed_in_at": rfc3339(g.signed_in_ms),
+                                "refresh_token_last_used": rfc3339(g.last_used_ms),
+                                "refresh_token_renewed": rfc3339(g.renewed_ms),
+                                "refresh_token_ages_out": rfc3339(g.ages_out_ms),
+                                "refused": g.refused,
+                            })
+                        });
+                    }
+                    o
                 });
             json!({
                 "name": name,
@@ -300,6 +316,18 @@ async fn fleet_status(state: &AppState) -> Option<serde_json::Value> {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let _ = fleet_status(&state).await;
+    let now = crate::time::now_ms();
+    let seconds_until = |at: u64| i64::try_from(at.saturating_sub(now) / 1000).unwrap_or(i64::MAX);
+    for p in state.distributor.providers() {
+        let Some(oauth) = p.oauth() else { continue };
+        let t = oauth.status();
+        state.pipeline.metrics().oauth2_token(
+            oauth.provider(),
+            t.expires_at_ms.map_or(0, seconds_until),
+            t.signed_in,
+            t.sign_in.as_ref().map(|g| seconds_until(g.ages_out_ms)),
+        );
+    }
     if let Ok(counts) = state.pipeline.store().blocking(|s| s.status_counts()).await {
         for (st, n) in counts {
             state
@@ -457,6 +485,34 @@ async fn retry_all(State(state): State<AppState>) -> Response {
         Ok(n) => axum::Json(json!({ "retried": n })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// After `oauth2 login` or `logout` changed a provider's stored sign-in: the provider
+/// forgets what it held in memory and, when a mailbox is signed in now, its held mail is
+/// due at once.
+async fn oauth2_reload(
+    State(state): State<AppState>,
+    axum::extract::Path(provider): axum::extract::Path<String>,
+) -> Response {
+    let source = state.distributor.provider(&provider);
+    let Some(oauth) = source.as_deref().and_then(crate::provider::Provider::oauth) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("the running daemon has no OAuth2 provider named {provider:?} (reload it if the configuration changed)"),
+        );
+    };
+    oauth.reset();
+    let signed_in = oauth.signed_in();
+    let released = if signed_in {
+        match state.distributor.release_held_of(&provider).await {
+            Ok(n) => n,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    } else {
+        0
+    };
+    tracing::info!(provider = %provider, signed_in, released, "OAuth2 sign-in changed");
+    axum::Json(json!({ "signed_in": signed_in, "released": released })).into_response()
 }
 
 async fn pause(State(state): State<AppState>) -> Response {

@@ -18,7 +18,7 @@ mod failure;
 pub mod tls;
 
 use super::diagnosis::Code;
-use super::oauth2::{TokenSource, TokenStatus};
+use super::oauth2::TokenSource;
 use super::{Delivery, Fate, Outcome, RcptResult};
 use crate::config::{ProviderConfig, TlsMode};
 use crate::secrets::{SecretError, SecretStore, provider_password};
@@ -95,11 +95,11 @@ impl SmtpProvider {
                 .map_or(Duration::from_secs(60), |d| d.0)
                 .max(Duration::from_millis(1)),
             hello: ClientId::Domain(hostname.to_string()),
-            secrets,
             oauth: config
                 .oauth2
                 .as_ref()
-                .map(|o| TokenSource::new(o, crate::config::ProviderKind::Smtp)),
+                .map(|_| TokenSource::new(config, secrets.clone())),
+            secrets,
             pool: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(config.max_connections.max(1))),
             opened: AtomicU64::new(0),
@@ -109,9 +109,9 @@ impl SmtpProvider {
         }
     }
 
-    /// The OAuth2 token's state, when the provider uses XOAUTH2.
-    pub fn token_status(&self) -> Option<TokenStatus> {
-        self.oauth.as_ref().map(TokenSource::status)
+    /// The OAuth2 token source, when the provider uses XOAUTH2.
+    pub fn oauth(&self) -> Option<&TokenSource> {
+        self.oauth.as_ref()
     }
 
     /// Connections opened since start (connection reuse is visible here).
@@ -320,7 +320,11 @@ impl SmtpProvider {
         )
         .await?;
         self.opened.fetch_add(1, Ordering::Relaxed);
-        if let (Some(user), Some(oauth)) = (&self.config.username, &self.oauth) {
+        if let Some((user, oauth)) = self
+            .oauth
+            .as_ref()
+            .and_then(|o| Some((o.username()?.to_string(), o)))
+        {
             let token = match oauth.token().await {
                 Ok(t) => t,
                 Err(e) => {
@@ -338,7 +342,7 @@ impl SmtpProvider {
                     format!("{target} does not offer AUTH XOAUTH2, which [provider.oauth2] needs"),
                 ));
             }
-            let creds = Credentials::new(user.clone(), token.expose().to_string());
+            let creds = Credentials::new(user, token.expose().to_string());
             timed(t, "AUTH", conn.auth(&[Mechanism::Xoauth2], &creds))
                 .await
                 .map_err(Failure::ends_session)?;
@@ -409,7 +413,13 @@ impl SmtpProvider {
             offered.join(" ")
         };
         // The mechanism lettre picks: the first of ours that the server offers.
+        let oauth_user = self.oauth.as_ref().and_then(TokenSource::username);
         let used = match (&self.config.username, &self.oauth) {
+            (_, Some(o)) if oauth_user.is_some() => format!(
+                "signed in as {} with XOAUTH2 (OAuth2 flow {})",
+                oauth_user.unwrap_or_default(),
+                o.flow().as_str()
+            ),
             (None, _) => "no sign-in (no username)".to_string(),
             (Some(u), Some(_)) => format!("signed in as {u} with XOAUTH2"),
             (Some(u), None) if info.supports_auth_mechanism(Mechanism::Plain) => {

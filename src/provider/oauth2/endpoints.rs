@@ -1,0 +1,153 @@
+//! Where a provider's tokens come from: the endpoints and scope of its issuer, from the
+//! configuration or the issuer's defaults (SPEC.md "Delegated OAuth2").
+
+use std::time::Duration;
+
+use crate::config::{Issuer, OAuthFlow, ProviderConfig, ProviderKind};
+
+/// Google's token endpoint.
+pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+/// Google's authorization endpoint.
+pub const GOOGLE_AUTHORIZE_URL: &str = "https://accounts.google.com/o/oauth2/v2/auth";
+/// Google's scope for SMTP (XOAUTH2).
+pub const GOOGLE_MAIL_SCOPE: &str = "https://mail.google.com/";
+
+/// A Microsoft refresh token that goes unused this long ages out (AADSTS700082).
+pub const MICROSOFT_INACTIVITY: Duration = Duration::from_secs(90 * 86_400);
+/// A Google refresh token that goes unused this long ages out (six months).
+pub const GOOGLE_INACTIVITY: Duration = Duration::from_secs(182 * 86_400);
+
+/// The endpoints and scope of one provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Whose identity platform.
+    pub issuer: Issuer,
+    /// The token endpoint.
+    pub token_url: String,
+    /// The device authorization endpoint (Microsoft).
+    pub device_code_url: Option<String>,
+    /// The authorization endpoint (browser sign-in).
+    pub authorize_url: Option<String>,
+    /// The scope asked for.
+    pub scope: String,
+}
+
+fn microsoft(tenant: &str, endpoint: &str) -> String {
+    format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/{endpoint}")
+}
+
+/// The Microsoft identity platform token endpoint of a tenant.
+pub fn default_token_url(tenant: &str) -> String {
+    microsoft(tenant, "token")
+}
+
+/// The scope a provider asks for unless `scope` is set.
+pub fn default_scope(kind: ProviderKind, flow: OAuthFlow, issuer: Issuer) -> &'static str {
+    match (issuer, kind, flow.is_delegated()) {
+        (Issuer::Google, _, _) => GOOGLE_MAIL_SCOPE,
+        (Issuer::Microsoft, ProviderKind::Graph, false) => "https://graph.microsoft.com/.default",
+        (Issuer::Microsoft, ProviderKind::Graph, true) => {
+            "https://graph.microsoft.com/Mail.Send offline_access"
+        }
+        (Issuer::Microsoft, _, false) => "https://outlook.office365.com/.default",
+        (Issuer::Microsoft, _, true) => "https://outlook.office.com/SMTP.Send offline_access",
+    }
+}
+
+impl Endpoints {
+    /// The endpoints of a provider with a `[provider.oauth2]` table (defaults for one
+    /// without).
+    pub fn of(p: &ProviderConfig) -> Endpoints {
+        let o = p.oauth2.clone().unwrap_or_default();
+        let issuer = p.oauth_issuer();
+        let tenant = o.tenant_id.as_deref().unwrap_or("common");
+        let (token, device, authorize) = match issuer {
+            Issuer::Microsoft => (
+                microsoft(tenant, "token"),
+                Some(microsoft(tenant, "devicecode")),
+                Some(microsoft(tenant, "authorize")),
+            ),
+            Issuer::Google => (
+                GOOGLE_TOKEN_URL.to_string(),
+                None,
+                Some(GOOGLE_AUTHORIZE_URL.to_string()),
+            ),
+        };
+        Endpoints {
+            issuer,
+            token_url: o.token_url.clone().unwrap_or(token),
+            device_code_url: o.device_code_url.clone().or(device),
+            authorize_url: o.authorize_url.clone().or(authorize),
+            scope: o
+                .scope
+                .clone()
+                .unwrap_or_else(|| default_scope(p.kind, o.flow, issuer).to_string()),
+        }
+    }
+
+    /// How long an unused refresh token of this issuer lives.
+    pub fn inactivity_limit(&self) -> Duration {
+        match self.issuer {
+            Issuer::Microsoft => MICROSOFT_INACTIVITY,
+            Issuer::Google => GOOGLE_INACTIVITY,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(extra: &str) -> ProviderConfig {
+        let text = format!(
+            "[distributor]\ndefault_provider = \"p\"\n[[provider]]\nname = \"p\"\nkind = \"smtp\"\nusername = \"u@x.com\"\n{extra}\n"
+        );
+        crate::config::Config::parse(&text, std::path::Path::new("t.toml"))
+            .unwrap()
+            .provider
+            .remove(0)
+    }
+
+    #[test]
+    fn defaults_per_issuer() {
+        let outlook = provider(
+            "host = \"smtp-mail.outlook.com\"\n[provider.oauth2]\nflow = \"device_code\"\ntenant_id = \"consumers\"\nclient_id = \"c\"",
+        );
+        assert_eq!(
+            Endpoints::of(&outlook),
+            Endpoints {
+                issuer: Issuer::Microsoft,
+                token_url: "https://login.microsoftonline.com/consumers/oauth2/v2.0/token".into(),
+                device_code_url: Some(
+                    "https://login.microsoftonline.com/consumers/oauth2/v2.0/devicecode".into()
+                ),
+                authorize_url: Some(
+                    "https://login.microsoftonline.com/consumers/oauth2/v2.0/authorize".into()
+                ),
+                scope: "https://outlook.office.com/SMTP.Send offline_access".into(),
+            }
+        );
+        let gmail = provider(
+            "host = \"smtp.gmail.com\"\n[provider.oauth2]\nflow = \"authorization_code\"\nclient_id = \"c\"\nclient_secret = \"s\"",
+        );
+        let e = Endpoints::of(&gmail);
+        assert_eq!(e.issuer, Issuer::Google);
+        assert_eq!(e.token_url, "https://oauth2.googleapis.com/token");
+        assert_eq!(
+            e.authorize_url.as_deref(),
+            Some("https://accounts.google.com/o/oauth2/v2/auth")
+        );
+        assert_eq!(e.scope, "https://mail.google.com/");
+        let app = provider(
+            "host = \"smtp.office365.com\"\n[provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"c\"\nclient_secret = \"s\"",
+        );
+        assert_eq!(
+            Endpoints::of(&app).scope,
+            "https://outlook.office365.com/.default"
+        );
+        assert_eq!(
+            default_token_url("contoso.onmicrosoft.com"),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+    }
+}
