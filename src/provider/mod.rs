@@ -144,6 +144,17 @@ impl Provider {
         }
     }
 
+    /// After `oauth2 login` or `logout`: the token source forgets what it held and idle
+    /// connections signed in with the old sign-in are closed.
+    pub async fn oauth_changed(&self) {
+        if let Some(o) = self.oauth() {
+            o.reset();
+        }
+        if let Provider::Smtp(p) = self {
+            p.drop_idle().await;
+        }
+    }
+
     /// The OAuth2 token's state, for providers that use one.
     pub fn token_status(&self) -> Option<oauth2::TokenStatus> {
         self.oauth().map(oauth2::TokenSource::status)

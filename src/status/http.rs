@@ -501,8 +501,10 @@ async fn oauth2_reload(
             format!("the running daemon has no OAuth2 provider named {provider:?} (reload it if the configuration changed)"),
         );
     };
-    oauth.reset();
     let signed_in = oauth.signed_in();
+    if let Some(p) = &source {
+        p.oauth_changed().await;
+    }
     let released = if signed_in {
         match state.distributor.release_held_of(&provider).await {
             Ok(n) => n,

@@ -91,6 +91,12 @@ pub struct Script {
     pub delay_ms: u64,
     /// After "220 Ready to start TLS", send garbage instead of a TLS handshake.
     pub tls_garbage: bool,
+    /// XOAUTH2: the mailbox and the access tokens valid now (shared with an identity
+    /// platform stand-in); when set, MAIL without AUTH gets 530.
+    pub xoauth2: Option<(String, Arc<Mutex<Vec<String>>>)>,
+    /// One message per connection: close after the reply to the end of data (each
+    /// delivery opens and signs in anew).
+    pub one_message_per_connection: bool,
 }
 
 impl Script {
@@ -339,7 +345,12 @@ async fn serve(
                 .or_else(|| s.replies.get("auth"))
             {
                 r.clone()
-            } else if s.credentials.as_ref() == Some(&(user.clone(), pass)) {
+            } else if s.credentials.as_ref() == Some(&(user.clone(), pass.clone()))
+                || (mech == "XOAUTH2"
+                    && s.xoauth2.as_ref().is_some_and(|(mailbox, valid)| {
+                        *mailbox == user && valid.lock().unwrap().contains(&pass)
+                    }))
+            {
                 auth_user = Some(user);
                 "235 2.7.0 Authentication successful".into()
             } else {
@@ -350,7 +361,7 @@ async fn serve(
                 }
             }
         } else if upper.starts_with("MAIL FROM:") {
-            if s.credentials.is_some() && auth_user.is_none() {
+            if (s.credentials.is_some() || s.xoauth2.is_some()) && auth_user.is_none() {
                 "530 5.7.57 Client not authenticated to send mail".into()
             } else {
                 let r = reply("mail", "250 2.1.0 Ok");
@@ -424,6 +435,9 @@ async fn serve(
             .write_all(format!("{out}\r\n").as_bytes())
             .await?;
         if out.starts_with("421") {
+            return Ok(());
+        }
+        if s.one_message_per_connection && upper == "DATA" && out.starts_with("250") {
             return Ok(());
         }
     }

@@ -465,6 +465,14 @@ impl SmtpProvider {
         Ok((self.connect().await?, false))
     }
 
+    /// Closes the idle connections (their sign-in no longer holds).
+    pub async fn drop_idle(&self) {
+        let idle: Vec<Idle> = self.pool.lock().await.drain(..).collect();
+        for mut i in idle {
+            tokio::spawn(async move { i.conn.abort().await });
+        }
+    }
+
     /// Whether connections are kept for reuse.
     pub fn set_reuse(&mut self, reuse: bool) {
         self.reuse = reuse;
