@@ -236,7 +236,9 @@ impl Metrics {
             .get_or_create(&label)
             .set(access_expires_in);
         if let Some(s) = signed_in {
-            self.oauth2_signed_in.get_or_create(&label).set(i64::from(s));
+            self.oauth2_signed_in
+                .get_or_create(&label)
+                .set(i64::from(s));
             self.oauth2_ages_out
                 .get_or_create(&label)
                 .set(ages_out_in.unwrap_or(0));

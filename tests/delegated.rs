@@ -67,10 +67,12 @@ impl Site {
             oauth2.replace("{ID}", &format!("http://{}", self.id.addr)),
         );
         self.env.write_config("", &extra);
-        let text = std::fs::read_to_string(&self.env.config_path).unwrap().replace(
-            "[status]\nlisten = \"127.0.0.1:0\"",
-            &format!("[status]\nlisten = \"127.0.0.1:{}\"", self.status),
-        );
+        let text = std::fs::read_to_string(&self.env.config_path)
+            .unwrap()
+            .replace(
+                "[status]\nlisten = \"127.0.0.1:0\"",
+                &format!("[status]\nlisten = \"127.0.0.1:{}\"", self.status),
+            );
         std::fs::write(&self.env.config_path, text).unwrap();
     }
 
@@ -91,7 +93,14 @@ impl Site {
     /// Starts `oauth2 login` with its output read line by line.
     fn login(&self, extra: &[&str]) -> Login {
         let mut child = Command::new(common::bin())
-            .args(["--config", self.config(), "oauth2", "login", "--provider", "mailbox"])
+            .args([
+                "--config",
+                self.config(),
+                "oauth2",
+                "login",
+                "--provider",
+                "mailbox",
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -117,7 +126,11 @@ impl Site {
         }
     }
 
-    async fn record(&self, id: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    async fn record(
+        &self,
+        id: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let url = format!("http://127.0.0.1:{}/api/messages/{id}", self.status);
         let deadline = Instant::now() + WAIT;
         loop {
@@ -149,7 +162,10 @@ impl Site {
         for t in self.issued() {
             assert!(!text.contains(&t), "{what} shows a token: {text}");
         }
-        for code in self.id.with(|s| s.codes.keys().cloned().collect::<Vec<_>>()) {
+        for code in self
+            .id
+            .with(|s| s.codes.keys().cloned().collect::<Vec<_>>())
+        {
             assert!(!text.contains(&code), "{what} shows a code");
         }
     }
@@ -190,7 +206,12 @@ impl Login {
         };
         let mut err = String::new();
         use std::io::Read;
-        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(l);
         }
@@ -204,7 +225,13 @@ fn message(subject: &str) -> Vec<u8> {
 }
 
 async fn submit(d: &DaemonProcess, subject: &str) -> String {
-    common::submit_to(d.smtp, "erp@contoso.com", &["a@example.com"], &message(subject)).await
+    common::submit_to(
+        d.smtp,
+        "erp@contoso.com",
+        &["a@example.com"],
+        &message(subject),
+    )
+    .await
 }
 
 fn diagnosis(r: &serde_json::Value) -> String {
@@ -240,15 +267,21 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
     let site = Site::new(MAILBOX, OUTLOOK).await;
     site.id.with(|s| {
         s.expires_in = 2; // every message needs a renewal: a forced refresh each time
-        s.device_answers = ["authorization_pending", "slow_down", "authorization_pending"]
-            .map(String::from)
-            .into();
+        s.device_answers = [
+            "authorization_pending",
+            "slow_down",
+            "authorization_pending",
+        ]
+        .map(String::from)
+        .into();
     });
     let mut d = site.daemon();
 
     // Never signed in: the mail is held with oauth-not-signed-in.
     let held = submit(&d, "before the sign-in").await;
-    let r = site.record(&held, |r| !r["attempts"].as_array().unwrap().is_empty()).await;
+    let r = site
+        .record(&held, |r| !r["attempts"].as_array().unwrap().is_empty())
+        .await;
     assert_eq!(r["status"], "deferred", "{r:#}");
     assert_eq!(diagnosis(&r), "oauth-not-signed-in");
     assert!(
@@ -271,7 +304,10 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
     site.id.with(|s| s.approved = true);
     let (code, out, err) = login.finish();
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains(&format!("signed in to provider \"mailbox\" as {MAILBOX}")), "{out}");
+    assert!(
+        out.contains(&format!("signed in to provider \"mailbox\" as {MAILBOX}")),
+        "{out}"
+    );
     assert!(out.contains("1 held message(s) released"), "{out}");
     site.assert_no_token_in("oauth2 login", &(out.clone() + &err));
     let polls: Vec<Instant> = site.id.with(|s| {
@@ -281,15 +317,28 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
             .map(|(t, _)| *t)
             .collect()
     });
-    assert_eq!(polls.len(), 4, "pending, slow_down, pending, then the tokens");
-    assert!(polls[1] - polls[0] >= Duration::from_millis(900), "polled at the interval");
+    assert_eq!(
+        polls.len(),
+        4,
+        "pending, slow_down, pending, then the tokens"
+    );
+    assert!(
+        polls[1] - polls[0] >= Duration::from_millis(900),
+        "polled at the interval"
+    );
     assert!(
         polls[2] - polls[1] >= Duration::from_secs(6),
         "slow_down adds 5 seconds to the 1-second interval"
     );
     let dev = site.id.with(|s| s.device_requests[0].clone());
-    assert_eq!(dev["scope"], "https://outlook.office.com/SMTP.Send offline_access");
-    assert!(!dev.contains_key("client_secret"), "a public client sends no secret");
+    assert_eq!(
+        dev["scope"],
+        "https://outlook.office.com/SMTP.Send offline_access"
+    );
+    assert!(
+        !dev.contains_key("client_secret"),
+        "a public client sends no secret"
+    );
 
     // The held message goes at once, as the signed-in mailbox.
     let r = site.record(&held, |r| r["status"] == "sent").await;
@@ -306,14 +355,24 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
     }
     let refreshes = site.id.grants_of("refresh_token");
     assert!(refreshes.len() >= 3, "{refreshes:?}");
-    let used: Vec<&str> = refreshes.iter().map(|g| g["refresh_token"].as_str()).collect();
+    let used: Vec<&str> = refreshes
+        .iter()
+        .map(|g| g["refresh_token"].as_str())
+        .collect();
     let mut distinct = used.clone();
     distinct.dedup();
-    assert_eq!(distinct.len(), used.len(), "every refresh used the newest token: {used:?}");
+    assert_eq!(
+        distinct.len(),
+        used.len(),
+        "every refresh used the newest token: {used:?}"
+    );
     assert!(site.id.with(|s| s.rotated_away.len()) >= 3);
     for g in &refreshes {
         assert!(!g.contains_key("client_secret"));
-        assert_eq!(g["scope"], "https://outlook.office.com/SMTP.Send offline_access");
+        assert_eq!(
+            g["scope"],
+            "https://outlook.office.com/SMTP.Send offline_access"
+        );
     }
     // The sealed file holds no token in the clear.
     let secrets = std::fs::read_to_string(site.env.dir.path().join("data/secrets.json")).unwrap();
@@ -321,24 +380,40 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
 
     // /status and /metrics show the sign-in and the token state.
     let s = site.status().await;
-    let o = &s["providers"].as_array().unwrap().iter().find(|p| p["name"] == "mailbox").unwrap()["oauth2"];
+    let o = &s["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "mailbox")
+        .unwrap()["oauth2"];
     assert_eq!(o["flow"], "device_code");
     assert_eq!(o["signed_in"], true);
     assert_eq!(o["sign_in"]["account"], MAILBOX);
-    assert!(o["sign_in"]["refresh_token_ages_out"].as_str().unwrap() > "2027", "{o:#}");
+    assert!(
+        o["sign_in"]["refresh_token_ages_out"].as_str().unwrap() > "2027",
+        "{o:#}"
+    );
     let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", site.status))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("mailgate_oauth2_signed_in{provider=\"mailbox\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("mailgate_oauth2_signed_in{provider=\"mailbox\"} 1"),
+        "{metrics}"
+    );
     let ages_out: i64 = metrics
         .lines()
-        .find(|l| l.starts_with("mailgate_oauth2_refresh_token_ages_out_seconds{provider=\"mailbox\"}"))
+        .find(|l| {
+            l.starts_with("mailgate_oauth2_refresh_token_ages_out_seconds{provider=\"mailbox\"}")
+        })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap();
-    assert!((89 * 86_400..=90 * 86_400).contains(&ages_out), "{ages_out}");
+    assert!(
+        (89 * 86_400..=90 * 86_400).contains(&ages_out),
+        "{ages_out}"
+    );
 
     // A restart keeps the sign-in (the last rotation was saved).
     d.terminate();
@@ -354,14 +429,22 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
     let text = String::from_utf8_lossy(&st.stdout).to_string();
     assert!(st.status.success(), "{text}");
     assert!(text.contains("mailbox: flow device_code"), "{text}");
-    assert!(text.contains(&format!("signed in:     yes, as {MAILBOX}")), "{text}");
+    assert!(
+        text.contains(&format!("signed in:     yes, as {MAILBOX}")),
+        "{text}"
+    );
     assert!(text.contains("access token:  valid until"), "{text}");
     site.assert_no_token_in("oauth2 status", &text);
 
     // No token, code or user code's device code in any log line.
     d.terminate();
     d.drain();
-    let log = d.seen.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n");
+    let log = d
+        .seen
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
     site.assert_no_token_in("the daemon's log", &log);
     assert!(log.contains("OAuth2 access token acquired"));
 }
@@ -373,10 +456,14 @@ async fn device_code_stops_on_access_denied_and_expired_token() {
         ("access_denied", "The user has denied access"),
         ("expired_token", "This device code has expired"),
     ] {
-        site.id.with(|s| s.device_answers = [answer.to_string()].into());
+        site.id
+            .with(|s| s.device_answers = [answer.to_string()].into());
         let (code, out, err) = site.login(&[]).finish();
         assert_eq!(code, 1, "{out}\n{err}");
-        assert!(err.contains(&format!("sign-in failed: {answer}: ")), "{err}");
+        assert!(
+            err.contains(&format!("sign-in failed: {answer}: ")),
+            "{err}"
+        );
         assert!(err.contains(words), "the platform's words: {err}");
     }
     let st = site.cli(&["oauth2", "status"]);
@@ -402,17 +489,30 @@ async fn invalid_grant_holds_mail_until_a_new_login_and_logout_forgets() {
         ));
     });
     let id = submit(&d, "refused").await;
-    let r = site.record(&id, |r| !r["attempts"].as_array().unwrap().is_empty()).await;
+    let r = site
+        .record(&id, |r| !r["attempts"].as_array().unwrap().is_empty())
+        .await;
     assert_eq!(r["status"], "deferred", "{r:#}");
     assert_eq!(diagnosis(&r), "oauth-reauthorize");
     let reply = last_reply(&r);
-    assert!(reply.contains("invalid_grant: AADSTS700082: The refresh token has expired due to inactivity."), "{reply}");
+    assert!(
+        reply.contains(
+            "invalid_grant: AADSTS700082: The refresh token has expired due to inactivity."
+        ),
+        "{reply}"
+    );
     assert!(reply.contains("90 days without use"), "explained: {reply}");
     assert!(!reply.contains("Trace ID"));
     let fix = r["attempts"][0]["diagnosis"]["fix"].as_str().unwrap();
-    assert!(fix.contains("mailgate oauth2 login --provider NAME"), "{fix}");
+    assert!(
+        fix.contains("mailgate oauth2 login --provider NAME"),
+        "{fix}"
+    );
     let st = String::from_utf8_lossy(&site.cli(&["oauth2", "status"]).stdout).to_string();
-    assert!(st.contains("REFUSED:       token endpoint answered HTTP 400: invalid_grant: AADSTS700082"), "{st}");
+    assert!(
+        st.contains("REFUSED:       token endpoint answered HTTP 400: invalid_grant: AADSTS700082"),
+        "{st}"
+    );
 
     // A new login releases the held mail.
     site.id.with(|s| {
@@ -429,9 +529,14 @@ async fn invalid_grant_holds_mail_until_a_new_login_and_logout_forgets() {
     let out = site.cli(&["oauth2", "logout", "--provider", "mailbox"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("the running daemon forgot the sign-in"), "{text}");
+    assert!(
+        text.contains("the running daemon forgot the sign-in"),
+        "{text}"
+    );
     let id = submit(&d, "after logout").await;
-    let r = site.record(&id, |r| !r["attempts"].as_array().unwrap().is_empty()).await;
+    let r = site
+        .record(&id, |r| !r["attempts"].as_array().unwrap().is_empty())
+        .await;
     assert_eq!(diagnosis(&r), "oauth-not-signed-in", "{r:#}");
 }
 
@@ -452,7 +557,12 @@ async fn an_idle_daemon_renews_the_sign_in_at_least_twice_a_day() {
     let mut cmd = Command::new(common::bin());
     cmd.env("LD_PRELOAD", &faketime).env("FAKETIME", "+13h");
     let mut d = DaemonProcess::start_with(&site.env.config_path, cmd);
-    d.wait_log(|v| v["message"] == "OAuth2 sign-in renewed while idle (refresh tokens age out when unused)", WAIT);
+    d.wait_log(
+        |v| {
+            v["message"] == "OAuth2 sign-in renewed while idle (refresh tokens age out when unused)"
+        },
+        WAIT,
+    );
     assert_eq!(site.id.grants_of("refresh_token").len(), 1);
     let s = site.status().await;
     let o = &s["providers"][1]["oauth2"];
@@ -471,7 +581,14 @@ async fn workspace_service_account_signs_a_jwt_grant() {
     let dir = site.env.dir.path();
     let key = dir.join("sa.key");
     let ok = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&key)
         .status()
         .unwrap();
@@ -482,7 +599,8 @@ async fn workspace_service_account_signs_a_jwt_grant() {
         .output()
         .unwrap();
     assert!(der.status.success());
-    site.id.with(|s| s.jwt_public_key = Some(der.stdout.clone()));
+    site.id
+        .with(|s| s.jwt_public_key = Some(der.stdout.clone()));
     let sa = serde_json::json!({
         "type": "service_account",
         "project_id": "mailgate-test",
@@ -495,7 +613,13 @@ async fn workspace_service_account_signs_a_jwt_grant() {
     std::fs::write(dir.join("sa.json"), sa.to_string()).unwrap();
     let text = std::fs::read_to_string(&site.env.config_path)
         .unwrap()
-        .replace("service_account_file = \"SA\"", &format!("service_account_file = \"{}\"", dir.join("sa.json").display()))
+        .replace(
+            "service_account_file = \"SA\"",
+            &format!(
+                "service_account_file = \"{}\"",
+                dir.join("sa.json").display()
+            ),
+        )
         .replace("client_id = \"9e5f94bc-e8a4-4e73-b8be-63364c29d753\"\n", "");
     std::fs::write(&site.env.config_path, text).unwrap();
     assert!(site.cli(&["check-config"]).status.success());
@@ -504,18 +628,31 @@ async fn workspace_service_account_signs_a_jwt_grant() {
     let id = submit(&d, "from the service account").await;
     let r = site.record(&id, |r| r["status"] != "queued").await;
     assert_eq!(r["status"], "sent", "{r:#}");
-    assert_eq!(site.up.messages()[0].auth_user.as_deref(), Some("ops@contoso.example"));
+    assert_eq!(
+        site.up.messages()[0].auth_user.as_deref(),
+        Some("ops@contoso.example")
+    );
     let verified = site.id.with(|s| s.jwt_claims.clone());
     assert_eq!(verified.len(), 1, "one verified assertion");
     let c = &verified[0]["claims"];
     assert_eq!(c["iss"], "relay@mailgate-test.iam.gserviceaccount.com");
     assert_eq!(c["sub"], "ops@contoso.example");
     assert_eq!(c["scope"], "https://mail.google.com/");
-    assert_eq!(c["aud"], format!("http://{}/token", site.id.addr), "aud is the token endpoint used");
+    assert_eq!(
+        c["aud"],
+        format!("http://{}/token", site.id.addr),
+        "aud is the token endpoint used"
+    );
     assert_eq!(verified[0]["header"]["kid"], "1f2e3d");
     // A key the platform does not know is refused: the stand-in verifies signatures.
     let other = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
         .output()
         .unwrap();
     let mut sa = sa;
@@ -563,7 +700,11 @@ async fn check_config_refuses_flows_that_cannot_work() {
                 "[[provider]]\nname = \"m\"\nkind = \"smtp\"\nhost = \"{host}\"\nusername = \"u@example.com\"\n[provider.oauth2]\nclient_id = \"c\"\n{lines}\n"
             ),
         );
-        let out = common::run_cli(&["--config", env.config_path.to_str().unwrap(), "check-config"]);
+        let out = common::run_cli(&[
+            "--config",
+            env.config_path.to_str().unwrap(),
+            "check-config",
+        ]);
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert_eq!(out.status.code(), Some(2), "{lines}: {err}");
         assert!(err.contains(words), "{lines}: {err}");

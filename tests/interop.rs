@@ -560,3 +560,138 @@ fn gen_cert_makes_a_certificate_swaks_verifies() {
             .contains("with ESMTPS id")
     );
 }
+
+/// Gmail through aiosmtpd: `mailgate oauth2 login` with flow = "authorization_code" (the
+/// test plays the browser: it follows the printed URL, the stand-in of Google's
+/// authorization endpoint redirects to the loopback listener with a code, and the token
+/// endpoint checks PKCE S256 and the Desktop client's secret), then the daemon sends with
+/// XOAUTH2 as the signed-in mailbox to aiosmtpd, which accepts only tokens the stand-in
+/// issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gmail_authorization_code_login_then_xoauth2_to_aiosmtpd() {
+    use std::io::BufRead;
+    let id = common::identity::Identity::start("12345-desktop.apps.googleusercontent.com").await;
+    let env = TestEnv::new("", "");
+    let tokens = env.dir.path().join("valid-tokens");
+    std::fs::write(&tokens, "").unwrap();
+    id.with(|s| {
+        s.client_secret = Some("GOCSPX-desktop-secret".into());
+        s.rotate = false; // Google keeps the refresh token
+        s.token_file = Some(tokens.clone());
+        s.id_token_account = Some("pat.example@gmail.com".into());
+    });
+    let ca = common::upstream::TestCa::new("interop CA");
+    let up = Aiosmtpd::start(
+        env.dir.path(),
+        &ca,
+        &[
+            "--xoauth2-user",
+            "pat.example@gmail.com",
+            "--xoauth2-tokens",
+            tokens.to_str().unwrap(),
+        ],
+    );
+    relay_config(
+        &env,
+        &ca,
+        up.port,
+        &format!(
+            "username = \"pat.example@gmail.com\"\n[provider.oauth2]\nflow = \"authorization_code\"\n\
+             client_id = \"12345-desktop.apps.googleusercontent.com\"\nclient_secret = \"GOCSPX-desktop-secret\"\n\
+             scope = \"https://mail.google.com/\"\nauthorize_url = \"http://{0}/o/oauth2/v2/auth\"\ntoken_url = \"http://{0}/token\"",
+            id.addr
+        ),
+    );
+    let config = env.config_path.to_str().unwrap().to_string();
+    let mut login = std::process::Command::new(common::bin())
+        .args([
+            "--config",
+            &config,
+            "oauth2",
+            "login",
+            "--provider",
+            "aiosmtpd",
+            "--no-browser",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(login.stdout.take().unwrap());
+    let mut printed = String::new();
+    let url = loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "no URL printed: {printed}"
+        );
+        printed.push_str(&line);
+        if line.starts_with("http://") {
+            break line.trim().to_string();
+        }
+    };
+    let parsed = ::reqwest::Url::parse(&url).unwrap();
+    let q: std::collections::HashMap<String, String> = parsed.query_pairs().into_owned().collect();
+    assert_eq!(q["scope"], "https://mail.google.com/");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["login_hint"], "pat.example@gmail.com");
+    let redirect = q["redirect_uri"].clone();
+    assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+
+    // A redirect with another state (an old tab, or a forged page) is refused, and the
+    // sign-in goes on waiting.
+    let forged = ::reqwest::get(format!("{redirect}?code=stolen&state=not-this-one"))
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 400);
+    // The browser: follow the printed URL, signed in at once, back to the loopback.
+    let page = ::reqwest::get(&url).await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await.unwrap().contains("signed in"));
+    let done = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut login.stderr.take().unwrap(), &mut err).unwrap();
+        (login.wait().unwrap(), rest, err)
+    })
+    .await
+    .unwrap();
+    assert!(done.0.success(), "{printed}{}{}", done.1, done.2);
+    assert!(
+        done.1
+            .contains("signed in to provider \"aiosmtpd\" as pat.example@gmail.com"),
+        "{}",
+        done.1
+    );
+    let exchange = id.grants_of("authorization_code");
+    assert_eq!(exchange.len(), 1, "the forged code was never exchanged");
+    assert_eq!(exchange[0]["redirect_uri"], redirect);
+    assert!(
+        exchange[0]["code_verifier"].len() >= 43,
+        "RFC 7636 verifier"
+    );
+
+    // The daemon sends as the mailbox, with a token from the stored refresh token.
+    let mut daemon = DaemonProcess::start(&env.config_path);
+    let o = swaks_to(daemon.smtp)
+        .args(["--from", "cron@server.local", "--to", "someone@example.com"])
+        .args(["--header", "Subject: nightly backup", "--body", "ok"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{text}");
+    let mid = id_from_swaks(&text);
+    daemon.wait_sent(std::slice::from_ref(&mid), WAIT);
+    let got = up.lines.recv_timeout(WAIT).unwrap();
+    assert_eq!(got["auth"], "pat.example@gmail.com");
+    let refresh = id.grants_of("refresh_token");
+    assert_eq!(refresh.len(), 1);
+    assert_eq!(refresh[0]["client_secret"], "GOCSPX-desktop-secret");
+    let log = serde_json::to_string(&daemon.seen).unwrap();
+    for t in id.with(|s| s.issued.clone()) {
+        assert!(!log.contains(&t), "a token in the log");
+        assert!(!printed.contains(&t) && !done.1.contains(&t) && !done.2.contains(&t));
+    }
+}

@@ -80,15 +80,21 @@ async fn tell_daemon(config: &Config, provider: &str) {
         Ok(v) => {
             let n = v["released"].as_u64().unwrap_or(0);
             if v["signed_in"].as_bool() == Some(true) {
-                println!("the running daemon uses the new sign-in now; {n} held message(s) released");
+                println!(
+                    "the running daemon uses the new sign-in now; {n} held message(s) released"
+                );
             } else {
                 println!("the running daemon forgot the sign-in");
             }
         }
         Err(ClientError::NotRunning(_)) => {
-            println!("mailgate is not running: it uses the sign-in when it starts (held mail goes then)");
+            println!(
+                "mailgate is not running: it uses the sign-in when it starts (held mail goes then)"
+            );
         }
-        Err(e) => eprintln!("could not tell the running daemon ({e}); it reads the sign-in at its next token renewal, and `mailgate retry --all` sends held mail now"),
+        Err(e) => eprintln!(
+            "could not tell the running daemon ({e}); it reads the sign-in at its next token renewal, and `mailgate retry --all` sends held mail now"
+        ),
     }
 }
 
@@ -121,7 +127,10 @@ pub async fn oauth2(config: &Config, cmd: &OAuth2Command) -> i32 {
                 Ok(sign_in) => {
                     println!(
                         "signed in to provider {provider:?} as {} (the refresh token is stored encrypted beside the store)",
-                        sign_in.account.as_deref().unwrap_or("(the platform did not say who)")
+                        sign_in
+                            .account
+                            .as_deref()
+                            .unwrap_or("(the platform did not say who)")
                     );
                     tell_daemon(config, provider).await;
                     exit::OK
@@ -139,7 +148,9 @@ pub async fn oauth2(config: &Config, cmd: &OAuth2Command) -> i32 {
             };
             match TokenSource::new(p, secrets).forget_sign_in() {
                 Ok(true) => {
-                    println!("forgot the sign-in of provider {provider:?}; its mail waits (oauth-not-signed-in) until the next `mailgate oauth2 login --provider {provider}`");
+                    println!(
+                        "forgot the sign-in of provider {provider:?}; its mail waits (oauth-not-signed-in) until the next `mailgate oauth2 login --provider {provider}`"
+                    );
                     tell_daemon(config, provider).await;
                     exit::OK
                 }
@@ -157,7 +168,9 @@ pub async fn oauth2(config: &Config, cmd: &OAuth2Command) -> i32 {
     }
 }
 
-async fn device_code(source: &TokenSource) -> Result<crate::provider::oauth2::TokenResponse, String> {
+async fn device_code(
+    source: &TokenSource,
+) -> Result<crate::provider::oauth2::TokenResponse, String> {
     let auth = source.device_authorization().await?;
     println!("To sign in, open this address in a browser and enter the code.");
     println!("verification URL: {}", auth.verification_uri);

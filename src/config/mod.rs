@@ -520,19 +520,22 @@ pub enum Issuer {
 }
 
 impl ProviderConfig {
-    /// Google for an smtp provider whose host is `smtp.gmail.com` and for `jwt_bearer`
-    /// (Google service accounts), otherwise Microsoft.
+    /// Google for an smtp provider whose host is `smtp.gmail.com`, for `jwt_bearer`
+    /// (Google service accounts) and for a scope of Google's (`https://mail.google.com/`,
+    /// a Gmail relay reached under another name), otherwise Microsoft.
     pub fn oauth_issuer(&self) -> Issuer {
         let gmail = self.kind == ProviderKind::Smtp
             && self
                 .host
                 .as_deref()
                 .is_some_and(|h| h.eq_ignore_ascii_case("smtp.gmail.com"));
-        let jwt = self
-            .oauth2
-            .as_ref()
-            .is_some_and(|o| o.flow == OAuthFlow::JwtBearer);
-        if gmail || jwt {
+        let google = self.oauth2.as_ref().is_some_and(|o| {
+            o.flow == OAuthFlow::JwtBearer
+                || o.scope
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("https://mail.google.com/"))
+        });
+        if gmail || google {
             Issuer::Google
         } else {
             Issuer::Microsoft

@@ -257,9 +257,7 @@ fn oauth2_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<S
         OAuthFlow::DeviceCode => {
             if google && o.device_code_url.is_none() {
                 out.push("[provider.oauth2] flow = \"device_code\" does not work with Gmail: Google's device flow does not allow the https://mail.google.com/ scope; use flow = \"authorization_code\"".into());
-            } else if !google
-                && !microsoft_urls(&[&o.token_url, &o.device_code_url])
-            {
+            } else if !google && !microsoft_urls(&[&o.token_url, &o.device_code_url]) {
                 out.push("[provider.oauth2] flow = \"device_code\" needs tenant_id (the tenant's ID or domain, or \"consumers\" for Outlook.com and Hotmail accounts)".into());
             }
             if secrets > 0 || o.certificate_file.is_some() {
@@ -267,16 +265,17 @@ fn oauth2_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<S
             }
         }
         OAuthFlow::AuthorizationCode => {
-            if !google
-                && !microsoft_urls(&[&o.token_url, &o.authorize_url])
-            {
+            if !google && !microsoft_urls(&[&o.token_url, &o.authorize_url]) {
                 out.push("[provider.oauth2] flow = \"authorization_code\" needs tenant_id (the tenant's ID or domain, or \"consumers\" for Outlook.com and Hotmail accounts)".into());
             }
             if google && secrets == 0 {
                 out.push("[provider.oauth2] flow = \"authorization_code\" with Gmail needs the Desktop app client's client_secret (client_secret, client_secret_file or client_secret_env; it is in the client JSON Google Cloud offers for download)".into());
             }
             if o.certificate_file.is_some() {
-                out.push("[provider.oauth2] certificate_file is only for flow = \"client_credentials\"".into());
+                out.push(
+                    "[provider.oauth2] certificate_file is only for flow = \"client_credentials\""
+                        .into(),
+                );
             }
         }
         OAuthFlow::JwtBearer => {

@@ -11,9 +11,9 @@ use tokio::sync::Semaphore;
 
 use super::diagnosis::Code;
 use super::oauth2::TokenSource;
-use crate::secrets::SecretStore;
 use super::{Delivery, Outcome};
 use crate::config::ProviderConfig;
+use crate::secrets::SecretStore;
 
 /// Graph's limit on a request (sendMail with MIME).
 pub const MAX_REQUEST: usize = 4 * 1024 * 1024;

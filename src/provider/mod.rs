@@ -128,10 +128,9 @@ impl Provider {
                 s.set_reuse(ctx.reuse_connections);
                 Provider::Smtp(Box::new(s))
             }
-            ProviderKind::Graph => Provider::Graph(Box::new(graph::GraphProvider::new(
-                p,
-                ctx.secrets.clone(),
-            ))),
+            ProviderKind::Graph => {
+                Provider::Graph(Box::new(graph::GraphProvider::new(p, ctx.secrets.clone())))
+            }
         }
     }
 

@@ -498,7 +498,9 @@ async fn oauth2_reload(
     let Some(oauth) = source.as_deref().and_then(crate::provider::Provider::oauth) else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("the running daemon has no OAuth2 provider named {provider:?} (reload it if the configuration changed)"),
+            format!(
+                "the running daemon has no OAuth2 provider named {provider:?} (reload it if the configuration changed)"
+            ),
         );
     };
     let signed_in = oauth.signed_in();

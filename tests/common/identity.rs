@@ -146,7 +146,11 @@ async fn devicecode(
     let mut s = state.lock().unwrap();
     s.device_requests.push(form.clone());
     if form.get("client_id") != Some(&s.client_id) {
-        return oauth_error(400, "unauthorized_client", "AADSTS700016: Application not found in the directory.");
+        return oauth_error(
+            400,
+            "unauthorized_client",
+            "AADSTS700016: Application not found in the directory.",
+        );
     }
     let code = fresh("DC");
     s.codes.insert(code.clone(), (String::new(), String::new()));
@@ -205,7 +209,11 @@ async fn token(
         return jwt_bearer(&mut s, &form);
     }
     if form.get("client_id") != Some(&s.client_id) {
-        return oauth_error(400, "unauthorized_client", "AADSTS700016: Application not found in the directory.");
+        return oauth_error(
+            400,
+            "unauthorized_client",
+            "AADSTS700016: Application not found in the directory.",
+        );
     }
     match (&s.client_secret, form.get("client_secret")) {
         (None, Some(_)) => {
@@ -228,14 +236,24 @@ async fn token(
             }
             if let Some(answer) = s.device_answers.pop_front() {
                 let words = match answer.as_str() {
-                    "access_denied" => "AADSTS70000: The user has denied access to the scope requested by the client application.",
-                    "expired_token" => "AADSTS70020: The provided value for the input parameter 'device_code' is not valid. This device code has expired.",
-                    _ => "AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+                    "access_denied" => {
+                        "AADSTS70000: The user has denied access to the scope requested by the client application."
+                    }
+                    "expired_token" => {
+                        "AADSTS70020: The provided value for the input parameter 'device_code' is not valid. This device code has expired."
+                    }
+                    _ => {
+                        "AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling."
+                    }
                 };
                 return oauth_error(400, &answer, words);
             }
             if !s.approved {
-                return oauth_error(400, "authorization_pending", "AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling.");
+                return oauth_error(
+                    400,
+                    "authorization_pending",
+                    "AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+                );
             }
             s.codes.remove(&code);
             issue(&mut s, true)
@@ -251,7 +269,11 @@ async fn token(
             }
             let rt = form.get("refresh_token").cloned().unwrap_or_default();
             if !s.valid_refresh.contains(&rt) {
-                return oauth_error(400, "invalid_grant", "AADSTS70008: The provided authorization code or refresh token has expired due to inactivity.");
+                return oauth_error(
+                    400,
+                    "invalid_grant",
+                    "AADSTS70008: The provided authorization code or refresh token has expired due to inactivity.",
+                );
             }
             if s.rotate {
                 s.valid_refresh.remove(&rt);
@@ -270,7 +292,10 @@ async fn token(
                 return oauth_error(400, "redirect_uri_mismatch", "Bad Request");
             }
             let verifier = form.get("code_verifier").cloned().unwrap_or_default();
-            let computed = B64URL.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()));
+            let computed = B64URL.encode(ring::digest::digest(
+                &ring::digest::SHA256,
+                verifier.as_bytes(),
+            ));
             if computed != challenge {
                 return oauth_error(400, "invalid_grant", "Invalid code verifier.");
             }
@@ -294,6 +319,9 @@ async fn authorize(
         && q.get("code_challenge_method").map(String::as_str) == Some("S256")
         && q.contains_key("code_challenge")
         && q.contains_key("state")
+        // Without these Google issues no refresh token.
+        && q.get("access_type").map(String::as_str) == Some("offline")
+        && q.get("prompt").map(String::as_str) == Some("consent")
         && redirect.starts_with("http://127.0.0.1:");
     if !ok {
         return (StatusCode::BAD_REQUEST, "Error 400: invalid_request").into_response();
@@ -323,11 +351,9 @@ fn jwt_bearer(s: &mut IdState, form: &HashMap<String, String>) -> Response {
     }
     let signed = format!("{}.{}", parts[0], parts[1]);
     let sig = B64URL.decode(parts[2]).unwrap_or_default();
-    let verified = ring::signature::UnparsedPublicKey::new(
-        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-        key,
-    )
-    .verify(signed.as_bytes(), &sig);
+    let verified =
+        ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, key)
+            .verify(signed.as_bytes(), &sig);
     if verified.is_err() {
         return oauth_error(400, "invalid_grant", "Invalid JWT Signature.");
     }
@@ -345,8 +371,13 @@ fn jwt_bearer(s: &mut IdState, form: &HashMap<String, String>) -> Response {
     let iat = claims["iat"].as_i64().unwrap_or(0);
     let exp = claims["exp"].as_i64().unwrap_or(0);
     if (iat - now).abs() > 300 || exp <= now || exp - iat > 3600 {
-        return oauth_error(400, "invalid_grant", "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe.");
+        return oauth_error(
+            400,
+            "invalid_grant",
+            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe.",
+        );
     }
-    s.jwt_claims.push(serde_json::json!({"header": header, "claims": claims}));
+    s.jwt_claims
+        .push(serde_json::json!({"header": header, "claims": claims}));
     issue(s, false)
 }

@@ -5,7 +5,12 @@ the project wrote) with STARTTLS and, unless --no-auth, AUTH LOGIN/PLAIN require
 Binds 127.0.0.1 port 0 and prints {"port": N}; then one JSON line per received message:
 {"from", "rcpts", "data_b64", "auth"}. Runs until killed or stdin closes.
 
+With --xoauth2-user U --xoauth2-tokens FILE it also offers AUTH XOAUTH2 (Google's and
+Microsoft's SASL format) and accepts user U with any bearer token listed in FILE (one per
+line, re-read at every AUTH; an identity platform stand-in writes it).
+
 usage: upstream.py --cert C --key K [--user U --password P] [--no-auth]
+                   [--xoauth2-user U --xoauth2-tokens FILE]
 """
 import argparse
 import asyncio
@@ -24,8 +29,37 @@ def emit(obj):
 
 
 class Handler:
-    def __init__(self, no_auth):
+    def __init__(self, no_auth, xoauth2_user=None, xoauth2_tokens=None):
         self.no_auth = no_auth
+        self.xoauth2_user = xoauth2_user
+        self.xoauth2_tokens = xoauth2_tokens
+        if xoauth2_user is None:
+            # Without the option the mechanism is not offered at all.
+            del Handler.auth_XOAUTH2
+
+    async def auth_XOAUTH2(self, server, args):
+        """SASL XOAUTH2: base64("user=" U ^A "auth=Bearer " T ^A ^A), initial response."""
+        if len(args) > 1:
+            blob = args[1]
+        else:
+            blob = await server.challenge_auth("", encode_to_b64=False)
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+            blob = blob.decode()
+        try:
+            text = base64.b64decode(blob).decode()
+        except Exception:
+            return AuthResult(success=False, handled=False)
+        fields = dict(p.split("=", 1) for p in text.split("\x01") if "=" in p)
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        try:
+            with open(self.xoauth2_tokens) as f:
+                valid = {line.strip() for line in f if line.strip()}
+        except OSError:
+            valid = set()
+        ok = fields.get("user") == self.xoauth2_user and token in valid
+        return AuthResult(success=ok, handled=False,
+                          auth_data=LoginPassword(fields.get("user", "").encode(), b""))
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -58,6 +92,8 @@ def main():
     ap.add_argument("--user")
     ap.add_argument("--password")
     ap.add_argument("--no-auth", action="store_true")
+    ap.add_argument("--xoauth2-user")
+    ap.add_argument("--xoauth2-tokens")
     args = ap.parse_args()
 
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -75,7 +111,7 @@ def main():
     sock.listen(64)
 
     loop = asyncio.new_event_loop()
-    handler = Handler(args.no_auth)
+    handler = Handler(args.no_auth, args.xoauth2_user, args.xoauth2_tokens)
 
     def factory():
         return SMTP(

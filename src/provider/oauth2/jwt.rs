@@ -153,7 +153,10 @@ impl ServiceAccount {
         scope: &str,
         now: u64,
     ) -> Result<String, TokenError> {
-        let key = rsa_key(self.private_key.as_bytes(), "service_account_file private_key")?;
+        let key = rsa_key(
+            self.private_key.as_bytes(),
+            "service_account_file private_key",
+        )?;
         let mut header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
         if let Some(kid) = &self.private_key_id {
             header["kid"] = serde_json::Value::String(kid.clone());

@@ -97,7 +97,10 @@ enum Redirect {
 fn redirect_of(query: &[(String, String)], state: &str) -> Result<Redirect, String> {
     let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if get("state") != Some(state) {
-        return Err("the answer does not carry this sign-in's state (an old or forged redirect); ignored".into());
+        return Err(
+            "the answer does not carry this sign-in's state (an old or forged redirect); ignored"
+                .into(),
+        );
     }
     if let Some(error) = get("error") {
         let words = get("error_description").unwrap_or("");
@@ -116,11 +119,9 @@ fn redirect_of(query: &[(String, String)], state: &str) -> Result<Redirect, Stri
 impl TokenSource {
     /// Starts a device sign-in (RFC 8628 section 3.1).
     pub async fn device_authorization(&self) -> Result<DeviceAuthorization, String> {
-        let url = self
-            .endpoints
-            .device_code_url
-            .clone()
-            .ok_or("this provider's issuer has no device authorization endpoint (set device_code_url)")?;
+        let url = self.endpoints.device_code_url.clone().ok_or(
+            "this provider's issuer has no device authorization endpoint (set device_code_url)",
+        )?;
         let resp = self
             .http
             .post(&url)
@@ -130,7 +131,12 @@ impl TokenSource {
             ])
             .send()
             .await
-            .map_err(|e| format!("device authorization endpoint {url} unreachable: {}", error_chain(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "device authorization endpoint {url} unreachable: {}",
+                    error_chain(&e)
+                )
+            })?;
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         if !(200..300).contains(&status) {
@@ -186,8 +192,9 @@ impl TokenSource {
             let status = resp.status().as_u16();
             let body = resp.text().await.unwrap_or_default();
             if (200..300).contains(&status) {
-                return serde_json::from_str(&body)
-                    .map_err(|e| format!("the token endpoint answered something that is not a token: {e}"));
+                return serde_json::from_str(&body).map_err(|e| {
+                    format!("the token endpoint answered something that is not a token: {e}")
+                });
             }
             let e: ErrorResponse = serde_json::from_str(&body).unwrap_or_default();
             match e.error.as_str() {
@@ -203,14 +210,20 @@ impl TokenSource {
 
     /// The authorization URL of a browser sign-in redirected to `redirect_uri`, with a
     /// fresh `state` and PKCE S256 challenge.
-    pub fn authorization_request(&self, redirect_uri: &str) -> Result<AuthorizationRequest, String> {
+    pub fn authorization_request(
+        &self,
+        redirect_uri: &str,
+    ) -> Result<AuthorizationRequest, String> {
         let base = self
             .endpoints
             .authorize_url
             .clone()
             .ok_or("this provider has no authorization endpoint (set authorize_url)")?;
         let verifier = random_b64(32);
-        let challenge = B64URL.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()));
+        let challenge = B64URL.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            verifier.as_bytes(),
+        ));
         let state = random_b64(16);
         let mut params: Vec<(&str, String)> = vec![
             ("client_id", self.client_id()),
@@ -297,12 +310,21 @@ impl TokenSource {
                     let refused = matches!(r, Redirect::Refused(_));
                     let _ = s.1.send(r).await;
                     if refused {
-                        (axum::http::StatusCode::OK, "mailgate: the sign-in was refused; the terminal says why.\n".into())
+                        (
+                            axum::http::StatusCode::OK,
+                            "mailgate: the sign-in was refused; the terminal says why.\n".into(),
+                        )
                     } else {
-                        (axum::http::StatusCode::OK, "mailgate: signed in. You can close this window.\n".into())
+                        (
+                            axum::http::StatusCode::OK,
+                            "mailgate: signed in. You can close this window.\n".into(),
+                        )
                     }
                 }
-                Err(why) => (axum::http::StatusCode::BAD_REQUEST, format!("mailgate: {why}\n")),
+                Err(why) => (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    format!("mailgate: {why}\n"),
+                ),
             }
         }
         let app = axum::Router::new()
@@ -391,7 +413,11 @@ mod tests {
             Ok(Redirect::Code(_))
         ));
         match redirect_of(
-            &q(&[("error", "access_denied"), ("error_description", "The user said no"), ("state", "s")]),
+            &q(&[
+                ("error", "access_denied"),
+                ("error_description", "The user said no"),
+                ("state", "s"),
+            ]),
             "s",
         ) {
             Ok(Redirect::Refused(w)) => assert_eq!(w, "access_denied: The user said no"),

@@ -201,7 +201,10 @@ fn explain(e: &ErrorResponse) -> Option<&'static str> {
     if let Some((_, words)) = KNOWN.iter().find(|(n, _)| e.aadsts(*n)) {
         return Some(words);
     }
-    if e.error == "invalid_grant" && e.error_codes.is_empty() && !e.error_description.contains("AADSTS") {
+    if e.error == "invalid_grant"
+        && e.error_codes.is_empty()
+        && !e.error_description.contains("AADSTS")
+    {
         return Some(
             "Google refused the refresh token: it was revoked (Google Account > Security > Third-party connections), the password was changed, it went unused for six months, or the OAuth client is in Testing status, whose refresh tokens expire after 7 days (publish the app to get lasting ones)",
         );
@@ -460,18 +463,12 @@ impl TokenSource {
         url: &str,
         form: &[(&str, String)],
     ) -> Result<TokenResponse, TokenError> {
-        let resp = self
-            .http
-            .post(url)
-            .form(form)
-            .send()
-            .await
-            .map_err(|e| {
-                local(
-                    Code::OAuthEndpointUnreachable,
-                    format!("token endpoint {url} unreachable: {}", error_chain(&e)),
-                )
-            })?;
+        let resp = self.http.post(url).form(form).send().await.map_err(|e| {
+            local(
+                Code::OAuthEndpointUnreachable,
+                format!("token endpoint {url} unreachable: {}", error_chain(&e)),
+            )
+        })?;
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         if !(200..300).contains(&status) {
@@ -719,7 +716,13 @@ mod tests {
             true,
         );
         assert_eq!(e.code, Code::OAuthReauthorize);
-        assert!(e.reply.contains("invalid_grant: AADSTS700082: The refresh token has expired due to inactivity."), "{}", e.reply);
+        assert!(
+            e.reply.contains(
+                "invalid_grant: AADSTS700082: The refresh token has expired due to inactivity."
+            ),
+            "{}",
+            e.reply
+        );
         assert!(e.reply.contains("90 days without use"), "{}", e.reply);
         assert!(!e.reply.contains("Trace ID"));
         let e = classify_token_error(
@@ -741,17 +744,30 @@ mod tests {
             true,
         );
         assert_eq!(e.code, Code::OAuthReauthorize);
-        assert!(e.reply.contains("Google refused the refresh token"), "{}", e.reply);
+        assert!(
+            e.reply.contains("Google refused the refresh token"),
+            "{}",
+            e.reply
+        );
         let e = classify_token_error(
             401,
             r#"{"error":"invalid_client","error_description":"AADSTS700025: Client is public so neither 'client_assertion' nor 'client_secret' should be presented.","error_codes":[700025]}"#,
             true,
         );
         assert_eq!(e.code, Code::OAuthInvalidClient);
-        assert!(e.reply.contains("a public client must not send a secret"), "{}", e.reply);
+        assert!(
+            e.reply.contains("a public client must not send a secret"),
+            "{}",
+            e.reply
+        );
         // The same invalid_grant in the app-only flow is about the app, not a sign-in.
         assert_ne!(
-            classify_token_error(400, r#"{"error":"invalid_grant","error_description":"AADSTS700082: x"}"#, false).code,
+            classify_token_error(
+                400,
+                r#"{"error":"invalid_grant","error_description":"AADSTS700082: x"}"#,
+                false
+            )
+            .code,
             Code::OAuthReauthorize
         );
     }
