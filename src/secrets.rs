@@ -5,6 +5,10 @@
 //! `<store dir>/secrets.json`; the provider name is bound in as associated data. A secret
 //! that cannot be opened here is reported as undecryptable, never used blank.
 //!
+//! The same store seals a delegated OAuth2 provider's sign-in (entry `oauth2:NAME`, see
+//! `provider::oauth2::signin`). Every change holds the lock of `secrets.lock`, so the
+//! daemon and the CLI never overwrite each other.
+//!
 //! No function here logs or formats a secret; `Secret`'s `Debug` prints `***`.
 
 use std::collections::BTreeMap;
