@@ -623,6 +623,9 @@ async fn workspace_service_account_signs_a_jwt_grant() {
         .replace("client_id = \"9e5f94bc-e8a4-4e73-b8be-63364c29d753\"\n", "");
     std::fs::write(&site.env.config_path, text).unwrap();
     assert!(site.cli(&["check-config"]).status.success());
+    let out = site.cli(&["oauth2", "login", "--provider", "mailbox"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is nothing to sign in"));
 
     let d = site.daemon();
     let id = submit(&d, "from the service account").await;
@@ -710,4 +713,125 @@ async fn check_config_refuses_flows_that_cannot_work() {
         assert!(err.contains(words), "{lines}: {err}");
         assert!(err.contains("mailgate.toml:"), "located: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_access_token_is_renewed_once_and_a_refused_new_refresh_token_falls_back() {
+    let site = Site::new(MAILBOX, OUTLOOK).await;
+    let (code, out, err) = device_login(&site);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut d = site.daemon();
+    let first = submit(&d, "one").await;
+    assert_eq!(
+        site.record(&first, |r| r["status"] != "queued").await["status"],
+        "sent"
+    );
+    assert_eq!(site.id.grants_of("refresh_token").len(), 1);
+
+    // The upstream stops accepting the (unexpired, cached) access token: one renewal.
+    site.id.access().lock().unwrap().clear();
+    let second = submit(&d, "two").await;
+    let r = site.record(&second, |r| r["status"] != "queued").await;
+    assert_eq!(r["status"], "sent", "{r:#}");
+    assert_eq!(
+        site.id.grants_of("refresh_token").len(),
+        2,
+        "exactly one renewal"
+    );
+
+    // The platform refuses the newest refresh token but still knows the one before it
+    // (a rotation it did not keep): mailgate falls back to the previous one.
+    site.id.with(|s| {
+        let previous = s.rotated_away.last().unwrap().clone();
+        s.valid_refresh.clear();
+        s.valid_refresh.insert(previous);
+    });
+    site.id.access().lock().unwrap().clear();
+    let third = submit(&d, "three").await;
+    let r = site.record(&third, |r| r["status"] != "queued").await;
+    assert_eq!(r["status"], "sent", "{r:#}");
+    d.wait_log(
+        |v| v["message"] == "the identity platform refused the newest refresh token; trying the one before it",
+        WAIT,
+    );
+    let used: Vec<String> = site
+        .id
+        .grants_of("refresh_token")
+        .iter()
+        .map(|g| g["refresh_token"].clone())
+        .collect();
+    assert_eq!(used.len(), 4);
+    assert_eq!(
+        used[3], used[1],
+        "the previous token, after the newest was refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_with_a_delegated_sign_in() {
+    use common::msgraph::MockMicrosoft;
+    let ms = MockMicrosoft::start().await;
+    let id = Identity::start(CLIENT).await;
+    ms.with(|s| s.also_valid = Some(id.access()));
+    let env = TestEnv::new("", "");
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"mailbox\"\nkind = \"graph\"\ngraph_url = \"{}\"\n\
+             [provider.oauth2]\nflow = \"device_code\"\ntenant_id = \"consumers\"\nclient_id = \"{CLIENT}\"\n\
+             token_url = \"http://{1}/consumers/oauth2/v2.0/token\"\ndevice_code_url = \"http://{1}/consumers/oauth2/v2.0/devicecode\"\n\
+             [distributor]\ndefault_provider = \"mailbox\"\n",
+            ms.graph_url(),
+            id.addr
+        ),
+    );
+    let config = env.config_path.to_str().unwrap().to_string();
+    let mut login = Command::new(common::bin())
+        .args([
+            "--config",
+            &config,
+            "oauth2",
+            "login",
+            "--provider",
+            "mailbox",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(login.stdout.take().unwrap()).lines();
+    while !lines.next().unwrap().unwrap().starts_with("user code:") {}
+    id.with(|s| s.approved = true);
+    assert!(login.wait().unwrap().success());
+    assert_eq!(
+        id.with(|s| s.device_requests[0]["scope"].clone()),
+        "https://graph.microsoft.com/Mail.Send offline_access"
+    );
+    let d = DaemonProcess::start(&env.config_path);
+    let mid = common::submit_to(
+        d.smtp,
+        "pat@outlook.com",
+        &["a@example.com"],
+        &message("via graph"),
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while ms.with(|s| s.sent.is_empty()) {
+        assert!(Instant::now() < deadline, "Graph got nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ms.with(|s| {
+        assert_eq!(s.sent[0].sender, "pat@outlook.com");
+        let bearer = s.sent[0]
+            .authorization
+            .strip_prefix("Bearer ")
+            .unwrap()
+            .to_string();
+        assert!(
+            id.with(|i| i.issued.contains(&bearer)),
+            "the delegated token"
+        );
+    });
+    assert!(!mid.is_empty());
 }

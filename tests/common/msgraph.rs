@@ -42,6 +42,8 @@ pub struct MockState {
     pub graph_reply: Option<(u16, Option<u64>, String)>,
     /// Every sendMail received.
     pub sent: Vec<SendMail>,
+    /// Access tokens another identity platform stand-in issued, valid here too.
+    pub also_valid: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 #[derive(Clone)]
@@ -119,7 +121,11 @@ async fn send_mail(
         .unwrap_or("")
         .to_string();
     let token = authorization.strip_prefix("Bearer ").unwrap_or("");
-    if !s.issued.iter().any(|t| t == token) || s.revoked.iter().any(|t| t == token) {
+    let elsewhere = s
+        .also_valid
+        .as_ref()
+        .is_some_and(|v| v.lock().unwrap().iter().any(|t| t == token));
+    if !(elsewhere || s.issued.iter().any(|t| t == token)) || s.revoked.iter().any(|t| t == token) {
         return (
             StatusCode::UNAUTHORIZED,
             axum::Json(serde_json::json!({"error": {"code": "InvalidAuthenticationToken", "message": "Access token validation failure."}})),
