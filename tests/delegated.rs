@@ -162,10 +162,9 @@ impl Site {
         for t in self.issued() {
             assert!(!text.contains(&t), "{what} shows a token: {text}");
         }
-        for code in self
-            .id
-            .with(|s| s.codes.keys().cloned().collect::<Vec<_>>())
-        {
+        let codes = self.id.with(|s| s.all_codes.clone());
+        assert!(!codes.is_empty(), "a sign-in handed out a code");
+        for code in codes {
             assert!(!text.contains(&code), "{what} shows a code");
         }
     }
@@ -436,7 +435,16 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
     assert!(text.contains("access token:  valid until"), "{text}");
     site.assert_no_token_in("oauth2 status", &text);
 
-    // No token, code or user code's device code in any log line.
+    // No token or code in the history, the status output or any log line.
+    let history = reqwest::get(format!("http://127.0.0.1:{}/api/messages", site.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    site.assert_no_token_in("the history", &history);
+    site.assert_no_token_in("/status", &site.status().await.to_string());
+    site.assert_no_token_in("/metrics", &metrics);
     d.terminate();
     d.drain();
     let log = d

@@ -55,6 +55,8 @@ pub struct IdState {
     pub id_token_account: Option<String>,
     /// Written with the valid access tokens, one per line (for aiosmtpd).
     pub token_file: Option<std::path::PathBuf>,
+    /// Every device code and authorization code handed out.
+    pub all_codes: Vec<String>,
     /// Authorization codes issued: code -> (challenge, redirect_uri).
     pub codes: HashMap<String, (String, String)>,
     /// The authorization requests' query parameters.
@@ -153,6 +155,7 @@ async fn devicecode(
         );
     }
     let code = fresh("DC");
+    s.all_codes.push(code.clone());
     s.codes.insert(code.clone(), (String::new(), String::new()));
     axum::Json(serde_json::json!({
         "device_code": code,
@@ -327,6 +330,7 @@ async fn authorize(
         return (StatusCode::BAD_REQUEST, "Error 400: invalid_request").into_response();
     }
     let code = fresh("AC");
+    s.all_codes.push(code.clone());
     s.codes.insert(
         code.clone(),
         (q["code_challenge"].clone(), redirect.clone()),
