@@ -62,11 +62,15 @@ fn platform_words(status: u16, body: &str) -> String {
         );
     }
     let first = e.error_description.lines().next().unwrap_or("");
-    if first.is_empty() {
-        e.error
+    let mut words = if first.is_empty() {
+        e.error.clone()
     } else {
         format!("{}: {first}", e.error)
+    };
+    if let Some(meaning) = super::explain(&e) {
+        words = format!("{words} ({meaning})");
     }
+    words
 }
 
 /// A browser sign-in in progress: the URL to open and what checks its answer.
@@ -402,6 +406,23 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_platforms_words_with_what_they_mean() {
+        assert_eq!(
+            platform_words(
+                400,
+                r#"{"error":"access_denied","error_description":"AADSTS70000: The user has denied access.\r\nTrace ID: 1"}"#
+            ),
+            "access_denied: AADSTS70000: The user has denied access."
+        );
+        let w = platform_words(
+            401,
+            r#"{"error":"invalid_client","error_description":"AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.","error_codes":[7000218]}"#,
+        );
+        assert!(w.contains("Allow public client flows to Yes"), "{w}");
+        assert_eq!(platform_words(502, "Bad Gateway"), "HTTP 502: Bad Gateway");
     }
 
     #[test]

@@ -146,7 +146,7 @@ impl TokenResponse {
 }
 
 #[derive(Deserialize, Default)]
-struct ErrorResponse {
+pub(super) struct ErrorResponse {
     #[serde(default)]
     error: String,
     #[serde(default)]
@@ -163,8 +163,12 @@ impl ErrorResponse {
 
 /// What an identity platform's refusal means, in words, for the codes administrators
 /// meet (kept beside the platform's own words in the reply).
-fn explain(e: &ErrorResponse) -> Option<&'static str> {
-    const KNOWN: [(u64, &str); 8] = [
+pub(super) fn explain(e: &ErrorResponse) -> Option<&'static str> {
+    const KNOWN: [(u64, &str); 9] = [
+        (
+            7000218,
+            "the app registration is not a public client: in Entra admin center > App registrations > the app > Authentication, set Allow public client flows to Yes",
+        ),
         (
             700082,
             "the refresh token expired after 90 days without use: mailgate renews it every 12 hours while it runs, so mailgate was stopped that long or the sign-in was never used",
