@@ -479,6 +479,16 @@ async fn device_code_stops_on_access_denied_and_expired_token() {
         String::from_utf8_lossy(&st.stdout).contains("signed in:     no"),
         "nothing stored"
     );
+    // Another account than the provider's username signs in: said, with the fix.
+    site.id
+        .with(|s| s.id_token_account = Some("someone.else@outlook.com".into()));
+    let (code, out, err) = device_login(&site);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("as someone.else@outlook.com"), "{out}");
+    assert!(
+        err.contains("note: the provider's username is pat@outlook.com, but someone.else@outlook.com signed in"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,6 +132,13 @@ pub async fn oauth2(config: &Config, cmd: &OAuth2Command) -> i32 {
                             .as_deref()
                             .unwrap_or("(the platform did not say who)")
                     );
+                    if let (Some(who), Some(user)) = (&sign_in.account, source.username())
+                        && !who.eq_ignore_ascii_case(user)
+                    {
+                        eprintln!(
+                            "note: the provider's username is {user}, but {who} signed in; the upstream accepts the token only for the mailbox that signed in, so set username = \"{who}\" or sign in again as {user}"
+                        );
+                    }
                     tell_daemon(config, provider).await;
                     exit::OK
                 }
