@@ -436,3 +436,121 @@ async fn with_a_token_the_pages_ask_for_it_once_and_posts_need_the_csrf_token() 
     c.close().await.unwrap();
     d.shutdown().await;
 }
+
+/// An administrator with a browser and no terminal signs an Outlook.com mailbox in from
+/// the dashboard: the device code flow runs in the daemon, the page shows the platform's
+/// URL, code and sentence (as text), updates itself, and the held mail goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_signs_in_from_the_dashboard() {
+    use common::identity::Identity;
+    use common::upstream::{TestCa, server_tls};
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let id = Identity::start("public-client").await;
+    id.with(|s| {
+        s.device_message = Some(
+            "To sign in, open https://microsoft.com/devicelogin and enter HQ7T-X2PB <img src=x onerror=window.__pwned=1>".into(),
+        )
+    });
+    let ca = TestCa::new("pages CA");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let up = Upstream::start(Script {
+        starttls: true,
+        tls: Some(server_tls(&cert, &key)),
+        offer_auth: true,
+        auth_mechs: Some("XOAUTH2".into()),
+        xoauth2: Some(("pat@outlook.com".into(), id.access())),
+        ..Script::default()
+    })
+    .await;
+    let env = TestEnv::new("", "");
+    std::fs::write(env.dir.path().join("ca.pem"), &ca.pem).unwrap();
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"outlook\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\nusername = \"pat@outlook.com\"\n\
+             [provider.oauth2]\nflow = \"device_code\"\ntenant_id = \"consumers\"\nclient_id = \"public-client\"\n\
+             token_url = \"http://{2}/consumers/oauth2/v2.0/token\"\ndevice_code_url = \"http://{2}/consumers/oauth2/v2.0/devicecode\"\n\
+             [distributor]\ndefault_provider = \"outlook\"\nretry_initial = \"10m\"\n",
+            up.addr.port(),
+            env.dir.path().join("ca.pem").display(),
+            id.addr
+        ),
+    );
+    let d = Daemon::start(env.config()).await.unwrap();
+    let held = submit_to(
+        d.smtp_addrs[0],
+        "erp@contoso.com",
+        &["a@example.com"],
+        b"Subject: Held until the sign-in\r\n\r\nx\r\n",
+    )
+    .await;
+    wait_status(&d, &held, Status::Deferred).await;
+
+    let c = driver.browser().await;
+    let base = format!("http://{}", d.status_addr);
+    c.goto(&format!("{base}/")).await.unwrap();
+    let cell = text(&c, "td.token[data-provider=outlook]").await;
+    assert!(cell.contains("not signed in"), "{cell}");
+    click(&c, "button.sign-in").await;
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/providers/outlook/sign-in")
+    );
+    assert_eq!(text(&c, "#user-code").await, "HQ7T-X2PB");
+    let link = c.find(Locator::Css("#verification-uri")).await.unwrap();
+    assert_eq!(
+        link.attr("href").await.unwrap().as_deref(),
+        Some("https://microsoft.com/devicelogin")
+    );
+    assert!(
+        text(&c, "#platform-message")
+            .await
+            .ends_with("<img src=x onerror=window.__pwned=1>"),
+        "the platform's words are text"
+    );
+    shot(&c, "sign-in-waiting").await;
+    // The person enters the code elsewhere; the page notices by itself.
+    id.with(|s| s.approved = true);
+    let mut signed = String::new();
+    for _ in 0..100 {
+        if let Ok(e) = c.find(Locator::Css("#signed-in")).await {
+            signed = e.text().await.unwrap_or_default();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        signed.contains("Signed in as pat@outlook.com"),
+        "{signed:?}"
+    );
+    assert!(signed.contains("1 held message(s) released"), "{signed}");
+    assert_eq!(
+        c.execute("return typeof window.__pwned;", vec![])
+            .await
+            .unwrap(),
+        serde_json::json!("undefined")
+    );
+    shot(&c, "sign-in-done").await;
+    wait_status(&d, &held, Status::Sent).await;
+    assert_eq!(
+        up.messages()[0].auth_user.as_deref(),
+        Some("pat@outlook.com")
+    );
+    c.goto(&format!("{base}/")).await.unwrap();
+    let cell = text(&c, "td.token[data-provider=outlook]").await;
+    assert!(cell.contains("signed in as pat@outlook.com"), "{cell}");
+    // The user code never reaches the open /status.
+    let status = reqwest::get(format!("{base}/status"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!status.contains("HQ7T-X2PB"));
+    c.close().await.unwrap();
+}

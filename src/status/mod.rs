@@ -2,5 +2,6 @@
 //! `status.listen`.
 
 pub mod http;
+mod oauth2_page;
 pub mod pages;
 pub mod query;

@@ -35,6 +35,8 @@ pub struct PageState {
     sessions: Mutex<HashMap<String, String>>,
     /// The CSRF token of the open pages (no admin token configured, loopback only).
     open_csrf: String,
+    /// The browser sign-ins of delegated providers.
+    pub(super) desk: super::oauth2_page::Desk,
 }
 
 fn random_hex() -> String {
@@ -53,7 +55,18 @@ impl PageState {
             secure,
             sessions: Mutex::new(HashMap::new()),
             open_csrf: random_hex(),
+            desk: super::oauth2_page::Desk::default(),
         }
+    }
+
+    /// Whether the pages ask for a token (and show Sign out).
+    pub(super) fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The CSRF token to put in a page's forms.
+    pub(super) fn csrf_of(&self, headers: &HeaderMap) -> String {
+        self.csrf(headers).unwrap_or_default()
     }
 
     /// The CSRF token of the request's session; None when a token is configured and the
@@ -97,6 +110,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/messages/{id}/retry", post(retry))
         .route("/distributor/pause", post(pause))
         .route("/distributor/resume", post(resume))
+        .route(
+            "/providers/{name}/sign-in",
+            get(super::oauth2_page::show).post(super::oauth2_page::start),
+        )
         .route("/signout", post(signout))
         .route_layer(middleware::from_fn_with_state(state.clone(), signed_in))
         .route("/signin", get(signin_form).post(signin))
@@ -138,7 +155,7 @@ async fn signed_in(State(state): State<AppState>, req: Request, next: Next) -> R
     next.run(req).await
 }
 
-fn html(t: impl Template) -> Response {
+pub(super) fn html(t: impl Template) -> Response {
     match t.render() {
         Ok(body) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response(),
         Err(e) => (
@@ -149,7 +166,7 @@ fn html(t: impl Template) -> Response {
     }
 }
 
-fn page_error(code: StatusCode, why: impl Into<String>) -> Response {
+pub(super) fn page_error(code: StatusCode, why: impl Into<String>) -> Response {
     (
         code,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -160,19 +177,19 @@ fn page_error(code: StatusCode, why: impl Into<String>) -> Response {
 
 /// A POST's form: at least the CSRF token.
 #[derive(Debug, Deserialize)]
-struct CsrfForm {
+pub(super) struct CsrfForm {
     #[serde(default)]
     csrf: String,
 }
 
-fn csrf_ok(state: &AppState, headers: &HeaderMap, form: &CsrfForm) -> bool {
+pub(super) fn csrf_ok(state: &AppState, headers: &HeaderMap, form: &CsrfForm) -> bool {
     state
         .pages
         .csrf(headers)
         .is_some_and(|want| same(&want, &form.csrf))
 }
 
-fn csrf_refused() -> Response {
+pub(super) fn csrf_refused() -> Response {
     page_error(
         StatusCode::FORBIDDEN,
         "missing or wrong CSRF token; reload the page and try again",
@@ -202,6 +219,10 @@ struct ProviderRow {
     throttle_deferrals: u64,
     last_error: String,
     token: String,
+    /// The name in a URL path.
+    path: String,
+    /// A device-code provider: the Sign in button.
+    device_code: bool,
 }
 
 #[derive(Template)]
@@ -257,12 +278,29 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
                         .expires_at_ms
                         .map(crate::time::rfc3339)
                         .unwrap_or_default();
-                    match (t.valid, t.last_error) {
+                    let sign_in = match (t.signed_in, &t.sign_in) {
+                        (Some(_), Some(g)) => format!(
+                            "signed in as {}{}; ",
+                            g.account.as_deref().unwrap_or("(unknown)"),
+                            g.refused
+                                .as_ref()
+                                .map(|r| format!(", REFUSED: {r}"))
+                                .unwrap_or_default()
+                        ),
+                        (Some(_), None) => "not signed in; ".into(),
+                        (None, _) => String::new(),
+                    };
+                    let token = match (t.valid, t.last_error) {
                         (true, _) => format!("valid until {exp}"),
                         (false, Some(e)) => format!("no valid token: {e}"),
                         (false, None) => "not fetched yet".into(),
-                    }
+                    };
+                    format!("{sign_in}{token}")
                 });
+            let device_code = p
+                .oauth2
+                .as_ref()
+                .is_some_and(|o| o.flow == crate::config::OAuthFlow::DeviceCode);
             ProviderRow {
                 kind: format!("{:?}", p.kind).to_ascii_lowercase(),
                 host: p
@@ -277,6 +315,8 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
                 throttle_deferrals: stats.throttle_deferrals,
                 last_error: stats.last_error.unwrap_or_default(),
                 token,
+                path: enc(&name),
+                device_code,
                 name,
             }
         })
@@ -288,8 +328,8 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Respons
         .map(|u| age(u.timestamp_ms()))
         .unwrap_or_default();
     html(Dashboard {
-        signed_in: state.pages.token.is_some(),
-        csrf: state.pages.csrf(&headers).unwrap_or_default(),
+        signed_in: state.pages.has_token(),
+        csrf: state.pages.csrf_of(&headers),
         paused: state.distributor.is_paused(),
         queued: count(Status::Queued),
         deferred: count(Status::Deferred),
@@ -335,7 +375,7 @@ struct Messages {
 }
 
 /// Percent-encodes a query value.
-fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -364,8 +404,8 @@ async fn messages(
         statuses.push((v, status == v, label));
     }
     let mut page = Messages {
-        signed_in: state.pages.token.is_some(),
-        csrf: state.pages.csrf(&headers).unwrap_or_default(),
+        signed_in: state.pages.has_token(),
+        csrf: state.pages.csrf_of(&headers),
         statuses,
         user: shown(&q.user),
         provider: shown(&q.provider),
@@ -543,8 +583,8 @@ async fn message(
     };
     let (hdrs, body, attachments) = raw.as_deref().map(readable).unwrap_or_default();
     html(MessagePage {
-        signed_in: state.pages.token.is_some(),
-        csrf: state.pages.csrf(&headers).unwrap_or_default(),
+        signed_in: state.pages.has_token(),
+        csrf: state.pages.csrf_of(&headers),
         status: record.status.as_str(),
         subject: record
             .subject

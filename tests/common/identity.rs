@@ -37,6 +37,8 @@ pub struct IdState {
     pub device_answers: VecDeque<String>,
     /// The person entered the code and signed in.
     pub approved: bool,
+    /// Replaces the platform's sentence in the device authorization answer.
+    pub device_message: Option<String>,
     /// Refresh tokens that work now.
     pub valid_refresh: HashSet<String>,
     /// Refresh tokens that worked once and were rotated away.
@@ -163,7 +165,7 @@ async fn devicecode(
         "verification_uri": "https://microsoft.com/devicelogin",
         "expires_in": 900,
         "interval": 1,
-        "message": "To sign in, use a web browser to open the page https://microsoft.com/devicelogin and enter the code HQ7T-X2PB to authenticate.",
+        "message": s.device_message.clone().unwrap_or_else(|| "To sign in, use a web browser to open the page https://microsoft.com/devicelogin and enter the code HQ7T-X2PB to authenticate.".into()),
     }))
     .into_response()
 }
