@@ -586,3 +586,135 @@ async fn a_password_protected_redis_is_used_with_password_file_and_refused_witho
         assert_eq!(d.terminate().code(), Some(0));
     }
 }
+
+/// `rediss://` against a redis-server speaking TLS only, with a certificate from a CA made
+/// here: trusted through `ca_file`, refused (store down, said why) without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_is_used_through_its_ca_file() {
+    if !common::have("redis-server") {
+        eprintln!("SKIPPED: Debian's redis-server is not installed (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::upstream::TestCa::new("redis CA");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    for (name, pem) in [
+        ("ca.pem", &ca.pem),
+        ("redis.crt", &cert),
+        ("redis.key", &key),
+    ] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let port = free_port();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &p("redis.crt"),
+            "--tls-key-file",
+            &p("redis.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &p("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let up = Upstream::start(Script::default()).await;
+    let config = |ca_line: &str| {
+        let env = TestEnv::new("", "");
+        env.write_config(
+            "",
+            &format!(
+                "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 5\n\
+                 [distributor]\ndefault_provider = \"o365\"\n\
+                 [fleet]\nredis_url = \"rediss://127.0.0.1:{port}/0\"\nnode = \"tls-node\"\nkey_prefix = \"tls:\"\n{ca_line}\n",
+                up.addr.port()
+            ),
+        );
+        env
+    };
+    let trusted = config(&format!("ca_file = \"{}\"", p("ca.pem")));
+    let mut d = DaemonProcess::start(&trusted.config_path);
+    submit_to(
+        d.smtp,
+        "erp@erp.local",
+        &["a@contoso.com"],
+        b"Subject: over TLS\r\n\r\nx\r\n",
+    )
+    .await;
+    up.wait_for(1).await;
+    let s = status(&d).await;
+    assert_eq!(s["fleet"]["store"], "up", "{s}");
+    let o365 = s["fleet"]["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "o365")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        o365["sent_last_minute"], 1,
+        "counted in the shared window: {s}"
+    );
+    d.terminate();
+    // Without the CA the server's certificate is not trusted: the store is down, the node
+    // keeps its own share and says why.
+    let untrusted = config("");
+    let mut d = DaemonProcess::start(&untrusted.config_path);
+    submit_to(
+        d.smtp,
+        "erp@erp.local",
+        &["a@contoso.com"],
+        b"Subject: no CA\r\n\r\nx\r\n",
+    )
+    .await;
+    up.wait_for(2).await;
+    let line = d.wait_log(
+        |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("fleet store unreachable"))
+        },
+        WAIT,
+    );
+    assert!(
+        line.to_string().to_lowercase().contains("certificate"),
+        "{line}"
+    );
+    assert_eq!(status(&d).await["fleet"]["store"], "down");
+    // ca_file with a plain redis:// is refused by check-config.
+    let wrong = TestEnv::new("", "");
+    wrong.write_config(
+        "",
+        "[fleet]\nredis_url = \"redis://127.0.0.1:6379/0\"\nca_file = \"/etc/ssl/redis-ca.pem\"\n",
+    );
+    let out = common::run_cli(&[
+        "--config",
+        wrong.config_path.to_str().unwrap(),
+        "check-config",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fleet.ca_file is for a TLS connection"));
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

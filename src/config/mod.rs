@@ -610,6 +610,9 @@ pub struct FleetConfig {
     pub redis_url: String,
     /// A file holding the Redis password (AUTH).
     pub password_file: Option<PathBuf>,
+    /// `rediss://`: the CA (PEM) that signed the Redis server's certificate, when it is
+    /// not a public one.
+    pub ca_file: Option<PathBuf>,
     /// This node's name (default: the host name).
     pub node: Option<String>,
     /// Prefix of every key mailgate writes.

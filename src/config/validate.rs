@@ -30,6 +30,16 @@ impl Config {
             (None, Some(k)) => out.push((k.span(), "tls_key is set but tls_cert is not".into())),
             _ => {}
         }
+        if let Some(f) = &self.fleet
+            && f.ca_file.is_some()
+            && !f.redis_url.starts_with("rediss://")
+        {
+            out.push((
+                0..0,
+                "fleet.ca_file is for a TLS connection: it needs redis_url = \"rediss://...\""
+                    .into(),
+            ));
+        }
         if self.smtp.max_connections == 0 {
             out.push((0..0, "smtp.max_connections must be at least 1".into()));
         }

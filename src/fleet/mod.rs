@@ -171,7 +171,21 @@ impl Fleet {
                 .map_err(|e| FleetError::Config(format!("password_file {}: {e}", f.display())))?;
             info.redis.password = Some(pw.trim().to_string());
         }
-        let client = redis::Client::open(info).map_err(|e| FleetError::Config(e.to_string()))?;
+        let client = match &c.ca_file {
+            Some(f) => {
+                let pem = std::fs::read(f)
+                    .map_err(|e| FleetError::Config(format!("ca_file {}: {e}", f.display())))?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| FleetError::Config(e.to_string()))?;
         Ok(Fleet {
             client,
             conn: tokio::sync::Mutex::new(None),
@@ -245,7 +259,19 @@ impl Fleet {
                 None
             }
             Err(_) => {
-                self.mark(false, Some("connecting timed out"));
+                // The manager retries what fails (a refused TLS certificate too) until the
+                // time is up; the first time, one plain attempt names the cause.
+                let mut why = "connecting timed out".to_string();
+                if self.up.load(Ordering::Relaxed) != 2
+                    && let Ok(Err(e)) = tokio::time::timeout(
+                        CALL_TIMEOUT,
+                        self.client.get_multiplexed_async_connection(),
+                    )
+                    .await
+                {
+                    why = format!("connecting timed out: {e}");
+                }
+                self.mark(false, Some(&why));
                 None
             }
         }
