@@ -269,7 +269,7 @@ impl Fleet {
                     )
                     .await
                 {
-                    why = format!("connecting timed out: {e}");
+                    why = format!("cannot connect: {e}");
                 }
                 self.mark(false, Some(&why));
                 None
