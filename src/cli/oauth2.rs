@@ -296,6 +296,9 @@ async fn status(config: &Config, secrets: &SecretStore) -> i32 {
                     println!("  last error:    {e}");
                 }
             }
+            None if daemon.is_some() => println!(
+                "  access token:  (the running daemon has no such provider: reload it)"
+            ),
             None => println!("  access token:  (mailgate is not running)"),
         }
     }
