@@ -12,7 +12,8 @@ use clap::Subcommand;
 use super::client::{AdminClient, ClientError};
 use super::exit;
 use crate::config::{Config, OAuthFlow, ProviderConfig};
-use crate::provider::oauth2::TokenSource;
+use crate::provider::oauth2::login::LoginError;
+use crate::provider::oauth2::{TokenResponse, TokenSource};
 use crate::secrets::SecretStore;
 use crate::time::rfc3339;
 
@@ -175,9 +176,7 @@ pub async fn oauth2(config: &Config, cmd: &OAuth2Command) -> i32 {
     }
 }
 
-async fn device_code(
-    source: &TokenSource,
-) -> Result<crate::provider::oauth2::TokenResponse, String> {
+async fn device_code(source: &TokenSource) -> Result<TokenResponse, LoginError> {
     let auth = source.device_authorization().await?;
     println!("To sign in, open this address in a browser and enter the code.");
     println!("verification URL: {}", auth.verification_uri);
@@ -204,11 +203,18 @@ async fn authorization_code(
     source: &TokenSource,
     no_browser: bool,
     port: Option<u16>,
-) -> Result<crate::provider::oauth2::TokenResponse, String> {
+) -> Result<TokenResponse, LoginError> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0)))
         .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1 for the browser's redirect: {e}"))?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        .map_err(|e| {
+            LoginError(format!(
+                "cannot listen on 127.0.0.1 for the browser's redirect: {e}"
+            ))
+        })?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| LoginError(e.to_string()))?
+        .port();
     let req = source.authorization_request(&format!("http://127.0.0.1:{port}/"))?;
     println!("To sign in, open this address in a browser:");
     println!("{}", req.url);
@@ -296,9 +302,9 @@ async fn status(config: &Config, secrets: &SecretStore) -> i32 {
                     println!("  last error:    {e}");
                 }
             }
-            None if daemon.is_some() => println!(
-                "  access token:  (the running daemon has no such provider: reload it)"
-            ),
+            None if daemon.is_some() => {
+                println!("  access token:  (the running daemon has no such provider: reload it)")
+            }
             None => println!("  access token:  (mailgate is not running)"),
         }
     }

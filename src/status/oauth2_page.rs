@@ -111,7 +111,12 @@ pub async fn start(
     let auth = match oauth.device_authorization().await {
         Ok(a) => a,
         Err(words) => {
-            desk.set(&name, SignIn::Failed { words });
+            desk.set(
+                &name,
+                SignIn::Failed {
+                    words: words.to_string(),
+                },
+            );
             return Redirect::to(&page).into_response();
         }
     };
@@ -146,7 +151,7 @@ pub async fn start(
                     _ => Err("the sign-in could not be stored".into()),
                 }
             }
-            Err(words) => Err(words),
+            Err(words) => Err(words.to_string()),
         };
         let state = match outcome {
             Ok(account) => {

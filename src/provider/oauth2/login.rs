@@ -15,6 +15,23 @@ use crate::config::Issuer;
 use crate::secrets::Secret;
 use crate::time::now_ms;
 
+/// Why a sign-in did not complete: the platform's words, or what stopped it here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LoginError(pub String);
+
+impl From<String> for LoginError {
+    fn from(s: String) -> LoginError {
+        LoginError(s)
+    }
+}
+
+impl From<&str> for LoginError {
+    fn from(s: &str) -> LoginError {
+        LoginError(s.to_string())
+    }
+}
+
 /// What the device authorization endpoint answered.
 #[derive(Deserialize)]
 pub struct DeviceAuthorization {
@@ -98,7 +115,7 @@ enum Redirect {
 }
 
 /// The query of a redirect to the loopback, as the listener or a pasted address gives it.
-fn redirect_of(query: &[(String, String)], state: &str) -> Result<Redirect, String> {
+fn redirect_of(query: &[(String, String)], state: &str) -> Result<Redirect, LoginError> {
     let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if get("state") != Some(state) {
         return Err(
@@ -122,7 +139,7 @@ fn redirect_of(query: &[(String, String)], state: &str) -> Result<Redirect, Stri
 
 impl TokenSource {
     /// Starts a device sign-in (RFC 8628 section 3.1).
-    pub async fn device_authorization(&self) -> Result<DeviceAuthorization, String> {
+    pub async fn device_authorization(&self) -> Result<DeviceAuthorization, LoginError> {
         let url = self.endpoints.device_code_url.clone().ok_or(
             "this provider's issuer has no device authorization endpoint (set device_code_url)",
         )?;
@@ -147,10 +164,13 @@ impl TokenSource {
             return Err(format!(
                 "the device authorization endpoint refused: {}",
                 platform_words(status, &body)
-            ));
+            )
+            .into());
         }
         serde_json::from_str(&body).map_err(|e| {
-            format!("the device authorization endpoint answered something unexpected: {e}")
+            LoginError(format!(
+                "the device authorization endpoint answered something unexpected: {e}"
+            ))
         })
     }
 
@@ -162,7 +182,7 @@ impl TokenSource {
         &self,
         auth: &DeviceAuthorization,
         mut on_slow_down: impl FnMut(Duration),
-    ) -> Result<TokenResponse, String> {
+    ) -> Result<TokenResponse, LoginError> {
         let deadline = Instant::now() + Duration::from_secs(auth.expires_in.max(1));
         let mut interval = Duration::from_secs(auth.interval.max(1));
         let form = [
@@ -197,7 +217,9 @@ impl TokenSource {
             let body = resp.text().await.unwrap_or_default();
             if (200..300).contains(&status) {
                 return serde_json::from_str(&body).map_err(|e| {
-                    format!("the token endpoint answered something that is not a token: {e}")
+                    LoginError(format!(
+                        "the token endpoint answered something that is not a token: {e}"
+                    ))
                 });
             }
             let e: ErrorResponse = serde_json::from_str(&body).unwrap_or_default();
@@ -207,7 +229,7 @@ impl TokenSource {
                     interval += Duration::from_secs(5);
                     on_slow_down(interval);
                 }
-                _ => return Err(platform_words(status, &body)),
+                _ => return Err(platform_words(status, &body).into()),
             }
         }
     }
@@ -217,7 +239,7 @@ impl TokenSource {
     pub fn authorization_request(
         &self,
         redirect_uri: &str,
-    ) -> Result<AuthorizationRequest, String> {
+    ) -> Result<AuthorizationRequest, LoginError> {
         let base = self
             .endpoints
             .authorize_url
@@ -261,7 +283,7 @@ impl TokenSource {
         &self,
         req: &AuthorizationRequest,
         code: &Secret,
-    ) -> Result<TokenResponse, String> {
+    ) -> Result<TokenResponse, LoginError> {
         let mut form: Vec<(&str, String)> = vec![
             ("grant_type", "authorization_code".into()),
             ("client_id", self.client_id()),
@@ -285,10 +307,14 @@ impl TokenSource {
             return Err(format!(
                 "the token endpoint refused the sign-in: {}",
                 platform_words(status, &body)
-            ));
+            )
+            .into());
         }
-        serde_json::from_str(&body)
-            .map_err(|e| format!("the token endpoint answered something that is not a token: {e}"))
+        serde_json::from_str(&body).map_err(|e| {
+            LoginError(format!(
+                "the token endpoint answered something that is not a token: {e}"
+            ))
+        })
     }
 
     /// Waits for the browser's redirect on `listener` (or an address pasted into
@@ -300,7 +326,7 @@ impl TokenSource {
         listener: tokio::net::TcpListener,
         mut pasted: tokio::sync::mpsc::Receiver<String>,
         wait: Duration,
-    ) -> Result<TokenResponse, String> {
+    ) -> Result<TokenResponse, LoginError> {
         use axum::extract::{Query, State};
         type Answer = tokio::sync::mpsc::Sender<Redirect>;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Redirect>(1);
@@ -362,12 +388,12 @@ impl TokenSource {
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
         match outcome? {
             Redirect::Code(code) => self.exchange_code(req, &code).await,
-            Redirect::Refused(words) => Err(format!("the sign-in was refused: {words}")),
+            Redirect::Refused(words) => Err(format!("the sign-in was refused: {words}").into()),
         }
     }
 
     /// Stores a new sign-in (replacing any before it) and returns it.
-    pub fn keep_sign_in(&self, resp: &TokenResponse) -> Result<SignIn, String> {
+    pub fn keep_sign_in(&self, resp: &TokenResponse) -> Result<SignIn, LoginError> {
         let Some(refresh_token) = resp.refresh_token.clone() else {
             return Err(match self.endpoints.issuer {
                 Issuer::Microsoft => "the identity platform issued no refresh token: the scope must include offline_access".into(),
@@ -391,9 +417,9 @@ impl TokenSource {
     }
 
     /// Forgets the stored sign-in; false when there was none.
-    pub fn forget_sign_in(&self) -> Result<bool, String> {
+    pub fn forget_sign_in(&self) -> Result<bool, LoginError> {
         self.reset();
-        signin::forget(&self.secrets, &self.provider).map_err(|e| e.to_string())
+        signin::forget(&self.secrets, &self.provider).map_err(|e| LoginError(e.to_string()))
     }
 }
 
