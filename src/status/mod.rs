@@ -2,6 +2,5 @@
 //! `status.listen`.
 
 pub mod http;
-mod oauth2_page;
 pub mod pages;
 pub mod query;

@@ -14,9 +14,9 @@ use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::http::AppState;
-use super::pages::{CsrfForm, csrf_ok, csrf_refused, enc, html, page_error};
+use super::{CsrfForm, csrf_ok, csrf_refused, enc, html, page_error};
 use crate::config::OAuthFlow;
+use crate::status::http::AppState;
 use crate::time::{now_ms, rfc3339};
 
 /// Where one provider's browser sign-in is.

@@ -1,0 +1,177 @@
+//! The dashboard (`/`): the distributor with Pause and Resume, the queue, and per provider
+//! its limits, use, last error and OAuth2 state (with Sign in for a device-code provider).
+
+use askama::Template;
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::{CsrfForm, age, csrf_ok, csrf_refused, enc, html, page_error};
+use crate::history::Status;
+use crate::status::http::AppState;
+
+struct ProviderRow {
+    name: String,
+    kind: String,
+    host: String,
+    per_minute: String,
+    sent_last_minute: u64,
+    per_day: String,
+    recipients_last_day: u64,
+    throttle_deferrals: u64,
+    last_error: String,
+    token: String,
+    /// The name in a URL path.
+    path: String,
+    /// A device-code provider: the Sign in button.
+    device_code: bool,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct Dashboard {
+    signed_in: bool,
+    csrf: String,
+    paused: bool,
+    queued: u64,
+    deferred: u64,
+    sending: usize,
+    sent: u64,
+    partial: u64,
+    failed: u64,
+    oldest: Option<String>,
+    oldest_age: String,
+    accepted: u64,
+    rejected: u64,
+    providers: Vec<ProviderRow>,
+}
+
+pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let store = state.pipeline.store();
+    let counts = store
+        .blocking(|s| Ok((s.status_counts()?, s.oldest_waiting()?)))
+        .await;
+    let (counts, oldest) = match counts {
+        Ok(c) => c,
+        Err(e) => return page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let count = |st: Status| st.count_in(&counts);
+    let config = state.pipeline.config();
+    let limit = |n: u32| {
+        if n == 0 {
+            "none".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    let providers = config
+        .provider
+        .iter()
+        .map(|p| {
+            let name = p.name.get_ref().clone();
+            let stats = state.distributor.provider_stats(&name);
+            let limits = crate::distributor::provider_limits(p);
+            let token = state
+                .distributor
+                .provider(&name)
+                .and_then(|pr| pr.token_status())
+                .map_or_else(String::new, |t| {
+                    let exp = t
+                        .expires_at_ms
+                        .map(crate::time::rfc3339)
+                        .unwrap_or_default();
+                    let sign_in = match (t.signed_in, &t.sign_in) {
+                        (Some(_), Some(g)) => format!(
+                            "signed in as {}{}; ",
+                            g.account.as_deref().unwrap_or("(unknown)"),
+                            g.refused
+                                .as_ref()
+                                .map(|r| format!(", REFUSED: {r}"))
+                                .unwrap_or_default()
+                        ),
+                        (Some(_), None) => "not signed in; ".into(),
+                        (None, _) => String::new(),
+                    };
+                    let token = match (t.valid, t.last_error) {
+                        (true, _) => format!("valid until {exp}"),
+                        (false, Some(e)) => format!("no valid token: {e}"),
+                        (false, None) => "not fetched yet".into(),
+                    };
+                    format!("{sign_in}{token}")
+                });
+            let device_code = p
+                .oauth2
+                .as_ref()
+                .is_some_and(|o| o.flow == crate::config::OAuthFlow::DeviceCode);
+            ProviderRow {
+                kind: format!("{:?}", p.kind).to_ascii_lowercase(),
+                host: p
+                    .host
+                    .clone()
+                    .or_else(|| p.directory.as_ref().map(|d| d.display().to_string()))
+                    .unwrap_or_default(),
+                per_minute: limit(limits.per_minute),
+                sent_last_minute: stats.sent_last_minute,
+                per_day: limit(limits.per_day),
+                recipients_last_day: stats.recipients_last_day,
+                throttle_deferrals: stats.throttle_deferrals,
+                last_error: stats.last_error.unwrap_or_default(),
+                token,
+                path: enc(&name),
+                device_code,
+                name,
+            }
+        })
+        .collect();
+    let m = state.pipeline.metrics();
+    let oldest_age = oldest
+        .as_deref()
+        .and_then(|id| ulid::Ulid::from_string(id).ok())
+        .map(|u| age(u.timestamp_ms()))
+        .unwrap_or_default();
+    html(Dashboard {
+        signed_in: state.pages.has_token(),
+        csrf: state.pages.csrf_of(&headers),
+        paused: state.distributor.is_paused(),
+        queued: count(Status::Queued),
+        deferred: count(Status::Deferred),
+        sending: state.distributor.sending(),
+        sent: count(Status::Sent),
+        partial: count(Status::Partial),
+        failed: count(Status::Failed),
+        oldest,
+        oldest_age,
+        accepted: m.accepted.get(),
+        rejected: m.totals.rejected.load(std::sync::atomic::Ordering::Relaxed),
+        providers,
+    })
+}
+
+pub(super) async fn pause(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    set_paused(&state, &headers, &f, true)
+}
+
+pub(super) async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    set_paused(&state, &headers, &f, false)
+}
+
+/// The Pause and Resume buttons.
+fn set_paused(state: &AppState, headers: &HeaderMap, f: &CsrfForm, paused: bool) -> Response {
+    if !csrf_ok(state, headers, f) {
+        return csrf_refused();
+    }
+    if paused {
+        state.distributor.pause();
+    } else {
+        state.distributor.resume();
+    }
+    Redirect::to("/").into_response()
+}

@@ -1,0 +1,121 @@
+//! The history (`/messages`): filters in the URL, cursor paging, search; the same
+//! [`HistoryQuery`] as `GET /api/messages`.
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+use super::{enc, html};
+use crate::history::Record;
+use crate::status::http::AppState;
+use crate::status::query::{HistoryQuery, ListQuery};
+
+struct Row {
+    id: String,
+    received: String,
+    status: &'static str,
+    sender: String,
+    original: String,
+    recipients: String,
+    subject: String,
+    provider: String,
+    attempts: usize,
+}
+
+#[derive(Template)]
+#[template(path = "messages.html")]
+struct Messages {
+    signed_in: bool,
+    csrf: String,
+    statuses: Vec<(&'static str, bool, &'static str)>,
+    user: String,
+    provider: String,
+    since: String,
+    q: String,
+    error: Option<String>,
+    rows: Vec<Row>,
+    next: Option<String>,
+}
+
+pub(super) async fn messages(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let shown = |s: &Option<String>| s.clone().unwrap_or_default();
+    let status = shown(&q.status);
+    let mut statuses = vec![("", status.is_empty(), "All")];
+    for (v, label) in [
+        ("queued", "Queued"),
+        ("deferred", "Deferred"),
+        ("sent", "Sent"),
+        ("partial", "Partly sent"),
+        ("failed", "Failed"),
+    ] {
+        statuses.push((v, status == v, label));
+    }
+    let mut page = Messages {
+        signed_in: state.pages.has_token(),
+        csrf: state.pages.csrf_of(&headers),
+        statuses,
+        user: shown(&q.user),
+        provider: shown(&q.provider),
+        since: shown(&q.since),
+        q: shown(&q.q),
+        error: None,
+        rows: Vec::new(),
+        next: None,
+    };
+    let query = match HistoryQuery::parse(&q) {
+        Ok(x) => x,
+        Err(why) => {
+            page.error = Some(why);
+            return html(page);
+        }
+    };
+    match query.run_blocking(state.pipeline.store()).await {
+        Ok((records, next)) => {
+            page.rows = records.iter().map(row).collect();
+            page.next = next.map(|cursor| {
+                let mut url = String::from("/messages?");
+                for (k, v) in [
+                    ("status", &q.status),
+                    ("user", &q.user),
+                    ("provider", &q.provider),
+                    ("since", &q.since),
+                    ("q", &q.q),
+                ] {
+                    if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                        url.push_str(&format!("{k}={}&", enc(v)));
+                    }
+                }
+                url.push_str(&format!("before={}", enc(&cursor)));
+                url
+            });
+        }
+        Err(e) => page.error = Some(e.to_string()),
+    }
+    html(page)
+}
+
+fn row(r: &Record) -> Row {
+    let mut rcpts: Vec<&str> = r.recipients.iter().map(|x| x.address.as_str()).collect();
+    let more = rcpts.len().saturating_sub(3);
+    rcpts.truncate(3);
+    let mut recipients = rcpts.join(", ");
+    if more > 0 {
+        recipients.push_str(&format!(" and {more} more"));
+    }
+    Row {
+        id: r.id.clone(),
+        received: r.received_at.replace('T', " ").replace('Z', " UTC"),
+        status: r.status.as_str(),
+        sender: r.sender.clone(),
+        original: r.original_sender.clone(),
+        recipients,
+        subject: r.subject.clone().unwrap_or_else(|| "(no subject)".into()),
+        provider: r.provider.clone(),
+        attempts: r.attempts.len(),
+    }
+}

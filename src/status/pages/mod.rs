@@ -1,0 +1,309 @@
+//! The Email history page (SPEC "The Email history page"): the dashboard (`/`), the
+//! history (`/messages`) and one message (`/messages/{id}`), server-rendered with askama
+//! (escaping by default: whatever came from a message or a client is text, never markup),
+//! one stylesheet and one small script compiled into the binary. Reading works without
+//! JavaScript; actions are plain forms with a CSRF token. With `status.token_file` set,
+//! the pages ask for the token once and keep an HttpOnly, SameSite=Strict session cookie.
+//! The list runs the same [`HistoryQuery`] as `GET /api/messages`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Form, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+mod dashboard;
+mod history;
+mod message;
+mod oauth2;
+
+use super::http::AppState;
+use crate::time::now_ms;
+
+const COOKIE: &str = "mailgate_session";
+const CSP: &str = "default-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// Sessions of the pages and their CSRF tokens.
+#[derive(Debug)]
+pub struct PageState {
+    token: Option<String>,
+    secure: bool,
+    /// Session id -> its CSRF token.
+    sessions: Mutex<HashMap<String, String>>,
+    /// The CSRF token of the open pages (no admin token configured, loopback only).
+    open_csrf: String,
+    /// The browser sign-ins of delegated providers.
+    pub(super) desk: oauth2::Desk,
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 32];
+    // The OS random source does not fail on Linux; a failure leaves zeros only in tests.
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl PageState {
+    /// The pages' state for the admin `token` (None: open, only allowed on loopback);
+    /// `secure` marks the cookie Secure (a listener that is not loopback).
+    pub fn new(token: Option<String>, secure: bool) -> PageState {
+        PageState {
+            token,
+            secure,
+            sessions: Mutex::new(HashMap::new()),
+            open_csrf: random_hex(),
+            desk: oauth2::Desk::default(),
+        }
+    }
+
+    /// Whether the pages ask for a token (and show Sign out).
+    pub(super) fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The CSRF token to put in a page's forms.
+    pub(super) fn csrf_of(&self, headers: &HeaderMap) -> String {
+        self.csrf(headers).unwrap_or_default()
+    }
+
+    /// The CSRF token of the request's session; None when a token is configured and the
+    /// request has no valid session.
+    fn csrf(&self, headers: &HeaderMap) -> Option<String> {
+        if self.token.is_none() {
+            return Some(self.open_csrf.clone());
+        }
+        let sid = cookie(headers, COOKIE)?;
+        self.sessions.lock().ok()?.get(&sid).cloned()
+    }
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Constant-time comparison for secrets.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The pages' routes (merged into the status router).
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/", get(dashboard::dashboard))
+        .route("/messages", get(history::messages))
+        .route("/messages/{id}", get(message::message))
+        .route("/messages/{id}/raw", get(message::raw))
+        .route("/messages/{id}/retry", post(message::retry))
+        .route("/distributor/pause", post(dashboard::pause))
+        .route("/distributor/resume", post(dashboard::resume))
+        .route(
+            "/providers/{name}/sign-in",
+            get(oauth2::show).post(oauth2::start),
+        )
+        .route("/signout", post(signout))
+        .route_layer(middleware::from_fn_with_state(state.clone(), signed_in))
+        .route("/signin", get(signin_form).post(signin))
+        .route("/static/style.css", get(style))
+        .route("/static/app.js", get(script))
+        .layer(middleware::from_fn(security_headers))
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// With a token configured: a page needs a session (else the sign-in form), and a POST
+/// needs the session's CSRF token (checked by the handler's form).
+async fn signed_in(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.pages.csrf(req.headers()).is_none() {
+        return if req.method() == Method::GET {
+            Redirect::to("/signin").into_response()
+        } else {
+            (StatusCode::FORBIDDEN, "sign in first").into_response()
+        };
+    }
+    next.run(req).await
+}
+
+pub(super) fn html(t: impl Template) -> Response {
+    match t.render() {
+        Ok(body) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("page error: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+pub(super) fn page_error(code: StatusCode, why: impl Into<String>) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        why.into(),
+    )
+        .into_response()
+}
+
+/// A POST's form: at least the CSRF token.
+#[derive(Debug, Deserialize)]
+pub(super) struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub(super) fn csrf_ok(state: &AppState, headers: &HeaderMap, form: &CsrfForm) -> bool {
+    state
+        .pages
+        .csrf(headers)
+        .is_some_and(|want| same(&want, &form.csrf))
+}
+
+pub(super) fn csrf_refused() -> Response {
+    page_error(
+        StatusCode::FORBIDDEN,
+        "missing or wrong CSRF token; reload the page and try again",
+    )
+}
+
+fn age(ms: u64) -> String {
+    let s = now_ms().saturating_sub(ms) / 1000;
+    match s {
+        0..60 => format!("{s} s ago"),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86_400 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+/// Percent-encodes a query value.
+pub(super) fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+// ---- sign-in -----------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "signin.html")]
+struct SignIn {
+    signed_in: bool,
+    csrf: String,
+    failed: bool,
+}
+
+async fn signin_form(State(state): State<AppState>) -> Response {
+    if state.pages.token.is_none() {
+        return Redirect::to("/").into_response();
+    }
+    html(SignIn {
+        signed_in: false,
+        csrf: String::new(),
+        failed: false,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenForm {
+    #[serde(default)]
+    token: String,
+}
+
+async fn signin(State(state): State<AppState>, Form(f): Form<TokenForm>) -> Response {
+    let Some(token) = &state.pages.token else {
+        return Redirect::to("/").into_response();
+    };
+    if !same(f.token.trim(), token) {
+        tracing::warn!("pages: sign-in with a wrong token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            html(SignIn {
+                signed_in: false,
+                csrf: String::new(),
+                failed: true,
+            }),
+        )
+            .into_response();
+    }
+    let sid = random_hex();
+    if let Ok(mut s) = state.pages.sessions.lock() {
+        s.insert(sid.clone(), random_hex());
+    }
+    let secure = if state.pages.secure { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict{secure}");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+async fn signout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if !csrf_ok(&state, &headers, &f) {
+        return csrf_refused();
+    }
+    if let Some(sid) = cookie(&headers, COOKIE)
+        && let Ok(mut s) = state.pages.sessions.lock()
+    {
+        s.remove(&sid);
+    }
+    let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/signin")).into_response()
+}
+
+// ---- assets ------------------------------------------------------------------------------
+
+async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../../../static/style.css"),
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../../static/app.js"),
+    )
+        .into_response()
+}
