@@ -1,0 +1,183 @@
+//! `[[provider]]` and `[provider.oauth2]`: where mail goes and how mailgate signs in there
+//! (the kinds, transport security, the OAuth2 flows and whose endpoints they default to).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use super::Dur;
+
+/// The kind of a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// One .eml file per message.
+    Eml,
+    /// SMTP submission upstream.
+    Smtp,
+    /// Microsoft Graph sendMail.
+    Graph,
+}
+
+/// Transport security towards an smtp upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain connect, then STARTTLS, required.
+    #[default]
+    Starttls,
+    /// Implicit TLS (port 465).
+    Tls,
+    /// No TLS at all.
+    None,
+}
+
+/// How a provider gets its OAuth2 access tokens (`[provider.oauth2] flow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthFlow {
+    /// App-only: the app's secret or certificate (Microsoft 365 SMTP.SendAsApp, Graph).
+    #[default]
+    ClientCredentials,
+    /// RFC 8628: a mailbox signs in once (`mailgate oauth2 login`); Outlook.com, Hotmail,
+    /// a Microsoft 365 mailbox signing in itself.
+    DeviceCode,
+    /// RFC 6749 with PKCE (RFC 7636): browser sign-in redirected to the loopback; Gmail.
+    AuthorizationCode,
+    /// RFC 7523: a Google service account with domain-wide delegation.
+    JwtBearer,
+}
+
+impl OAuthFlow {
+    /// The name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthFlow::ClientCredentials => "client_credentials",
+            OAuthFlow::DeviceCode => "device_code",
+            OAuthFlow::AuthorizationCode => "authorization_code",
+            OAuthFlow::JwtBearer => "jwt_bearer",
+        }
+    }
+
+    /// Whether a mailbox signs in (`mailgate oauth2 login`) and mailgate holds its
+    /// refresh token.
+    pub fn is_delegated(self) -> bool {
+        matches!(self, OAuthFlow::DeviceCode | OAuthFlow::AuthorizationCode)
+    }
+}
+
+/// `[provider.oauth2]`: how the provider gets OAuth2 access tokens.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuth2Config {
+    /// The grant (default `client_credentials`).
+    pub flow: OAuthFlow,
+    /// Device authorization endpoint (`device_code`); default from the issuer.
+    pub device_code_url: Option<String>,
+    /// Authorization endpoint (`authorization_code`); default from the issuer.
+    pub authorize_url: Option<String>,
+    /// Google service account key file (JSON) for `jwt_bearer`.
+    pub service_account_file: Option<PathBuf>,
+    /// The mailbox a `jwt_bearer` service account acts for.
+    pub subject: Option<String>,
+    /// Entra tenant.
+    pub tenant_id: Option<String>,
+    /// App registration id.
+    pub client_id: Option<String>,
+    /// Client secret (prefer a file or env).
+    pub client_secret: Option<String>,
+    /// File holding the client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// Client certificate (PEM) for a JWT assertion.
+    pub certificate_file: Option<PathBuf>,
+    /// Private key (PEM) for `certificate_file`.
+    pub private_key_file: Option<PathBuf>,
+    /// Token endpoint; default from `tenant_id`.
+    pub token_url: Option<String>,
+    /// Scope; default depends on the provider kind.
+    pub scope: Option<String>,
+}
+
+/// `[[provider]]`: where mail goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Unique name.
+    pub name: Spanned<String>,
+    /// eml, smtp or graph.
+    pub kind: ProviderKind,
+    /// eml: output directory.
+    pub directory: Option<PathBuf>,
+    /// smtp: upstream host (DNS name or IP literal).
+    pub host: Option<String>,
+    /// smtp: upstream port (default 587, 465 for `tls = "tls"`, 25 for none).
+    pub port: Option<u16>,
+    /// smtp: transport security.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// smtp: extra trusted CA (PEM), or the exact (self-signed) server certificate.
+    pub ca_file: Option<PathBuf>,
+    /// smtp: pin of the server certificate, `sha256:AB:CD:...`.
+    pub tls_fingerprint: Option<String>,
+    /// smtp: account name; when set, AUTH is mandatory.
+    pub username: Option<String>,
+    /// smtp: password inline.
+    pub password: Option<String>,
+    /// smtp: password from a file.
+    pub password_file: Option<PathBuf>,
+    /// smtp: password from an environment variable.
+    pub password_env: Option<String>,
+    /// Messages per rolling minute (0 = none).
+    pub per_minute_limit: Option<u32>,
+    /// Recipients per rolling 24 hours (0 = none).
+    pub per_day_recipient_limit: Option<u32>,
+    /// Concurrent upstream connections / deliveries.
+    #[serde(default = "default_provider_connections")]
+    pub max_connections: usize,
+    /// Upstream I/O timeout.
+    pub timeout: Option<Dur>,
+    /// graph: base URL without version path.
+    pub graph_url: Option<String>,
+    /// OAuth2 settings.
+    pub oauth2: Option<OAuth2Config>,
+}
+
+fn default_provider_connections() -> usize {
+    4
+}
+
+/// Whose identity platform a provider's OAuth2 endpoints default to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issuer {
+    /// The Microsoft identity platform (login.microsoftonline.com).
+    Microsoft,
+    /// Google (oauth2.googleapis.com).
+    Google,
+}
+
+impl ProviderConfig {
+    /// Google for an smtp provider whose host is `smtp.gmail.com`, for `jwt_bearer`
+    /// (Google service accounts) and for a scope of Google's (`https://mail.google.com/`,
+    /// a Gmail relay reached under another name), otherwise Microsoft.
+    pub fn oauth_issuer(&self) -> Issuer {
+        let gmail = self.kind == ProviderKind::Smtp
+            && self
+                .host
+                .as_deref()
+                .is_some_and(|h| h.eq_ignore_ascii_case("smtp.gmail.com"));
+        let google = self.oauth2.as_ref().is_some_and(|o| {
+            o.flow == OAuthFlow::JwtBearer
+                || o.scope
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("https://mail.google.com/"))
+        });
+        if gmail || google {
+            Issuer::Google
+        } else {
+            Issuer::Microsoft
+        }
+    }
+}
