@@ -591,7 +591,11 @@ async fn send(
     let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(req.raw.trim()) else {
         return error(StatusCode::BAD_REQUEST, "raw is not base64");
     };
-    let header_from = crate::message::rewrite::header_from(&bytes).unwrap_or_default();
+    // The header From is read only when no envelope sender was given.
+    let mail_from = match &req.from {
+        Some(f) => f.clone(),
+        None => crate::message::rewrite::header_from(&bytes).unwrap_or_default(),
+    };
     let sub = Submission {
         origin: Origin::AdminApi,
         client: Client {
@@ -599,7 +603,7 @@ async fn send(
             helo: None,
             auth_login: None,
         },
-        mail_from: req.from.clone().unwrap_or(header_from),
+        mail_from,
         rcpts: req.to.clone(),
         raw: bytes,
         longest_line: None,
