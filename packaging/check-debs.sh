@@ -40,6 +40,15 @@ echo "== systemd-analyze verify"
 systemd-analyze verify "$UNIT"
 systemd-analyze security --offline=yes "$UNIT" | tail -n 1
 
+echo "== secrets stored by root belong to the mailgate user (the daemon can read them)"
+printf 's3cret\n' | /usr/bin/mailgate --config /etc/mailgate/mailgate.toml password set --provider outbox
+for f in mailgate.key secrets.json secrets.lock; do
+  [ "$(stat -c %U:%G /var/lib/mailgate/$f)" = mailgate:mailgate ] || { echo "$f: $(stat -c %U:%G /var/lib/mailgate/$f)"; exit 1; }
+  [ "$(stat -c %a /var/lib/mailgate/$f)" = 600 ]
+done
+setpriv --reuid=mailgate --regid=mailgate --init-groups cat /var/lib/mailgate/secrets.json /var/lib/mailgate/mailgate.key >/dev/null
+/usr/bin/mailgate --config /etc/mailgate/mailgate.toml password clear --provider outbox
+
 echo "== the installed binary serves and relays one message"
 cd /var/lib/mailgate
 setpriv --reuid=mailgate --regid=mailgate --init-groups /usr/bin/mailgate --config /etc/mailgate/mailgate.toml serve 2>/tmp/mailgate-deb.log &

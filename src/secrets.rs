@@ -82,6 +82,22 @@ fn io(path: &Path, e: std::io::Error) -> SecretError {
     SecretError::Io(format!("{}: {e}", path.display()))
 }
 
+/// A file root writes into the store directory (`sudo mailgate password set`, `sudo
+/// mailgate oauth2 login` on a packaged install) gets the directory's owner, so the daemon
+/// running as that user can read it. For anyone else the file is theirs already.
+fn owned_like_dir(file: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return;
+    };
+    if let (Ok(d), Ok(f)) = (std::fs::metadata(dir), std::fs::metadata(file))
+        && (d.uid() != f.uid() || d.gid() != f.gid())
+    {
+        // Only root may give a file away; anyone else keeps it.
+        let _ = std::os::unix::fs::chown(file, Some(d.uid()), Some(d.gid()));
+    }
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretError> {
     let tmp = path.with_extension("tmp");
     {
@@ -95,6 +111,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretError> {
         f.write_all(bytes).map_err(|e| io(&tmp, e))?;
         f.sync_all().map_err(|e| io(&tmp, e))?;
     }
+    owned_like_dir(&tmp);
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
     // The rename itself must survive a crash: a rotated refresh token is the only valid one.
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -164,6 +181,7 @@ impl SecretStore {
             .mode(0o600)
             .open(&path)
             .map_err(|e| io(&path, e))?;
+        owned_like_dir(&path);
         file.lock().map_err(|e| io(&path, e))?;
         Ok(SecretsLock { _file: file })
     }
