@@ -554,3 +554,122 @@ async fn a_mailbox_signs_in_from_the_dashboard() {
     assert!(!status.contains("HQ7T-X2PB"));
     c.close().await.unwrap();
 }
+
+/// Gmail from the browser: Sign in sends the browser to the platform (the stand-in of
+/// Google's authorization endpoint, PKCE and `state`), which sends it back to the pages'
+/// loopback callback; the code is exchanged in the daemon and the held mail goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gmail_mailbox_signs_in_from_the_dashboard() {
+    use common::identity::Identity;
+    use common::upstream::{TestCa, server_tls};
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let id = Identity::start("desktop-client.apps.googleusercontent.com").await;
+    id.with(|s| {
+        s.client_secret = Some("GOCSPX-secret".into());
+        s.rotate = false;
+        s.id_token_account = Some("pat.example@gmail.com".into());
+    });
+    let ca = TestCa::new("pages CA");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let up = Upstream::start(Script {
+        starttls: true,
+        tls: Some(server_tls(&cert, &key)),
+        offer_auth: true,
+        auth_mechs: Some("XOAUTH2".into()),
+        xoauth2: Some(("pat.example@gmail.com".into(), id.access())),
+        ..Script::default()
+    })
+    .await;
+    let env = TestEnv::new("", "");
+    std::fs::write(env.dir.path().join("ca.pem"), &ca.pem).unwrap();
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"gmail\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\nusername = \"pat.example@gmail.com\"\n\
+             [provider.oauth2]\nflow = \"authorization_code\"\nclient_id = \"desktop-client.apps.googleusercontent.com\"\nclient_secret = \"GOCSPX-secret\"\n\
+             scope = \"https://mail.google.com/\"\nauthorize_url = \"http://{2}/o/oauth2/v2/auth\"\ntoken_url = \"http://{2}/token\"\n\
+             [distributor]\ndefault_provider = \"gmail\"\nretry_initial = \"10m\"\n",
+            up.addr.port(),
+            env.dir.path().join("ca.pem").display(),
+            id.addr
+        ),
+    );
+    let d = Daemon::start(env.config()).await.unwrap();
+    let held = submit_to(
+        d.smtp_addrs[0],
+        "cron@server.local",
+        &["a@example.com"],
+        b"Subject: Nightly report\r\n\r\nx\r\n",
+    )
+    .await;
+    wait_status(&d, &held, Status::Deferred).await;
+    let base = format!("http://{}", d.status_addr);
+    // A redirect nobody is waiting for is refused.
+    let forged = reqwest::get(format!("{base}/oauth2/callback?state=guess&code=stolen"))
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 400);
+
+    let c = driver.browser().await;
+    c.goto(&format!("{base}/")).await.unwrap();
+    click(&c, "button.sign-in").await;
+    let mut signed = String::new();
+    for _ in 0..100 {
+        if let Ok(e) = c.find(Locator::Css("#signed-in")).await {
+            signed = e.text().await.unwrap_or_default();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if signed.is_empty() {
+        let body = c
+            .find(Locator::Css("body"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        panic!(
+            "at {:?}: {body}",
+            c.current_url().await.map(|u| u.to_string())
+        );
+    }
+    assert!(
+        signed.contains("Signed in as pat.example@gmail.com"),
+        "{signed:?}"
+    );
+    assert!(signed.contains("1 held message(s) released"), "{signed}");
+    let url = c.current_url().await.unwrap();
+    assert_eq!(url.path(), "/oauth2/callback");
+    assert_eq!(url.host_str(), Some("127.0.0.1"));
+    assert_eq!(url.port(), Some(d.status_addr.port()));
+    let asked = id.with(|s| s.authorize_requests[0].clone());
+    assert_eq!(
+        asked["redirect_uri"],
+        format!("http://127.0.0.1:{}/oauth2/callback", d.status_addr.port())
+    );
+    let exchanged = id.grants_of("authorization_code");
+    assert_eq!(exchanged.len(), 1);
+    assert!(exchanged[0]["code_verifier"].len() >= 43);
+    wait_status(&d, &held, Status::Sent).await;
+    assert_eq!(
+        up.messages()[0].auth_user.as_deref(),
+        Some("pat.example@gmail.com")
+    );
+    // The same answer twice is refused (the waiting sign-in is gone).
+    c.refresh().await.unwrap();
+    let again = c
+        .find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        again.contains("no sign-in is waiting for this answer"),
+        "{again}"
+    );
+    c.close().await.unwrap();
+}

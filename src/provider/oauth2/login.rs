@@ -91,7 +91,7 @@ fn platform_words(status: u16, body: &str) -> String {
 }
 
 /// A browser sign-in in progress: the URL to open and what checks its answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AuthorizationRequest {
     /// The authorization URL.
     pub url: String,
@@ -99,6 +99,13 @@ pub struct AuthorizationRequest {
     pub redirect_uri: String,
     state: String,
     verifier: Secret,
+}
+
+impl AuthorizationRequest {
+    /// The `state` the answer must carry.
+    pub fn state(&self) -> &str {
+        &self.state
+    }
 }
 
 fn random_b64(bytes: usize) -> String {
@@ -387,6 +394,19 @@ impl TokenSource {
         let _ = stop_tx.send(());
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
         match outcome? {
+            Redirect::Code(code) => self.exchange_code(req, &code).await,
+            Redirect::Refused(words) => Err(format!("the sign-in was refused: {words}").into()),
+        }
+    }
+
+    /// The end of a browser sign-in whose redirect arrived elsewhere (the pages' callback):
+    /// checks the query's `state` against `req`, then exchanges the code.
+    pub async fn finish_authorization(
+        &self,
+        req: &AuthorizationRequest,
+        query: &[(String, String)],
+    ) -> Result<TokenResponse, LoginError> {
+        match redirect_of(query, &req.state)? {
             Redirect::Code(code) => self.exchange_code(req, &code).await,
             Redirect::Refused(words) => Err(format!("the sign-in was refused: {words}").into()),
         }

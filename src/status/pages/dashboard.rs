@@ -23,8 +23,8 @@ struct ProviderRow {
     token: String,
     /// The name in a URL path.
     path: String,
-    /// A device-code provider: the Sign in button.
-    device_code: bool,
+    /// A delegated provider (device code or authorization code): the Sign in button.
+    delegated: bool,
 }
 
 #[derive(Template)]
@@ -99,10 +99,7 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
                     };
                     format!("{sign_in}{token}")
                 });
-            let device_code = p
-                .oauth2
-                .as_ref()
-                .is_some_and(|o| o.flow == crate::config::OAuthFlow::DeviceCode);
+            let delegated = p.oauth2.as_ref().is_some_and(|o| o.flow.is_delegated());
             ProviderRow {
                 kind: format!("{:?}", p.kind).to_ascii_lowercase(),
                 host: p
@@ -118,7 +115,7 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
                 last_error: stats.last_error.unwrap_or_default(),
                 token,
                 path: enc(&name),
-                device_code,
+                delegated,
                 name,
             }
         })

@@ -120,6 +120,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/signout", post(signout))
         .route_layer(middleware::from_fn_with_state(state.clone(), signed_in))
         .route("/signin", get(signin_form).post(signin))
+        .route("/oauth2/callback", get(oauth2::callback))
         .route("/static/style.css", get(style))
         .route("/static/app.js", get(script))
         .layer(middleware::from_fn(security_headers))
