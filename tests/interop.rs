@@ -598,7 +598,7 @@ async fn gmail_authorization_code_login_then_xoauth2_to_aiosmtpd() {
         &format!(
             "username = \"pat.example@gmail.com\"\n[provider.oauth2]\nflow = \"authorization_code\"\n\
              client_id = \"12345-desktop.apps.googleusercontent.com\"\nclient_secret = \"GOCSPX-desktop-secret\"\n\
-             scope = \"https://mail.google.com/\"\nauthorize_url = \"http://{0}/o/oauth2/v2/auth\"\ntoken_url = \"http://{0}/token\"",
+             scope = \"https://mail.google.com/\"\nauthorize_url = \"http://{0}/o/oauth2/v2/auth\"\ntoken_url = \"http://{0}/token\"\nrevoke_url = \"http://{0}/revoke\"",
             id.addr
         ),
     );
@@ -690,6 +690,30 @@ async fn gmail_authorization_code_login_then_xoauth2_to_aiosmtpd() {
     assert_eq!(refresh.len(), 1);
     assert_eq!(refresh[0]["client_secret"], "GOCSPX-desktop-secret");
     let log = serde_json::to_string(&daemon.seen).unwrap();
+    // Logout revokes the refresh token at Google, then forgets it.
+    daemon.terminate();
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "--config",
+            &config,
+            "oauth2",
+            "logout",
+            "--provider",
+            "aiosmtpd",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("revoked the refresh token at the platform"),
+        "{said}"
+    );
+    assert_eq!(id.with(|s| s.revoked.len()), 1);
+    assert_eq!(
+        refresh[0]["refresh_token"],
+        id.with(|s| s.revoked[0].clone())
+    );
     let codes = id.with(|s| s.all_codes.clone());
     assert_eq!(codes.len(), 1);
     for t in id.with(|s| s.issued.clone()).into_iter().chain(codes) {

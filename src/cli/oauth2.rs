@@ -154,7 +154,15 @@ pub async fn oauth2(config: &Config, cmd: &OAuth2Command) -> i32 {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            match TokenSource::new(p, secrets).forget_sign_in() {
+            let source = TokenSource::new(p, secrets);
+            match source.revoke_sign_in().await {
+                Ok(true) => println!("revoked the refresh token at the platform"),
+                Ok(false) => {}
+                Err(e) => eprintln!(
+                    "could not revoke the refresh token at the platform ({e}); it is forgotten here anyway"
+                ),
+            }
+            match source.forget_sign_in() {
                 Ok(true) => {
                     println!(
                         "forgot the sign-in of provider {provider:?}; its mail waits (oauth-not-signed-in) until the next `mailgate oauth2 login --provider {provider}`"

@@ -77,6 +77,8 @@ pub struct OAuth2Config {
     pub device_code_url: Option<String>,
     /// Authorization endpoint (`authorization_code`); default from the issuer.
     pub authorize_url: Option<String>,
+    /// Token revocation endpoint (RFC 7009), used by `oauth2 logout`; default Google's.
+    pub revoke_url: Option<String>,
     /// Google service account key file (JSON) for `jwt_bearer`.
     pub service_account_file: Option<PathBuf>,
     /// The mailbox a `jwt_bearer` service account acts for.

@@ -43,6 +43,8 @@ pub struct IdState {
     pub valid_refresh: HashSet<String>,
     /// Refresh tokens that worked once and were rotated away.
     pub rotated_away: Vec<String>,
+    /// Refresh tokens revoked through the revocation endpoint (RFC 7009).
+    pub revoked: Vec<String>,
     /// Rotate the refresh token on every use (Microsoft); Google keeps it.
     pub rotate: bool,
     /// Answer refresh grants with this (status, body) instead.
@@ -109,6 +111,7 @@ impl Identity {
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .route("/token", post(token))
             .route("/o/oauth2/v2/auth", get(authorize))
+            .route("/revoke", post(revoke))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -386,4 +389,19 @@ fn jwt_bearer(s: &mut IdState, form: &HashMap<String, String>) -> Response {
     s.jwt_claims
         .push(serde_json::json!({"header": header, "claims": claims}));
     issue(s, false)
+}
+
+/// Google's revocation endpoint (RFC 7009): the refresh token stops working.
+async fn revoke(
+    State(state): State<Arc<Mutex<IdState>>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    let token = form.get("token").cloned().unwrap_or_default();
+    if s.valid_refresh.remove(&token) {
+        s.revoked.push(token);
+        axum::Json(serde_json::json!({})).into_response()
+    } else {
+        oauth_error(400, "invalid_token", "Token expired or revoked")
+    }
 }

@@ -9,6 +9,8 @@ use crate::config::{Issuer, OAuthFlow, ProviderConfig, ProviderKind};
 pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 /// Google's authorization endpoint.
 pub const GOOGLE_AUTHORIZE_URL: &str = "https://accounts.google.com/o/oauth2/v2/auth";
+/// Google's token revocation endpoint.
+pub const GOOGLE_REVOKE_URL: &str = "https://oauth2.googleapis.com/revoke";
 /// Google's scope for SMTP (XOAUTH2).
 pub const GOOGLE_MAIL_SCOPE: &str = "https://mail.google.com/";
 
@@ -28,6 +30,8 @@ pub struct Endpoints {
     pub device_code_url: Option<String>,
     /// The authorization endpoint (browser sign-in).
     pub authorize_url: Option<String>,
+    /// The revocation endpoint (Google; Microsoft has none for one refresh token).
+    pub revoke_url: Option<String>,
     /// The scope asked for.
     pub scope: String,
 }
@@ -61,16 +65,18 @@ impl Endpoints {
         let o = p.oauth2.clone().unwrap_or_default();
         let issuer = p.oauth_issuer();
         let tenant = o.tenant_id.as_deref().unwrap_or("common");
-        let (token, device, authorize) = match issuer {
+        let (token, device, authorize, revoke) = match issuer {
             Issuer::Microsoft => (
                 microsoft(tenant, "token"),
                 Some(microsoft(tenant, "devicecode")),
                 Some(microsoft(tenant, "authorize")),
+                None,
             ),
             Issuer::Google => (
                 GOOGLE_TOKEN_URL.to_string(),
                 None,
                 Some(GOOGLE_AUTHORIZE_URL.to_string()),
+                Some(GOOGLE_REVOKE_URL.to_string()),
             ),
         };
         Endpoints {
@@ -78,6 +84,7 @@ impl Endpoints {
             token_url: o.token_url.clone().unwrap_or(token),
             device_code_url: o.device_code_url.clone().or(device),
             authorize_url: o.authorize_url.clone().or(authorize),
+            revoke_url: o.revoke_url.clone().or(revoke),
             scope: o
                 .scope
                 .clone()
@@ -124,6 +131,7 @@ mod tests {
                 authorize_url: Some(
                     "https://login.microsoftonline.com/consumers/oauth2/v2.0/authorize".into()
                 ),
+                revoke_url: None,
                 scope: "https://outlook.office.com/SMTP.Send offline_access".into(),
             }
         );
@@ -138,6 +146,10 @@ mod tests {
             Some("https://accounts.google.com/o/oauth2/v2/auth")
         );
         assert_eq!(e.scope, "https://mail.google.com/");
+        assert_eq!(
+            e.revoke_url.as_deref(),
+            Some("https://oauth2.googleapis.com/revoke")
+        );
         let app = provider(
             "host = \"smtp.office365.com\"\n[provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"c\"\nclient_secret = \"s\"",
         );

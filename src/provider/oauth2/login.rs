@@ -441,6 +441,43 @@ impl TokenSource {
         self.reset();
         signin::forget(&self.secrets, &self.provider).map_err(|e| LoginError(e.to_string()))
     }
+
+    /// Revokes the stored refresh token at the platform (RFC 7009), where it has a
+    /// revocation endpoint (Google); `Ok(false)` when it has none or nobody signed in.
+    pub async fn revoke_sign_in(&self) -> Result<bool, LoginError> {
+        let Some(url) = self.endpoints.revoke_url.clone() else {
+            return Ok(false);
+        };
+        let Some(sign_in) = self.sign_in().map_err(|e| LoginError(e.to_string()))? else {
+            return Ok(false);
+        };
+        let resp = self
+            .http
+            .post(&url)
+            .form(&[
+                ("token", sign_in.refresh_token.clone()),
+                ("token_type_hint", "refresh_token".into()),
+            ])
+            .send()
+            .await
+            .map_err(|e| {
+                LoginError(format!(
+                    "revocation endpoint unreachable: {}",
+                    error_chain(&e)
+                ))
+            })?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        if (200..300).contains(&status) {
+            Ok(true)
+        } else {
+            Err(format!(
+                "the revocation endpoint refused: {}",
+                platform_words(status, &body)
+            )
+            .into())
+        }
+    }
 }
 
 #[cfg(test)]
