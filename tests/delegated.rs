@@ -853,3 +853,54 @@ async fn graph_with_a_delegated_sign_in() {
     });
     assert!(!mid.is_empty());
 }
+
+/// SIGKILL at any moment while refresh tokens rotate on every delivery: the sealed
+/// sign-in is never torn (written to a temporary file, synced, renamed), the lock of a
+/// killed holder is released with it, and after every restart mail still goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_refresh_tokens_rotate_never_loses_the_sign_in() {
+    let site = Site::new(MAILBOX, OUTLOOK).await;
+    site.id.with(|s| {
+        s.expires_in = 1; // every delivery renews
+        s.old_stays_valid = true; // like Microsoft: a kill after the platform rotated is not fatal
+    });
+    let (code, out, err) = device_login(&site);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut rng = 7u64;
+    for round in 0..6 {
+        let mut d = site.daemon();
+        for n in 0..4 {
+            let _ = common::send_once(
+                d.smtp,
+                "erp@contoso.com",
+                &["a@example.com"],
+                &message(&format!("round {round} message {n}")),
+            )
+            .await;
+        }
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        tokio::time::sleep(Duration::from_millis(100 + (rng >> 33) % 500)).await;
+        d.kill();
+        let st = String::from_utf8_lossy(&site.cli(&["oauth2", "status"]).stdout).to_string();
+        assert!(
+            st.contains(&format!("signed in:     yes, as {MAILBOX}")),
+            "round {round}: {st}"
+        );
+        let raw = std::fs::read(site.env.dir.path().join("data/secrets.json")).unwrap();
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&raw).is_ok(),
+            "round {round}: a torn secrets file"
+        );
+    }
+    let refreshes = site.id.grants_of("refresh_token").len();
+    assert!(
+        refreshes >= 6,
+        "the kills landed while tokens rotated ({refreshes} renewals)"
+    );
+    let d = site.daemon();
+    let id = submit(&d, "after the kills").await;
+    let r = site.record(&id, |r| r["status"] == "sent").await;
+    assert_eq!(r["status"], "sent", "{r:#}");
+}

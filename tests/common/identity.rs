@@ -47,6 +47,9 @@ pub struct IdState {
     pub revoked: Vec<String>,
     /// Rotate the refresh token on every use (Microsoft); Google keeps it.
     pub rotate: bool,
+    /// After a rotation the old refresh token still works (as Microsoft's do until they
+    /// expire); when false it is refused from then on.
+    pub old_stays_valid: bool,
     /// Answer refresh grants with this (status, body) instead.
     pub refresh_error: Option<(u16, String)>,
     /// Access tokens valid now (shared with the upstreams).
@@ -284,7 +287,9 @@ async fn token(
                 );
             }
             if s.rotate {
-                s.valid_refresh.remove(&rt);
+                if !s.old_stays_valid {
+                    s.valid_refresh.remove(&rt);
+                }
                 s.rotated_away.push(rt);
                 issue(&mut s, true)
             } else {
