@@ -274,13 +274,17 @@ impl TokenSource {
 
     /// Delegated flows: uses the refresh token when it was last used more than
     /// [`KEEP_ALIVE`] ago, so that it never ages out while mailgate runs. `None` when
-    /// nothing was due.
+    /// nothing was due (or the platform refused the sign-in: that waits for a new login).
     pub async fn keep_alive(&self) -> Option<Result<(), TokenError>> {
         if !self.flow().is_delegated() {
             return None;
         }
-        let last = self.sign_in().ok().flatten()?.last_used_ms;
-        if now_ms().saturating_sub(last) < crate::time::duration_ms(KEEP_ALIVE) {
+        let sign_in = self.sign_in().ok().flatten()?;
+        // A refused sign-in waits for a new login; asking again changes nothing.
+        if sign_in.refused.is_some()
+            || now_ms().saturating_sub(sign_in.last_used_ms)
+                < crate::time::duration_ms(KEEP_ALIVE)
+        {
             return None;
         }
         let _one_at_a_time = self.fetch.lock().await;
