@@ -586,6 +586,32 @@ async fn an_idle_daemon_renews_the_sign_in_at_least_twice_a_day() {
     let o = &s["providers"][1]["oauth2"];
     assert_eq!(o["token_valid"], true, "{o:#}");
     assert!(site.up.messages().is_empty(), "no mail was needed");
+    d.terminate();
+
+    // Refused while idle (26 hours on): recorded once; a restart does not ask again.
+    site.id.with(|s| {
+        s.refresh_error = Some((
+            400,
+            r#"{"error":"invalid_grant","error_description":"AADSTS50173: The provided grant has expired due to it being revoked.","error_codes":[50173]}"#.into(),
+        ))
+    });
+    for _ in 0..2 {
+        let mut cmd = Command::new(common::bin());
+        cmd.env("LD_PRELOAD", &faketime).env("FAKETIME", "+26h");
+        let mut d = DaemonProcess::start_with(&site.env.config_path, cmd);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        d.terminate();
+    }
+    assert_eq!(
+        site.id.grants_of("refresh_token").len(),
+        3,
+        "one refused renewal (the newest token, then the one before it), then none until a new login"
+    );
+    let st = String::from_utf8_lossy(&site.cli(&["oauth2", "status"]).stdout).to_string();
+    assert!(
+        st.contains("REFUSED:") && st.contains("AADSTS50173"),
+        "{st}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -282,8 +282,7 @@ impl TokenSource {
         let sign_in = self.sign_in().ok().flatten()?;
         // A refused sign-in waits for a new login; asking again changes nothing.
         if sign_in.refused.is_some()
-            || now_ms().saturating_sub(sign_in.last_used_ms)
-                < crate::time::duration_ms(KEEP_ALIVE)
+            || now_ms().saturating_sub(sign_in.last_used_ms) < crate::time::duration_ms(KEEP_ALIVE)
         {
             return None;
         }
