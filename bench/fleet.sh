@@ -2,7 +2,8 @@
 # Fleet mode's cost: messages per second end to end through Postfix's smtp-sink with a
 # fleet-wide limit far above the load (so every dispatch runs the Redis script), one node
 # and three nodes, against the same without [fleet]; Redis round trips per message (from
-# Redis's own command statistics) and the script's time per call. Loopback only; a private
+# Redis's own command statistics), the script's time per call, and the round trip as the
+# nodes see it (their mailgate_fleet_call_duration_seconds). Loopback only; a private
 # redis-server and sink, stopped by PID.
 #
 #   bench/fleet.sh             # needs redis-server and postfix (smtp-sink)
@@ -58,6 +59,30 @@ script_usec() { redis-cli -p "$REDIS" INFO commandstats | tr -d '\r' | awk -F'[=
 # The scripts' p99 as Redis measures it (Redis 7 latencystats), microseconds.
 script_p99() { redis-cli -p "$REDIS" INFO latencystats | tr -d '\r' | awk -F'[=,:]' '/^latency_percentiles_usec_evalsha/ {for (i=1;i<=NF;i++) if ($i=="p99") print $(i+1)}'; }
 
+# The round trips the nodes themselves saw (mailgate_fleet_call_duration_seconds, summed
+# over the nodes): p50 and p99 as the upper bound of their histogram bucket, microseconds.
+client_rtt() { # status ports...
+  python3 - "$@" <<'PY'
+import sys, urllib.request, re
+buckets, count = {}, 0
+for port in sys.argv[1:]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    for line in text.splitlines():
+        m = re.match(r'mailgate_fleet_call_duration_seconds_bucket\{le="([^"]+)"\} (\d+)', line)
+        if m:
+            buckets[m.group(1)] = buckets.get(m.group(1), 0) + int(m.group(2))
+        m = re.match(r'mailgate_fleet_call_duration_seconds_count (\d+)', line)
+        if m:
+            count += int(m.group(1))
+def q(p):
+    for le, n in sorted(((float(k), v) for k, v in buckets.items())):
+        if n >= p * count:
+            return "inf" if le == float("inf") else f"<={le * 1e6:.0f}"
+    return "-"
+print(f"node-side round trip p50 {q(0.5)} us, p99 {q(0.99)} us ({count} calls)" if count else "")
+PY
+}
+
 # run LABEL NODES FLEET
 run() {
   local label=$1 nodes=$2 fleet=$3 ports=() statuses=() pids=() i
@@ -74,6 +99,7 @@ run() {
   end=$(date +%s.%N)
   local calls; calls=$(redis_calls)
   python3 -c "n=$per*$nodes; print(f'{\"$label\":<34} {n/($end-$start):8.0f} msg/s e2e   redis calls/msg {$calls/n:5.2f}   script {\"$(script_usec)\" or \"-\"} us/call, p99 {\"$(script_p99)\" or \"-\"} us')"
+  if [ "$fleet" = 1 ]; then echo "    $(client_rtt "${statuses[@]}")"; fi
   for pid in "${pids[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
 }
 

@@ -98,7 +98,9 @@ impl Daemon {
         store.on_commit(Box::new(move |d| commit_hist.observe(d.as_secs_f64())));
         let fleet = match &config.fleet {
             Some(f) => Some(Arc::new(
-                fleet::Fleet::new(f).map_err(|e| Error::Config(e.to_string()))?,
+                fleet::Fleet::new(f)
+                    .map_err(|e| Error::Config(e.to_string()))?
+                    .timing_calls_in(metrics.fleet_call_duration.clone()),
             )),
             None => None,
         };

@@ -82,6 +82,9 @@ pub struct Metrics {
     pub totals: Totals,
     /// `fleet_store_up`: 1 while the fleet store answers (with `[fleet]` only).
     pub fleet_up: Gauge,
+    /// `mailgate_fleet_call_duration_seconds`: one round trip to the fleet store, as this
+    /// node sees it (answered calls only).
+    pub fleet_call_duration: Histogram,
     /// `fleet_nodes`: nodes with a live heartbeat (with `[fleet]` only).
     pub fleet_nodes: Gauge,
     /// Whether the fleet gauges are shown.
@@ -122,6 +125,7 @@ impl Default for Metrics {
             totals: Totals::default(),
             fleet_up: Gauge::default(),
             fleet_nodes: Gauge::default(),
+            fleet_call_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             fleet_enabled: std::sync::atomic::AtomicBool::new(false),
             fleet_registry: Registry::default(),
             registry: Registry::default(),
@@ -136,6 +140,11 @@ impl Default for Metrics {
             "fleet_nodes",
             "Nodes of the fleet with a live heartbeat",
             m.fleet_nodes.clone(),
+        );
+        fleet_registry.register(
+            "fleet_call_duration_seconds",
+            "Round trips to the fleet store (Redis) as this node sees them",
+            m.fleet_call_duration.clone(),
         );
         registry.register(
             "smtp_sessions_active",

@@ -202,6 +202,13 @@ async fn three_nodes_share_one_per_minute_window() {
         .unwrap();
     assert!(metrics.contains("mailgate_fleet_store_up 1"), "{metrics}");
     assert!(metrics.contains("mailgate_fleet_nodes 3"), "{metrics}");
+    // Each answered call's round trip is timed: at least one per message sent.
+    let timed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mailgate_fleet_call_duration_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(timed >= 2, "{metrics}");
     for (_, d) in &mut nodes {
         assert_eq!(d.terminate().code(), Some(0));
     }

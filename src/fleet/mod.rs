@@ -129,6 +129,8 @@ pub struct Fleet {
     give_back: redis::Script,
     lease: redis::Script,
     owed: Mutex<Vec<Owed>>,
+    /// Where each answered call's round trip is recorded (`/metrics`).
+    round_trips: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -159,6 +161,12 @@ pub enum FleetError {
 }
 
 impl Fleet {
+    /// Records each answered call's round trip in `h`.
+    pub fn timing_calls_in(mut self, h: prometheus_client::metrics::histogram::Histogram) -> Fleet {
+        self.round_trips = Some(h);
+        self
+    }
+
     /// The client of `[fleet]`; it connects on first use (and again by itself).
     pub fn new(c: &FleetConfig) -> Result<Fleet, FleetError> {
         let mut info: redis::ConnectionInfo = c
@@ -197,6 +205,7 @@ impl Fleet {
             give_back: redis::Script::new(GIVE_BACK),
             lease: redis::Script::new(LEASE),
             owed: Mutex::new(Vec::new()),
+            round_trips: None,
         })
     }
 
@@ -283,8 +292,12 @@ impl Fleet {
         f: impl AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
     ) -> Option<T> {
         let conn = self.connection().await?;
+        let started = std::time::Instant::now();
         match tokio::time::timeout(CALL_TIMEOUT, f(conn)).await {
             Ok(Ok(v)) => {
+                if let Some(h) = &self.round_trips {
+                    h.observe(started.elapsed().as_secs_f64());
+                }
                 if !self.is_up() {
                     self.mark(true, None);
                     Box::pin(self.repay()).await;
