@@ -33,7 +33,7 @@ impl ErrorResponse {
 
 /// What an identity platform's refusal means, in words, for the codes administrators
 /// meet (kept beside the platform's own words in the reply).
-pub(super) fn explain(e: &ErrorResponse) -> Option<&'static str> {
+fn explain(e: &ErrorResponse) -> Option<&'static str> {
     const KNOWN: [(u64, &str); 9] = [
         (
             7000218,
@@ -113,24 +113,49 @@ pub fn classify_token_error(status: u16, body: &str, delegated: bool) -> TokenEr
     } else {
         Code::OAuthInvalidClient
     };
-    let first_line = e.error_description.lines().next().unwrap_or("").to_string();
-    let mut reply = if e.error.is_empty() {
-        format!(
-            "token endpoint answered HTTP {status}: {}",
-            body.chars().take(300).collect::<String>()
-        )
+    let reply = if e.error.is_empty() {
+        format!("token endpoint answered {}", words_of(&e, status, body))
     } else {
         format!(
-            "token endpoint answered HTTP {status}: {}: {first_line}",
-            e.error
+            "token endpoint answered HTTP {status}: {}",
+            words_of(&e, status, body)
         )
     };
-    if let Some(words) = explain(&e) {
-        reply.push_str(" (");
-        reply.push_str(words);
-        reply.push(')');
-    }
     TokenError { code, reply }
+}
+
+/// The platform's words for an error answer: `error: first line of error_description`,
+/// with what it means where that is known; an answer that is no OAuth2 error is quoted.
+pub(super) fn platform_words(status: u16, body: &str) -> String {
+    words_of(
+        &serde_json::from_str(body).unwrap_or_default(),
+        status,
+        body,
+    )
+}
+
+fn words_of(e: &ErrorResponse, status: u16, body: &str) -> String {
+    if e.error.is_empty() {
+        return format!(
+            "HTTP {status}: {}",
+            body.chars().take(300).collect::<String>()
+        );
+    }
+    let first = e.error_description.lines().next().unwrap_or("");
+    let mut words = if first.is_empty() {
+        e.error.clone()
+    } else {
+        format!("{}: {first}", e.error)
+    };
+    if let Some(meaning) = explain(e) {
+        words = format!("{words} ({meaning})");
+    }
+    words
+}
+
+/// The words for a success answer that holds no token.
+pub(super) fn not_a_token(e: &serde_json::Error) -> String {
+    format!("the token endpoint answered something that is not a token: {e}")
 }
 
 pub(super) fn local(code: Code, reply: impl Into<String>) -> TokenError {
@@ -245,5 +270,22 @@ mod tests {
             .code,
             Code::OAuthReauthorize
         );
+    }
+
+    #[test]
+    fn the_platforms_words_with_what_they_mean() {
+        assert_eq!(
+            platform_words(
+                400,
+                r#"{"error":"access_denied","error_description":"AADSTS70000: The user has denied access.\r\nTrace ID: 1"}"#
+            ),
+            "access_denied: AADSTS70000: The user has denied access."
+        );
+        let w = platform_words(
+            401,
+            r#"{"error":"invalid_client","error_description":"AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.","error_codes":[7000218]}"#,
+        );
+        assert!(w.contains("Allow public client flows to Yes"), "{w}");
+        assert_eq!(platform_words(502, "Bad Gateway"), "HTTP 502: Bad Gateway");
     }
 }

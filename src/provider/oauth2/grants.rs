@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::signin::{self, SignIn};
 use super::{
     RENEW_BEFORE, Token, TokenError, TokenResponse, TokenSource, classify_token_error, error_chain,
-    jwt, local,
+    jwt, local, not_a_token,
 };
 use crate::config::OAuthFlow;
 use crate::provider::diagnosis::Code;
@@ -52,14 +52,12 @@ impl TokenSource {
         url: &str,
         form: &[(&str, String)],
     ) -> Result<TokenResponse, TokenError> {
-        let resp = self.http.post(url).form(form).send().await.map_err(|e| {
+        let (status, body) = self.post_form(url, form).await.map_err(|e| {
             local(
                 Code::OAuthEndpointUnreachable,
                 format!("token endpoint {url} unreachable: {}", error_chain(&e)),
             )
         })?;
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
         if !(200..300).contains(&status) {
             return Err(classify_token_error(
                 status,
@@ -67,12 +65,8 @@ impl TokenSource {
                 self.flow().is_delegated(),
             ));
         }
-        serde_json::from_str(&body).map_err(|e| {
-            local(
-                Code::OAuthEndpointUnreachable,
-                format!("token endpoint answered something that is not a token: {e}"),
-            )
-        })
+        serde_json::from_str(&body)
+            .map_err(|e| local(Code::OAuthEndpointUnreachable, not_a_token(&e)))
     }
 
     pub(super) async fn fetch_token(&self) -> Result<Token, TokenError> {

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::Deserialize;
 
 use super::signin::{self, SignIn};
-use super::{ErrorResponse, TokenResponse, TokenSource, error_chain};
+use super::{ErrorResponse, TokenResponse, TokenSource, error_chain, not_a_token, platform_words};
 use crate::config::Issuer;
 use crate::secrets::Secret;
 use crate::time::now_ms;
@@ -67,27 +67,6 @@ impl std::fmt::Debug for DeviceAuthorization {
             .field("expires_in", &self.expires_in)
             .finish_non_exhaustive()
     }
-}
-
-/// The platform's error words (`error: error_description`, first line).
-fn platform_words(status: u16, body: &str) -> String {
-    let e: ErrorResponse = serde_json::from_str(body).unwrap_or_default();
-    if e.error.is_empty() {
-        return format!(
-            "HTTP {status}: {}",
-            body.chars().take(300).collect::<String>()
-        );
-    }
-    let first = e.error_description.lines().next().unwrap_or("");
-    let mut words = if first.is_empty() {
-        e.error.clone()
-    } else {
-        format!("{}: {first}", e.error)
-    };
-    if let Some(meaning) = super::explain(&e) {
-        words = format!("{words} ({meaning})");
-    }
-    words
 }
 
 /// A browser sign-in in progress: the URL to open and what checks its answer.
@@ -150,30 +129,16 @@ impl TokenSource {
         let url = self.endpoints.device_code_url.clone().ok_or(
             "this provider's issuer has no device authorization endpoint (set device_code_url)",
         )?;
-        let resp = self
-            .http
-            .post(&url)
-            .form(&[
-                ("client_id", self.client_id()),
-                ("scope", self.endpoints.scope.clone()),
-            ])
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "device authorization endpoint {url} unreachable: {}",
-                    error_chain(&e)
-                )
-            })?;
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
-        if !(200..300).contains(&status) {
-            return Err(format!(
-                "the device authorization endpoint refused: {}",
-                platform_words(status, &body)
+        let body = self
+            .accepted(
+                "device authorization",
+                &url,
+                &[
+                    ("client_id", self.client_id()),
+                    ("scope", self.endpoints.scope.clone()),
+                ],
             )
-            .into());
-        }
+            .await?;
         serde_json::from_str(&body).map_err(|e| {
             LoginError(format!(
                 "the device authorization endpoint answered something unexpected: {e}"
@@ -207,27 +172,15 @@ impl TokenSource {
                 );
             }
             tokio::time::sleep(interval).await;
-            let resp = self
-                .http
-                .post(&self.endpoints.token_url)
-                .form(&form)
-                .send()
-                .await;
-            let resp = match resp {
-                Ok(r) => r,
+            let (status, body) = match self.post_form(&self.endpoints.token_url, &form).await {
+                Ok(answer) => answer,
                 Err(e) => {
                     tracing::warn!(error = %error_chain(&e), "token endpoint unreachable while waiting for the sign-in; trying again");
                     continue;
                 }
             };
-            let status = resp.status().as_u16();
-            let body = resp.text().await.unwrap_or_default();
             if (200..300).contains(&status) {
-                return serde_json::from_str(&body).map_err(|e| {
-                    LoginError(format!(
-                        "the token endpoint answered something that is not a token: {e}"
-                    ))
-                });
+                return serde_json::from_str(&body).map_err(|e| LoginError(not_a_token(&e)));
             }
             let e: ErrorResponse = serde_json::from_str(&body).unwrap_or_default();
             match e.error.as_str() {
@@ -301,27 +254,10 @@ impl TokenSource {
         if let Some(secret) = self.client_secret().map_err(|e| e.reply)? {
             form.push(("client_secret", secret.expose().to_string()));
         }
-        let resp = self
-            .http
-            .post(&self.endpoints.token_url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| format!("token endpoint unreachable: {}", error_chain(&e)))?;
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
-        if !(200..300).contains(&status) {
-            return Err(format!(
-                "the token endpoint refused the sign-in: {}",
-                platform_words(status, &body)
-            )
-            .into());
-        }
-        serde_json::from_str(&body).map_err(|e| {
-            LoginError(format!(
-                "the token endpoint answered something that is not a token: {e}"
-            ))
-        })
+        let body = self
+            .accepted("token", &self.endpoints.token_url, &form)
+            .await?;
+        serde_json::from_str(&body).map_err(|e| LoginError(not_a_token(&e)))
     }
 
     /// Waits for the browser's redirect on `listener` (or an address pasted into
@@ -451,31 +387,39 @@ impl TokenSource {
         let Some(sign_in) = self.sign_in().map_err(|e| LoginError(e.to_string()))? else {
             return Ok(false);
         };
-        let resp = self
-            .http
-            .post(&url)
-            .form(&[
+        self.accepted(
+            "revocation",
+            &url,
+            &[
                 ("token", sign_in.refresh_token.clone()),
                 ("token_type_hint", "refresh_token".into()),
-            ])
-            .send()
-            .await
-            .map_err(|e| {
-                LoginError(format!(
-                    "revocation endpoint unreachable: {}",
-                    error_chain(&e)
-                ))
-            })?;
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
+            ],
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// POSTs a form to the `what` endpoint at `url`: the body of a success answer, else
+    /// what stopped it in the platform's words.
+    async fn accepted(
+        &self,
+        what: &str,
+        url: &str,
+        form: &[(&str, String)],
+    ) -> Result<String, LoginError> {
+        let (status, body) = self.post_form(url, form).await.map_err(|e| {
+            LoginError(format!(
+                "{what} endpoint {url} unreachable: {}",
+                error_chain(&e)
+            ))
+        })?;
         if (200..300).contains(&status) {
-            Ok(true)
+            Ok(body)
         } else {
-            Err(format!(
-                "the revocation endpoint refused: {}",
+            Err(LoginError(format!(
+                "the {what} endpoint refused: {}",
                 platform_words(status, &body)
-            )
-            .into())
+            )))
         }
     }
 }
@@ -489,23 +433,6 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
-    }
-
-    #[test]
-    fn the_platforms_words_with_what_they_mean() {
-        assert_eq!(
-            platform_words(
-                400,
-                r#"{"error":"access_denied","error_description":"AADSTS70000: The user has denied access.\r\nTrace ID: 1"}"#
-            ),
-            "access_denied: AADSTS70000: The user has denied access."
-        );
-        let w = platform_words(
-            401,
-            r#"{"error":"invalid_client","error_description":"AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.","error_codes":[7000218]}"#,
-        );
-        assert!(w.contains("Allow public client flows to Yes"), "{w}");
-        assert_eq!(platform_words(502, "Bad Gateway"), "HTTP 502: Bad Gateway");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::config::{OAuth2Config, OAuthFlow, ProviderConfig};
 use crate::secrets::{Secret, SecretError, SecretStore};
 use crate::time::now_ms;
 pub use endpoints::{Endpoints, default_token_url};
-use errors::{ErrorResponse, error_chain, explain, local};
+use errors::{ErrorResponse, error_chain, local, not_a_token, platform_words};
 pub use errors::{TokenError, classify_token_error};
 use signin::SignIn;
 
@@ -293,5 +293,16 @@ impl TokenSource {
     /// The XOAUTH2 user when the provider sets none (a service account's `subject`).
     pub fn username(&self) -> Option<&str> {
         self.username.as_deref()
+    }
+
+    /// POSTs a form to an endpoint of the identity platform; the answer's status and body.
+    async fn post_form(
+        &self,
+        url: &str,
+        form: &[(&str, String)],
+    ) -> Result<(u16, String), reqwest::Error> {
+        let resp = self.http.post(url).form(form).send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.unwrap_or_default()))
     }
 }
