@@ -211,15 +211,12 @@ async fn run_async(args: Vec<String>, stdin: Option<&'static str>) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_and_stored_passwords() {
-    use common::upstream::{Script, TestCa, Upstream, server_tls};
+    use common::upstream::{Script, TestCa, Upstream};
     let ca = TestCa::new("cli CA");
-    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
     let up = Upstream::start(Script {
-        starttls: true,
-        tls: Some(server_tls(&cert, &key)),
         offer_auth: true,
         credentials: Some(("relay@contoso.com".into(), "right-one".into())),
-        ..Script::default()
+        ..Script::over_starttls(&ca)
     })
     .await;
     let env = TestEnv::new("", "");

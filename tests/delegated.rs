@@ -8,13 +8,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::identity::Identity;
-use common::upstream::{Script, TestCa, Upstream, server_tls};
+use common::identity::{Identity, Login};
+use common::upstream::{Script, TestCa, Upstream};
 use common::{DaemonProcess, TestEnv, free_port};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -34,15 +32,9 @@ impl Site {
     async fn new(mailbox: &str, oauth2: &str) -> Site {
         let id = Identity::start(CLIENT).await;
         let ca = TestCa::new("delegated CA");
-        let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
         let up = Upstream::start(Script {
-            starttls: true,
-            tls: Some(server_tls(&cert, &key)),
-            offer_auth: true,
-            auth_mechs: Some("LOGIN XOAUTH2".into()),
-            xoauth2: Some((mailbox.into(), id.access())),
             one_message_per_connection: true,
-            ..Script::default()
+            ..Script::over_starttls(&ca).xoauth2("LOGIN XOAUTH2", mailbox, id.access())
         })
         .await;
         let env = TestEnv::new("", "");
@@ -92,38 +84,7 @@ impl Site {
 
     /// Starts `oauth2 login` with its output read line by line.
     fn login(&self, extra: &[&str]) -> Login {
-        let mut child = Command::new(common::bin())
-            .args([
-                "--config",
-                self.config(),
-                "oauth2",
-                "login",
-                "--provider",
-                "mailbox",
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env_remove("DISPLAY")
-            .env_remove("WAYLAND_DISPLAY")
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Login {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
+        Login::start(&self.env.config_path, "mailbox", extra)
     }
 
     async fn record(
@@ -141,6 +102,14 @@ impl Site {
             assert!(Instant::now() < deadline, "record never got there: {r:#}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The record once its first attempt is written.
+    async fn first_attempt(&self, id: &str) -> serde_json::Value {
+        self.record(id, |r| {
+            r["attempts"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await
     }
 
     async fn status(&self) -> serde_json::Value {
@@ -167,54 +136,6 @@ impl Site {
         for code in codes {
             assert!(!text.contains(&code), "{what} shows a code");
         }
-    }
-}
-
-struct Login {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Login {
-    fn wait_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if pred(&l) {
-                        return l;
-                    }
-                }
-                Err(e) => panic!("line not printed ({e:?}); so far: {:#?}", self.seen),
-            }
-        }
-    }
-
-    /// Waits for the exit; (code, the rest of stdout, stderr).
-    fn finish(mut self) -> (i32, String, String) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "oauth2 login did not end");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut err = String::new();
-        use std::io::Read;
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(l);
-        }
-        (status.code().unwrap_or(-1), self.seen.join("\n"), err)
     }
 }
 
@@ -278,9 +199,7 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
 
     // Never signed in: the mail is held with oauth-not-signed-in.
     let held = submit(&d, "before the sign-in").await;
-    let r = site
-        .record(&held, |r| !r["attempts"].as_array().unwrap().is_empty())
-        .await;
+    let r = site.first_attempt(&held).await;
     assert_eq!(r["status"], "deferred", "{r:#}");
     assert_eq!(diagnosis(&r), "oauth-not-signed-in");
     assert!(
@@ -507,9 +426,7 @@ async fn invalid_grant_holds_mail_until_a_new_login_and_logout_forgets() {
         ));
     });
     let id = submit(&d, "refused").await;
-    let r = site
-        .record(&id, |r| !r["attempts"].as_array().unwrap().is_empty())
-        .await;
+    let r = site.first_attempt(&id).await;
     assert_eq!(r["status"], "deferred", "{r:#}");
     assert_eq!(diagnosis(&r), "oauth-reauthorize");
     let reply = last_reply(&r);
@@ -552,9 +469,7 @@ async fn invalid_grant_holds_mail_until_a_new_login_and_logout_forgets() {
         "{text}"
     );
     let id = submit(&d, "after logout").await;
-    let r = site
-        .record(&id, |r| !r["attempts"].as_array().unwrap().is_empty())
-        .await;
+    let r = site.first_attempt(&id).await;
     assert_eq!(diagnosis(&r), "oauth-not-signed-in", "{r:#}");
 }
 
@@ -624,19 +539,7 @@ async fn workspace_service_account_signs_a_jwt_grant() {
     // A service account key as Google Cloud offers it: an RSA key made here by openssl.
     let dir = site.env.dir.path();
     let key = dir.join("sa.key");
-    let ok = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let key_pem = common::openssl_rsa_key(&key);
     let der = Command::new("openssl")
         .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
         .arg(&key)
@@ -649,7 +552,7 @@ async fn workspace_service_account_signs_a_jwt_grant() {
         "type": "service_account",
         "project_id": "mailgate-test",
         "private_key_id": "1f2e3d",
-        "private_key": std::fs::read_to_string(&key).unwrap(),
+        "private_key": key_pem,
         "client_email": "relay@mailgate-test.iam.gserviceaccount.com",
         "client_id": "1234567890",
         "token_uri": "https://oauth2.googleapis.com/token",
@@ -692,18 +595,9 @@ async fn workspace_service_account_signs_a_jwt_grant() {
     );
     assert_eq!(verified[0]["header"]["kid"], "1f2e3d");
     // A key the platform does not know is refused: the stand-in verifies signatures.
-    let other = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ])
-        .output()
-        .unwrap();
+    let other = common::openssl_rsa_key(&dir.join("other.key"));
     let mut sa = sa;
-    sa["private_key"] = String::from_utf8(other.stdout).unwrap().into();
+    sa["private_key"] = other.into();
     std::fs::write(dir.join("sa.json"), sa.to_string()).unwrap();
     let out = site.cli(&["verify", "--provider", "mailbox"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -829,25 +723,11 @@ async fn graph_with_a_delegated_sign_in() {
             id.addr
         ),
     );
-    let config = env.config_path.to_str().unwrap().to_string();
-    let mut login = Command::new(common::bin())
-        .args([
-            "--config",
-            &config,
-            "oauth2",
-            "login",
-            "--provider",
-            "mailbox",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(login.stdout.take().unwrap()).lines();
-    while !lines.next().unwrap().unwrap().starts_with("user code:") {}
+    let mut login = Login::start(&env.config_path, "mailbox", &[]);
+    login.wait_line(|l| l.starts_with("user code:"));
     id.with(|s| s.approved = true);
-    assert!(login.wait().unwrap().success());
+    let (code, out, err) = login.finish();
+    assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(
         id.with(|s| s.device_requests[0]["scope"].clone()),
         "https://graph.microsoft.com/Mail.Send offline_access"

@@ -134,6 +134,15 @@ async fn status(d: &DaemonProcess) -> serde_json::Value {
         .unwrap()
 }
 
+/// The fleet-wide figures of one provider in a node's `/status`.
+fn fleet_provider(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["fleet"]["providers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no fleet figures for {name}: {status}"))
+}
+
 /// How many log lines with this message a node has written so far.
 fn logged(d: &mut DaemonProcess, message: &str) -> usize {
     d.drain();
@@ -171,13 +180,7 @@ async fn three_nodes_share_one_per_minute_window() {
     let fleet = &s["fleet"];
     assert_eq!(fleet["store"], "up", "{s}");
     assert_eq!(fleet["node"], "n1");
-    let p = fleet["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "o365")
-        .unwrap()
-        .clone();
+    let p = fleet_provider(&s, "o365");
     assert_eq!(p["sent_last_minute"], 6, "{fleet}");
     // Heartbeats: every node is listed.
     tokio::time::timeout(WAIT, async {
@@ -304,13 +307,7 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
     }
     let s = status(&nodes[0].1).await;
     assert_eq!(s["fleet"]["store"], "up", "{s}");
-    let p = s["fleet"]["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "o365")
-        .unwrap()
-        .clone();
+    let p = fleet_provider(&s, "o365");
     assert_eq!(
         p["sent_last_minute"], 6,
         "the shared window knows the six: {p}"
@@ -672,13 +669,7 @@ async fn a_tls_redis_is_used_through_its_ca_file() {
     up.wait_for(1).await;
     let s = status(&d).await;
     assert_eq!(s["fleet"]["store"], "up", "{s}");
-    let o365 = s["fleet"]["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "o365")
-        .unwrap()
-        .clone();
+    let o365 = fleet_provider(&s, "o365");
     assert_eq!(
         o365["sent_last_minute"], 1,
         "counted in the shared window: {s}"

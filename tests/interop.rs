@@ -569,7 +569,7 @@ fn gen_cert_makes_a_certificate_swaks_verifies() {
 /// issued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gmail_authorization_code_login_then_xoauth2_to_aiosmtpd() {
-    use std::io::BufRead;
+    use common::identity::Login;
     let id = common::identity::Identity::start("12345-desktop.apps.googleusercontent.com").await;
     let env = TestEnv::new("", "");
     let tokens = env.dir.path().join("valid-tokens");
@@ -603,34 +603,11 @@ async fn gmail_authorization_code_login_then_xoauth2_to_aiosmtpd() {
         ),
     );
     let config = env.config_path.to_str().unwrap().to_string();
-    let mut login = std::process::Command::new(common::bin())
-        .args([
-            "--config",
-            &config,
-            "oauth2",
-            "login",
-            "--provider",
-            "aiosmtpd",
-            "--no-browser",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(login.stdout.take().unwrap());
-    let mut printed = String::new();
-    let url = loop {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "no URL printed: {printed}"
-        );
-        printed.push_str(&line);
-        if line.starts_with("http://") {
-            break line.trim().to_string();
-        }
-    };
+    let mut login = Login::start(&env.config_path, "aiosmtpd", &["--no-browser"]);
+    let url = login
+        .wait_line(|l| l.starts_with("http://"))
+        .trim()
+        .to_string();
     let parsed = ::reqwest::Url::parse(&url).unwrap();
     let q: std::collections::HashMap<String, String> = parsed.query_pairs().into_owned().collect();
     assert_eq!(q["scope"], "https://mail.google.com/");
@@ -649,21 +626,13 @@ async fn gmail_authorization_code_login_then_xoauth2_to_aiosmtpd() {
     let page = ::reqwest::get(&url).await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
     assert!(page.text().await.unwrap().contains("signed in"));
-    let done = tokio::task::spawn_blocking(move || {
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut login.stderr.take().unwrap(), &mut err).unwrap();
-        (login.wait().unwrap(), rest, err)
-    })
-    .await
-    .unwrap();
-    assert!(done.0.success(), "{printed}{}{}", done.1, done.2);
+    let (code, out, err) = tokio::task::spawn_blocking(move || login.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
     assert!(
-        done.1
-            .contains("signed in to provider \"aiosmtpd\" as pat.example@gmail.com"),
-        "{}",
-        done.1
+        out.contains("signed in to provider \"aiosmtpd\" as pat.example@gmail.com"),
+        "{out}"
     );
     let exchange = id.grants_of("authorization_code");
     assert_eq!(exchange.len(), 1, "the forged code was never exchanged");
@@ -692,7 +661,7 @@ async fn gmail_authorization_code_login_then_xoauth2_to_aiosmtpd() {
     let log = serde_json::to_string(&daemon.seen).unwrap();
     // Logout revokes the refresh token at Google, then forgets it.
     daemon.terminate();
-    let out = std::process::Command::new(common::bin())
+    let logout = std::process::Command::new(common::bin())
         .args([
             "--config",
             &config,
@@ -703,8 +672,8 @@ async fn gmail_authorization_code_login_then_xoauth2_to_aiosmtpd() {
         ])
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{said}");
+    let said = String::from_utf8_lossy(&logout.stdout).into_owned();
+    assert!(logout.status.success(), "{said}");
     assert!(
         said.contains("revoked the refresh token at the platform"),
         "{said}"
@@ -718,6 +687,6 @@ async fn gmail_authorization_code_login_then_xoauth2_to_aiosmtpd() {
     assert_eq!(codes.len(), 1);
     for t in id.with(|s| s.issued.clone()).into_iter().chain(codes) {
         assert!(!log.contains(&t), "a token in the log");
-        assert!(!printed.contains(&t) && !done.1.contains(&t) && !done.2.contains(&t));
+        assert!(!out.contains(&t) && !err.contains(&t));
     }
 }

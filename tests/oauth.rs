@@ -329,24 +329,7 @@ async fn token_endpoint_errors_defer_with_a_diagnosis() {
 /// An RSA key (openssl) and a self-signed certificate for it (rcgen), as PEM files.
 fn rsa_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
     let key_path = dir.join("app.key");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key_path)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "openssl genpkey: {}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let key_pem = std::fs::read_to_string(&key_path).unwrap();
+    let key_pem = common::openssl_rsa_key(&key_path);
     let key = rcgen::KeyPair::from_pem_and_sign_algo(&key_pem, &rcgen::PKCS_RSA_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["mailgate-app".to_string()]).unwrap();
     params

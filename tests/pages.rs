@@ -443,7 +443,7 @@ async fn with_a_token_the_pages_ask_for_it_once_and_posts_need_the_csrf_token() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_signs_in_from_the_dashboard() {
     use common::identity::Identity;
-    use common::upstream::{TestCa, server_tls};
+    use common::upstream::TestCa;
     let Some(driver) = Driver::start() else {
         return;
     };
@@ -454,15 +454,11 @@ async fn a_mailbox_signs_in_from_the_dashboard() {
         )
     });
     let ca = TestCa::new("pages CA");
-    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
-    let up = Upstream::start(Script {
-        starttls: true,
-        tls: Some(server_tls(&cert, &key)),
-        offer_auth: true,
-        auth_mechs: Some("XOAUTH2".into()),
-        xoauth2: Some(("pat@outlook.com".into(), id.access())),
-        ..Script::default()
-    })
+    let up = Upstream::start(Script::over_starttls(&ca).xoauth2(
+        "XOAUTH2",
+        "pat@outlook.com",
+        id.access(),
+    ))
     .await;
     let env = TestEnv::new("", "");
     std::fs::write(env.dir.path().join("ca.pem"), &ca.pem).unwrap();
@@ -561,7 +557,7 @@ async fn a_mailbox_signs_in_from_the_dashboard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gmail_mailbox_signs_in_from_the_dashboard() {
     use common::identity::Identity;
-    use common::upstream::{TestCa, server_tls};
+    use common::upstream::TestCa;
     let Some(driver) = Driver::start() else {
         return;
     };
@@ -572,15 +568,11 @@ async fn a_gmail_mailbox_signs_in_from_the_dashboard() {
         s.id_token_account = Some("pat.example@gmail.com".into());
     });
     let ca = TestCa::new("pages CA");
-    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
-    let up = Upstream::start(Script {
-        starttls: true,
-        tls: Some(server_tls(&cert, &key)),
-        offer_auth: true,
-        auth_mechs: Some("XOAUTH2".into()),
-        xoauth2: Some(("pat.example@gmail.com".into(), id.access())),
-        ..Script::default()
-    })
+    let up = Upstream::start(Script::over_starttls(&ca).xoauth2(
+        "XOAUTH2",
+        "pat.example@gmail.com",
+        id.access(),
+    ))
     .await;
     let env = TestEnv::new("", "");
     std::fs::write(env.dir.path().join("ca.pem"), &ca.pem).unwrap();

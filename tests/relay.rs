@@ -20,13 +20,10 @@ struct Relay {
 
 /// A STARTTLS + AUTH upstream with a certificate for localhost and 127.0.0.1.
 fn tls_script(ca: &TestCa) -> Script {
-    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
     Script {
-        starttls: true,
-        tls: Some(server_tls(&cert, &key)),
         offer_auth: true,
         credentials: Some((USER.into(), PASS.into())),
-        ..Script::default()
+        ..Script::over_starttls(ca)
     }
 }
 

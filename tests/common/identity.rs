@@ -8,10 +8,13 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Form, Query, State};
@@ -408,5 +411,87 @@ async fn revoke(
         axum::Json(serde_json::json!({})).into_response()
     } else {
         oauth_error(400, "invalid_token", "Token expired or revoked")
+    }
+}
+
+/// `mailgate oauth2 login` as a child process, its standard output read line by line.
+pub struct Login {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Login {
+    /// Starts `mailgate --config CONFIG oauth2 login --provider PROVIDER EXTRA...` with no
+    /// desktop (so no browser is started) and no standard input.
+    pub fn start(config: &std::path::Path, provider: &str, extra: &[&str]) -> Login {
+        let mut child = Command::new(super::bin())
+            .arg("--config")
+            .arg(config)
+            .args(["oauth2", "login", "--provider", provider])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Login {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a printed line matching `pred`.
+    pub fn wait_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if pred(&l) {
+                        return l;
+                    }
+                }
+                Err(e) => panic!("line not printed ({e:?}); so far: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the exit; (code, the rest of stdout, stderr).
+    pub fn finish(mut self) -> (i32, String, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "oauth2 login did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(l);
+        }
+        (status.code().unwrap_or(-1), self.seen.join("\n"), err)
     }
 }

@@ -444,3 +444,25 @@ pub async fn send_once(addr: SocketAddr, from: &str, rcpts: &[&str], data: &[u8]
     s.cmd("EHLO test-client").await.unwrap();
     s.send(from, rcpts, data).await.unwrap()
 }
+
+/// A new 2048-bit RSA key made by openssl (`genpkey`, PKCS#8 PEM) at `path`; its PEM.
+pub fn openssl_rsa_key(path: &Path) -> String {
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(path)
+        .output()
+        .expect("openssl (apt-get install openssl; .ci/run does)");
+    assert!(
+        ok.status.success(),
+        "openssl genpkey: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    std::fs::read_to_string(path).unwrap()
+}

@@ -100,6 +100,24 @@ pub struct Script {
 }
 
 impl Script {
+    /// STARTTLS offered, with a certificate of `ca` for localhost and 127.0.0.1.
+    pub fn over_starttls(ca: &TestCa) -> Script {
+        let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+        Script {
+            starttls: true,
+            tls: Some(server_tls(&cert, &key)),
+            ..Script::default()
+        }
+    }
+
+    /// AUTH `mechs` offered, XOAUTH2 accepted for `mailbox` with any token in `valid`.
+    pub fn xoauth2(mut self, mechs: &str, mailbox: &str, valid: Arc<Mutex<Vec<String>>>) -> Script {
+        self.offer_auth = true;
+        self.auth_mechs = Some(mechs.into());
+        self.xoauth2 = Some((mailbox.into(), valid));
+        self
+    }
+
     pub fn reply(mut self, stage: &str, reply: &str) -> Script {
         self.replies.insert(stage.to_string(), reply.to_string());
         self
