@@ -19,18 +19,25 @@ struct Redis {
     child: Option<Child>,
     port: u16,
     password: Option<String>,
+    /// TLS only on `port`, with `redis.crt`, `redis.key` and `ca.pem` from this folder.
+    tls: Option<std::path::PathBuf>,
 }
 
 impl Redis {
     fn start() -> Option<Redis> {
-        Redis::start_with(None)
+        Redis::start_with(None, None)
     }
 
     fn start_with_password(pw: &str) -> Option<Redis> {
-        Redis::start_with(Some(pw.to_string()))
+        Redis::start_with(Some(pw.to_string()), None)
     }
 
-    fn start_with(password: Option<String>) -> Option<Redis> {
+    /// A redis-server speaking TLS only, with the certificates in `dir`.
+    fn start_tls(dir: &std::path::Path) -> Option<Redis> {
+        Redis::start_with(None, Some(dir.to_path_buf()))
+    }
+
+    fn start_with(password: Option<String>, tls: Option<std::path::PathBuf>) -> Option<Redis> {
         if !common::have("redis-server") {
             eprintln!("SKIPPED: Debian's redis-server is not installed (.ci/run installs it)");
             return None;
@@ -39,6 +46,7 @@ impl Redis {
             child: None,
             port: free_port(),
             password,
+            tls,
         };
         r.up();
         Some(r)
@@ -46,16 +54,26 @@ impl Redis {
 
     fn up(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]);
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some(dir) => {
+                let p = |n: &str| dir.join(n).display().to_string();
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .args([
+                        "--tls-cert-file",
+                        &p("redis.crt"),
+                        "--tls-key-file",
+                        &p("redis.key"),
+                    ])
+                    .args([
+                        "--tls-ca-cert-file",
+                        &p("ca.pem"),
+                        "--tls-auth-clients",
+                        "no",
+                    ])
+            }
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
         }
@@ -595,10 +613,6 @@ async fn a_password_protected_redis_is_used_with_password_file_and_refused_witho
 /// here: trusted through `ca_file`, refused (store down, said why) without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_redis_is_used_through_its_ca_file() {
-    if !common::have("redis-server") {
-        eprintln!("SKIPPED: Debian's redis-server is not installed (.ci/run installs it)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let ca = common::upstream::TestCa::new("redis CA");
     let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
@@ -609,40 +623,11 @@ async fn a_tls_redis_is_used_through_its_ca_file() {
     ] {
         std::fs::write(dir.path().join(name), pem).unwrap();
     }
-    let port = free_port();
+    let Some(redis) = Redis::start_tls(dir.path()) else {
+        return;
+    };
+    let port = redis.port;
     let p = |n: &str| dir.path().join(n).display().to_string();
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args([
-            "--tls-cert-file",
-            &p("redis.crt"),
-            "--tls-key-file",
-            &p("redis.key"),
-        ])
-        .args([
-            "--tls-ca-cert-file",
-            &p("ca.pem"),
-            "--tls-auth-clients",
-            "no",
-        ])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..400 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let up = Upstream::start(Script::default()).await;
     let config = |ca_line: &str| {
         let env = TestEnv::new("", "");
@@ -713,6 +698,4 @@ async fn a_tls_redis_is_used_through_its_ca_file() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("fleet.ca_file is for a TLS connection"));
-    let _ = redis.kill();
-    let _ = redis.wait();
 }

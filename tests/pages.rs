@@ -122,6 +122,22 @@ async fn text(c: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// The text of the sign-in page's outcome once the browser shows it (the page updates
+/// itself; bounded at 20 s), or a panic naming where the browser is and what it shows.
+async fn signed_in_text(c: &Client) -> String {
+    for _ in 0..100 {
+        if let Ok(e) = c.find(Locator::Css("#signed-in")).await {
+            return e.text().await.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = text(c, "body").await;
+    panic!(
+        "no sign-in outcome at {:?}: {body}",
+        c.current_url().await.map(|u| u.to_string())
+    );
+}
+
 async fn rows(c: &Client) -> Vec<String> {
     let mut out = Vec::new();
     for r in c
@@ -512,14 +528,7 @@ async fn a_mailbox_signs_in_from_the_dashboard() {
     shot(&c, "sign-in-waiting").await;
     // The person enters the code elsewhere; the page notices by itself.
     id.with(|s| s.approved = true);
-    let mut signed = String::new();
-    for _ in 0..100 {
-        if let Ok(e) = c.find(Locator::Css("#signed-in")).await {
-            signed = e.text().await.unwrap_or_default();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let signed = signed_in_text(&c).await;
     assert!(
         signed.contains("Signed in as pat@outlook.com"),
         "{signed:?}"
@@ -607,27 +616,7 @@ async fn a_gmail_mailbox_signs_in_from_the_dashboard() {
     let c = driver.browser().await;
     c.goto(&format!("{base}/")).await.unwrap();
     click(&c, "button.sign-in").await;
-    let mut signed = String::new();
-    for _ in 0..100 {
-        if let Ok(e) = c.find(Locator::Css("#signed-in")).await {
-            signed = e.text().await.unwrap_or_default();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if signed.is_empty() {
-        let body = c
-            .find(Locator::Css("body"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        panic!(
-            "at {:?}: {body}",
-            c.current_url().await.map(|u| u.to_string())
-        );
-    }
+    let signed = signed_in_text(&c).await;
     assert!(
         signed.contains("Signed in as pat.example@gmail.com"),
         "{signed:?}"
