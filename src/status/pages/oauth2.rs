@@ -30,7 +30,7 @@ use crate::time::{now_ms, rfc3339};
 
 /// Where one provider's browser sign-in is.
 #[derive(Debug, Clone)]
-enum SignIn {
+enum Progress {
     Waiting {
         verification_uri: String,
         user_code: String,
@@ -53,7 +53,7 @@ enum SignIn {
 /// The browser sign-ins by provider.
 #[derive(Debug, Default)]
 pub struct Desk {
-    sign_ins: Mutex<HashMap<String, SignIn>>,
+    sign_ins: Mutex<HashMap<String, Progress>>,
     /// Authorization-code sign-ins waiting for the platform's redirect, by `state`.
     redirects: Mutex<HashMap<String, (String, AuthorizationRequest, u64)>>,
 }
@@ -62,11 +62,11 @@ pub struct Desk {
 const REDIRECT_WAIT_MS: u64 = 10 * 60 * 1000;
 
 impl Desk {
-    fn get(&self, provider: &str) -> Option<SignIn> {
+    fn get(&self, provider: &str) -> Option<Progress> {
         self.sign_ins.lock().ok()?.get(provider).cloned()
     }
 
-    fn set(&self, provider: &str, s: SignIn) {
+    fn set(&self, provider: &str, s: Progress) {
         if let Ok(mut m) = self.sign_ins.lock() {
             m.insert(provider.to_string(), s);
         }
@@ -129,7 +129,7 @@ pub async fn start(
         }
     }
     let desk = &state.pages.desk;
-    if let Some(SignIn::Waiting { expires_at_ms, .. }) = desk.get(&name)
+    if let Some(Progress::Waiting { expires_at_ms, .. }) = desk.get(&name)
         && expires_at_ms > now_ms()
     {
         return Redirect::to(&page).into_response();
@@ -139,7 +139,7 @@ pub async fn start(
         Err(words) => {
             desk.set(
                 &name,
-                SignIn::Failed {
+                Progress::Failed {
                     words: words.to_string(),
                 },
             );
@@ -148,7 +148,7 @@ pub async fn start(
     };
     desk.set(
         &name,
-        SignIn::Waiting {
+        Progress::Waiting {
             verification_uri: auth.verification_uri.clone(),
             user_code: auth.user_code.clone(),
             message: auth.message.clone(),
@@ -174,7 +174,7 @@ async fn conclude(
     name: &str,
     provider: std::sync::Arc<Provider>,
     tokens: Result<TokenResponse, LoginError>,
-) -> SignIn {
+) -> Progress {
     let outcome = match tokens {
         Ok(tokens) => {
             let p = provider.clone();
@@ -195,11 +195,11 @@ async fn conclude(
             provider.oauth_changed().await;
             let released = state.distributor.release_held_of(name).await.unwrap_or(0);
             tracing::info!(provider = %name, released, "signed in from the browser");
-            SignIn::Done { account, released }
+            Progress::Done { account, released }
         }
         Err(words) => {
             tracing::warn!(provider = %name, error = %words, "browser sign-in failed");
-            SignIn::Failed { words }
+            Progress::Failed { words }
         }
     };
     state.pages.desk.set(name, result.clone());
@@ -254,7 +254,7 @@ fn to_the_platform(
     // that redirects to another origin.
     state.pages.desk.set(
         name,
-        SignIn::ToPlatform {
+        Progress::ToPlatform {
             url: req.url.clone(),
         },
     );
@@ -264,6 +264,7 @@ fn to_the_platform(
 /// `GET /oauth2/callback`: the platform's redirect of an authorization-code sign-in.
 pub async fn callback(
     State(state): State<AppState>,
+    headers: HeaderMap,
     axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
 ) -> Response {
     let given = query
@@ -295,7 +296,7 @@ pub async fn callback(
     let result = conclude(&state, &name, provider.clone(), tokens).await;
     // The result here, not behind a redirect: the session cookie (SameSite=Strict) does
     // not come along on a navigation that began at the platform.
-    render(&state, &HeaderMap::new(), name, result)
+    render(&state, &headers, name, result)
 }
 
 /// `GET /providers/{name}/sign-in`: the sign-in's state.
@@ -310,9 +311,11 @@ pub async fn show(
     render(&state, &headers, name, s)
 }
 
-fn render(state: &AppState, headers: &HeaderMap, name: String, s: SignIn) -> Response {
+/// The sign-in page. Sign out shows only to a request with a session (the platform's
+/// redirect to the callback brings none).
+fn render(state: &AppState, headers: &HeaderMap, name: String, s: Progress) -> Response {
     let mut page = Page {
-        signed_in: state.pages.has_token() && !headers.is_empty(),
+        signed_in: state.pages.has_token() && state.pages.csrf(headers).is_some(),
         csrf: state.pages.csrf_of(headers),
         provider_path: enc(&name),
         provider: name,
@@ -327,7 +330,7 @@ fn render(state: &AppState, headers: &HeaderMap, name: String, s: SignIn) -> Res
         failed: None,
     };
     match s {
-        SignIn::Waiting {
+        Progress::Waiting {
             verification_uri,
             user_code,
             message,
@@ -341,9 +344,9 @@ fn render(state: &AppState, headers: &HeaderMap, name: String, s: SignIn) -> Res
             page.message = message.unwrap_or_default();
             page.expires_at = rfc3339(expires_at_ms);
         }
-        SignIn::ToPlatform { url } => page.to_platform = Some(url),
-        SignIn::Done { account, released } => page.done = Some((account, released)),
-        SignIn::Failed { words } => page.failed = Some(words),
+        Progress::ToPlatform { url } => page.to_platform = Some(url),
+        Progress::Done { account, released } => page.done = Some((account, released)),
+        Progress::Failed { words } => page.failed = Some(words),
     }
     html(page).into_response()
 }
