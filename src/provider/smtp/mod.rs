@@ -413,19 +413,24 @@ impl SmtpProvider {
             offered.join(" ")
         };
         // The mechanism lettre picks: the first of ours that the server offers.
-        let oauth_user = self.oauth.as_ref().and_then(TokenSource::username);
-        let used = match (&self.config.username, &self.oauth) {
-            (_, Some(o)) if oauth_user.is_some() => format!(
-                "signed in as {} with XOAUTH2 (OAuth2 flow {})",
-                oauth_user.unwrap_or_default(),
-                o.flow().as_str()
+        // With OAuth2 the XOAUTH2 user is the username, or a service account's subject.
+        let oauth_user = self
+            .oauth
+            .as_ref()
+            .and_then(|o| Some((o.username()?, o.flow())));
+        let used = match (oauth_user, &self.config.username) {
+            (Some((u, flow)), _) => format!(
+                "signed in as {u} with XOAUTH2 (OAuth2 flow {})",
+                flow.as_str()
             ),
-            (None, _) => "no sign-in (no username)".to_string(),
-            (Some(u), Some(_)) => format!("signed in as {u} with XOAUTH2"),
-            (Some(u), None) if info.supports_auth_mechanism(Mechanism::Plain) => {
-                format!("signed in as {u} with PLAIN")
+            (None, Some(u)) => {
+                if info.supports_auth_mechanism(Mechanism::Plain) {
+                    format!("signed in as {u} with PLAIN")
+                } else {
+                    format!("signed in as {u} with LOGIN")
+                }
             }
-            (Some(u), None) => format!("signed in as {u} with LOGIN"),
+            _ => "no sign-in (no username)".to_string(),
         };
         let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
         let tls = match self.config.tls {
