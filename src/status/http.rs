@@ -494,29 +494,42 @@ async fn oauth2_reload(
     State(state): State<AppState>,
     axum::extract::Path(provider): axum::extract::Path<String>,
 ) -> Response {
-    let source = state.distributor.provider(&provider);
-    let Some(oauth) = source.as_deref().and_then(crate::provider::Provider::oauth) else {
-        return error(
+    match sign_in_changed(&state, &provider).await {
+        Ok(Some((signed_in, released))) => {
+            axum::Json(json!({ "signed_in": signed_in, "released": released })).into_response()
+        }
+        Ok(None) => error(
             StatusCode::NOT_FOUND,
             format!(
                 "the running daemon has no OAuth2 provider named {provider:?} (reload it if the configuration changed)"
             ),
-        );
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A provider's stored sign-in changed (`oauth2 login` or `logout`, or the pages'
+/// sign-in): it forgets its tokens and idle connections, and when a mailbox is signed in
+/// now its held mail is due at once. `(signed in, released)`; None for no such provider.
+pub(super) async fn sign_in_changed(
+    state: &AppState,
+    provider: &str,
+) -> Result<Option<(bool, usize)>, crate::store::StoreError> {
+    let Some(p) = state.distributor.provider(provider) else {
+        return Ok(None);
+    };
+    let Some(oauth) = p.oauth() else {
+        return Ok(None);
     };
     let signed_in = oauth.signed_in();
-    if let Some(p) = &source {
-        p.oauth_changed().await;
-    }
+    p.oauth_changed().await;
     let released = if signed_in {
-        match state.distributor.release_held_of(&provider).await {
-            Ok(n) => n,
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
+        state.distributor.release_held_of(provider).await?
     } else {
         0
     };
     tracing::info!(provider = %provider, signed_in, released, "OAuth2 sign-in changed");
-    axum::Json(json!({ "signed_in": signed_in, "released": released })).into_response()
+    Ok(Some((signed_in, released)))
 }
 
 async fn pause(State(state): State<AppState>) -> Response {

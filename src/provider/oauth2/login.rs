@@ -329,10 +329,7 @@ impl TokenSource {
         };
         let _ = stop_tx.send(());
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-        match outcome? {
-            Redirect::Code(code) => self.exchange_code(req, &code).await,
-            Redirect::Refused(words) => Err(format!("the sign-in was refused: {words}").into()),
-        }
+        self.redeem(req, outcome?).await
     }
 
     /// The end of a browser sign-in whose redirect arrived elsewhere (the pages' callback):
@@ -342,7 +339,16 @@ impl TokenSource {
         req: &AuthorizationRequest,
         query: &[(String, String)],
     ) -> Result<TokenResponse, LoginError> {
-        match redirect_of(query, &req.state)? {
+        self.redeem(req, redirect_of(query, &req.state)?).await
+    }
+
+    /// The tokens for a redirect's code, or the platform's refusal.
+    async fn redeem(
+        &self,
+        req: &AuthorizationRequest,
+        redirect: Redirect,
+    ) -> Result<TokenResponse, LoginError> {
+        match redirect {
             Redirect::Code(code) => self.exchange_code(req, &code).await,
             Redirect::Refused(words) => Err(format!("the sign-in was refused: {words}").into()),
         }

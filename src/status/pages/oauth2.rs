@@ -25,7 +25,7 @@ use crate::config::OAuthFlow;
 use crate::provider::Provider;
 use crate::provider::oauth2::TokenResponse;
 use crate::provider::oauth2::login::{AuthorizationRequest, LoginError};
-use crate::status::http::AppState;
+use crate::status::http::{AppState, sign_in_changed};
 use crate::time::{now_ms, rfc3339};
 
 /// Where one provider's browser sign-in is.
@@ -192,8 +192,10 @@ async fn conclude(
     };
     let result = match outcome {
         Ok(account) => {
-            provider.oauth_changed().await;
-            let released = state.distributor.release_held_of(name).await.unwrap_or(0);
+            let released = match sign_in_changed(state, name).await {
+                Ok(Some((_, released))) => released,
+                _ => 0,
+            };
             tracing::info!(provider = %name, released, "signed in from the browser");
             Progress::Done { account, released }
         }
