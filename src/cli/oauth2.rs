@@ -67,16 +67,16 @@ fn oauth_provider<'a>(config: &'a Config, name: &str) -> Result<&'a ProviderConf
 
 /// Tells the running daemon that a provider's sign-in changed; says what it did.
 async fn tell_daemon(config: &Config, provider: &str) {
-    let result = match AdminClient::new(config) {
-        Ok(c) => {
-            c.post_json::<serde_json::Value>(
-                &format!("/api/oauth2/{provider}/reload"),
-                &serde_json::json!({}),
-            )
+    let path = format!(
+        "/api/oauth2/{}/reload",
+        crate::status::percent_encode(provider)
+    );
+    let result = async {
+        AdminClient::new(config)?
+            .post_json::<serde_json::Value>(&path, &serde_json::json!({}))
             .await
-        }
-        Err(e) => Err(e),
-    };
+    }
+    .await;
     match result {
         Ok(v) => {
             let n = v["released"].as_u64().unwrap_or(0);

@@ -210,17 +210,7 @@ fn age(ms: u64) -> String {
     }
 }
 
-/// Percent-encodes a query value.
-pub(super) fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub(super) use super::percent_encode as enc;
 
 // ---- sign-in -----------------------------------------------------------------------------
 
