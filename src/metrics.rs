@@ -74,6 +74,9 @@ pub struct Metrics {
     pub oauth2_signed_in: Family<ProviderLabel, Gauge>,
     /// `mailgate_oauth2_refresh_token_ages_out_seconds{provider}` (delegated flows)
     pub oauth2_ages_out: Family<ProviderLabel, Gauge>,
+    /// `mailgate_delivery_oldest_inflight_seconds{provider}`: the age of the provider's
+    /// oldest attempt running now (0: none); set at scrape time.
+    pub oldest_inflight: Family<ProviderLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// `mailgate_delivery_duration_seconds{provider}`
     pub delivery_duration: Family<ProviderLabel, Histogram, fn() -> Histogram>,
     /// `mailgate_store_commit_duration_seconds`
@@ -118,6 +121,7 @@ impl Default for Metrics {
             throttle_deferrals: Family::default(),
             queue: Family::default(),
             delivery_duration: Family::new_with_constructor(delivery_histogram),
+            oldest_inflight: Family::default(),
             oauth2_access_expires: Family::default(),
             oauth2_signed_in: Family::default(),
             oauth2_ages_out: Family::default(),
@@ -190,6 +194,11 @@ impl Default for Metrics {
             "delivery_duration_seconds",
             "Duration of delivery attempts, by provider",
             m.delivery_duration.clone(),
+        );
+        registry.register(
+            "delivery_oldest_inflight_seconds",
+            "Age of the oldest delivery attempt running now (0: none), by provider",
+            m.oldest_inflight.clone(),
         );
         registry.register(
             "oauth2_access_token_expires_seconds",

@@ -139,7 +139,7 @@ pub struct ProviderConfig {
     /// Concurrent upstream connections / deliveries.
     #[serde(default = "default_provider_connections")]
     pub max_connections: usize,
-    /// Upstream I/O timeout.
+    /// How long one step of an exchange with the upstream may take (default 60 s).
     pub timeout: Option<Dur>,
     /// graph: base URL without version path.
     pub graph_url: Option<String>,
@@ -161,6 +161,14 @@ pub enum Issuer {
 }
 
 impl ProviderConfig {
+    /// How long one step of an exchange with this provider may take (`timeout`, default
+    /// 60 s): a connect, a handshake, a command and its reply, a token request.
+    pub fn step_timeout(&self) -> std::time::Duration {
+        self.timeout
+            .map_or(std::time::Duration::from_secs(60), |d| d.0)
+            .max(std::time::Duration::from_millis(1))
+    }
+
     /// Google for an smtp provider whose host is `smtp.gmail.com`, for `jwt_bearer`
     /// (Google service accounts) and for a scope of Google's (`https://mail.google.com/`,
     /// a Gmail relay reached under another name), otherwise Microsoft.

@@ -485,7 +485,7 @@ impl Distributor {
             raw: Arc::new(raw),
         };
         let outcome = match routing.providers.get(&record.provider) {
-            Some(p) => p.deliver(&delivery).await,
+            Some(p) => self.bounded(p, &record.provider, &delivery).await,
             None => Outcome::Transient {
                 reply: format!(
                     "the message is routed to provider {:?}, which is not in the configuration: add it back, or route the user elsewhere, and reload",
@@ -509,6 +509,55 @@ impl Distributor {
             .filter(|a| a.diagnosis.is_some())
             .map(|a| a.reply.clone());
         (record, due, sent, error)
+    }
+
+    /// One attempt, visible in `/status` while it runs (its stage and age), and ended at
+    /// its provider's [`attempt_bound`](crate::provider::Provider::attempt_bound) whatever
+    /// happens: every step has its own bound, so reaching this one is a bug, logged once
+    /// with the stage it was stuck at; the message is deferred like any connection
+    /// failure and the provider's slot is free again.
+    async fn bounded(
+        &self,
+        provider: &crate::provider::Provider,
+        name: &str,
+        d: &Delivery,
+    ) -> Outcome {
+        use crate::provider::stage::{self, Stage};
+        struct Registered<'a>(&'a Distributor, &'a str);
+        impl Drop for Registered<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut r) = self.0.running.lock() {
+                    r.remove(self.1);
+                }
+            }
+        }
+        let st = Stage::default();
+        let bound = provider.attempt_bound(d);
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(
+                d.id.clone(),
+                super::Running {
+                    provider: name.to_string(),
+                    started: tokio::time::Instant::now(),
+                    stage: st.clone(),
+                },
+            );
+        }
+        let _registered = Registered(self, &d.id);
+        match tokio::time::timeout(bound, st.scope(provider.deliver(d))).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let at = st.get();
+                tracing::error!(id = %d.id, provider = %name, stage = at, bound = %stage::words(bound), "bug: a delivery attempt was still running at its bound although every step has its own; it is ended and the message deferred");
+                Outcome::Transient {
+                    reply: format!(
+                        "{at}: the attempt did not end within {} and was stopped",
+                        stage::words(bound)
+                    ),
+                    code: Code::ConnectionFailed,
+                }
+            }
+        }
     }
 
     fn count_deferred(&self, provider: &str, diagnosis: &str) {

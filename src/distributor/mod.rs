@@ -119,8 +119,29 @@ pub struct ProviderStats {
     pub throttle_deferrals: u64,
     /// Deliveries running now.
     pub in_flight: usize,
+    /// The attempts running now, oldest first.
+    pub attempts: Vec<RunningAttempt>,
     /// The last failure's reply.
     pub last_error: Option<String>,
+}
+
+/// A delivery attempt running now, as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningAttempt {
+    /// Message id.
+    pub id: String,
+    /// The step of the exchange it is at (`connect`, `MAIL`, `message body`, ...).
+    pub stage: &'static str,
+    /// How long it has run.
+    pub age: Duration,
+}
+
+/// An attempt in flight: its provider, start and stage.
+#[derive(Debug)]
+struct Running {
+    provider: String,
+    started: tokio::time::Instant,
+    stage: crate::provider::stage::Stage,
 }
 
 #[derive(Debug, Default)]
@@ -155,6 +176,8 @@ pub struct Distributor {
     paused: AtomicBool,
     routing: RwLock<Arc<Routing>>,
     in_flight: Mutex<HashSet<String>>,
+    /// The attempts handed to a provider and not yet ended, by message id.
+    running: Mutex<HashMap<String, Running>>,
     providers: Mutex<HashMap<String, ProviderState>>,
     slots: Arc<Semaphore>,
     clock: Clock,
@@ -186,6 +209,7 @@ impl Distributor {
             };
             let _ = metrics.sent.get_or_create(&label);
             let _ = metrics.throttle_deferrals.get_or_create(&label);
+            let _ = metrics.oldest_inflight.get_or_create(&label);
         }
         Distributor {
             metrics,
@@ -195,6 +219,7 @@ impl Distributor {
             paused: AtomicBool::new(!config.distributor.enabled),
             routing: RwLock::new(Arc::new(Routing::from_config(config))),
             in_flight: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
             providers: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             unrecorded: Mutex::new(Vec::new()),
@@ -273,8 +298,27 @@ impl Distributor {
         self.routing().providers.get(name).cloned()
     }
 
+    /// The attempts of a provider running now, oldest first.
+    pub fn running_attempts(&self, provider: &str) -> Vec<RunningAttempt> {
+        let Ok(running) = self.running.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<RunningAttempt> = running
+            .iter()
+            .filter(|(_, r)| r.provider == provider)
+            .map(|(id, r)| RunningAttempt {
+                id: id.clone(),
+                stage: r.stage.get(),
+                age: r.started.elapsed(),
+            })
+            .collect();
+        out.sort_by(|a, b| b.age.cmp(&a.age));
+        out
+    }
+
     /// Per-provider figures for the status endpoint.
     pub fn provider_stats(&self, name: &str) -> ProviderStats {
+        let attempts = self.running_attempts(name);
         let now = self.now();
         let Ok(mut map) = self.providers.lock() else {
             return ProviderStats::default();
@@ -287,6 +331,7 @@ impl Distributor {
             recipients_last_day: st.windows.last_day(now),
             throttle_deferrals: st.throttle_deferrals,
             in_flight: st.in_flight,
+            attempts,
             last_error: st.last_error.clone(),
         }
     }

@@ -12,6 +12,7 @@ use super::{Delivery, Outcome};
 #[derive(Debug)]
 pub struct EmlProvider {
     dir: PathBuf,
+    timeout: std::time::Duration,
 }
 
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
@@ -29,9 +30,15 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<Pat
 }
 
 impl EmlProvider {
-    /// A provider writing into `dir` (created when needed).
-    pub fn new(dir: PathBuf) -> EmlProvider {
-        EmlProvider { dir }
+    /// A provider writing into `dir` (created when needed); a write may take `timeout`
+    /// plus the message's size at 64 KB/s (a hung network file system).
+    pub fn new(dir: PathBuf, timeout: std::time::Duration) -> EmlProvider {
+        EmlProvider { dir, timeout }
+    }
+
+    /// The provider's `timeout`.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
     }
 
     /// Writes the message; a failure to write is transient (disk full, permissions).
@@ -39,6 +46,7 @@ impl EmlProvider {
         let dir = self.dir.clone();
         let name = format!("{}.eml", d.id);
         let raw = d.raw.clone();
+        super::stage::enter("writing the file");
         let result = tokio::task::spawn_blocking(move || write_atomically(&dir, &name, &raw))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));

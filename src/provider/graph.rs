@@ -22,6 +22,7 @@ pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 pub struct GraphProvider {
     graph_url: String,
+    timeout: Duration,
     token: TokenSource,
     http: reqwest::Client,
     permits: Semaphore,
@@ -105,12 +106,19 @@ impl GraphProvider {
                 .trim_end_matches('/')
                 .to_string(),
             token: TokenSource::new(config, secrets),
+            timeout: config.step_timeout(),
+            // Each request gets its own bound (`timeout` plus the body at 64 KB/s).
             http: reqwest::Client::builder()
-                .timeout(config.timeout.map_or(Duration::from_secs(120), |d| d.0))
+                .connect_timeout(config.step_timeout())
                 .build()
                 .unwrap_or_default(),
             permits: Semaphore::new(config.max_connections.max(1)),
         }
+    }
+
+    /// How long one step (a request and its answer) may take, before the body's share.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The token source.
@@ -147,14 +155,38 @@ impl GraphProvider {
             Ok(u) => u,
             Err(e) => return transient(Code::ProviderConfig, e),
         };
+        // The whole exchange (headers, the body both ways) within the bound, whatever
+        // the server does: a server that trickles its answer is cut off too.
+        let bound = super::stage::body_bound(self.timeout, body.len());
+        let gone = |e: reqwest::Error| {
+            transient(
+                Code::ConnectionFailed,
+                if e.is_timeout() {
+                    format!(
+                        "Graph sendMail: no answer from {} within {}",
+                        self.graph_url,
+                        super::stage::words(bound)
+                    )
+                } else {
+                    format!(
+                        "Graph sendMail: {} unreachable: {}",
+                        self.graph_url,
+                        super::error_chain(&e)
+                    )
+                },
+            )
+        };
         for try_no in 0..2 {
+            super::stage::enter("OAuth2 token");
             let token = match self.token.token().await {
                 Ok(t) => t,
                 Err(e) => return transient(e.code, e.reply),
             };
+            super::stage::enter("Graph sendMail");
             let resp = self
                 .http
                 .post(url.clone())
+                .timeout(bound)
                 .bearer_auth(token.expose())
                 .header(reqwest::header::CONTENT_TYPE, "text/plain")
                 .body(body.clone())
@@ -162,9 +194,7 @@ impl GraphProvider {
                 .await;
             let resp = match resp {
                 Ok(r) => r,
-                Err(e) => {
-                    return transient(Code::ConnectionFailed, format!("Graph unreachable: {e}"));
-                }
+                Err(e) => return gone(e),
             };
             let status = resp.status().as_u16();
             let retry_after = resp
@@ -172,7 +202,10 @@ impl GraphProvider {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
-            let text = resp.text().await.unwrap_or_default();
+            let text = match resp.text().await {
+                Ok(t) => t,
+                Err(e) => return gone(e),
+            };
             let reply = format!("HTTP {status} {}", graph_error(&text))
                 .trim()
                 .to_string();

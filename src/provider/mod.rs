@@ -9,12 +9,28 @@ pub mod eml;
 pub mod graph;
 pub mod oauth2;
 pub mod smtp;
+pub mod stage;
 
 use std::sync::Arc;
 
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::secrets::SecretStore;
 use diagnosis::Code;
+
+/// An error's text with its causes (each cause once).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}
 
 /// The envelope and bytes of one delivery.
 #[derive(Debug, Clone)]
@@ -122,6 +138,7 @@ impl Provider {
         match p.kind {
             ProviderKind::Eml => Provider::Eml(eml::EmlProvider::new(
                 p.directory.clone().unwrap_or_else(|| "outbox".into()),
+                p.step_timeout(),
             )),
             ProviderKind::Smtp => {
                 let mut s = smtp::SmtpProvider::new(p, &ctx.hostname, ctx.secrets.clone());
@@ -157,6 +174,32 @@ impl Provider {
     /// The OAuth2 token's state, for providers that use one.
     pub fn token_status(&self) -> Option<oauth2::TokenStatus> {
         self.oauth().map(oauth2::TokenSource::status)
+    }
+
+    /// The longest one attempt can take when every step it may take uses its whole
+    /// bound (the provider's `timeout` per step, the body within `timeout` plus its size
+    /// at 64 KB/s), with one fresh try after a stale connection or a refused token, and a
+    /// margin. An attempt still running past it is a bug: the distributor logs it with its
+    /// stage and ends it.
+    pub fn attempt_bound(&self, d: &Delivery) -> std::time::Duration {
+        use stage::{CLOSE_WAIT, body_bound};
+        let margin = std::time::Duration::from_secs(5);
+        let rcpts = u32::try_from(d.rcpts.len()).unwrap_or(u32::MAX);
+        let once = match self {
+            Provider::Eml(p) => body_bound(p.timeout(), d.raw.len()),
+            // connect, TLS, greeting, EHLO, STARTTLS, EHLO, token, AUTH; MAIL, RCPT each,
+            // DATA, the body, the final reply, RSET; QUIT.
+            Provider::Smtp(p) => {
+                let t = p.timeout();
+                t * 8 * 2 + t * (4 + rcpts) + body_bound(t, d.raw.len()) + CLOSE_WAIT * 2
+            }
+            // token; the request (base64: 4/3 of the size).
+            Provider::Graph(p) => {
+                let t = p.timeout();
+                t + body_bound(t, d.raw.len() / 3 * 4 + 4)
+            }
+        };
+        once * 2 + margin
     }
 
     /// Attempts one delivery.

@@ -245,6 +245,12 @@ async fn status(State(state): State<AppState>) -> Response {
                 "per_day_recipient_limit": limits.per_day,
                 "recipients_last_day": stats.recipients_last_day,
                 "sending": stats.in_flight,
+                "in_flight": stats.attempts.iter().map(|a| json!({
+                    "id": a.id,
+                    "stage": a.stage,
+                    "seconds": a.age.as_secs_f64(),
+                })).collect::<Vec<_>>(),
+                "oldest_in_flight_seconds": stats.attempts.first().map_or(0.0, |a| a.age.as_secs_f64()),
                 "oauth2": oauth2,
             })
         })
@@ -318,6 +324,22 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let _ = fleet_status(&state).await;
     let now = crate::time::now_ms();
     let seconds_until = |at: u64| i64::try_from(at.saturating_sub(now) / 1000).unwrap_or(i64::MAX);
+    for p in &state.pipeline.config().provider {
+        let name = p.name.get_ref();
+        let oldest = state
+            .distributor
+            .running_attempts(name)
+            .first()
+            .map_or(0.0, |a| a.age.as_secs_f64());
+        state
+            .pipeline
+            .metrics()
+            .oldest_inflight
+            .get_or_create(&crate::metrics::ProviderLabel {
+                provider: name.clone(),
+            })
+            .set(oldest);
+    }
     for p in state.distributor.providers() {
         let Some(oauth) = p.oauth() else { continue };
         let t = oauth.status();

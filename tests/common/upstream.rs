@@ -97,6 +97,13 @@ pub struct Script {
     /// One message per connection: close after the reply to the end of data (each
     /// delivery opens and signs in anew).
     pub one_message_per_connection: bool,
+    /// Stop answering at this step, keeping the connection open and reading nothing
+    /// more: "greeting", "ehlo", "starttls", "tls" (after `220 Ready`, no handshake),
+    /// "ehlo-tls" (the EHLO inside TLS), "auth", "mail", "rcpt", "data", "body" (after `354`, the body is not read),
+    /// "end" (the body read, no final reply), "rset", "quit".
+    pub stall: Option<String>,
+    /// With `stall`: trickle the reply one byte every this many ms instead of silence.
+    pub trickle_ms: u64,
 }
 
 impl Script {
@@ -116,6 +123,23 @@ impl Script {
         self.auth_mechs = Some(mechs.into());
         self.xoauth2 = Some((mailbox.into(), valid));
         self
+    }
+
+    /// Goes silent at `step` (see `stall`).
+    pub fn stall(mut self, step: &str) -> Script {
+        self.stall = Some(step.into());
+        self
+    }
+
+    /// Trickles the reply at `step` one byte every `ms`.
+    pub fn trickle(mut self, step: &str, ms: u64) -> Script {
+        self.stall = Some(step.into());
+        self.trickle_ms = ms;
+        self
+    }
+
+    fn stalls_at(&self, step: &str) -> bool {
+        self.stall.as_deref() == Some(step)
     }
 
     pub fn reply(mut self, stage: &str, reply: &str) -> Script {
@@ -232,8 +256,10 @@ async fn serve(
     up: &Upstream,
     first: &Script,
 ) -> std::io::Result<()> {
-    let _ = first;
     let mut io = BufReader::new(stream);
+    if first.stalls_at("greeting") {
+        return stall(&mut io, "220 upstream.test ESMTP test", first.trickle_ms).await;
+    }
     io.get_mut()
         .write_all(b"220 upstream.test ESMTP test\r\n")
         .await?;
@@ -252,6 +278,21 @@ async fn serve(
         let s = &script;
         let line = line.trim_end().to_string();
         let upper = line.to_ascii_uppercase();
+        let step = match upper.split(' ').next().unwrap_or("") {
+            "EHLO" | "HELO" if tls => "ehlo-tls",
+            "EHLO" | "HELO" => "ehlo",
+            "STARTTLS" => "starttls",
+            "AUTH" => "auth",
+            "MAIL" => "mail",
+            "RCPT" => "rcpt",
+            "DATA" => "data",
+            "RSET" => "rset",
+            "QUIT" => "quit",
+            _ => "",
+        };
+        if s.stalls_at(step) {
+            return stall(&mut io, "250 2.0.0 Ok", s.trickle_ms).await;
+        }
         let reply = |stage: &str, default: &str| -> String {
             s.replies
                 .get(stage)
@@ -280,6 +321,9 @@ async fn serve(
             io.get_mut()
                 .write_all(b"220 2.0.0 Ready to start TLS\r\n")
                 .await?;
+            if s.stalls_at("tls") {
+                return stall(&mut io, "", 0).await;
+            }
             if s.tls_garbage {
                 io.get_mut()
                     .write_all(b"this is not a TLS server hello\r\n")
@@ -402,6 +446,9 @@ async fn serve(
                 io.get_mut()
                     .write_all(format!("{r}\r\n").as_bytes())
                     .await?;
+                if s.stalls_at("body") {
+                    return stall(&mut io, "", 0).await;
+                }
                 let mut data = Vec::new();
                 loop {
                     let mut l = Vec::new();
@@ -418,6 +465,9 @@ async fn serve(
                         l.remove(0);
                     }
                     data.extend_from_slice(&l);
+                }
+                if s.stalls_at("end") {
+                    return stall(&mut io, "250 2.0.0 Ok: queued", s.trickle_ms).await;
                 }
                 let end = reply("end", "250 2.0.0 Ok: queued");
                 if end.starts_with('2') {
@@ -459,6 +509,24 @@ async fn serve(
             return Ok(());
         }
     }
+}
+
+/// Holds the connection without reading: silent, or trickling `reply` one byte every
+/// `trickle_ms` (then silent). Returns only when the client has gone.
+async fn stall(
+    io: &mut BufReader<Box<dyn Io>>,
+    reply: &str,
+    trickle_ms: u64,
+) -> std::io::Result<()> {
+    if trickle_ms > 0 {
+        for b in format!("{reply}\r\n").bytes() {
+            io.get_mut().write_all(&[b]).await?;
+            io.get_mut().flush().await?;
+            tokio::time::sleep(std::time::Duration::from_millis(trickle_ms)).await;
+        }
+    }
+    std::future::pending::<()>().await;
+    Ok(())
 }
 
 async fn read_line(io: &mut BufReader<Box<dyn Io>>) -> std::io::Result<String> {

@@ -165,17 +165,7 @@ pub(super) fn local(code: Code, reply: impl Into<String>) -> TokenError {
     }
 }
 
-/// A reqwest error's text with its causes.
-pub(super) fn error_chain(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
+pub(super) use crate::provider::error_chain;
 
 #[cfg(test)]
 mod tests {

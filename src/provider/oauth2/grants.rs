@@ -55,7 +55,14 @@ impl TokenSource {
         let (status, body) = self.post_form(url, form).await.map_err(|e| {
             local(
                 Code::OAuthEndpointUnreachable,
-                format!("token endpoint {url} unreachable: {}", error_chain(&e)),
+                if e.is_timeout() {
+                    format!(
+                        "token endpoint {url}: no answer within {}",
+                        crate::provider::stage::words(self.timeout())
+                    )
+                } else {
+                    format!("token endpoint {url} unreachable: {}", error_chain(&e))
+                },
             )
         })?;
         if !(200..300).contains(&status) {

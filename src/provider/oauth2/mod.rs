@@ -97,6 +97,7 @@ pub struct TokenSource {
     endpoints: Endpoints,
     secrets: SecretStore,
     http: reqwest::Client,
+    timeout: Duration,
     state: Mutex<State>,
     /// Serialises fetches so concurrent connections share one request.
     fetch: tokio::sync::Mutex<()>,
@@ -143,8 +144,11 @@ impl TokenSource {
     /// The token source of a provider's `[provider.oauth2]` table.
     pub fn new(p: &ProviderConfig, secrets: SecretStore) -> TokenSource {
         let config = p.oauth2.clone().unwrap_or_default();
+        // Every request to the identity platform (connect, headers, a body trickled a
+        // byte at a time) ends within the provider's `timeout`.
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .connect_timeout(p.step_timeout())
+            .timeout(p.step_timeout())
             .build()
             .unwrap_or_default();
         TokenSource {
@@ -154,9 +158,15 @@ impl TokenSource {
             config,
             secrets,
             http,
+            timeout: p.step_timeout(),
             state: Mutex::new(State::default()),
             fetch: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// How long one request to the identity platform may take (the provider's `timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The grant.
@@ -303,6 +313,6 @@ impl TokenSource {
     ) -> Result<(u16, String), reqwest::Error> {
         let resp = self.http.post(url).form(form).send().await?;
         let status = resp.status().as_u16();
-        Ok((status, resp.text().await.unwrap_or_default()))
+        Ok((status, resp.text().await?))
     }
 }

@@ -7,6 +7,7 @@ use lettre::transport::smtp::response::Response;
 
 use super::super::Outcome;
 use super::super::diagnosis::{self, Code};
+pub(super) use super::super::error_chain;
 
 /// What a failure means for the message and the connection: decided once, here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,20 +162,6 @@ pub(super) fn classify(e: &lettre::transport::smtp::Error, stage: &str) -> Failu
     Failure::local(Code::ConnectionFailed, format!("{stage}: {chain}"))
 }
 
-pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        src = s.source();
-    }
-    out
-}
-
 /// Certificate failures arrive as connection or network errors; look for rustls's
 /// verdict in the chain.
 fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -197,17 +184,28 @@ fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
     error_chain(e).contains("invalid peer certificate")
 }
 
+/// One step of the exchange (a command and its reply), marked as the attempt's stage and
+/// bounded by `t`: a server that stops answering (or trickles) costs `t`, never more.
 pub(super) async fn timed<T>(
     t: Duration,
-    stage: &str,
+    stage: &'static str,
     fut: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
 ) -> Result<T, Failure> {
+    super::super::stage::enter(stage);
     match tokio::time::timeout(t, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(classify(&e, stage)),
-        Err(_) => Err(Failure::local(
-            Code::ConnectionFailed,
-            format!("{stage}: no answer from the server within {}s", t.as_secs()),
-        )),
+        Err(_) => Err(no_answer(stage, t)),
     }
+}
+
+/// A step that did not end within its bound: `connection-failed`, naming the step.
+pub(super) fn no_answer(stage: &str, t: Duration) -> Failure {
+    Failure::local(
+        Code::ConnectionFailed,
+        format!(
+            "{stage}: no answer from the server within {}",
+            super::super::stage::words(t)
+        ),
+    )
 }

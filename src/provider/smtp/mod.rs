@@ -19,11 +19,12 @@ pub mod tls;
 
 use super::diagnosis::Code;
 use super::oauth2::TokenSource;
+use super::stage::{self, CLOSE_WAIT};
 use super::{Delivery, Fate, Outcome, RcptResult};
 use crate::config::{ProviderConfig, TlsMode};
 use crate::secrets::{SecretError, SecretStore, provider_password};
 pub use failure::Failure;
-use failure::{error_chain, response_text, timed};
+use failure::{error_chain, no_answer, response_text, timed};
 
 /// An idle connection is reused only this long; older ones are closed.
 const IDLE_REUSE: Duration = Duration::from_secs(30);
@@ -90,10 +91,7 @@ impl SmtpProvider {
         SmtpProvider {
             host: config.host.clone().unwrap_or_default(),
             port,
-            timeout: config
-                .timeout
-                .map_or(Duration::from_secs(60), |d| d.0)
-                .max(Duration::from_millis(1)),
+            timeout: config.step_timeout(),
             hello: ClientId::Domain(hostname.to_string()),
             oauth: config
                 .oauth2
@@ -107,6 +105,11 @@ impl SmtpProvider {
             reuse: true,
             config: config.clone(),
         }
+    }
+
+    /// How long one step of an exchange may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The OAuth2 token source, when the provider uses XOAUTH2.
@@ -160,6 +163,7 @@ impl SmtpProvider {
             )
         })?;
         let connector = tokio_rustls::TlsConnector::from(cc);
+        stage::enter("TLS handshake");
         match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
             Ok(Ok(s)) => {
                 let wire = tls::Wire::tls(s, prefix);
@@ -189,74 +193,80 @@ impl SmtpProvider {
                 Code::ConnectionFailed,
                 format!(
                     "TLS handshake with {target}: no answer from the server within {}",
-                    humantime::format_duration(self.timeout)
+                    stage::words(self.timeout)
                 ),
             )),
         }
     }
 
     /// The part of STARTTLS before the handshake, done by hand on the TCP stream (lettre
-    /// cannot be given our verifier): greeting, EHLO, STARTTLS, 220.
+    /// cannot be given our verifier): greeting, EHLO, STARTTLS, 220. Each step is bounded
+    /// by the provider's `timeout`.
     async fn plain_starttls(&self, tcp: &mut tokio::net::TcpStream) -> Result<(), Failure> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
         let target = format!("{}:{}", self.host, self.port);
-        let lost = |what: &str, e: std::io::Error| {
-            Failure::local(Code::ConnectionFailed, format!("{target}: {what}: {e}"))
-        };
-        let exchange = async {
-            let (r, mut w) = tcp.split();
-            let mut r = BufReader::new(r);
-            let reply = async |r: &mut BufReader<tokio::net::tcp::ReadHalf<'_>>| -> std::io::Result<Vec<String>> {
-                let mut lines = Vec::new();
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await? == 0 {
-                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+        let t = self.timeout;
+        let (r, mut w) = tcp.split();
+        let mut r = BufReader::new(r);
+        // One step: optionally a command, then the (multi-line) reply.
+        let mut step =
+            async |name: &'static str, command: Option<String>| -> Result<Vec<String>, Failure> {
+                stage::enter(name);
+                let exchange = async {
+                    if let Some(c) = command {
+                        w.write_all(c.as_bytes()).await?;
                     }
-                    let last = line.as_bytes().get(3) != Some(&b'-');
-                    lines.push(line.trim_end().to_string());
-                    if last {
-                        return Ok(lines);
+                    let mut lines = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        // A reply line longer than 4 KB is not SMTP.
+                        if (&mut r).take(4096).read_line(&mut line).await? == 0 {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "the server closed the connection",
+                            ));
+                        }
+                        let last = line.as_bytes().get(3) != Some(&b'-');
+                        lines.push(line.trim_end().to_string());
+                        if last || lines.len() > 100 {
+                            return Ok(lines);
+                        }
                     }
+                };
+                match tokio::time::timeout(t, exchange).await {
+                    Ok(Ok(lines)) => Ok(lines),
+                    Ok(Err(e)) => Err(Failure::local(
+                        Code::ConnectionFailed,
+                        format!("{target}: {name}: {e}"),
+                    )),
+                    Err(_) => Err(Failure::local(
+                        Code::ConnectionFailed,
+                        format!(
+                            "{target}: {name}: no answer from the server within {}",
+                            stage::words(t)
+                        ),
+                    )),
                 }
             };
-            let greeting = reply(&mut r).await.map_err(|e| lost("greeting", e))?;
-            if !greeting.last().is_some_and(|l| l.starts_with("220")) {
-                return Err(failure::from_text(&greeting.join(" "), "greeting"));
-            }
-            let hello = self.hello.to_string();
-            w.write_all(format!("EHLO {hello}\r\n").as_bytes())
-                .await
-                .map_err(|e| lost("EHLO", e))?;
-            let ehlo = reply(&mut r).await.map_err(|e| lost("EHLO", e))?;
-            if !ehlo.iter().any(|l| {
-                l.get(4..)
-                    .is_some_and(|c| c.eq_ignore_ascii_case("STARTTLS"))
-            }) {
-                return Err(Failure::local(
-                    Code::StarttlsUnavailable,
-                    format!("{target} did not offer STARTTLS"),
-                ));
-            }
-            w.write_all(b"STARTTLS\r\n")
-                .await
-                .map_err(|e| lost("STARTTLS", e))?;
-            let go = reply(&mut r).await.map_err(|e| lost("STARTTLS", e))?;
-            if !go.last().is_some_and(|l| l.starts_with("220")) {
-                return Err(failure::from_text(&go.join(" "), "STARTTLS"));
-            }
-            Ok(())
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(Failure::local(
-                Code::ConnectionFailed,
-                format!(
-                    "{target}: no answer from the server within {} before STARTTLS",
-                    humantime::format_duration(self.timeout)
-                ),
-            )),
+        let greeting = step("greeting", None).await?;
+        if !greeting.last().is_some_and(|l| l.starts_with("220")) {
+            return Err(failure::from_text(&greeting.join(" "), "greeting"));
         }
+        let ehlo = step("EHLO", Some(format!("EHLO {}\r\n", self.hello))).await?;
+        if !ehlo.iter().any(|l| {
+            l.get(4..)
+                .is_some_and(|c| c.eq_ignore_ascii_case("STARTTLS"))
+        }) {
+            return Err(Failure::local(
+                Code::StarttlsUnavailable,
+                format!("{target} did not offer STARTTLS"),
+            ));
+        }
+        let go = step("STARTTLS", Some("STARTTLS\r\n".into())).await?;
+        if !go.last().is_some_and(|l| l.starts_with("220")) {
+            return Err(failure::from_text(&go.join(" "), "STARTTLS"));
+        }
+        Ok(())
     }
 
     /// Opens a connection and signs in. With OAuth2, a token the server rejects is
@@ -278,6 +288,7 @@ impl SmtpProvider {
     async fn connect_once(&self) -> Result<AsyncSmtpConnection, Failure> {
         let t = self.timeout;
         let target = format!("{}:{}", self.host, self.port);
+        stage::enter("connect");
         let mut tcp = match tokio::time::timeout(
             t,
             tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
@@ -294,7 +305,10 @@ impl SmtpProvider {
             Err(_) => {
                 return Err(Failure::local(
                     Code::ConnectionFailed,
-                    format!("connection to {target} timed out after {}s", t.as_secs()),
+                    format!(
+                        "connect: connection to {target} timed out after {}",
+                        stage::words(t)
+                    ),
                 ));
             }
         };
@@ -313,9 +327,15 @@ impl SmtpProvider {
                     )
                 }
             };
+        // After STARTTLS the greeting is ours: what lettre waits for is the EHLO reply.
+        let hello_stage = if self.config.tls == TlsMode::Starttls {
+            "EHLO"
+        } else {
+            "greeting and EHLO"
+        };
         let mut conn = timed(
             t,
-            "greeting",
+            hello_stage,
             AsyncSmtpConnection::connect_with_transport(stream, &self.hello),
         )
         .await?;
@@ -325,10 +345,11 @@ impl SmtpProvider {
             .as_ref()
             .and_then(|o| Some((o.username()?.to_string(), o)))
         {
+            stage::enter("OAuth2 token");
             let token = match oauth.token().await {
                 Ok(t) => t,
                 Err(e) => {
-                    conn.abort().await;
+                    close(conn).await;
                     return Err(Failure::local(e.code, e.reply));
                 }
             };
@@ -336,7 +357,7 @@ impl SmtpProvider {
                 .server_info()
                 .supports_auth_mechanism(Mechanism::Xoauth2)
             {
-                conn.abort().await;
+                close(conn).await;
                 return Err(Failure::local(
                     Code::AuthNotSupported,
                     format!("{target} does not offer AUTH XOAUTH2, which [provider.oauth2] needs"),
@@ -350,14 +371,14 @@ impl SmtpProvider {
             let password = match provider_password(&self.config, &self.secrets) {
                 Ok(Some(p)) => p,
                 Ok(None) => {
-                    conn.abort().await;
+                    close(conn).await;
                     return Err(Failure::local(
                         Code::ProviderConfig,
                         "username is set but no password is configured (password, password_file, password_env or `mailgate password set`)",
                     ));
                 }
                 Err(SecretError::Undecryptable(p)) => {
-                    conn.abort().await;
+                    close(conn).await;
                     return Err(Failure::local(
                         Code::PasswordUndecryptable,
                         format!(
@@ -366,7 +387,7 @@ impl SmtpProvider {
                     ));
                 }
                 Err(e) => {
-                    conn.abort().await;
+                    close(conn).await;
                     return Err(Failure::local(Code::ProviderConfig, e.to_string()));
                 }
             };
@@ -375,7 +396,7 @@ impl SmtpProvider {
                 .into_iter()
                 .any(|m| info.supports_auth_mechanism(m));
             if !offers_auth {
-                conn.abort().await;
+                close(conn).await;
                 return Err(Failure::local(
                     Code::AuthNotSupported,
                     format!("{target} offered no AUTH mechanism, but username is set"),
@@ -396,7 +417,7 @@ impl SmtpProvider {
     /// Signs in without sending (connect, TLS, AUTH, QUIT); the text describes the
     /// server reached.
     pub async fn verify(&self) -> Result<String, Failure> {
-        let mut conn = self.connect().await?;
+        let conn = self.connect().await?;
         let info = conn.server_info();
         let offered: Vec<&str> = [
             (Mechanism::Plain, "PLAIN"),
@@ -432,7 +453,7 @@ impl SmtpProvider {
             }
             _ => "no sign-in (no username)".to_string(),
         };
-        let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
+        quit(conn).await;
         let tls = match self.config.tls {
             TlsMode::Starttls | TlsMode::Tls => {
                 let how = if self.config.tls == TlsMode::Tls {
@@ -463,8 +484,7 @@ impl SmtpProvider {
                 if idle.since.elapsed() < IDLE_REUSE && !idle.conn.has_broken() {
                     return Ok((idle.conn, true));
                 }
-                let mut c = idle.conn;
-                tokio::spawn(async move { c.abort().await });
+                tokio::spawn(close(idle.conn));
             }
         }
         Ok((self.connect().await?, false))
@@ -473,8 +493,8 @@ impl SmtpProvider {
     /// Closes the idle connections (their sign-in no longer holds).
     pub async fn drop_idle(&self) {
         let idle: Vec<Idle> = self.pool.lock().await.drain(..).collect();
-        for mut i in idle {
-            tokio::spawn(async move { i.conn.abort().await });
+        for i in idle {
+            tokio::spawn(close(i.conn));
         }
     }
 
@@ -483,9 +503,9 @@ impl SmtpProvider {
         self.reuse = reuse;
     }
 
-    async fn checkin(&self, mut conn: AsyncSmtpConnection) {
+    async fn checkin(&self, conn: AsyncSmtpConnection) {
         if !self.reuse {
-            let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
+            quit(conn).await;
             return;
         }
         if !conn.has_broken() {
@@ -516,7 +536,7 @@ impl SmtpProvider {
         let mut result = self.transact(&mut conn, d).await;
         if reused && matches!(&result, Err(f) if f.is_broken()) {
             // The idle connection went stale; one fresh try.
-            conn.abort().await;
+            drop(conn);
             conn = match self.connect().await {
                 Ok(c) => c,
                 Err(f) => return f.into_outcome(),
@@ -538,13 +558,21 @@ impl SmtpProvider {
                 self.checkin(conn).await;
                 outcome
             }
+            // A server that stopped answering gets no QUIT: the socket is dropped.
+            Err(f) if f.is_broken() && f.code == Code::ConnectionFailed => {
+                drop(conn);
+                f.into_outcome()
+            }
             Err(f) if f.is_broken() => {
-                conn.abort().await;
+                close(conn).await;
                 f.into_outcome()
             }
             Err(f) => {
-                let _ = tokio::time::timeout(self.timeout, conn.command("RSET\r\n")).await;
-                self.checkin(conn).await;
+                if reset(&mut conn, self.timeout).await {
+                    self.checkin(conn).await;
+                } else {
+                    close(conn).await;
+                }
                 f.into_outcome()
             }
         }
@@ -603,22 +631,17 @@ impl SmtpProvider {
             }
         }
         if accepted == 0 {
-            let _ = tokio::time::timeout(t, conn.command("RSET\r\n")).await;
+            // A connection whose RSET went unanswered is closed, never reused.
+            if !reset(conn, t).await {
+                close_in_place(conn).await;
+            }
             return Ok(Outcome::PerRecipient {
                 reply: results.first().map(|r| r.reply.clone()).unwrap_or_default(),
                 results,
             });
         }
         timed(t, "DATA", conn.command("DATA\r\n")).await?;
-        // Large messages get time in proportion to their size (at least 64 KB/s).
-        let data_time = t + Duration::from_secs(body.len() as u64 / 65_536);
-        // In 64 KB pieces: lettre dot-stuffs each into a buffer of its own size.
-        let reply = timed(
-            data_time,
-            "end of DATA",
-            conn.message_iter(body.chunks(64 * 1024)),
-        )
-        .await?;
+        let reply = send_body(conn, &body, t).await?;
         let reply = response_text(&reply);
         for r in results.iter_mut().filter(|r| r.fate == Fate::Sent) {
             r.reply = reply.clone();
@@ -629,6 +652,150 @@ impl SmtpProvider {
             Ok(Outcome::PerRecipient { reply, results })
         }
     }
+}
+
+/// How much of the body has gone out, and when the server last took some.
+#[derive(Debug)]
+struct BodyProgress {
+    started: tokio::time::Instant,
+    /// Bytes handed to the connection.
+    sent: AtomicU64,
+    /// ms after `started` when the last piece was taken.
+    last_ms: AtomicU64,
+    /// Every piece taken: now only the final reply is awaited.
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl BodyProgress {
+    fn since_last(&self) -> Duration {
+        self.started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// The body in 16 KB pieces; each piece pulled means the one before was written.
+struct Pieces<'a> {
+    chunks: std::slice::Chunks<'a, u8>,
+    progress: &'a BodyProgress,
+}
+
+impl<'a> Iterator for Pieces<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let p = self.progress;
+        p.last_ms.store(
+            crate::time::duration_ms(p.started.elapsed()),
+            Ordering::Relaxed,
+        );
+        let next = self.chunks.next();
+        match next {
+            Some(c) => {
+                p.sent.fetch_add(c.len() as u64, Ordering::Relaxed);
+            }
+            None => {
+                p.done.store(true, Ordering::Relaxed);
+                stage::enter("end of DATA");
+            }
+        }
+        next
+    }
+}
+
+/// Sends the body after `354` and reads the final reply. A server that takes no data for
+/// `t` fails at once ("stopped reading"); the whole body may take `t` plus its size at
+/// 64 KB/s; the final reply comes within `t` of the last byte.
+async fn send_body(
+    conn: &mut AsyncSmtpConnection,
+    body: &[u8],
+    t: Duration,
+) -> Result<lettre::transport::smtp::response::Response, Failure> {
+    stage::enter("message body");
+    let progress = BodyProgress {
+        started: tokio::time::Instant::now(),
+        sent: AtomicU64::new(0),
+        last_ms: AtomicU64::new(0),
+        done: std::sync::atomic::AtomicBool::new(false),
+    };
+    let ceiling = stage::body_bound(t, body.len());
+    let pieces = Pieces {
+        chunks: body.chunks(16 * 1024),
+        progress: &progress,
+    };
+    let send = conn.message_iter(pieces);
+    let watch = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200).min(t)).await;
+            if progress.since_last() >= t {
+                return;
+            }
+            if !progress.done.load(Ordering::Relaxed) && progress.started.elapsed() >= ceiling {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = send => r.map_err(|e| failure::classify(&e, "end of DATA")),
+        () = watch => Err(if progress.done.load(Ordering::Relaxed) {
+            no_answer("end of DATA", t)
+        } else if progress.since_last() >= t {
+            Failure::local(
+                Code::ConnectionFailed,
+                format!(
+                    "message body: the server stopped reading: it took no data for {} after {} of {}",
+                    stage::words(t),
+                    humansize(progress.sent.load(Ordering::Relaxed)),
+                    humansize(body.len() as u64)
+                ),
+            )
+        } else {
+            Failure::local(
+                Code::ConnectionFailed,
+                format!(
+                    "message body: only {} of {} taken within {} (at least 64 KB/s are needed)",
+                    humansize(progress.sent.load(Ordering::Relaxed)),
+                    humansize(body.len() as u64),
+                    stage::words(ceiling)
+                ),
+            )
+        }),
+    }
+}
+
+/// `1.5 MB`, `12 KB`, `900 bytes`.
+fn humansize(n: u64) -> String {
+    if n >= 1024 * 1024 {
+        format!("{:.1} MB", n as f64 / (1024.0 * 1024.0))
+    } else if n >= 1024 {
+        format!("{} KB", n / 1024)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// RSET within `t`; false when the server did not answer it well (the connection must
+/// not be reused then).
+async fn reset(conn: &mut AsyncSmtpConnection, t: Duration) -> bool {
+    matches!(timed(t, "RSET", conn.command("RSET\r\n")).await, Ok(_))
+}
+
+/// Ends a connection after a failure: QUIT (and the TLS close) get [`CLOSE_WAIT`], then
+/// the socket is dropped whatever the peer does. The connection counts as broken after.
+async fn close_in_place(conn: &mut AsyncSmtpConnection) {
+    stage::enter("QUIT");
+    let _ = tokio::time::timeout(CLOSE_WAIT, conn.abort()).await;
+}
+
+/// [`close_in_place`], and the connection dropped.
+async fn close(mut conn: AsyncSmtpConnection) {
+    close_in_place(&mut conn).await;
+}
+
+/// Ends a connection that worked: QUIT, its reply awaited at most [`CLOSE_WAIT`].
+async fn quit(mut conn: AsyncSmtpConnection) {
+    stage::enter("QUIT");
+    let _ = tokio::time::timeout(CLOSE_WAIT, conn.quit()).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,386 @@
+//! Never wedge: an upstream that stops answering (or trickles a byte at a time) at any
+//! step of the exchange costs one attempt, bounded by the provider's `timeout`, never the
+//! provider's connection slot. Against the binary, over real sockets (and real TLS for
+//! the STARTTLS steps).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::upstream::{Script, TestCa, Upstream};
+use common::{DaemonProcess, TestEnv, queued_id, send_once};
+
+/// The provider's per-step timeout in these tests.
+const STEP: Duration = Duration::from_secs(2);
+
+struct Stalled {
+    env: TestEnv,
+    upstream: Upstream,
+    daemon: DaemonProcess,
+    /// The script the upstream returns to when it behaves again.
+    good: Script,
+}
+
+/// A daemon whose default provider "up" is the test upstream (timeout 2s,
+/// `max_connections` as given), the upstream starting with `script`.
+async fn stalled(
+    script: Script,
+    good: Script,
+    ca: Option<&TestCa>,
+    max_connections: u32,
+) -> Stalled {
+    let upstream = Upstream::start(script).await;
+    let env = TestEnv::new("", "");
+    let tls_line = if let Some(ca) = ca {
+        let path = env.dir.path().join("ca.pem");
+        std::fs::write(&path, &ca.pem).unwrap();
+        format!("tls = \"starttls\"\nca_file = \"{}\"", path.display())
+    } else {
+        "tls = \"none\"".to_string()
+    };
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\n{tls_line}\ntimeout = \"2s\"\nmax_connections = {max_connections}\n\
+             [distributor]\ndefault_provider = \"up\"\nretry_initial = \"10m\"\n",
+            upstream.addr.port()
+        ),
+    );
+    let daemon = DaemonProcess::start(&env.config_path);
+    Stalled {
+        env,
+        upstream,
+        daemon,
+        good,
+    }
+}
+
+impl Stalled {
+    async fn submit(&self, body_size: usize) -> String {
+        let mut data = b"Subject: stall test\r\n\r\n".to_vec();
+        while data.len() < body_size {
+            data.extend_from_slice(&[b'x'; 76]);
+            data.extend_from_slice(b"\r\n");
+        }
+        let reply = send_once(self.daemon.smtp, "app@erp.local", &["a@contoso.com"], &data).await;
+        queued_id(&reply).unwrap_or_else(|| panic!("not accepted: {reply}"))
+    }
+
+    /// The delivery log line of `id` with this status.
+    fn outcome(&mut self, id: &str, status: &str, within: Duration) -> serde_json::Value {
+        self.daemon.wait_log(
+            |v| v["message"] == "delivery" && v["id"] == id && v["status"] == status,
+            within,
+        )
+    }
+
+    /// The upstream behaves again; the next message on the provider is delivered.
+    async fn next_goes(&mut self) {
+        self.upstream.set_script(self.good.clone());
+        let before = self.upstream.messages().len();
+        let id = self.submit(0).await;
+        self.outcome(&id, "sent", Duration::from_secs(15));
+        assert_eq!(self.upstream.wait_for(before + 1).await.len(), before + 1);
+    }
+}
+
+/// One message meets an upstream stalled at `step`: deferred with `connection-failed`
+/// within the step's bound, the reply naming the step; then the next message goes.
+async fn one_stall(script: Script, good: Script, body: usize, names: &str) {
+    let mut s = stalled(script, good, None, 1).await;
+    let started = Instant::now();
+    let id = s.submit(body).await;
+    // The bound of one step, plus the time to hand over the body and a margin for a
+    // busy machine; far below what an unbounded wait would take.
+    let line = s.outcome(&id, "deferred", STEP * 4 + Duration::from_secs(6));
+    let took = started.elapsed();
+    assert_eq!(line["diagnosis"], "connection-failed", "{line}");
+    let reply = line["reply"].as_str().unwrap();
+    assert!(
+        reply.contains(names),
+        "the reply names the step {names:?}: {reply}"
+    );
+    assert!(took < STEP * 4 + Duration::from_secs(6), "took {took:?}");
+    s.next_goes().await;
+    let _ = s.env.dir.path();
+}
+
+fn plain() -> Script {
+    Script::default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_greeting_is_bounded() {
+    one_stall(plain().stall("greeting"), plain(), 0, "greeting").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_greeting_is_bounded() {
+    one_stall(plain().trickle("greeting", 700), plain(), 0, "greeting").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_ehlo_is_bounded() {
+    one_stall(plain().stall("ehlo"), plain(), 0, "EHLO").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_starttls_is_bounded() {
+    let ca = TestCa::new("stall CA");
+    let good = Script::over_starttls(&ca);
+    let mut s = stalled(good.clone().stall("starttls"), good, Some(&ca), 1).await;
+    let id = s.submit(0).await;
+    let line = s.outcome(&id, "deferred", STEP * 3 + Duration::from_secs(5));
+    assert_eq!(line["diagnosis"], "connection-failed", "{line}");
+    assert!(
+        line["reply"]
+            .as_str()
+            .unwrap()
+            .contains("STARTTLS: no answer"),
+        "{line}"
+    );
+    s.next_goes().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_starts_is_bounded() {
+    let ca = TestCa::new("stall CA");
+    let good = Script::over_starttls(&ca);
+    let mut s = stalled(good.clone().stall("tls"), good, Some(&ca), 1).await;
+    let id = s.submit(0).await;
+    let line = s.outcome(&id, "deferred", STEP * 3 + Duration::from_secs(5));
+    assert_eq!(line["diagnosis"], "connection-failed", "{line}");
+    assert!(
+        line["reply"].as_str().unwrap().contains("TLS handshake"),
+        "{line}"
+    );
+    s.next_goes().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_ehlo_after_tls_is_bounded() {
+    let ca = TestCa::new("stall CA");
+    let good = Script::over_starttls(&ca);
+    // The first EHLO is answered; the one inside TLS is not.
+    let mut stalling = good.clone();
+    stalling.offer_auth = false;
+    let mut s = stalled(stalling.stall("ehlo-tls"), good, Some(&ca), 1).await;
+    let id = s.submit(0).await;
+    let line = s.outcome(&id, "deferred", STEP * 3 + Duration::from_secs(5));
+    assert_eq!(line["diagnosis"], "connection-failed", "{line}");
+    assert!(
+        line["reply"].as_str().unwrap().contains("EHLO: no answer"),
+        "{line}"
+    );
+    s.next_goes().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_auth_is_bounded() {
+    let good = Script {
+        offer_auth: true,
+        credentials: Some(("relay@contoso.com".into(), "pw".into())),
+        ..plain()
+    };
+    let mut s = stalled(good.clone().stall("auth"), good, None, 1).await;
+    s.env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"2s\"\nmax_connections = 1\nusername = \"relay@contoso.com\"\npassword = \"pw\"\n\
+             [distributor]\ndefault_provider = \"up\"\nretry_initial = \"10m\"\n",
+            s.upstream.addr.port()
+        ),
+    );
+    s.daemon.kill();
+    s.daemon = DaemonProcess::start(&s.env.config_path);
+    let id = s.submit(0).await;
+    let line = s.outcome(&id, "deferred", STEP * 3 + Duration::from_secs(5));
+    assert_eq!(line["diagnosis"], "connection-failed", "{line}");
+    assert!(
+        line["reply"].as_str().unwrap().contains("AUTH: no answer"),
+        "{line}"
+    );
+    s.next_goes().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_mail_is_bounded() {
+    one_stall(plain().stall("mail"), plain(), 0, "MAIL: no answer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_mail_reply_is_bounded() {
+    one_stall(plain().trickle("mail", 500), plain(), 0, "MAIL: no answer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_rcpt_is_bounded() {
+    one_stall(plain().stall("rcpt"), plain(), 0, "RCPT: no answer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_data_is_bounded() {
+    one_stall(plain().stall("data"), plain(), 0, "DATA: no answer").await;
+}
+
+/// The issue's case: `354`, then the server reads nothing more. A body of 6 MB cannot
+/// fit in the socket buffers, so our write blocks until the stall is noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_reading_the_body_is_bounded() {
+    one_stall(
+        plain().stall("body"),
+        plain(),
+        6 * 1024 * 1024,
+        "message body: the server stopped reading",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_final_reply_is_bounded() {
+    one_stall(plain().stall("end"), plain(), 0, "end of DATA: no answer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_final_reply_is_bounded() {
+    one_stall(
+        plain().trickle("end", 500),
+        plain(),
+        0,
+        "end of DATA: no answer",
+    )
+    .await;
+}
+
+/// A refusal is followed by RSET; a server that never answers it costs the connection
+/// (never reused), not the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_rset_costs_the_connection_not_the_provider() {
+    let refusing = plain()
+        .reply("mail", "550 5.7.1 not this sender")
+        .stall("rset");
+    let mut s = stalled(refusing, plain(), None, 1).await;
+    let id = s.submit(0).await;
+    let line = s.outcome(&id, "failed", STEP * 3 + Duration::from_secs(5));
+    assert!(line["reply"].as_str().unwrap().contains("550"), "{line}");
+    let connections = s
+        .upstream
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    s.next_goes().await;
+    assert_eq!(
+        s.upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        connections + 1,
+        "the connection whose RSET went unanswered is not reused"
+    );
+}
+
+/// With `max_connections = 1`, five stalls in a row leave the provider working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_stalls_in_a_row_do_not_stop_the_provider() {
+    let mut s = stalled(plain().stall("end"), plain(), None, 1).await;
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(s.submit(0).await);
+    }
+    for id in &ids {
+        let line = s.outcome(id, "deferred", STEP * 5 * 2 + Duration::from_secs(10));
+        assert_eq!(line["diagnosis"], "connection-failed", "{line}");
+    }
+    assert!(
+        started.elapsed() < STEP * 5 + Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        s.upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        5,
+        "one connection per stalled attempt, one at a time"
+    );
+    s.next_goes().await;
+}
+
+/// While an attempt is stuck, `/status` and `/metrics` show it with its stage and age;
+/// SIGTERM ends the daemon within `smtp.shutdown_timeout` (5 s here) all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_attempt_is_visible_and_sigterm_still_ends_the_daemon() {
+    let upstream = Upstream::start(plain().stall("end")).await;
+    let env = TestEnv::new("", "");
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"60s\"\n\
+             [distributor]\ndefault_provider = \"up\"\n",
+            upstream.addr.port()
+        ),
+    );
+    let mut daemon = DaemonProcess::start(&env.config_path);
+    let reply = send_once(
+        daemon.smtp,
+        "app@erp.local",
+        &["a@contoso.com"],
+        b"Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
+    let id = queued_id(&reply).unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", daemon.status);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let attempt = loop {
+        let st: serde_json::Value = http
+            .get(format!("{base}/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let up = st["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "up")
+            .unwrap()
+            .clone();
+        if let Some(a) = up["in_flight"].as_array().and_then(|a| a.first()).cloned()
+            && a["stage"] == "end of DATA"
+            && up["oldest_in_flight_seconds"].as_f64().unwrap() >= 1.0
+        {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stuck attempt in /status: {st:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(attempt["id"], id.as_str());
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let oldest: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mailgate_delivery_oldest_inflight_seconds{provider=\"up\"} "))
+        .unwrap_or_else(|| panic!("metric missing: {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(oldest >= 1.0, "{oldest}");
+    let started = Instant::now();
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5 + 2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
