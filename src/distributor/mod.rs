@@ -312,7 +312,7 @@ impl Distributor {
                 age: r.started.elapsed(),
             })
             .collect();
-        out.sort_by(|a, b| b.age.cmp(&a.age));
+        out.sort_by_key(|a| std::cmp::Reverse(a.age));
         out
     }
 

@@ -777,7 +777,7 @@ fn humansize(n: u64) -> String {
 /// RSET within `t`; false when the server did not answer it well (the connection must
 /// not be reused then).
 async fn reset(conn: &mut AsyncSmtpConnection, t: Duration) -> bool {
-    matches!(timed(t, "RSET", conn.command("RSET\r\n")).await, Ok(_))
+    timed(t, "RSET", conn.command("RSET\r\n")).await.is_ok()
 }
 
 /// Ends a connection after a failure: QUIT (and the TLS close) get [`CLOSE_WAIT`], then
