@@ -20,6 +20,10 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// A connection lease expires this long after its last renewal (a dead node's lease
 /// frees itself).
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
+/// While the fleet store is down, how often a call tries it again (the others keep to
+/// the node's share at once).
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How often a node writes its heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 
@@ -125,6 +129,9 @@ pub struct Fleet {
     expected: u32,
     /// 0 not asked yet, 1 up, 2 down.
     up: AtomicU8,
+    /// While down: no call is tried before this instant (the store is probed at most
+    /// every [`PROBE_EVERY`], so a store that hangs costs the mail nothing).
+    next_probe: Mutex<Option<std::time::Instant>>,
     reserve: redis::Script,
     give_back: redis::Script,
     lease: redis::Script,
@@ -201,6 +208,7 @@ impl Fleet {
             prefix: c.key_prefix.clone(),
             expected: c.expected_nodes.max(1),
             up: AtomicU8::new(0),
+            next_probe: Mutex::new(None),
             reserve: redis::Script::new(RESERVE),
             give_back: redis::Script::new(GIVE_BACK),
             lease: redis::Script::new(LEASE),
@@ -229,6 +237,9 @@ impl Fleet {
     }
 
     fn mark(&self, up: bool, why: Option<&str>) {
+        if let Ok(mut next) = self.next_probe.lock() {
+            *next = (!up).then(|| std::time::Instant::now() + PROBE_EVERY);
+        }
         let was = self.up.swap(if up { 1 } else { 2 }, Ordering::Relaxed);
         match (was, up) {
             (0 | 1, false) => tracing::warn!(
@@ -291,6 +302,16 @@ impl Fleet {
         &self,
         f: impl AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
     ) -> Option<T> {
+        // A store known to be down is not waited for again until the next probe.
+        let wait = self
+            .next_probe
+            .lock()
+            .ok()
+            .and_then(|n| *n)
+            .is_some_and(|at| std::time::Instant::now() < at);
+        if wait {
+            return None;
+        }
         let conn = self.connection().await?;
         let started = std::time::Instant::now();
         match tokio::time::timeout(CALL_TIMEOUT, f(conn)).await {

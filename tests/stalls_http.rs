@@ -1,0 +1,178 @@
+//! Never wedge, beyond SMTP: a token endpoint, a Graph endpoint and a Redis that accept
+//! the connection and then never answer, or trickle their answer a byte at a time, cost
+//! one attempt bounded by the provider's `timeout` (Redis: its 500 ms call bound), and
+//! mail goes on. Against the binary, over real sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::hostile::{Hostile, Mode};
+use common::upstream::{Script, Upstream};
+use common::{DaemonProcess, TestEnv, queued_id, send_once};
+
+const TOKEN: &str = r#"{"access_token":"tok-1","token_type":"Bearer","expires_in":3600}"#;
+
+async fn submit(d: &DaemonProcess) -> String {
+    let reply = send_once(
+        d.smtp,
+        "relay@contoso.com",
+        &["a@contoso.com"],
+        b"From: relay@contoso.com\r\nTo: a@contoso.com\r\nSubject: s\r\n\r\nx\r\n",
+    )
+    .await;
+    queued_id(&reply).unwrap_or_else(|| panic!("not accepted: {reply}"))
+}
+
+fn outcome(d: &mut DaemonProcess, id: &str, status: &str, within: Duration) -> serde_json::Value {
+    d.wait_log(
+        |v| v["message"] == "delivery" && v["id"] == id && v["status"] == status,
+        within,
+    )
+}
+
+/// An smtp provider signing in with XOAUTH2, its token endpoint hostile as `mode`.
+async fn token_endpoint_case(mode: Mode) {
+    let token = Hostile::http(mode, "200 OK", TOKEN).await;
+    let valid = std::sync::Arc::new(std::sync::Mutex::new(vec!["tok-1".to_string()]));
+    let up =
+        Upstream::start(Script::default().xoauth2("XOAUTH2", "relay@contoso.com", valid)).await;
+    let env = TestEnv::new("", "");
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"relay@contoso.com\"\ntimeout = \"2s\"\nmax_connections = 1\n\
+             [provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"app-123\"\nclient_secret = \"s\"\ntoken_url = \"{}\"\n\
+             [distributor]\ndefault_provider = \"o365\"\nretry_initial = \"10m\"\n",
+            up.addr.port(),
+            token.url("/contoso/oauth2/v2.0/token")
+        ),
+    );
+    let mut d = DaemonProcess::start(&env.config_path);
+    let started = Instant::now();
+    let id = submit(&d).await;
+    let line = outcome(&mut d, &id, "deferred", Duration::from_secs(10));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(line["diagnosis"], "oauth-endpoint-unreachable", "{line}");
+    assert!(
+        line["reply"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within 2s"),
+        "{line}"
+    );
+    // The endpoint answers again: the next message signs in and goes.
+    token.set(Mode::Answer);
+    let id = submit(&d).await;
+    outcome(&mut d, &id, "sent", Duration::from_secs(10));
+    assert_eq!(up.wait_for(1).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_token_endpoint_is_bounded() {
+    token_endpoint_case(Mode::Silent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_token_endpoint_is_bounded() {
+    token_endpoint_case(Mode::Trickle(200)).await;
+}
+
+/// A graph provider whose Graph endpoint is hostile as `mode` (its token endpoint
+/// answers).
+async fn graph_case(mode: Mode) {
+    let token = Hostile::http(Mode::Answer, "200 OK", TOKEN).await;
+    let graph = Hostile::http(mode, "202 Accepted", "").await;
+    let env = TestEnv::new("", "");
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"exchange\"\nkind = \"graph\"\ngraph_url = \"{}\"\ntimeout = \"2s\"\nmax_connections = 1\n\
+             [provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"app-123\"\nclient_secret = \"s\"\ntoken_url = \"{}\"\n\
+             [distributor]\ndefault_provider = \"exchange\"\nretry_initial = \"10m\"\n",
+            graph.url(""),
+            token.url("/contoso/oauth2/v2.0/token")
+        ),
+    );
+    let mut d = DaemonProcess::start(&env.config_path);
+    let started = Instant::now();
+    let id = submit(&d).await;
+    let line = outcome(&mut d, &id, "deferred", Duration::from_secs(10));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(line["diagnosis"], "connection-failed", "{line}");
+    assert!(
+        line["reply"]
+            .as_str()
+            .unwrap()
+            .contains("Graph sendMail: no answer"),
+        "{line}"
+    );
+    graph.set(Mode::Answer);
+    let id = submit(&d).await;
+    outcome(&mut d, &id, "sent", Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_graph_endpoint_is_bounded() {
+    graph_case(Mode::Silent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_graph_endpoint_is_bounded() {
+    graph_case(Mode::Trickle(200)).await;
+}
+
+/// `[fleet]` with a Redis that accepts and never answers (or trickles): every node keeps
+/// to its share, mail goes, and `/status` says the fleet store is down.
+async fn redis_case(mode: Mode) {
+    let redis = Hostile::start(mode, b"+OK\r\n".to_vec()).await;
+    let env = TestEnv::new("", "");
+    env.write_config(
+        "",
+        &format!(
+            "[fleet]\nredis_url = \"redis://{}/0\"\nnode = \"n1\"\nexpected_nodes = 1\n",
+            redis.addr
+        ),
+    );
+    let mut d = DaemonProcess::start(&env.config_path);
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(submit(&d).await);
+    }
+    for id in &ids {
+        outcome(&mut d, id, "sent", Duration::from_secs(30));
+    }
+    // Ten messages cost no more than a few Redis bounds, not ten or twenty.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let status: serde_json::Value = reqwest::get(format!("http://{}/status", d.status))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["fleet"]["store"], "down", "{status:#}");
+    assert!(redis.connections.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_costs_no_mail() {
+    redis_case(Mode::Silent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_redis_costs_no_mail() {
+    redis_case(Mode::Trickle(300)).await;
+}
