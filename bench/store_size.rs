@@ -52,6 +52,8 @@ fn record(id: String, now: u64, size: usize) -> Record {
         throttle_deferrals: 0,
         sent_at: Some(mailgate::time::rfc3339(now)),
         next_attempt_at: None,
+        waiting: None,
+        cancelled: None,
         attempts: vec![mailgate::history::Attempt {
             at: mailgate::time::rfc3339(now),
             provider: "office365".into(),

@@ -18,21 +18,27 @@ pub enum Status {
     Partial,
     /// Given up.
     Failed,
+    /// Stopped by an administrator before it was sent (`mailgate cancel`).
+    Cancelled,
 }
 
 impl Status {
     /// Every status, in index order.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Queued,
         Status::Deferred,
         Status::Sent,
         Status::Partial,
         Status::Failed,
+        Status::Cancelled,
     ];
 
     /// Whether the message still has work to do.
     pub fn is_finished(self) -> bool {
-        matches!(self, Status::Sent | Status::Partial | Status::Failed)
+        matches!(
+            self,
+            Status::Sent | Status::Partial | Status::Failed | Status::Cancelled
+        )
     }
 
     /// The lower-case name used in JSON, logs and query strings.
@@ -43,6 +49,7 @@ impl Status {
             Status::Sent => "sent",
             Status::Partial => "partial",
             Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -81,6 +88,45 @@ pub struct Diagnosis {
     pub explanation: String,
     /// What the administrator should do.
     pub fix: String,
+}
+
+/// Who stopped a message, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancellation {
+    /// When (RFC 3339 UTC).
+    pub at: String,
+    /// Who: the command or page, and from where.
+    pub by: String,
+}
+
+/// Why an unfinished message waits, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// A diagnosis code (the last attempt's), or `per-minute-limit`, `paused`,
+    /// `circuit-open`.
+    pub reason: String,
+    /// When it is tried next (RFC 3339 UTC); none while paused.
+    pub until: Option<String>,
+}
+
+impl Waiting {
+    /// Why it waits, in words (the reason code in brackets).
+    pub fn words(&self) -> String {
+        let why = match self.reason.as_str() {
+            "per-minute-limit" => "held back by the provider's per-minute limit".to_string(),
+            "paused" => "the distributor is paused (mailgate resume)".to_string(),
+            "circuit-open" => {
+                "the provider is skipped for now: its circuit is open after repeated failures"
+                    .to_string()
+            }
+            "daily-quota" => "the provider's daily recipient limit is reached".to_string(),
+            code => format!("the last attempt failed ({code})"),
+        };
+        match &self.until {
+            Some(t) => format!("{why}; next attempt at {t}"),
+            None => why,
+        }
+    }
 }
 
 /// One delivery attempt.
@@ -141,6 +187,12 @@ pub struct Record {
     /// When the next attempt is due (RFC 3339 UTC), while unfinished.
     #[serde(default)]
     pub next_attempt_at: Option<String>,
+    /// Who cancelled it and when, if it was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Cancellation>,
+    /// Why it waits, while it waits for something other than its first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
     /// Every attempt, oldest first.
     pub attempts: Vec<Attempt>,
 }

@@ -211,6 +211,8 @@ impl Pipeline {
             throttle_deferrals: 0,
             sent_at: None,
             next_attempt_at: None,
+            waiting: None,
+            cancelled: None,
             attempts: Vec::new(),
         };
         let (nrcpt, size) = (record.recipients.len(), record.size);

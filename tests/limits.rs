@@ -358,6 +358,8 @@ async fn retention_deletes_finished_records_and_keeps_waiting_ones() {
             throttle_deferrals: 0,
             sent_at: None,
             next_attempt_at: None,
+            waiting: None,
+            cancelled: None,
             attempts: vec![],
         }
     };

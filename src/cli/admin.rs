@@ -305,11 +305,16 @@ pub async fn test_email(config: &Config, args: &TestEmailArgs) -> i32 {
         Err(e) => return fail(&e),
     };
     println!("queued as {id}");
+    let wait = match humantime::parse_duration(&args.wait) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("--wait {:?}: {e}", args.wait);
+            return exit::USAGE;
+        }
+    };
+    // The daemon answers at the first outcome or after `wait`; the call may take that long.
     let rec: Value = match c
-        .get_json(
-            &format!("/api/messages/{id}"),
-            &[("wait", args.wait.clone())],
-        )
+        .get_json_waiting(&format!("/api/messages/{id}"), wait)
         .await
     {
         Ok(r) => r,
@@ -325,10 +330,14 @@ pub async fn test_email(config: &Config, args: &TestEmailArgs) -> i32 {
             println!("fix: {}", d["fix"].as_str().unwrap_or(""));
         }
     } else {
-        println!(
-            "no attempt yet within {} (is the distributor paused?)",
-            args.wait
-        );
+        let why = rec
+            .get("waiting")
+            .and_then(|w| serde_json::from_value::<crate::history::Waiting>(w.clone()).ok())
+            .map_or_else(
+                || "it waits for its first attempt".to_string(),
+                |w| w.words(),
+            );
+        println!("not sent within {}: {why}", args.wait);
     }
     if status == "sent" {
         exit::OK
@@ -381,6 +390,31 @@ pub async fn retry(config: &Config, args: &RetryArgs) -> i32 {
     }
 }
 
+/// Runs `cancel ID`: the message is not sent; the record names the Unix user.
+pub async fn cancel(config: &Config, id: &str) -> i32 {
+    let c = match client(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    let by = format!("mailgate cancel by {user}");
+    match c
+        .post_json::<Value>(&format!("/api/messages/{id}/cancel"), &json!({ "by": by }))
+        .await
+    {
+        Ok(r) => {
+            println!(
+                "{id} cancelled: it will not be sent ({} recipients)",
+                r["recipients"].as_array().map_or(0, Vec::len)
+            );
+            exit::OK
+        }
+        Err(e) => fail(&e),
+    }
+}
+
 /// The running daemon's `/status`, or the exit code after saying why not.
 async fn daemon_status(config: &Config) -> Result<Value, i32> {
     client(config)?
@@ -403,7 +437,21 @@ pub async fn queue(config: &Config) -> i32 {
         println!("{:<9} {}", format!("{st}:"), s["records"][st]);
     }
     match q["oldest_id"].as_str() {
-        Some(id) => println!("oldest waiting: {id} ({}s old)", q["oldest_age_seconds"]),
+        Some(id) => {
+            println!("oldest waiting: {id} ({}s old)", q["oldest_age_seconds"]);
+            let why = match client(config) {
+                Ok(c) => c
+                    .get_json::<crate::history::Record>(&format!("/api/messages/{id}"), &[])
+                    .await
+                    .ok()
+                    .and_then(|r| r.waiting),
+                Err(_) => None,
+            };
+            match why {
+                Some(w) => println!("  waiting: {}", w.words()),
+                None => println!("  waiting: for its first attempt"),
+            }
+        }
         None => println!("oldest waiting: none"),
     }
     if s["distributor"]["paused"] == json!(true) {

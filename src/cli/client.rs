@@ -106,6 +106,27 @@ impl AdminClient {
             .map_err(|e| ClientError::Http(e.to_string()))
     }
 
+    /// GET a record with `?wait=`: the call may take `wait` (the daemon caps it at 10
+    /// minutes) plus the usual time.
+    pub async fn get_json_waiting<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        wait: std::time::Duration,
+    ) -> Result<T, ClientError> {
+        let wait_s = format!("{}ms", wait.as_millis());
+        let resp = self
+            .send(
+                self.http
+                    .get(self.url(path))
+                    .query(&[("wait", wait_s)])
+                    .timeout(wait.min(std::time::Duration::from_secs(600)) + crate::CLI_TIMEOUT),
+            )
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))
+    }
+
     /// GET a path and decode its JSON.
     pub async fn get_json<T: serde::de::DeserializeOwned>(
         &self,

@@ -138,11 +138,15 @@ pub fn show_text(r: &Record) -> String {
     );
     let _ = writeln!(out, "  auth login:      {}", opt(&r.auth_login));
     let _ = writeln!(out, "  user:            {}", opt(&r.user));
-    let _ = writeln!(
-        out,
-        "  sender:          <{}> (submitted as <{}>)",
-        r.sender, r.original_sender
-    );
+    if r.sender == r.original_sender {
+        let _ = writeln!(out, "  sender:          <{}>", r.sender);
+    } else {
+        let _ = writeln!(
+            out,
+            "  sender:          <{}> (submitted as <{}>)",
+            r.sender, r.original_sender
+        );
+    }
     let _ = writeln!(out, "  subject:         {}", opt(&r.subject));
     let _ = writeln!(out, "  message-id:      {}", opt(&r.message_id));
     let _ = writeln!(out, "  size:            {} bytes", r.size);
@@ -151,7 +155,9 @@ pub fn show_text(r: &Record) -> String {
     if let Some(s) = &r.sent_at {
         let _ = writeln!(out, "  sent:            {s}");
     }
-    if let Some(n) = &r.next_attempt_at {
+    if let Some(w) = &r.waiting {
+        let _ = writeln!(out, "  waiting:         {}", w.words());
+    } else if let Some(n) = &r.next_attempt_at {
         let _ = writeln!(out, "  next attempt:    {n}");
     }
     let _ = writeln!(out, "Recipients");

@@ -64,6 +64,11 @@ pub enum Command {
     },
     /// Queue a failed or deferred message (or every deferred one) again, now.
     Retry(admin::RetryArgs),
+    /// Stop a queued or deferred message from being sent (status `cancelled`).
+    Cancel {
+        /// Message id.
+        id: String,
+    },
     /// Counts per status and the oldest waiting message.
     Queue,
     /// Stop the distributor (mail is still accepted and queued).

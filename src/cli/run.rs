@@ -74,6 +74,9 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Retry(args) => {
             with_config(&cli, |c| async move { admin::retry(&c, args).await }).await
         }
+        Command::Cancel { id } => {
+            with_config(&cli, |c| async move { admin::cancel(&c, id).await }).await
+        }
         Command::Queue => with_config(&cli, |c| async move { admin::queue(&c).await }).await,
         Command::Pause => {
             with_config(&cli, |c| async move { admin::pause_resume(&c, true).await }).await

@@ -233,8 +233,14 @@ impl Distributor {
                         self.settle(&record.provider, &record.id, 0, None);
                         break;
                     };
-                    if let Ok(mut s) = self.in_flight.lock() {
-                        s.insert(record.id.clone());
+                    // A cancel in progress holds the id: then it is not sent.
+                    let claimed = self
+                        .in_flight
+                        .lock()
+                        .is_ok_and(|mut s| s.insert(record.id.clone()));
+                    if !claimed {
+                        self.settle(&record.provider, &record.id, 0, None);
+                        continue;
                     }
                     let this = self.clone();
                     tasks.spawn(async move { this.deliver(record, permit, now, bypassed).await });
@@ -305,8 +311,8 @@ impl Distributor {
             let st = map.entry(provider.to_string()).or_default();
             st.windows.settle(id, sent_rcpts);
             st.in_flight = st.in_flight.saturating_sub(1);
-            if error.is_some() {
-                st.last_error = error;
+            if let Some(e) = error {
+                st.last_error = Some((e, crate::time::now_ms()));
             }
         }
     }
@@ -418,7 +424,16 @@ impl Distributor {
     ) -> Result<(u32, Option<String>, bool), StoreError> {
         let started = std::time::Instant::now();
         let id = record.id.clone();
-        let read = self.store.blocking(move |s| s.message(&id)).await;
+        // The record as it is now: a message cancelled since the scan is not sent.
+        let read = self
+            .store
+            .blocking(move |s| {
+                if s.record(&id)?.is_none_or(|r| r.status.is_finished()) {
+                    return Ok(None);
+                }
+                s.message(&id)
+            })
+            .await;
         let (mut record, due, sent, error) = match read {
             Ok(None) => return Ok((0, None, true)),
             Err(e) if e.is_damage() => {
@@ -503,11 +518,24 @@ impl Distributor {
         let sent_before = was_sent(&record);
         let (record, due) = apply_outcome(record, outcome, &routing.retry, self.now());
         let sent = u32::try_from(was_sent(&record) - sent_before).unwrap_or(u32::MAX);
+        // Only a failure is an error: after a partial delivery the reply to the data is a
+        // success, and the refusals are what went wrong.
         let error = record
             .attempts
             .last()
             .filter(|a| a.diagnosis.is_some())
-            .map(|a| a.reply.clone());
+            .map(|a| {
+                if a.reply.starts_with('2') {
+                    record
+                        .recipients
+                        .iter()
+                        .filter(|r| r.status != Status::Sent)
+                        .find_map(|r| r.reply.as_ref().map(|x| format!("{}: {x}", r.address)))
+                        .unwrap_or_else(|| a.reply.clone())
+                } else {
+                    a.reply.clone()
+                }
+            });
         (record, due, sent, error)
     }
 
@@ -608,7 +636,7 @@ impl Distributor {
                 m.totals.failed.fetch_add(1, Ordering::Relaxed);
             }
             Status::Deferred => self.count_deferred(provider, &diagnosis),
-            Status::Queued => {}
+            Status::Queued | Status::Cancelled => {}
         }
     }
 }

@@ -5,6 +5,7 @@
 //! outcome is committed, so whatever was in flight when the process died is simply due
 //! again after a restart.
 
+mod cancel;
 mod dispatch;
 pub mod outcome;
 pub mod retry;
@@ -24,6 +25,7 @@ use crate::history::Status;
 use crate::provider::{Provider, ProviderContext};
 use crate::store::{Mutation, Store, StoreError};
 use crate::time::now_ms;
+pub use cancel::CancelError;
 pub use outcome::apply_outcome;
 use retry::RetryPolicy;
 use throttle::{Limits, Windows};
@@ -121,8 +123,8 @@ pub struct ProviderStats {
     pub in_flight: usize,
     /// The attempts running now, oldest first.
     pub attempts: Vec<RunningAttempt>,
-    /// The last failure's reply.
-    pub last_error: Option<String>,
+    /// The last failure's reply (never a success), and when it came (ms).
+    pub last_error: Option<(String, u64)>,
 }
 
 /// A delivery attempt running now, as `/status` shows it.
@@ -149,7 +151,7 @@ struct ProviderState {
     windows: Windows,
     in_flight: usize,
     throttle_deferrals: u64,
-    last_error: Option<String>,
+    last_error: Option<(String, u64)>,
 }
 
 /// Time as the scheduler sees it: the wall clock at start plus tokio's monotonic clock

@@ -1,7 +1,7 @@
 //! Attempt outcomes applied to a history record: typed outcome in, new record and next
 //! due time out. Pure.
 
-use crate::history::{Attempt, Diagnosis, Record, Status};
+use crate::history::{Attempt, Diagnosis, Record, Status, Waiting};
 use crate::provider::diagnosis::Code;
 use crate::provider::{Fate, Outcome, RcptResult};
 use crate::time::rfc3339;
@@ -97,12 +97,21 @@ pub fn apply_outcome(
         record.status = Status::Deferred;
         let due = now + retry_after.unwrap_or_else(|| retry.delay_ms(record.deferrals));
         record.next_attempt_at = Some(rfc3339(due));
+        record.waiting = Some(Waiting {
+            reason: record
+                .attempts
+                .last()
+                .and_then(|a| a.diagnosis.as_ref())
+                .map_or_else(|| "unknown".to_string(), |d| d.code.clone()),
+            until: record.next_attempt_at.clone(),
+        });
         if sent > 0 && record.sent_at.is_none() {
             record.sent_at = Some(at);
         }
         return (record, Some(due));
     }
     record.next_attempt_at = None;
+    record.waiting = None;
     record.status = if sent == record.recipients.len() {
         Status::Sent
     } else if sent == 0 {
@@ -154,6 +163,10 @@ pub fn throttle_deferral(mut record: Record, until: u64) -> Record {
     record.throttle_deferrals += 1;
     record.status = Status::Deferred;
     record.next_attempt_at = Some(rfc3339(until));
+    record.waiting = Some(Waiting {
+        reason: "per-minute-limit".into(),
+        until: record.next_attempt_at.clone(),
+    });
     record
 }
 
@@ -162,6 +175,10 @@ pub fn quota_deferral(mut record: Record, now: u64, until: u64, limit: u32) -> R
     record.deferrals += 1;
     record.status = Status::Deferred;
     record.next_attempt_at = Some(rfc3339(until));
+    record.waiting = Some(Waiting {
+        reason: Code::DailyQuota.as_str().into(),
+        until: record.next_attempt_at.clone(),
+    });
     for r in record
         .recipients
         .iter_mut()

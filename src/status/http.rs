@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/messages/{id}", get(get_message))
         .route("/messages/{id}/eml", get(get_eml))
         .route("/messages/{id}/retry", post(retry_one))
+        .route("/messages/{id}/cancel", post(cancel_one))
         .route("/retry-all", post(retry_all))
         .route("/distributor/pause", post(pause))
         .route("/distributor/resume", post(resume))
@@ -241,7 +242,8 @@ async fn status(State(state): State<AppState>) -> Response {
                 "per_minute_limit": limits.per_minute,
                 "sent_last_minute": stats.sent_last_minute,
                 "throttle_deferrals": stats.throttle_deferrals,
-                "last_error": stats.last_error,
+                "last_error": stats.last_error.as_ref().map(|(e, _)| e),
+                "last_error_at": stats.last_error.as_ref().map(|(_, at)| rfc3339(*at)),
                 "per_day_recipient_limit": limits.per_day,
                 "recipients_last_day": stats.recipients_last_day,
                 "sending": stats.in_flight,
@@ -380,7 +382,11 @@ async fn list_messages(State(state): State<AppState>, Query(q): Query<ListQuery>
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     match query.run_blocking(state.pipeline.store()).await {
-        Ok((records, _)) => axum::Json(records).into_response(),
+        Ok((records, _)) => {
+            let paused = state.distributor.is_paused();
+            let records: Vec<Record> = records.into_iter().map(|r| as_shown(r, paused)).collect();
+            axum::Json(records).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -390,6 +396,18 @@ async fn list_messages(State(state): State<AppState>, Query(q): Query<ListQuery>
 pub struct WaitQuery {
     /// Wait up to this long (`60s`) for the first attempt or the end.
     pub wait: Option<String>,
+}
+
+/// A record as the API, the CLI and the pages show it: while the distributor is paused,
+/// an unfinished message waits for that.
+pub fn as_shown(mut r: Record, paused: bool) -> Record {
+    if paused && !r.status.is_finished() {
+        r.waiting = Some(crate::history::Waiting {
+            reason: "paused".into(),
+            until: None,
+        });
+    }
+    r
 }
 
 fn has_outcome(r: &Record) -> bool {
@@ -424,7 +442,7 @@ async fn get_message(
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
         if waited_out || has_outcome(&record) {
-            return axum::Json(record).into_response();
+            return axum::Json(as_shown(record, state.distributor.is_paused())).into_response();
         }
         // Wait for news of this message (or the deadline, or shutdown), then look again.
         let news = async {
@@ -467,10 +485,13 @@ pub async fn retry_message(state: &AppState, id: &str) -> Result<Status, (Status
         Ok(None) => return Err((StatusCode::NOT_FOUND, format!("no message {id}"))),
         Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     };
-    if record.status == Status::Sent {
+    if matches!(record.status, Status::Sent | Status::Cancelled) {
         return Err((
             StatusCode::CONFLICT,
-            format!("message {id} was sent; nothing to retry"),
+            format!(
+                "message {id} was {}; nothing to retry",
+                record.status.as_str()
+            ),
         ));
     }
     for r in record
@@ -493,6 +514,53 @@ pub async fn retry_message(state: &AppState, id: &str) -> Result<Status, (Status
     tracing::info!(id = %id, status = status.as_str(), "retry requested");
     state.distributor.wake();
     Ok(status)
+}
+
+/// Body of `POST /api/messages/{id}/cancel`: who asks (the CLI names its user).
+#[derive(Debug, Deserialize, Default)]
+pub struct CancelBody {
+    /// Who cancels, for the record.
+    pub by: Option<String>,
+}
+
+/// Cancels a queued or deferred message; the API and the page's Cancel button. Err: the
+/// HTTP status (404, 409 while it is being sent or when it has ended) and why.
+pub async fn cancel_message(
+    state: &AppState,
+    id: &str,
+    by: &str,
+) -> Result<Record, (StatusCode, String)> {
+    use crate::distributor::CancelError;
+    state.distributor.cancel(id, by).await.map_err(|e| {
+        let code = match &e {
+            CancelError::NotFound(_) => StatusCode::NOT_FOUND,
+            CancelError::Sending(_) | CancelError::Finished(..) => StatusCode::CONFLICT,
+            CancelError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (code, e.to_string())
+    })
+}
+
+async fn cancel_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Option<axum::Json<CancelBody>>,
+) -> Response {
+    let who = body
+        .and_then(|b| b.0.by)
+        .map(|b| {
+            b.chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect::<String>()
+        })
+        .unwrap_or_else(|| "the admin API".into());
+    let by = format!("{who} (from {})", peer.ip());
+    match cancel_message(&state, &id, &by).await {
+        Ok(r) => axum::Json(r).into_response(),
+        Err((code, why)) => error(code, why),
+    }
 }
 
 async fn retry_one(State(state): State<AppState>, Path(id): Path<String>) -> Response {

@@ -65,7 +65,9 @@ impl HistoryQuery {
         let status = match nonempty(&q.status) {
             None => None,
             Some(s) => Some(Status::parse(&s).ok_or_else(|| {
-                format!("unknown status {s:?}: use queued, deferred, sent, partial or failed")
+                format!(
+                    "unknown status {s:?}: use queued, deferred, sent, partial, failed or cancelled"
+                )
             })?),
         };
         let since = match nonempty(&q.since) {
@@ -105,12 +107,40 @@ impl HistoryQuery {
         })
     }
 
-    /// Runs it: the page of records and the cursor of the next one.
+    /// Runs it: the page of records and the cursor of the next one. `failed` is every
+    /// message with a failed recipient: `failed` and `partial` (the administrator's
+    /// "Failed" filter finds every failure), merged newest first from both indexes.
     pub fn run(&self, store: &Store) -> Result<(Vec<Record>, Option<String>), StoreError> {
+        if self.status != Some(Status::Failed) {
+            return self.run_one(store, self.status);
+        }
+        let (failed, more_failed) = self.run_one(store, Some(Status::Failed))?;
+        let (partial, more_partial) = self.run_one(store, Some(Status::Partial))?;
+        let mut all = failed;
+        all.extend(partial);
+        all.sort_by(|a, b| b.id.cmp(&a.id));
+        // Each list was read down to its cursor; below the newer of the two, the other
+        // list's records come again on the next page.
+        let mut cut = [more_failed, more_partial].into_iter().flatten().max();
+        if let Some(c) = &cut {
+            all.retain(|r| r.id >= *c);
+        }
+        if all.len() > self.limit {
+            all.truncate(self.limit);
+            cut = all.last().map(|r| r.id.clone());
+        }
+        Ok((all, cut))
+    }
+
+    fn run_one(
+        &self,
+        store: &Store,
+        status: Option<Status>,
+    ) -> Result<(Vec<Record>, Option<String>), StoreError> {
         let searching = self.provider.is_some() || !self.words.is_empty();
         let keep = |r: &Record| self.matches(r);
         store.page(&Page {
-            status: self.status,
+            status,
             user: self.user.as_deref(),
             since: self.since,
             before: self.before.as_deref(),

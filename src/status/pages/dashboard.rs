@@ -112,7 +112,17 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
                 per_day: limit(limits.per_day),
                 recipients_last_day: stats.recipients_last_day,
                 throttle_deferrals: stats.throttle_deferrals,
-                last_error: stats.last_error.unwrap_or_default(),
+                last_error: stats
+                    .last_error
+                    .map(|(e, at)| {
+                        format!(
+                            "{} ({e})",
+                            crate::time::rfc3339(at)
+                                .replace('T', " ")
+                                .replace('Z', " UTC")
+                        )
+                    })
+                    .unwrap_or_default(),
                 token,
                 path: enc(&name),
                 delegated,

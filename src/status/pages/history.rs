@@ -21,6 +21,8 @@ struct Row {
     subject: String,
     provider: String,
     attempts: usize,
+    /// Why it waits (the reason code) and until when, for unfinished messages.
+    waiting: String,
 }
 
 #[derive(Template)]
@@ -51,7 +53,8 @@ pub(super) async fn messages(
         ("deferred", "Deferred"),
         ("sent", "Sent"),
         ("partial", "Partly sent"),
-        ("failed", "Failed"),
+        ("failed", "Failed (with partly sent)"),
+        ("cancelled", "Cancelled"),
     ] {
         statuses.push((v, status == v, label));
     }
@@ -76,7 +79,11 @@ pub(super) async fn messages(
     };
     match query.run_blocking(state.pipeline.store()).await {
         Ok((records, next)) => {
-            page.rows = records.iter().map(row).collect();
+            let paused = state.distributor.is_paused();
+            page.rows = records
+                .into_iter()
+                .map(|r| row(&crate::status::http::as_shown(r, paused)))
+                .collect();
             page.next = next.map(|cursor| {
                 let mut url = String::from("/messages?");
                 for (k, v) in [
@@ -117,5 +124,16 @@ fn row(r: &Record) -> Row {
         subject: r.subject.clone().unwrap_or_else(|| "(no subject)".into()),
         provider: r.provider.clone(),
         attempts: r.attempts.len(),
+        waiting: r
+            .waiting
+            .as_ref()
+            .map_or_else(String::new, |w| match &w.until {
+                Some(t) => format!(
+                    "{} until {}",
+                    w.reason,
+                    t.replace('T', " ").replace('Z', " UTC")
+                ),
+                None => w.reason.clone(),
+            }),
     }
 }

@@ -30,6 +30,10 @@ struct MessagePage {
     user: String,
     message_id: String,
     retryable: bool,
+    cancellable: bool,
+    cancelled: Option<String>,
+    /// Why it waits, in words (unfinished messages).
+    waiting: Option<String>,
     recipients: Vec<(String, &'static str, String)>,
     attempts: Vec<AttemptView>,
     headers: Vec<(String, String)>,
@@ -121,8 +125,15 @@ pub(super) async fn message(
         Ok((None, _)) => return page_error(StatusCode::NOT_FOUND, format!("no message {id}")),
         Err(e) => return page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    let record = crate::status::http::as_shown(record, state.distributor.is_paused());
     let (hdrs, body, attachments) = raw.as_deref().map(readable).unwrap_or_default();
     html(MessagePage {
+        waiting: record.waiting.as_ref().map(crate::history::Waiting::words),
+        cancellable: !record.status.is_finished(),
+        cancelled: record
+            .cancelled
+            .as_ref()
+            .map(|c| format!("Cancelled at {} by {}", c.at, c.by)),
         signed_in: state.pages.has_token(),
         csrf: state.pages.csrf_of(&headers),
         status: record.status.as_str(),
@@ -190,6 +201,23 @@ pub(super) async fn raw(State(state): State<AppState>, Path(id): Path<String>) -
             .into_response(),
         Ok(None) => page_error(StatusCode::NOT_FOUND, format!("no message {id}")),
         Err(e) => page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if !csrf_ok(&state, &headers, &f) {
+        return csrf_refused();
+    }
+    let by = format!("the Email history page (from {})", peer.ip());
+    match crate::status::http::cancel_message(&state, &id, &by).await {
+        Ok(_) => Redirect::to(&format!("/messages/{}", enc(&id))).into_response(),
+        Err((code, why)) => page_error(code, why),
     }
 }
 

@@ -111,6 +111,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/messages/{id}", get(message::message))
         .route("/messages/{id}/raw", get(message::raw))
         .route("/messages/{id}/retry", post(message::retry))
+        .route("/messages/{id}/cancel", post(message::cancel))
         .route("/distributor/pause", post(dashboard::pause))
         .route("/distributor/resume", post(dashboard::resume))
         .route(

@@ -1,0 +1,336 @@
+//! The administrator's day, against the binary and its CLI: `test-email` waits as long as
+//! asked and says why a message waits; `waiting` in the API, `show` and the pages;
+//! `last_error` holds only failures; the Failed filter finds partial deliveries; cancel.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::upstream::{Script, Upstream};
+use common::{DaemonProcess, TestEnv, queued_id, run_cli, send_once};
+
+fn cli(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--config", env.config_path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run_cli(&all);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes the config with the status listener on a fixed free port, so the CLI finds it.
+fn write(env: &TestEnv, extra: &str) {
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    // The port chosen at the first write stays (status.listen is a start-only key).
+    let port: u16 = text
+        .split("listen = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p != 0)
+        .unwrap_or_else(common::free_port);
+    env.write_config("", extra);
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    std::fs::write(
+        &env.config_path,
+        text.replace(
+            "[status]\nlisten = \"127.0.0.1:0\"",
+            &format!("[status]\nlisten = \"127.0.0.1:{port}\""),
+        ),
+    )
+    .unwrap();
+}
+
+async fn submit(d: &DaemonProcess, rcpts: &[&str]) -> String {
+    let reply = send_once(
+        d.smtp,
+        "app@erp.local",
+        rcpts,
+        b"Subject: admin day\r\n\r\nhello\r\n",
+    )
+    .await;
+    queued_id(&reply).unwrap_or_else(|| panic!("not accepted: {reply}"))
+}
+
+async fn get(d: &DaemonProcess, path: &str) -> reqwest::Response {
+    reqwest::get(format!("http://{}{path}", d.status))
+        .await
+        .unwrap()
+}
+
+/// An eml outbox that sends one message a minute.
+fn throttled_env() -> TestEnv {
+    let env = TestEnv::new("", "");
+    let outbox = env.outbox();
+    write(
+        &env,
+        &format!(
+            "[[provider]]\nname = \"slow\"\nkind = \"eml\"\ndirectory = \"{}\"\nper_minute_limit = 1\n\
+             [distributor]\ndefault_provider = \"slow\"\n",
+            outbox.display()
+        ),
+    );
+    env
+}
+
+/// `test-email` with its default 60 s wait outlasts a per-minute throttle (it used to
+/// fail at 30 s), and with a short wait says the real reason: the per-minute limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_email_waits_as_asked_and_says_why_a_message_waits() {
+    let env = throttled_env();
+    let mut d = DaemonProcess::start(&env.config_path);
+    let first = submit(&d, &["a@contoso.com"]).await;
+    d.wait_sent(std::slice::from_ref(&first), Duration::from_secs(10));
+
+    // A short wait: not sent, and why.
+    let (code, out, err) = cli(
+        &env,
+        &["test-email", "--to", "b@contoso.com", "--wait", "3s"],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(
+            "not sent within 3s: held back by the provider's per-minute limit; next attempt at 20"
+        ),
+        "{out}{err}"
+    );
+    let throttled = out
+        .lines()
+        .find_map(|l| l.strip_prefix("queued as "))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // The record says it too: the API, `show`, the message page and the list.
+    let rec: serde_json::Value = get(&d, &format!("/api/messages/{throttled}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rec["waiting"]["reason"], "per-minute-limit", "{rec:#}");
+    assert!(
+        rec["waiting"]["until"].as_str().unwrap().starts_with("20"),
+        "{rec:#}"
+    );
+    let (code, out, _) = cli(&env, &["show", &throttled]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("waiting:         held back by the provider's per-minute limit"),
+        "{out}"
+    );
+    let (_, queue, _) = cli(&env, &["queue"]);
+    assert!(
+        queue.contains("waiting: held back by the provider's per-minute limit"),
+        "{queue}"
+    );
+    let page = get(&d, &format!("/messages/{throttled}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("id=\"waiting\"><strong>Waiting:</strong> held back by the provider&#39;s per-minute limit; next attempt at 20"), "{page}");
+    let list = get(&d, "/messages").await.text().await.unwrap();
+    assert!(
+        list.contains("<th>Waiting</th>") && list.contains("per-minute-limit until"),
+        "{list}"
+    );
+
+    // The default wait (60 s) outlasts the throttle: with the waiting one cancelled, the
+    // next test message takes the next minute's place and is sent.
+    assert_eq!(cli(&env, &["cancel", &throttled]).0, 0);
+    let started = Instant::now();
+    let (code, out, err) = cli(&env, &["test-email", "--to", "c@contoso.com"]);
+    assert_eq!(code, 0, "after {:?}: {out}{err}", started.elapsed());
+    assert!(out.contains("status: sent"), "{out}");
+}
+
+/// After a partial delivery, `last_error` is the refusal (with its time), never the
+/// success reply to the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_error_is_a_failure_never_a_success() {
+    let up = Upstream::start(Script::default().reply(
+        "rcpt:bad@contoso.com",
+        "550 5.1.1 <bad@contoso.com>: user unknown",
+    ))
+    .await;
+    let env = TestEnv::new("", "");
+    write(
+        &env,
+        &format!(
+            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+             [distributor]\ndefault_provider = \"up\"\n",
+            up.addr.port()
+        ),
+    );
+    let mut d = DaemonProcess::start(&env.config_path);
+    let partial = submit(&d, &["good@contoso.com", "bad@contoso.com"]).await;
+    d.wait_log(
+        |v| v["message"] == "delivery" && v["id"] == partial.as_str() && v["status"] == "partial",
+        Duration::from_secs(10),
+    );
+    let failed = submit(&d, &["bad@contoso.com"]).await;
+    d.wait_log(
+        |v| v["message"] == "delivery" && v["id"] == failed.as_str() && v["status"] == "failed",
+        Duration::from_secs(10),
+    );
+    let sent = submit(&d, &["good@contoso.com"]).await;
+    d.wait_sent(std::slice::from_ref(&sent), Duration::from_secs(10));
+
+    let st: serde_json::Value = get(&d, "/status").await.json().await.unwrap();
+    let p = st["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "up")
+        .unwrap();
+    let last = p["last_error"].as_str().unwrap();
+    assert!(last.contains("550 5.1.1"), "{p:#}");
+    assert!(!last.starts_with("250"), "{p:#}");
+    assert!(
+        p["last_error_at"].as_str().unwrap().starts_with("20"),
+        "{p:#}"
+    );
+    let dash = get(&d, "/").await.text().await.unwrap();
+    assert!(
+        !dash.contains("250 2.0.0 Ok: queued ("),
+        "the dashboard shows no success as an error"
+    );
+
+    // The Failed filter finds the partial delivery too, in the API and on the page.
+    let list: Vec<serde_json::Value> = get(&d, "/api/messages?status=failed")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [failed.as_str(), partial.as_str()],
+        "newest first, both"
+    );
+    let page = get(&d, "/messages?status=failed")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&partial) && page.contains(&failed) && !page.contains(&sent));
+    // Paged one at a time, each comes exactly once.
+    let one: Vec<serde_json::Value> = get(&d, "/api/messages?status=failed&limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one[0]["id"], failed.as_str());
+    let two: Vec<serde_json::Value> = get(
+        &d,
+        &format!("/api/messages?status=failed&limit=1&before={failed}"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(two[0]["id"], partial.as_str());
+}
+
+/// `mailgate cancel`: a queued message is not sent and says who cancelled it and when;
+/// a finished one is refused; one being sent is refused (409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_queued_message_and_refuses_one_in_flight() {
+    let up = Upstream::start(Script::default().stall("end")).await;
+    let env = TestEnv::new("", "");
+    write(
+        &env,
+        &format!(
+            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"30s\"\n",
+            up.addr.port()
+        ),
+    );
+    let mut d = DaemonProcess::start(&env.config_path);
+    // Paused: the message waits; the API says so.
+    assert_eq!(cli(&env, &["pause"]).0, 0);
+    let id = submit(&d, &["a@contoso.com"]).await;
+    let rec: serde_json::Value = get(&d, &format!("/api/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rec["waiting"]["reason"], "paused", "{rec:#}");
+    let (code, out, err) = cli(&env, &["cancel", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    let rec: serde_json::Value = get(&d, &format!("/api/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rec["status"], "cancelled");
+    assert!(
+        rec["cancelled"]["by"]
+            .as_str()
+            .unwrap()
+            .starts_with("mailgate cancel by "),
+        "{rec:#}"
+    );
+    assert!(rec["cancelled"]["at"].as_str().unwrap().starts_with("20"));
+    assert!(rec.get("waiting").is_none(), "{rec:#}");
+    d.wait_log(
+        |v| v["message"] == "cancelled" && v["id"] == id.as_str(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(cli(&env, &["resume"]).0, 0);
+    // Sent to nobody: the outbox provider is the default and stays empty.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(env.outbox_ids().is_empty());
+    let (code, _, err) = cli(&env, &["cancel", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already cancelled"), "{err}");
+    // Retry does not bring it back.
+    let (code, _, err) = cli(&env, &["retry", &id]);
+    assert_eq!(code, 1, "{err}");
+    // The list finds it under its own status.
+    let list: Vec<serde_json::Value> = get(&d, "/api/messages?status=cancelled")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+
+    // One in flight (the upstream never answers the end of data) is refused.
+    write(
+        &env,
+        &format!(
+            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"30s\"\n\
+             [distributor]\ndefault_provider = \"up\"\n",
+            up.addr.port()
+        ),
+    );
+    let (code, out, err) = cli(&env, &["check-config"]);
+    assert_eq!(code, 0, "{out}{err}");
+    reqwest::Client::new()
+        .post(format!("http://{}/api/reload", d.status))
+        .send()
+        .await
+        .unwrap();
+    let busy = submit(&d, &["b@contoso.com"]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st: serde_json::Value = get(&d, "/status").await.json().await.unwrap();
+        if st["queue"]["sending"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{st:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/messages/{busy}/cancel", d.status))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    assert!(resp.text().await.unwrap().contains("being sent right now"));
+    let (code, _, err) = cli(&env, &["cancel", &busy]);
+    assert_eq!(code, 1);
+    assert!(err.contains("being sent right now"), "{err}");
+}
