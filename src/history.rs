@@ -110,7 +110,8 @@ pub struct Waiting {
 }
 
 impl Waiting {
-    /// Why it waits, in words (the reason code in brackets).
+    /// Why it waits, in words, and when it is tried next (a diagnosis code is named in
+    /// brackets).
     pub fn words(&self) -> String {
         let why = match self.reason.as_str() {
             "per-minute-limit" => "held back by the provider's per-minute limit".to_string(),

@@ -296,6 +296,13 @@ pub async fn test_email(config: &Config, args: &TestEmailArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    let wait = match humantime::parse_duration(&args.wait) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("--wait {:?}: {e}", args.wait);
+            return exit::USAGE;
+        }
+    };
     let c = match client(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -305,13 +312,6 @@ pub async fn test_email(config: &Config, args: &TestEmailArgs) -> i32 {
         Err(e) => return fail(&e),
     };
     println!("queued as {id}");
-    let wait = match humantime::parse_duration(&args.wait) {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("--wait {:?}: {e}", args.wait);
-            return exit::USAGE;
-        }
-    };
     // The daemon answers at the first outcome or after `wait`; the call may take that long.
     let rec: Value = match c
         .get_json_waiting(&format!("/api/messages/{id}"), wait)
@@ -425,9 +425,13 @@ async fn daemon_status(config: &Config) -> Result<Value, i32> {
 
 /// Runs `queue`: counts per status and the oldest waiting message.
 pub async fn queue(config: &Config) -> i32 {
-    let s = match daemon_status(config).await {
-        Ok(s) => s,
+    let c = match client(config) {
+        Ok(c) => c,
         Err(code) => return code,
+    };
+    let s: Value = match c.get_json("/status", &[]).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
     };
     let q = &s["queue"];
     println!("queued:   {}", q["queued"]);
@@ -439,14 +443,11 @@ pub async fn queue(config: &Config) -> i32 {
     match q["oldest_id"].as_str() {
         Some(id) => {
             println!("oldest waiting: {id} ({}s old)", q["oldest_age_seconds"]);
-            let why = match client(config) {
-                Ok(c) => c
-                    .get_json::<crate::history::Record>(&format!("/api/messages/{id}"), &[])
-                    .await
-                    .ok()
-                    .and_then(|r| r.waiting),
-                Err(_) => None,
-            };
+            let why = c
+                .get_json::<crate::history::Record>(&format!("/api/messages/{id}"), &[])
+                .await
+                .ok()
+                .and_then(|r| r.waiting);
             match why {
                 Some(w) => println!("  waiting: {}", w.words()),
                 None => println!("  waiting: for its first attempt"),

@@ -91,8 +91,17 @@ impl AdminClient {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<T, ClientError> {
-        let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
-        resp.json()
+        self.json(self.http.post(self.url(path)).json(body)).await
+    }
+
+    /// Sends a request and decodes its JSON answer.
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        self.send(req)
+            .await?
+            .json()
             .await
             .map_err(|e| ClientError::Http(e.to_string()))
     }
@@ -114,17 +123,13 @@ impl AdminClient {
         wait: std::time::Duration,
     ) -> Result<T, ClientError> {
         let wait_s = format!("{}ms", wait.as_millis());
-        let resp = self
-            .send(
-                self.http
-                    .get(self.url(path))
-                    .query(&[("wait", wait_s)])
-                    .timeout(wait.min(std::time::Duration::from_secs(600)) + crate::CLI_TIMEOUT),
-            )
-            .await?;
-        resp.json()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))
+        self.json(
+            self.http
+                .get(self.url(path))
+                .query(&[("wait", wait_s)])
+                .timeout(wait.min(std::time::Duration::from_secs(600)) + crate::CLI_TIMEOUT),
+        )
+        .await
     }
 
     /// GET a path and decode its JSON.
@@ -133,11 +138,6 @@ impl AdminClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, ClientError> {
-        let resp = self
-            .send(self.http.get(self.url(path)).query(query))
-            .await?;
-        resp.json()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))
+        self.json(self.http.get(self.url(path)).query(query)).await
     }
 }

@@ -22,7 +22,7 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
 /// While the fleet store is down, how often a call tries it again (the others keep to
 /// the node's share at once).
-const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// How often a node writes its heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);

@@ -98,6 +98,7 @@ fn graph_error(body: &str) -> String {
 impl GraphProvider {
     /// A provider for `config` (which has a `[provider.oauth2]` table; checked at load).
     pub fn new(config: &ProviderConfig, secrets: SecretStore) -> GraphProvider {
+        let timeout = config.step_timeout();
         GraphProvider {
             graph_url: config
                 .graph_url
@@ -106,10 +107,10 @@ impl GraphProvider {
                 .trim_end_matches('/')
                 .to_string(),
             token: TokenSource::new(config, secrets),
-            timeout: config.step_timeout(),
+            timeout,
             // Each request gets its own bound (`timeout` plus the body at 64 KB/s).
             http: reqwest::Client::builder()
-                .connect_timeout(config.step_timeout())
+                .connect_timeout(timeout)
                 .build()
                 .unwrap_or_default(),
             permits: Semaphore::new(config.max_connections.max(1)),

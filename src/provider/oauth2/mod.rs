@@ -146,9 +146,10 @@ impl TokenSource {
         let config = p.oauth2.clone().unwrap_or_default();
         // Every request to the identity platform (connect, headers, a body trickled a
         // byte at a time) ends within the provider's `timeout`.
+        let timeout = p.step_timeout();
         let http = reqwest::Client::builder()
-            .connect_timeout(p.step_timeout())
-            .timeout(p.step_timeout())
+            .connect_timeout(timeout)
+            .timeout(timeout)
             .build()
             .unwrap_or_default();
         TokenSource {
@@ -158,7 +159,7 @@ impl TokenSource {
             config,
             secrets,
             http,
-            timeout: p.step_timeout(),
+            timeout,
             state: Mutex::new(State::default()),
             fetch: tokio::sync::Mutex::new(()),
         }

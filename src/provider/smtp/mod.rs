@@ -189,12 +189,9 @@ impl SmtpProvider {
                     format!("TLS handshake with {target} failed: {}", error_chain(&e)),
                 )),
             },
-            Err(_) => Err(Failure::local(
-                Code::ConnectionFailed,
-                format!(
-                    "TLS handshake with {target}: no answer from the server within {}",
-                    stage::words(self.timeout)
-                ),
+            Err(_) => Err(no_answer(
+                &format!("TLS handshake with {target}"),
+                self.timeout,
             )),
         }
     }
@@ -239,13 +236,7 @@ impl SmtpProvider {
                         Code::ConnectionFailed,
                         format!("{target}: {name}: {e}"),
                     )),
-                    Err(_) => Err(Failure::local(
-                        Code::ConnectionFailed,
-                        format!(
-                            "{target}: {name}: no answer from the server within {}",
-                            stage::words(t)
-                        ),
-                    )),
+                    Err(_) => Err(no_answer(&format!("{target}: {name}"), t)),
                 }
             };
         let greeting = step("greeting", None).await?;

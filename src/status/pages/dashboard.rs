@@ -115,12 +115,7 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
                 last_error: stats
                     .last_error
                     .map(|(e, at)| {
-                        format!(
-                            "{} ({e})",
-                            crate::time::rfc3339(at)
-                                .replace('T', " ")
-                                .replace('Z', " UTC")
-                        )
+                        format!("{} ({e})", super::shown_time(&crate::time::rfc3339(at)))
                     })
                     .unwrap_or_default(),
                 token,

@@ -116,7 +116,7 @@ fn row(r: &Record) -> Row {
     }
     Row {
         id: r.id.clone(),
-        received: r.received_at.replace('T', " ").replace('Z', " UTC"),
+        received: super::shown_time(&r.received_at),
         status: r.status.as_str(),
         sender: r.sender.clone(),
         original: r.original_sender.clone(),
@@ -128,11 +128,7 @@ fn row(r: &Record) -> Row {
             .waiting
             .as_ref()
             .map_or_else(String::new, |w| match &w.until {
-                Some(t) => format!(
-                    "{} until {}",
-                    w.reason,
-                    t.replace('T', " ").replace('Z', " UTC")
-                ),
+                Some(t) => format!("{} until {}", w.reason, super::shown_time(t)),
                 None => w.reason.clone(),
             }),
     }

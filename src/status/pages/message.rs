@@ -163,7 +163,7 @@ pub(super) async fn message(
             .attempts
             .iter()
             .map(|a| AttemptView {
-                at: a.at.replace('T', " ").replace('Z', " UTC"),
+                at: super::shown_time(&a.at),
                 provider: a.provider.clone(),
                 reply: a.reply.clone(),
                 diagnosis: a.diagnosis.clone(),

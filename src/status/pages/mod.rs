@@ -201,6 +201,11 @@ pub(super) fn csrf_refused() -> Response {
     )
 }
 
+/// An RFC 3339 UTC time as the pages show it: `2026-12-03 10:00:02 UTC`.
+pub(super) fn shown_time(rfc3339: &str) -> String {
+    rfc3339.replace('T', " ").replace('Z', " UTC")
+}
+
 fn age(ms: u64) -> String {
     let s = now_ms().saturating_sub(ms) / 1000;
     match s {
