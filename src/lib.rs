@@ -21,6 +21,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod address;
+pub mod aliases;
 pub mod cli;
 pub mod config;
 pub mod distributor;

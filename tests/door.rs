@@ -227,6 +227,22 @@ async fn control_characters_in_ehlo_and_quoted_local_parts() {
             .unwrap()
             .starts_with("501 5.1.3")
     );
+    // A sender in a single-label domain is what cron and scripts send: accepted; a
+    // malformed one is 501 5.1.7.
+    assert!(s.cmd("RSET").await.unwrap().starts_with("250"));
+    assert!(
+        s.cmd("MAIL FROM:<root@localhost>")
+            .await
+            .unwrap()
+            .starts_with("250 2.1.0")
+    );
+    assert!(s.cmd("RSET").await.unwrap().starts_with("250"));
+    assert!(
+        s.cmd("MAIL FROM:<root@-bad-.example>")
+            .await
+            .unwrap()
+            .starts_with("501 5.1.7")
+    );
 }
 
 #[test]

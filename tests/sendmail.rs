@@ -381,3 +381,124 @@ async fn systemd_is_told_ready_reloading_stopping_and_watchdog() {
     }
     assert_eq!(d.child.wait().unwrap().code(), Some(0));
 }
+
+/// What the daemon recorded as the recipients of `id`.
+async fn rcpts_of(status: u16, id: &str) -> Vec<String> {
+    record(status, id).await["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["address"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_names_go_where_the_aliases_and_admin_address_say() {
+    let (env, status) = env_with_ports();
+    let sendmail = link(&env, "sendmail");
+    // Neither setting: 67, naming both.
+    let o = run(&sendmail, &["root"], &env, b"Subject: x\n\nx\n");
+    exits(&o, 67);
+    said(&o, "sendmail.aliases");
+    said(&o, "sendmail.admin_address");
+
+    // An /etc/aliases as Debian ships it, grown by an administrator.
+    let aliases = env.dir.path().join("aliases");
+    std::fs::write(
+        &aliases,
+        "# See man 5 aliases for format\n\
+         postmaster:    root\n\
+         root: ops,\n\
+         \t\"it@example.com\"\n\
+         \n\
+         # the operations team\n\
+         ops: alice@example.com, Bob@Example.com\n\
+         staff: :include:/etc/mail/staff\n\
+         logs: |/usr/bin/logger\n\
+         a: b\n\
+         b: a\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    std::fs::write(
+        &env.config_path,
+        format!(
+            "{text}\n[sendmail]\naliases = {:?}\n",
+            aliases.display().to_string()
+        ),
+    )
+    .unwrap();
+    // An alias file without admin_address: a name it lacks is 67, naming the file.
+    let o = run(&sendmail, &["nosuchuser"], &env, b"Subject: x\n\nx\n");
+    exits(&o, 67);
+    said(&o, "nosuchuser: no such name in");
+    said(&o, "sendmail.admin_address");
+    // :include: is refused with its line, before anything is submitted.
+    let o = run(&sendmail, &["staff"], &env, b"Subject: x\n\nx\n");
+    exits(&o, 78);
+    said(
+        &o,
+        "aliases:8: staff: `:include:/etc/mail/staff` lists are not read",
+    );
+
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    std::fs::write(
+        &env.config_path,
+        format!("{text}admin_address = \"admin@example.com\"\n"),
+    )
+    .unwrap();
+    let mut d = DaemonProcess::start(&env.config_path);
+
+    // Debian's cron: the MAILTO name as an argument, -FCronDaemon -i -B8BITMIME -oem.
+    let o = run(
+        &sendmail,
+        &["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"],
+        &env,
+        b"From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@web1> run-parts --report /etc/cron.daily\n\n/etc/cron.daily/logrotate: error\n",
+    );
+    ok(&o);
+    let id = accepted_id(&mut d, 1);
+    d.wait_sent(std::slice::from_ref(&id), WAIT);
+    assert_eq!(
+        rcpts_of(status, &id).await,
+        ["alice@example.com", "Bob@Example.com", "it@example.com"]
+    );
+    assert_eq!(
+        record(status, &id).await["original_sender"],
+        "cronuser@mailgate.test"
+    );
+
+    // cronie: -t from the header, -f with a bare user name; a name with no alias goes to
+    // admin_address.
+    let o = run(
+        &sendmail,
+        &["-FCronDaemon", "-i", "-odi", "-oem", "-oi", "-t", "-f", "backup"],
+        &env,
+        b"From: \"(Cron Daemon)\" <backup>\nTo: backup\nSubject: Cron <backup@web1> /usr/local/bin/nightly\n\ndone\n",
+    );
+    ok(&o);
+    let id = accepted_id(&mut d, 2);
+    d.wait_sent(std::slice::from_ref(&id), WAIT);
+    assert_eq!(rcpts_of(status, &id).await, ["admin@example.com"]);
+    assert_eq!(
+        record(status, &id).await["original_sender"],
+        "backup@mailgate.test"
+    );
+
+    // A loop and a program alias end at the administrator too; the program is named.
+    let o = run(
+        &sendmail,
+        &["a", "logs", "x@example.com"],
+        &env,
+        b"Subject: loop\n\nx\n",
+    );
+    ok(&o);
+    said(&o, "\"|/usr/bin/logger\" is skipped");
+    let id = accepted_id(&mut d, 3);
+    d.wait_sent(std::slice::from_ref(&id), WAIT);
+    assert_eq!(
+        rcpts_of(status, &id).await,
+        ["admin@example.com", "x@example.com"]
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+}

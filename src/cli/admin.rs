@@ -86,15 +86,10 @@ fn client(config: &Config) -> Result<AdminClient, i32> {
     AdminClient::new(config).map_err(|e| fail(&e))
 }
 
-/// An address of our own that the daemon accepts as a sender: `mailgate@<hostname>`, or
-/// `mailgate@localhost.localdomain` when the hostname is a single label (`localhost`).
+/// An address of our own: `mailgate@<smtp.hostname>` (the door accepts a single-label
+/// sender domain such as `localhost`).
 fn own_address(config: &Config) -> String {
-    let host = &config.smtp.hostname;
-    if host.contains('.') {
-        format!("mailgate@{host}")
-    } else {
-        format!("mailgate@{host}.localdomain")
-    }
+    format!("mailgate@{}", config.smtp.hostname)
 }
 
 /// The sender of `test-email`, chosen so it always works: the user's address (`--as`);

@@ -19,8 +19,12 @@ pub mod sysexits {
     pub const USAGE: i32 = 64;
     /// The message or its addresses are bad.
     pub const DATAERR: i32 = 65;
+    /// A local name that goes nowhere (no alias, no `admin_address`).
+    pub const NOUSER: i32 = 67;
     /// Temporary failure: neither the daemon nor the maildrop took it.
     pub const TEMPFAIL: i32 = 75;
+    /// The configuration cannot be used (an aliases file that cannot be read).
+    pub const CONFIG: i32 = 78;
 }
 
 /// What the flags asked for.
@@ -144,11 +148,18 @@ pub fn header_recipients(raw: &[u8]) -> (Vec<String>, Vec<u8>) {
                 }
                 _ => Vec::new(),
             };
-            rcpts.extend(
-                list.iter()
-                    .filter_map(|a| a.address.as_deref())
-                    .map(String::from),
-            );
+            // `To: root` (cron writes it) is a bare local name, which mail-parser reads
+            // as a display name without an address.
+            let bare = |a: &&mail_parser::Addr<'_>| {
+                a.name
+                    .as_deref()
+                    .filter(|n| crate::aliases::is_local_name(n))
+                    .map(String::from)
+            };
+            rcpts.extend(list.iter().filter_map(|a| match a.address.as_deref() {
+                Some(addr) => Some(addr.to_string()),
+                None => bare(a),
+            }));
         }
     }
     let mut out = raw.to_vec();
@@ -315,8 +326,10 @@ pub async fn run(args: &[String], as_mailq: bool) -> i32 {
         rcpts.extend(found);
         raw = without_bcc;
     }
-    let mut seen = std::collections::HashSet::new();
-    rcpts.retain(|r| seen.insert(r.to_ascii_lowercase()));
+    let rcpts = match local_names(&config, &rcpts) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     if rcpts.is_empty() {
         eprintln!(
             "sendmail: no recipients (name them as arguments, or use -t to read To, Cc and Bcc)"
@@ -342,15 +355,20 @@ pub async fn run(args: &[String], as_mailq: bool) -> i32 {
         }
     }
     let user = unix_user();
-    let host = &config.smtp.hostname;
-    let from = flags.sender.clone().unwrap_or_else(|| {
-        if host.contains('.') {
-            format!("{user}@{host}")
-        } else {
-            format!("{user}@{host}.localdomain")
-        }
-    });
-    if !from.is_empty() && crate::address::check_address(&from, true).is_err() {
+    // A bare name (`-f root`, as cronie passes it) is qualified as sendmail does.
+    let from = match flags.sender.clone() {
+        None => format!("{user}@{}", config.smtp.hostname),
+        Some(s) if s.is_empty() || s == "<>" => String::new(),
+        Some(s) if !s.contains('@') => format!("{s}@{}", config.smtp.hostname),
+        Some(s) => s,
+    };
+    // A single-label domain (`root@localhost`) is a sender the door accepts.
+    if !from.is_empty()
+        && !matches!(
+            crate::address::check_address(&from, true),
+            Ok(()) | Err(crate::address::AddressProblem::SingleLabelDomain)
+        )
+    {
         eprintln!("sendmail: invalid sender address {from:?} (-f)");
         return sysexits::DATAERR;
     }
@@ -402,6 +420,41 @@ pub async fn run(args: &[String], as_mailq: bool) -> i32 {
                     sysexits::TEMPFAIL
                 }
             }
+        }
+    }
+}
+
+/// Bare local names replaced by their aliases or `sendmail.admin_address` (SPEC "Local
+/// names"); every other recipient kept; repeats dropped. Err: the exit code, after
+/// saying why on standard error.
+fn local_names(config: &Config, rcpts: &[String]) -> Result<Vec<String>, i32> {
+    use crate::aliases::{AliasError, Aliases};
+    let admin = config
+        .sendmail
+        .admin_address
+        .as_ref()
+        .map(|a| a.get_ref().as_str());
+    let needs = rcpts.iter().any(|r| crate::aliases::is_local_name(r));
+    let aliases = match &config.sendmail.aliases {
+        Some(path) if needs => Some(Aliases::load(path)),
+        _ => None,
+    }
+    .transpose();
+    let resolved = aliases.and_then(|a| crate::aliases::resolve(rcpts, a.as_ref(), admin));
+    match resolved {
+        Ok(r) => {
+            for w in &r.warnings {
+                eprintln!("sendmail: {w}");
+            }
+            Ok(r.rcpts)
+        }
+        Err(e @ AliasError::NoUser(_)) => {
+            eprintln!("sendmail: {e}");
+            Err(sysexits::NOUSER)
+        }
+        Err(e @ AliasError::Config(_)) => {
+            eprintln!("sendmail: {e}");
+            Err(sysexits::CONFIG)
         }
     }
 }

@@ -429,6 +429,19 @@ pub struct Config {
     pub user: Vec<UserConfig>,
     /// `[fleet]`: many nodes share each provider's limits through Redis.
     pub fleet: Option<FleetConfig>,
+    /// `[sendmail]`: local names at the sendmail door.
+    pub sendmail: SendmailConfig,
+}
+
+/// `[sendmail]` (SPEC "Local names"): where mail for a bare name (`root`) goes. Read by
+/// each `sendmail` run, so a change needs no reload.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendmailConfig {
+    /// An aliases(5) file such as `/etc/aliases`.
+    pub aliases: Option<PathBuf>,
+    /// Where mail for a local name without an alias goes.
+    pub admin_address: Option<Spanned<String>>,
 }
 
 /// `[fleet]` (SPEC "Fleet: many nodes, one mailbox").

@@ -86,6 +86,17 @@ impl Config {
                 format!("status.token_file {} is empty: write a long random token into it (for example `openssl rand -hex 32 > {}`)", f.display(), f.display()),
             ));
         }
+        if let Some(a) = &self.sendmail.admin_address
+            && crate::address::check_address(a.get_ref(), true).is_err()
+        {
+            out.push((
+                a.span(),
+                format!(
+                    "sendmail.admin_address {:?} is not an address: write user@domain",
+                    a.get_ref()
+                ),
+            ));
+        }
         let d = &self.distributor;
         if d.retry_initial.0.is_zero() || d.retry_initial > d.retry_max {
             out.push((

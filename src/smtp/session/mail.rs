@@ -32,8 +32,11 @@ impl Session {
             );
         }
         let smtputf8 = flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        // A single-label sender domain (`root@localhost`, what cron and scripts send) is
+        // accepted: the rule is for recipients, and the rewrite usually replaces it.
         if !from.is_empty()
             && let Err(p) = check_address(from, smtputf8)
+            && p != AddressProblem::SingleLabelDomain
         {
             return Reply::new(501, "5.1.7", format!("Bad sender address syntax: {p}"));
         }
