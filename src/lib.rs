@@ -36,6 +36,7 @@ pub mod secrets;
 pub mod smtp;
 pub mod status;
 pub mod store;
+pub mod text;
 pub mod time;
 
 use std::net::SocketAddr;
@@ -247,17 +248,9 @@ impl Daemon {
     }
 
     /// Reloads the configuration file (SIGHUP).
-    pub async fn reload(&self) -> Result<ReloadReport, config::ConfigErrors> {
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.config_path.read().ok().and_then(|g| g.clone());
-        match path {
-            Some(p) => reload(&self.pipeline, &self.distributor, &p).await,
-            None => Err(config::ConfigErrors(vec![config::ConfigError {
-                file: "".into(),
-                line: 1,
-                col: 1,
-                message: "the daemon was not started from a file".into(),
-            }])),
-        }
+        reload(&self.pipeline, &self.distributor, path.as_deref()).await
     }
 
     /// Graceful stop: stop accepting, let sessions and deliveries finish (bounded by
@@ -415,15 +408,29 @@ fn restart_settings(c: &Config) -> [(&'static str, String); 7] {
     ]
 }
 
-/// Re-reads the configuration at `path`: users, rewrite rules, providers and limits take
-/// effect for the next message; listener and store settings are reported as needing a
-/// restart. An invalid file changes nothing. Held mail is released.
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The daemon runs on the built-in default: there is no file to read again.
+    #[error(
+        "the daemon runs on the built-in default configuration, which has no file to read again: write one (`mailgate default-config > /etc/mailgate/mailgate.toml`), edit it, and restart mailgate (it finds that file, or name another with --config)"
+    )]
+    BuiltIn,
+    /// The file is invalid; every problem with its line.
+    #[error("{0}")]
+    Invalid(#[from] config::ConfigErrors),
+}
+
+/// Re-reads the configuration at `path` (None: the daemon runs on the built-in default,
+/// which cannot change): users, rewrite rules, providers and limits take effect for the
+/// next message; listener and store settings are reported as needing a restart. An
+/// invalid file changes nothing. Held mail is released.
 pub async fn reload(
     pipeline: &Pipeline,
     distributor: &Distributor,
-    path: &std::path::Path,
-) -> Result<ReloadReport, config::ConfigErrors> {
-    let new = Config::load(path)?;
+    path: Option<&std::path::Path>,
+) -> Result<ReloadReport, ReloadError> {
+    let new = Config::load(path.ok_or(ReloadError::BuiltIn)?)?;
     let old = pipeline.config();
     let needs_restart: Vec<String> = restart_settings(&old)
         .into_iter()
@@ -510,7 +517,7 @@ pub async fn serve(config: Config, source: config::Source) -> Result<(), Error> 
                 match daemon.reload().await {
                     Ok(r) if r.needs_restart.is_empty() => {}
                     Ok(r) => tracing::warn!(settings = ?r.needs_restart, "reloaded; these settings take effect after a restart"),
-                    Err(e) => tracing::error!(errors = %e, "reload refused; the running configuration stays"),
+                    Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
                 }
                 notify(&[sd_notify::NotifyState::Ready]);
             }

@@ -102,6 +102,17 @@ async fn test_email_waits_as_asked_and_says_why_a_message_waits() {
         .unwrap()
         .trim()
         .to_string();
+    // The log says how long it waits (a wait under a second is not "until now"), and a
+    // delivery line names what it is, not the module that writes it.
+    let line = d.wait_log(|v| v["message"] == "throttled", Duration::from_secs(5));
+    let wait: f64 = line["wait"]
+        .as_str()
+        .and_then(|w| w.strip_suffix('s'))
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(wait > 0.0 && wait <= 60.0, "{line}");
+    let line = d.wait_log(|v| v["message"] == "delivery", Duration::from_secs(5));
+    assert_eq!(line["target"], "mailgate::delivery", "{line}");
 
     // The record says it too: the API, `show`, the message page and the list.
     let rec: serde_json::Value = get(&d, &format!("/api/messages/{throttled}"))
@@ -333,4 +344,63 @@ async fn cancel_stops_a_queued_message_and_refuses_one_in_flight() {
     let (code, _, err) = cli(&env, &["cancel", &busy]);
     assert_eq!(code, 1);
     assert!(err.contains("being sent right now"), "{err}");
+}
+
+/// The smaller rough edges, through the CLI as an administrator meets them: a bad
+/// `--since` is a usage error, the history's columns hold with a long sender, a provider
+/// typo names the providers there are, counts of one are singular.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_plainly() {
+    let env = TestEnv::new("", "");
+    write(&env, "");
+    let d = DaemonProcess::start(&env.config_path);
+    let long = format!("{}@erp.example.com", "a-very-long-sender-name".repeat(3));
+    for (from, subject) in [(long.as_str(), "long"), ("app@erp.local", "short")] {
+        let reply = send_once(
+            d.smtp,
+            from,
+            &["x@example.com"],
+            format!("Subject: {subject}\r\n\r\nhello\r\n").as_bytes(),
+        )
+        .await;
+        queued_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    }
+
+    let (code, _, err) = cli(&env, &["history", "--since", "banana"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid since \"banana\""), "{err}");
+    let (code, _, err) = cli(&env, &["history", "--status", "sent-ish"]);
+    assert_eq!(code, 2, "{err}");
+    // The page says so too, instead of showing nothing.
+    let page = get(&d, "/messages?since=banana").await.text().await.unwrap();
+    assert!(
+        page.contains("<p class=\"error\">invalid since &#34;banana&#34;"),
+        "{page}"
+    );
+
+    let (code, out, err) = cli(&env, &["history"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    // SUBJECT starts at the same column on every line; the long sender is cut with "…".
+    let col = lines[0].find("SUBJECT").unwrap();
+    for l in &lines[1..] {
+        let subject_at = l.char_indices().nth(col).map(|(i, _)| &l[i..]).unwrap();
+        assert!(
+            subject_at == "long" || subject_at == "short",
+            "misaligned: {out}"
+        );
+    }
+    assert!(
+        out.contains("a-very-long-sender-namea-very-long-send…"),
+        "{out}"
+    );
+
+    let (code, _, err) = cli(&env, &["verify", "--provider", "outbx"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no provider named \"outbx\"") && err.contains("its providers: outbox"),
+        "{err}"
+    );
+    drop(d);
 }

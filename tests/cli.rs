@@ -166,7 +166,7 @@ async fn show_and_history_against_a_running_daemon() {
     let o = run(&["--config", &path, "history", "--json", "--status", "failed"]);
     assert_eq!(stdout(&o).trim(), "[]");
     let o = run(&["--config", &path, "history", "--status", "bogus"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "a usage error");
     assert!(stderr(&o).contains("unknown status"), "{}", stderr(&o));
 
     let o = run(&["--config", &path, "show", "01NOSUCHMESSAGE"]);
@@ -446,7 +446,7 @@ async fn every_admin_command() {
     );
     let o = run_async(cmd(&["retry", "--all"]), None).await;
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(stdout(&o).trim(), "1 deferred messages queued again");
+    assert_eq!(stdout(&o).trim(), "1 deferred message queued again");
     let o = run_async(cmd(&["retry", &id]), None).await;
     assert_eq!(
         o.status.code(),

@@ -95,6 +95,23 @@ async fn the_binary_runs_anywhere_on_its_built_in_default() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("status: sent"));
+
+    // SIGHUP on the built-in default: refused, saying why and what to do.
+    let ok = Command::new("kill")
+        .args(["-HUP", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let line = d.wait_log(
+        |v| v["message"] == "reload refused; the running configuration stays",
+        Duration::from_secs(10),
+    );
+    let why = line["error"].as_str().unwrap();
+    assert!(
+        why.contains("built-in default") && why.contains("mailgate default-config >"),
+        "{line}"
+    );
+    assert!(!why.contains(":1:1"), "{line}");
     assert_eq!(d.terminate().code(), Some(0));
 }
 

@@ -374,7 +374,11 @@ pub async fn retry(config: &Config, args: &RetryArgs) -> i32 {
     };
     match result {
         Ok(v) if args.all => {
-            println!("{} deferred messages queued again", v["retried"]);
+            let n = v["retried"].as_u64().unwrap_or(0);
+            println!(
+                "{} queued again",
+                crate::text::counted(n, "deferred message")
+            );
             exit::OK
         }
         Ok(v) => {
@@ -400,9 +404,10 @@ pub async fn cancel(config: &Config, id: &str) -> i32 {
         .await
     {
         Ok(r) => {
+            let n = r["recipients"].as_array().map_or(0, Vec::len) as u64;
             println!(
-                "{id} cancelled: it will not be sent ({} recipients)",
-                r["recipients"].as_array().map_or(0, Vec::len)
+                "{id} cancelled: it will not be sent ({})",
+                crate::text::counted(n, "recipient")
             );
             exit::OK
         }

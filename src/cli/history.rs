@@ -47,6 +47,17 @@ fn fail(e: &ClientError) -> i32 {
 
 /// Runs `history`; returns the exit code.
 pub async fn history(config: &Config, args: &HistoryArgs) -> i32 {
+    // The filters are checked here, as the daemon would: a typo is a usage error (2).
+    let filters = crate::status::query::ListQuery {
+        status: args.status.clone(),
+        user: args.user.clone(),
+        since: args.since.clone(),
+        ..Default::default()
+    };
+    if let Err(why) = crate::status::query::HistoryQuery::parse(&filters) {
+        eprintln!("{why}");
+        return exit::USAGE;
+    }
     let client = match AdminClient::new(config) {
         Ok(c) => c,
         Err(e) => return fail(&e),
@@ -76,31 +87,58 @@ pub async fn history(config: &Config, args: &HistoryArgs) -> i32 {
     exit::OK
 }
 
-/// The human form of a list of records.
+/// Widest a FROM or TO column grows; a longer address is cut with `…` (`show ID` and
+/// `--json` have it whole).
+const MAX_ADDRESS_COLUMN: usize = 40;
+
+/// The human form of a list of records: columns as wide as their widest value (addresses
+/// at most [`MAX_ADDRESS_COLUMN`]), so a long sender never shifts the rows.
 pub fn history_table(records: &[Record]) -> String {
-    let mut out = format!(
-        "{:<26}  {:<20}  {:<8}  {:<28}  {:<28}  {}\n",
-        "ID", "RECEIVED", "STATUS", "FROM", "TO", "SUBJECT"
-    );
-    for r in records {
-        let to = match r.recipients.len() {
-            0 => String::new(),
-            1 => r.recipients[0].address.clone(),
-            n => format!("{} (+{})", r.recipients[0].address, n - 1),
-        };
-        let from = if r.sender.is_empty() { "<>" } else { &r.sender };
-        let _ = writeln!(
-            out,
-            "{:<26}  {:<20}  {:<8}  {:<28}  {:<28}  {}",
-            r.id,
-            r.received_at,
-            r.status.as_str(),
-            from,
-            to,
-            r.subject.as_deref().unwrap_or("")
-        );
+    let rows: Vec<[String; 6]> = records
+        .iter()
+        .map(|r| {
+            let to = match r.recipients.len() {
+                0 => String::new(),
+                1 => r.recipients[0].address.clone(),
+                n => format!("{} (+{})", r.recipients[0].address, n - 1),
+            };
+            let from = if r.sender.is_empty() { "<>" } else { &r.sender };
+            [
+                r.id.clone(),
+                r.received_at.clone(),
+                r.status.as_str().to_string(),
+                cut(from, MAX_ADDRESS_COLUMN),
+                cut(&to, MAX_ADDRESS_COLUMN),
+                r.subject.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let head = ["ID", "RECEIVED", "STATUS", "FROM", "TO", "SUBJECT"].map(String::from);
+    let mut width = [0usize; 5];
+    for row in std::iter::once(&head).chain(&rows) {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&head).chain(&rows) {
+        for (w, cell) in width.iter().zip(row) {
+            let pad = w - cell.chars().count();
+            let _ = write!(out, "{cell}{}  ", " ".repeat(pad));
+        }
+        let _ = writeln!(out, "{}", row[5]);
     }
     out
+}
+
+/// `text` cut to `max` characters, the last one `…` when anything was cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut s: String = text.chars().take(max - 1).collect();
+    s.push('…');
+    s
 }
 
 /// Runs `show`; returns the exit code.

@@ -48,7 +48,7 @@ pub enum OAuth2Command {
 
 fn oauth_provider<'a>(config: &'a Config, name: &str) -> Result<&'a ProviderConfig, i32> {
     let Some(p) = config.provider(name) else {
-        eprintln!("no provider named {name:?} in the configuration");
+        eprintln!("{}", config.no_such_provider(name));
         return Err(exit::USAGE);
     };
     let Some(o) = &p.oauth2 else {

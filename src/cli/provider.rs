@@ -44,8 +44,8 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> i32 {
         .collect();
     if providers.is_empty() {
         eprintln!(
-            "no provider named {:?}",
-            args.provider.as_deref().unwrap_or("")
+            "{}",
+            config.no_such_provider(args.provider.as_deref().unwrap_or(""))
         );
         return exit::USAGE;
     }
@@ -129,7 +129,7 @@ pub fn password(config: &Config, cmd: &PasswordCommand) -> i32 {
         PasswordCommand::Set { provider } | PasswordCommand::Clear { provider } => provider,
     };
     let Some(p) = config.provider(name) else {
-        eprintln!("no provider named {name:?} in the configuration");
+        eprintln!("{}", config.no_such_provider(name));
         return exit::USAGE;
     };
     let store = SecretStore::beside(&config.store.path);

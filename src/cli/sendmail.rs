@@ -463,7 +463,10 @@ async fn print_queue(config: &Config) -> i32 {
     let dir = crate::maildrop::dir_for(&config.store.path);
     let waiting = crate::maildrop::waiting(&dir).len();
     if waiting > 0 {
-        println!("maildrop: {waiting} messages waiting for mailgate to take them in");
+        println!(
+            "maildrop: {} waiting for mailgate to take them in",
+            crate::text::counted(waiting as u64, "message")
+        );
     }
     let code = super::admin::queue(config).await;
     if code != 0 && waiting == 0 {

@@ -8,6 +8,7 @@ use clap::Subcommand;
 use super::exit;
 use crate::config::Config;
 use crate::store::Store;
+use crate::text::counted;
 
 /// What to do with the store.
 #[derive(Debug, Subcommand)]
@@ -32,12 +33,16 @@ pub async fn store(config: &Config, command: &StoreCommand) -> i32 {
             match tokio::task::spawn_blocking(move || Store::check(&p)).await {
                 Ok(Ok(report)) => {
                     println!(
-                        "{}: integrity {}, {} records, {} bodies verified, {} problems",
+                        "{}: integrity {}, {}, {} verified, {}",
                         path.display(),
                         if report.integrity_ok { "ok" } else { "FAILED" },
-                        report.records,
-                        report.bodies_ok,
-                        report.problems.len()
+                        counted(report.records, "record"),
+                        if report.bodies_ok == 1 {
+                            "1 body".to_string()
+                        } else {
+                            format!("{} bodies", report.bodies_ok)
+                        },
+                        counted(report.problems.len() as u64, "problem")
                     );
                     for p in &report.problems {
                         println!("  {p}");
@@ -64,11 +69,11 @@ pub async fn store(config: &Config, command: &StoreCommand) -> i32 {
         StoreCommand::Salvage { out } => match Store::salvage(path, out).await {
             Ok(r) => {
                 println!(
-                    "{} -> {}: {} messages copied, {} finished records kept without their body, {} could not be read",
+                    "{} -> {}: {} copied, {} kept without their body, {} could not be read",
                     path.display(),
                     out.display(),
-                    r.copied,
-                    r.history_only,
+                    counted(r.copied, "message"),
+                    counted(r.history_only, "finished record"),
                     r.lost.len()
                 );
                 for l in &r.lost {

@@ -557,6 +557,20 @@ impl Config {
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.provider.iter().find(|p| p.name.get_ref() == name)
     }
+
+    /// The words for a provider name this configuration does not hold, naming those it
+    /// does, so a typo is seen at once.
+    pub fn no_such_provider(&self, name: &str) -> String {
+        let names: Vec<&str> = self
+            .provider
+            .iter()
+            .map(|p| p.name.get_ref().as_str())
+            .collect();
+        format!(
+            "no provider named {name:?} in the configuration (its providers: {})",
+            names.join(", ")
+        )
+    }
 }
 
 /// Blanks (with spaces, newlines kept) every line that `span` touches, when they hold a

@@ -217,12 +217,12 @@ impl Distributor {
                             provider: record.provider.clone(),
                         })
                         .inc();
-                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", reason = "per_minute_limit", until = %crate::time::rfc3339(until), "throttled");
+                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", reason = "per_minute_limit", until = %crate::time::rfc3339(until), wait = %wait_words(until.saturating_sub(now)), "throttled");
                     held.push((outcome::throttle_deferral(record, until), Some(until)));
                 }
                 Verdict::DailyQuota(until) => {
                     self.count_deferred(&record.provider, "daily-quota");
-                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", diagnosis = "daily-quota", until = %crate::time::rfc3339(until), "daily quota reached");
+                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", diagnosis = "daily-quota", until = %crate::time::rfc3339(until), wait = %wait_words(until.saturating_sub(now)), "daily quota reached");
                     held.push((
                         outcome::quota_deferral(record, now, until, limits.per_day),
                         Some(until),
@@ -639,4 +639,10 @@ impl Distributor {
             Status::Queued | Status::Cancelled => {}
         }
     }
+}
+
+/// A wait for the log, to a tenth of a second (`until` is shown to the second, so a
+/// wait under one would otherwise read as no wait at all).
+fn wait_words(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
 }

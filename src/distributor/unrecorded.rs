@@ -39,8 +39,10 @@ pub(super) struct Unrecorded {
 impl Distributor {
     /// Logs, counts and publishes a committed outcome.
     pub(super) fn finished(&self, f: Finish) {
-        // Logged once committed, so what the log says is what the history holds.
+        // Logged once committed, so what the log says is what the history holds. Its
+        // target names what it is, whichever module writes it.
         tracing::info!(
+            target: "mailgate::delivery",
             id = %f.id,
             status = f.status.as_str(),
             provider = %f.provider,

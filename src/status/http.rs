@@ -664,7 +664,7 @@ async fn send(
     if let Some(p) = &req.provider
         && config.provider(p).is_none()
     {
-        return error(StatusCode::BAD_REQUEST, format!("no provider named {p:?}"));
+        return error(StatusCode::BAD_REQUEST, config.no_such_provider(p));
     }
     if req.to.is_empty() {
         return error(StatusCode::BAD_REQUEST, "no recipients");
@@ -722,15 +722,10 @@ async fn send(
 
 async fn reload(State(state): State<AppState>) -> Response {
     let path = state.config_path.read().ok().and_then(|g| g.clone());
-    let Some(path) = path else {
-        return error(
-            StatusCode::CONFLICT,
-            "the daemon was not started from a file",
-        );
-    };
-    match crate::reload(&state.pipeline, &state.distributor, &path).await {
+    match crate::reload(&state.pipeline, &state.distributor, path.as_deref()).await {
         Ok(report) => axum::Json(json!({ "reloaded": true, "needs_restart": report.needs_restart, "released": report.released })).into_response(),
-        Err(errors) => (
+        Err(e @ crate::ReloadError::BuiltIn) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(crate::ReloadError::Invalid(errors)) => (
             StatusCode::BAD_REQUEST,
             axum::Json(json!({
                 "error": "the new configuration is invalid; the running one stays",

@@ -212,7 +212,7 @@ fn age(ms: u64) -> String {
         0..60 => format!("{s} s ago"),
         60..3600 => format!("{} min ago", s / 60),
         3600..86_400 => format!("{} h ago", s / 3600),
-        _ => format!("{} days ago", s / 86_400),
+        _ => format!("{} ago", crate::text::counted(s / 86_400, "day")),
     }
 }
 
