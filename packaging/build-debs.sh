@@ -2,7 +2,8 @@
 # Builds the two Debian packages into target/debian/:
 #   mailgate      (cargo-deb): the binary, the systemd unit, /etc/mailgate/mailgate.toml
 #                 (the shipped config with its store and outbox under /var/lib/mailgate),
-#                 the README, the mailgate system user;
+#                 the README, the manual pages mailgate(8) and mailgate.toml(5), the
+#                 mailgate system user;
 #   mailgate-mta  (dpkg-deb): only /usr/sbin/sendmail and /usr/bin/mailq as links to
 #                 /usr/bin/mailgate, providing mail-transport-agent (as msmtp-mta does).
 set -euo pipefail
@@ -12,15 +13,23 @@ sed -e 's#^path = "data/mailgate.redb"#path = "/var/lib/mailgate/mailgate.redb"#
     -e 's#^directory = "outbox"#directory = "/var/lib/mailgate/outbox"#' \
     config/mailgate.toml > target/packaging/mailgate.toml
 grep -q '^path = "/var/lib/mailgate/mailgate.redb"' target/packaging/mailgate.toml
-cargo deb --locked --quiet
+# The manual pages: mailgate(8) from the binary's own flags, mailgate.toml(5) as written.
+cargo build --release --locked --quiet
+target/release/mailgate manpage 8 | gzip -9n > target/packaging/mailgate.8.gz
+gzip -9n < packaging/man/mailgate.toml.5 > target/packaging/mailgate.toml.5.gz
+cargo deb --locked --quiet --no-build
 VER=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 ARCH=$(dpkg --print-architecture)
 
 MTA=target/packaging/mailgate-mta
 rm -rf "$MTA"
-mkdir -p "$MTA/DEBIAN" "$MTA/usr/sbin" "$MTA/usr/bin" "$MTA/usr/share/doc/mailgate-mta"
+mkdir -p "$MTA/DEBIAN" "$MTA/usr/sbin" "$MTA/usr/bin" "$MTA/usr/share/doc/mailgate-mta" \
+  "$MTA/usr/share/man/man8" "$MTA/usr/share/man/man1"
 ln -s ../bin/mailgate "$MTA/usr/sbin/sendmail"
 ln -s mailgate "$MTA/usr/bin/mailq"
+# sendmail(8) and mailq(1) are mailgate(8), which says how it behaves under those names.
+ln -s mailgate.8.gz "$MTA/usr/share/man/man8/sendmail.8.gz"
+ln -s ../man8/mailgate.8.gz "$MTA/usr/share/man/man1/mailq.1.gz"
 cp packaging/mta/copyright "$MTA/usr/share/doc/mailgate-mta/copyright"
 gzip -9n < packaging/mta/changelog > "$MTA/usr/share/doc/mailgate-mta/changelog.gz"
 cat > "$MTA/DEBIAN/control" <<CONTROL

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const MINUTE_MS: u64 = 60_000;
 /// One day in milliseconds (the daily recipient window).
 pub const DAY_MS: u64 = 86_400_000;
+/// One hour in milliseconds.
+pub const HOUR_MS: u64 = 3_600_000;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

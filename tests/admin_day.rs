@@ -372,7 +372,11 @@ async fn the_cli_speaks_plainly() {
     let (code, _, err) = cli(&env, &["history", "--status", "sent-ish"]);
     assert_eq!(code, 2, "{err}");
     // The page says so too, instead of showing nothing.
-    let page = get(&d, "/messages?since=banana").await.text().await.unwrap();
+    let page = get(&d, "/messages?since=banana")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         page.contains("<p class=\"error\">invalid since &#34;banana&#34;"),
         "{page}"

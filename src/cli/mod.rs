@@ -5,6 +5,7 @@ pub mod admin;
 pub mod certs;
 pub mod client;
 pub mod history;
+pub mod man;
 pub mod oauth2;
 pub mod provider;
 mod run;
@@ -90,6 +91,15 @@ pub enum Command {
     },
     /// The nodes sharing this node's fleet store and the fleet-wide use of each provider.
     Fleet,
+    /// Print the shipped configuration, commented key by key (what runs when no file is
+    /// found): `mailgate default-config > /etc/mailgate/mailgate.toml`.
+    DefaultConfig,
+    /// Print a manual page: mailgate(8), or mailgate.toml(5) with `5`.
+    Manpage {
+        /// The section: 8 (the command) or 5 (the configuration file).
+        #[arg(default_value = "8", value_parser = ["8", "5"])]
+        section: String,
+    },
     /// Check or salvage the store of a stopped daemon.
     Store {
         /// check or salvage.

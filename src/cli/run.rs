@@ -88,6 +88,18 @@ pub async fn run(cli: Cli) -> i32 {
             )
             .await
         }
+        Command::DefaultConfig => {
+            print!("{}", crate::config::BUILT_IN);
+            exit::OK
+        }
+        Command::Manpage { section } => {
+            if section == "5" {
+                print!("{}", super::man::MAILGATE_TOML_5);
+            } else {
+                print!("{}", super::man::mailgate_8());
+            }
+            exit::OK
+        }
         Command::Fleet => with_config(&cli, |c| async move { admin::fleet(&c).await }).await,
         Command::Sendmail { args } => {
             let mut all: Vec<String> = cli

@@ -456,10 +456,16 @@ impl Distributor {
             last: record.attempts.last().cloned(),
             took: started.elapsed(),
         };
-        let mut mutations = vec![Mutation::Update {
-            record: Box::new(record),
-            due_ms: due,
-        }];
+        let mut mutations = vec![
+            Mutation::Update {
+                record: Box::new(record),
+                due_ms: due,
+            },
+            Mutation::Tally {
+                at_ms: self.now(),
+                outcome: finish.status,
+            },
+        ];
         if sent > 0 {
             mutations.push(Mutation::Usage {
                 provider: finish.provider.clone(),

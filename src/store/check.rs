@@ -306,6 +306,7 @@ impl Store {
         table!(USAGE, "usage");
         table!(BY_STATUS, "by_status");
         table!(BY_USER, "by_user");
+        table!(TALLY, "tally");
         Ok(out)
     }
 }

@@ -27,6 +27,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::history::{Record, Status};
+use crate::time::HOUR_MS;
 use schema::*;
 use writer::{open_db, writer};
 
@@ -140,6 +141,20 @@ pub enum Mutation {
     },
     /// Forgets sends older than this (ms), beyond any limit window.
     PruneUsage {
+        /// Cut-off, ms.
+        before: u64,
+    },
+    /// Counts an attempt's outcome in its hour (the dashboard's chart): `sent`, `failed`
+    /// and `partial` (counted as failed: it holds failures) as themselves, anything else
+    /// as deferred.
+    Tally {
+        /// When the attempt ended, ms.
+        at_ms: u64,
+        /// The message's status after it.
+        outcome: Status,
+    },
+    /// Forgets the hourly counts older than this (ms).
+    PruneTally {
         /// Cut-off, ms.
         before: u64,
     },
@@ -501,6 +516,22 @@ impl Store {
                 let hi = [st as u8 + 1];
                 let n = t.range(&lo[..]..&hi[..]).map_err(io_err)?.count() as u64;
                 out.push((st, n));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Attempts per hour by outcome, from the hour holding `since_ms` on: (hour start in
+    /// ms, sent, deferred, failed), oldest first.
+    pub fn tallies_since(&self, since_ms: u64) -> Result<Vec<(u64, u64, u64, u64)>, StoreError> {
+        contained("the hourly counts", || {
+            let txn = self.db()?.begin_read().map_err(io_err)?;
+            let t = txn.open_table(TALLY).map_err(io_err)?;
+            let mut out = Vec::new();
+            for item in t.range(since_ms / HOUR_MS..).map_err(io_err)? {
+                let (k, v) = item.map_err(io_err)?;
+                let (s, d, f) = v.value();
+                out.push((k.value() * HOUR_MS, s, d, f));
             }
             Ok(out)
         })

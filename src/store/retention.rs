@@ -39,9 +39,15 @@ impl Store {
             }
             tokio::task::yield_now().await;
         }
-        self.write(vec![Mutation::PruneUsage {
-            before: now.saturating_sub(DAY_MS),
-        }])
+        self.write(vec![
+            Mutation::PruneUsage {
+                before: now.saturating_sub(DAY_MS),
+            },
+            // The chart shows 30 days; a day more is kept for the partial first one.
+            Mutation::PruneTally {
+                before: now.saturating_sub(31 * DAY_MS),
+            },
+        ])
         .await?;
         Ok(total)
     }

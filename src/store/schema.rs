@@ -18,6 +18,10 @@ pub(super) const DUE: TableDefinition<&[u8], &str> = TableDefinition::new("due")
 pub(super) const USAGE: TableDefinition<&[u8], u32> = TableDefinition::new("usage");
 /// `status byte, id` -> (): records by status, oldest first.
 pub(super) const BY_STATUS: TableDefinition<&[u8], ()> = TableDefinition::new("by_status");
+/// Attempts per hour by outcome: hour (ms since the epoch / 3,600,000) -> (sent,
+/// deferred, failed). Written in the transaction that records each attempt, so the
+/// dashboard's chart is read from here, never from a scan of the history.
+pub(super) const TALLY: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("tally");
 /// `user \0 id` -> (): records by user, oldest first.
 pub(super) const BY_USER: TableDefinition<&[u8], ()> = TableDefinition::new("by_user");
 

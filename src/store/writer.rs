@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 use super::schema::*;
 use super::{MAX_GROUP, Mutation, Shared, StoreError, WriteRequest, backend, io_err};
 use crate::history::Record;
+use crate::history::Status;
+use crate::time::HOUR_MS;
 
 /// The first bytes of every redb file.
 const REDB_MAGIC: &[u8] = b"redb\x1A\x0A\xA9\x0D\x0A";
@@ -133,6 +135,7 @@ pub(super) fn open_db(
         txn.open_table(BY_STATUS).map_err(io_err)?;
         txn.open_table(BY_USER).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
+        txn.open_table(TALLY).map_err(io_err)?;
     }
     txn.commit().map_err(io_err)?;
     Ok((db, id, fd))
@@ -151,6 +154,7 @@ fn tables_exist(db: &Database) -> bool {
         && txn.open_table(BY_STATUS).is_ok()
         && txn.open_table(BY_USER).is_ok()
         && txn.open_table(META).is_ok()
+        && txn.open_table(TALLY).is_ok()
 }
 
 fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
@@ -165,6 +169,7 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
         let mut usage = txn.open_table(USAGE).map_err(io_err)?;
         let mut by_status = txn.open_table(BY_STATUS).map_err(io_err)?;
         let mut by_user = txn.open_table(BY_USER).map_err(io_err)?;
+        let mut tally = txn.open_table(TALLY).map_err(io_err)?;
         let mut index = |old: Option<&Record>, new: Option<&Record>| -> Result<(), StoreError> {
             if let Some(o) = old {
                 by_status
@@ -292,6 +297,32 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                         .collect();
                     for k in old {
                         usage.remove(k.as_slice()).map_err(io_err)?;
+                    }
+                }
+                Mutation::Tally { at_ms, outcome } => {
+                    let hour = at_ms / HOUR_MS;
+                    let (mut sent, mut deferred, mut failed) = tally
+                        .get(hour)
+                        .map_err(io_err)?
+                        .map_or((0, 0, 0), |v| v.value());
+                    match outcome {
+                        Status::Sent => sent += 1,
+                        Status::Failed | Status::Partial => failed += 1,
+                        _ => deferred += 1,
+                    }
+                    tally
+                        .insert(hour, (sent, deferred, failed))
+                        .map_err(io_err)?;
+                }
+                Mutation::PruneTally { before } => {
+                    let old: Vec<u64> = tally
+                        .range(..before / HOUR_MS)
+                        .map_err(io_err)?
+                        .filter_map(Result::ok)
+                        .map(|(k, _)| k.value())
+                        .collect();
+                    for h in old {
+                        tally.remove(h).map_err(io_err)?;
                     }
                 }
                 Mutation::Probe => {
