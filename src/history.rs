@@ -113,6 +113,11 @@ impl Waiting {
     /// Why it waits, in words, and when it is tried next (a diagnosis code is named in
     /// brackets).
     pub fn words(&self) -> String {
+        self.words_with(|t| t.to_string())
+    }
+
+    /// [`Waiting::words`] with the time written by `time` (the pages' format).
+    pub fn words_with(&self, time: impl Fn(&str) -> String) -> String {
         let why = match self.reason.as_str() {
             "per-minute-limit" => "held back by the provider's per-minute limit".to_string(),
             "paused" => "the distributor is paused (mailgate resume)".to_string(),
@@ -124,7 +129,7 @@ impl Waiting {
             code => format!("the last attempt failed ({code})"),
         };
         match &self.until {
-            Some(t) => format!("{why}; next attempt at {t}"),
+            Some(t) => format!("{why}; next attempt at {}", time(t)),
             None => why,
         }
     }

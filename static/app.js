@@ -11,11 +11,6 @@
       set("count-sent", s.records.sent); set("count-partial", s.records.partial); set("count-failed", s.records.failed);
       set("total-accepted", s.totals.accepted); set("total-rejected", s.totals.rejected);
       set("distributor-state", s.distributor.paused ? "paused" : "running");
-      (s.providers || []).forEach(function (p) {
-        document.querySelectorAll(".provider-minute").forEach(function (e) {
-          if (e.dataset.provider === p.name) e.textContent = String(p.sent_last_minute);
-        });
-      });
     }).catch(function () {});
   };
   setInterval(tick, 5000);

@@ -82,7 +82,8 @@ async fn tell_daemon(config: &Config, provider: &str) {
             let n = v["released"].as_u64().unwrap_or(0);
             if v["signed_in"].as_bool() == Some(true) {
                 println!(
-                    "the running daemon uses the new sign-in now; {n} held message(s) released"
+                    "the running daemon uses the new sign-in now; {} released",
+                    crate::text::counted(n, "held message")
                 );
             } else {
                 println!("the running daemon forgot the sign-in");

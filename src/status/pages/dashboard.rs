@@ -6,7 +6,7 @@ use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::{CsrfForm, age, csrf_ok, csrf_refused, enc, html, page_error};
+use super::{CsrfForm, age, chart, csrf_ok, csrf_refused, enc, html, page_error};
 use crate::history::Status;
 use crate::status::http::AppState;
 
@@ -14,10 +14,10 @@ struct ProviderRow {
     name: String,
     kind: String,
     host: String,
-    per_minute: String,
-    sent_last_minute: u64,
-    per_day: String,
-    recipients_last_day: u64,
+    /// The per-minute limit's use as an SVG bar (numbers only).
+    minute_bar: String,
+    /// The daily recipient limit's use as an SVG bar (numbers only).
+    day_bar: String,
     throttle_deferrals: u64,
     last_error: String,
     token: String,
@@ -44,26 +44,32 @@ struct Dashboard {
     accepted: u64,
     rejected: u64,
     providers: Vec<ProviderRow>,
+    /// Attempts per hour over 24 hours, an SVG of numbers and times only.
+    hourly_chart: String,
+    /// Attempts per day over 30 days, likewise.
+    daily_chart: String,
+    /// Totals of the last 24 hours: sent, deferred, failed.
+    day_totals: (u64, u64, u64),
 }
 
 pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let store = state.pipeline.store();
+    let since = crate::time::now_ms().saturating_sub(31 * crate::time::DAY_MS);
     let counts = store
-        .blocking(|s| Ok((s.status_counts()?, s.oldest_waiting()?)))
+        .blocking(move |s| {
+            Ok((
+                s.status_counts()?,
+                s.oldest_waiting()?,
+                s.tallies_since(since)?,
+            ))
+        })
         .await;
-    let (counts, oldest) = match counts {
+    let (counts, oldest, tallies) = match counts {
         Ok(c) => c,
         Err(e) => return page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let count = |st: Status| st.count_in(&counts);
     let config = state.pipeline.config();
-    let limit = |n: u32| {
-        if n == 0 {
-            "none".to_string()
-        } else {
-            n.to_string()
-        }
-    };
     let providers = config
         .provider
         .iter()
@@ -93,7 +99,7 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
                         (None, _) => String::new(),
                     };
                     let token = match (t.valid, t.last_error) {
-                        (true, _) => format!("valid until {exp}"),
+                        (true, _) => format!("valid until {}", super::shown_time(&exp)),
                         (false, Some(e)) => format!("no valid token: {e}"),
                         (false, None) => "not fetched yet".into(),
                     };
@@ -107,10 +113,8 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
                     .clone()
                     .or_else(|| p.directory.as_ref().map(|d| d.display().to_string()))
                     .unwrap_or_default(),
-                per_minute: limit(limits.per_minute),
-                sent_last_minute: stats.sent_last_minute,
-                per_day: limit(limits.per_day),
-                recipients_last_day: stats.recipients_last_day,
+                minute_bar: chart::limit_bar("minute", stats.sent_last_minute, limits.per_minute),
+                day_bar: chart::limit_bar("day", stats.recipients_last_day, limits.per_day),
                 throttle_deferrals: stats.throttle_deferrals,
                 last_error: stats
                     .last_error
@@ -131,7 +135,30 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
         .and_then(|id| ulid::Ulid::from_string(id).ok())
         .map(|u| age(u.timestamp_ms()))
         .unwrap_or_default();
+    let now = crate::time::now_ms();
+    let hours = chart::hourly(&tallies, now);
+    let days = chart::daily(&tallies, now);
+    let day_totals = hours.iter().fold((0, 0, 0), |t, b| {
+        (t.0 + b.sent, t.1 + b.deferred, t.2 + b.failed)
+    });
     html(Dashboard {
+        hourly_chart: chart::svg(
+            "chart-hourly",
+            "attempts per hour, last 24 hours",
+            &hours,
+            6,
+            chart::hour_label,
+            chart::hour_when,
+        ),
+        daily_chart: chart::svg(
+            "chart-daily",
+            "attempts per day, last 30 days",
+            &days,
+            5,
+            chart::day_label,
+            chart::day_when,
+        ),
+        day_totals,
         signed_in: state.pages.has_token(),
         csrf: state.pages.csrf_of(&headers),
         paused: state.distributor.is_paused(),

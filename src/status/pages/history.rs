@@ -23,6 +23,8 @@ struct Row {
     attempts: usize,
     /// Why it waits (the reason code) and until when, for unfinished messages.
     waiting: String,
+    /// Until when, as the pages show times (empty: no time).
+    waiting_until: String,
 }
 
 #[derive(Template)]
@@ -32,7 +34,8 @@ struct Messages {
     csrf: String,
     statuses: Vec<(&'static str, bool, &'static str)>,
     user: String,
-    provider: String,
+    /// The configured providers for the filter (name, selected), after "All".
+    providers: Vec<(String, bool)>,
     since: String,
     q: String,
     error: Option<String>,
@@ -63,7 +66,21 @@ pub(super) async fn messages(
         csrf: state.pages.csrf_of(&headers),
         statuses,
         user: shown(&q.user),
-        provider: shown(&q.provider),
+        providers: {
+            let chosen = shown(&q.provider);
+            let mut names: Vec<(String, bool)> = state
+                .pipeline
+                .config()
+                .provider
+                .iter()
+                .map(|p| (p.name.get_ref().clone(), *p.name.get_ref() == chosen))
+                .collect();
+            // A provider no longer configured still has history: keep it choosable.
+            if !chosen.is_empty() && !names.iter().any(|(_, s)| *s) {
+                names.push((chosen, true));
+            }
+            names
+        },
         since: shown(&q.since),
         q: shown(&q.q),
         error: None,
@@ -127,9 +144,13 @@ fn row(r: &Record) -> Row {
         waiting: r
             .waiting
             .as_ref()
-            .map_or_else(String::new, |w| match &w.until {
-                Some(t) => format!("{} until {}", w.reason, super::shown_time(t)),
-                None => w.reason.clone(),
-            }),
+            .map(|w| w.reason.clone())
+            .unwrap_or_default(),
+        waiting_until: r
+            .waiting
+            .as_ref()
+            .and_then(|w| w.until.as_deref())
+            .map(super::shown_time)
+            .unwrap_or_default(),
     }
 }

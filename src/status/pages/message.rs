@@ -14,8 +14,26 @@ struct AttemptView {
     at: String,
     provider: String,
     reply: String,
-    diagnosis: Option<Diagnosis>,
+    diagnosis: Option<DiagnosisView>,
     note: Option<String>,
+}
+
+/// A diagnosis for the page: its words split where the text quotes a command or key in
+/// backticks, so those show as code instead of literal backticks.
+struct DiagnosisView {
+    code: String,
+    explanation: Vec<(bool, String)>,
+    fix: Vec<(bool, String)>,
+}
+
+impl From<&Diagnosis> for DiagnosisView {
+    fn from(d: &Diagnosis) -> Self {
+        DiagnosisView {
+            code: d.code.clone(),
+            explanation: super::code_spans(&d.explanation),
+            fix: super::code_spans(&d.fix),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -29,6 +47,8 @@ struct MessagePage {
     auth_login: String,
     user: String,
     message_id: String,
+    /// When it was received, as the pages show times.
+    received: String,
     retryable: bool,
     cancellable: bool,
     cancelled: Option<String>,
@@ -128,12 +148,15 @@ pub(super) async fn message(
     let record = crate::status::http::as_shown(record, state.distributor.is_paused());
     let (hdrs, body, attachments) = raw.as_deref().map(readable).unwrap_or_default();
     html(MessagePage {
-        waiting: record.waiting.as_ref().map(crate::history::Waiting::words),
+        waiting: record
+            .waiting
+            .as_ref()
+            .map(|w| w.words_with(super::shown_time)),
         cancellable: !record.status.is_finished(),
         cancelled: record
             .cancelled
             .as_ref()
-            .map(|c| format!("Cancelled at {} by {}", c.at, c.by)),
+            .map(|c| format!("Cancelled at {} by {}", super::shown_time(&c.at), c.by)),
         signed_in: state.pages.has_token(),
         csrf: state.pages.csrf_of(&headers),
         status: record.status.as_str(),
@@ -144,6 +167,7 @@ pub(super) async fn message(
         auth_login: record.auth_login.clone().unwrap_or_else(|| "none".into()),
         user: record.user.clone().unwrap_or_else(|| "none".into()),
         message_id: record.message_id.clone().unwrap_or_default(),
+        received: super::shown_time(&record.received_at),
         retryable: matches!(
             record.status,
             Status::Failed | Status::Deferred | Status::Partial
@@ -166,7 +190,7 @@ pub(super) async fn message(
                 at: super::shown_time(&a.at),
                 provider: a.provider.clone(),
                 reply: a.reply.clone(),
-                diagnosis: a.diagnosis.clone(),
+                diagnosis: a.diagnosis.as_ref().map(DiagnosisView::from),
                 note: a.note.clone(),
             })
             .collect(),

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+mod chart;
 mod dashboard;
 mod history;
 mod message;
@@ -199,6 +200,19 @@ pub(super) fn csrf_refused() -> Response {
         StatusCode::FORBIDDEN,
         "missing or wrong CSRF token; reload the page and try again",
     )
+}
+
+/// Text split at backticks into (is code, words): `run \`mailgate verify\`` becomes
+/// [(false, "run "), (true, "mailgate verify")]. An unpaired backtick stays as it is.
+pub(super) fn code_spans(text: &str) -> Vec<(bool, String)> {
+    if !text.matches('`').count().is_multiple_of(2) {
+        return vec![(false, text.to_string())];
+    }
+    text.split('`')
+        .enumerate()
+        .filter(|(_, s)| !s.is_empty())
+        .map(|(i, s)| (i % 2 == 1, s.to_string()))
+        .collect()
 }
 
 /// An RFC 3339 UTC time as the pages show it: `2026-12-03 10:00:02 UTC`.

@@ -89,7 +89,7 @@ struct Page {
     expires_at: String,
     /// Authorization code: where the browser goes now.
     to_platform: Option<String>,
-    done: Option<(String, usize)>,
+    done: Option<(String, String)>,
     failed: Option<String>,
 }
 
@@ -344,10 +344,15 @@ fn render(state: &AppState, headers: &HeaderMap, name: String, s: Progress) -> R
             page.verification_uri = verification_uri;
             page.user_code = user_code;
             page.message = message.unwrap_or_default();
-            page.expires_at = rfc3339(expires_at_ms);
+            page.expires_at = super::shown_time(&rfc3339(expires_at_ms));
         }
         Progress::ToPlatform { url } => page.to_platform = Some(url),
-        Progress::Done { account, released } => page.done = Some((account, released)),
+        Progress::Done { account, released } => {
+            page.done = Some((
+                account,
+                crate::text::counted(released as u64, "held message"),
+            ))
+        }
         Progress::Failed { words } => page.failed = Some(words),
     }
     html(page).into_response()
