@@ -22,6 +22,7 @@
 
 pub mod address;
 pub mod aliases;
+mod background;
 pub mod cli;
 pub mod config;
 pub mod distributor;
@@ -32,6 +33,9 @@ pub mod message;
 pub mod metrics;
 pub mod pipeline;
 pub mod provider;
+pub mod reload;
+
+pub use reload::{ReloadError, ReloadReport};
 pub mod secrets;
 pub mod smtp;
 pub mod status;
@@ -181,15 +185,15 @@ impl Daemon {
         let config_path = Arc::new(RwLock::new(None));
         let listeners_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let token =
-            status::http::load_token(&config.status).map_err(|e| Error::Config(e.to_string()))?;
-        let status_state = status::http::AppState {
+            status::state::load_token(&config.status).map_err(|e| Error::Config(e.to_string()))?;
+        let pages = Arc::new(status::pages::PageState::new(
+            token.clone(),
+            !status_addr.ip().is_loopback(),
+        ));
+        let status_state = status::state::AppState {
             pipeline: pipeline.clone(),
             distributor: distributor.clone(),
             started: Instant::now(),
-            pages: Arc::new(status::pages::PageState::new(
-                token.clone(),
-                !status_addr.ip().is_loopback(),
-            )),
             token,
             config_path: config_path.clone(),
             listeners_up: listeners_up.clone(),
@@ -199,17 +203,18 @@ impl Daemon {
         tasks.push(tokio::spawn(status::http::serve(
             status_listener,
             status_state,
+            pages,
             shutdown_rx.clone(),
         )));
         if let Some(f) = fleet.clone() {
-            tasks.push(tokio::spawn(fleet_heartbeat(
+            tasks.push(tokio::spawn(background::fleet_heartbeat(
                 f,
                 pipeline.store().clone(),
                 distributor.clone(),
                 shutdown_rx.clone(),
             )));
         }
-        tasks.push(tokio::spawn(oauth2_keep_alive(
+        tasks.push(tokio::spawn(background::oauth2_keep_alive(
             distributor.clone(),
             shutdown_rx.clone(),
         )));
@@ -250,7 +255,7 @@ impl Daemon {
     /// Reloads the configuration file (SIGHUP).
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.config_path.read().ok().and_then(|g| g.clone());
-        reload(&self.pipeline, &self.distributor, path.as_deref()).await
+        reload::reload(&self.pipeline, &self.distributor, path.as_deref()).await
     }
 
     /// Graceful stop: stop accepting, let sessions and deliveries finish (bounded by
@@ -274,65 +279,6 @@ impl Daemon {
     }
 }
 
-/// Writes this node's heartbeat into the fleet store until shutdown.
-async fn fleet_heartbeat(
-    fleet: Arc<fleet::Fleet>,
-    store: Store,
-    distributor: Arc<Distributor>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let counts = store
-            .blocking(|s| s.status_counts())
-            .await
-            .unwrap_or_default();
-        let count = |st: history::Status| st.count_in(&counts);
-        fleet
-            .heartbeat(serde_json::json!({
-                "queued": count(history::Status::Queued),
-                "deferred": count(history::Status::Deferred),
-                "sending": distributor.sending(),
-            }))
-            .await;
-        tokio::select! {
-            _ = tokio::time::sleep(fleet::HEARTBEAT_EVERY) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// Uses each delegated provider's refresh token when it has gone unused for
-/// [`provider::oauth2::KEEP_ALIVE`] (checked at start and every ten minutes), so that a
-/// sign-in never ages out while mailgate runs, mail or no mail.
-async fn oauth2_keep_alive(distributor: Arc<Distributor>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        for p in distributor.providers() {
-            let Some(source) = p.oauth() else { continue };
-            let renewal = tokio::select! {
-                r = source.keep_alive() => r,
-                _ = shutdown.changed() => return,
-            };
-            match renewal {
-                Some(Ok(())) => tracing::info!(
-                    provider = source.provider(),
-                    "OAuth2 sign-in renewed while idle (refresh tokens age out when unused)"
-                ),
-                Some(Err(e)) => tracing::warn!(
-                    provider = source.provider(),
-                    diagnosis = e.code.as_str(),
-                    error = %e.reply,
-                    "cannot renew the OAuth2 sign-in"
-                ),
-                None => {}
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
 /// Raises the soft open-file limit to the hard one (each SMTP session holds a socket)
 /// and warns when `smtp.max_connections` cannot fit in it.
 fn raise_open_files(max_connections: usize) {
@@ -350,109 +296,6 @@ fn raise_open_files(max_connections: usize) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
-}
-
-/// What a successful reload changed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ReloadReport {
-    /// Settings that changed but take effect only after a restart.
-    pub needs_restart: Vec<String>,
-    /// Messages held for a configuration reason that were made due.
-    pub released: usize,
-}
-
-/// The settings a reload cannot apply, each with a comparable rendering.
-fn restart_settings(c: &Config) -> [(&'static str, String); 7] {
-    let path = |p: &Option<serde_spanned::Spanned<std::path::PathBuf>>| {
-        p.as_ref().map(|p| p.get_ref().clone())
-    };
-    [
-        ("smtp.listen", format!("{:?}", c.smtp.listen_addrs())),
-        (
-            "smtp.tls_cert/tls_key",
-            format!("{:?}", (path(&c.smtp.tls_cert), path(&c.smtp.tls_key))),
-        ),
-        (
-            "smtp.max_connections/idle_timeout/connection_rate_limit/max_connections_per_address/min_data_rate",
-            format!(
-                "{:?}",
-                (
-                    c.smtp.max_connections,
-                    c.smtp.idle_timeout,
-                    c.smtp.connection_rate_limit,
-                    c.smtp.max_connections_per_address,
-                    c.smtp.min_data_rate,
-                )
-            ),
-        ),
-        (
-            "smtp.shutdown_timeout",
-            format!("{:?}", c.smtp.shutdown_timeout),
-        ),
-        ("store.path", format!("{:?}", c.store.path)),
-        (
-            "status",
-            format!(
-                "{:?}",
-                (
-                    c.status.listen.get_ref(),
-                    &c.status.token_file,
-                    &c.status.token
-                )
-            ),
-        ),
-        (
-            "history.retention_days",
-            format!("{:?}", c.history.retention()),
-        ),
-    ]
-}
-
-/// Why a reload changed nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The daemon runs on the built-in default: there is no file to read again.
-    #[error(
-        "the daemon runs on the built-in default configuration, which has no file to read again: write one (`mailgate default-config > /etc/mailgate/mailgate.toml`), edit it, and restart mailgate (it finds that file, or name another with --config)"
-    )]
-    BuiltIn,
-    /// The file is invalid; every problem with its line.
-    #[error("{0}")]
-    Invalid(#[from] config::ConfigErrors),
-}
-
-/// Re-reads the configuration at `path` (None: the daemon runs on the built-in default,
-/// which cannot change): users, rewrite rules, providers and limits take effect for the
-/// next message; listener and store settings are reported as needing a restart. An
-/// invalid file changes nothing. Held mail is released.
-pub async fn reload(
-    pipeline: &Pipeline,
-    distributor: &Distributor,
-    path: Option<&std::path::Path>,
-) -> Result<ReloadReport, ReloadError> {
-    let new = Config::load(path.ok_or(ReloadError::BuiltIn)?)?;
-    let old = pipeline.config();
-    let needs_restart: Vec<String> = restart_settings(&old)
-        .into_iter()
-        .zip(restart_settings(&new))
-        .filter(|(a, b)| a.1 != b.1)
-        .map(|(a, _)| a.0.to_string())
-        .collect();
-    if old.distributor.enabled != new.distributor.enabled {
-        if new.distributor.enabled {
-            distributor.resume();
-        } else {
-            distributor.pause();
-        }
-    }
-    distributor.set_routing(distributor::Routing::from_config(&new));
-    pipeline.live().set(Arc::new(new));
-    let released = distributor.release_held().await.unwrap_or(0);
-    tracing::info!(needs_restart = ?needs_restart, released, "configuration reloaded");
-    Ok(ReloadReport {
-        needs_restart,
-        released,
-    })
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (before the listeners are up, so a signal

@@ -37,7 +37,7 @@ impl AdminClient {
             .status
             .listen_addr()
             .ok_or_else(|| ClientError::Http("invalid status.listen".into()))?;
-        let token = crate::status::http::load_token(&config.status)
+        let token = crate::status::state::load_token(&config.status)
             .map_err(|e| ClientError::Http(e.to_string()))?;
         let http = reqwest::Client::builder()
             .timeout(crate::CLI_TIMEOUT)

@@ -1,10 +1,20 @@
-//! The status endpoint, the admin API and the Email history page, served on
-//! `status.listen`.
+//! The status listener on `status.listen`: the status endpoint, the metrics, the admin
+//! API and the Email history pages.
+//!
+//! Rooms and what they may use: `state` (the shared parts, leaf), `query` (the history
+//! query, leaf), `actions` (retry, cancel, sign-in changed, reload: `state`), `snapshot`
+//! (the counts and providers `/status` and the dashboard show: `state`), `api` (JSON:
+//! `state`, `actions`, `snapshot`, `query`), `pages` (HTML: the same, never `api` or
+//! `http`), `http` (the router: `api`, `pages`, `state`). No room imports one that
+//! imports it back.
 
+pub mod actions;
+mod api;
 pub mod http;
 pub mod pages;
 pub mod query;
-
+pub mod snapshot;
+pub mod state;
 /// `s` percent-encoded (everything but RFC 3986's unreserved characters), for a URL query
 /// value or path segment: a filter in a link, a provider's name in an API path.
 pub fn percent_encode(s: &str) -> String {

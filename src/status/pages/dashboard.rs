@@ -6,9 +6,10 @@ use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
+use super::Ctx;
 use super::{CsrfForm, age, chart, csrf_ok, csrf_refused, enc, html, page_error};
 use crate::history::Status;
-use crate::status::http::AppState;
+use crate::status::snapshot::{ProviderView, Snapshot};
 
 struct ProviderRow {
     name: String,
@@ -52,89 +53,21 @@ struct Dashboard {
     day_totals: (u64, u64, u64),
 }
 
-pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let store = state.pipeline.store();
+pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> Response {
     let since = crate::time::now_ms().saturating_sub(31 * crate::time::DAY_MS);
-    let counts = store
-        .blocking(move |s| {
-            Ok((
-                s.status_counts()?,
-                s.oldest_waiting()?,
-                s.tallies_since(since)?,
-            ))
-        })
+    let tallies = state
+        .pipeline
+        .store()
+        .blocking(move |s| s.tallies_since(since))
         .await;
-    let (counts, oldest, tallies) = match counts {
-        Ok(c) => c,
-        Err(e) => return page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let (snap, tallies) = match (Snapshot::gather(&state).await, tallies) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(e), _) | (_, Err(e)) => {
+            return page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
     };
-    let count = |st: Status| st.count_in(&counts);
-    let config = state.pipeline.config();
-    let providers = config
-        .provider
-        .iter()
-        .map(|p| {
-            let name = p.name.get_ref().clone();
-            let stats = state.distributor.provider_stats(&name);
-            let limits = crate::distributor::provider_limits(p);
-            let token = state
-                .distributor
-                .provider(&name)
-                .and_then(|pr| pr.token_status())
-                .map_or_else(String::new, |t| {
-                    let exp = t
-                        .expires_at_ms
-                        .map(crate::time::rfc3339)
-                        .unwrap_or_default();
-                    let sign_in = match (t.signed_in, &t.sign_in) {
-                        (Some(_), Some(g)) => format!(
-                            "signed in as {}{}; ",
-                            g.account.as_deref().unwrap_or("(unknown)"),
-                            g.refused
-                                .as_ref()
-                                .map(|r| format!(", REFUSED: {r}"))
-                                .unwrap_or_default()
-                        ),
-                        (Some(_), None) => "not signed in; ".into(),
-                        (None, _) => String::new(),
-                    };
-                    let token = match (t.valid, t.last_error) {
-                        (true, _) => format!("valid until {}", super::shown_time(&exp)),
-                        (false, Some(e)) => format!("no valid token: {e}"),
-                        (false, None) => "not fetched yet".into(),
-                    };
-                    format!("{sign_in}{token}")
-                });
-            let delegated = p.oauth2.as_ref().is_some_and(|o| o.flow.is_delegated());
-            ProviderRow {
-                kind: format!("{:?}", p.kind).to_ascii_lowercase(),
-                host: p
-                    .host
-                    .clone()
-                    .or_else(|| p.directory.as_ref().map(|d| d.display().to_string()))
-                    .unwrap_or_default(),
-                minute_bar: chart::limit_bar("minute", stats.sent_last_minute, limits.per_minute),
-                day_bar: chart::limit_bar("day", stats.recipients_last_day, limits.per_day),
-                throttle_deferrals: stats.throttle_deferrals,
-                last_error: stats
-                    .last_error
-                    .map(|(e, at)| {
-                        format!("{} ({e})", super::shown_time(&crate::time::rfc3339(at)))
-                    })
-                    .unwrap_or_default(),
-                token,
-                path: enc(&name),
-                delegated,
-                name,
-            }
-        })
-        .collect();
+    let providers = snap.providers.iter().map(provider_row).collect();
     let m = state.pipeline.metrics();
-    let oldest_age = oldest
-        .as_deref()
-        .and_then(|id| ulid::Ulid::from_string(id).ok())
-        .map(|u| age(u.timestamp_ms()))
-        .unwrap_or_default();
     let now = crate::time::now_ms();
     let hours = chart::hourly(&tallies, now);
     let days = chart::daily(&tallies, now);
@@ -161,23 +94,68 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
         day_totals,
         signed_in: state.pages.has_token(),
         csrf: state.pages.csrf_of(&headers),
-        paused: state.distributor.is_paused(),
-        queued: count(Status::Queued),
-        deferred: count(Status::Deferred),
-        sending: state.distributor.sending(),
-        sent: count(Status::Sent),
-        partial: count(Status::Partial),
-        failed: count(Status::Failed),
-        oldest,
-        oldest_age,
+        paused: snap.paused,
+        queued: snap.count(Status::Queued),
+        deferred: snap.count(Status::Deferred),
+        sending: snap.sending,
+        sent: snap.count(Status::Sent),
+        partial: snap.count(Status::Partial),
+        failed: snap.count(Status::Failed),
+        oldest_age: snap.oldest_at_ms.map(age).unwrap_or_default(),
+        oldest: snap.oldest,
         accepted: m.accepted.get(),
         rejected: m.totals.rejected.load(std::sync::atomic::Ordering::Relaxed),
         providers,
     })
 }
 
+/// One provider's row: its limits as bars, its last error and sign-in in words.
+fn provider_row(p: &ProviderView) -> ProviderRow {
+    let token = p.token.as_ref().map_or_else(String::new, |t| {
+        let exp = t
+            .expires_at_ms
+            .map(crate::time::rfc3339)
+            .unwrap_or_default();
+        let sign_in = match (t.signed_in, &t.sign_in) {
+            (Some(_), Some(g)) => format!(
+                "signed in as {}{}; ",
+                g.account.as_deref().unwrap_or("(unknown)"),
+                g.refused
+                    .as_ref()
+                    .map(|r| format!(", REFUSED: {r}"))
+                    .unwrap_or_default()
+            ),
+            (Some(_), None) => "not signed in; ".into(),
+            (None, _) => String::new(),
+        };
+        let token = match (t.valid, &t.last_error) {
+            (true, _) => format!("valid until {}", super::shown_time(&exp)),
+            (false, Some(e)) => format!("no valid token: {e}"),
+            (false, None) => "not fetched yet".into(),
+        };
+        format!("{sign_in}{token}")
+    });
+    ProviderRow {
+        name: p.name.clone(),
+        kind: p.kind.clone(),
+        host: p.upstream.clone(),
+        minute_bar: chart::limit_bar("minute", p.stats.sent_last_minute, p.limits.per_minute),
+        day_bar: chart::limit_bar("day", p.stats.recipients_last_day, p.limits.per_day),
+        throttle_deferrals: p.stats.throttle_deferrals,
+        last_error: p
+            .stats
+            .last_error
+            .as_ref()
+            .map(|(e, at)| format!("{} ({e})", super::shown_time(&crate::time::rfc3339(*at))))
+            .unwrap_or_default(),
+        token,
+        path: enc(&p.name),
+        delegated: p.delegated,
+    }
+}
+
 pub(super) async fn pause(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
@@ -185,7 +163,7 @@ pub(super) async fn pause(
 }
 
 pub(super) async fn resume(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
@@ -193,7 +171,7 @@ pub(super) async fn resume(
 }
 
 /// The Pause and Resume buttons.
-fn set_paused(state: &AppState, headers: &HeaderMap, f: &CsrfForm, paused: bool) -> Response {
+fn set_paused(state: &Ctx, headers: &HeaderMap, f: &CsrfForm, paused: bool) -> Response {
     if !csrf_ok(state, headers, f) {
         return csrf_refused();
     }

@@ -6,9 +6,9 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 
+use super::Ctx;
 use super::{enc, html};
 use crate::history::Record;
-use crate::status::http::AppState;
 use crate::status::query::{HistoryQuery, ListQuery};
 
 struct Row {
@@ -44,7 +44,7 @@ struct Messages {
 }
 
 pub(super) async fn messages(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Response {
@@ -99,7 +99,7 @@ pub(super) async fn messages(
             let paused = state.distributor.is_paused();
             page.rows = records
                 .into_iter()
-                .map(|r| row(&crate::status::http::as_shown(r, paused)))
+                .map(|r| row(&crate::status::state::as_shown(r, paused)))
                 .collect();
             page.next = next.map(|cursor| {
                 let mut url = String::from("/messages?");

@@ -6,9 +6,10 @@ use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
+use super::Ctx;
 use super::{CsrfForm, csrf_ok, csrf_refused, enc, html, page_error};
 use crate::history::{Diagnosis, Record, Status};
-use crate::status::http::{AppState, retry_message};
+use crate::status::actions::retry_message;
 
 struct AttemptView {
     at: String,
@@ -130,7 +131,7 @@ fn header_text(h: &mail_parser::Header<'_>, raw: &[u8]) -> String {
 }
 
 pub(super) async fn message(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
@@ -145,7 +146,7 @@ pub(super) async fn message(
         Ok((None, _)) => return page_error(StatusCode::NOT_FOUND, format!("no message {id}")),
         Err(e) => return page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let record = crate::status::http::as_shown(record, state.distributor.is_paused());
+    let record = crate::status::state::as_shown(record, state.distributor.is_paused());
     let (hdrs, body, attachments) = raw.as_deref().map(readable).unwrap_or_default();
     html(MessagePage {
         waiting: record
@@ -201,7 +202,7 @@ pub(super) async fn message(
     })
 }
 
-pub(super) async fn raw(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn raw(State(state): State<Ctx>, Path(id): Path<String>) -> Response {
     let lookup = id.clone();
     match state
         .pipeline
@@ -229,7 +230,7 @@ pub(super) async fn raw(State(state): State<AppState>, Path(id): Path<String>) -
 }
 
 pub(super) async fn cancel(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Path(id): Path<String>,
@@ -239,14 +240,14 @@ pub(super) async fn cancel(
         return csrf_refused();
     }
     let by = format!("the Email history page (from {})", peer.ip());
-    match crate::status::http::cancel_message(&state, &id, &by).await {
+    match crate::status::actions::cancel_message(&state, &id, &by).await {
         Ok(_) => Redirect::to(&format!("/messages/{}", enc(&id))).into_response(),
         Err((code, why)) => page_error(code, why),
     }
 }
 
 pub(super) async fn retry(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,

@@ -7,7 +7,7 @@
 //! The list runs the same [`HistoryQuery`] as `GET /api/messages`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use askama::Template;
 use axum::Router;
@@ -24,7 +24,7 @@ mod history;
 mod message;
 mod oauth2;
 
-use super::http::AppState;
+use super::state::AppState;
 use crate::time::now_ms;
 
 const COOKIE: &str = "mailgate_session";
@@ -104,8 +104,24 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// The pages' routes (merged into the status router).
-pub fn routes(state: AppState) -> Router<AppState> {
+/// What a page handler can reach: the daemon's parts (through `Deref`) and the pages'
+/// own sessions.
+#[derive(Debug, Clone)]
+pub(super) struct Ctx {
+    app: AppState,
+    pages: Arc<PageState>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.app
+    }
+}
+
+/// The pages' routes, with their state (merged into the status router).
+pub fn routes(app: AppState, pages: Arc<PageState>) -> Router {
+    let state = Ctx { app, pages };
     Router::new()
         .route("/", get(dashboard::dashboard))
         .route("/messages", get(history::messages))
@@ -126,6 +142,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/static/style.css", get(style))
         .route("/static/app.js", get(script))
         .layer(middleware::from_fn(security_headers))
+        .with_state(state)
 }
 
 async fn security_headers(req: Request, next: Next) -> Response {
@@ -150,7 +167,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
 
 /// With a token configured: a page needs a session (else the sign-in form), and a POST
 /// needs the session's CSRF token (checked by the handler's form).
-async fn signed_in(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn signed_in(State(state): State<Ctx>, req: Request, next: Next) -> Response {
     if state.pages.csrf(req.headers()).is_none() {
         return if req.method() == Method::GET {
             Redirect::to("/signin").into_response()
@@ -188,7 +205,7 @@ pub(super) struct CsrfForm {
     csrf: String,
 }
 
-pub(super) fn csrf_ok(state: &AppState, headers: &HeaderMap, form: &CsrfForm) -> bool {
+pub(super) fn csrf_ok(state: &Ctx, headers: &HeaderMap, form: &CsrfForm) -> bool {
     state
         .pages
         .csrf(headers)
@@ -242,7 +259,7 @@ struct SignIn {
     failed: bool,
 }
 
-async fn signin_form(State(state): State<AppState>) -> Response {
+async fn signin_form(State(state): State<Ctx>) -> Response {
     if state.pages.token.is_none() {
         return Redirect::to("/").into_response();
     }
@@ -259,7 +276,7 @@ struct TokenForm {
     token: String,
 }
 
-async fn signin(State(state): State<AppState>, Form(f): Form<TokenForm>) -> Response {
+async fn signin(State(state): State<Ctx>, Form(f): Form<TokenForm>) -> Response {
     let Some(token) = &state.pages.token else {
         return Redirect::to("/").into_response();
     };
@@ -285,7 +302,7 @@ async fn signin(State(state): State<AppState>, Form(f): Form<TokenForm>) -> Resp
 }
 
 async fn signout(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {

@@ -20,12 +20,13 @@ use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
+use super::Ctx;
 use super::{CsrfForm, csrf_ok, csrf_refused, enc, html, page_error};
 use crate::config::OAuthFlow;
 use crate::provider::Provider;
 use crate::provider::oauth2::TokenResponse;
 use crate::provider::oauth2::login::{AuthorizationRequest, LoginError};
-use crate::status::http::{AppState, sign_in_changed};
+use crate::status::actions::sign_in_changed;
 use crate::time::{now_ms, rfc3339};
 
 /// Where one provider's browser sign-in is.
@@ -95,7 +96,7 @@ struct Page {
 
 /// `POST /providers/{name}/sign-in`: starts a device sign-in (or shows the one running).
 pub async fn start(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     Path(name): Path<String>,
     Form(f): Form<CsrfForm>,
@@ -170,7 +171,7 @@ pub async fn start(
 /// After the platform answered: the sign-in sealed, the provider told, its held mail
 /// released; the outcome kept for the page.
 async fn conclude(
-    state: &AppState,
+    state: &Ctx,
     name: &str,
     provider: std::sync::Arc<Provider>,
     tokens: Result<TokenResponse, LoginError>,
@@ -221,12 +222,7 @@ fn loopback_port(headers: &HeaderMap) -> Option<u16> {
 }
 
 /// `authorization_code`: sends the browser to the platform, to come back to the callback.
-fn to_the_platform(
-    state: &AppState,
-    headers: &HeaderMap,
-    name: &str,
-    provider: &Provider,
-) -> Response {
+fn to_the_platform(state: &Ctx, headers: &HeaderMap, name: &str, provider: &Provider) -> Response {
     let Some(oauth) = provider.oauth() else {
         return page_error(StatusCode::BAD_REQUEST, "no OAuth2");
     };
@@ -265,7 +261,7 @@ fn to_the_platform(
 
 /// `GET /oauth2/callback`: the platform's redirect of an authorization-code sign-in.
 pub async fn callback(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
 ) -> Response {
@@ -303,7 +299,7 @@ pub async fn callback(
 
 /// `GET /providers/{name}/sign-in`: the sign-in's state.
 pub async fn show(
-    State(state): State<AppState>,
+    State(state): State<Ctx>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
@@ -315,7 +311,7 @@ pub async fn show(
 
 /// The sign-in page. Sign out shows only to a request with a session (the platform's
 /// redirect to the callback brings none).
-fn render(state: &AppState, headers: &HeaderMap, name: String, s: Progress) -> Response {
+fn render(state: &Ctx, headers: &HeaderMap, name: String, s: Progress) -> Response {
     let mut page = Page {
         signed_in: state.pages.has_token() && state.pages.csrf(headers).is_some(),
         csrf: state.pages.csrf_of(headers),
