@@ -79,16 +79,7 @@ pub struct Recipient {
     pub reply: Option<String>,
 }
 
-/// Why an attempt failed, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Diagnosis {
-    /// Stable code, e.g. `auth-failed`.
-    pub code: String,
-    /// What happened, in words.
-    pub explanation: String,
-    /// What the administrator should do.
-    pub fix: String,
-}
+pub use crate::provider::diagnosis::{Code, Diagnosis};
 
 /// Who stopped a message, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

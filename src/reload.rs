@@ -17,53 +17,6 @@ pub struct ReloadReport {
     pub released: usize,
 }
 
-/// The settings a reload cannot apply, each with a comparable rendering.
-fn restart_settings(c: &Config) -> [(&'static str, String); 7] {
-    let path = |p: &Option<serde_spanned::Spanned<std::path::PathBuf>>| {
-        p.as_ref().map(|p| p.get_ref().clone())
-    };
-    [
-        ("smtp.listen", format!("{:?}", c.smtp.listen_addrs())),
-        (
-            "smtp.tls_cert/tls_key",
-            format!("{:?}", (path(&c.smtp.tls_cert), path(&c.smtp.tls_key))),
-        ),
-        (
-            "smtp.max_connections/idle_timeout/connection_rate_limit/max_connections_per_address/min_data_rate",
-            format!(
-                "{:?}",
-                (
-                    c.smtp.max_connections,
-                    c.smtp.idle_timeout,
-                    c.smtp.connection_rate_limit,
-                    c.smtp.max_connections_per_address,
-                    c.smtp.min_data_rate,
-                )
-            ),
-        ),
-        (
-            "smtp.shutdown_timeout",
-            format!("{:?}", c.smtp.shutdown_timeout),
-        ),
-        ("store.path", format!("{:?}", c.store.path)),
-        (
-            "status",
-            format!(
-                "{:?}",
-                (
-                    c.status.listen.get_ref(),
-                    &c.status.token_file,
-                    &c.status.token
-                )
-            ),
-        ),
-        (
-            "history.retention_days",
-            format!("{:?}", c.history.retention()),
-        ),
-    ]
-}
-
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -88,9 +41,10 @@ pub async fn reload(
 ) -> Result<ReloadReport, ReloadError> {
     let new = Config::load(path.ok_or(ReloadError::BuiltIn)?)?;
     let old = pipeline.config();
-    let needs_restart: Vec<String> = restart_settings(&old)
+    let needs_restart: Vec<String> = old
+        .start_only()
         .into_iter()
-        .zip(restart_settings(&new))
+        .zip(new.start_only())
         .filter(|(a, b)| a.1 != b.1)
         .map(|(a, _)| a.0.to_string())
         .collect();

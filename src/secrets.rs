@@ -22,7 +22,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 
-use crate::config::ProviderConfig;
+use crate::config::{ProviderConfig, SecretSource};
 
 /// A secret value that does not print itself.
 #[derive(Clone, PartialEq, Eq)]
@@ -57,9 +57,9 @@ pub enum SecretError {
     /// `password_file` or the secrets file could not be read or written.
     #[error("{0}")]
     Io(String),
-    /// `password_env` names an unset variable.
-    #[error("environment variable {0} (password_env) is not set")]
-    EnvMissing(String),
+    /// A `KEY_env` names an unset variable: (variable, key).
+    #[error("environment variable {0} ({1}_env) is not set")]
+    EnvMissing(String, &'static str),
 }
 
 /// The encrypted secrets beside a store.
@@ -268,25 +268,35 @@ pub fn strip_one_newline(s: &str) -> &str {
         .unwrap_or(s)
 }
 
-/// The password of a provider: `password`, `password_file` (one trailing newline
-/// stripped), `password_env`, else the stored secret; `None` when there is none.
+/// The secret a [`SecretSource`] names: the value, the file's text (one trailing line end
+/// stripped, as a file or a pipe adds), or the variable; `None` when none is set.
+pub fn resolve(src: &SecretSource<'_>) -> Result<Option<Secret>, SecretError> {
+    if let Some(v) = src.value {
+        return Ok(Some(Secret(v.to_string())));
+    }
+    if let Some(path) = src.file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SecretError::Io(format!("{}_file {}: {e}", src.key, path.display())))?;
+        return Ok(Some(Secret(strip_one_newline(&text).to_string())));
+    }
+    if let Some(var) = src.env {
+        return std::env::var(var)
+            .map(|v| Some(Secret(v)))
+            .map_err(|_| SecretError::EnvMissing(var.to_string(), src.key));
+    }
+    Ok(None)
+}
+
+/// The password of a provider: `password`, `password_file`, `password_env` (see
+/// [`resolve`]), else the stored secret; `None` when there is none.
 pub fn provider_password(
     p: &ProviderConfig,
     store: &SecretStore,
 ) -> Result<Option<Secret>, SecretError> {
-    if let Some(pw) = &p.password {
-        return Ok(Some(Secret(pw.clone())));
+    match resolve(&p.password_source())? {
+        Some(s) => Ok(Some(s)),
+        None => store.get(p.name.get_ref()),
     }
-    if let Some(path) = &p.password_file {
-        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-        return Ok(Some(Secret(strip_one_newline(&text).to_string())));
-    }
-    if let Some(var) = &p.password_env {
-        return std::env::var(var)
-            .map(|v| Some(Secret(v)))
-            .map_err(|_| SecretError::EnvMissing(var.clone()));
-    }
-    store.get(p.name.get_ref())
 }
 
 #[cfg(test)]

@@ -229,7 +229,7 @@ async fn daily_recipient_quota_survives_a_restart() {
     let third = status(&ids[2]);
     assert_eq!(third.status, Status::Deferred);
     let d = third.attempts[0].diagnosis.as_ref().unwrap();
-    assert_eq!(d.code, "daily-quota");
+    assert_eq!(d.code.as_str(), "daily-quota");
     assert!(
         third.attempts[0]
             .reply

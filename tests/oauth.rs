@@ -40,7 +40,7 @@ fn diag(r: &Record) -> String {
     r.attempts
         .last()
         .and_then(|a| a.diagnosis.as_ref())
-        .map(|d| d.code.clone())
+        .map(|d| d.code.to_string())
         .unwrap_or_default()
 }
 

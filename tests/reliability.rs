@@ -139,7 +139,10 @@ async fn fault_then_recovery(broken: Script, code: &str) {
     let id = submit(&daemon, "fault").await;
     let rec = next_outcome(&daemon, &mut events, &id).await;
     assert_eq!(rec.status, Status::Deferred, "{code}: {rec:#?}");
-    assert_eq!(rec.attempts[0].diagnosis.as_ref().unwrap().code, code);
+    assert_eq!(
+        rec.attempts[0].diagnosis.as_ref().unwrap().code.as_str(),
+        code
+    );
     up.set_script(Script::default());
     let rec = loop {
         let rec = next_outcome(&daemon, &mut events, &id).await;
@@ -214,7 +217,7 @@ async fn upstream_tls_handshake_fails() {
     let rec = next_outcome(&daemon, &mut events, &id).await;
     assert_eq!(rec.status, Status::Deferred);
     assert_eq!(
-        rec.attempts[0].diagnosis.as_ref().unwrap().code,
+        rec.attempts[0].diagnosis.as_ref().unwrap().code.as_str(),
         "connection-failed",
         "{rec:#?}"
     );

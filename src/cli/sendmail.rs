@@ -130,43 +130,9 @@ pub fn read_message(input: &[u8], ignore_dots: bool) -> Vec<u8> {
 
 /// The addresses of To, Cc and Bcc (for `-t`), and the message without its Bcc fields.
 pub fn header_recipients(raw: &[u8]) -> (Vec<String>, Vec<u8>) {
-    use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
-    let mut rcpts = Vec::new();
-    let mut bcc: Vec<(usize, usize)> = Vec::new();
-    if let Some(m) = MessageParser::default().parse_headers(raw) {
-        for h in &m.root_part().headers {
-            if !matches!(h.name, HeaderName::To | HeaderName::Cc | HeaderName::Bcc) {
-                continue;
-            }
-            if h.name == HeaderName::Bcc {
-                bcc.push((h.offset_field as usize, h.offset_end as usize));
-            }
-            let list: Vec<&mail_parser::Addr<'_>> = match &h.value {
-                HeaderValue::Address(Address::List(l)) => l.iter().collect(),
-                HeaderValue::Address(Address::Group(g)) => {
-                    g.iter().flat_map(|g| g.addresses.iter()).collect()
-                }
-                _ => Vec::new(),
-            };
-            // `To: root` (cron writes it) is a bare local name, which mail-parser reads
-            // as a display name without an address.
-            let bare = |a: &&mail_parser::Addr<'_>| {
-                a.name
-                    .as_deref()
-                    .filter(|n| crate::aliases::is_local_name(n))
-                    .map(String::from)
-            };
-            rcpts.extend(list.iter().filter_map(|a| match a.address.as_deref() {
-                Some(addr) => Some(addr.to_string()),
-                None => bare(a),
-            }));
-        }
-    }
-    let mut out = raw.to_vec();
-    for (s, e) in bcc.into_iter().rev() {
-        out.drain(s..e.min(out.len()));
-    }
-    (rcpts, out)
+    let named = crate::message::recipients::named(raw);
+    let without = crate::message::recipients::without_bcc(raw, &named);
+    (named.addresses, without)
 }
 
 fn has_from(raw: &[u8]) -> bool {

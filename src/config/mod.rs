@@ -15,7 +15,10 @@ use serde_spanned::Spanned;
 mod provider;
 mod validate;
 
-pub use provider::{Issuer, OAuth2Config, OAuthFlow, ProviderConfig, ProviderKind, TlsMode};
+pub use provider::{
+    Issuer, OAuth2Config, OAuthFlow, ProviderConfig, ProviderKind, SecretSource, TlsMode,
+    parse_fingerprint,
+};
 
 /// The configuration path used when neither `--config` nor `MAILGATE_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "config/mailgate.toml";
@@ -257,6 +260,55 @@ impl Default for SmtpConfig {
 }
 
 impl SmtpConfig {
+    /// The keys a running listener cannot change (it is bound, its limits built), each
+    /// with a rendering to compare. Every field is named, the live ones as `_`, so a new
+    /// key cannot be added without saying which it is.
+    fn start_only(&self) -> Vec<(&'static str, String)> {
+        let SmtpConfig {
+            listen,
+            hostname: _,
+            max_message_size: _,
+            max_recipients: _,
+            reject_single_label_domains: _,
+            allowed_networks: _,
+            require_auth: _,
+            bare_newlines: _,
+            long_lines: _,
+            tls_cert,
+            tls_key,
+            max_connections,
+            idle_timeout,
+            shutdown_timeout,
+            connection_rate_limit,
+            max_connections_per_address,
+            min_data_rate,
+        } = self;
+        let path = |p: &Option<Spanned<PathBuf>>| format!("{:?}", p.as_ref().map(|p| p.get_ref()));
+        vec![
+            (
+                "smtp.listen",
+                format!(
+                    "{:?}",
+                    listen.iter().map(|l| l.get_ref()).collect::<Vec<_>>()
+                ),
+            ),
+            ("smtp.tls_cert", path(tls_cert)),
+            ("smtp.tls_key", path(tls_key)),
+            ("smtp.max_connections", format!("{max_connections}")),
+            ("smtp.idle_timeout", format!("{idle_timeout:?}")),
+            ("smtp.shutdown_timeout", format!("{shutdown_timeout:?}")),
+            (
+                "smtp.connection_rate_limit",
+                format!("{connection_rate_limit}"),
+            ),
+            (
+                "smtp.max_connections_per_address",
+                format!("{max_connections_per_address}"),
+            ),
+            ("smtp.min_data_rate", format!("{min_data_rate:?}")),
+        ]
+    }
+
     /// The parsed listener addresses (validated at load time).
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.listen
@@ -551,6 +603,47 @@ impl Config {
                 Err(ConfigErrors(errors))
             }
         }
+    }
+
+    /// The settings a reload cannot apply (SIGHUP reports them as needing a restart),
+    /// each with a rendering to compare. Every section and start-only key is named
+    /// where it is destructured, so a new one cannot be forgotten: the live ones are `_`.
+    pub fn start_only(&self) -> Vec<(&'static str, String)> {
+        let Config {
+            smtp,
+            store:
+                StoreConfig {
+                    path,
+                    min_free_space: _,
+                },
+            history: HistoryConfig { retention_days: _ },
+            status:
+                StatusConfig {
+                    listen,
+                    token_file,
+                    token,
+                },
+            distributor: _,
+            rewrite: _,
+            provider: _,
+            user: _,
+            fleet,
+            sendmail: _,
+        } = self;
+        let mut out = smtp.start_only();
+        out.extend([
+            ("store.path", format!("{path:?}")),
+            (
+                "history.retention_days",
+                format!("{:?}", self.history.retention()),
+            ),
+            ("status.listen", listen.get_ref().clone()),
+            ("status.token_file", format!("{token_file:?}")),
+            // Only the key's name is ever reported, never this rendering.
+            ("status.token", format!("{token:?}")),
+            ("fleet", format!("{fleet:?}")),
+        ]);
+        out
     }
 
     /// The provider of this name.

@@ -191,3 +191,78 @@ impl ProviderConfig {
         }
     }
 }
+
+/// A secret given one of three ways (`KEY`, `KEY_file`, `KEY_env`): the one rule "at most
+/// one of them" lives here, and [`crate::secrets::resolve`] reads whichever is set.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretSource<'a> {
+    /// The key's name (`password`, `client_secret`).
+    pub key: &'static str,
+    /// The value inline.
+    pub value: Option<&'a str>,
+    /// A file holding it (one trailing line end stripped).
+    pub file: Option<&'a std::path::Path>,
+    /// An environment variable holding it.
+    pub env: Option<&'a str>,
+}
+
+impl SecretSource<'_> {
+    /// How many of the three are set.
+    pub fn given(&self) -> usize {
+        usize::from(self.value.is_some())
+            + usize::from(self.file.is_some())
+            + usize::from(self.env.is_some())
+    }
+
+    /// The sentence for more than one, or None.
+    pub fn problem(&self) -> Option<String> {
+        (self.given() > 1).then(|| {
+            let k = self.key;
+            format!("set only one of {k}, {k}_file, {k}_env")
+        })
+    }
+}
+
+impl ProviderConfig {
+    /// `password`, `password_file`, `password_env`.
+    pub fn password_source(&self) -> SecretSource<'_> {
+        SecretSource {
+            key: "password",
+            value: self.password.as_deref(),
+            file: self.password_file.as_deref(),
+            env: self.password_env.as_deref(),
+        }
+    }
+}
+
+impl OAuth2Config {
+    /// `client_secret`, `client_secret_file`, `client_secret_env`.
+    pub fn client_secret_source(&self) -> SecretSource<'_> {
+        SecretSource {
+            key: "client_secret",
+            value: self.client_secret.as_deref(),
+            file: self.client_secret_file.as_deref(),
+            env: self.client_secret_env.as_deref(),
+        }
+    }
+}
+
+/// Parses `sha256:AB:CD:...` (hex, colons optional, any case) into the 32 bytes.
+pub fn parse_fingerprint(text: &str) -> Result<Vec<u8>, String> {
+    let hex: String = text
+        .trim()
+        .strip_prefix("sha256:")
+        .or_else(|| text.trim().strip_prefix("SHA256:"))
+        .unwrap_or(text.trim())
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "tls_fingerprint {text:?} is not a SHA-256 fingerprint (sha256: and 64 hex digits, colons optional)"
+        ));
+    }
+    (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}

@@ -194,3 +194,40 @@ fn retention_zero_means_thirty_days() {
     .unwrap();
     assert_eq!(c.history.retention(), Duration::from_secs(7 * 86_400));
 }
+
+/// What a reload reports as needing a restart: start-only keys by name (the fleet too),
+/// never a live one, and a moved line is no change.
+#[test]
+fn start_only_keys_are_named_and_live_ones_are_not() {
+    let changed = |a: &str, b: &str| -> Vec<&'static str> {
+        let a = Config::parse(&format!("{OUTBOX}{a}"), Path::new("a.toml")).unwrap();
+        let b = Config::parse(&format!("{OUTBOX}{b}"), Path::new("b.toml")).unwrap();
+        a.start_only()
+            .into_iter()
+            .zip(b.start_only())
+            .filter(|(x, y)| x.1 != y.1)
+            .map(|(x, _)| x.0)
+            .collect()
+    };
+    assert_eq!(
+        changed(
+            "[fleet]\nredis_url = \"redis://127.0.0.1:6379/0\"\n",
+            "[fleet]\nredis_url = \"redis://127.0.0.1:6380/0\"\n"
+        ),
+        ["fleet"]
+    );
+    assert_eq!(
+        changed(
+            "[smtp]\nidle_timeout = \"1m\"\nmax_recipients = 5\n",
+            "[smtp]\nidle_timeout = \"2m\"\nmax_recipients = 9\n"
+        ),
+        ["smtp.idle_timeout"]
+    );
+    assert_eq!(
+        changed(
+            "[smtp]\nlisten = [\"127.0.0.1:2525\"]\n",
+            "\n\n[smtp]\nlisten = [\"127.0.0.1:2525\"]\n"
+        ),
+        Vec::<&str>::new()
+    );
+}

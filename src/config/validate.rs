@@ -114,7 +114,7 @@ impl Config {
             }
             out.extend(validate_provider(p));
             if let Some(f) = &p.tls_fingerprint
-                && let Err(e) = crate::provider::smtp::tls::parse_fingerprint(f)
+                && let Err(e) = super::provider::parse_fingerprint(f)
             {
                 out.push((
                     p.name.span(),
@@ -168,19 +168,8 @@ fn validate_provider(p: &ProviderConfig) -> Vec<(Range<usize>, String)> {
     let mut out = Vec::new();
     let span = p.name.span();
     let name = p.name.get_ref();
-    let secrets = [
-        p.password.is_some(),
-        p.password_file.is_some(),
-        p.password_env.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if secrets > 1 {
-        out.push((
-            span.clone(),
-            format!("provider {name:?}: set only one of password, password_file, password_env"),
-        ));
+    if let Some(why) = p.password_source().problem() {
+        out.push((span.clone(), format!("provider {name:?}: {why}")));
     }
     if p.max_connections == 0 {
         out.push((
@@ -235,19 +224,12 @@ fn oauth2_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<S
     let mut out = Vec::new();
     let flow = o.flow.as_str();
     let google = p.oauth_issuer() == Issuer::Google;
-    let secrets = [
-        o.client_secret.is_some(),
-        o.client_secret_file.is_some(),
-        o.client_secret_env.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
+    let secrets = o.client_secret_source().given();
     if o.certificate_file.is_some() != o.private_key_file.is_some() {
         out.push("[provider.oauth2] certificate_file and private_key_file go together".into());
     }
-    if secrets > 1 {
-        out.push("[provider.oauth2] set only one of client_secret, client_secret_file, client_secret_env".into());
+    if let Some(why) = o.client_secret_source().problem() {
+        out.push(format!("[provider.oauth2] {why}"));
     }
     if o.flow != OAuthFlow::JwtBearer {
         if o.client_id.is_none() {

@@ -621,7 +621,7 @@ impl Distributor {
             .observe(took.as_secs_f64());
         let diagnosis = last
             .and_then(|a| a.diagnosis.as_ref())
-            .map_or_else(|| "none".to_string(), |d| d.code.clone());
+            .map_or_else(|| "none".to_string(), |d| d.code.to_string());
         match status {
             Status::Sent | Status::Partial => {
                 m.sent.get_or_create(&label).inc();

@@ -374,8 +374,7 @@ impl Distributor {
             r.attempts
                 .last()
                 .and_then(|a| a.diagnosis.as_ref())
-                .and_then(|d| crate::provider::diagnosis::Code::parse(&d.code))
-                .is_some_and(|c| c.is_config())
+                .is_some_and(|d| d.code.is_config())
         };
         let ids: Vec<String> = self
             .store

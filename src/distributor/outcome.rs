@@ -102,7 +102,7 @@ pub fn apply_outcome(
                 .attempts
                 .last()
                 .and_then(|a| a.diagnosis.as_ref())
-                .map_or_else(|| "unknown".to_string(), |d| d.code.clone()),
+                .map_or_else(|| "unknown".to_string(), |d| d.code.to_string()),
             until: record.next_attempt_at.clone(),
         });
         if sent > 0 && record.sent_at.is_none() {

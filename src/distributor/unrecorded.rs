@@ -47,7 +47,7 @@ impl Distributor {
             status = f.status.as_str(),
             provider = %f.provider,
             deferrals = f.deferrals,
-            diagnosis = f.last.as_ref().and_then(|a| a.diagnosis.as_ref()).map(|d| d.code.clone()),
+            diagnosis = f.last.as_ref().and_then(|a| a.diagnosis.as_ref()).map(|d| d.code.as_str()),
             reply = f.last.as_ref().map(|a| a.reply.clone()),
             delay_ms = crate::time::duration_ms(f.took),
             "delivery"

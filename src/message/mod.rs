@@ -5,6 +5,7 @@
 
 pub mod identify;
 pub mod longlines;
+pub mod recipients;
 pub mod rewrite;
 
 use std::time::{Duration, UNIX_EPOCH};

@@ -3,7 +3,38 @@
 //! recognised by reply code, enhanced status code and text (the Microsoft 365 texts are
 //! matched as they are sent); local failures (connection, TLS, secrets) by their kind.
 
-use crate::history::Diagnosis;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why an attempt failed, and what to do about it (kept in the history record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// Stable code, e.g. `auth-failed` (its name in the record).
+    pub code: Code,
+    /// What happened, in words.
+    pub explanation: String,
+    /// What the administrator should do.
+    pub fix: String,
+}
+
+impl Serialize for Code {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A name no longer (or not yet) known reads as `unknown`, so an old record always loads.
+impl<'de> Deserialize<'de> for Code {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(Code::parse(&name).unwrap_or(Code::Unknown))
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Every code mailgate records. `as_str` is the stable name in history, logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,7 +326,7 @@ impl Code {
     pub fn diagnosis(self) -> Diagnosis {
         let (explanation, fix) = self.texts();
         Diagnosis {
-            code: self.as_str().into(),
+            code: self,
             explanation: explanation.into(),
             fix: fix.into(),
         }

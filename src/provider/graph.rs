@@ -32,37 +32,14 @@ fn transient(code: Code, reply: String) -> Outcome {
     Outcome::Transient { reply, code }
 }
 
-/// Addresses named in the To, Cc and Bcc headers, lower-cased.
-fn header_recipients(raw: &[u8]) -> Vec<String> {
-    use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
-    let Some(msg) = MessageParser::default().parse_headers(raw) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for h in &msg.root_part().headers {
-        if !matches!(h.name, HeaderName::To | HeaderName::Cc | HeaderName::Bcc) {
-            continue;
-        }
-        let addrs: Vec<&mail_parser::Addr<'_>> = match &h.value {
-            HeaderValue::Address(Address::List(l)) => l.iter().collect(),
-            HeaderValue::Address(Address::Group(g)) => {
-                g.iter().flat_map(|g| g.addresses.iter()).collect()
-            }
-            _ => Vec::new(),
-        };
-        out.extend(
-            addrs
-                .iter()
-                .filter_map(|a| a.address.as_ref().map(|s| s.to_ascii_lowercase())),
-        );
-    }
-    out
-}
-
 /// The MIME Graph gets: the stored message, with a `Bcc:` header for envelope recipients
 /// no header names.
 pub fn graph_mime(raw: &[u8], rcpts: &[String]) -> Vec<u8> {
-    let named = header_recipients(raw);
+    let named: Vec<String> = crate::message::recipients::named(raw)
+        .addresses
+        .iter()
+        .map(|a| a.to_ascii_lowercase())
+        .collect();
     let hidden: Vec<&String> = rcpts
         .iter()
         .filter(|r| !named.contains(&r.to_ascii_lowercase()))

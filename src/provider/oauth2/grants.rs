@@ -16,30 +16,8 @@ use crate::time::now_ms;
 
 impl TokenSource {
     pub(super) fn client_secret(&self) -> Result<Option<Secret>, TokenError> {
-        let c = &self.config;
-        if let Some(s) = &c.client_secret {
-            return Ok(Some(Secret::new(s.clone())));
-        }
-        if let Some(p) = &c.client_secret_file {
-            let t = std::fs::read_to_string(p).map_err(|e| {
-                local(
-                    Code::ProviderConfig,
-                    format!("client_secret_file {}: {e}", p.display()),
-                )
-            })?;
-            return Ok(Some(Secret::new(
-                t.trim_end_matches(['\r', '\n']).to_string(),
-            )));
-        }
-        if let Some(v) = &c.client_secret_env {
-            return std::env::var(v).map(|s| Some(Secret::new(s))).map_err(|_| {
-                local(
-                    Code::ProviderConfig,
-                    format!("environment variable {v} (client_secret_env) is not set"),
-                )
-            });
-        }
-        Ok(None)
+        crate::secrets::resolve(&self.config.client_secret_source())
+            .map_err(|e| local(Code::ProviderConfig, e.to_string()))
     }
 
     pub(super) fn client_id(&self) -> String {

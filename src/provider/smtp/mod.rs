@@ -135,7 +135,7 @@ impl SmtpProvider {
             None => None,
         };
         let pin = match &self.config.tls_fingerprint {
-            Some(f) => Some(tls::parse_fingerprint(f).map_err(config_err)?),
+            Some(f) => Some(crate::config::parse_fingerprint(f).map_err(config_err)?),
             None => None,
         };
         let trust = Arc::new(

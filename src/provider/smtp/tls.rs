@@ -53,26 +53,6 @@ pub fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
-/// Parses `sha256:AB:CD:...` (hex, colons optional, any case) into the 32 bytes.
-pub fn parse_fingerprint(text: &str) -> Result<Vec<u8>, String> {
-    let hex: String = text
-        .trim()
-        .strip_prefix("sha256:")
-        .or_else(|| text.trim().strip_prefix("SHA256:"))
-        .unwrap_or(text.trim())
-        .chars()
-        .filter(|c| *c != ':')
-        .collect();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "tls_fingerprint {text:?} is not a SHA-256 fingerprint (sha256: and 64 hex digits, colons optional)"
-        ));
-    }
-    (0..32)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string()))
-        .collect()
-}
-
 /// Subject, issuer and validity of a certificate, for people.
 fn describe(der: &[u8]) -> (String, String, String) {
     match x509_parser::parse_x509_certificate(der) {

@@ -30,7 +30,7 @@ struct DiagnosisView {
 impl From<&Diagnosis> for DiagnosisView {
     fn from(d: &Diagnosis) -> Self {
         DiagnosisView {
-            code: d.code.clone(),
+            code: d.code.to_string(),
             explanation: super::code_spans(&d.explanation),
             fix: super::code_spans(&d.fix),
         }
