@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
-use super::throttle::{Limits, MAX_THROTTLE_DEFERRALS, Verdict};
+use super::limiter::Admit;
+use super::throttle::{MAX_THROTTLE_DEFERRALS, Verdict};
 use super::unrecorded::{Finish, Unrecorded};
 use super::{DeliveryEvent, Distributor, Routing, apply_outcome, outcome};
-use crate::fleet::Decision;
 use crate::history::{Record, Status};
 use crate::provider::diagnosis::Code;
 use crate::provider::{Delivery, Outcome};
@@ -69,49 +69,9 @@ impl Distributor {
     /// back. Returns ms until the next due message (None: wait for a wake-up).
     pub(super) async fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Option<u64> {
         let routing = self.routing();
-        let busy = self.busy_providers(&routing);
-        let this = self.clone();
-        let limit = self.slots.available_permits() + 1;
         let now = self.now();
-        let aside = self.set_aside();
-        // Due entries of providers with room, and their records, in one blocking read. A
-        // record that cannot be read (store damage) is set aside, never retried in a loop.
-        let scan = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let in_flight = this.in_flight.lock().map(|s| s.clone()).unwrap_or_default();
-            let entries = this.store.due_entries(limit, |id, provider| {
-                in_flight.contains(id) || aside.contains(id) || busy.contains(provider)
-            })?;
-            let mut out = Vec::new();
-            let mut damaged = Vec::new();
-            for (due, id, _) in entries {
-                if due > now {
-                    out.push((due, None));
-                    break;
-                }
-                match this.store.record(&id) {
-                    Ok(r) => out.push((due, r)),
-                    Err(e) if e.is_damage() => damaged.push((id, e)),
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok((out, damaged))
-        })
-        .await;
-        let candidates = match scan {
-            Ok(Ok((c, damaged))) => {
-                if let Ok(mut d) = self.damaged.lock() {
-                    for (id, e) in damaged {
-                        tracing::error!(id = %id, error = %e, diagnosis = "store-damaged", "the record of a queued message cannot be read; it is set aside (run `mailgate store check`)");
-                        d.insert(id);
-                    }
-                }
-                c
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read the due index; retrying in 1s");
-                return Some(1000);
-            }
-            Err(_) => return Some(1000),
+        let Some(candidates) = self.scan_due(&routing, now).await else {
+            return Some(1000);
         };
         let mut held = Vec::new();
         let mut next = None;
@@ -124,90 +84,13 @@ impl Distributor {
                 held.push((record, None));
                 continue;
             }
-            let (limits, max_conn) = routing.limits(&record.provider);
-            let pending = record
-                .recipients
-                .iter()
-                .filter(|r| !r.status.is_finished())
-                .count() as u32;
-            // With [fleet], the shared windows decide (one script in Redis); while the
-            // store is away, this node keeps to its share of each limit.
-            let (mut limits, mut max_conn) = (limits, max_conn);
-            let bypass = record.throttle_deferrals >= MAX_THROTTLE_DEFERRALS;
-            let mut shared = None;
-            let mut shared_bypassed = false;
-            let mut owe = false;
-            if let Some(f) = &self.fleet {
-                if self.provider_full(&record.provider, max_conn) {
-                    continue;
-                }
-                match f
-                    .reserve(
-                        &record.provider,
-                        limits.per_minute,
-                        limits.per_day,
-                        &record.id,
-                        pending,
-                        bypass,
-                    )
-                    .await
-                {
-                    Some(Decision::Go { bypassed }) => {
-                        shared = Some(Verdict::Send);
-                        shared_bypassed = bypassed;
-                    }
-                    Some(Decision::Wait(ms)) => shared = Some(Verdict::Throttled(now + ms)),
-                    Some(Decision::DailyQuota(ms)) => shared = Some(Verdict::DailyQuota(now + ms)),
-                    None => {
-                        limits = Limits {
-                            per_minute: f.share(limits.per_minute),
-                            per_day: f.share(limits.per_day),
-                        };
-                        max_conn =
-                            (f.share(u32::try_from(max_conn).unwrap_or(u32::MAX)) as usize).max(1);
-                        owe = true;
-                    }
-                }
-            }
-            // A message throttled ten times goes regardless (the attempt says so).
-            let (verdict, bypassed) = {
-                let Ok(mut map) = self.providers.lock() else {
-                    break;
-                };
-                let st = map.entry(record.provider.clone()).or_default();
-                if st.in_flight >= max_conn {
-                    if shared == Some(Verdict::Send) {
-                        self.give_back_later(&record.provider, &record.id, pending);
-                    }
-                    continue;
-                }
-                let local = match shared {
-                    Some(v) => v,
-                    None => st.windows.check(limits, now, pending),
-                };
-                let (verdict, bypassed) = match local {
-                    Verdict::Throttled(_) if bypass => (Verdict::Send, true),
-                    Verdict::Send if shared.is_some() => (Verdict::Send, shared_bypassed),
-                    v => (v, false),
-                };
-                if verdict == Verdict::Send {
-                    if shared.is_some() {
-                        if let Ok(mut r) = self.fleet_reserved.lock() {
-                            r.insert(record.id.clone(), (record.provider.clone(), pending));
-                        }
-                    } else if owe && let Some(f) = &self.fleet {
-                        f.owe(&record.provider, &record.id, pending, now);
-                    }
-                }
-                match verdict {
-                    Verdict::Throttled(_) => st.throttle_deferrals += 1,
-                    Verdict::DailyQuota(_) => {}
-                    Verdict::Send => {
-                        st.windows.take(now, &record.id, pending);
-                        st.in_flight += 1;
-                    }
-                }
-                (verdict, bypassed)
+            let Some(Admit {
+                verdict,
+                bypassed,
+                per_day,
+            }) = self.admit(&record, &routing, now).await
+            else {
+                continue;
             };
             match verdict {
                 Verdict::Throttled(until) => {
@@ -224,7 +107,7 @@ impl Distributor {
                     self.count_deferred(&record.provider, "daily-quota");
                     tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", diagnosis = "daily-quota", until = %crate::time::rfc3339(until), wait = %wait_words(until.saturating_sub(now)), "daily quota reached");
                     held.push((
-                        outcome::quota_deferral(record, now, until, limits.per_day),
+                        outcome::quota_deferral(record, now, until, per_day),
                         Some(until),
                     ));
                 }
@@ -248,73 +131,94 @@ impl Distributor {
             }
         }
         if !held.is_empty() {
-            let events: Vec<DeliveryEvent> = held
-                .iter()
-                .map(|(r, _)| DeliveryEvent {
-                    id: r.id.clone(),
-                    status: r.status,
-                })
-                .collect();
-            let mutations = held
-                .into_iter()
-                .map(|(r, due)| Mutation::Update {
-                    record: Box::new(r),
-                    due_ms: due,
-                })
-                .collect();
-            if let Err(e) = self.store.write(mutations).await {
-                tracing::error!(error = %e, "cannot record deferrals; retrying in 1s");
-                return Some(1000);
-            }
-            for ev in events {
-                let _ = self.events.send(ev);
-            }
-            return Some(0); // look again: the next due time has changed
+            // Look again at once (the next due time has changed), or in 1 s when the
+            // deferrals could not be recorded.
+            return Some(if self.record_held(held).await {
+                0
+            } else {
+                1000
+            });
         }
         next
     }
 
-    /// Gives back or confirms a dispatched send's place in its provider's windows.
-    /// Whether a provider has no room for another delivery on this node.
-    fn provider_full(&self, provider: &str, max_conn: usize) -> bool {
-        self.providers
-            .lock()
-            .map(|m| m.get(provider).is_some_and(|st| st.in_flight >= max_conn))
-            .unwrap_or(true)
-    }
-
-    /// Gives a shared reservation back in the background (nothing was sent).
-    fn give_back_later(&self, provider: &str, id: &str, rcpts: u32) {
-        if let Some(f) = self.fleet.clone() {
-            let (provider, id) = (provider.to_string(), id.to_string());
-            tokio::spawn(async move { f.give_back(&provider, &id, rcpts).await });
-        }
-    }
-
-    fn settle(&self, provider: &str, id: &str, sent_rcpts: u32, error: Option<String>) {
-        let reserved = self
-            .fleet_reserved
-            .lock()
-            .ok()
-            .and_then(|mut r| r.remove(id));
-        if let Some((p, rcpts)) = reserved
-            && sent_rcpts == 0
-        {
-            self.give_back_later(&p, id, rcpts);
-        }
-        if sent_rcpts == 0
-            && let Some(f) = &self.fleet
-        {
-            f.forgive(id);
-        }
-        if let Ok(mut map) = self.providers.lock() {
-            let st = map.entry(provider.to_string()).or_default();
-            st.windows.settle(id, sent_rcpts);
-            st.in_flight = st.in_flight.saturating_sub(1);
-            if let Some(e) = error {
-                st.last_error = Some((e, crate::time::now_ms()));
+    /// The due messages of providers with room, oldest first, each with its record, in
+    /// one blocking read; the first entry not yet due ends the list (its record None).
+    /// A record that cannot be read (store damage) is set aside, never retried in a
+    /// loop. None: the due index cannot be read now.
+    async fn scan_due(
+        self: &Arc<Self>,
+        routing: &Routing,
+        now: u64,
+    ) -> Option<Vec<(u64, Option<Record>)>> {
+        let busy = self.busy_providers(routing);
+        let this = self.clone();
+        let limit = self.slots.available_permits() + 1;
+        let aside = self.set_aside();
+        let scan = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let in_flight = this.in_flight.lock().map(|s| s.clone()).unwrap_or_default();
+            let entries = this.store.due_entries(limit, |id, provider| {
+                in_flight.contains(id) || aside.contains(id) || busy.contains(provider)
+            })?;
+            let mut out = Vec::new();
+            let mut damaged = Vec::new();
+            for (due, id, _) in entries {
+                if due > now {
+                    out.push((due, None));
+                    break;
+                }
+                match this.store.record(&id) {
+                    Ok(r) => out.push((due, r)),
+                    Err(e) if e.is_damage() => damaged.push((id, e)),
+                    Err(e) => return Err(e),
+                }
             }
+            Ok((out, damaged))
+        })
+        .await;
+        match scan {
+            Ok(Ok((c, damaged))) => {
+                if let Ok(mut d) = self.damaged.lock() {
+                    for (id, e) in damaged {
+                        tracing::error!(id = %id, error = %e, diagnosis = "store-damaged", "the record of a queued message cannot be read; it is set aside (run `mailgate store check`)");
+                        d.insert(id);
+                    }
+                }
+                Some(c)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the due index; retrying in 1s");
+                None
+            }
+            Err(_) => None,
         }
+    }
+
+    /// Records the messages dispatch held back (throttled, over quota, or found
+    /// finished) and tells their watchers; false when the store refused.
+    async fn record_held(&self, held: Vec<(Record, Option<u64>)>) -> bool {
+        let events: Vec<DeliveryEvent> = held
+            .iter()
+            .map(|(r, _)| DeliveryEvent {
+                id: r.id.clone(),
+                status: r.status,
+            })
+            .collect();
+        let mutations = held
+            .into_iter()
+            .map(|(r, due)| Mutation::Update {
+                record: Box::new(r),
+                due_ms: due,
+            })
+            .collect();
+        if let Err(e) = self.store.write(mutations).await {
+            tracing::error!(error = %e, "cannot record deferrals; retrying in 1s");
+            return false;
+        }
+        for ev in events {
+            let _ = self.events.send(ev);
+        }
+        true
     }
 
     async fn deliver(
@@ -331,8 +235,6 @@ impl Distributor {
             provider: provider.clone(),
             armed: true,
         };
-        // With [fleet], a connection lease shared by every node (max_connections is
-        // fleet-wide), renewed while the delivery runs and freed after it.
         let lease = self.take_lease(&provider, &id).await;
         let (sent, error, recorded) = match self.attempt(record, at, bypassed).await {
             Ok(r) => r,
@@ -342,12 +244,7 @@ impl Distributor {
                 (0, None, true)
             }
         };
-        if let Some((renew, token)) = lease {
-            renew.abort();
-            if let Some(f) = &self.fleet {
-                f.unlease(&provider, &token).await;
-            }
-        }
+        self.release_lease(&provider, lease).await;
         slot.armed = false;
         self.settle(&provider, &id, sent, error);
         // An outcome the store could not record keeps its message in flight until it is.
@@ -355,38 +252,6 @@ impl Distributor {
             s.remove(&id);
         }
         self.wake.notify_one();
-    }
-
-    /// Waits for one of the provider's fleet-wide connection leases (None without
-    /// [fleet] or while the store is away: the local limits apply then).
-    async fn take_lease(
-        &self,
-        provider: &str,
-        id: &str,
-    ) -> Option<(tokio::task::JoinHandle<()>, String)> {
-        let f = self.fleet.clone()?;
-        let max = self.routing().limits(provider).1;
-        let token = f.token(id);
-        // Bounded: a lease held by a dead node expires after LEASE_TTL.
-        for _ in 0..15_000 {
-            match f.lease(provider, max, &token).await {
-                Some(true) => {
-                    let (f2, p, t) = (f.clone(), provider.to_string(), token.clone());
-                    let renew = tokio::spawn(async move {
-                        let mut tick = tokio::time::interval(crate::fleet::LEASE_TTL / 3);
-                        tick.tick().await;
-                        loop {
-                            tick.tick().await;
-                            let _ = f2.lease(&p, max, &t).await;
-                        }
-                    });
-                    return Some((renew, token));
-                }
-                Some(false) => tokio::time::sleep(Duration::from_millis(10)).await,
-                None => return None,
-            }
-        }
-        None
     }
 
     /// The record of a message whose stored body cannot be read back: failed, with the

@@ -7,6 +7,7 @@
 
 mod cancel;
 mod dispatch;
+mod limiter;
 pub mod outcome;
 pub mod retry;
 pub mod throttle;
