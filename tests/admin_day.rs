@@ -408,3 +408,44 @@ async fn the_cli_speaks_plainly() {
     );
     drop(d);
 }
+
+/// Bytes are final at intake: a message handed to the admin API with bare LF line ends
+/// is stored, and relayed, with CRLF, as one through SMTP would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_stores_crlf_like_every_door() {
+    use base64::Engine;
+    let env = TestEnv::new("", "");
+    write(&env, "");
+    let mut d = DaemonProcess::start(&env.config_path);
+    let raw = b"From: app@erp.local\nTo: x@example.com\nSubject: lf only\n\nline one\nline two\n";
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/api/send", d.status))
+        .json(&serde_json::json!({
+            "to": ["x@example.com"],
+            "raw": base64::engine::general_purpose::STANDARD.encode(raw),
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = r["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_string();
+    d.wait_sent(std::slice::from_ref(&id), Duration::from_secs(10));
+    let eml = env.eml(&id);
+    let text = String::from_utf8_lossy(&eml);
+    assert!(text.contains("Subject: lf only\r\n"), "{text:?}");
+    assert!(
+        text.ends_with("\r\n\r\nline one\r\nline two\r\n"),
+        "{text:?}"
+    );
+    assert!(
+        !eml.windows(2)
+            .enumerate()
+            .any(|(i, w)| w[1] == b'\n' && w[0] != b'\r' || (i == 0 && w[0] == b'\n')),
+        "a bare LF: {text:?}"
+    );
+}

@@ -155,6 +155,12 @@ pub fn process(
     facts: &Facts<'_>,
     config: &crate::config::Config,
 ) -> Result<Processed, String> {
+    // Bytes are final at intake: whichever door it came through (the SMTP DATA reader,
+    // sendmail, the maildrop, the admin API), a message is stored with CRLF line ends,
+    // so no delivery needs to rewrite it.
+    if let std::borrow::Cow::Owned(v) = crlf_normalized(&raw) {
+        raw = v;
+    }
     let parsed = MessageParser::default().parse_headers(&raw);
     let mut head = HeaderFacts::of(parsed.as_ref());
     let mut plan = identify::plan_for(

@@ -66,8 +66,10 @@ fn valid_envelope_address(a: &str) -> bool {
         .any(|c| c.is_control() || c == '<' || c == '>' || c.is_whitespace())
 }
 
-/// Bare CR or LF become CRLF (lettre only dot-stuffs after CRLF); one trailing CRLF is
-/// removed because lettre ends the data with CRLF . CRLF itself.
+/// One trailing CRLF removed, because lettre ends the data with CRLF . CRLF itself. Every
+/// door stores CRLF line ends (`message::process`), so the body is borrowed as stored;
+/// only a message stored by an older mailgate (its admin API kept bare LFs) is copied
+/// with CRLF, since lettre dot-stuffs only after CRLF.
 pub fn wire_body(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     match crate::message::crlf_normalized(raw) {
         std::borrow::Cow::Borrowed(b) => b.strip_suffix(b"\r\n").unwrap_or(b).into(),
