@@ -5,9 +5,8 @@
 use clap::{Args, Subcommand};
 
 use super::exit;
-use crate::config::{Config, ProviderKind};
-use crate::provider::diagnosis::Code;
-use crate::provider::smtp::SmtpProvider;
+use crate::config::Config;
+use crate::provider::Provider;
 use crate::secrets::SecretStore;
 
 /// Flags of `verify`.
@@ -53,33 +52,12 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> i32 {
     let mut ok = true;
     for p in providers {
         let name = p.name.get_ref();
-        let result = match p.kind {
-            ProviderKind::Smtp => SmtpProvider::new(p, &config.smtp.hostname, secrets.clone())
-                .verify()
-                .await
-                .map_err(|f| (f.code, f.reply)),
-            ProviderKind::Eml => {
-                let dir = p.directory.clone().unwrap_or_else(|| "outbox".into());
-                check_dir(&dir)
-                    .map(|()| format!("{} is writable", dir.display()))
-                    .map_err(|e| {
-                        (
-                            Code::ProviderConfig,
-                            format!("{} is not writable: {e}", dir.display()),
-                        )
-                    })
-            }
-            ProviderKind::Graph => {
-                // Graph has no sign-in without sending: prove the app registration by
-                // getting a token (`test-email` proves the mailbox).
-                let source = crate::provider::oauth2::TokenSource::new(p, secrets.clone());
-                source
-                    .token()
-                    .await
-                    .map(|_| "OAuth2 token acquired for Microsoft Graph (use test-email to prove the mailbox)".to_string())
-                    .map_err(|e| (e.code, e.reply))
-            }
+        let ctx = crate::provider::ProviderContext {
+            hostname: config.smtp.hostname.clone(),
+            secrets: secrets.clone(),
+            reuse_connections: false,
         };
+        let result = Provider::from_config(p, &ctx).verify().await;
         match result {
             Ok(text) => println!("{name}: ok: {text}"),
             Err((code, reply)) => {
@@ -93,13 +71,6 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> i32 {
         }
     }
     if ok { exit::OK } else { exit::FAILED }
-}
-
-fn check_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let probe = dir.join(".mailgate-verify");
-    std::fs::write(&probe, b"")?;
-    std::fs::remove_file(probe)
 }
 
 /// Runs `hash-password`: the argon2id PHC string of the password on stdin.

@@ -266,3 +266,68 @@ pub fn parse_fingerprint(text: &str) -> Result<Vec<u8>, String> {
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string()))
         .collect()
 }
+
+/// What each kind of provider needs and defaults to, in one place: a new kind adds its
+/// arm here, its file under `provider/`, and one line in `Provider::from_config`.
+impl ProviderConfig {
+    /// The settings this kind needs that are missing, each in one sentence.
+    pub fn kind_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self.kind {
+            ProviderKind::Eml => {
+                if self.directory.is_none() {
+                    out.push("kind = \"eml\" needs directory".to_string());
+                }
+            }
+            ProviderKind::Smtp => {
+                if self.host.as_deref().is_none_or(str::is_empty) {
+                    out.push("kind = \"smtp\" needs host".to_string());
+                }
+                let subject = self.oauth2.as_ref().and_then(|o| o.subject.as_ref());
+                if self.oauth2.is_some() && self.username.is_none() && subject.is_none() {
+                    out.push(
+                        "[provider.oauth2] needs username (the mailbox to send as)".to_string(),
+                    );
+                }
+            }
+            ProviderKind::Graph => {
+                if self.oauth2.is_none() {
+                    out.push("kind = \"graph\" needs a [provider.oauth2] table".to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// The limits in force, (messages a minute, recipients a day), 0 = none: the ones set,
+    /// else the kind's defaults. smtp.office365.com allows 30 messages a minute and 10,000
+    /// recipients a day per mailbox.
+    pub fn limits(&self) -> (u32, u32) {
+        let office365 = self.kind == ProviderKind::Smtp
+            && self
+                .host
+                .as_deref()
+                .is_some_and(|h| h.eq_ignore_ascii_case("smtp.office365.com"));
+        let (minute, day) = if office365 { (30, 10_000) } else { (0, 0) };
+        (
+            self.per_minute_limit.unwrap_or(minute),
+            self.per_day_recipient_limit.unwrap_or(day),
+        )
+    }
+
+    /// Where it sends, for people: the host, the eml directory, or Microsoft Graph.
+    pub fn upstream(&self) -> String {
+        match self.kind {
+            ProviderKind::Eml => self
+                .directory
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            ProviderKind::Smtp => self.host.clone().unwrap_or_default(),
+            ProviderKind::Graph => self
+                .graph_url
+                .clone()
+                .unwrap_or_else(|| "https://graph.microsoft.com".to_string()),
+        }
+    }
+}

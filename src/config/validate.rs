@@ -177,38 +177,8 @@ fn validate_provider(p: &ProviderConfig) -> Vec<(Range<usize>, String)> {
             format!("provider {name:?}: max_connections must be at least 1"),
         ));
     }
-    match p.kind {
-        ProviderKind::Eml => {
-            if p.directory.is_none() {
-                out.push((
-                    span.clone(),
-                    format!("provider {name:?}: kind = \"eml\" needs directory"),
-                ));
-            }
-        }
-        ProviderKind::Smtp => {
-            if p.host.as_deref().is_none_or(str::is_empty) {
-                out.push((
-                    span.clone(),
-                    format!("provider {name:?}: kind = \"smtp\" needs host"),
-                ));
-            }
-            let subject = p.oauth2.as_ref().and_then(|o| o.subject.as_ref());
-            if p.oauth2.is_some() && p.username.is_none() && subject.is_none() {
-                out.push((
-                    span.clone(),
-                    format!("provider {name:?}: [provider.oauth2] needs username (the mailbox to send as)"),
-                ));
-            }
-        }
-        ProviderKind::Graph => {
-            if p.oauth2.is_none() {
-                out.push((
-                    span.clone(),
-                    format!("provider {name:?}: kind = \"graph\" needs a [provider.oauth2] table"),
-                ));
-            }
-        }
+    for problem in p.kind_problems() {
+        out.push((span.clone(), format!("provider {name:?}: {problem}")));
     }
     if let Some(o) = &p.oauth2 {
         for problem in oauth2_problems(p, o) {

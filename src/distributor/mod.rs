@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, broadcast, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, ProviderConfig, ProviderKind};
+use crate::config::{Config, ProviderConfig};
 use crate::history::Status;
 use crate::provider::{Provider, ProviderContext};
 use crate::store::{Mutation, Store, StoreError};
@@ -34,18 +34,12 @@ use throttle::{Limits, Windows};
 /// How many deliveries run at once across all providers.
 const MAX_IN_FLIGHT: usize = 64;
 
-/// The limits a provider gets when it sets none: smtp.office365.com allows 30 messages a
-/// minute and 10,000 recipients a day per mailbox.
+/// The limits of a provider in force (its own, else its kind's defaults).
 pub fn provider_limits(p: &ProviderConfig) -> Limits {
-    let office365 = p.kind == ProviderKind::Smtp
-        && p.host
-            .as_deref()
-            .is_some_and(|h| h.eq_ignore_ascii_case("smtp.office365.com"));
+    let (per_minute, per_day) = p.limits();
     Limits {
-        per_minute: p.per_minute_limit.unwrap_or(if office365 { 30 } else { 0 }),
-        per_day: p
-            .per_day_recipient_limit
-            .unwrap_or(if office365 { 10_000 } else { 0 }),
+        per_minute,
+        per_day,
     }
 }
 

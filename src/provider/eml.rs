@@ -41,6 +41,21 @@ impl EmlProvider {
         self.timeout
     }
 
+    /// `mailgate verify`: the directory exists (or is made) and takes a file.
+    pub fn verify(&self) -> Result<String, (Code, String)> {
+        let probe = self.dir.join(".mailgate-verify");
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&probe, b""))
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map(|()| format!("{} is writable", self.dir.display()))
+            .map_err(|e| {
+                (
+                    Code::ProviderConfig,
+                    format!("{} is not writable: {e}", self.dir.display()),
+                )
+            })
+    }
+
     /// Writes the message; a failure to write is transient (disk full, permissions).
     pub async fn deliver(&self, d: &Delivery) -> Outcome {
         let dir = self.dir.clone();

@@ -99,6 +99,19 @@ impl GraphProvider {
         self.timeout
     }
 
+    /// `mailgate verify`: Graph has no sign-in without sending, so the app registration
+    /// is proved by getting a token (`test-email` proves the mailbox).
+    pub async fn verify(&self) -> Result<String, (Code, String)> {
+        self.oauth()
+            .token()
+            .await
+            .map(|_| {
+                "OAuth2 token acquired for Microsoft Graph (use test-email to prove the mailbox)"
+                    .to_string()
+            })
+            .map_err(|e| (e.code, e.reply))
+    }
+
     /// The token source.
     pub fn oauth(&self) -> &TokenSource {
         &self.token

@@ -151,6 +151,16 @@ impl Provider {
         }
     }
 
+    /// `mailgate verify`: signs in (or, for eml, writes a probe file) without sending;
+    /// what it proved, or the diagnosis code and the reply.
+    pub async fn verify(&self) -> Result<String, (diagnosis::Code, String)> {
+        match self {
+            Provider::Eml(p) => p.verify(),
+            Provider::Smtp(p) => p.verify().await.map_err(|f| (f.code, f.reply)),
+            Provider::Graph(p) => p.verify().await,
+        }
+    }
+
     /// The OAuth2 token source, for providers that use one.
     pub fn oauth(&self) -> Option<&oauth2::TokenSource> {
         match self {

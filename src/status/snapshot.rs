@@ -64,11 +64,7 @@ impl Snapshot {
                 let name = p.name.get_ref().clone();
                 ProviderView {
                     kind: format!("{:?}", p.kind).to_ascii_lowercase(),
-                    upstream: p
-                        .host
-                        .clone()
-                        .or_else(|| p.directory.as_ref().map(|d| d.display().to_string()))
-                        .unwrap_or_default(),
+                    upstream: p.upstream(),
                     limits: provider_limits(p),
                     stats: state.distributor.provider_stats(&name),
                     token: state
