@@ -43,6 +43,7 @@ fn record(id: String, now: u64, size: usize) -> Record {
             address: "customer@example.com".into(),
             status: Status::Sent,
             reply: Some("250 2.0.0 OK <queued>".into()),
+            blind: Some(false),
         }],
         subject: Some("Invoice 1001".into()),
         message_id: Some("<01JABCDEFGHJKMNPQRSTVWXYZ0@mailgate.test>".into()),

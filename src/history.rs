@@ -77,6 +77,12 @@ pub struct Recipient {
     /// The upstream's reply to it, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// True when no To, Cc or Bcc of the stored message names it (a Bcc recipient whose
+    /// field was removed, or one given only in the envelope), found at intake; a way out
+    /// that sends to the header's recipients (Graph) adds it as Bcc. None in a record
+    /// written before mailgate kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blind: Option<bool>,
 }
 
 pub use crate::provider::diagnosis::{Code, Diagnosis};

@@ -198,6 +198,7 @@ impl Pipeline {
                 .rcpts
                 .iter()
                 .map(|a| Recipient {
+                    blind: Some(!p.named.contains(&a.to_ascii_lowercase())),
                     address: a.clone(),
                     status: Status::Queued,
                     reply: None,

@@ -349,6 +349,7 @@ async fn retention_deletes_finished_records_and_keeps_waiting_ones() {
                 address: "x@y.z".into(),
                 status,
                 reply: None,
+                blind: None,
             }],
             subject: None,
             message_id: None,

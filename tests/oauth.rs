@@ -79,6 +79,9 @@ async fn graph_sends_the_stored_mime_with_one_cached_token() {
         with_bcc.extend(stored(&b.id));
         assert_eq!(s.sent[1].mime, with_bcc, "a blind recipient travels as Bcc");
     });
+    // The record knew it from intake: Graph took it from there.
+    let blind: Vec<Option<bool>> = b.recipients.iter().map(|r| r.blind).collect();
+    assert_eq!(blind, [Some(false), Some(true)]);
     // /status shows the token.
     let st: serde_json::Value = reqwest::get(format!("http://{}/status", daemon.status_addr))
         .await

@@ -359,15 +359,21 @@ impl Distributor {
         raw: Vec<u8>,
     ) -> (Record, Option<u64>, u32, Option<String>) {
         let routing = self.routing();
+        let pending: Vec<&crate::history::Recipient> = record
+            .recipients
+            .iter()
+            .filter(|r| !r.status.is_finished())
+            .collect();
         let delivery = Delivery {
             id: record.id.clone(),
             from: record.sender.clone(),
-            rcpts: record
-                .recipients
+            rcpts: pending.iter().map(|r| r.address.clone()).collect(),
+            // Known for every recipient of a record written since mailgate keeps it.
+            blind: pending
                 .iter()
-                .filter(|r| !r.status.is_finished())
-                .map(|r| r.address.clone())
-                .collect(),
+                .map(|r| r.blind.map(|b| b.then(|| r.address.clone())))
+                .collect::<Option<Vec<Option<String>>>>()
+                .map(|v| v.into_iter().flatten().collect()),
             raw: Arc::new(raw),
         };
         let outcome = match routing.providers.get(&record.provider) {

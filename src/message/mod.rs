@@ -144,6 +144,8 @@ pub struct Processed {
     pub subject: Option<String>,
     /// Message-ID with angle brackets (ours if it had none).
     pub message_id: String,
+    /// The addresses its To, Cc and Bcc name, lower-cased.
+    pub named: Vec<String>,
 }
 
 /// The message stage in one call, pure: the header block is parsed once, and that one
@@ -199,7 +201,13 @@ pub fn process(
         raw = longlines::encode(&raw)?;
     }
     let prepared = prepare(raw, facts, &head);
+    let named = recipients::named(&prepared.raw)
+        .addresses
+        .iter()
+        .map(|a| a.to_ascii_lowercase())
+        .collect();
     Ok(Processed {
+        named,
         raw: prepared.raw,
         plan,
         subject: prepared.subject,

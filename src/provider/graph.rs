@@ -32,29 +32,33 @@ fn transient(code: Code, reply: String) -> Outcome {
     Outcome::Transient { reply, code }
 }
 
-/// The MIME Graph gets: the stored message, with a `Bcc:` header for envelope recipients
-/// no header names.
-pub fn graph_mime(raw: &[u8], rcpts: &[String]) -> Vec<u8> {
-    let named: Vec<String> = crate::message::recipients::named(raw)
+/// The MIME Graph gets: the stored message, with a `Bcc:` header for the envelope
+/// recipients no header names (Graph sends to the header's recipients).
+pub fn graph_mime(raw: &[u8], blind: &[String]) -> Vec<u8> {
+    if blind.is_empty() {
+        return raw.to_vec();
+    }
+    let mut out = format!("Bcc: {}\r\n", blind.join(",\r\n ")).into_bytes();
+    out.extend_from_slice(raw);
+    out
+}
+
+/// The envelope recipients of `d` no header names: from the record, or for a record
+/// written before mailgate kept that, read from the header again.
+fn blind_of(d: &Delivery) -> Vec<String> {
+    if let Some(b) = &d.blind {
+        return b.clone();
+    }
+    let named: Vec<String> = crate::message::recipients::named(&d.raw)
         .addresses
         .iter()
         .map(|a| a.to_ascii_lowercase())
         .collect();
-    let hidden: Vec<&String> = rcpts
+    d.rcpts
         .iter()
         .filter(|r| !named.contains(&r.to_ascii_lowercase()))
-        .collect();
-    if hidden.is_empty() {
-        return raw.to_vec();
-    }
-    let list = hidden
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(",\r\n ");
-    let mut out = format!("Bcc: {list}\r\n").into_bytes();
-    out.extend_from_slice(raw);
-    out
+        .cloned()
+        .collect()
 }
 
 /// The error text of a Graph error response (`{"error":{"code","message"}}`).
@@ -132,7 +136,8 @@ impl GraphProvider {
         let Ok(_permit) = self.permits.acquire().await else {
             return transient(Code::Unknown, "provider closed".into());
         };
-        let body = base64::engine::general_purpose::STANDARD.encode(graph_mime(&d.raw, &d.rcpts));
+        let body =
+            base64::engine::general_purpose::STANDARD.encode(graph_mime(&d.raw, &blind_of(d)));
         if body.len() > MAX_REQUEST {
             return Outcome::Permanent {
                 reply: format!(
@@ -239,14 +244,23 @@ mod tests {
     #[test]
     fn blind_recipients_become_a_bcc_header() {
         let raw = b"To: A <a@contoso.com>\r\nCc: b@contoso.com\r\nSubject: s\r\n\r\nx\r\n";
-        let rcpts = vec![
-            "a@contoso.com".into(),
-            "B@contoso.com".into(),
-            "hidden@contoso.com".into(),
-        ];
-        let out = graph_mime(raw, &rcpts);
+        let mut d = Delivery {
+            id: "x".into(),
+            from: "f@contoso.com".into(),
+            rcpts: vec![
+                "a@contoso.com".into(),
+                "B@contoso.com".into(),
+                "hidden@contoso.com".into(),
+            ],
+            raw: std::sync::Arc::new(raw.to_vec()),
+            blind: None,
+        };
+        // An old record: the header is read again.
+        let out = graph_mime(raw, &blind_of(&d));
         assert_eq!(&out[..30], b"Bcc: hidden@contoso.com\r\nTo: A");
         assert!(out.ends_with(raw));
-        assert_eq!(graph_mime(raw, &rcpts[..2]), raw.to_vec());
+        // A record that knows: it is taken as it is.
+        d.blind = Some(vec![]);
+        assert_eq!(graph_mime(raw, &blind_of(&d)), raw.to_vec());
     }
 }

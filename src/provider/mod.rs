@@ -43,6 +43,9 @@ pub struct Delivery {
     pub rcpts: Vec<String>,
     /// The stored message.
     pub raw: Arc<Vec<u8>>,
+    /// Which of `rcpts` no header names (from the record; None for a record written
+    /// before mailgate kept it: then the header is read again).
+    pub blind: Option<Vec<String>>,
 }
 
 /// What happened to one recipient.
