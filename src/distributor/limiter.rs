@@ -4,11 +4,13 @@
 //! with `[fleet]` the shared windows decide (one script in Redis), and while the fleet
 //! store is away this node keeps to its share of each limit.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::throttle::{Limits, MAX_THROTTLE_DEFERRALS, Verdict};
 use super::{Distributor, Routing};
-use crate::fleet::Decision;
+use crate::fleet::{Decision, Fleet};
 use crate::history::Record;
 
 /// May a message go now: the verdict, whether it passes the per-minute limit after ten
@@ -21,6 +23,129 @@ pub(super) struct Admit {
 
 /// A fleet-wide connection lease held by a delivery: its renewal and its token.
 pub(super) type Lease = Option<(tokio::task::JoinHandle<()>, String)>;
+
+/// The windows a provider's limits are kept in beyond this node: none for a node alone,
+/// the fleet store (Redis) for a fleet. This node's own windows (`Distributor::providers`)
+/// are kept either way: they serve `/status`, and a fleet node keeps to its share of
+/// them while the fleet store is away.
+#[derive(Debug)]
+pub(super) enum Shared {
+    /// A node alone: its own windows decide.
+    Alone,
+    /// A fleet: one script in Redis decides for every node.
+    Fleet {
+        /// The fleet store client.
+        fleet: Arc<Fleet>,
+        /// Reservations of deliveries in flight: id -> (provider, recipients).
+        reserved: Mutex<HashMap<String, (String, u32)>>,
+    },
+}
+
+/// What the shared windows said, before this node's own look.
+enum Ruling {
+    /// They decided (a fleet with its store up): the verdict, and whether the message
+    /// passed the per-minute limit after ten throttle deferrals.
+    Decided(Verdict, bool),
+    /// This node decides with these limits and connections; `owe`: a fleet whose store
+    /// is away, told of the send when it is back.
+    Local(Limits, usize, bool),
+}
+
+impl Shared {
+    /// Alone, or the fleet of `fleet`.
+    pub(super) fn new(fleet: Option<Arc<Fleet>>) -> Shared {
+        match fleet {
+            None => Shared::Alone,
+            Some(fleet) => Shared::Fleet {
+                fleet,
+                reserved: Mutex::new(HashMap::new()),
+            },
+        }
+    }
+
+    /// The fleet store client, in a fleet.
+    pub(super) fn fleet(&self) -> Option<&Arc<Fleet>> {
+        match self {
+            Shared::Alone => None,
+            Shared::Fleet { fleet, .. } => Some(fleet),
+        }
+    }
+
+    async fn reserve(
+        &self,
+        record: &Record,
+        (limits, max_conn): (Limits, usize),
+        pending: u32,
+        bypass: bool,
+        now: u64,
+    ) -> Ruling {
+        let Shared::Fleet { fleet: f, .. } = self else {
+            return Ruling::Local(limits, max_conn, false);
+        };
+        match f
+            .reserve(
+                &record.provider,
+                limits.per_minute,
+                limits.per_day,
+                &record.id,
+                pending,
+                bypass,
+            )
+            .await
+        {
+            Some(Decision::Go { bypassed }) => Ruling::Decided(Verdict::Send, bypassed),
+            Some(Decision::Wait(ms)) => Ruling::Decided(Verdict::Throttled(now + ms), false),
+            Some(Decision::DailyQuota(ms)) => Ruling::Decided(Verdict::DailyQuota(now + ms), false),
+            None => Ruling::Local(
+                Limits {
+                    per_minute: f.share(limits.per_minute),
+                    per_day: f.share(limits.per_day),
+                },
+                (f.share(u32::try_from(max_conn).unwrap_or(u32::MAX)) as usize).max(1),
+                true,
+            ),
+        }
+    }
+
+    /// A send admitted: its shared reservation is remembered (to give back if nothing
+    /// goes), or the fleet is owed it once its store is back.
+    fn admitted(&self, ruling: &Ruling, record: &Record, pending: u32, now: u64) {
+        let Shared::Fleet { fleet, reserved } = self else {
+            return;
+        };
+        match ruling {
+            Ruling::Decided(..) => {
+                if let Ok(mut r) = reserved.lock() {
+                    r.insert(record.id.clone(), (record.provider.clone(), pending));
+                }
+            }
+            Ruling::Local(_, _, true) => fleet.owe(&record.provider, &record.id, pending, now),
+            Ruling::Local(..) => {}
+        }
+    }
+
+    /// Gives a shared reservation back in the background (nothing was sent).
+    fn give_back_later(&self, provider: &str, id: &str, rcpts: u32) {
+        if let Shared::Fleet { fleet, .. } = self {
+            let (f, provider, id) = (fleet.clone(), provider.to_string(), id.to_string());
+            tokio::spawn(async move { f.give_back(&provider, &id, rcpts).await });
+        }
+    }
+
+    /// A delivery ended: a reservation whose send went nowhere is given back.
+    fn settle(&self, id: &str, sent_rcpts: u32) {
+        let Shared::Fleet { fleet, reserved } = self else {
+            return;
+        };
+        let held = reserved.lock().ok().and_then(|mut r| r.remove(id));
+        if sent_rcpts == 0 {
+            if let Some((p, rcpts)) = held {
+                self.give_back_later(&p, id, rcpts);
+            }
+            fleet.forgive(id);
+        }
+    }
+}
 
 impl Distributor {
     /// The verdict for `record` now; None when its provider has no room for another
@@ -39,74 +164,38 @@ impl Distributor {
             .iter()
             .filter(|r| !r.status.is_finished())
             .count() as u32;
-        // With [fleet], the shared windows decide (one script in Redis); while the
-        // store is away, this node keeps to its share of each limit.
-        let (mut limits, mut max_conn) = (limits, max_conn);
         let bypass = record.throttle_deferrals >= MAX_THROTTLE_DEFERRALS;
-        let mut shared = None;
-        let mut shared_bypassed = false;
-        let mut owe = false;
-        if let Some(f) = &self.fleet {
-            if self.provider_full(&record.provider, max_conn) {
-                return None;
-            }
-            match f
-                .reserve(
-                    &record.provider,
-                    limits.per_minute,
-                    limits.per_day,
-                    &record.id,
-                    pending,
-                    bypass,
-                )
-                .await
-            {
-                Some(Decision::Go { bypassed }) => {
-                    shared = Some(Verdict::Send);
-                    shared_bypassed = bypassed;
-                }
-                Some(Decision::Wait(ms)) => shared = Some(Verdict::Throttled(now + ms)),
-                Some(Decision::DailyQuota(ms)) => shared = Some(Verdict::DailyQuota(now + ms)),
-                None => {
-                    limits = Limits {
-                        per_minute: f.share(limits.per_minute),
-                        per_day: f.share(limits.per_day),
-                    };
-                    max_conn =
-                        (f.share(u32::try_from(max_conn).unwrap_or(u32::MAX)) as usize).max(1);
-                    owe = true;
-                }
-            }
+        if self.provider_full(&record.provider, max_conn) {
+            return None;
         }
-        // A message throttled ten times goes regardless (the attempt says so).
+        let ruling = self
+            .shared
+            .reserve(record, (limits, max_conn), pending, bypass, now)
+            .await;
+        let (limits, max_conn, decided) = match ruling {
+            Ruling::Decided(v, b) => (limits, max_conn, Some((v, b))),
+            Ruling::Local(l, m, _) => (l, m, None),
+        };
         let (verdict, bypassed) = {
             let Ok(mut map) = self.providers.lock() else {
                 return None;
             };
             let st = map.entry(record.provider.clone()).or_default();
             if st.in_flight >= max_conn {
-                if shared == Some(Verdict::Send) {
-                    self.give_back_later(&record.provider, &record.id, pending);
+                if let Some((Verdict::Send, _)) = decided {
+                    self.shared
+                        .give_back_later(&record.provider, &record.id, pending);
                 }
                 return None;
             }
-            let local = match shared {
-                Some(v) => v,
-                None => st.windows.check(limits, now, pending),
-            };
-            let (verdict, bypassed) = match local {
-                Verdict::Throttled(_) if bypass => (Verdict::Send, true),
-                Verdict::Send if shared.is_some() => (Verdict::Send, shared_bypassed),
-                v => (v, false),
-            };
+            // A message throttled ten times goes regardless (the attempt says so).
+            let (verdict, bypassed) =
+                match decided.unwrap_or_else(|| (st.windows.check(limits, now, pending), false)) {
+                    (Verdict::Throttled(_), _) if bypass => (Verdict::Send, true),
+                    d => d,
+                };
             if verdict == Verdict::Send {
-                if shared.is_some() {
-                    if let Ok(mut r) = self.fleet_reserved.lock() {
-                        r.insert(record.id.clone(), (record.provider.clone(), pending));
-                    }
-                } else if owe && let Some(f) = &self.fleet {
-                    f.owe(&record.provider, &record.id, pending, now);
-                }
+                self.shared.admitted(&ruling, record, pending, now);
             }
             match verdict {
                 Verdict::Throttled(_) => st.throttle_deferrals += 1,
@@ -133,32 +222,10 @@ impl Distributor {
             .unwrap_or(true)
     }
 
-    /// Gives a shared reservation back in the background (nothing was sent).
-    fn give_back_later(&self, provider: &str, id: &str, rcpts: u32) {
-        if let Some(f) = self.fleet.clone() {
-            let (provider, id) = (provider.to_string(), id.to_string());
-            tokio::spawn(async move { f.give_back(&provider, &id, rcpts).await });
-        }
-    }
-
     /// Confirms a dispatched send's place in its provider's windows (`sent_rcpts`), or
     /// gives it back when nothing went; frees its connection slot.
     pub(super) fn settle(&self, provider: &str, id: &str, sent_rcpts: u32, error: Option<String>) {
-        let reserved = self
-            .fleet_reserved
-            .lock()
-            .ok()
-            .and_then(|mut r| r.remove(id));
-        if let Some((p, rcpts)) = reserved
-            && sent_rcpts == 0
-        {
-            self.give_back_later(&p, id, rcpts);
-        }
-        if sent_rcpts == 0
-            && let Some(f) = &self.fleet
-        {
-            f.forgive(id);
-        }
+        self.shared.settle(id, sent_rcpts);
         if let Ok(mut map) = self.providers.lock() {
             let st = map.entry(provider.to_string()).or_default();
             st.windows.settle(id, sent_rcpts);
@@ -172,7 +239,7 @@ impl Distributor {
     /// Waits for one of the provider's fleet-wide connection leases (None without
     /// [fleet] or while the store is away: the local limits apply then).
     pub(super) async fn take_lease(&self, provider: &str, id: &str) -> Lease {
-        let f = self.fleet.clone()?;
+        let f = self.shared.fleet()?.clone();
         let max = self.routing().limits(provider).1;
         let token = f.token(id);
         // Bounded: a lease held by a dead node expires after LEASE_TTL.
@@ -201,7 +268,7 @@ impl Distributor {
     pub(super) async fn release_lease(&self, provider: &str, lease: Lease) {
         if let Some((renew, token)) = lease {
             renew.abort();
-            if let Some(f) = &self.fleet {
+            if let Some(f) = self.shared.fleet() {
                 f.unlease(provider, &token).await;
             }
         }

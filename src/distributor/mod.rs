@@ -185,10 +185,8 @@ pub struct Distributor {
     cooldown: Mutex<HashMap<String, u64>>,
     /// Messages whose record cannot be read (store damage); passed over, reported once.
     damaged: Mutex<HashSet<String>>,
-    /// `[fleet]`: the shared windows and leases.
-    fleet: Option<Arc<crate::fleet::Fleet>>,
-    /// Shared reservations of deliveries in flight: id -> (provider, recipients).
-    fleet_reserved: Mutex<HashMap<String, (String, u32)>>,
+    /// The windows kept beyond this node: none alone, the fleet store's in a fleet.
+    shared: limiter::Shared,
 }
 
 impl Distributor {
@@ -222,8 +220,7 @@ impl Distributor {
             unrecorded: Mutex::new(Vec::new()),
             cooldown: Mutex::new(HashMap::new()),
             damaged: Mutex::new(HashSet::new()),
-            fleet: None,
-            fleet_reserved: Mutex::new(HashMap::new()),
+            shared: limiter::Shared::Alone,
             clock: Clock {
                 base_ms: now_ms(),
                 base: tokio::time::Instant::now(),
@@ -233,13 +230,13 @@ impl Distributor {
 
     /// Shares this distributor's limits with a fleet (before it runs).
     pub fn with_fleet(mut self, fleet: Option<Arc<crate::fleet::Fleet>>) -> Distributor {
-        self.fleet = fleet;
+        self.shared = limiter::Shared::new(fleet);
         self
     }
 
     /// The fleet store client, with `[fleet]`.
     pub fn fleet(&self) -> Option<&Arc<crate::fleet::Fleet>> {
-        self.fleet.as_ref()
+        self.shared.fleet()
     }
 
     /// The scheduler's clock, ms since the epoch.
