@@ -83,6 +83,28 @@ pub struct Recipient {
     /// written before mailgate kept it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blind: Option<bool>,
+    /// The provider that took it (sent or failed), or the one it goes to next while it
+    /// waits. None in a record written before recipients kept theirs: the record's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// When this recipient is tried next (RFC 3339 UTC), while it waits for a retry; its
+    /// message's `next_attempt_at` is the earliest of its recipients'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+impl Recipient {
+    /// A recipient not yet tried.
+    pub fn queued(address: String, blind: Option<bool>, provider: Option<String>) -> Recipient {
+        Recipient {
+            address,
+            status: Status::Queued,
+            reply: None,
+            blind,
+            provider,
+            next_attempt_at: None,
+        }
+    }
 }
 
 pub use crate::provider::diagnosis::{Code, Diagnosis};
@@ -178,8 +200,13 @@ pub struct Record {
     pub message_id: Option<String>,
     /// Size of the stored message in bytes.
     pub size: u64,
-    /// The provider that handles it.
+    /// The provider that handles it: the one its next attempt goes to while it waits,
+    /// the last one that took it once finished. Each recipient names its own.
     pub provider: String,
+    /// Named outright (the admin API's `provider`, `test-email --provider`): this
+    /// provider only, no chain, no route, no fallback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
     /// How many times it was deferred (for any reason).
     pub deferrals: u32,
     /// How many of those were for the provider's per-minute limit.

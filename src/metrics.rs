@@ -33,6 +33,15 @@ pub struct ProviderDiagnosis {
     pub diagnosis: String,
 }
 
+/// `{from,to}`: a failover from one provider of a chain to the next.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Failover {
+    /// The provider that could not take the mail.
+    pub from: String,
+    /// The one that took it over.
+    pub to: String,
+}
+
 /// `{status}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -68,6 +77,11 @@ pub struct Metrics {
     pub throttle_deferrals: Family<ProviderLabel, Counter>,
     /// `mailgate_queue_messages{status}`
     pub queue: Family<StatusLabel, Gauge>,
+    /// `mailgate_failovers_total{from,to}`
+    pub failovers: Family<Failover, Counter>,
+    /// `mailgate_provider_circuit_open{provider}`: 1 while the provider's circuit is
+    /// open or half-open.
+    pub circuit_open: Family<ProviderLabel, Gauge>,
     /// `mailgate_oauth2_access_token_expires_seconds{provider}`
     pub oauth2_access_expires: Family<ProviderLabel, Gauge>,
     /// `mailgate_oauth2_signed_in{provider}` (delegated flows)
@@ -120,6 +134,8 @@ impl Default for Metrics {
             deferred: Family::default(),
             throttle_deferrals: Family::default(),
             queue: Family::default(),
+            failovers: Family::default(),
+            circuit_open: Family::default(),
             delivery_duration: Family::new_with_constructor(delivery_histogram),
             oldest_inflight: Family::default(),
             oauth2_access_expires: Family::default(),
@@ -184,6 +200,16 @@ impl Default for Metrics {
             "throttle_deferrals",
             "Messages held back by a per-minute limit, by provider",
             m.throttle_deferrals.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Mail moved on to the next provider of its chain, by the provider it left and the one that took it",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "provider_circuit_open",
+            "1 while a provider's circuit is open (skipped after repeated failures) or half-open",
+            m.circuit_open.clone(),
         );
         registry.register(
             "queue_messages",

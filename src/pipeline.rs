@@ -184,7 +184,9 @@ impl Pipeline {
             longest_line: s.longest_line,
         };
         let p = message::process(s.raw, &facts, &config).map_err(SubmitError::Unfit)?;
-        let record = Record {
+        let pinned = s.provider.is_some();
+        let chains = crate::config::Chains::from_config(&config);
+        let mut record = Record {
             id: id.clone(),
             status: Status::Queued,
             received_at: rfc3339(now),
@@ -197,17 +199,24 @@ impl Pipeline {
             recipients: s
                 .rcpts
                 .iter()
-                .map(|a| Recipient {
-                    blind: Some(!p.named.contains(&a.to_ascii_lowercase())),
-                    address: a.clone(),
-                    status: Status::Queued,
-                    reply: None,
+                .map(|a| {
+                    let provider = if pinned {
+                        p.plan.provider.clone()
+                    } else {
+                        chains.chain(p.plan.user.as_deref(), a).0[0].clone()
+                    };
+                    Recipient::queued(
+                        a.clone(),
+                        Some(!p.named.contains(&a.to_ascii_lowercase())),
+                        Some(provider),
+                    )
                 })
                 .collect(),
             subject: p.subject,
             message_id: Some(p.message_id),
             size: p.raw.len() as u64,
-            provider: p.plan.provider.clone(),
+            provider: String::new(),
+            pinned,
             deferrals: 0,
             throttle_deferrals: 0,
             sent_at: None,
@@ -216,7 +225,15 @@ impl Pipeline {
             cancelled: None,
             attempts: Vec::new(),
         };
+        // The record's provider is its first recipient's: the one its first attempt
+        // goes to.
+        record.provider = record
+            .recipients
+            .first()
+            .and_then(|r| r.provider.clone())
+            .unwrap_or_else(|| p.plan.provider.clone());
         let (nrcpt, size) = (record.recipients.len(), record.size);
+        let record_provider = record.provider.clone();
         self.store.insert(p.raw, record, now).await?;
         self.metrics.accepted.inc();
         self.wake.notify_one();
@@ -228,7 +245,7 @@ impl Pipeline {
             user = p.plan.user.as_deref(),
             nrcpt,
             size,
-            provider = %p.plan.provider,
+            provider = %record_provider,
             status = "queued",
             "accepted"
         );

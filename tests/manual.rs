@@ -92,7 +92,11 @@ fn mailgate_toml_5_names_every_key() {
     let page = out(&["manpage", "5"]);
     let text = render(&page);
     let mut keys = Vec::new();
-    for file in ["src/config/mod.rs", "src/config/provider.rs"] {
+    for file in [
+        "src/config/mod.rs",
+        "src/config/provider.rs",
+        "src/config/routes.rs",
+    ] {
         let src = std::fs::read_to_string(file).unwrap();
         let mut in_schema = false;
         for line in src.lines() {

@@ -13,12 +13,14 @@ use serde::{Deserialize, Deserializer};
 use serde_spanned::Spanned;
 
 mod provider;
+mod routes;
 mod validate;
 
 pub use provider::{
     Issuer, OAuth2Config, OAuthFlow, ProviderConfig, ProviderKind, SecretSource, TlsMode,
     parse_fingerprint,
 };
+pub use routes::{Chains, RouteConfig};
 
 /// The configuration path used when neither `--config` nor `MAILGATE_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "config/mailgate.toml";
@@ -394,6 +396,8 @@ pub struct DistributorConfig {
     pub enabled: bool,
     /// Provider for mail of no user (or a user without `provider`).
     pub default_provider: Spanned<String>,
+    /// The default chain instead of `default_provider`: later ones are fallbacks.
+    pub default_providers: Option<Vec<Spanned<String>>>,
     /// First retry delay.
     pub retry_initial: Dur,
     /// Largest retry delay.
@@ -407,6 +411,7 @@ impl Default for DistributorConfig {
         DistributorConfig {
             enabled: true,
             default_provider: Spanned::new(0..0, "outbox".to_string()),
+            default_providers: None,
             retry_initial: Dur(Duration::from_secs(60)),
             retry_max: Dur(Duration::from_secs(1800)),
             give_up_after: Dur(Duration::from_secs(2 * 86_400)),
@@ -451,6 +456,8 @@ pub struct UserConfig {
     pub sender_email: Option<String>,
     /// Provider for this user's mail.
     pub provider: Option<Spanned<String>>,
+    /// This user's chain instead of `provider`: later ones are fallbacks.
+    pub providers: Option<Vec<Spanned<String>>>,
     /// Envelope/header senders that identify this user.
     #[serde(default)]
     pub match_senders: Vec<String>,
@@ -479,6 +486,8 @@ pub struct Config {
     pub provider: Vec<ProviderConfig>,
     /// `[[user]]`
     pub user: Vec<UserConfig>,
+    /// `[[route]]`: recipients that take their own provider chain.
+    pub route: Vec<RouteConfig>,
     /// `[fleet]`: many nodes share each provider's limits through Redis.
     pub fleet: Option<FleetConfig>,
     /// `[sendmail]`: local names at the sendmail door.
@@ -627,6 +636,7 @@ impl Config {
             rewrite: _,
             provider: _,
             user: _,
+            route: _,
             fleet,
             sendmail: _,
         } = self;

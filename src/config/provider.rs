@@ -143,6 +143,12 @@ pub struct ProviderConfig {
     pub timeout: Option<Dur>,
     /// graph: base URL without version path.
     pub graph_url: Option<String>,
+    /// Consecutive unavailability failures (connection, TLS, sign-in, configuration)
+    /// after which the provider is skipped for `circuit_cooldown` (default 5; 0: never).
+    pub circuit_open_after: Option<u32>,
+    /// How long an open circuit skips the provider before one message tries it
+    /// (default 5 minutes).
+    pub circuit_cooldown: Option<Dur>,
     /// OAuth2 settings.
     pub oauth2: Option<OAuth2Config>,
 }
@@ -167,6 +173,15 @@ impl ProviderConfig {
         self.timeout
             .map_or(std::time::Duration::from_secs(60), |d| d.0)
             .max(std::time::Duration::from_millis(1))
+    }
+
+    /// The circuit settings in force: failures to open it (0: never) and its cool-down.
+    pub fn circuit(&self) -> (u32, std::time::Duration) {
+        (
+            self.circuit_open_after.unwrap_or(5),
+            self.circuit_cooldown
+                .map_or(std::time::Duration::from_secs(300), |d| d.0),
+        )
     }
 
     /// Google for an smtp provider whose host is `smtp.gmail.com`, for `jwt_bearer`

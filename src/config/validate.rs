@@ -122,15 +122,7 @@ impl Config {
                 ));
             }
         }
-        if self.provider(d.default_provider.get_ref()).is_none() {
-            out.push((
-                d.default_provider.span(),
-                format!(
-                    "default_provider {:?} names no [[provider]]",
-                    d.default_provider.get_ref()
-                ),
-            ));
-        }
+        out.extend(self.chain_problems());
         let mut users = HashSet::new();
         let mut logins = HashSet::new();
         for u in &self.user {
@@ -150,14 +142,6 @@ impl Config {
                         format!("user {:?} has a login but no password_hash (make one with `mailgate hash-password`)", u.name.get_ref()),
                     ));
                 }
-            }
-            if let Some(p) = &u.provider
-                && self.provider(p.get_ref()).is_none()
-            {
-                out.push((
-                    p.span(),
-                    format!("provider {:?} names no [[provider]]", p.get_ref()),
-                ));
             }
         }
         out

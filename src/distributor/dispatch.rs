@@ -9,7 +9,9 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
+use super::chain::{Group, Plan};
 use super::limiter::Admit;
+use super::outcome::Step;
 use super::throttle::{MAX_THROTTLE_DEFERRALS, Verdict};
 use super::unrecorded::{Finish, Unrecorded};
 use super::{DeliveryEvent, Distributor, Routing, apply_outcome, outcome};
@@ -76,7 +78,7 @@ impl Distributor {
         let mut held = Vec::new();
         let mut next = None;
         for (due, record) in candidates {
-            let Some(record) = record else {
+            let Some(mut record) = record else {
                 next = Some(due.saturating_sub(now));
                 break;
             };
@@ -84,11 +86,22 @@ impl Distributor {
                 held.push((record, None));
                 continue;
             }
+            let group = match self.plan(&record, &routing, now) {
+                Plan::Send(group) => group,
+                Plan::NotDue => {
+                    let due = outcome::refresh(&mut record, now);
+                    held.push((record, due));
+                    continue;
+                }
+            };
+            let pending = u32::try_from(group.rcpts.len()).unwrap_or(u32::MAX);
             let Some(Admit {
                 verdict,
                 bypassed,
                 per_day,
-            }) = self.admit(&record, &routing, now).await
+            }) = self
+                .admit((&group.provider, &record), pending, &routing, now)
+                .await
             else {
                 continue;
             };
@@ -97,23 +110,34 @@ impl Distributor {
                     self.metrics
                         .throttle_deferrals
                         .get_or_create(&crate::metrics::ProviderLabel {
-                            provider: record.provider.clone(),
+                            provider: group.provider.clone(),
                         })
                         .inc();
-                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", reason = "per_minute_limit", until = %crate::time::rfc3339(until), wait = %wait_words(until.saturating_sub(now)), "throttled");
-                    held.push((outcome::throttle_deferral(record, until), Some(until)));
+                    tracing::info!(id = %record.id, provider = %group.provider, status = "deferred", reason = "per_minute_limit", until = %crate::time::rfc3339(until), wait = %wait_words(until.saturating_sub(now)), "throttled");
+                    let due = outcome::throttled(&mut record, &group.rcpts, until, now);
+                    held.push((record, Some(due)));
                 }
                 Verdict::DailyQuota(until) => {
-                    self.count_deferred(&record.provider, "daily-quota");
-                    tracing::info!(id = %record.id, provider = %record.provider, status = "deferred", diagnosis = "daily-quota", until = %crate::time::rfc3339(until), wait = %wait_words(until.saturating_sub(now)), "daily quota reached");
-                    held.push((
-                        outcome::quota_deferral(record, now, until, per_day),
-                        Some(until),
-                    ));
+                    self.count_deferred(&group.provider, "daily-quota");
+                    let next = self.next_provider(&group.chain, &group.provider, now);
+                    match &next {
+                        Some(to) => self.failover(&record.id, &group.provider, to, "daily-quota"),
+                        None => {
+                            tracing::info!(id = %record.id, provider = %group.provider, status = "deferred", diagnosis = "daily-quota", until = %crate::time::rfc3339(until), wait = %wait_words(until.saturating_sub(now)), "daily quota reached");
+                        }
+                    }
+                    let step = Step {
+                        provider: &group.provider,
+                        rcpts: &group.rcpts,
+                        first: group.first(),
+                        next: next.as_deref(),
+                    };
+                    let due = outcome::quota_spent(&mut record, step, now, until, per_day);
+                    held.push((record, Some(due)));
                 }
                 Verdict::Send => {
                     let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                        self.settle(&record.provider, &record.id, 0, None);
+                        self.settle(&group.provider, &record.id, 0, None);
                         break;
                     };
                     // A cancel in progress holds the id: then it is not sent.
@@ -122,11 +146,17 @@ impl Distributor {
                         .lock()
                         .is_ok_and(|mut s| s.insert(record.id.clone()));
                     if !claimed {
-                        self.settle(&record.provider, &record.id, 0, None);
+                        self.settle(&group.provider, &record.id, 0, None);
                         continue;
                     }
+                    self.circuit_started(&group.provider, now);
+                    if group.provider != group.planned {
+                        self.failover(&record.id, &group.planned, &group.provider, "circuit-open");
+                    }
                     let this = self.clone();
-                    tasks.spawn(async move { this.deliver(record, permit, now, bypassed).await });
+                    tasks.spawn(
+                        async move { this.deliver(record, group, permit, now, bypassed).await },
+                    );
                 }
             }
         }
@@ -224,11 +254,12 @@ impl Distributor {
     async fn deliver(
         self: Arc<Self>,
         record: Record,
+        group: Group,
         _permit: OwnedSemaphorePermit,
         at: u64,
         bypassed: bool,
     ) {
-        let (id, provider) = (record.id.clone(), record.provider.clone());
+        let (id, provider) = (record.id.clone(), group.provider.clone());
         let mut slot = Slot {
             dist: self.clone(),
             id: id.clone(),
@@ -236,7 +267,7 @@ impl Distributor {
             armed: true,
         };
         let lease = self.take_lease(&provider, &id).await;
-        let (sent, error, recorded) = match self.attempt(record, at, bypassed).await {
+        let (sent, error, recorded) = match self.attempt(record, &group, at, bypassed).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(id = %id, error = %e, "delivery bookkeeping failed; the message stays queued and is tried again in {}s", READ_RETRY_MS / 1000);
@@ -284,6 +315,7 @@ impl Distributor {
     async fn attempt(
         &self,
         record: Record,
+        group: &Group,
         at: u64,
         bypassed: bool,
     ) -> Result<(u32, Option<String>, bool), StoreError> {
@@ -306,7 +338,7 @@ impl Distributor {
                 (self.damaged_outcome(record, &e), None, 0, Some(reply))
             }
             Err(e) => return Err(e),
-            Ok(Some(raw)) => self.send(record, raw).await,
+            Ok(Some(raw)) => self.send(record, group, raw).await,
         };
         if bypassed && let Some(a) = record.attempts.last_mut() {
             a.note = Some(format!(
@@ -316,7 +348,7 @@ impl Distributor {
         let finish = Finish {
             id: record.id.clone(),
             status: record.status,
-            provider: record.provider.clone(),
+            provider: group.provider.clone(),
             deferrals: record.deferrals,
             last: record.attempts.last().cloned(),
             took: started.elapsed(),
@@ -356,13 +388,14 @@ impl Distributor {
     async fn send(
         &self,
         record: Record,
+        group: &Group,
         raw: Vec<u8>,
     ) -> (Record, Option<u64>, u32, Option<String>) {
         let routing = self.routing();
         let pending: Vec<&crate::history::Recipient> = record
             .recipients
             .iter()
-            .filter(|r| !r.status.is_finished())
+            .filter(|r| !r.status.is_finished() && group.rcpts.contains(&r.address))
             .collect();
         let delivery = Delivery {
             id: record.id.clone(),
@@ -376,12 +409,12 @@ impl Distributor {
                 .map(|v| v.into_iter().flatten().collect()),
             raw: Arc::new(raw),
         };
-        let outcome = match routing.providers.get(&record.provider) {
-            Some(p) => self.bounded(p, &record.provider, &delivery).await,
+        let outcome = match routing.providers.get(&group.provider) {
+            Some(p) => self.bounded(p, &group.provider, &delivery).await,
             None => Outcome::Transient {
                 reply: format!(
                     "the message is routed to provider {:?}, which is not in the configuration: add it back, or route the user elsewhere, and reload",
-                    record.provider
+                    group.provider
                 ),
                 code: Code::ProviderConfig,
             },
@@ -393,7 +426,23 @@ impl Distributor {
                 .count()
         };
         let sent_before = was_sent(&record);
-        let (record, due) = apply_outcome(record, outcome, &routing.retry, self.now());
+        let now = self.now();
+        let unavailable = match &outcome {
+            Outcome::Transient { code, .. } if code.moves_on() => Some(*code),
+            _ => None,
+        };
+        self.circuit_after(&routing, &group.provider, unavailable.is_some(), now);
+        let next = unavailable.and_then(|_| self.next_provider(&group.chain, &group.provider, now));
+        let step = Step {
+            provider: &group.provider,
+            rcpts: &group.rcpts,
+            first: group.first(),
+            next: next.as_deref(),
+        };
+        let (record, due, moved) = apply_outcome(record, step, outcome, &routing.retry, now);
+        if let (Some(to), Some(code)) = (moved, unavailable) {
+            self.failover(&record.id, &group.provider, &to, code.as_str());
+        }
         let sent = u32::try_from(was_sent(&record) - sent_before).unwrap_or(u32::MAX);
         // Only a failure is an error: after a partial delivery the reply to the data is a
         // success, and the refusals are what went wrong.

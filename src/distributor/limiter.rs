@@ -73,7 +73,7 @@ impl Shared {
 
     async fn reserve(
         &self,
-        record: &Record,
+        (provider, id): (&str, &str),
         (limits, max_conn): (Limits, usize),
         pending: u32,
         bypass: bool,
@@ -84,10 +84,10 @@ impl Shared {
         };
         match f
             .reserve(
-                &record.provider,
+                provider,
                 limits.per_minute,
                 limits.per_day,
-                &record.id,
+                id,
                 pending,
                 bypass,
             )
@@ -109,17 +109,17 @@ impl Shared {
 
     /// A send admitted: its shared reservation is remembered (to give back if nothing
     /// goes), or the fleet is owed it once its store is back.
-    fn admitted(&self, ruling: &Ruling, record: &Record, pending: u32, now: u64) {
+    fn admitted(&self, ruling: &Ruling, (provider, id): (&str, &str), pending: u32, now: u64) {
         let Shared::Fleet { fleet, reserved } = self else {
             return;
         };
         match ruling {
             Ruling::Decided(..) => {
                 if let Ok(mut r) = reserved.lock() {
-                    r.insert(record.id.clone(), (record.provider.clone(), pending));
+                    r.insert(id.to_string(), (provider.to_string(), pending));
                 }
             }
-            Ruling::Local(_, _, true) => fleet.owe(&record.provider, &record.id, pending, now),
+            Ruling::Local(_, _, true) => fleet.owe(provider, id, pending, now),
             Ruling::Local(..) => {}
         }
     }
@@ -148,29 +148,27 @@ impl Shared {
 }
 
 impl Distributor {
-    /// The verdict for `record` now; None when its provider has no room for another
-    /// delivery (it is looked at again when one ends). A send is counted in the windows
-    /// at once (and reserved in the fleet's); [`Distributor::settle`] confirms or gives
-    /// it back.
+    /// The verdict for `pending` recipients of message `id` through `provider` now
+    /// (`record` says how often the per-minute limit held it back); None when the
+    /// provider has no room for another delivery (it is looked at again when one ends). A
+    /// send is counted in the windows at once (and reserved in the fleet's);
+    /// [`Distributor::settle`] confirms or gives it back.
     pub(super) async fn admit(
         &self,
-        record: &Record,
+        (provider, record): (&str, &Record),
+        pending: u32,
         routing: &Routing,
         now: u64,
     ) -> Option<Admit> {
-        let (limits, max_conn) = routing.limits(&record.provider);
-        let pending = record
-            .recipients
-            .iter()
-            .filter(|r| !r.status.is_finished())
-            .count() as u32;
+        let (limits, max_conn) = routing.limits(provider);
+        let id = record.id.as_str();
         let bypass = record.throttle_deferrals >= MAX_THROTTLE_DEFERRALS;
-        if self.provider_full(&record.provider, max_conn) {
+        if self.provider_full(provider, max_conn) {
             return None;
         }
         let ruling = self
             .shared
-            .reserve(record, (limits, max_conn), pending, bypass, now)
+            .reserve((provider, id), (limits, max_conn), pending, bypass, now)
             .await;
         let (limits, max_conn, decided) = match ruling {
             Ruling::Decided(v, b) => (limits, max_conn, Some((v, b))),
@@ -180,11 +178,10 @@ impl Distributor {
             let Ok(mut map) = self.providers.lock() else {
                 return None;
             };
-            let st = map.entry(record.provider.clone()).or_default();
+            let st = map.entry(provider.to_string()).or_default();
             if st.in_flight >= max_conn {
                 if let Some((Verdict::Send, _)) = decided {
-                    self.shared
-                        .give_back_later(&record.provider, &record.id, pending);
+                    self.shared.give_back_later(provider, id, pending);
                 }
                 return None;
             }
@@ -195,13 +192,13 @@ impl Distributor {
                     d => d,
                 };
             if verdict == Verdict::Send {
-                self.shared.admitted(&ruling, record, pending, now);
+                self.shared.admitted(&ruling, (provider, id), pending, now);
             }
             match verdict {
                 Verdict::Throttled(_) => st.throttle_deferrals += 1,
                 Verdict::DailyQuota(_) => {}
                 Verdict::Send => {
-                    st.windows.take(now, &record.id, pending);
+                    st.windows.take(now, id, pending);
                     st.in_flight += 1;
                 }
             }
@@ -230,6 +227,7 @@ impl Distributor {
             let st = map.entry(provider.to_string()).or_default();
             st.windows.settle(id, sent_rcpts);
             st.in_flight = st.in_flight.saturating_sub(1);
+            st.circuit.abandoned();
             if let Some(e) = error {
                 st.last_error = Some((e, crate::time::now_ms()));
             }

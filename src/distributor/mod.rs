@@ -6,6 +6,8 @@
 //! again after a restart.
 
 mod cancel;
+mod chain;
+pub mod circuit;
 mod dispatch;
 mod limiter;
 pub mod outcome;
@@ -53,6 +55,10 @@ pub struct Routing {
     pub limits: HashMap<String, (Limits, usize)>,
     /// Backoff and give-up rules.
     pub retry: RetryPolicy,
+    /// The provider chains and routes.
+    pub chains: crate::config::Chains,
+    /// Circuit settings by provider name: failures to open (0: never), cool-down (ms).
+    pub circuits: HashMap<String, (u32, u64)>,
 }
 
 impl Routing {
@@ -85,6 +91,18 @@ impl Routing {
                 })
                 .collect(),
             retry: RetryPolicy::from_config(&c.distributor),
+            chains: crate::config::Chains::from_config(c),
+            circuits: c
+                .provider
+                .iter()
+                .map(|p| {
+                    let (after, cooldown) = p.circuit();
+                    (
+                        p.name.get_ref().clone(),
+                        (after, crate::time::duration_ms(cooldown)),
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -147,6 +165,7 @@ struct ProviderState {
     in_flight: usize,
     throttle_deferrals: u64,
     last_error: Option<(String, u64)>,
+    circuit: circuit::Circuit,
 }
 
 /// Time as the scheduler sees it: the wall clock at start plus tokio's monotonic clock
@@ -205,6 +224,7 @@ impl Distributor {
             let _ = metrics.sent.get_or_create(&label);
             let _ = metrics.throttle_deferrals.get_or_create(&label);
             let _ = metrics.oldest_inflight.get_or_create(&label);
+            let _ = metrics.circuit_open.get_or_create(&label);
         }
         Distributor {
             metrics,
@@ -374,7 +394,14 @@ impl Distributor {
             .await?
             .into_iter()
             .filter(|r| !only_config_held || held_for_config(r))
-            .filter(|r| provider.is_none_or(|p| r.provider == p))
+            .filter(|r| {
+                provider.is_none_or(|p| {
+                    r.provider == p
+                        || r.recipients
+                            .iter()
+                            .any(|x| !x.status.is_finished() && x.provider.as_deref() == Some(p))
+                })
+            })
             .map(|r| r.id)
             .collect();
         let n = ids.len();

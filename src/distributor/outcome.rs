@@ -1,5 +1,7 @@
 //! Attempt outcomes applied to a history record: typed outcome in, new record and next
-//! due time out. Pure.
+//! due time out. Pure. An outcome concerns one group of recipients (those that went
+//! together through one provider of their chain); the record's status, next due time and
+//! provider follow from all its recipients ([`refresh`]).
 
 use crate::history::{Attempt, Diagnosis, Record, Status, Waiting};
 use crate::provider::diagnosis::Code;
@@ -8,22 +10,53 @@ use crate::time::rfc3339;
 
 use super::retry::RetryPolicy;
 
-/// The record after an attempt, and its next due time (None when finished).
+/// Where an attempt went: its provider and recipients, the first provider of their chain
+/// (where mail starts again after a deferral) and the next provider that may take the
+/// mail now (None: the chain is exhausted).
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    /// The provider of the attempt.
+    pub provider: &'a str,
+    /// The recipients it was for.
+    pub rcpts: &'a [String],
+    /// The first provider of their chain.
+    pub first: &'a str,
+    /// The next provider of the chain that may take the mail now.
+    pub next: Option<&'a str>,
+}
+
+impl<'a> Step<'a> {
+    /// A chain of one: `provider` for every waiting recipient of `record`.
+    pub fn alone(provider: &'a str, rcpts: &'a [String]) -> Step<'a> {
+        Step {
+            provider,
+            rcpts,
+            first: provider,
+            next: None,
+        }
+    }
+}
+
+/// The record after an attempt, its next due time (None when finished), and the
+/// provider the group's mail moved on to, if it did.
 ///
-/// Every outcome becomes a fate per pending recipient; the message's status follows from
-/// its recipients: any still waiting -> `deferred`; else all sent -> `sent`, all failed
-/// -> `failed`, a mix -> `partial`. A transient failure past `give_up_after` is failed.
+/// Every outcome becomes a fate per recipient of the group. When the provider could not
+/// take the mail now ([`Code::moves_on`]) and the chain has a next provider, the group's
+/// recipients move to it and are due at once (a failover, not a deferral). Otherwise a
+/// transient failure defers them with backoff (past `give_up_after`: failed), and they
+/// start again at the first provider of their chain.
 pub fn apply_outcome(
     mut record: Record,
+    step: Step<'_>,
     outcome: Outcome,
     retry: &RetryPolicy,
     now: u64,
-) -> (Record, Option<u64>) {
+) -> (Record, Option<u64>, Option<String>) {
     let at = rfc3339(now);
     let pending: Vec<String> = record
         .recipients
         .iter()
-        .filter(|r| !r.status.is_finished())
+        .filter(|r| !r.status.is_finished() && step.rcpts.contains(&r.address))
         .map(|r| r.address.clone())
         .collect();
     let all = |fate: Fate, reply: &str, code: Option<Code>| -> Vec<RcptResult> {
@@ -38,6 +71,7 @@ pub fn apply_outcome(
             .collect()
     };
     let mut retry_after = None;
+    let mut unavailable = None;
     let (reply, results) = match outcome {
         Outcome::Later { reply, code, after } => {
             retry_after = Some(crate::time::duration_ms(after));
@@ -49,6 +83,7 @@ pub fn apply_outcome(
             (reply, results)
         }
         Outcome::Transient { reply, code } => {
+            unavailable = code.moves_on().then_some(code);
             let results = all(Fate::Transient, &reply, Some(code));
             (reply, results)
         }
@@ -62,7 +97,19 @@ pub fn apply_outcome(
         .map(|u| u.timestamp_ms())
         .unwrap_or(now);
     let give_up = retry.gives_up(received, now);
+    let moved_to = step
+        .next
+        .filter(|_| unavailable.is_some() && !give_up)
+        .map(str::to_string);
     let diagnosis = attempt_diagnosis(&results);
+    let deferred = moved_to.is_none()
+        && results
+            .iter()
+            .any(|r| r.fate == Fate::Transient && !give_up);
+    let due = deferred.then(|| {
+        record.deferrals += 1;
+        now + retry_after.unwrap_or_else(|| retry.delay_ms(record.deferrals))
+    });
     for res in results {
         let Some(r) = record
             .recipients
@@ -78,51 +125,95 @@ pub fn apply_outcome(
             Fate::Transient => Status::Deferred,
         };
         r.reply = Some(res.reply);
+        (r.provider, r.next_attempt_at) = match (&moved_to, r.status) {
+            (Some(to), Status::Deferred) => (Some(to.clone()), None),
+            (None, Status::Deferred) => (Some(step.first.to_string()), due.map(rfc3339)),
+            _ => (Some(step.provider.to_string()), None),
+        };
     }
     record.attempts.push(Attempt {
-        at: at.clone(),
-        provider: record.provider.clone(),
+        at,
+        provider: step.provider.to_string(),
         reply,
         diagnosis,
-        note: None,
+        note: moved_to
+            .as_ref()
+            .map(|to| format!("provider {to:?}, next in the chain, takes the mail over")),
     });
-    let waiting = record.recipients.iter().any(|r| !r.status.is_finished());
+    record.waiting = if let Some(code) = unavailable.filter(|_| moved_to.is_some()) {
+        Some(Waiting {
+            reason: code.to_string(),
+            until: None,
+        })
+    } else if deferred {
+        // A chain that is exhausted waits with its first provider's diagnosis.
+        let reason = record
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.provider == step.first)
+            .and_then(|a| a.diagnosis.as_ref())
+            .or(record.attempts.last().and_then(|a| a.diagnosis.as_ref()))
+            .map_or_else(|| "unknown".to_string(), |d| d.code.to_string());
+        Some(Waiting {
+            reason,
+            until: None,
+        })
+    } else {
+        None
+    };
+    let due = refresh(&mut record, now);
+    (record, due, moved_to)
+}
+
+/// Settles a record's status, next due time, provider and waiting time from its
+/// recipients; returns its due time (None when finished). While it waits, its provider
+/// is the one its earliest recipient goes to next; finished, the last one that took it.
+pub fn refresh(record: &mut Record, now: u64) -> Option<u64> {
     let sent = record
         .recipients
         .iter()
         .filter(|r| r.status == Status::Sent)
         .count();
-    if waiting {
-        record.deferrals += 1;
-        record.status = Status::Deferred;
-        let due = now + retry_after.unwrap_or_else(|| retry.delay_ms(record.deferrals));
-        record.next_attempt_at = Some(rfc3339(due));
-        record.waiting = Some(Waiting {
-            reason: record
-                .attempts
-                .last()
-                .and_then(|a| a.diagnosis.as_ref())
-                .map_or_else(|| "unknown".to_string(), |d| d.code.to_string()),
-            until: record.next_attempt_at.clone(),
-        });
-        if sent > 0 && record.sent_at.is_none() {
-            record.sent_at = Some(at);
-        }
-        return (record, Some(due));
-    }
-    record.next_attempt_at = None;
-    record.waiting = None;
-    record.status = if sent == record.recipients.len() {
-        Status::Sent
-    } else if sent == 0 {
-        Status::Failed
-    } else {
-        Status::Partial
-    };
     if sent > 0 && record.sent_at.is_none() {
-        record.sent_at = Some(at);
+        record.sent_at = Some(rfc3339(now));
     }
-    (record, None)
+    let next = record
+        .recipients
+        .iter()
+        .filter(|r| !r.status.is_finished())
+        .min_by_key(|r| super::chain::due_of(r));
+    let Some(next) = next else {
+        record.next_attempt_at = None;
+        record.waiting = None;
+        if let Some(a) = record.attempts.last() {
+            record.provider = a.provider.clone();
+        }
+        record.status = if sent == record.recipients.len() {
+            Status::Sent
+        } else if sent == 0 {
+            Status::Failed
+        } else {
+            Status::Partial
+        };
+        return None;
+    };
+    let due = super::chain::due_of(next).max(now);
+    if let Some(p) = &next.provider {
+        record.provider = p.clone();
+    }
+    let waits = record
+        .recipients
+        .iter()
+        .any(|r| r.status == Status::Deferred);
+    if waits || record.deferrals > 0 {
+        record.status = Status::Deferred;
+    }
+    record.next_attempt_at = Some(rfc3339(due));
+    if let Some(w) = &mut record.waiting {
+        w.until = record.next_attempt_at.clone();
+    }
+    Some(due)
 }
 
 /// The diagnosis of one attempt: it describes that attempt. When recipients had different
@@ -157,43 +248,57 @@ fn attempt_diagnosis(results: &[RcptResult]) -> Option<Diagnosis> {
     })
 }
 
-/// The record of a message held back by its provider's per-minute limit until `until`.
-pub fn throttle_deferral(mut record: Record, until: u64) -> Record {
+/// Holds a group of recipients back until `until` without an attempt: its provider's
+/// per-minute limit is reached. Returns the record's due time.
+pub fn throttled(record: &mut Record, rcpts: &[String], until: u64, now: u64) -> u64 {
     record.deferrals += 1;
     record.throttle_deferrals += 1;
-    record.status = Status::Deferred;
-    record.next_attempt_at = Some(rfc3339(until));
-    record.waiting = Some(Waiting {
-        reason: "per-minute-limit".into(),
-        until: record.next_attempt_at.clone(),
-    });
-    record
-}
-
-/// The record of a message waiting for its provider's daily recipient quota.
-pub fn quota_deferral(mut record: Record, now: u64, until: u64, limit: u32) -> Record {
-    record.deferrals += 1;
-    record.status = Status::Deferred;
-    record.next_attempt_at = Some(rfc3339(until));
-    record.waiting = Some(Waiting {
-        reason: Code::DailyQuota.as_str().into(),
-        until: record.next_attempt_at.clone(),
-    });
     for r in record
         .recipients
         .iter_mut()
-        .filter(|r| !r.status.is_finished())
+        .filter(|r| !r.status.is_finished() && rcpts.contains(&r.address))
     {
-        r.status = Status::Deferred;
+        r.next_attempt_at = Some(rfc3339(until));
     }
+    record.waiting = Some(Waiting {
+        reason: "per-minute-limit".into(),
+        until: None,
+    });
+    refresh(record, now).unwrap_or(until)
+}
+
+/// A group whose provider's daily recipient quota is spent: its attempt is recorded
+/// with `daily-quota`; the group moves to `step.next` at once when there is one (a
+/// failover), else waits until `until`. Returns the record's due time.
+pub fn quota_spent(record: &mut Record, step: Step<'_>, now: u64, until: u64, limit: u32) -> u64 {
     record.attempts.push(Attempt {
         at: rfc3339(now),
-        provider: record.provider.clone(),
+        provider: step.provider.to_string(),
         reply: format!(
             "not sent: the provider's daily limit of {limit} recipients in 24 hours is reached (mailgate's own per_day_recipient_limit)"
         ),
         diagnosis: Some(Code::DailyQuota.diagnosis()),
-        note: None,
+        note: step
+            .next
+            .map(|to| format!("provider {to:?}, next in the chain, takes the mail over")),
     });
-    record
+    if step.next.is_none() {
+        record.deferrals += 1;
+    }
+    for r in record
+        .recipients
+        .iter_mut()
+        .filter(|r| !r.status.is_finished() && step.rcpts.contains(&r.address))
+    {
+        r.status = Status::Deferred;
+        (r.provider, r.next_attempt_at) = match step.next {
+            Some(to) => (Some(to.to_string()), None),
+            None => (Some(step.first.to_string()), Some(rfc3339(until))),
+        };
+    }
+    record.waiting = Some(Waiting {
+        reason: Code::DailyQuota.as_str().into(),
+        until: None,
+    });
+    refresh(record, now).unwrap_or(until)
 }

@@ -80,9 +80,18 @@ pub fn plan_for(
         Some(u) => u.sender_email.clone().or_else(|| u.email.clone()),
         None => config.rewrite.default_sender.clone(),
     };
+    // The first provider of the user's chain, else of the default chain: its account is
+    // the one an on-behalf-of Sender names.
     let provider = user
-        .and_then(|u| u.provider.as_ref().map(|p| p.get_ref().clone()))
-        .unwrap_or_else(|| config.distributor.default_provider.get_ref().clone());
+        .and_then(|u| {
+            u.providers
+                .as_ref()
+                .and_then(|l| l.first())
+                .or(u.provider.as_ref())
+                .map(|p| p.get_ref().clone())
+        })
+        .or_else(|| config.default_chain().into_iter().next())
+        .unwrap_or_default();
     let mode = user.map_or(SendMode::SendAs, |u| u.send_mode);
     let account = config.provider(&provider).and_then(|p| p.username.clone());
     let (on_behalf_of, envelope) = match (&target, mode) {

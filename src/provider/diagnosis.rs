@@ -204,6 +204,19 @@ impl Code {
             )
     }
 
+    /// Whether the provider cannot take mail now, so the next provider of a chain takes
+    /// it (SPEC "Routes and fallback"): its connection, TLS or sign-in failed, it holds
+    /// mail for a configuration reason, or its daily quota is spent. These failures count
+    /// towards its circuit. A refusal of the message or a recipient, or a throttling
+    /// reply, is not one.
+    pub fn moves_on(self) -> bool {
+        self.is_config()
+            || matches!(
+                self,
+                Code::ConnectionFailed | Code::OAuthEndpointUnreachable | Code::DailyQuota
+            )
+    }
+
     /// The explanation and the fix.
     pub fn texts(self) -> (&'static str, &'static str) {
         match self {

@@ -30,9 +30,16 @@ pub async fn retry_message(state: &AppState, id: &str) -> Result<Status, (Status
     for r in record
         .recipients
         .iter_mut()
-        .filter(|r| r.status == Status::Failed)
+        .filter(|r| !matches!(r.status, Status::Sent | Status::Cancelled))
     {
-        r.status = Status::Queued;
+        if r.status == Status::Failed {
+            // Tried again from the start of its chain.
+            r.status = Status::Queued;
+            if !record.pinned {
+                r.provider = None;
+            }
+        }
+        r.next_attempt_at = None;
     }
     if matches!(record.status, Status::Failed | Status::Partial) {
         record.status = Status::Queued;

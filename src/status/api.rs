@@ -17,6 +17,7 @@ use super::actions::{cancel_message, retry_message, sign_in_changed};
 use super::query::ListQuery;
 use super::snapshot::{ProviderView, Snapshot};
 use super::state::{AppState, as_shown};
+use crate::distributor::circuit::CircuitState;
 use crate::history::{Record, Status};
 use crate::pipeline::{Client, Origin, Submission, SubmitError};
 use crate::time::rfc3339;
@@ -78,6 +79,12 @@ pub(super) async fn status(State(state): State<AppState>) -> Response {
             "failed": m.totals.failed.load(Ordering::Relaxed),
         },
         "providers": providers,
+        "chains": snap.chains.iter().map(|c| json!({
+            "kind": c.kind,
+            "name": c.name,
+            "recipients": c.recipients,
+            "providers": c.providers,
+        })).collect::<Vec<_>>(),
         "fleet": fleet,
         "store": {
             "ok": problem.is_none(),
@@ -136,6 +143,8 @@ fn provider_json(p: &ProviderView) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "oldest_in_flight_seconds": stats.attempts.first().map_or(0.0, |a| a.age.as_secs_f64()),
         "oauth2": oauth2,
+        "circuit": p.circuit.0.as_str(),
+        "circuit_open_until": p.circuit.1.filter(|_| p.circuit.0 != CircuitState::Closed).map(rfc3339),
     })
 }
 

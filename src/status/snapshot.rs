@@ -3,6 +3,7 @@
 //! disagree about a count, a limit or a sign-in.
 
 use super::state::AppState;
+use crate::distributor::circuit::CircuitState;
 use crate::distributor::throttle::Limits;
 use crate::distributor::{ProviderStats, provider_limits};
 use crate::history::Status;
@@ -27,6 +28,66 @@ pub struct Snapshot {
     pub sending: usize,
     /// Each configured provider, in configuration order.
     pub providers: Vec<ProviderView>,
+    /// Where mail goes: the routes, the users' chains, the default chain, in the order
+    /// they are looked at.
+    pub chains: Vec<ChainView>,
+}
+
+/// One chain as the views show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainView {
+    /// `route`, `user` or `default`.
+    pub kind: &'static str,
+    /// The route's or user's name (`default` for the default chain).
+    pub name: String,
+    /// A route's recipients (addresses and `*@domain`).
+    pub recipients: Vec<String>,
+    /// The providers, first to last.
+    pub providers: Vec<String>,
+}
+
+impl ChainView {
+    /// The chain as one line: `m365 → graph`.
+    pub fn line(&self) -> String {
+        self.providers.join(" → ")
+    }
+}
+
+/// The chains of a configuration, as they are looked at: routes, users, default.
+fn chain_views(config: &crate::config::Config) -> Vec<ChainView> {
+    let list = |l: &[serde_spanned::Spanned<String>]| -> Vec<String> {
+        l.iter().map(|p| p.get_ref().clone()).collect()
+    };
+    let mut out: Vec<ChainView> = config
+        .route
+        .iter()
+        .map(|r| ChainView {
+            kind: "route",
+            name: r.name.get_ref().clone(),
+            recipients: list(&r.recipients),
+            providers: list(&r.providers),
+        })
+        .collect();
+    out.extend(config.user.iter().filter_map(|u| {
+        let providers = match (&u.providers, &u.provider) {
+            (Some(l), _) => list(l),
+            (None, Some(p)) => vec![p.get_ref().clone()],
+            (None, None) => return None,
+        };
+        Some(ChainView {
+            kind: "user",
+            name: u.name.get_ref().clone(),
+            recipients: Vec::new(),
+            providers,
+        })
+    }));
+    out.push(ChainView {
+        kind: "default",
+        name: "default".into(),
+        recipients: Vec::new(),
+        providers: config.default_chain(),
+    });
+    out
 }
 
 /// One provider as the views show it.
@@ -46,6 +107,8 @@ pub struct ProviderView {
     pub token: Option<TokenStatus>,
     /// A mailbox signs in (device code or authorization code).
     pub delegated: bool,
+    /// Its circuit, and until when it is open.
+    pub circuit: (CircuitState, Option<u64>),
 }
 
 impl Snapshot {
@@ -72,6 +135,7 @@ impl Snapshot {
                         .provider(&name)
                         .and_then(|pr| pr.token_status()),
                     delegated: p.oauth2.as_ref().is_some_and(|o| o.flow.is_delegated()),
+                    circuit: state.distributor.circuit(&name),
                     name,
                 }
             })
@@ -88,6 +152,7 @@ impl Snapshot {
             paused: state.distributor.is_paused(),
             sending: state.distributor.sending(),
             providers,
+            chains: chain_views(&config),
         })
     }
 

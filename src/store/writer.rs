@@ -260,17 +260,38 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                         .map_err(io_err)?
                         .map(|v| decode_record(id, v.value()))
                         .transpose()?;
-                    if let Some((mut rec, Some(old_due))) = old
-                        && old_due > *now_ms
-                    {
-                        due.remove(due_key(old_due, id).as_slice())
-                            .map_err(io_err)?;
-                        due.insert(due_key(*now_ms, id).as_slice(), rec.provider.as_str())
-                            .map_err(io_err)?;
-                        rec.next_attempt_at = Some(crate::time::rfc3339(*now_ms));
-                        records
-                            .insert(id.as_str(), encode_record(&rec, Some(*now_ms)).as_slice())
-                            .map_err(io_err)?;
+                    if let Some((mut rec, Some(old_due))) = old {
+                        // Every waiting recipient is due now too (each keeps its own time
+                        // when its message's recipients went different ways).
+                        let now = crate::time::rfc3339(*now_ms);
+                        let mut changed = false;
+                        for r in rec
+                            .recipients
+                            .iter_mut()
+                            .filter(|r| !r.status.is_finished())
+                        {
+                            if r.next_attempt_at.as_ref().is_some_and(|t| *t > now) {
+                                r.next_attempt_at = Some(now.clone());
+                                changed = true;
+                            }
+                        }
+                        if old_due > *now_ms {
+                            due.remove(due_key(old_due, id).as_slice())
+                                .map_err(io_err)?;
+                            due.insert(due_key(*now_ms, id).as_slice(), rec.provider.as_str())
+                                .map_err(io_err)?;
+                            rec.next_attempt_at = Some(now);
+                            if let Some(w) = &mut rec.waiting {
+                                w.until = rec.next_attempt_at.clone();
+                            }
+                            changed = true;
+                        }
+                        if changed {
+                            let due_ms = (*now_ms).min(old_due);
+                            records
+                                .insert(id.as_str(), encode_record(&rec, Some(due_ms)).as_slice())
+                                .map_err(io_err)?;
+                        }
                     }
                 }
                 Mutation::Usage {

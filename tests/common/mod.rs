@@ -467,3 +467,38 @@ pub fn openssl_rsa_key(path: &Path) -> String {
     );
     std::fs::read_to_string(path).unwrap()
 }
+
+/// Runs the CLI on `env`'s configuration: exit code, stdout, stderr.
+pub fn cli(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--config", env.config_path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run_cli(&all);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes the config with the status listener on a fixed free port, so the CLI finds it.
+pub fn write(env: &TestEnv, extra: &str) {
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    // The port chosen at the first write stays (status.listen is a start-only key).
+    let port: u16 = text
+        .split("listen = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p != 0)
+        .unwrap_or_else(free_port);
+    env.write_config("", extra);
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    std::fs::write(
+        &env.config_path,
+        text.replace(
+            "[status]\nlisten = \"127.0.0.1:0\"",
+            &format!("[status]\nlisten = \"127.0.0.1:{port}\""),
+        ),
+    )
+    .unwrap();
+}

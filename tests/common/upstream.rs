@@ -175,7 +175,13 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(script: Script) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::start_at(0, script).await
+    }
+
+    /// Starts on a given port of 127.0.0.1 (0: any free one): an upstream that was
+    /// refusing connections comes up where mailgate already looks.
+    pub async fn start_at(port: u16, script: Script) -> Upstream {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let up = Upstream {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),

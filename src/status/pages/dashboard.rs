@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::Ctx;
 use super::{CsrfForm, age, chart, csrf_ok, csrf_refused, enc, html, page_error};
+use crate::distributor::circuit::CircuitState;
 use crate::history::Status;
 use crate::status::snapshot::{ProviderView, Snapshot};
 
@@ -26,6 +27,19 @@ struct ProviderRow {
     path: String,
     /// A delegated provider (device code or authorization code): the Sign in button.
     delegated: bool,
+    /// `closed`, `open` or `half-open`.
+    circuit: &'static str,
+    /// While not closed: what it means, and until when.
+    circuit_words: String,
+}
+
+struct ChainRow {
+    /// `Route internal`, `User erp`, `Default`.
+    what: String,
+    /// A route's recipients, comma-separated.
+    recipients: String,
+    /// `m365 → graph`.
+    chain: String,
 }
 
 #[derive(Template)]
@@ -45,6 +59,8 @@ struct Dashboard {
     accepted: u64,
     rejected: u64,
     providers: Vec<ProviderRow>,
+    /// Routes, users' chains and the default chain, in the order they are looked at.
+    chains: Vec<ChainRow>,
     /// Attempts per hour over 24 hours, an SVG of numbers and times only.
     hourly_chart: String,
     /// Attempts per day over 30 days, likewise.
@@ -67,6 +83,19 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
         }
     };
     let providers = snap.providers.iter().map(provider_row).collect();
+    let chains = snap
+        .chains
+        .iter()
+        .map(|c| ChainRow {
+            what: match c.kind {
+                "route" => format!("Route {}", c.name),
+                "user" => format!("User {}", c.name),
+                _ => "Default".into(),
+            },
+            recipients: c.recipients.join(", "),
+            chain: c.line(),
+        })
+        .collect();
     let m = state.pipeline.metrics();
     let now = crate::time::now_ms();
     let hours = chart::hourly(&tallies, now);
@@ -106,6 +135,7 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
         accepted: m.accepted.get(),
         rejected: m.totals.rejected.load(std::sync::atomic::Ordering::Relaxed),
         providers,
+        chains,
     })
 }
 
@@ -151,6 +181,15 @@ fn provider_row(p: &ProviderView) -> ProviderRow {
         token,
         path: enc(&p.name),
         delegated: p.delegated,
+        circuit: p.circuit.0.as_str(),
+        circuit_words: match p.circuit {
+            (CircuitState::Closed, _) => String::new(),
+            (CircuitState::Open, until) => format!(
+                "skipped after repeated failures until {}",
+                super::shown_time(&crate::time::rfc3339(until.unwrap_or(0)))
+            ),
+            (CircuitState::HalfOpen, _) => "the next message tries it".into(),
+        },
     }
 }
 

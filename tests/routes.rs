@@ -1,0 +1,360 @@
+//! Routes and fallback (SPEC "Routes and fallback"), against the binary over real
+//! sockets: a chain's next provider takes the mail when the first cannot (refused
+//! connection, failed sign-in, a retired auth method), never after a 5xx refusal; the
+//! circuit opens, skips, probes and closes; recipients under different routes go out as
+//! one envelope per chain with the same bytes and one record; a route wins over a user's
+//! chain, which wins over the default one.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::upstream::{Script, Upstream};
+use common::{DaemonProcess, TestEnv, cli, queued_id, send_once, write};
+
+async fn submit(d: &DaemonProcess, from: &str, rcpts: &[&str]) -> String {
+    let reply = send_once(
+        d.smtp,
+        from,
+        rcpts,
+        b"Subject: routes\r\nMessage-ID: <routes@erp.local>\r\n\r\nhello\r\n",
+    )
+    .await;
+    queued_id(&reply).unwrap_or_else(|| panic!("not accepted: {reply}"))
+}
+
+async fn get_json(d: &DaemonProcess, path: &str) -> serde_json::Value {
+    reqwest::get(format!("http://{}{path}", d.status))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn metrics(d: &DaemonProcess) -> String {
+    reqwest::get(format!("http://{}/metrics", d.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until the record of `id` is finished; returns it.
+async fn finished(d: &DaemonProcess, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get_json(d, &format!("/api/messages/{id}")).await;
+        if ["sent", "failed", "partial"].contains(&r["status"].as_str().unwrap_or("")) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "not finished in time: {r:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn circuit(status: &serde_json::Value, provider: &str) -> String {
+    status["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == provider)
+        .unwrap_or_else(|| panic!("no provider {provider}: {status:#}"))["circuit"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no circuit for {provider}: {status:#}"))
+        .to_string()
+}
+
+/// The (provider, diagnosis code) of every attempt of a record.
+fn attempts(r: &serde_json::Value) -> Vec<(String, String)> {
+    r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["provider"].as_str().unwrap().to_string(),
+                a["diagnosis"]["code"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn smtp_provider(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        "[[provider]]\nname = \"{name}\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = \"5s\"\n{extra}\n"
+    )
+}
+
+fn accepting(user: &str, pass: &str) -> Script {
+    Script {
+        offer_auth: true,
+        credentials: Some((user.into(), pass.into())),
+        ..Script::default()
+    }
+}
+
+/// The first provider refuses connections, then fails AUTH, then says Basic auth is
+/// retired: each time the mail arrives through the second, once, and the record names
+/// both attempts. After three such failures the circuit opens and the first is not even
+/// tried; after the cool-down one message probes it and closes it. A 550 from the first
+/// does not move the mail on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_opens_and_closes() {
+    let first_port = common::free_port();
+    let second = Upstream::start(Script::default()).await;
+    let env = TestEnv::new("", "");
+    write(
+        &env,
+        &format!(
+            "{}{}[distributor]\ndefault_providers = [\"first\", \"second\"]\n",
+            smtp_provider(
+                "first",
+                first_port,
+                "username = \"relay@contoso.com\"\npassword = \"right\"\ncircuit_open_after = 3\ncircuit_cooldown = \"2s\"",
+            ),
+            smtp_provider("second", second.addr.port(), ""),
+        ),
+    );
+    let d = DaemonProcess::start(&env.config_path);
+    let st = get_json(&d, "/status").await;
+    assert_eq!(circuit(&st, "first"), "closed");
+
+    // 1. Nothing listens at the first: refused, so the second takes it.
+    let m1 = submit(&d, "app@erp.local", &["a@example.com"]).await;
+    let r1 = finished(&d, &m1).await;
+    assert_eq!(r1["status"], "sent", "{r1:#}");
+    assert_eq!(
+        attempts(&r1),
+        [
+            ("first".into(), "connection-failed".into()),
+            ("second".into(), String::new())
+        ],
+        "{r1:#}"
+    );
+    assert_eq!(r1["recipients"][0]["provider"], "second", "{r1:#}");
+    assert_eq!(r1["provider"], "second");
+    assert_eq!(second.messages().len(), 1, "delivered once");
+
+    // 2. The first comes up but refuses the password: auth-failed, the second takes it.
+    let first = Upstream::start_at(first_port, accepting("relay@contoso.com", "other")).await;
+    let m2 = submit(&d, "app@erp.local", &["b@example.com"]).await;
+    let r2 = finished(&d, &m2).await;
+    assert_eq!(
+        attempts(&r2),
+        [
+            ("first".into(), "auth-failed".into()),
+            ("second".into(), String::new())
+        ],
+        "{r2:#}"
+    );
+    assert_eq!(second.messages().len(), 2);
+
+    // 3. Basic auth retired (held for a configuration reason): the second takes it, and
+    // this third failure in a row opens the first's circuit.
+    first.set_script(accepting("relay@contoso.com", "right").reply(
+        "auth",
+        "550 5.7.30 Basic authentication is not supported for Client Submission.",
+    ));
+    let m3 = submit(&d, "app@erp.local", &["c@example.com"]).await;
+    let r3 = finished(&d, &m3).await;
+    assert_eq!(
+        attempts(&r3),
+        [
+            ("first".into(), "basic-auth-retired".into()),
+            ("second".into(), String::new())
+        ],
+        "{r3:#}"
+    );
+    assert_eq!(second.messages().len(), 3);
+    assert!(first.messages().is_empty());
+    let st = get_json(&d, "/status").await;
+    assert_eq!(circuit(&st, "first"), "open", "{st:#}");
+    let m = metrics(&d).await;
+    assert!(
+        m.contains("mailgate_provider_circuit_open{provider=\"first\"} 1"),
+        "{m}"
+    );
+
+    // 4. While open, the first is not even tried.
+    first.set_script(accepting("relay@contoso.com", "right").reply(
+        "rcpt:gone@example.com",
+        "550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown",
+    ));
+    let tried = first.connections.load(Ordering::SeqCst);
+    let m4 = submit(&d, "app@erp.local", &["d@example.com"]).await;
+    let r4 = finished(&d, &m4).await;
+    assert_eq!(attempts(&r4), [("second".into(), String::new())], "{r4:#}");
+    assert_eq!(first.connections.load(Ordering::SeqCst), tried);
+    assert_eq!(second.messages().len(), 4);
+    let m = metrics(&d).await;
+    assert!(
+        m.contains("mailgate_failovers_total{from=\"first\",to=\"second\"} 4"),
+        "three failures and one skip: {m}"
+    );
+
+    // 5. After the cool-down one message probes the first; it works and closes the
+    // circuit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while circuit(&get_json(&d, "/status").await, "first") != "half-open" {
+        assert!(Instant::now() < deadline, "the cool-down ends");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m5 = submit(&d, "app@erp.local", &["e@example.com"]).await;
+    let r5 = finished(&d, &m5).await;
+    assert_eq!(attempts(&r5), [("first".into(), String::new())], "{r5:#}");
+    assert_eq!(first.messages().len(), 1);
+    assert_eq!(first.messages()[0].rcpts, ["e@example.com"]);
+    assert_eq!(circuit(&get_json(&d, "/status").await, "first"), "closed");
+    assert!(
+        metrics(&d)
+            .await
+            .contains("mailgate_provider_circuit_open{provider=\"first\"} 0")
+    );
+
+    // 6. A 550 refuses the recipient: failed, never moved on.
+    let m6 = submit(&d, "app@erp.local", &["gone@example.com"]).await;
+    let r6 = finished(&d, &m6).await;
+    assert_eq!(r6["status"], "failed", "{r6:#}");
+    assert_eq!(
+        attempts(&r6),
+        [("first".into(), "recipient-unknown".into())],
+        "{r6:#}"
+    );
+    assert_eq!(second.messages().len(), 4, "the second never saw it");
+}
+
+/// `[[route]]`: a message to a@contoso.com and b@example.com, with a route for contoso,
+/// goes out as two envelopes through two upstreams with the same bytes, and one record
+/// keeps each recipient's provider. A user's chain wins over the default one, a route
+/// over both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_under_different_routes_go_out_once_per_chain_with_the_same_bytes() {
+    let internal = Upstream::start(Script::default()).await;
+    let external = Upstream::start(Script::default()).await;
+    let erp = Upstream::start(Script::default()).await;
+    let env = TestEnv::new("", "");
+    write(
+        &env,
+        &format!(
+            "{}{}{}[distributor]\ndefault_providers = [\"external\"]\n\
+             [[user]]\nname = \"erp\"\nmatch_senders = [\"erp@erp.local\"]\nproviders = [\"erp\", \"external\"]\n\
+             [[route]]\nname = \"internal\"\nrecipients = [\"*@contoso.com\"]\nproviders = [\"internal\", \"external\"]\n",
+            smtp_provider("internal", internal.addr.port(), ""),
+            smtp_provider("external", external.addr.port(), ""),
+            smtp_provider("erp", erp.addr.port(), ""),
+        ),
+    );
+    let d = DaemonProcess::start(&env.config_path);
+
+    let id = submit(&d, "app@erp.local", &["a@contoso.com", "b@example.com"]).await;
+    let r = finished(&d, &id).await;
+    assert_eq!(r["status"], "sent", "{r:#}");
+    let (i, e) = (internal.wait_for(1).await, external.wait_for(1).await);
+    assert_eq!(i.len(), 1);
+    assert_eq!(e.len(), 1);
+    assert_eq!(i[0].rcpts, ["a@contoso.com"]);
+    assert_eq!(e[0].rcpts, ["b@example.com"]);
+    assert_eq!(
+        i[0].data, e[0].data,
+        "the envelope differs, the bytes do not"
+    );
+    assert_eq!(i[0].from, e[0].from);
+    let providers: Vec<(&str, &str, &str)> = r["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["address"].as_str().unwrap(),
+                x["provider"].as_str().unwrap(),
+                x["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        providers,
+        [
+            ("a@contoso.com", "internal", "sent"),
+            ("b@example.com", "external", "sent")
+        ]
+    );
+    let mut used: Vec<String> = attempts(&r).into_iter().map(|(p, _)| p).collect();
+    used.sort();
+    assert_eq!(used, ["external", "internal"], "{r:#}");
+
+    // The erp user's chain wins over the default one; the route wins over both.
+    let id = submit(&d, "erp@erp.local", &["x@example.com", "y@contoso.com"]).await;
+    let r = finished(&d, &id).await;
+    assert_eq!(r["status"], "sent", "{r:#}");
+    let e = erp.wait_for(1).await;
+    assert_eq!(e[0].rcpts, ["x@example.com"]);
+    let i = internal.wait_for(2).await;
+    assert_eq!(i[1].rcpts, ["y@contoso.com"]);
+    assert_eq!(
+        external.messages().len(),
+        1,
+        "the default chain was not used"
+    );
+
+    // The dashboard shows the chains.
+    let page = reqwest::get(format!("http://{}/", d.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("internal → external"), "{page}");
+    assert!(page.contains("*@contoso.com"), "{page}");
+}
+
+/// `check-config` refuses a chain naming an unknown provider, a provider twice in one
+/// chain, a route without recipients or providers, and `provider` with `providers`.
+#[test]
+fn check_config_refuses_broken_chains() {
+    let env = TestEnv::new("", "");
+    let cases = [
+        (
+            "[distributor]\ndefault_providers = [\"outbox\", \"nowhere\"]\n",
+            "no provider named \"nowhere\"",
+        ),
+        (
+            "[distributor]\ndefault_providers = [\"outbox\", \"outbox\"]\n",
+            "provider \"outbox\" is named twice in one chain",
+        ),
+        (
+            "[[route]]\nname = \"r\"\nproviders = [\"outbox\"]\n",
+            "route \"r\" has no recipients",
+        ),
+        (
+            "[[route]]\nname = \"r\"\nrecipients = [\"*@contoso.com\"]\nproviders = []\n",
+            "route \"r\" providers is empty",
+        ),
+        (
+            "[[route]]\nname = \"r\"\nrecipients = [\"contoso.com\"]\nproviders = [\"outbox\"]\n",
+            "neither an address (user@domain) nor *@domain",
+        ),
+        (
+            "[[user]]\nname = \"u\"\nprovider = \"outbox\"\nproviders = [\"outbox\"]\n",
+            "user \"u\": set provider or providers, not both",
+        ),
+    ];
+    for (extra, words) in cases {
+        env.write_config("", extra);
+        let (code, out, err) = cli(&env, &["check-config"]);
+        assert_ne!(code, 0, "{extra}: {out}");
+        assert!(err.contains(words), "{extra}: {err}");
+        assert!(
+            err.contains("mailgate.toml:"),
+            "names the file and line: {err}"
+        );
+    }
+    env.write_config(
+        "",
+        "[distributor]\ndefault_providers = [\"outbox\"]\n[[route]]\nname = \"r\"\nrecipients = [\"*@contoso.com\", \"boss@example.com\"]\nproviders = [\"outbox\"]\n",
+    );
+    let (code, out, err) = cli(&env, &["check-config"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
