@@ -108,14 +108,24 @@ impl Drop for Redis {
 
 /// One node of the fleet: a daemon with the shared provider `o365` and `[fleet]`.
 fn node(redis: &Redis, up: &Upstream, name: &str, provider: &str) -> (TestEnv, DaemonProcess) {
+    node_with(
+        redis,
+        name,
+        &format!(
+            "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n{provider}\n\
+             [distributor]\ndefault_provider = \"o365\"\n",
+            up.addr.port(),
+        ),
+    )
+}
+
+/// One node of the fleet with these providers and `[distributor]`.
+fn node_with(redis: &Redis, name: &str, providers: &str) -> (TestEnv, DaemonProcess) {
     let env = TestEnv::new("", "");
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n{provider}\n\
-             [distributor]\ndefault_provider = \"o365\"\n\
-             [fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"{name}\"\nkey_prefix = \"t:\"\nexpected_nodes = 3\n",
-            up.addr.port(),
+            "{providers}[fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"{name}\"\nkey_prefix = \"t:\"\nexpected_nodes = 3\n",
             redis.port
         ),
     );
@@ -377,6 +387,62 @@ async fn the_daily_recipient_limit_is_shared_too() {
         4,
         "4 recipients a day between the three nodes"
     );
+    for (_, d) in &mut nodes {
+        assert_eq!(d.terminate().code(), Some(0));
+    }
+}
+
+/// A chain in a fleet: the first provider's daily quota is fleet-wide, and once the
+/// fleet has spent it every node's mail takes the second provider at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_chain_the_fleet_wide_quota_of_the_first_moves_the_rest_to_the_second() {
+    let Some(redis) = Redis::start() else { return };
+    let first = Upstream::start(Script::default()).await;
+    let second = Upstream::start(Script::default()).await;
+    let providers = format!(
+        "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 0\nper_day_recipient_limit = 4\n\
+         [[provider]]\nname = \"backup\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 0\n\
+         [distributor]\ndefault_providers = [\"o365\", \"backup\"]\n",
+        first.addr.port(),
+        second.addr.port()
+    );
+    let mut nodes: Vec<_> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|n| node_with(&redis, n, &providers))
+        .collect();
+    submit_each(&nodes, 3, "c").await;
+    second.wait_for(5).await;
+    assert_eq!(
+        first.messages().len(),
+        4,
+        "4 recipients a day through o365 between the three nodes"
+    );
+    assert_eq!(
+        second.messages().len(),
+        5,
+        "the rest through backup, once each"
+    );
+    let st = status(&nodes[0].1).await;
+    assert_eq!(
+        fleet_provider(&st, "o365")["recipients_last_day"],
+        4,
+        "{st:#}"
+    );
+    // Counted where it happened: the failovers of the nodes add up to the five.
+    let mut failovers = 0;
+    for (_, d) in &nodes {
+        let m = reqwest::get(format!("http://{}/metrics", d.status))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        failovers += m
+            .lines()
+            .find_map(|l| l.strip_prefix("mailgate_failovers_total{from=\"o365\",to=\"backup\"} "))
+            .map_or(0, |n| n.parse::<u64>().unwrap());
+    }
+    assert_eq!(failovers, 5);
     for (_, d) in &mut nodes {
         assert_eq!(d.terminate().code(), Some(0));
     }

@@ -10,6 +10,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::msgraph::MockMicrosoft;
 use common::upstream::{Script, Upstream};
 use common::{DaemonProcess, TestEnv, cli, queued_id, send_once, write};
 
@@ -99,8 +100,8 @@ fn accepting(user: &str, pass: &str) -> Script {
 /// The first provider refuses connections, then fails AUTH, then says Basic auth is
 /// retired: each time the mail arrives through the second, once, and the record names
 /// both attempts. After three such failures the circuit opens and the first is not even
-/// tried; after the cool-down one message probes it and closes it. A 550 from the first
-/// does not move the mail on.
+/// tried; after the cool-down one message probes it and closes it; opened again,
+/// `mailgate verify` closes it. A 550 from the first does not move the mail on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_opens_and_closes() {
     let first_port = common::free_port();
@@ -179,10 +180,15 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
     );
 
     // 4. While open, the first is not even tried.
-    first.set_script(accepting("relay@contoso.com", "right").reply(
-        "rcpt:gone@example.com",
-        "550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown",
-    ));
+    let working = Script {
+        // No connection is kept for the next message: each sees the script of its time.
+        one_message_per_connection: true,
+        ..accepting("relay@contoso.com", "right").reply(
+            "rcpt:gone@example.com",
+            "550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown",
+        )
+    };
+    first.set_script(working.clone());
     let tried = first.connections.load(Ordering::SeqCst);
     let m4 = submit(&d, "app@erp.local", &["d@example.com"]).await;
     let r4 = finished(&d, &m4).await;
@@ -214,7 +220,31 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
             .contains("mailgate_provider_circuit_open{provider=\"first\"} 0")
     );
 
-    // 6. A 550 refuses the recipient: failed, never moved on.
+    // 6. Three failures open it again; `mailgate verify` proves it healthy and closes it.
+    first.set_script(accepting("relay@contoso.com", "right").reply(
+        "auth",
+        "550 5.7.30 Basic authentication is not supported for Client Submission.",
+    ));
+    for n in 0..3 {
+        let id = submit(&d, "app@erp.local", &[&format!("f{n}@example.com")]).await;
+        finished(&d, &id).await;
+    }
+    assert_eq!(second.messages().len(), 7);
+    assert_ne!(circuit(&get_json(&d, "/status").await, "first"), "closed");
+    first.set_script(working);
+    let (code, out, err) = cli(&env, &["verify", "--provider", "first"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("first: ok"), "{out}");
+    assert!(
+        out.contains("first: its circuit was open; closed"),
+        "{out}{err}"
+    );
+    assert_eq!(circuit(&get_json(&d, "/status").await, "first"), "closed");
+    let m8 = submit(&d, "app@erp.local", &["g@example.com"]).await;
+    let r8 = finished(&d, &m8).await;
+    assert_eq!(attempts(&r8), [("first".into(), String::new())], "{r8:#}");
+
+    // 7. A 550 refuses the recipient: failed, never moved on.
     let m6 = submit(&d, "app@erp.local", &["gone@example.com"]).await;
     let r6 = finished(&d, &m6).await;
     assert_eq!(r6["status"], "failed", "{r6:#}");
@@ -223,7 +253,7 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
         [("first".into(), "recipient-unknown".into())],
         "{r6:#}"
     );
-    assert_eq!(second.messages().len(), 4, "the second never saw it");
+    assert_eq!(second.messages().len(), 7, "the second never saw it");
 }
 
 /// `[[route]]`: a message to a@contoso.com and b@example.com, with a route for contoso,
@@ -357,4 +387,134 @@ fn check_config_refuses_broken_chains() {
     );
     let (code, out, err) = cli(&env, &["check-config"]);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Fallback between kinds: a Graph provider that refuses (403, held for a configuration
+/// reason) hands the mail to an smtp provider, and an smtp provider that cannot be
+/// reached hands it to Graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_falls_back_to_smtp_and_smtp_to_graph() {
+    let ms = MockMicrosoft::start().await;
+    ms.with(|s| {
+        s.graph_reply = Some((
+            403,
+            None,
+            r#"{"error":{"code":"ErrorAccessDenied","message":"Access is denied. Check credentials and try again."}}"#.into(),
+        ));
+    });
+    let up = Upstream::start(Script::default()).await;
+    let dead = common::free_port();
+    let env = TestEnv::new("", "");
+    write(
+        &env,
+        &format!(
+            "{}{}[[provider]]\nname = \"graph\"\nkind = \"graph\"\ngraph_url = \"{}\"\n\
+             [provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"app-123\"\ntoken_url = \"{}\"\nclient_secret = \"s\"\n\
+             [[user]]\nname = \"a\"\nmatch_senders = [\"a@erp.local\"]\nproviders = [\"graph\", \"smtp\"]\n\
+             [[user]]\nname = \"b\"\nmatch_senders = [\"b@erp.local\"]\nproviders = [\"dead\", \"graph\"]\n",
+            smtp_provider("smtp", up.addr.port(), ""),
+            smtp_provider("dead", dead, ""),
+            ms.graph_url(),
+            ms.token_url("contoso"),
+        ),
+    );
+    let d = DaemonProcess::start(&env.config_path);
+
+    let id = submit(&d, "a@erp.local", &["x@example.com"]).await;
+    let r = finished(&d, &id).await;
+    assert_eq!(r["status"], "sent", "{r:#}");
+    assert_eq!(
+        attempts(&r),
+        [
+            ("graph".into(), "graph-forbidden".into()),
+            ("smtp".into(), String::new())
+        ],
+        "{r:#}"
+    );
+    assert_eq!(up.wait_for(1).await[0].rcpts, ["x@example.com"]);
+    assert!(ms.with(|s| s.sent.is_empty()), "Graph refused it");
+
+    ms.with(|s| s.graph_reply = None);
+    let id = submit(&d, "b@erp.local", &["y@example.com"]).await;
+    let r = finished(&d, &id).await;
+    assert_eq!(
+        attempts(&r),
+        [
+            ("dead".into(), "connection-failed".into()),
+            ("graph".into(), String::new())
+        ],
+        "{r:#}"
+    );
+    assert_eq!(r["recipients"][0]["provider"], "graph");
+    let sent = ms.with(|s| s.sent.clone());
+    assert_eq!(sent.len(), 1);
+    assert!(
+        String::from_utf8_lossy(&sent[0].mime).contains("Subject: routes"),
+        "Graph got the message"
+    );
+    assert_eq!(
+        up.messages().len(),
+        1,
+        "the smtp upstream saw only the first"
+    );
+}
+
+/// A reload changes where waiting mail goes: a message deferred on its only provider
+/// takes the fallback the new configuration adds, and a new route applies at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_chain_changes_to_waiting_and_new_mail() {
+    let one = Upstream::start(Script::default()).await;
+    let two = Upstream::start(Script::default()).await;
+    let dead = common::free_port();
+    let env = TestEnv::new("", "");
+    let providers = format!(
+        "{}{}{}",
+        smtp_provider("dead", dead, ""),
+        smtp_provider("one", one.addr.port(), ""),
+        smtp_provider("two", two.addr.port(), "")
+    );
+    write(
+        &env,
+        &format!("{providers}[distributor]\ndefault_provider = \"dead\"\n"),
+    );
+    let d = DaemonProcess::start(&env.config_path);
+    let held = submit(&d, "app@erp.local", &["a@example.com"]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get_json(&d, &format!("/api/messages/{held}")).await;
+        if r["status"] == "deferred" {
+            assert_eq!(r["waiting"]["reason"], "connection-failed", "{r:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    write(
+        &env,
+        &format!(
+            "{providers}[distributor]\ndefault_providers = [\"dead\", \"one\"]\n\
+             [[route]]\nname = \"contoso\"\nrecipients = [\"*@contoso.com\"]\nproviders = [\"two\"]\n"
+        ),
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/reload", d.status))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let (code, out, err) = cli(&env, &["retry", &held]);
+    assert_eq!(code, 0, "{out}{err}");
+    let r = finished(&d, &held).await;
+    assert_eq!(r["status"], "sent", "{r:#}");
+    assert_eq!(
+        attempts(&r).last().unwrap(),
+        &("one".to_string(), String::new())
+    );
+    assert_eq!(one.wait_for(1).await[0].rcpts, ["a@example.com"]);
+
+    let id = submit(&d, "app@erp.local", &["b@contoso.com"]).await;
+    let r = finished(&d, &id).await;
+    assert_eq!(attempts(&r), [("two".into(), String::new())], "{r:#}");
+    assert_eq!(two.wait_for(1).await[0].rcpts, ["b@contoso.com"]);
 }

@@ -59,7 +59,10 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> i32 {
         };
         let result = Provider::from_config(p, &ctx).verify().await;
         match result {
-            Ok(text) => println!("{name}: ok: {text}"),
+            Ok(text) => {
+                println!("{name}: ok: {text}");
+                close_circuit(config, name).await;
+            }
             Err((code, reply)) => {
                 ok = false;
                 let (why, fix) = code.texts();
@@ -71,6 +74,28 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> i32 {
         }
     }
     if ok { exit::OK } else { exit::FAILED }
+}
+
+/// Tells a running daemon that `name` proved healthy, so its circuit closes; says so
+/// when it was open. Nothing to say when no daemon runs.
+async fn close_circuit(config: &Config, name: &str) {
+    let Ok(client) = super::client::AdminClient::new(config) else {
+        return;
+    };
+    let path = format!(
+        "/api/providers/{}/circuit/close",
+        crate::status::percent_encode(name)
+    );
+    match client
+        .post_json::<serde_json::Value>(&path, &serde_json::json!({}))
+        .await
+    {
+        Ok(v) if v["was_open"] == true => {
+            println!("{name}: its circuit was open; closed: the daemon sends to it again");
+        }
+        Ok(_) | Err(super::client::ClientError::NotRunning(_)) => {}
+        Err(e) => eprintln!("{name}: could not tell the daemon to close its circuit: {e}"),
+    }
 }
 
 /// Runs `hash-password`: the argon2id PHC string of the password on stdin.

@@ -382,6 +382,25 @@ pub(super) async fn oauth2_reload(
     }
 }
 
+/// `POST /api/providers/{provider}/circuit/close`: `mailgate verify` proved the provider
+/// healthy; its circuit closes and the chains send to it again.
+pub(super) async fn close_circuit(
+    State(state): State<AppState>,
+    axum::extract::Path(provider): axum::extract::Path<String>,
+) -> Response {
+    if state.distributor.provider(&provider).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "the running daemon has no provider named {provider:?} (reload it if the configuration changed)"
+            ),
+        );
+    }
+    let was_open = state.distributor.close_circuit(&provider);
+    axum::Json(json!({ "provider": provider, "was_open": was_open, "circuit": "closed" }))
+        .into_response()
+}
+
 pub(super) async fn pause(State(state): State<AppState>) -> Response {
     state.distributor.pause();
     axum::Json(json!({ "paused": true })).into_response()

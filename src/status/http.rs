@@ -33,6 +33,7 @@ pub fn router(state: AppState, pages: Arc<PageState>) -> Router {
         .route("/send", post(send))
         .route("/reload", post(reload))
         .route("/oauth2/{provider}/reload", post(oauth2_reload))
+        .route("/providers/{provider}/circuit/close", post(close_circuit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
