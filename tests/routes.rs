@@ -314,6 +314,21 @@ async fn recipients_under_different_routes_go_out_once_per_chain_with_the_same_b
     let mut used: Vec<String> = attempts(&r).into_iter().map(|(p, _)| p).collect();
     used.sort();
     assert_eq!(used, ["external", "internal"], "{r:#}");
+    // `show` and the message's page name each recipient's provider.
+    let (code, out, err) = cli(&env, &["show", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sent     a@contoso.com via internal"), "{out}");
+    assert!(out.contains("sent     b@example.com via external"), "{out}");
+    let page = reqwest::get(format!("http://{}/messages/{id}", d.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<td>a@contoso.com</td><td><span class=\"badge sent\">sent</span></td><td class=\"provider\">internal</td>"),
+        "{page}"
+    );
 
     // The erp user's chain wins over the default one; the route wins over both.
     let id = submit(&d, "erp@erp.local", &["x@example.com", "y@contoso.com"]).await;

@@ -202,9 +202,13 @@ pub fn show_text(r: &Record) -> String {
     for rc in &r.recipients {
         let _ = writeln!(
             out,
-            "  {:<8} {}{}",
+            "  {:<8} {}{}{}",
             rc.status.as_str(),
             rc.address,
+            rc.provider
+                .as_ref()
+                .map(|p| format!(" via {p}"))
+                .unwrap_or_default(),
             rc.reply
                 .as_ref()
                 .map(|x| format!("  ({x})"))
@@ -221,6 +225,9 @@ pub fn show_text(r: &Record) -> String {
             let _ = writeln!(out, "    diagnosis: {}", d.code);
             let _ = writeln!(out, "    why:       {}", d.explanation);
             let _ = writeln!(out, "    fix:       {}", d.fix);
+        }
+        if let Some(n) = &a.note {
+            let _ = writeln!(out, "    note:      {n}");
         }
     }
     out

@@ -302,3 +302,154 @@ pub fn quota_spent(record: &mut Record, step: Step<'_>, now: u64, until: u64, li
     });
     refresh(record, now).unwrap_or(until)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Recipient;
+
+    fn record(now: u64, rcpts: &[&str]) -> Record {
+        Record {
+            id: ulid::Ulid::from_parts(now, 1).to_string(),
+            status: Status::Queued,
+            received_at: rfc3339(now),
+            client: "127.0.0.1:1".into(),
+            helo: "h".into(),
+            auth_login: None,
+            user: None,
+            original_sender: "a@b.c".into(),
+            sender: "a@b.c".into(),
+            recipients: rcpts
+                .iter()
+                .map(|a| Recipient::queued((*a).into(), Some(false), Some("m365".into())))
+                .collect(),
+            subject: None,
+            message_id: None,
+            size: 1,
+            provider: "m365".into(),
+            pinned: false,
+            deferrals: 0,
+            throttle_deferrals: 0,
+            sent_at: None,
+            next_attempt_at: None,
+            cancelled: None,
+            waiting: None,
+            attempts: Vec::new(),
+        }
+    }
+
+    fn retry() -> RetryPolicy {
+        RetryPolicy {
+            initial_ms: 60_000,
+            max_ms: 1_800_000,
+            give_up_ms: 2 * 86_400_000,
+        }
+    }
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn an_unavailable_provider_hands_its_group_to_the_next_at_once() {
+        let a = vec!["a@example.com".to_string()];
+        let step = Step {
+            provider: "m365",
+            rcpts: &a,
+            first: "m365",
+            next: Some("graph"),
+        };
+        let out = Outcome::Transient {
+            reply: "connection refused".into(),
+            code: Code::ConnectionFailed,
+        };
+        let (r, due, moved) =
+            apply_outcome(record(NOW, &["a@example.com"]), step, out, &retry(), NOW);
+        assert_eq!(moved.as_deref(), Some("graph"));
+        assert_eq!(due, Some(NOW), "due at once");
+        assert_eq!(r.deferrals, 0, "a failover is not a deferral");
+        assert_eq!(r.status, Status::Deferred);
+        assert_eq!(r.provider, "graph");
+        assert_eq!(r.recipients[0].provider.as_deref(), Some("graph"));
+        assert_eq!(r.attempts[0].provider, "m365");
+        assert!(r.attempts[0].note.as_deref().unwrap().contains("graph"));
+    }
+
+    #[test]
+    fn a_refusal_never_moves_on_and_an_exhausted_chain_starts_again_at_its_first() {
+        let a = vec!["a@example.com".to_string()];
+        let step = Step {
+            provider: "m365",
+            rcpts: &a,
+            first: "m365",
+            next: Some("graph"),
+        };
+        let out = Outcome::Permanent {
+            reply: "550 5.1.1 user unknown".into(),
+            code: Code::RecipientUnknown,
+        };
+        let (r, due, moved) =
+            apply_outcome(record(NOW, &["a@example.com"]), step, out, &retry(), NOW);
+        assert_eq!((r.status, due, moved), (Status::Failed, None, None));
+
+        let step = Step {
+            provider: "graph",
+            rcpts: &a,
+            first: "m365",
+            next: None,
+        };
+        let out = Outcome::Transient {
+            reply: "401".into(),
+            code: Code::GraphUnauthorized,
+        };
+        let mut before = record(NOW, &["a@example.com"]);
+        before.attempts.push(Attempt {
+            at: rfc3339(NOW),
+            provider: "m365".into(),
+            reply: "connection refused".into(),
+            diagnosis: Some(Code::ConnectionFailed.diagnosis()),
+            note: None,
+        });
+        let (r, due, moved) = apply_outcome(before, step, out, &retry(), NOW);
+        assert_eq!(moved, None);
+        assert_eq!(due, Some(NOW + 60_000), "backoff as today");
+        assert_eq!(r.recipients[0].provider.as_deref(), Some("m365"));
+        assert_eq!(r.provider, "m365");
+        assert_eq!(
+            r.waiting.unwrap().reason,
+            "connection-failed",
+            "the first provider's diagnosis"
+        );
+    }
+
+    #[test]
+    fn each_group_keeps_its_own_time_and_the_record_waits_for_the_earliest() {
+        let rec = record(NOW, &["a@contoso.com", "b@example.com"]);
+        let a = vec!["a@contoso.com".to_string()];
+        let b = vec!["b@example.com".to_string()];
+        let out = Outcome::Transient {
+            reply: "451 4.3.0 try later".into(),
+            code: Code::Unknown,
+        };
+        let (rec, due, _) = apply_outcome(rec, Step::alone("hve", &a), out, &retry(), NOW);
+        assert_eq!(due, Some(NOW), "b has not been tried: due now");
+        assert_eq!(rec.status, Status::Deferred);
+        assert_eq!(
+            rec.recipients[0].next_attempt_at,
+            Some(rfc3339(NOW + 60_000))
+        );
+        let out = Outcome::Sent {
+            reply: "250 ok".into(),
+        };
+        let (rec, due, _) = apply_outcome(rec, Step::alone("m365", &b), out, &retry(), NOW + 5);
+        assert_eq!(due, Some(NOW + 60_000), "now a's retry");
+        assert_eq!(rec.status, Status::Deferred);
+        assert_eq!(rec.provider, "hve");
+        assert_eq!(rec.recipients[1].status, Status::Sent);
+        assert_eq!(rec.recipients[1].provider.as_deref(), Some("m365"));
+        let out = Outcome::Permanent {
+            reply: "550 no".into(),
+            code: Code::Unknown,
+        };
+        let (rec, due, _) = apply_outcome(rec, Step::alone("hve", &a), out, &retry(), NOW + 60_000);
+        assert_eq!((rec.status, due), (Status::Partial, None));
+    }
+}

@@ -55,7 +55,8 @@ struct MessagePage {
     cancelled: Option<String>,
     /// Why it waits, in words (unfinished messages).
     waiting: Option<String>,
-    recipients: Vec<(String, &'static str, String)>,
+    /// Address, status, provider, upstream reply.
+    recipients: Vec<(String, &'static str, String, String)>,
     attempts: Vec<AttemptView>,
     headers: Vec<(String, String)>,
     attachments: Vec<String>,
@@ -180,6 +181,9 @@ pub(super) async fn message(
                 (
                     x.address.clone(),
                     x.status.as_str(),
+                    x.provider
+                        .clone()
+                        .unwrap_or_else(|| record.provider.clone()),
                     x.reply.clone().unwrap_or_default(),
                 )
             })
