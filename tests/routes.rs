@@ -56,15 +56,19 @@ async fn finished(d: &DaemonProcess, id: &str) -> serde_json::Value {
     }
 }
 
-fn circuit(status: &serde_json::Value, provider: &str) -> String {
+fn provider<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["providers"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["name"] == provider)
-        .unwrap_or_else(|| panic!("no provider {provider}: {status:#}"))["circuit"]
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no provider {name}: {status:#}"))
+}
+
+fn circuit(status: &serde_json::Value, name: &str) -> String {
+    provider(status, name)["circuit"]
         .as_str()
-        .unwrap_or_else(|| panic!("no circuit for {provider}: {status:#}"))
+        .unwrap_or_else(|| panic!("no circuit for {name}: {status:#}"))
         .to_string()
 }
 
@@ -173,6 +177,20 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
     assert!(first.messages().is_empty());
     let st = get_json(&d, "/status").await;
     assert_eq!(circuit(&st, "first"), "open", "{st:#}");
+    assert!(
+        provider(&st, "first")["circuit_open_until"].is_string(),
+        "{st:#}"
+    );
+    let page = reqwest::get(format!("http://{}/", d.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<td class=\"circuit\" data-provider=\"first\"><span class=\"badge circuit-open\">open</span> <span class=\"muted\">skipped after repeated failures until"),
+        "the dashboard shows the open circuit: {page}"
+    );
     let m = metrics(&d).await;
     assert!(
         m.contains("mailgate_provider_circuit_open{provider=\"first\"} 1"),
