@@ -58,6 +58,8 @@ fn record(id: String, now: u64, size: usize) -> Record {
         next_attempt_at: None,
         waiting: None,
         cancelled: None,
+        notice_of: None,
+        notices: Vec::new(),
         attempts: vec![mailgate::history::Attempt {
             at: mailgate::time::rfc3339(now),
             provider: "office365".into(),

@@ -118,6 +118,35 @@ pub struct Cancellation {
     pub by: String,
 }
 
+/// What a notice to the sender says (SPEC "Telling people").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoticeKind {
+    /// The message failed (or partly failed): a bounce.
+    Bounce,
+    /// The message has waited `delay_warning`.
+    Delay,
+}
+
+impl NoticeKind {
+    /// The name in JSON, the log and the pages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Bounce => "bounce",
+            NoticeKind::Delay => "delay",
+        }
+    }
+}
+
+/// A link between a message and a notice about it, kept on both records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeLink {
+    /// The other record's id.
+    pub id: String,
+    /// Bounce or delay.
+    pub kind: NoticeKind,
+}
+
 /// Why an unfinished message waits, and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
@@ -223,6 +252,12 @@ pub struct Record {
     /// Why it waits, while it waits for something other than its first attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<Waiting>,
+    /// For a notice mailgate made (a bounce or delay notice): the message it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice_of: Option<NoticeLink>,
+    /// The notices sent about this message to its sender.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<NoticeLink>,
     /// Every attempt, oldest first.
     pub attempts: Vec<Attempt>,
 }

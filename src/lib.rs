@@ -31,6 +31,7 @@ pub mod history;
 pub mod maildrop;
 pub mod message;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod provider;
 pub mod reload;

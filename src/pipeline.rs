@@ -223,6 +223,8 @@ impl Pipeline {
             next_attempt_at: None,
             waiting: None,
             cancelled: None,
+            notice_of: None,
+            notices: Vec::new(),
             attempts: Vec::new(),
         };
         // The record's provider is its first recipient's: the one its first attempt

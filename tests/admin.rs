@@ -66,7 +66,7 @@ async fn status_metrics_and_counters_that_move() {
         "max_message_size = 2000",
         &format!(
             "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 100\n\
-             [[user]]\nname = \"ops\"\nemail = \"ops@contoso.com\"\nmatch_senders = [\"*@ops.local\"]\nprovider = \"up\"\n",
+             [[user]]\nname = \"ops\"\nemail = \"ops@contoso.com\"\nmatch_senders = [\"*@ops.local\"]\nprovider = \"up\"\n[notify]\nbounce = \"off\"\n",
             up.addr.port()
         ),
     );

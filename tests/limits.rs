@@ -364,6 +364,8 @@ async fn retention_deletes_finished_records_and_keeps_waiting_ones() {
             next_attempt_at: None,
             waiting: None,
             cancelled: None,
+            notice_of: None,
+            notices: Vec::new(),
             attempts: vec![],
         }
     };

@@ -96,6 +96,7 @@ fn mailgate_toml_5_names_every_key() {
         "src/config/mod.rs",
         "src/config/provider.rs",
         "src/config/routes.rs",
+        "src/config/alerts.rs",
     ] {
         let src = std::fs::read_to_string(file).unwrap();
         let mut in_schema = false;

@@ -158,7 +158,7 @@ async fn daemon(extra_status: &str) -> (TestEnv, Daemon, Upstream) {
         "",
         &format!(
             "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
-             [[user]]\nname = \"payroll\"\nemail = \"payroll@contoso.com\"\nmatch_senders = [\"*@ops.local\"]\nprovider = \"up\"\n",
+             [[user]]\nname = \"payroll\"\nemail = \"payroll@contoso.com\"\nmatch_senders = [\"*@ops.local\"]\nprovider = \"up\"\n[notify]\nbounce = \"off\"\n",
             up.addr.port()
         ),
     );
@@ -739,7 +739,7 @@ async fn the_dashboard_draws_what_the_history_holds_and_the_pages_read_as_one_pr
         &format!(
             "[[provider]]\nname = \"upstream-relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
              per_minute_limit = 30\nper_day_recipient_limit = 1000\n\
-             [distributor]\ndefault_provider = \"upstream-relay\"\n",
+             [distributor]\ndefault_provider = \"upstream-relay\"\n[notify]\nbounce = \"off\"\n",
             up.addr.port()
         ),
     );

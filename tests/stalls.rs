@@ -45,7 +45,7 @@ async fn stalled(
         "",
         &format!(
             "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\n{tls_line}\ntimeout = \"2s\"\nmax_connections = {max_connections}\n{extra}\n\
-             [distributor]\ndefault_provider = \"up\"\nretry_initial = \"10m\"\n",
+             [distributor]\ndefault_provider = \"up\"\nretry_initial = \"10m\"\n[notify]\nbounce = \"off\"\n",
             upstream.addr.port()
         ),
     );

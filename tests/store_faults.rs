@@ -23,7 +23,7 @@ fn write_relay(env: &TestEnv, port: u16, enabled: bool) {
         "",
         &format!(
             "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nper_minute_limit = 30\n\
-             [distributor]\ndefault_provider = \"up\"\nenabled = {enabled}\n"
+             [distributor]\ndefault_provider = \"up\"\nenabled = {enabled}\n[notify]\nbounce = \"off\"\n"
         ),
     );
 }

@@ -162,14 +162,28 @@ pub fn compose(config: &Config, args: &SendArgs) -> Result<Message, String> {
         config,
         args,
         composed_from(config, args.as_user.as_deref())?,
+        false,
     )
 }
 
-fn compose_from(_config: &Config, args: &SendArgs, from: String) -> Result<Message, String> {
+/// The message of `send`, or of `test-email` (`test`: marked so that it is never bounced).
+fn compose_from(
+    _config: &Config,
+    args: &SendArgs,
+    from: String,
+    test: bool,
+) -> Result<Message, String> {
     let mut b = Message::builder()
         .from(parse_mailbox(&from)?)
         .subject(args.subject.clone())
         .user_agent(format!("mailgate {}", env!("CARGO_PKG_VERSION")));
+    if test {
+        use lettre::message::header::{HeaderName, HeaderValue};
+        b = b.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str(crate::notify::TEST_HEADER),
+            "yes".into(),
+        ));
+    }
     for a in &args.to {
         b = b.to(parse_mailbox(a)?);
     }
@@ -266,7 +280,8 @@ pub async fn test_email(config: &Config, args: &TestEmailArgs) -> i32 {
     let provider = args
         .provider
         .clone()
-        .unwrap_or_else(|| config.distributor.default_provider.get_ref().clone());
+        .or_else(|| config.default_chain().into_iter().next())
+        .unwrap_or_default();
     let send_args = SendArgs {
         to: vec![args.to.clone()],
         cc: vec![],
@@ -283,7 +298,7 @@ pub async fn test_email(config: &Config, args: &TestEmailArgs) -> i32 {
         eml: None,
     };
     let msg = match test_sender(config, args.as_user.as_deref(), &provider)
-        .and_then(|from| compose_from(config, &send_args, from))
+        .and_then(|from| compose_from(config, &send_args, from, true))
     {
         Ok(m) => m,
         Err(e) => {

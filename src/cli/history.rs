@@ -198,6 +198,22 @@ pub fn show_text(r: &Record) -> String {
     } else if let Some(n) = &r.next_attempt_at {
         let _ = writeln!(out, "  next attempt:    {n}");
     }
+    if !r.notices.is_empty() {
+        let list: Vec<String> = r
+            .notices
+            .iter()
+            .map(|n| format!("{} {}", n.kind.as_str(), n.id))
+            .collect();
+        let _ = writeln!(out, "  notices:         {}", list.join(", "));
+    }
+    if let Some(n) = &r.notice_of {
+        let _ = writeln!(
+            out,
+            "  notice of:       {} (a {} notice to its sender)",
+            n.id,
+            n.kind.as_str()
+        );
+    }
     let _ = writeln!(out, "Recipients");
     for rc in &r.recipients {
         let _ = writeln!(

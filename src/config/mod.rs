@@ -12,10 +12,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use serde_spanned::Spanned;
 
+mod alerts;
 mod provider;
 mod routes;
 mod validate;
 
+pub use alerts::{AlertConfig, AlertEvent, AlertFormat};
 pub use provider::{
     Issuer, OAuth2Config, OAuthFlow, ProviderConfig, ProviderKind, SecretSource, TlsMode,
     parse_fingerprint,
@@ -404,6 +406,8 @@ pub struct DistributorConfig {
     pub retry_max: Dur,
     /// A message still undelivered this long after it arrived is failed.
     pub give_up_after: Dur,
+    /// The `queue-stuck` alert fires when the oldest waiting message is older.
+    pub stuck_after: Dur,
 }
 
 impl Default for DistributorConfig {
@@ -415,6 +419,41 @@ impl Default for DistributorConfig {
             retry_initial: Dur(Duration::from_secs(60)),
             retry_max: Dur(Duration::from_secs(1800)),
             give_up_after: Dur(Duration::from_secs(2 * 86_400)),
+            stuck_after: Dur(Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// Who receives a delivery status notification when a message fails (`[notify] bounce`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BounceMode {
+    /// The rewritten sender.
+    #[default]
+    Sender,
+    /// Nobody.
+    Off,
+}
+
+/// `[notify]` (SPEC "Telling people"): notices to the sender.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// `sender` or `off`.
+    pub bounce: BounceMode,
+    /// One delay notice when a message has waited this long (`"0"`: never).
+    pub delay_warning: Dur,
+    /// From of the notices (default: the provider's `username`, else the rewritten
+    /// sender).
+    pub from: Option<Spanned<String>>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            bounce: BounceMode::Sender,
+            delay_warning: Dur(Duration::from_secs(4 * 3600)),
+            from: None,
         }
     }
 }
@@ -488,6 +527,10 @@ pub struct Config {
     pub user: Vec<UserConfig>,
     /// `[[route]]`: recipients that take their own provider chain.
     pub route: Vec<RouteConfig>,
+    /// `[notify]`: bounces and delay notices to the sender.
+    pub notify: NotifyConfig,
+    /// `[[alert]]`: who is told when mailgate needs a person.
+    pub alert: Vec<AlertConfig>,
     /// `[fleet]`: many nodes share each provider's limits through Redis.
     pub fleet: Option<FleetConfig>,
     /// `[sendmail]`: local names at the sendmail door.
@@ -637,6 +680,8 @@ impl Config {
             provider: _,
             user: _,
             route: _,
+            notify: _,
+            alert: _,
             fleet,
             sendmail: _,
         } = self;

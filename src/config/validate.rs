@@ -123,6 +123,18 @@ impl Config {
             }
         }
         out.extend(self.chain_problems());
+        out.extend(self.alert_problems());
+        if let Some(f) = &self.notify.from
+            && crate::address::check_address(f.get_ref(), false).is_err()
+        {
+            out.push((
+                f.span(),
+                format!(
+                    "notify.from {:?} is not an address: write user@domain",
+                    f.get_ref()
+                ),
+            ));
+        }
         let mut users = HashSet::new();
         let mut logins = HashSet::new();
         for u in &self.user {

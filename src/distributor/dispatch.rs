@@ -331,6 +331,7 @@ impl Distributor {
                 s.message(&id)
             })
             .await;
+        let mut headers = Vec::new();
         let (mut record, due, sent, error) = match read {
             Ok(None) => return Ok((0, None, true)),
             Err(e) if e.is_damage() => {
@@ -338,8 +339,12 @@ impl Distributor {
                 (self.damaged_outcome(record, &e), None, 0, Some(reply))
             }
             Err(e) => return Err(e),
-            Ok(Some(raw)) => self.send(record, group, raw).await,
+            Ok(Some(raw)) => {
+                headers = crate::notify::header_block(&raw).to_vec();
+                self.send(record, group, raw).await
+            }
         };
+        let notice = self.notice(&mut record, &headers, &self.routing());
         if bypassed && let Some(a) = record.attempts.last_mut() {
             a.note = Some(format!(
                 "sent regardless of the per-minute limit after {MAX_THROTTLE_DEFERRALS} throttle deferrals"
@@ -363,6 +368,7 @@ impl Distributor {
                 outcome: finish.status,
             },
         ];
+        mutations.extend(notice);
         if sent > 0 {
             mutations.push(Mutation::Usage {
                 provider: finish.provider.clone(),

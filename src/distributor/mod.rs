@@ -10,6 +10,7 @@ mod chain;
 pub mod circuit;
 mod dispatch;
 mod limiter;
+mod notice;
 pub mod outcome;
 pub mod retry;
 pub mod throttle;
@@ -59,6 +60,8 @@ pub struct Routing {
     pub chains: crate::config::Chains,
     /// Circuit settings by provider name: failures to open (0: never), cool-down (ms).
     pub circuits: HashMap<String, (u32, u64)>,
+    /// Notices to the sender.
+    pub notify: notice::NotifySettings,
 }
 
 impl Routing {
@@ -92,6 +95,7 @@ impl Routing {
                 .collect(),
             retry: RetryPolicy::from_config(&c.distributor),
             chains: crate::config::Chains::from_config(c),
+            notify: notice::NotifySettings::from_config(c),
             circuits: c
                 .provider
                 .iter()

@@ -333,6 +333,8 @@ mod tests {
             sent_at: None,
             next_attempt_at: None,
             cancelled: None,
+            notice_of: None,
+            notices: Vec::new(),
             waiting: None,
             attempts: Vec::new(),
         }

@@ -57,6 +57,10 @@ struct MessagePage {
     waiting: Option<String>,
     /// Address, status, provider, upstream reply.
     recipients: Vec<(String, &'static str, String, String)>,
+    /// Notices sent to the sender about it: (id, `bounce` or `delay`).
+    notices: Vec<(String, &'static str)>,
+    /// The message a notice is about: (id, kind).
+    notice_of: Option<(String, &'static str)>,
     attempts: Vec<AttemptView>,
     headers: Vec<(String, String)>,
     attachments: Vec<String>,
@@ -174,6 +178,15 @@ pub(super) async fn message(
             record.status,
             Status::Failed | Status::Deferred | Status::Partial
         ),
+        notices: record
+            .notices
+            .iter()
+            .map(|n| (n.id.clone(), n.kind.as_str()))
+            .collect(),
+        notice_of: record
+            .notice_of
+            .as_ref()
+            .map(|n| (n.id.clone(), n.kind.as_str())),
         recipients: record
             .recipients
             .iter()

@@ -1,0 +1,143 @@
+//! Notices to the sender (SPEC "Telling people"): when an attempt leaves a message
+//! `failed` or `partial`, a bounce; when it has waited `delay_warning`, one delay notice.
+//! The notice is a message of its own, committed in the same transaction as the outcome
+//! that caused it, and sent through the chain of the original's user to its rewritten
+//! sender.
+
+use std::collections::HashMap;
+
+use super::{Distributor, Routing};
+use crate::config::{BounceMode, Config};
+use crate::history::{NoticeKind, NoticeLink, Recipient, Record, Status};
+use crate::notify;
+use crate::store::Mutation;
+use crate::time::rfc3339;
+
+/// `[notify]` as the distributor uses it.
+#[derive(Debug, Clone, Default)]
+pub struct NotifySettings {
+    /// Bounces go to the sender.
+    pub bounce: bool,
+    /// Delay notices after this long (ms); None: never.
+    pub delay_ms: Option<u64>,
+    /// `notify.from`.
+    pub from: Option<String>,
+    /// `smtp.hostname`.
+    pub hostname: String,
+    /// Each provider's `username` (the default From of its notices).
+    pub usernames: HashMap<String, String>,
+}
+
+impl NotifySettings {
+    /// The settings of a configuration.
+    pub fn from_config(c: &Config) -> NotifySettings {
+        let n = &c.notify;
+        NotifySettings {
+            bounce: n.bounce == BounceMode::Sender,
+            delay_ms: Some(crate::time::duration_ms(n.delay_warning.0)).filter(|ms| *ms > 0),
+            from: n.from.as_ref().map(|f| f.get_ref().clone()),
+            hostname: c.smtp.hostname.clone(),
+            usernames: c
+                .provider
+                .iter()
+                .filter_map(|p| Some((p.name.get_ref().clone(), p.username.clone()?)))
+                .collect(),
+        }
+    }
+}
+
+impl Distributor {
+    /// The notice `record` calls for after its attempt, if any: the new message to
+    /// insert (with the outcome); `record` is linked to it.
+    pub(super) fn notice(
+        &self,
+        record: &mut Record,
+        headers: &[u8],
+        routing: &Routing,
+    ) -> Option<Mutation> {
+        let n = &routing.notify;
+        let now = self.now();
+        let received = crate::time::parse_rfc3339(&record.received_at).unwrap_or(now);
+        let noticed = |k: NoticeKind| record.notices.iter().any(|l| l.kind == k);
+        let kind = match record.status {
+            Status::Failed | Status::Partial if n.bounce && !noticed(NoticeKind::Bounce) => {
+                NoticeKind::Bounce
+            }
+            Status::Deferred
+                if n.delay_ms
+                    .is_some_and(|d| now.saturating_sub(received) >= d)
+                    && !noticed(NoticeKind::Delay) =>
+            {
+                NoticeKind::Delay
+            }
+            _ => return None,
+        };
+        if !notify::may_notify(record, headers) {
+            return None;
+        }
+        let id = ulid::Ulid::new().to_string();
+        let (chain, _) = routing.chains.chain(record.user.as_deref(), &record.sender);
+        let first = chain
+            .first()
+            .cloned()
+            .unwrap_or_else(|| record.provider.clone());
+        let from = n
+            .from
+            .clone()
+            .or_else(|| n.usernames.get(&first).cloned())
+            .unwrap_or_else(|| record.sender.clone());
+        let (raw, subject) = notify::compose(&notify::Facts {
+            kind,
+            record,
+            headers,
+            hostname: &n.hostname,
+            from: &from,
+            id: &id,
+            now_ms: now,
+            gives_up_ms: Some(received + routing.retry.give_up_ms),
+        });
+        let notice = Record {
+            id: id.clone(),
+            status: Status::Queued,
+            received_at: rfc3339(now),
+            client: "mailgate".into(),
+            helo: n.hostname.clone(),
+            auth_login: None,
+            user: record.user.clone(),
+            original_sender: from.clone(),
+            sender: from,
+            recipients: vec![Recipient::queued(
+                record.sender.clone(),
+                Some(false),
+                Some(first.clone()),
+            )],
+            subject: Some(subject),
+            message_id: Some(format!("<{id}@{}>", n.hostname)),
+            size: raw.len() as u64,
+            provider: first,
+            pinned: false,
+            deferrals: 0,
+            throttle_deferrals: 0,
+            sent_at: None,
+            next_attempt_at: None,
+            cancelled: None,
+            waiting: None,
+            notice_of: Some(NoticeLink {
+                id: record.id.clone(),
+                kind,
+            }),
+            notices: Vec::new(),
+            attempts: Vec::new(),
+        };
+        record.notices.push(NoticeLink {
+            id: id.clone(),
+            kind,
+        });
+        tracing::info!(id = %id, of = %record.id, kind = kind.as_str(), to = %record.sender, status = "queued", "notice to the sender queued");
+        Some(Mutation::Insert {
+            raw,
+            record: Box::new(notice),
+            due_ms: now,
+        })
+    }
+}

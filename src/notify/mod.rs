@@ -1,0 +1,270 @@
+//! Telling the sender (SPEC "Telling people: bounces and alerts"): whether a message gets
+//! a notice, and the notice itself, an RFC 3464 delivery status notification
+//! (`multipart/report; report-type=delivery-status`) built with mail-builder. Pure: the
+//! distributor decides when, commits the notice with the outcome, and sends it like any
+//! message.
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::headers::raw::Raw;
+use mail_builder::mime::MimePart;
+use mail_parser::MimeHeaders;
+
+use crate::history::{NoticeKind, Record, Status};
+
+/// The header that marks a `mailgate test-email` message (never bounced).
+pub const TEST_HEADER: &str = "X-Mailgate-Test";
+
+/// Whether a message may get a notice: never for a null sender, a notice, a report, an
+/// `Auto-Submitted` message (other than `no`) or a test message, so a notice never
+/// answers a notice.
+pub fn may_notify(record: &Record, headers: &[u8]) -> bool {
+    if record.original_sender.is_empty() || record.sender.is_empty() || record.notice_of.is_some() {
+        return false;
+    }
+    let parsed = mail_parser::MessageParser::new().parse_headers(headers);
+    let Some(m) = parsed else {
+        return true;
+    };
+    let report = m.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("multipart")
+            && ct
+                .subtype()
+                .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+    });
+    let auto = m
+        .header_raw("Auto-Submitted")
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"));
+    let test = m.header_raw(TEST_HEADER).is_some();
+    !(report || auto || test)
+}
+
+/// The header block of a stored message (up to the empty line).
+pub fn header_block(raw: &[u8]) -> &[u8] {
+    memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw, |at| &raw[..at + 2])
+}
+
+/// What a notice is made of.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    /// Bounce or delay.
+    pub kind: NoticeKind,
+    /// The message it is about, after its attempt.
+    pub record: &'a Record,
+    /// The original message's header block.
+    pub headers: &'a [u8],
+    /// This host's name (`smtp.hostname`): the Reporting-MTA and the Message-ID.
+    pub hostname: &'a str,
+    /// The notice's From.
+    pub from: &'a str,
+    /// Its id (a ULID): the Message-ID's left part.
+    pub id: &'a str,
+    /// Now, ms.
+    pub now_ms: u64,
+    /// For a delay notice: when mailgate gives up (ms).
+    pub gives_up_ms: Option<u64>,
+}
+
+/// The recipients a notice is about: the failed ones of a bounce, the waiting ones of a
+/// delay notice.
+fn concerned<'a>(f: &Facts<'a>) -> Vec<&'a crate::history::Recipient> {
+    f.record
+        .recipients
+        .iter()
+        .filter(|r| match f.kind {
+            NoticeKind::Bounce => r.status == Status::Failed,
+            NoticeKind::Delay => !r.status.is_finished(),
+        })
+        .collect()
+}
+
+/// An RFC 5322 date (`Thu, 03 Dec 2026 08:30:35 +0000`).
+fn date(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    httpdate::fmt_http_date(t).replace(" GMT", " +0000")
+}
+
+/// The enhanced status code of a reply (`5.1.1`), else one from its basic code, else
+/// the notice's default.
+fn status_code(reply: &str, kind: NoticeKind) -> String {
+    let enhanced = reply.split_whitespace().find(|w| {
+        let parts: Vec<&str> = w.split('.').collect();
+        parts.len() == 3
+            && matches!(parts[0], "2" | "4" | "5")
+            && parts[1..]
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    match (enhanced, reply.as_bytes().first(), kind) {
+        (Some(e), _, _) => e.to_string(),
+        (None, Some(b'5'), _) => "5.0.0".into(),
+        (None, Some(b'4'), _) => "4.0.0".into(),
+        (None, _, NoticeKind::Bounce) => "5.0.0".into(),
+        (None, _, NoticeKind::Delay) => "4.0.0".into(),
+    }
+}
+
+/// A field value on one line: no CR or LF, at most 900 octets.
+fn one_line(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > 900 {
+        let mut cut = 900;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
+/// The notice: its bytes (CRLF line ends) and its subject.
+pub fn compose(f: &Facts<'_>) -> (Vec<u8>, String) {
+    let r = f.record;
+    let rcpts = concerned(f);
+    let subject_of = r.subject.as_deref().unwrap_or("(no subject)");
+    let subject = match f.kind {
+        NoticeKind::Bounce => format!("Undelivered mail: {subject_of}"),
+        NoticeKind::Delay => format!("Delayed mail (still being retried): {subject_of}"),
+    };
+    let diagnosis = r.attempts.iter().rev().find_map(|a| a.diagnosis.as_ref());
+    let last_attempt = r.attempts.last().map(|a| a.at.clone());
+    let last_attempt_ms = last_attempt
+        .as_deref()
+        .and_then(crate::time::parse_rfc3339)
+        .unwrap_or(f.now_ms);
+    let received_ms = crate::time::parse_rfc3339(&r.received_at).unwrap_or(f.now_ms);
+
+    // The part a person reads.
+    let mut text = format!("This is mailgate at {}.\r\n\r\n", f.hostname);
+    text.push_str(&match f.kind {
+        NoticeKind::Bounce => format!(
+            "Your message could not be delivered to {} of its {} recipients. Nothing more will be tried for them.\r\n\r\n",
+            rcpts.len(),
+            r.recipients.len()
+        ),
+        NoticeKind::Delay => format!(
+            "Your message has not been delivered yet to {} of its {} recipients. mailgate keeps trying{}; you need do nothing now, and you will hear again only if it fails.\r\n\r\n",
+            rcpts.len(),
+            r.recipients.len(),
+            f.gives_up_ms
+                .map(|t| format!(" until {}", date(t)))
+                .unwrap_or_default()
+        ),
+    });
+    text.push_str(&format!(
+        "  Subject:    {}\r\n  Message-ID: {}\r\n  Sent:       {}\r\n  Queue ID:   {}\r\n\r\n",
+        one_line(subject_of),
+        one_line(r.message_id.as_deref().unwrap_or("(none)")),
+        date(received_ms),
+        r.id
+    ));
+    for rc in &rcpts {
+        text.push_str(&format!(
+            "  {}: {}\r\n",
+            rc.address,
+            one_line(rc.reply.as_deref().unwrap_or("no reply yet"))
+        ));
+    }
+    if let Some(d) = diagnosis {
+        text.push_str(&format!(
+            "\r\nWhat happened ({}): {}\r\n\r\nWhat to do: {}\r\n",
+            d.code,
+            one_line(&d.explanation),
+            one_line(&d.fix)
+        ));
+    }
+
+    // The part a program reads (RFC 3464 section 2).
+    let mut status = format!(
+        "Reporting-MTA: dns; {}\r\nX-Mailgate-Queue-ID: {}\r\nArrival-Date: {}\r\n",
+        f.hostname,
+        r.id,
+        date(received_ms)
+    );
+    for rc in &rcpts {
+        let reply = rc.reply.as_deref().unwrap_or("");
+        let smtp = reply.len() >= 3 && reply.as_bytes()[..3].iter().all(u8::is_ascii_digit);
+        status.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",
+            rc.address,
+            match f.kind {
+                NoticeKind::Bounce => "failed",
+                NoticeKind::Delay => "delayed",
+            },
+            status_code(reply, f.kind)
+        ));
+        if !reply.is_empty() {
+            status.push_str(&format!(
+                "Diagnostic-Code: {}; {}\r\n",
+                if smtp { "smtp" } else { "x-mailgate" },
+                one_line(reply)
+            ));
+        }
+        status.push_str(&format!("Last-Attempt-Date: {}\r\n", date(last_attempt_ms)));
+        if let (NoticeKind::Delay, Some(t)) = (f.kind, f.gives_up_ms) {
+            status.push_str(&format!("Will-Retry-Until: {}\r\n", date(t)));
+        }
+    }
+
+    let headers = String::from_utf8_lossy(f.headers).into_owned();
+    let headers_encoding = if headers.is_ascii() { "7bit" } else { "8bit" };
+    let report = MimePart::new(
+        ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
+        vec![
+            MimePart::new("text/plain", text),
+            MimePart::new(
+                ContentType::new("message/delivery-status"),
+                status.into_bytes(),
+            )
+            .transfer_encoding("7bit"),
+            MimePart::new(
+                ContentType::new("text/rfc822-headers"),
+                headers.into_bytes(),
+            )
+            .transfer_encoding(headers_encoding),
+        ],
+    );
+    let message_id = format!("{}@{}", f.id, f.hostname);
+    let mut builder = MessageBuilder::new()
+        .from(f.from)
+        .to(r.sender.as_str())
+        .subject(subject.as_str())
+        .message_id(message_id.as_str())
+        .date(mail_builder::headers::date::Date::new(
+            (f.now_ms / 1000) as i64,
+        ))
+        .header("Auto-Submitted", Raw::new("auto-replied"))
+        .header("X-Mailgate-Notice", Raw::new(f.kind.as_str()))
+        .body(report);
+    if let Some(orig) = r.message_id.as_deref() {
+        builder = builder.in_reply_to(orig.trim_matches(|c| c == '<' || c == '>'));
+    }
+    let bytes = builder.write_to_vec().unwrap_or_default();
+    (
+        crate::message::crlf_normalized(&bytes).into_owned(),
+        subject,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enhanced_codes_are_read_from_the_reply() {
+        assert_eq!(
+            status_code("550 5.1.1 <a@b>: user unknown", NoticeKind::Bounce),
+            "5.1.1"
+        );
+        assert_eq!(status_code("554 no", NoticeKind::Bounce), "5.0.0");
+        assert_eq!(status_code("graph 403", NoticeKind::Bounce), "5.0.0");
+        assert_eq!(status_code("451 try later", NoticeKind::Delay), "4.0.0");
+        assert_eq!(
+            status_code("421 4.7.66 too many connections", NoticeKind::Delay),
+            "4.7.66"
+        );
+    }
+}
