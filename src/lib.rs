@@ -21,6 +21,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod address;
+pub mod alerts;
 pub mod aliases;
 mod background;
 pub mod cli;
@@ -200,7 +201,14 @@ impl Daemon {
             listeners_up: listeners_up.clone(),
             space: space.clone(),
             shutdown: shutdown_rx.clone(),
+            alerts: Arc::new(alerts::Alerts::new(&config)),
         };
+        tasks.push(tokio::spawn(
+            status_state
+                .alerts
+                .clone()
+                .run(status_state.clone(), shutdown_rx.clone()),
+        ));
         tasks.push(tokio::spawn(status::http::serve(
             status_listener,
             status_state,

@@ -42,6 +42,22 @@ pub struct Failover {
     pub to: String,
 }
 
+/// `{alert,event}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertEventLabel {
+    /// The `[[alert]]` name.
+    pub alert: String,
+    /// The event.
+    pub event: String,
+}
+
+/// `{alert}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabel {
+    /// The `[[alert]]` name.
+    pub alert: String,
+}
+
 /// `{status}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -77,6 +93,10 @@ pub struct Metrics {
     pub throttle_deferrals: Family<ProviderLabel, Counter>,
     /// `mailgate_queue_messages{status}`
     pub queue: Family<StatusLabel, Gauge>,
+    /// `mailgate_alerts_sent_total{alert,event}`
+    pub alerts_sent: Family<AlertEventLabel, Counter>,
+    /// `mailgate_alert_failures_total{alert}`
+    pub alert_failures: Family<AlertLabel, Counter>,
     /// `mailgate_failovers_total{from,to}`
     pub failovers: Family<Failover, Counter>,
     /// `mailgate_provider_circuit_open{provider}`: 1 while the provider's circuit is
@@ -135,6 +155,8 @@ impl Default for Metrics {
             throttle_deferrals: Family::default(),
             queue: Family::default(),
             failovers: Family::default(),
+            alerts_sent: Family::default(),
+            alert_failures: Family::default(),
             circuit_open: Family::default(),
             delivery_duration: Family::new_with_constructor(delivery_histogram),
             oldest_inflight: Family::default(),
@@ -200,6 +222,16 @@ impl Default for Metrics {
             "throttle_deferrals",
             "Messages held back by a per-minute limit, by provider",
             m.throttle_deferrals.clone(),
+        );
+        registry.register(
+            "alerts_sent",
+            "Alerts delivered, by alert and event",
+            m.alerts_sent.clone(),
+        );
+        registry.register(
+            "alert_failures",
+            "Alert deliveries that failed (each is tried again), by alert",
+            m.alert_failures.clone(),
         );
         registry.register(
             "failovers",

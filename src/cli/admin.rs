@@ -547,3 +547,43 @@ pub async fn fleet(config: &Config) -> i32 {
     }
     exit::OK
 }
+
+/// Runs `alert test`: a test alert through each (or one) `[[alert]]`, by the daemon.
+pub async fn alert_test(config: &Config, only: Option<&str>) -> i32 {
+    if config.alert.is_empty() {
+        eprintln!("no [[alert]] in the configuration: add one (README, \"Alerts\")");
+        return exit::USAGE;
+    }
+    if let Some(n) = only
+        && !config.alert.iter().any(|a| a.name.get_ref() == n)
+    {
+        let names: Vec<&str> = config
+            .alert
+            .iter()
+            .map(|a| a.name.get_ref().as_str())
+            .collect();
+        eprintln!("no alert named {n:?} (its alerts: {})", names.join(", "));
+        return exit::USAGE;
+    }
+    let client = match AdminClient::new(config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let results: Vec<crate::alerts::TestResult> = match client
+        .post_json("/api/alerts/test", &serde_json::json!({ "alert": only }))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    let mut ok = true;
+    for r in &results {
+        if r.ok {
+            println!("{}: sent to {}", r.alert, r.detail);
+        } else {
+            ok = false;
+            println!("{}: FAILED: {}", r.alert, r.detail);
+        }
+    }
+    if ok { exit::OK } else { exit::FAILED }
+}

@@ -113,11 +113,29 @@ pub enum Command {
         #[command(subcommand)]
         command: oauth2::OAuth2Command,
     },
+    /// Alerts: send a test alert through each (or one) `[[alert]]`.
+    Alert {
+        /// test.
+        #[command(subcommand)]
+        command: AlertCommand,
+    },
     /// Store or drop a provider's encrypted password.
     Password {
         /// set or clear.
         #[command(subcommand)]
         command: provider::PasswordCommand,
+    },
+}
+
+/// `alert` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Send a test alert through each `[[alert]]` (or the one named) now; exit 0 only
+    /// when every one was delivered.
+    Test {
+        /// Only this alert.
+        #[arg(long)]
+        alert: Option<String>,
     },
 }
 

@@ -101,6 +101,15 @@ pub async fn run(cli: Cli) -> i32 {
             exit::OK
         }
         Command::Fleet => with_config(&cli, |c| async move { admin::fleet(&c).await }).await,
+        Command::Alert {
+            command: super::AlertCommand::Test { alert },
+        } => {
+            let alert = alert.clone();
+            with_config(&cli, |c| async move {
+                admin::alert_test(&c, alert.as_deref()).await
+            })
+            .await
+        }
         Command::Sendmail { args } => {
             let mut all: Vec<String> = cli
                 .config

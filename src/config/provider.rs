@@ -93,6 +93,9 @@ pub struct OAuth2Config {
     pub client_secret_file: Option<PathBuf>,
     /// Environment variable holding the client secret.
     pub client_secret_env: Option<String>,
+    /// When the client secret expires (`YYYY-MM-DD`, as Entra shows it): the
+    /// `sign-in-expiring` alert fires 14 days before.
+    pub client_secret_expires: Option<String>,
     /// Client certificate (PEM) for a JWT assertion.
     pub certificate_file: Option<PathBuf>,
     /// Private key (PEM) for `certificate_file`.

@@ -197,6 +197,13 @@ fn oauth2_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<S
     if let Some(why) = o.client_secret_source().problem() {
         out.push(format!("[provider.oauth2] {why}"));
     }
+    if let Some(d) = &o.client_secret_expires
+        && crate::time::parse_rfc3339(&format!("{d}T00:00:00Z")).is_none()
+    {
+        out.push(format!(
+            "[provider.oauth2] client_secret_expires {d:?} is not a date: write YYYY-MM-DD"
+        ));
+    }
     if o.flow != OAuthFlow::JwtBearer {
         if o.client_id.is_none() {
             out.push("[provider.oauth2] needs client_id".into());

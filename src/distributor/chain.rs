@@ -144,13 +144,14 @@ impl Distributor {
         }
     }
 
-    /// An attempt through `provider` ended: `unavailable` when the provider could not
-    /// take the mail (counts towards opening its circuit), else it answered (closes it).
+    /// An attempt through `provider` ended: `unavailable` (its code) when the provider
+    /// could not take the mail (counts towards opening its circuit; a configuration
+    /// reason marks it as holding mail), else it answered (closes it).
     pub(super) fn circuit_after(
         &self,
         routing: &Routing,
         provider: &str,
-        unavailable: bool,
+        unavailable: Option<crate::provider::diagnosis::Code>,
         now: u64,
     ) {
         use super::circuit::Change;
@@ -161,11 +162,15 @@ impl Distributor {
             .unwrap_or((5, 300_000));
         let change = match self.providers.lock() {
             Ok(mut map) => {
-                let c = &mut map.entry(provider.to_string()).or_default().circuit;
-                if unavailable {
-                    c.failed(now, open_after, cooldown)
+                let st = map.entry(provider.to_string()).or_default();
+                st.held = match unavailable.filter(|c| c.is_config()) {
+                    Some(code) => Some((code, st.held.map_or(now, |(_, since)| since))),
+                    None => None,
+                };
+                if unavailable.is_some() {
+                    st.circuit.failed(now, open_after, cooldown)
                 } else {
-                    c.succeeded()
+                    st.circuit.succeeded()
                 }
             }
             Err(_) => Change::None,
@@ -213,6 +218,20 @@ impl Distributor {
             self.wake.notify_one();
         }
         closed
+    }
+
+    /// The providers holding mail for a configuration reason: name, code, since (ms).
+    pub fn held(&self) -> Vec<(String, crate::provider::diagnosis::Code, u64)> {
+        let routing = self.routing();
+        self.providers
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(name, _)| routing.providers.contains_key(*name))
+                    .filter_map(|(name, st)| st.held.map(|(c, at)| (name.clone(), c, at)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A provider's circuit now, and until when it is open.

@@ -437,7 +437,7 @@ impl Distributor {
             Outcome::Transient { code, .. } if code.moves_on() => Some(*code),
             _ => None,
         };
-        self.circuit_after(&routing, &group.provider, unavailable.is_some(), now);
+        self.circuit_after(&routing, &group.provider, unavailable, now);
         let next = unavailable.and_then(|_| self.next_provider(&group.chain, &group.provider, now));
         let step = Step {
             provider: &group.provider,

@@ -141,3 +141,76 @@ impl Distributor {
         })
     }
 }
+
+impl Distributor {
+    /// Queues a message mailgate writes itself (an alert email) to `to` through
+    /// `provider` only; returns its id. It carries `Auto-Submitted: auto-generated`, so
+    /// it is never bounced, and its record's client is `mailgate`.
+    pub async fn send_own(
+        &self,
+        config: &Config,
+        provider: &str,
+        to: &str,
+        subject: &str,
+        text: &str,
+    ) -> Result<String, crate::store::StoreError> {
+        let now = self.now();
+        let id = ulid::Ulid::new().to_string();
+        let hostname = &config.smtp.hostname;
+        let from = config
+            .notify
+            .from
+            .as_ref()
+            .map(|f| f.get_ref().clone())
+            .or_else(|| config.provider(provider).and_then(|p| p.username.clone()))
+            .unwrap_or_else(|| format!("mailgate@{hostname}"));
+        let message_id = format!("{id}@{hostname}");
+        let raw = mail_builder::MessageBuilder::new()
+            .from(from.as_str())
+            .to(to)
+            .subject(subject)
+            .message_id(message_id.as_str())
+            .date(mail_builder::headers::date::Date::new((now / 1000) as i64))
+            .header(
+                "Auto-Submitted",
+                mail_builder::headers::raw::Raw::new("auto-generated"),
+            )
+            .text_body(text)
+            .write_to_vec()
+            .unwrap_or_default();
+        let raw = crate::message::crlf_normalized(&raw).into_owned();
+        let record = Record {
+            id: id.clone(),
+            status: Status::Queued,
+            received_at: rfc3339(now),
+            client: "mailgate".into(),
+            helo: hostname.clone(),
+            auth_login: None,
+            user: None,
+            original_sender: from.clone(),
+            sender: from,
+            recipients: vec![Recipient::queued(
+                to.to_string(),
+                Some(false),
+                Some(provider.to_string()),
+            )],
+            subject: Some(subject.to_string()),
+            message_id: Some(format!("<{message_id}>")),
+            size: raw.len() as u64,
+            provider: provider.to_string(),
+            pinned: true,
+            deferrals: 0,
+            throttle_deferrals: 0,
+            sent_at: None,
+            next_attempt_at: None,
+            cancelled: None,
+            waiting: None,
+            notice_of: None,
+            notices: Vec::new(),
+            attempts: Vec::new(),
+        };
+        self.store.insert(raw, record, now).await?;
+        self.wake();
+        Ok(id)
+    }
+}

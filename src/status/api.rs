@@ -85,6 +85,13 @@ pub(super) async fn status(State(state): State<AppState>) -> Response {
             "recipients": c.recipients,
             "providers": c.providers,
         })).collect::<Vec<_>>(),
+        "alerts": state.alerts.open().iter().map(|c| json!({
+            "event": c.event,
+            "state": "firing",
+            "provider": c.provider,
+            "summary": c.summary,
+            "since": rfc3339(c.since_ms),
+        })).collect::<Vec<_>>(),
         "fleet": fleet,
         "store": {
             "ok": problem.is_none(),
@@ -399,6 +406,21 @@ pub(super) async fn close_circuit(
     let was_open = state.distributor.close_circuit(&provider);
     axum::Json(json!({ "provider": provider, "was_open": was_open, "circuit": "closed" }))
         .into_response()
+}
+
+/// `POST /api/alerts/test` `{"alert": NAME?}`: one test alert through each (or the
+/// named) `[[alert]]`, one try each; the outcome of each.
+pub(super) async fn alert_test(
+    State(state): State<AppState>,
+    body: Option<axum::Json<serde_json::Value>>,
+) -> Response {
+    let only = body
+        .as_ref()
+        .and_then(|b| b.get("alert"))
+        .and_then(|a| a.as_str())
+        .map(String::from);
+    let results = state.alerts.test(&state, only.as_deref()).await;
+    axum::Json(results).into_response()
 }
 
 pub(super) async fn pause(State(state): State<AppState>) -> Response {

@@ -34,6 +34,7 @@ pub fn router(state: AppState, pages: Arc<PageState>) -> Router {
         .route("/reload", post(reload))
         .route("/oauth2/{provider}/reload", post(oauth2_reload))
         .route("/providers/{provider}/circuit/close", post(close_circuit))
+        .route("/alerts/test", post(alert_test))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))

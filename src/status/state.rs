@@ -34,6 +34,8 @@ pub struct AppState {
     pub space: Arc<dyn SpaceCheck>,
     /// Turns true at shutdown: long polls answer at once.
     pub shutdown: watch::Receiver<bool>,
+    /// The alert engine (its open conditions for `/status` and the dashboard).
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 /// Reads the admin token from `token` or `token_file` (trimmed).

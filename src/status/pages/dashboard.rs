@@ -61,6 +61,8 @@ struct Dashboard {
     providers: Vec<ProviderRow>,
     /// Routes, users' chains and the default chain, in the order they are looked at.
     chains: Vec<ChainRow>,
+    /// Open alert conditions: event, what, since.
+    alerts: Vec<(String, String, String)>,
     /// Attempts per hour over 24 hours, an SVG of numbers and times only.
     hourly_chart: String,
     /// Attempts per day over 30 days, likewise.
@@ -136,6 +138,18 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
         rejected: m.totals.rejected.load(std::sync::atomic::Ordering::Relaxed),
         providers,
         chains,
+        alerts: state
+            .alerts
+            .open()
+            .into_iter()
+            .map(|c| {
+                (
+                    c.event,
+                    c.summary,
+                    super::shown_time(&crate::time::rfc3339(c.since_ms)),
+                )
+            })
+            .collect(),
     })
 }
 

@@ -1,0 +1,409 @@
+//! Alerts (SPEC "Telling people: bounces and alerts"), against the binary with a real
+//! HTTP receiver: one `failed` digest for a burst of failures, `held` firing then
+//! resolved after a fix and a reload, Teams and Slack bodies in their documented shapes,
+//! `queue-stuck` delivered once although the receiver was down and the daemon restarted
+//! in between, `sign-in-expiring` for a certificate that ends in ten days, an email alert
+//! through another provider than the one it is about, and `mailgate alert test`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use common::upstream::{Script, Upstream};
+use common::{DaemonProcess, TestEnv, cli, queued_id, send_once, write};
+use serde_json::Value;
+
+/// A webhook receiver: records every POST body by path; answers 503 while `down`.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<(String, Value)>>>,
+    down: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, SocketAddr) {
+        let r = Receiver::default();
+        let app = axum::Router::new()
+            .route(
+                "/{path}",
+                axum::routing::post(
+                    |State(r): State<Receiver>,
+                     Path(path): Path<String>,
+                     body: axum::Json<Value>| async move {
+                        if r.down.load(Ordering::SeqCst) {
+                            return StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        r.got.lock().unwrap().push((path, body.0));
+                        StatusCode::OK
+                    },
+                ),
+            )
+            .with_state(r.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (r, addr)
+    }
+
+    fn bodies(&self, path: &str) -> Vec<Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Waits (bounded) for a body on `path` matching `pred`.
+    async fn wait(&self, path: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(v) = self.bodies(path).into_iter().find(|v| pred(v)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not arrive on /{path}; got {:#?}",
+                self.got.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn is(event: &str, state: &str) -> impl Fn(&Value) -> bool {
+    let (event, state) = (event.to_string(), state.to_string());
+    move |v: &Value| v["event"] == event.as_str() && v["state"] == state.as_str()
+}
+
+async fn submit(d: &DaemonProcess, from: &str, rcpt: &str) -> String {
+    let reply = send_once(d.smtp, from, &[rcpt], b"Subject: alerts\r\n\r\nhello\r\n").await;
+    queued_id(&reply).unwrap_or_else(|| panic!("not accepted: {reply}"))
+}
+
+fn provider(name: &str, up: &Upstream, extra: &str) -> String {
+    format!(
+        "[[provider]]\nname = \"{name}\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 0\n{extra}\n",
+        up.addr.port()
+    )
+}
+
+fn retired() -> Script {
+    Script {
+        offer_auth: true,
+        credentials: Some(("relay@contoso.com".into(), "pw".into())),
+        ..Script::default()
+    }
+    .reply(
+        "auth",
+        "550 5.7.30 Basic authentication is not supported for Client Submission.",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_summed_held_fires_and_resolves_in_three_formats() {
+    let (rx, addr) = Receiver::start().await;
+    let up = Upstream::start(Script::default().reply(
+        "rcpt:gone@example.com",
+        "550 5.1.1 <gone@example.com>: User unknown",
+    ))
+    .await;
+    let held = Upstream::start(retired()).await;
+    let env = TestEnv::new("", "");
+    let config = |held_extra: &str| {
+        format!(
+            "{}{}[distributor]\ndefault_provider = \"up\"\n[notify]\nbounce = \"off\"\n\
+             [[user]]\nname = \"h\"\nmatch_senders = [\"h@erp.local\"]\nprovider = \"held\"\n\
+             [[alert]]\nname = \"ops\"\nwebhook_url = \"http://{addr}/json\"\nmin_interval = \"3s\"\n\
+             [[alert]]\nname = \"teams\"\nwebhook_url = \"http://{addr}/teams\"\nformat = \"teams\"\nevents = [\"held\"]\n\
+             [[alert]]\nname = \"slack\"\nwebhook_url = \"http://{addr}/slack\"\nformat = \"slack\"\nevents = [\"held\"]\n",
+            provider("up", &up, ""),
+            provider(
+                "held",
+                &held,
+                &format!("username = \"relay@contoso.com\"\n{held_extra}"),
+            ),
+        )
+    };
+    write(&env, &config("password = \"pw\""));
+    let d = DaemonProcess::start(&env.config_path);
+
+    // Fifty failures in a burst: one alert, count 50, the first 20 ids.
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(submit(&d, "app@erp.local", "gone@example.com").await);
+    }
+    let digest = rx
+        .wait("json", "the failed digest", is("failed", "firing"))
+        .await;
+    assert_eq!(digest["count"], 50, "{digest:#}");
+    let listed = digest["messages"].as_array().unwrap();
+    assert_eq!(listed.len(), 20);
+    assert!(ids.contains(&listed[0]["id"].as_str().unwrap().to_string()));
+    assert_eq!(listed[0]["diagnosis"], "recipient-unknown");
+    assert_eq!(digest["node"], "mailgate.test");
+    assert!(digest["since"].as_str().unwrap().ends_with('Z'));
+    // ... resolved once three seconds pass without a failure; still only one firing.
+    rx.wait("json", "the failed resolution", is("failed", "resolved"))
+        .await;
+    let failed: Vec<Value> = rx
+        .bodies("json")
+        .into_iter()
+        .filter(|v| v["event"] == "failed" && v["state"] == "firing")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+
+    // A provider that holds mail for a configuration reason: held fires, in all three
+    // formats, and shows in /status and on the dashboard.
+    submit(&d, "h@erp.local", "a@example.com").await;
+    let fired = rx.wait("json", "held", is("held", "firing")).await;
+    assert_eq!(fired["provider"], "held");
+    assert!(
+        fired["summary"]
+            .as_str()
+            .unwrap()
+            .contains("basic-auth-retired"),
+        "{fired:#}"
+    );
+    let teams = rx.wait("teams", "the Teams card", |_| true).await;
+    assert_eq!(teams["type"], "message");
+    let att = &teams["attachments"][0];
+    assert_eq!(
+        att["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert_eq!(att["content"]["type"], "AdaptiveCard");
+    assert_eq!(
+        att["content"]["$schema"],
+        "http://adaptivecards.io/schemas/adaptive-card.json"
+    );
+    assert!(att["content"]["version"].is_string());
+    let blocks = att["content"]["body"].as_array().unwrap();
+    assert_eq!(blocks[0]["type"], "TextBlock");
+    assert!(
+        blocks[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("FIRING held: provider held holds mail")
+    );
+    assert_eq!(blocks[1]["type"], "FactSet");
+    let slack = rx.wait("slack", "the Slack message", |_| true).await;
+    assert!(slack["text"].as_str().unwrap().contains("FIRING held"));
+    assert_eq!(slack["blocks"][0]["type"], "section");
+    assert_eq!(slack["blocks"][0]["text"]["type"], "mrkdwn");
+    let st: Value = reqwest::get(format!("http://{}/status", d.status))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let open = st["alerts"].as_array().unwrap();
+    assert!(
+        open.iter()
+            .any(|a| a["event"] == "held" && a["provider"] == "held"),
+        "{st:#}"
+    );
+    let page = reqwest::get(format!("http://{}/", d.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<li class=\"alert\" data-event=\"held\">"),
+        "{page}"
+    );
+
+    // The fix: the server takes the password again; a reload releases the held mail,
+    // it goes, and held resolves.
+    held.set_script(Script {
+        offer_auth: true,
+        credentials: Some(("relay@contoso.com".into(), "pw".into())),
+        ..Script::default()
+    });
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/reload", d.status))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    held.wait_for(1).await;
+    rx.wait("json", "held resolved", is("held", "resolved"))
+        .await;
+    rx.wait("teams", "held resolved (Teams)", |v| {
+        v["attachments"][0]["content"]["body"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("RESOLVED held"))
+    })
+    .await;
+    let m = reqwest::get(format!("http://{}/metrics", d.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("mailgate_alerts_sent_total{alert=\"ops\",event=\"failed\"} 2"),
+        "firing and resolved: {m}"
+    );
+    assert!(m.contains("mailgate_alerts_sent_total{alert=\"teams\",event=\"held\"} 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_the_receiver_missed_arrives_later_once_across_a_restart() {
+    let (rx, addr) = Receiver::start().await;
+    rx.down.store(true, Ordering::SeqCst);
+    let env = TestEnv::new("", "");
+    write(
+        &env,
+        &format!(
+            "[distributor]\nenabled = false\nstuck_after = \"1s\"\n\
+             [[alert]]\nname = \"ops\"\nwebhook_url = \"http://{addr}/json\"\nevents = [\"queue-stuck\"]\n"
+        ),
+    );
+    let mut d = DaemonProcess::start(&env.config_path);
+    submit(&d, "app@erp.local", "a@example.com").await;
+    // The condition starts; the receiver refuses; the failure is counted.
+    d.wait_log(
+        |v| v["message"] == "cannot deliver an alert; trying again later",
+        Duration::from_secs(20),
+    );
+    let m = reqwest::get(format!("http://{}/metrics", d.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("mailgate_alert_failures_total{alert=\"ops\"} 1"),
+        "{m}"
+    );
+    // A restart in between: the condition is still open, the alert still owed.
+    assert_eq!(d.terminate().code(), Some(0));
+    let d = DaemonProcess::start(&env.config_path);
+    rx.down.store(false, Ordering::SeqCst);
+    let got = rx
+        .wait("json", "queue-stuck", is("queue-stuck", "firing"))
+        .await;
+    assert!(
+        got["summary"].as_str().unwrap().contains("has waited"),
+        "{got:#}"
+    );
+    // Nothing more comes: once.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(rx.bodies("json").len(), 1, "{:#?}", rx.bodies("json"));
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_alert_avoids_the_provider_it_is_about_and_alert_test_reports() {
+    let (rx, addr) = Receiver::start().await;
+    let first = Upstream::start(retired()).await;
+    let second = Upstream::start(Script::default()).await;
+    let env = TestEnv::new("", "");
+    // A certificate that ends in ten days: sign-in-expiring.
+    let (cert, key) = (
+        env.dir.path().join("app.crt"),
+        env.dir.path().join("app.key"),
+    );
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "10", "-subj", "/CN=app",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    write(
+        &env,
+        &format!(
+            "{}{}[[provider]]\nname = \"graph\"\nkind = \"graph\"\n\
+             [provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"app\"\ncertificate_file = \"{}\"\nprivate_key_file = \"{}\"\n\
+             [distributor]\ndefault_providers = [\"first\", \"second\"]\n[notify]\nbounce = \"off\"\n\
+             [[alert]]\nname = \"mail\"\nemail = \"it@contoso.com\"\nevents = [\"held\"]\n\
+             [[alert]]\nname = \"hook\"\nwebhook_url = \"http://{addr}/json\"\nevents = [\"sign-in-expiring\"]\n",
+            provider(
+                "first",
+                &first,
+                "username = \"relay@contoso.com\"\npassword = \"pw\""
+            ),
+            provider("second", &second, ""),
+            cert.display(),
+            key.display()
+        ),
+    );
+    let d = DaemonProcess::start(&env.config_path);
+    let expiring = rx
+        .wait("json", "sign-in-expiring", is("sign-in-expiring", "firing"))
+        .await;
+    assert_eq!(expiring["provider"], "graph");
+    assert!(
+        expiring["summary"]
+            .as_str()
+            .unwrap()
+            .contains("the client certificate expires"),
+        "{expiring:#}"
+    );
+
+    // The first holds mail (Basic auth retired): the message falls back to the second,
+    // and so does the alert email about the first.
+    submit(&d, "app@erp.local", "a@example.com").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alert = loop {
+        if let Some(m) = second
+            .messages()
+            .into_iter()
+            .find(|m| m.rcpts == ["it@contoso.com"])
+        {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert email through the second"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = String::from_utf8_lossy(&alert.data);
+    assert!(
+        text.contains("FIRING held: provider first holds mail"),
+        "{text}"
+    );
+    assert!(text.contains("Auto-Submitted: auto-generated"), "{text}");
+    assert!(first.messages().is_empty());
+
+    // `mailgate alert test`: each alert gets a test; a receiver that refuses fails it.
+    let (code, out, err) = cli(&env, &["alert", "test", "--alert", "hook"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("hook: sent to http://{addr}/json")),
+        "{out}"
+    );
+    let test = rx
+        .wait("json", "the test alert", |v| v["test"] == true)
+        .await;
+    assert_eq!(test["event"], "test");
+    rx.down.store(true, Ordering::SeqCst);
+    let (code, out, _) = cli(&env, &["alert", "test", "--alert", "hook"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("hook: FAILED:"), "{out}");
+    assert!(out.contains("503"), "{out}");
+    let (code, _, err) = cli(&env, &["alert", "test", "--alert", "nope"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no alert named \"nope\" (its alerts: mail, hook)"),
+        "{err}"
+    );
+}
