@@ -21,7 +21,7 @@ echo "== contents"
 dpkg-deb -c "$DEB" > /tmp/mailgate-deb.list
 dpkg-deb -c "$MTA" > /tmp/mailgate-mta.list
 awk '{print $6, $7, $8}' /tmp/mailgate-deb.list /tmp/mailgate-mta.list
-for want in ./usr/bin/mailgate ./etc/mailgate/mailgate.toml ./usr/lib/systemd/system/mailgate.service ./usr/share/doc/mailgate/README.md ./usr/share/man/man8/mailgate.8.gz ./usr/share/man/man5/mailgate.toml.5.gz; do
+for want in ./usr/bin/mailgate ./etc/mailgate/mailgate.toml ./usr/lib/systemd/system/mailgate.service ./usr/share/doc/mailgate/README.md ./usr/share/man/man8/mailgate.8.gz ./usr/share/man/man5/mailgate.toml.5.gz ./usr/share/doc/mailgate/examples/mailgate.rules.yml; do
   grep -q " $want\$" /tmp/mailgate-deb.list || { echo "missing from the package: $want"; exit 1; }
 done
 grep -q './usr/sbin/sendmail -> ../bin/mailgate' /tmp/mailgate-mta.list

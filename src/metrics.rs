@@ -97,6 +97,18 @@ pub struct Metrics {
     pub alerts_sent: Family<AlertEventLabel, Counter>,
     /// `mailgate_alert_failures_total{alert}`
     pub alert_failures: Family<AlertLabel, Counter>,
+    /// `mailgate_provider_held{provider}`: 1 while the provider holds mail for a
+    /// configuration reason.
+    pub provider_held: Family<ProviderLabel, Gauge>,
+    /// `mailgate_queue_oldest_waiting_seconds`: the age of the oldest queued or deferred
+    /// message (0: none); set at scrape time.
+    pub oldest_waiting: Gauge,
+    /// `mailgate_store_ok`: 1 while `/healthz` would say the store is healthy; set at
+    /// scrape time.
+    pub store_ok: Gauge,
+    /// `mailgate_oauth2_credential_expires_seconds{provider}`: until the client
+    /// certificate or secret ends (when known); set at scrape time.
+    pub credential_expires: Family<ProviderLabel, Gauge>,
     /// `mailgate_failovers_total{from,to}`
     pub failovers: Family<Failover, Counter>,
     /// `mailgate_provider_circuit_open{provider}`: 1 while the provider's circuit is
@@ -155,6 +167,10 @@ impl Default for Metrics {
             throttle_deferrals: Family::default(),
             queue: Family::default(),
             failovers: Family::default(),
+            provider_held: Family::default(),
+            oldest_waiting: Gauge::default(),
+            store_ok: Gauge::default(),
+            credential_expires: Family::default(),
             alerts_sent: Family::default(),
             alert_failures: Family::default(),
             circuit_open: Family::default(),
@@ -222,6 +238,26 @@ impl Default for Metrics {
             "throttle_deferrals",
             "Messages held back by a per-minute limit, by provider",
             m.throttle_deferrals.clone(),
+        );
+        registry.register(
+            "provider_held",
+            "1 while a provider holds mail for a configuration reason (the held alert)",
+            m.provider_held.clone(),
+        );
+        registry.register(
+            "queue_oldest_waiting_seconds",
+            "Age of the oldest queued or deferred message (0: none)",
+            m.oldest_waiting.clone(),
+        );
+        registry.register(
+            "store_ok",
+            "1 while the store can commit, is the file opened, records every outcome and has space",
+            m.store_ok.clone(),
+        );
+        registry.register(
+            "oauth2_credential_expires_seconds",
+            "Seconds until the provider's client certificate or client secret ends (when known)",
+            m.credential_expires.clone(),
         );
         registry.register(
             "alerts_sent",

@@ -94,6 +94,31 @@ fn provider(name: &str, up: &Upstream, extra: &str) -> String {
     )
 }
 
+/// A self-signed certificate (openssl) that ends in `days` days, and its key.
+fn certificate(env: &TestEnv, days: u32) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        env.dir.path().join("app.crt"),
+        env.dir.path().join("app.key"),
+    );
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=app",
+        ])
+        .args(["-days", &days.to_string()])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
+}
+
 fn retired() -> Script {
     Script {
         offer_auth: true,
@@ -406,4 +431,92 @@ async fn an_email_alert_avoids_the_provider_it_is_about_and_alert_test_reports()
         err.contains("no alert named \"nope\" (its alerts: mail, hook)"),
         "{err}"
     );
+}
+
+/// `packaging/prometheus/mailgate.rules.yml`: every mailgate metric its rules use is one
+/// the daemon exports, and promtool (Debian's `prometheus` package) finds the rules valid
+/// and their unit tests passing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prometheus_rules_use_exported_metrics_and_pass_promtool() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/prometheus");
+    let rules = std::fs::read_to_string(format!("{dir}/mailgate.rules.yml")).unwrap();
+    // A site with a failing upstream, a delegated provider and one with a certificate,
+    // so that every family the rules use has a series.
+    let up = Upstream::start(Script::default().reply(
+        "rcpt:gone@example.com",
+        "550 5.1.1 <gone@example.com>: User unknown",
+    ))
+    .await;
+    let env = TestEnv::new("", "");
+    let (cert, key) = certificate(&env, 300);
+    write(
+        &env,
+        &format!(
+            "{}[distributor]\ndefault_provider = \"up\"\n[notify]\nbounce = \"off\"\n\
+             [[provider]]\nname = \"graph\"\nkind = \"graph\"\n\
+             [provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"app\"\ncertificate_file = \"{}\"\nprivate_key_file = \"{}\"\n\
+             [[provider]]\nname = \"outlook\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nusername = \"me@outlook.com\"\n\
+             [provider.oauth2]\nflow = \"device_code\"\ntenant_id = \"consumers\"\nclient_id = \"app\"\n",
+            provider("up", &up, ""),
+            cert.display(),
+            key.display()
+        ),
+    );
+    let d = DaemonProcess::start(&env.config_path);
+    let failed = submit(&d, "app@erp.local", "gone@example.com").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("http://{}/api/messages/{failed}", d.status))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["status"]
+        != "failed"
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exported = reqwest::get(format!("http://{}/metrics", d.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut used: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("mailgate_"))
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 8, "{used:?}");
+    for name in used {
+        // A counter is exported as NAME_total, described as NAME.
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        // The fleet families are exported with [fleet] only (tests/fleet.rs has them).
+        let fleet_only = family.starts_with("mailgate_fleet_");
+        assert!(
+            fleet_only || exported.contains(&format!("# TYPE {family} ")),
+            "the rules use {name}, which /metrics does not export"
+        );
+    }
+    if !common::have("promtool") {
+        eprintln!("SKIPPED promtool: Debian's prometheus is not installed (.ci/run installs it)");
+        return;
+    }
+    for args in [
+        ["check", "rules", "mailgate.rules.yml"],
+        ["test", "rules", "mailgate.rules.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

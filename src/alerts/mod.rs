@@ -493,24 +493,24 @@ fn expiring(
     {
         return Some(("the delegated sign-in ages out", t));
     }
-    let o = config.provider(&p.name)?.oauth2.as_ref()?;
-    if let Some(t) = o
+    let (what, t) = credential_ends(config.provider(&p.name)?.oauth2.as_ref()?)?;
+    soon(t).then_some((what, t))
+}
+
+/// When a provider's own credential ends (ms), the earlier of its client certificate
+/// (`notAfter`) and its client secret (`client_secret_expires`), with what it is.
+pub fn credential_ends(o: &crate::config::OAuth2Config) -> Option<(&'static str, u64)> {
+    let cert = o
         .certificate_file
         .as_deref()
         .and_then(certificate_not_after)
-        && soon(t)
-    {
-        return Some(("the client certificate expires", t));
-    }
-    if let Some(t) = o
+        .map(|t| ("the client certificate expires", t));
+    let secret = o
         .client_secret_expires
         .as_deref()
         .and_then(|d| crate::time::parse_rfc3339(&format!("{d}T00:00:00Z")))
-        && soon(t)
-    {
-        return Some(("the client secret expires", t));
-    }
-    None
+        .map(|t| ("the client secret expires", t));
+    [cert, secret].into_iter().flatten().min_by_key(|(_, t)| *t)
 }
 
 /// The `notAfter` of a PEM certificate file (ms).

@@ -163,10 +163,15 @@ impl Distributor {
         let change = match self.providers.lock() {
             Ok(mut map) => {
                 let st = map.entry(provider.to_string()).or_default();
-                st.held = match unavailable.filter(|c| c.is_config()) {
-                    Some(code) => Some((code, st.held.map_or(now, |(_, since)| since))),
-                    None => None,
-                };
+                st.held = unavailable
+                    .filter(|c| c.is_config())
+                    .map(|code| (code, st.held.map_or(now, |(_, since)| since)));
+                self.metrics
+                    .provider_held
+                    .get_or_create(&crate::metrics::ProviderLabel {
+                        provider: provider.to_string(),
+                    })
+                    .set(i64::from(st.held.is_some()));
                 if unavailable.is_some() {
                     st.circuit.failed(now, open_after, cooldown)
                 } else {

@@ -231,6 +231,7 @@ impl Distributor {
             let _ = metrics.throttle_deferrals.get_or_create(&label);
             let _ = metrics.oldest_inflight.get_or_create(&label);
             let _ = metrics.circuit_open.get_or_create(&label);
+            let _ = metrics.provider_held.get_or_create(&label);
         }
         Distributor {
             metrics,

@@ -213,6 +213,31 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             t.sign_in.as_ref().map(|g| seconds_until(g.ages_out_ms)),
         );
     }
+    let m = state.pipeline.metrics();
+    for p in &state.pipeline.config().provider {
+        if let Some((_, at)) = p.oauth2.as_ref().and_then(crate::alerts::credential_ends) {
+            m.credential_expires
+                .get_or_create(&crate::metrics::ProviderLabel {
+                    provider: p.name.get_ref().clone(),
+                })
+                .set(seconds_until(at));
+        }
+    }
+    m.store_ok.set(i64::from(
+        super::state::store_problem(&state).await.is_none(),
+    ));
+    if let Ok(Some(oldest)) = state
+        .pipeline
+        .store()
+        .blocking(|s| s.oldest_waiting())
+        .await
+    {
+        let at = ulid::Ulid::from_string(&oldest).map_or(now, |u| u.timestamp_ms());
+        m.oldest_waiting
+            .set(i64::try_from(now.saturating_sub(at) / 1000).unwrap_or(i64::MAX));
+    } else {
+        m.oldest_waiting.set(0);
+    }
     if let Ok(counts) = state.pipeline.store().blocking(|s| s.status_counts()).await {
         for (st, n) in counts {
             state
