@@ -520,3 +520,91 @@ async fn the_prometheus_rules_use_exported_metrics_and_pass_promtool() {
         );
     }
 }
+
+/// `store`: free space under `store.min_free_space` fires it; the same key lowered by a
+/// reload clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_alert_fires_when_space_runs_short_and_resolves() {
+    let (rx, addr) = Receiver::start().await;
+    let env = TestEnv::new("", "");
+    let alert = format!(
+        "[[alert]]\nname = \"ops\"\nwebhook_url = \"http://{addr}/json\"\nevents = [\"store\"]\n"
+    );
+    write(&env, &alert);
+    let short = std::fs::read_to_string(&env.config_path)
+        .unwrap()
+        .replace("min_free_space = 0", "min_free_space = \"1000000GB\"");
+    std::fs::write(&env.config_path, &short).unwrap();
+    let d = DaemonProcess::start(&env.config_path);
+    let fired = rx.wait("json", "store", is("store", "firing")).await;
+    assert!(
+        fired["summary"]
+            .as_str()
+            .unwrap()
+            .contains("the store needs attention"),
+        "{fired:#}"
+    );
+    std::fs::write(
+        &env.config_path,
+        short.replace("min_free_space = \"1000000GB\"", "min_free_space = 0"),
+    )
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/reload", d.status))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    rx.wait("json", "store resolved", is("store", "resolved"))
+        .await;
+}
+
+/// `sign-in-expiring` for a delegated sign-in unused for 80 days (Microsoft's refresh
+/// tokens age out after 90 days of inactivity) whose renewal cannot reach the platform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_idle_for_80_days_fires_sign_in_expiring() {
+    use mailgate::provider::oauth2::signin::{self, SignIn};
+    let (rx, addr) = Receiver::start().await;
+    let dead = common::free_port();
+    let env = TestEnv::new("", "");
+    write(
+        &env,
+        &format!(
+            "[[provider]]\nname = \"outlook\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {dead}\nusername = \"me@outlook.com\"\n\
+             [provider.oauth2]\nflow = \"device_code\"\ntenant_id = \"consumers\"\nclient_id = \"app\"\n\
+             token_url = \"http://127.0.0.1:{dead}/token\"\ndevice_code_url = \"http://127.0.0.1:{dead}/devicecode\"\n\
+             [[alert]]\nname = \"ops\"\nwebhook_url = \"http://{addr}/json\"\nevents = [\"sign-in-expiring\"]\n"
+        ),
+    );
+    let config = env.config();
+    let secrets = mailgate::secrets::SecretStore::beside(&config.store.path);
+    let day = 86_400_000;
+    let idle_since = mailgate::time::now_ms() - 80 * day;
+    signin::save(
+        &secrets,
+        &secrets.lock().unwrap(),
+        "outlook",
+        &SignIn {
+            refresh_token: "rt-1".into(),
+            previous: None,
+            account: Some("me@outlook.com".into()),
+            signed_in_ms: idle_since,
+            last_used_ms: idle_since,
+            renewed_ms: idle_since,
+            refused: None,
+        },
+    )
+    .unwrap();
+    let _d = DaemonProcess::start(&env.config_path);
+    let fired = rx
+        .wait("json", "sign-in-expiring", is("sign-in-expiring", "firing"))
+        .await;
+    assert_eq!(fired["provider"], "outlook");
+    let summary = fired["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("the delegated sign-in ages out on "),
+        "{summary}"
+    );
+    let ages_out = mailgate::time::rfc3339(idle_since + 90 * day);
+    assert!(summary.contains(&ages_out[..10]), "{summary} / {ages_out}");
+}
