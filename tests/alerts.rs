@@ -560,7 +560,8 @@ async fn the_store_alert_fires_when_space_runs_short_and_resolves() {
 }
 
 /// `sign-in-expiring` for a delegated sign-in unused for 80 days (Microsoft's refresh
-/// tokens age out after 90 days of inactivity) whose renewal cannot reach the platform.
+/// tokens age out after 90 days of inactivity) whose renewal cannot reach the platform,
+/// and for a Google app in "Testing" whose refresh tokens end 7 days after issue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_idle_for_80_days_fires_sign_in_expiring() {
     use mailgate::provider::oauth2::signin::{self, SignIn};
@@ -573,6 +574,9 @@ async fn a_sign_in_idle_for_80_days_fires_sign_in_expiring() {
             "[[provider]]\nname = \"outlook\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {dead}\nusername = \"me@outlook.com\"\n\
              [provider.oauth2]\nflow = \"device_code\"\ntenant_id = \"consumers\"\nclient_id = \"app\"\n\
              token_url = \"http://127.0.0.1:{dead}/token\"\ndevice_code_url = \"http://127.0.0.1:{dead}/devicecode\"\n\
+             [[provider]]\nname = \"gmail\"\nkind = \"smtp\"\nhost = \"smtp.gmail.com\"\nport = {dead}\nusername = \"me@gmail.com\"\n\
+             [provider.oauth2]\nflow = \"authorization_code\"\nclient_id = \"app\"\nclient_secret = \"s\"\nrefresh_token_lifetime = \"7d\"\n\
+             token_url = \"http://127.0.0.1:{dead}/token\"\n\
              [[alert]]\nname = \"ops\"\nwebhook_url = \"http://{addr}/json\"\nevents = [\"sign-in-expiring\"]\n"
         ),
     );
@@ -595,9 +599,39 @@ async fn a_sign_in_idle_for_80_days_fires_sign_in_expiring() {
         },
     )
     .unwrap();
+    // A Google app in Testing: its refresh token ends 7 days after it was issued,
+    // although it was used an hour ago.
+    let issued = mailgate::time::now_ms() - 2 * day;
+    signin::save(
+        &secrets,
+        &secrets.lock().unwrap(),
+        "gmail",
+        &SignIn {
+            refresh_token: "rt-g".into(),
+            previous: None,
+            account: Some("me@gmail.com".into()),
+            signed_in_ms: issued,
+            last_used_ms: mailgate::time::now_ms() - 3_600_000,
+            renewed_ms: issued,
+            refused: None,
+        },
+    )
+    .unwrap();
     let _d = DaemonProcess::start(&env.config_path);
+    let gmail = rx
+        .wait("json", "sign-in-expiring (gmail)", |v| {
+            v["event"] == "sign-in-expiring" && v["provider"] == "gmail"
+        })
+        .await;
+    let ends = mailgate::time::rfc3339(issued + 7 * day);
+    assert!(
+        gmail["summary"].as_str().unwrap().contains(&ends[..10]),
+        "{gmail:#}"
+    );
     let fired = rx
-        .wait("json", "sign-in-expiring", is("sign-in-expiring", "firing"))
+        .wait("json", "sign-in-expiring", |v| {
+            v["event"] == "sign-in-expiring" && v["provider"] == "outlook"
+        })
         .await;
     assert_eq!(fired["provider"], "outlook");
     let summary = fired["summary"].as_str().unwrap();

@@ -93,6 +93,9 @@ pub struct OAuth2Config {
     pub client_secret_file: Option<PathBuf>,
     /// Environment variable holding the client secret.
     pub client_secret_env: Option<String>,
+    /// A delegated sign-in's refresh token ends this long after it was issued, used or
+    /// not: a Google app whose publishing status is "Testing" (`"7d"`).
+    pub refresh_token_lifetime: Option<Dur>,
     /// When the client secret expires (`YYYY-MM-DD`, as Entra shows it): the
     /// `sign-in-expiring` alert fires 14 days before.
     pub client_secret_expires: Option<String>,

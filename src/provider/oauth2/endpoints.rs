@@ -34,6 +34,9 @@ pub struct Endpoints {
     pub revoke_url: Option<String>,
     /// The scope asked for.
     pub scope: String,
+    /// A refresh token that ends this long after it was issued, used or not
+    /// (`refresh_token_lifetime`: a Google app in "Testing" status, 7 days).
+    pub lifetime: Option<Duration>,
 }
 
 fn microsoft(tenant: &str, endpoint: &str) -> String {
@@ -89,7 +92,16 @@ impl Endpoints {
                 .scope
                 .clone()
                 .unwrap_or_else(|| default_scope(p.kind, o.flow, issuer).to_string()),
+            lifetime: o.refresh_token_lifetime.map(|d| d.0),
         }
+    }
+
+    /// When a sign-in's refresh token ends (ms): unused for the issuer's inactivity
+    /// limit, or at the end of its fixed lifetime, whichever comes first.
+    pub fn ages_out_ms(&self, last_used_ms: u64, renewed_ms: u64) -> u64 {
+        let idle = last_used_ms.max(renewed_ms) + crate::time::duration_ms(self.inactivity_limit());
+        self.lifetime
+            .map_or(idle, |l| idle.min(renewed_ms + crate::time::duration_ms(l)))
     }
 
     /// How long an unused refresh token of this issuer lives.
@@ -133,6 +145,7 @@ mod tests {
                 ),
                 revoke_url: None,
                 scope: "https://outlook.office.com/SMTP.Send offline_access".into(),
+                lifetime: None,
             }
         );
         let gmail = provider(

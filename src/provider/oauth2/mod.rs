@@ -212,7 +212,6 @@ impl TokenSource {
             .token
             .as_ref()
             .is_some_and(|t| t.expires_at > Instant::now());
-        let limit = crate::time::duration_ms(self.endpoints.inactivity_limit());
         TokenStatus {
             flow: self.flow().as_str(),
             valid,
@@ -225,7 +224,7 @@ impl TokenSource {
                 signed_in_ms: g.signed_in_ms,
                 last_used_ms: g.last_used_ms,
                 renewed_ms: g.renewed_ms,
-                ages_out_ms: g.last_used_ms.max(g.renewed_ms) + limit,
+                ages_out_ms: self.endpoints.ages_out_ms(g.last_used_ms, g.renewed_ms),
                 refused: g.refused.clone(),
             }),
         }
