@@ -521,8 +521,9 @@ async fn the_prometheus_rules_use_exported_metrics_and_pass_promtool() {
     }
 }
 
-/// `store`: free space under `store.min_free_space` fires it; the same key lowered by a
-/// reload clears it.
+/// `store`: free space under `store.min_free_space` fires it and the same key lowered by
+/// a reload clears it; a disk that fills up (every commit failing) fires it again until
+/// the writes succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_alert_fires_when_space_runs_short_and_resolves() {
     let (rx, addr) = Receiver::start().await;
@@ -535,7 +536,11 @@ async fn the_store_alert_fires_when_space_runs_short_and_resolves() {
         .unwrap()
         .replace("min_free_space = 0", "min_free_space = \"1000000GB\"");
     std::fs::write(&env.config_path, &short).unwrap();
-    let d = DaemonProcess::start(&env.config_path);
+    // While this file exists every write to the store fails as on a full disk.
+    let full = env.dir.path().join("disk-full");
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.env("MAILGATE_FAULT_STORE_WRITES", &full);
+    let d = DaemonProcess::start_with(&env.config_path, cmd);
     let fired = rx.wait("json", "store", is("store", "firing")).await;
     assert!(
         fired["summary"]
@@ -557,6 +562,41 @@ async fn the_store_alert_fires_when_space_runs_short_and_resolves() {
     assert_eq!(resp.status(), 200);
     rx.wait("json", "store resolved", is("store", "resolved"))
         .await;
+
+    // The disk fills: the next commit fails (the submission gets 451 and nothing is
+    // acknowledged), the alert fires again; space comes back, it clears.
+    std::fs::write(&full, b"").unwrap();
+    // The store looks at the flag every 50 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = send_once(
+        d.smtp,
+        "app@erp.local",
+        &["a@example.com"],
+        b"Subject: full\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("451"), "{reply}");
+    let again = rx
+        .wait("json", "store (commits failing)", |v| {
+            is("store", "firing")(v) && v["since"] != fired["since"]
+        })
+        .await;
+    assert!(
+        again["summary"].as_str().unwrap().contains("commit"),
+        "{again:#}"
+    );
+    std::fs::remove_file(&full).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while rx
+        .bodies("json")
+        .iter()
+        .filter(|v| is("store", "resolved")(v))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{:#?}", rx.bodies("json"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `sign-in-expiring` for a delegated sign-in unused for 80 days (Microsoft's refresh

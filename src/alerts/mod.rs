@@ -299,6 +299,12 @@ impl Alerts {
                 }
             }
         }
+        // A past failed commit is cleared by a write that succeeds: try one (only while
+        // in trouble), so the alert clears once the disk can write again.
+        let store = app.pipeline.store();
+        if store.trouble().is_some() {
+            let _ = store.probe().await;
+        }
         if let Some(problem) = crate::status::state::store_problem(app).await {
             open(
                 AlertEvent::Store,
