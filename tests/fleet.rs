@@ -765,3 +765,164 @@ async fn a_tls_redis_is_used_through_its_ca_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("fleet.ca_file is for a TLS connection"));
 }
+
+/// A node of a fleet with one view: its status listener on a fixed port, published as
+/// `status_url`, and the admin token shared by the nodes in `token`.
+fn viewing_node(redis: &Redis, name: &str, token: &std::path::Path) -> (TestEnv, DaemonProcess) {
+    let port = free_port();
+    let env = TestEnv::new("", "");
+    env.write_config(
+        "",
+        &format!(
+            "[fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"{name}\"\nkey_prefix = \"v:\"\nstatus_url = \"http://127.0.0.1:{port}\"\n",
+            redis.port
+        ),
+    );
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "[status]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[status]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    );
+    std::fs::write(&env.config_path, text).unwrap();
+    let d = DaemonProcess::start(&env.config_path);
+    (env, d)
+}
+
+async fn fleet_list(d: &DaemonProcess, token: &str, query: &str) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/api/messages?fleet=1&{query}", d.status))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// One view of the fleet (API): a message accepted on one node is found from another by
+/// subject and sender, tagged with its node; paging across three nodes returns every
+/// record exactly once; a node with another token, and a node that stopped, are named
+/// unreachable while the rest still show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_answers_for_the_fleets_history() {
+    let Some(redis) = Redis::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "fleet-secret-0123456789\n").unwrap();
+    let mut nodes: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| viewing_node(&redis, n, &token))
+        .collect();
+    let mut all = Vec::new();
+    let invoice = submit_to(
+        nodes[0].1.smtp,
+        "billing@a.example",
+        &["customer@example.com"],
+        b"Subject: Invoice 4711\r\n\r\nx\r\n",
+    )
+    .await;
+    all.push(invoice.clone());
+    for (i, (_, d)) in nodes.iter().enumerate() {
+        for m in 0..(3 + 3 * i) {
+            let body = format!("Subject: batch {i}-{m}\r\n\r\nx\r\n");
+            all.push(submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await);
+        }
+    }
+    let b = &nodes[1].1;
+    let key = "fleet-secret-0123456789";
+    // (once every node's first heartbeat is in the fleet store)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let found = fleet_list(b, key, "q=4711").await;
+        if found["nodes"].as_array().unwrap().len() == 3 {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "{found:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let msgs = found["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 1, "{found:#}");
+    assert_eq!(msgs[0]["id"], invoice.as_str());
+    assert_eq!(msgs[0]["node"], "a");
+    assert_eq!(found["nodes"], serde_json::json!(["a", "b", "c"]));
+    assert_eq!(found["unreachable"], serde_json::json!([]));
+    let by_sender = fleet_list(b, key, "q=billing%40a.example").await;
+    assert_eq!(by_sender["messages"][0]["id"], invoice.as_str());
+
+    // Paging 7 at a time across the three nodes: each record exactly once, newest first.
+    let mut seen: Vec<String> = Vec::new();
+    let mut before = String::new();
+    for _ in 0..20 {
+        let page = fleet_list(b, key, &format!("limit=7{before}")).await;
+        let ids: Vec<String> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        before = format!("&before={}", ids.last().unwrap());
+        seen.extend(ids);
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_by(|x, y| y.cmp(x));
+    assert_eq!(seen, sorted, "newest first across pages");
+    let mut want = all.clone();
+    want.sort_by(|x, y| y.cmp(x));
+    assert_eq!(seen, want, "every record of the fleet, each once");
+
+    // Without the token, the API refuses as always.
+    let r = reqwest::get(format!("http://{}/api/messages?fleet=1", b.status))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // A node with another token is named, with why; the others still show.
+    let other = dir.path().join("other.token");
+    std::fs::write(&other, "another-secret-9876543210\n").unwrap();
+    let (_env_d, _d) = viewing_node(&redis, "d", &other);
+    // (once its first heartbeat is in the fleet store)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let view = loop {
+        let view = fleet_list(b, key, "limit=500").await;
+        if !view["unreachable"].as_array().unwrap().is_empty() {
+            break view;
+        }
+        assert!(std::time::Instant::now() < deadline, "{view:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let unreachable = view["unreachable"].as_array().unwrap();
+    assert_eq!(unreachable.len(), 1, "{view:#}");
+    assert_eq!(unreachable[0]["node"], "d");
+    assert!(
+        unreachable[0]["error"].as_str().unwrap().contains("401"),
+        "{view:#}"
+    );
+    assert_eq!(view["messages"].as_array().unwrap().len(), all.len());
+
+    // A stops: named unreachable, B's and C's records still listed.
+    assert_eq!(nodes[0].1.terminate().code(), Some(0));
+    let view = fleet_list(&nodes[1].1, key, "limit=500").await;
+    let names: Vec<&str> = view["unreachable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["node"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"a"), "{view:#}");
+    let from_a = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["node"] == "a")
+        .count();
+    assert_eq!(from_a, 0);
+    assert_eq!(view["messages"].as_array().unwrap().len(), all.len() - 4);
+    for (_, d) in nodes.iter_mut().skip(1) {
+        assert_eq!(d.terminate().code(), Some(0));
+    }
+}

@@ -568,6 +568,9 @@ pub struct FleetConfig {
     /// node then keeps to limit / expected_nodes).
     #[serde(default = "default_expected_nodes")]
     pub expected_nodes: u32,
+    /// How the other nodes reach this node's status listener (`http://app01:8525`), for
+    /// one view of the fleet's history; published in this node's heartbeat.
+    pub status_url: Option<String>,
 }
 
 fn default_key_prefix() -> String {

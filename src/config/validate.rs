@@ -40,6 +40,14 @@ impl Config {
                     .into(),
             ));
         }
+        if let Some(u) = self.fleet.as_ref().and_then(|f| f.status_url.as_deref())
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            out.push((
+                0..0,
+                format!("fleet.status_url {u:?} must be an http:// or https:// URL"),
+            ));
+        }
         if self.smtp.max_connections == 0 {
             out.push((0..0, "smtp.max_connections must be at least 1".into()));
         }

@@ -127,6 +127,8 @@ pub struct Fleet {
     node: String,
     prefix: String,
     expected: u32,
+    /// How the other nodes reach this node's status listener.
+    status_url: Option<String>,
     /// 0 not asked yet, 1 up, 2 down.
     up: AtomicU8,
     /// While down: no call is tried before this instant (the store is probed at most
@@ -207,6 +209,7 @@ impl Fleet {
             node: c.node.clone().unwrap_or_else(hostname),
             prefix: c.key_prefix.clone(),
             expected: c.expected_nodes.max(1),
+            status_url: c.status_url.clone(),
             up: AtomicU8::new(0),
             next_probe: Mutex::new(None),
             reserve: redis::Script::new(RESERVE),
@@ -503,6 +506,7 @@ impl Fleet {
             "version": env!("CARGO_PKG_VERSION"),
             "queue": queue,
             "at_ms": crate::time::now_ms(),
+            "status_url": self.status_url,
         })
         .to_string();
         let ttl = crate::time::duration_ms(HEARTBEAT_EVERY * 5);
@@ -524,14 +528,10 @@ impl Fleet {
             .await;
     }
 
-    /// The nodes' heartbeats, and per provider the fleet-wide use: (sends in the last
-    /// minute, recipients in the last day, leases held).
-    pub async fn overview(
-        &self,
-        providers: &[String],
-    ) -> Option<(Vec<serde_json::Value>, Vec<(String, u64, u64, u64)>)> {
-        // The set of names (never KEYS, which scans the whole keyspace); a name whose
-        // heartbeat key has expired is a node gone, and leaves the set.
+    /// The heartbeats of the nodes alive (a name whose heartbeat key has expired is a
+    /// node gone, and leaves the set of names).
+    async fn beats(&self) -> Option<Vec<serde_json::Value>> {
+        // The set of names (never KEYS, which scans the whole keyspace).
         let names_key = format!("{}nodes", self.prefix);
         let names: Vec<String> = self
             .call(async |mut c| {
@@ -545,24 +545,17 @@ impl Fleet {
             .iter()
             .map(|n| format!("{}node:{n}", self.prefix))
             .collect();
-        let beats: Vec<Option<String>> = if keys.is_empty() {
+        let raw: Vec<Option<String>> = if keys.is_empty() {
             Vec::new()
         } else {
             self.call(async |mut c| redis::cmd("MGET").arg(&keys).query_async(&mut c).await)
                 .await?
         };
-        let mut nodes = Vec::new();
+        let mut beats = Vec::new();
         let mut gone = Vec::new();
-        for (name, beat) in names.iter().zip(beats) {
+        for (name, beat) in names.iter().zip(raw) {
             match beat.and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok()) {
-                Some(v) => {
-                    let age = crate::time::now_ms()
-                        .saturating_sub(v["at_ms"].as_u64().unwrap_or(0))
-                        / 1000;
-                    nodes.push(serde_json::json!({
-                        "node": v["node"], "version": v["version"], "queue": v["queue"], "last_seen_seconds": age,
-                    }));
-                }
+                Some(v) => beats.push(v),
                 None => gone.push(name.clone()),
             }
         }
@@ -577,6 +570,43 @@ impl Fleet {
                 })
                 .await;
         }
+        Some(beats)
+    }
+
+    /// The other nodes alive that publish a `status_url`: (node, URL), from the fleet
+    /// store only. None while the store is away.
+    pub async fn peers(&self) -> Option<Vec<(String, String)>> {
+        let beats = self.beats().await?;
+        Some(
+            beats
+                .into_iter()
+                .filter_map(|v| {
+                    let node = v["node"].as_str()?.to_string();
+                    let url = v["status_url"].as_str()?.trim_end_matches('/').to_string();
+                    (node != self.node).then_some((node, url))
+                })
+                .collect(),
+        )
+    }
+
+    /// The nodes' heartbeats, and per provider the fleet-wide use: (sends in the last
+    /// minute, recipients in the last day, leases held).
+    pub async fn overview(
+        &self,
+        providers: &[String],
+    ) -> Option<(Vec<serde_json::Value>, Vec<(String, u64, u64, u64)>)> {
+        let nodes = self
+            .beats()
+            .await?
+            .into_iter()
+            .map(|v| {
+                let age = crate::time::now_ms().saturating_sub(v["at_ms"].as_u64().unwrap_or(0))
+                    / 1000;
+                serde_json::json!({
+                    "node": v["node"], "version": v["version"], "queue": v["queue"], "last_seen_seconds": age,
+                })
+            })
+            .collect();
         let mut use_ = Vec::new();
         for p in providers {
             let (minute, sum, leases) = (

@@ -268,14 +268,21 @@ pub(super) async fn list_messages(
         Ok(q) => q,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    match query.run_blocking(state.pipeline.store()).await {
+    let limit = query.limit();
+    let records = match query.run_blocking(state.pipeline.store()).await {
         Ok((records, _)) => {
             let paused = state.distributor.is_paused();
-            let records: Vec<Record> = records.into_iter().map(|r| as_shown(r, paused)).collect();
-            axum::Json(records).into_response()
+            records
+                .into_iter()
+                .map(|r| as_shown(r, paused))
+                .collect::<Vec<Record>>()
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if !q.wants_fleet() {
+        return axum::Json(records).into_response();
     }
+    axum::Json(super::fleet_view::merged(&state, &q, records, limit).await).into_response()
 }
 
 /// Query of `GET /api/messages/{id}`.

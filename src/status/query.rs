@@ -30,6 +30,40 @@ pub struct ListQuery {
     pub before: Option<String>,
     /// At most this many (default 50, at most 10000).
     pub limit: Option<usize>,
+    /// `1`: the history of every node of the fleet, merged (SPEC "One view of the
+    /// fleet").
+    pub fleet: Option<String>,
+}
+
+impl ListQuery {
+    /// The query string of this query for another node (without `fleet`).
+    pub fn for_peer(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let fields = [
+            ("status", &self.status),
+            ("user", &self.user),
+            ("provider", &self.provider),
+            ("since", &self.since),
+            ("q", &self.q),
+            ("before", &self.before),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v {
+                out.push((k, v.clone()));
+            }
+        }
+        if let Some(l) = self.limit {
+            out.push(("limit", l.to_string()));
+        }
+        out
+    }
+
+    /// Whether the fleet's history is asked for.
+    pub fn wants_fleet(&self) -> bool {
+        self.fleet
+            .as_deref()
+            .is_some_and(|f| matches!(f, "1" | "true" | "yes"))
+    }
 }
 
 /// Parses `since`: a duration back from now, or an RFC 3339 time; ms since the epoch.
@@ -148,6 +182,11 @@ impl HistoryQuery {
             max_scan: if searching { MAX_SCAN } else { 0 },
             keep: searching.then_some(&keep as &(dyn Fn(&Record) -> bool + Sync)),
         })
+    }
+
+    /// At most this many records.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// [`HistoryQuery::run`] on the blocking pool.

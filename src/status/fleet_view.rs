@@ -1,0 +1,94 @@
+//! One view of the fleet (SPEC "Fleet"): the history of every node, merged newest first.
+//! Each node answers for its own records (the store of record for a message stays its
+//! node); this node asks the others it finds in the fleet store, at their published
+//! `status_url`, with the fleet's shared admin token, at most two seconds each, all at
+//! once. A node that does not answer is named, and the rest still show. Ids are ULIDs, so
+//! "newest first" and the `before` cursor mean the same on every node, and paging across
+//! nodes returns each record exactly once.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::query::ListQuery;
+use super::state::AppState;
+use crate::history::Record;
+
+/// How long another node may take to answer.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /api/messages?fleet=1`: {`messages` (each with its `node`), `nodes` (those that
+/// answered), `unreachable` (those that did not, with why)}.
+pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: usize) -> Value {
+    let here = state
+        .distributor
+        .fleet()
+        .map_or_else(|| "this node".to_string(), |f| f.node().to_string());
+    let mut messages: Vec<Value> = own
+        .into_iter()
+        .map(|r| tagged(serde_json::to_value(r).unwrap_or_default(), &here))
+        .collect();
+    let mut nodes = vec![here.clone()];
+    let mut unreachable = Vec::new();
+    let peers = match state.distributor.fleet() {
+        Some(f) => f.peers().await,
+        None => Some(Vec::new()),
+    };
+    match peers {
+        None => unreachable.push(json!({
+            "node": "fleet store",
+            "error": "the fleet store (Redis) does not answer: the other nodes cannot be found",
+        })),
+        Some(peers) => {
+            let http = reqwest::Client::builder()
+                .timeout(PEER_TIMEOUT)
+                .no_proxy()
+                .build()
+                .unwrap_or_default();
+            let mut asks = tokio::task::JoinSet::new();
+            for (node, url) in peers {
+                let mut req = http.get(format!("{url}/api/messages")).query(&q.for_peer());
+                if let Some(t) = &state.token {
+                    req = req.bearer_auth(t);
+                }
+                asks.spawn(async move {
+                    let answer = match req.send().await {
+                        Ok(r) if r.status().is_success() => {
+                            r.json::<Vec<Value>>().await.map_err(|e| e.to_string())
+                        }
+                        Ok(r) => Err(format!("{url} answered {}", r.status())),
+                        Err(e) if e.is_timeout() => Err(format!(
+                            "{url} did not answer within {} s",
+                            PEER_TIMEOUT.as_secs()
+                        )),
+                        Err(e) => Err(format!("{url}: {e}")),
+                    };
+                    (node, answer)
+                });
+            }
+            while let Some(done) = asks.join_next().await {
+                let Ok((node, answer)) = done else { continue };
+                match answer {
+                    Ok(list) => {
+                        messages.extend(list.into_iter().map(|v| tagged(v, &node)));
+                        nodes.push(node);
+                    }
+                    Err(why) => {
+                        tracing::warn!(node = %node, error = %why, "a fleet node did not answer for the fleet's history");
+                        unreachable.push(json!({ "node": node, "error": why }));
+                    }
+                }
+            }
+        }
+    }
+    messages.sort_by(|a, b| b["id"].as_str().cmp(&a["id"].as_str()));
+    messages.dedup_by(|a, b| a["id"] == b["id"]);
+    messages.truncate(limit);
+    nodes.sort();
+    json!({ "messages": messages, "nodes": nodes, "unreachable": unreachable })
+}
+
+fn tagged(mut v: Value, node: &str) -> Value {
+    v["node"] = json!(node);
+    v
+}
