@@ -875,6 +875,61 @@ async fn every_node_answers_for_the_fleets_history() {
     want.sort_by(|x, y| y.cmp(x));
     assert_eq!(seen, want, "every record of the fleet, each once");
 
+    // Detail, raw download, retry and cancel of a message on A, asked of B, act on A.
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http
+            .get(format!("http://{}/api/messages/{invoice}", b.status))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-mailgate-node"], "a");
+        let rec: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(rec["id"], invoice.as_str());
+        if rec["status"] == "sent" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rec:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let eml = http
+        .get(format!("http://{}/api/messages/{invoice}/eml", b.status))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(eml.contains("Subject: Invoice 4711"), "{eml}");
+    for action in ["retry", "cancel"] {
+        let r = http
+            .post(format!(
+                "http://{}/api/messages/{invoice}/{action}",
+                b.status
+            ))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409, "{action}: A answers for its sent message");
+        assert_eq!(r.headers()["x-mailgate-node"], "a");
+    }
+    // An id no node holds: 404 at once, never passed round the fleet.
+    let r = http
+        .get(format!(
+            "http://{}/api/messages/01ZZZZZZZZZZZZZZZZZZZZZZZZ",
+            b.status
+        ))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
     // Without the token, the API refuses as always.
     let r = reqwest::get(format!("http://{}/api/messages?fleet=1", b.status))
         .await

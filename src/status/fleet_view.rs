@@ -92,3 +92,89 @@ fn tagged(mut v: Value, node: &str) -> Value {
     v["node"] = json!(node);
     v
 }
+
+/// The header a forwarded call carries: the node that gets it answers for itself only,
+/// so a call for an id no node holds never goes round the fleet.
+pub const FORWARDED: &str = "x-mailgate-forwarded";
+
+/// Around `/api/messages/{id}...`: when this node does not hold the message (404) and it
+/// is part of a fleet, the same call (method, path, query, body, the admin token) goes
+/// to the other nodes until one holds it; its answer is returned, with the node's name
+/// in `X-Mailgate-Node`. Retry and cancel so act on the node that holds the message.
+pub async fn forward_unknown(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(fleet) = state.distributor.fleet().cloned() else {
+        return next.run(req).await;
+    };
+    if req.headers().contains_key(FORWARDED) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    let here = next
+        .run(axum::extract::Request::from_parts(
+            parts.clone(),
+            axum::body::Body::from(bytes.clone()),
+        ))
+        .await;
+    if here.status() != axum::http::StatusCode::NOT_FOUND {
+        return here;
+    }
+    let Some(peers) = fleet.peers().await else {
+        return here;
+    };
+    let path = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| parts.uri.to_string(), |u| u.0.to_string());
+    // A waiting GET may take as long as it asks (the API caps it at 10 minutes).
+    let timeout = if parts.uri.query().is_some_and(|q| q.contains("wait=")) {
+        Duration::from_secs(610)
+    } else {
+        PEER_TIMEOUT
+    };
+    let http = reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .build()
+        .unwrap_or_default();
+    for (node, url) in peers {
+        let mut req = http
+            .request(parts.method.clone(), format!("{url}{path}"))
+            .header(FORWARDED, "1")
+            .body(bytes.clone());
+        if let Some(ct) = parts.headers.get(axum::http::header::CONTENT_TYPE) {
+            req = req.header(axum::http::header::CONTENT_TYPE, ct);
+        }
+        if let Some(t) = &state.token {
+            req = req.bearer_auth(t);
+        }
+        let Ok(resp) = req.send().await else { continue };
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            continue;
+        }
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let body = resp.bytes().await.unwrap_or_default();
+        let mut out = (status, body).into_response();
+        if let Some(ct) = ct.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
+            out.headers_mut()
+                .insert(axum::http::header::CONTENT_TYPE, ct);
+        }
+        if let Ok(v) = axum::http::HeaderValue::from_str(&node) {
+            out.headers_mut().insert("x-mailgate-node", v);
+        }
+        return out;
+    }
+    here
+}

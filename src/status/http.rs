@@ -21,12 +21,19 @@ use super::state::AppState;
 
 /// The router: the pages (with their own state) and the API.
 pub fn router(state: AppState, pages: Arc<PageState>) -> Router {
-    let api = Router::new()
-        .route("/messages", get(list_messages))
+    // A message this node does not hold is looked for on the fleet's other nodes.
+    let one_message = Router::new()
         .route("/messages/{id}", get(get_message))
         .route("/messages/{id}/eml", get(get_eml))
         .route("/messages/{id}/retry", post(retry_one))
         .route("/messages/{id}/cancel", post(cancel_one))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::fleet_view::forward_unknown,
+        ));
+    let api = Router::new()
+        .route("/messages", get(list_messages))
+        .merge(one_message)
         .route("/retry-all", post(retry_all))
         .route("/distributor/pause", post(pause))
         .route("/distributor/resume", post(resume))

@@ -10,7 +10,7 @@
 
 pub mod actions;
 mod api;
-mod fleet_view;
+pub mod fleet_view;
 pub mod http;
 pub mod pages;
 pub mod query;
