@@ -790,6 +790,35 @@ fn viewing_node(redis: &Redis, name: &str, token: &std::path::Path) -> (TestEnv,
     (env, d)
 }
 
+/// The history page's fleet view of a node, signed in with the token.
+async fn fleet_page(d: &DaemonProcess, token: &str, query: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed = http
+        .post(format!("http://{}/signin", d.status))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = http
+        .get(format!("http://{}/messages?fleet=1&{query}", d.status))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
 async fn fleet_list(d: &DaemonProcess, token: &str, query: &str) -> serde_json::Value {
     let r = reqwest::Client::new()
         .get(format!("http://{}/api/messages?fleet=1&{query}", d.status))
@@ -918,6 +947,18 @@ async fn every_node_answers_for_the_fleets_history() {
         assert_eq!(r.status(), 409, "{action}: A answers for its sent message");
         assert_eq!(r.headers()["x-mailgate-node"], "a");
     }
+    // The history page's "Whole fleet" view on B: A's message, with its node, linked
+    // to A's page.
+    let page = fleet_page(b, key, "q=4711").await;
+    assert!(page.contains("<td class=\"node\">a</td>"), "{page}");
+    assert!(
+        page.contains(&format!(
+            "href=\"http://{}/messages/{invoice}\"",
+            nodes[0].1.status
+        )),
+        "{page}"
+    );
+
     // An id no node holds: 404 at once, never passed round the fleet.
     let r = http
         .get(format!(
@@ -977,6 +1018,10 @@ async fn every_node_answers_for_the_fleets_history() {
         .count();
     assert_eq!(from_a, 0);
     assert_eq!(view["messages"].as_array().unwrap().len(), all.len() - 4);
+    let page = fleet_page(&nodes[1].1, key, "limit=500").await;
+    assert!(page.contains("id=\"unreachable\""), "{page}");
+    assert!(page.contains("<li class=\"unreachable\">a: "), "{page}");
+    assert!(page.contains("<td class=\"node\">c</td>"), "{page}");
     for (_, d) in nodes.iter_mut().skip(1) {
         assert_eq!(d.terminate().code(), Some(0));
     }

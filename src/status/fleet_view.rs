@@ -30,6 +30,7 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
         .collect();
     let mut nodes = vec![here.clone()];
     let mut unreachable = Vec::new();
+    let mut urls = serde_json::Map::new();
     let peers = match state.distributor.fleet() {
         Some(f) => f.peers().await,
         None => Some(Vec::new()),
@@ -47,6 +48,7 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
                 .unwrap_or_default();
             let mut asks = tokio::task::JoinSet::new();
             for (node, url) in peers {
+                urls.insert(node.clone(), json!(url));
                 let mut req = http.get(format!("{url}/api/messages")).query(&q.for_peer());
                 if let Some(t) = &state.token {
                     req = req.bearer_auth(t);
@@ -85,7 +87,7 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
     messages.dedup_by(|a, b| a["id"] == b["id"]);
     messages.truncate(limit);
     nodes.sort();
-    json!({ "messages": messages, "nodes": nodes, "unreachable": unreachable })
+    json!({ "messages": messages, "nodes": nodes, "unreachable": unreachable, "status_urls": urls })
 }
 
 fn tagged(mut v: Value, node: &str) -> Value {

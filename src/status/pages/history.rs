@@ -25,6 +25,10 @@ struct Row {
     waiting: String,
     /// Until when, as the pages show times (empty: no time).
     waiting_until: String,
+    /// In the fleet view: the node that holds it.
+    node: String,
+    /// Where its page is: this node's, or the holding node's status listener.
+    href: String,
 }
 
 #[derive(Template)]
@@ -41,6 +45,12 @@ struct Messages {
     error: Option<String>,
     rows: Vec<Row>,
     next: Option<String>,
+    /// This node is part of a fleet: the "Whole fleet" switch is offered.
+    in_fleet: bool,
+    /// The fleet's history is shown (`fleet=1`).
+    fleet: bool,
+    /// In the fleet view: the nodes that did not answer, with why.
+    unreachable: Vec<String>,
 }
 
 pub(super) async fn messages(
@@ -86,6 +96,9 @@ pub(super) async fn messages(
         error: None,
         rows: Vec::new(),
         next: None,
+        in_fleet: state.distributor.fleet().is_some(),
+        fleet: q.wants_fleet() && state.distributor.fleet().is_some(),
+        unreachable: Vec::new(),
     };
     let query = match HistoryQuery::parse(&q) {
         Ok(x) => x,
@@ -94,33 +107,106 @@ pub(super) async fn messages(
             return html(page);
         }
     };
-    match query.run_blocking(state.pipeline.store()).await {
+    let limit = query.limit();
+    let result = query.run_blocking(state.pipeline.store()).await;
+    if page.fleet {
+        return html(fleet_page(&state, &q, page, result, limit).await);
+    }
+    match result {
         Ok((records, next)) => {
             let paused = state.distributor.is_paused();
             page.rows = records
                 .into_iter()
                 .map(|r| row(&crate::status::state::as_shown(r, paused)))
                 .collect();
-            page.next = next.map(|cursor| {
-                let mut url = String::from("/messages?");
-                for (k, v) in [
-                    ("status", &q.status),
-                    ("user", &q.user),
-                    ("provider", &q.provider),
-                    ("since", &q.since),
-                    ("q", &q.q),
-                ] {
-                    if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
-                        url.push_str(&format!("{k}={}&", enc(v)));
-                    }
-                }
-                url.push_str(&format!("before={}", enc(&cursor)));
-                url
-            });
+            page.next =
+                next.map(|cursor| format!("/messages?{}before={}", filters(&q), enc(&cursor)));
         }
         Err(e) => page.error = Some(e.to_string()),
     }
     html(page)
+}
+
+/// The filters of `q` as a query string (`status=..&`), for the next page's link.
+fn filters(q: &ListQuery) -> String {
+    let mut url = String::new();
+    for (k, v) in [
+        ("status", &q.status),
+        ("user", &q.user),
+        ("provider", &q.provider),
+        ("since", &q.since),
+        ("q", &q.q),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            url.push_str(&format!("{k}={}&", enc(v)));
+        }
+    }
+    url
+}
+
+/// The fleet's history (`fleet=1`): this node's records and the other nodes', merged
+/// newest first, each with its node; the nodes that did not answer are named.
+async fn fleet_page(
+    state: &Ctx,
+    q: &ListQuery,
+    mut page: Messages,
+    own: Result<(Vec<Record>, Option<String>), crate::store::StoreError>,
+    limit: usize,
+) -> Messages {
+    let own = match own {
+        Ok((records, _)) => records,
+        Err(e) => {
+            page.error = Some(e.to_string());
+            Vec::new()
+        }
+    };
+    let paused = state.distributor.is_paused();
+    let own = own
+        .into_iter()
+        .map(|r| crate::status::state::as_shown(r, paused))
+        .collect();
+    let merged = crate::status::fleet_view::merged(state, q, own, limit).await;
+    let here = state
+        .distributor
+        .fleet()
+        .map(|f| f.node().to_string())
+        .unwrap_or_default();
+    for m in merged["messages"].as_array().into_iter().flatten() {
+        let Ok(r) = serde_json::from_value::<Record>(m.clone()) else {
+            continue;
+        };
+        let node = m["node"].as_str().unwrap_or_default().to_string();
+        let mut row = row(&r);
+        if node != here
+            && let Some(url) = merged["status_urls"][node.as_str()].as_str()
+        {
+            row.href = format!("{url}/messages/{}", enc(&r.id));
+        }
+        row.node = node;
+        page.rows.push(row);
+    }
+    page.unreachable = merged["unreachable"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| {
+            format!(
+                "{}: {}",
+                u["node"].as_str().unwrap_or("?"),
+                u["error"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    if page.rows.len() >= limit
+        && let Some(last) = page.rows.last()
+    {
+        page.next = Some(format!(
+            "/messages?fleet=1&{}before={}",
+            filters(q),
+            enc(&last.id)
+        ));
+    }
+    page
 }
 
 fn row(r: &Record) -> Row {
@@ -152,5 +238,7 @@ fn row(r: &Record) -> Row {
             .and_then(|w| w.until.as_deref())
             .map(super::shown_time)
             .unwrap_or_default(),
+        node: String::new(),
+        href: format!("/messages/{}", enc(&r.id)),
     }
 }
