@@ -1,5 +1,5 @@
-//! The daemon's quiet helpers, each a task until shutdown: the fleet heartbeat and the
-//! OAuth2 keep-alive that stops a delegated sign-in from ageing out while idle.
+//! The daemon's quiet helpers, each a task until shutdown: the fleet heartbeat (with this
+//! node's queue and open alerts) and the OAuth2 keep-alive that stops a delegated sign-in from ageing out while idle.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ pub async fn fleet_heartbeat(
     fleet: Arc<fleet::Fleet>,
     store: Store,
     distributor: Arc<Distributor>,
+    alerts: Arc<crate::alerts::Alerts>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -23,12 +24,16 @@ pub async fn fleet_heartbeat(
             .await
             .unwrap_or_default();
         let count = |st: history::Status| st.count_in(&counts);
+        let open: Vec<String> = alerts.open().into_iter().map(|c| c.event).collect();
         fleet
-            .heartbeat(serde_json::json!({
-                "queued": count(history::Status::Queued),
-                "deferred": count(history::Status::Deferred),
-                "sending": distributor.sending(),
-            }))
+            .heartbeat(
+                serde_json::json!({
+                    "queued": count(history::Status::Queued),
+                    "deferred": count(history::Status::Deferred),
+                    "sending": distributor.sending(),
+                }),
+                &open,
+            )
             .await;
         tokio::select! {
             _ = tokio::time::sleep(fleet::HEARTBEAT_EVERY) => {}

@@ -203,9 +203,9 @@ impl Daemon {
             shutdown: shutdown_rx.clone(),
             alerts: Arc::new(alerts::Alerts::new(&config)),
         };
+        let alerts = status_state.alerts.clone();
         tasks.push(tokio::spawn(
-            status_state
-                .alerts
+            alerts
                 .clone()
                 .run(status_state.clone(), shutdown_rx.clone()),
         ));
@@ -220,6 +220,7 @@ impl Daemon {
                 f,
                 pipeline.store().clone(),
                 distributor.clone(),
+                alerts.clone(),
                 shutdown_rx.clone(),
             )));
         }

@@ -790,8 +790,8 @@ fn viewing_node(redis: &Redis, name: &str, token: &std::path::Path) -> (TestEnv,
     (env, d)
 }
 
-/// The history page's fleet view of a node, signed in with the token.
-async fn fleet_page(d: &DaemonProcess, token: &str, query: &str) -> String {
+/// A page of a node, signed in with the token.
+async fn page_of(d: &DaemonProcess, token: &str, path: &str) -> String {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -810,7 +810,7 @@ async fn fleet_page(d: &DaemonProcess, token: &str, query: &str) -> String {
         .unwrap()
         .to_string();
     let r = http
-        .get(format!("http://{}/messages?fleet=1&{query}", d.status))
+        .get(format!("http://{}{path}", d.status))
         .header("cookie", cookie)
         .send()
         .await
@@ -949,7 +949,7 @@ async fn every_node_answers_for_the_fleets_history() {
     }
     // The history page's "Whole fleet" view on B: A's message, with its node, linked
     // to A's page.
-    let page = fleet_page(b, key, "q=4711").await;
+    let page = page_of(b, key, "/messages?fleet=1&q=4711").await;
     assert!(page.contains("<td class=\"node\">a</td>"), "{page}");
     assert!(
         page.contains(&format!(
@@ -958,6 +958,17 @@ async fn every_node_answers_for_the_fleets_history() {
         )),
         "{page}"
     );
+
+    // B's dashboard lists the nodes with their queues.
+    let dash = page_of(b, key, "/").await;
+    for n in ["a", "b", "c"] {
+        assert!(
+            dash.contains(&format!(
+                "<tr class=\"node\" data-node=\"{n}\"><td>{n}</td>"
+            )),
+            "{dash}"
+        );
+    }
 
     // An id no node holds: 404 at once, never passed round the fleet.
     let r = http
@@ -1018,7 +1029,7 @@ async fn every_node_answers_for_the_fleets_history() {
         .count();
     assert_eq!(from_a, 0);
     assert_eq!(view["messages"].as_array().unwrap().len(), all.len() - 4);
-    let page = fleet_page(&nodes[1].1, key, "limit=500").await;
+    let page = page_of(&nodes[1].1, key, "/messages?fleet=1&limit=500").await;
     assert!(page.contains("id=\"unreachable\""), "{page}");
     assert!(page.contains("<li class=\"unreachable\">a: "), "{page}");
     assert!(page.contains("<td class=\"node\">c</td>"), "{page}");

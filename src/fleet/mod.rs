@@ -498,8 +498,9 @@ impl Fleet {
         format!("{}:{id}", self.node)
     }
 
-    /// Writes this node's heartbeat (expires by itself).
-    pub async fn heartbeat(&self, queue: serde_json::Value) {
+    /// Writes this node's heartbeat (expires by itself): its queue and the events of its
+    /// open alert conditions.
+    pub async fn heartbeat(&self, queue: serde_json::Value, alerts: &[String]) {
         let key = format!("{}node:{}", self.prefix, self.node);
         let value = serde_json::json!({
             "node": self.node,
@@ -507,6 +508,7 @@ impl Fleet {
             "queue": queue,
             "at_ms": crate::time::now_ms(),
             "status_url": self.status_url,
+            "alerts": alerts,
         })
         .to_string();
         let ttl = crate::time::duration_ms(HEARTBEAT_EVERY * 5);
@@ -604,6 +606,7 @@ impl Fleet {
                     / 1000;
                 serde_json::json!({
                     "node": v["node"], "version": v["version"], "queue": v["queue"], "last_seen_seconds": age,
+                    "alerts": v.get("alerts").cloned().unwrap_or_else(|| serde_json::json!([])),
                 })
             })
             .collect();

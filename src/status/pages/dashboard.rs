@@ -63,12 +63,27 @@ struct Dashboard {
     chains: Vec<ChainRow>,
     /// Open alert conditions: event, what, since.
     alerts: Vec<(String, String, String)>,
+    /// With `[fleet]`: each node alive (name, version, last seen, queued, deferred,
+    /// sending, open alert events), from the fleet store's heartbeats.
+    nodes: Vec<NodeRow>,
     /// Attempts per hour over 24 hours, an SVG of numbers and times only.
     hourly_chart: String,
     /// Attempts per day over 30 days, likewise.
     daily_chart: String,
     /// Totals of the last 24 hours: sent, deferred, failed.
     day_totals: (u64, u64, u64),
+}
+
+/// A fleet node on the dashboard.
+struct NodeRow {
+    node: String,
+    version: String,
+    last_seen: String,
+    queued: u64,
+    deferred: u64,
+    sending: u64,
+    /// Its open alert conditions' events.
+    alerts: String,
 }
 
 pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> Response {
@@ -138,6 +153,7 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
         rejected: m.totals.rejected.load(std::sync::atomic::Ordering::Relaxed),
         providers,
         chains,
+        nodes: fleet_nodes(&state).await,
         alerts: state
             .alerts
             .open()
@@ -151,6 +167,39 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
             })
             .collect(),
     })
+}
+
+/// The fleet's nodes from their heartbeats (none without `[fleet]` or while the fleet
+/// store is away).
+async fn fleet_nodes(state: &Ctx) -> Vec<NodeRow> {
+    let Some(f) = state.distributor.fleet() else {
+        return Vec::new();
+    };
+    let Some((nodes, _)) = f.overview(&[]).await else {
+        return Vec::new();
+    };
+    let mut rows: Vec<NodeRow> = nodes
+        .iter()
+        .map(|n| NodeRow {
+            node: n["node"].as_str().unwrap_or_default().to_string(),
+            version: n["version"].as_str().unwrap_or_default().to_string(),
+            last_seen: format!("{} s ago", n["last_seen_seconds"].as_u64().unwrap_or(0)),
+            queued: n["queue"]["queued"].as_u64().unwrap_or(0),
+            deferred: n["queue"]["deferred"].as_u64().unwrap_or(0),
+            sending: n["queue"]["sending"].as_u64().unwrap_or(0),
+            alerts: n["alerts"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.node.cmp(&b.node));
+    rows
 }
 
 /// One provider's row: its limits as bars, its last error and sign-in in words.
