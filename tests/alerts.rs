@@ -234,12 +234,7 @@ async fn failures_are_summed_held_fires_and_resolves_in_three_formats() {
             .any(|a| a["event"] == "held" && a["provider"] == "held"),
         "{st:#}"
     );
-    let page = reqwest::get(format!("http://{}/", d.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = d.get_text("/").await;
     assert!(
         page.contains("<li class=\"alert\" data-event=\"held\">"),
         "{page}"
@@ -267,12 +262,7 @@ async fn failures_are_summed_held_fires_and_resolves_in_three_formats() {
             .is_some_and(|t| t.contains("RESOLVED held"))
     })
     .await;
-    let m = reqwest::get(format!("http://{}/metrics", d.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = d.get_text("/metrics").await;
     assert!(
         m.contains("mailgate_alerts_sent_total{alert=\"ops\",event=\"failed\"} 2"),
         "firing and resolved: {m}"
@@ -299,12 +289,7 @@ async fn an_alert_the_receiver_missed_arrives_later_once_across_a_restart() {
         |v| v["message"] == "cannot deliver an alert; trying again later",
         Duration::from_secs(20),
     );
-    let m = reqwest::get(format!("http://{}/metrics", d.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = d.get_text("/metrics").await;
     assert!(
         m.contains("mailgate_alert_failures_total{alert=\"ops\"} 1"),
         "{m}"
@@ -476,12 +461,7 @@ async fn the_prometheus_rules_use_exported_metrics_and_pass_promtool() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let exported = reqwest::get(format!("http://{}/metrics", d.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exported = d.get_text("/metrics").await;
     let mut used: Vec<&str> = rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("mailgate_"))

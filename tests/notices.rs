@@ -13,28 +13,6 @@ use std::time::{Duration, Instant};
 use common::upstream::{Received, Script, Upstream};
 use common::{DaemonProcess, TestEnv, cli, queued_id, send_once, write};
 
-async fn get_json(d: &DaemonProcess, path: &str) -> serde_json::Value {
-    reqwest::get(format!("http://{}{path}", d.status))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// Waits (bounded) until the record of `id` is finished; returns it.
-async fn finished(d: &DaemonProcess, id: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = get_json(d, &format!("/api/messages/{id}")).await;
-        if ["sent", "failed", "partial"].contains(&r["status"].as_str().unwrap_or("")) {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "not finished in time: {r:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn submit(d: &DaemonProcess, from: &str, rcpts: &[&str], extra: &str) -> String {
     let body = format!(
         "From: ERP <erp@erp.local>\r\nSubject: Statement 4711\r\nMessage-ID: <st-4711@erp.local>\r\n{extra}\r\nYour statement.\r\n"
@@ -127,7 +105,7 @@ async fn a_failed_message_bounces_to_its_sender_as_a_delivery_status_report() {
 
     // Failed: one report, through the provider, to the rewritten sender.
     let failed = submit(&d, "erp@erp.local", &["gone@example.com"], "").await;
-    let r = finished(&d, &failed).await;
+    let r = d.finished(&failed).await;
     assert_eq!(r["status"], "failed");
     let bounces = to(&up, "billing@contoso.com", 1).await;
     assert_eq!(bounces[0].from, "postmaster@contoso.com");
@@ -185,7 +163,7 @@ async fn a_failed_message_bounces_to_its_sender_as_a_delivery_status_report() {
     let links = r["notices"].as_array().unwrap();
     assert_eq!(links.len(), 1, "{r:#}");
     assert_eq!(links[0]["kind"], "bounce");
-    let notice = finished(&d, links[0]["id"].as_str().unwrap()).await;
+    let notice = d.finished(links[0]["id"].as_str().unwrap()).await;
     assert_eq!(notice["status"], "sent", "{notice:#}");
     assert_eq!(notice["notice_of"]["id"], failed.as_str());
     assert_eq!(notice["recipients"][0]["address"], "billing@contoso.com");
@@ -196,12 +174,7 @@ async fn a_failed_message_bounces_to_its_sender_as_a_delivery_status_report() {
         "{out}"
     );
 
-    let page = reqwest::get(format!("http://{}/messages/{failed}", d.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = d.get_text(&format!("/messages/{failed}")).await;
     let nid = links[0]["id"].as_str().unwrap();
     assert!(
         page.contains(&format!(
@@ -209,12 +182,7 @@ async fn a_failed_message_bounces_to_its_sender_as_a_delivery_status_report() {
         )),
         "{page}"
     );
-    let page = reqwest::get(format!("http://{}/messages/{nid}", d.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = d.get_text(&format!("/messages/{nid}")).await;
     assert!(
         page.contains(&format!(
             "<a class=\"notice-of\" href=\"/messages/{failed}\">{failed}</a>"
@@ -230,7 +198,7 @@ async fn a_failed_message_bounces_to_its_sender_as_a_delivery_status_report() {
         "",
     )
     .await;
-    assert_eq!(finished(&d, &partial).await["status"], "partial");
+    assert_eq!(d.finished(&partial).await["status"], "partial");
     let bounces = to(&up, "billing@contoso.com", 2).await;
     let p = &parsed(&env, &bounces[1..])[0];
     let rc = p["recipients"].as_array().unwrap();
@@ -261,24 +229,24 @@ async fn a_failed_message_bounces_to_its_sender_as_a_delivery_status_report() {
     )
     .await;
     for id in [&null, &auto, &test] {
-        let r = finished(&d, id).await;
+        let r = d.finished(id).await;
         assert_eq!(r["status"], "failed");
         assert!(r.get("notices").is_none(), "{r:#}");
     }
 
     // A notice that fails itself is not answered: one hop, then nothing.
-    let all_before = get_json(&d, "/api/messages?limit=500").await;
+    let all_before = d.get_json("/api/messages?limit=500").await;
     let before = all_before.as_array().unwrap().len();
     up.set_script(refusing().reply(
         "rcpt:billing@contoso.com",
         "550 5.1.1 <billing@contoso.com>: User unknown",
     ));
     let looped = submit(&d, "erp@erp.local", &["gone@example.com"], "").await;
-    let r = finished(&d, &looped).await;
-    let notice = finished(&d, r["notices"][0]["id"].as_str().unwrap()).await;
+    let r = d.finished(&looped).await;
+    let notice = d.finished(r["notices"][0]["id"].as_str().unwrap()).await;
     assert_eq!(notice["status"], "failed", "{notice:#}");
     assert!(notice.get("notices").is_none(), "{notice:#}");
-    let all = get_json(&d, "/api/messages?limit=500").await;
+    let all = d.get_json("/api/messages?limit=500").await;
     assert_eq!(
         all.as_array().unwrap().len(),
         before + 2,
@@ -308,7 +276,7 @@ async fn a_message_that_waits_gets_one_delay_notice() {
     // It keeps being retried, and no second notice comes.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = get_json(&d, &format!("/api/messages/{id}")).await;
+        let r = d.get_json(&format!("/api/messages/{id}")).await;
         if r["attempts"].as_array().unwrap().len() >= 4 {
             assert_eq!(r["notices"].as_array().unwrap().len(), 1, "{r:#}");
             assert_eq!(r["notices"][0]["kind"], "delay");

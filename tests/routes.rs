@@ -25,37 +25,6 @@ async fn submit(d: &DaemonProcess, from: &str, rcpts: &[&str]) -> String {
     queued_id(&reply).unwrap_or_else(|| panic!("not accepted: {reply}"))
 }
 
-async fn get_json(d: &DaemonProcess, path: &str) -> serde_json::Value {
-    reqwest::get(format!("http://{}{path}", d.status))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn metrics(d: &DaemonProcess) -> String {
-    reqwest::get(format!("http://{}/metrics", d.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// Waits (bounded) until the record of `id` is finished; returns it.
-async fn finished(d: &DaemonProcess, id: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = get_json(d, &format!("/api/messages/{id}")).await;
-        if ["sent", "failed", "partial"].contains(&r["status"].as_str().unwrap_or("")) {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "not finished in time: {r:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn provider<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["providers"]
         .as_array()
@@ -124,12 +93,12 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
         ),
     );
     let d = DaemonProcess::start(&env.config_path);
-    let st = get_json(&d, "/status").await;
+    let st = d.get_json("/status").await;
     assert_eq!(circuit(&st, "first"), "closed");
 
     // 1. Nothing listens at the first: refused, so the second takes it.
     let m1 = submit(&d, "app@erp.local", &["a@example.com"]).await;
-    let r1 = finished(&d, &m1).await;
+    let r1 = d.finished(&m1).await;
     assert_eq!(r1["status"], "sent", "{r1:#}");
     assert_eq!(
         attempts(&r1),
@@ -146,7 +115,7 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
     // 2. The first comes up but refuses the password: auth-failed, the second takes it.
     let first = Upstream::start_at(first_port, accepting("relay@contoso.com", "other")).await;
     let m2 = submit(&d, "app@erp.local", &["b@example.com"]).await;
-    let r2 = finished(&d, &m2).await;
+    let r2 = d.finished(&m2).await;
     assert_eq!(
         attempts(&r2),
         [
@@ -164,7 +133,7 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
         "550 5.7.30 Basic authentication is not supported for Client Submission.",
     ));
     let m3 = submit(&d, "app@erp.local", &["c@example.com"]).await;
-    let r3 = finished(&d, &m3).await;
+    let r3 = d.finished(&m3).await;
     assert_eq!(
         attempts(&r3),
         [
@@ -175,23 +144,18 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
     );
     assert_eq!(second.messages().len(), 3);
     assert!(first.messages().is_empty());
-    let st = get_json(&d, "/status").await;
+    let st = d.get_json("/status").await;
     assert_eq!(circuit(&st, "first"), "open", "{st:#}");
     assert!(
         provider(&st, "first")["circuit_open_until"].is_string(),
         "{st:#}"
     );
-    let page = reqwest::get(format!("http://{}/", d.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = d.get_text("/").await;
     assert!(
         page.contains("<td class=\"circuit\" data-provider=\"first\"><span class=\"badge circuit-open\">open</span> <span class=\"muted\">skipped after repeated failures until"),
         "the dashboard shows the open circuit: {page}"
     );
-    let m = metrics(&d).await;
+    let m = d.get_text("/metrics").await;
     assert!(
         m.contains("mailgate_provider_circuit_open{provider=\"first\"} 1"),
         "{m}"
@@ -209,11 +173,11 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
     first.set_script(working.clone());
     let tried = first.connections.load(Ordering::SeqCst);
     let m4 = submit(&d, "app@erp.local", &["d@example.com"]).await;
-    let r4 = finished(&d, &m4).await;
+    let r4 = d.finished(&m4).await;
     assert_eq!(attempts(&r4), [("second".into(), String::new())], "{r4:#}");
     assert_eq!(first.connections.load(Ordering::SeqCst), tried);
     assert_eq!(second.messages().len(), 4);
-    let m = metrics(&d).await;
+    let m = d.get_text("/metrics").await;
     assert!(
         m.contains("mailgate_failovers_total{from=\"first\",to=\"second\"} 4"),
         "three failures and one skip: {m}"
@@ -222,18 +186,18 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
     // 5. After the cool-down one message probes the first; it works and closes the
     // circuit.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while circuit(&get_json(&d, "/status").await, "first") != "half-open" {
+    while circuit(&d.get_json("/status").await, "first") != "half-open" {
         assert!(Instant::now() < deadline, "the cool-down ends");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let m5 = submit(&d, "app@erp.local", &["e@example.com"]).await;
-    let r5 = finished(&d, &m5).await;
+    let r5 = d.finished(&m5).await;
     assert_eq!(attempts(&r5), [("first".into(), String::new())], "{r5:#}");
     assert_eq!(first.messages().len(), 1);
     assert_eq!(first.messages()[0].rcpts, ["e@example.com"]);
-    assert_eq!(circuit(&get_json(&d, "/status").await, "first"), "closed");
+    assert_eq!(circuit(&d.get_json("/status").await, "first"), "closed");
     assert!(
-        metrics(&d)
+        d.get_text("/metrics")
             .await
             .contains("mailgate_provider_circuit_open{provider=\"first\"} 0")
     );
@@ -245,10 +209,10 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
     ));
     for n in 0..3 {
         let id = submit(&d, "app@erp.local", &[&format!("f{n}@example.com")]).await;
-        finished(&d, &id).await;
+        d.finished(&id).await;
     }
     assert_eq!(second.messages().len(), 7);
-    assert_ne!(circuit(&get_json(&d, "/status").await, "first"), "closed");
+    assert_ne!(circuit(&d.get_json("/status").await, "first"), "closed");
     first.set_script(working);
     let (code, out, err) = cli(&env, &["verify", "--provider", "first"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -257,14 +221,14 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
         out.contains("first: its circuit was open; closed"),
         "{out}{err}"
     );
-    assert_eq!(circuit(&get_json(&d, "/status").await, "first"), "closed");
+    assert_eq!(circuit(&d.get_json("/status").await, "first"), "closed");
     let m8 = submit(&d, "app@erp.local", &["g@example.com"]).await;
-    let r8 = finished(&d, &m8).await;
+    let r8 = d.finished(&m8).await;
     assert_eq!(attempts(&r8), [("first".into(), String::new())], "{r8:#}");
 
     // 7. A 550 refuses the recipient: failed, never moved on.
     let m6 = submit(&d, "app@erp.local", &["gone@example.com"]).await;
-    let r6 = finished(&d, &m6).await;
+    let r6 = d.finished(&m6).await;
     assert_eq!(r6["status"], "failed", "{r6:#}");
     assert_eq!(
         attempts(&r6),
@@ -298,7 +262,7 @@ async fn recipients_under_different_routes_go_out_once_per_chain_with_the_same_b
     let d = DaemonProcess::start(&env.config_path);
 
     let id = submit(&d, "app@erp.local", &["a@contoso.com", "b@example.com"]).await;
-    let r = finished(&d, &id).await;
+    let r = d.finished(&id).await;
     assert_eq!(r["status"], "sent", "{r:#}");
     let (i, e) = (internal.wait_for(1).await, external.wait_for(1).await);
     assert_eq!(i.len(), 1);
@@ -337,12 +301,7 @@ async fn recipients_under_different_routes_go_out_once_per_chain_with_the_same_b
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("sent     a@contoso.com via internal"), "{out}");
     assert!(out.contains("sent     b@example.com via external"), "{out}");
-    let page = reqwest::get(format!("http://{}/messages/{id}", d.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = d.get_text(&format!("/messages/{id}")).await;
     assert!(
         page.contains("<td>a@contoso.com</td><td><span class=\"badge sent\">sent</span></td><td class=\"provider\">internal</td>"),
         "{page}"
@@ -350,7 +309,7 @@ async fn recipients_under_different_routes_go_out_once_per_chain_with_the_same_b
 
     // The erp user's chain wins over the default one; the route wins over both.
     let id = submit(&d, "erp@erp.local", &["x@example.com", "y@contoso.com"]).await;
-    let r = finished(&d, &id).await;
+    let r = d.finished(&id).await;
     assert_eq!(r["status"], "sent", "{r:#}");
     let e = erp.wait_for(1).await;
     assert_eq!(e[0].rcpts, ["x@example.com"]);
@@ -363,12 +322,7 @@ async fn recipients_under_different_routes_go_out_once_per_chain_with_the_same_b
     );
 
     // The dashboard shows the chains.
-    let page = reqwest::get(format!("http://{}/", d.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = d.get_text("/").await;
     assert!(page.contains("internal → external"), "{page}");
     assert!(page.contains("*@contoso.com"), "{page}");
 }
@@ -454,7 +408,7 @@ async fn graph_falls_back_to_smtp_and_smtp_to_graph() {
     let d = DaemonProcess::start(&env.config_path);
 
     let id = submit(&d, "a@erp.local", &["x@example.com"]).await;
-    let r = finished(&d, &id).await;
+    let r = d.finished(&id).await;
     assert_eq!(r["status"], "sent", "{r:#}");
     assert_eq!(
         attempts(&r),
@@ -469,7 +423,7 @@ async fn graph_falls_back_to_smtp_and_smtp_to_graph() {
 
     ms.with(|s| s.graph_reply = None);
     let id = submit(&d, "b@erp.local", &["y@example.com"]).await;
-    let r = finished(&d, &id).await;
+    let r = d.finished(&id).await;
     assert_eq!(
         attempts(&r),
         [
@@ -514,7 +468,7 @@ async fn a_reload_applies_chain_changes_to_waiting_and_new_mail() {
     let held = submit(&d, "app@erp.local", &["a@example.com"]).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = get_json(&d, &format!("/api/messages/{held}")).await;
+        let r = d.get_json(&format!("/api/messages/{held}")).await;
         if r["status"] == "deferred" {
             assert_eq!(r["waiting"]["reason"], "connection-failed", "{r:#}");
             break;
@@ -538,7 +492,7 @@ async fn a_reload_applies_chain_changes_to_waiting_and_new_mail() {
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let (code, out, err) = cli(&env, &["retry", &held]);
     assert_eq!(code, 0, "{out}{err}");
-    let r = finished(&d, &held).await;
+    let r = d.finished(&held).await;
     assert_eq!(r["status"], "sent", "{r:#}");
     assert_eq!(
         attempts(&r).last().unwrap(),
@@ -547,7 +501,7 @@ async fn a_reload_applies_chain_changes_to_waiting_and_new_mail() {
     assert_eq!(one.wait_for(1).await[0].rcpts, ["a@example.com"]);
 
     let id = submit(&d, "app@erp.local", &["b@contoso.com"]).await;
-    let r = finished(&d, &id).await;
+    let r = d.finished(&id).await;
     assert_eq!(attempts(&r), [("two".into(), String::new())], "{r:#}");
     assert_eq!(two.wait_for(1).await[0].rcpts, ["b@contoso.com"]);
 }

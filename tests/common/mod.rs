@@ -191,6 +191,41 @@ impl DaemonProcess {
     }
 }
 
+impl DaemonProcess {
+    /// GET a path of the status listener (no token) as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(format!("http://{}{path}", self.status))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// GET a path of the status listener (no token) as text: a page, `/metrics`.
+    pub async fn get_text(&self, path: &str) -> String {
+        reqwest::get(format!("http://{}{path}", self.status))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded) until the record of `id` is finished; returns it.
+    pub async fn finished(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.get_json(&format!("/api/messages/{id}")).await;
+            if ["sent", "failed", "partial"].contains(&r["status"].as_str().unwrap_or("")) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "not finished in time: {r:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl Drop for DaemonProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
