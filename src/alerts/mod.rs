@@ -132,38 +132,26 @@ impl Alerts {
         }
     }
 
-    /// The conditions open now, oldest first (`/status` `alerts`, the dashboard).
+    /// The conditions open now, oldest first (`/status` `alerts`, the dashboard): the
+    /// open set, and a `failed` digest while it fires.
     pub fn open(&self) -> Vec<Condition> {
-        let mut v: Vec<Condition> = self
-            .state
-            .lock()
-            .map(|s| s.open.values().cloned().collect())
-            .unwrap_or_default();
-        for (_, d) in self
-            .state
-            .lock()
-            .map(|s| s.digests.clone())
-            .unwrap_or_default()
-        {
-            if d.firing && !v.iter().any(|c| c.event == "failed") {
-                v.push(Condition {
-                    event: "failed".into(),
-                    provider: None,
-                    summary: "messages failed recently".into(),
-                    details: String::new(),
-                    since_ms: d.last_sent_ms,
-                    messages: Vec::new(),
-                    count: d.count,
-                });
-            }
+        let Ok(s) = self.state.lock() else {
+            return Vec::new();
+        };
+        let mut v: Vec<Condition> = s.open.values().cloned().collect();
+        if let Some(d) = s.digests.values().find(|d| d.firing) {
+            v.push(Condition {
+                event: "failed".into(),
+                provider: None,
+                summary: "messages failed recently".into(),
+                details: String::new(),
+                since_ms: d.last_sent_ms,
+                messages: Vec::new(),
+                count: d.count,
+            });
         }
         v.sort_by_key(|c| c.since_ms);
         v
-    }
-
-    /// Alerts not yet delivered.
-    pub fn undelivered(&self) -> usize {
-        self.state.lock().map_or(0, |s| s.outbox.len())
     }
 
     fn save(&self, s: &Persisted) {
