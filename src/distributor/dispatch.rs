@@ -55,6 +55,14 @@ impl Drop for Slot {
 }
 
 impl Distributor {
+    /// How many more deliveries a provider has room for on this node now.
+    fn room(&self, provider: &str, routing: &Routing) -> usize {
+        let max = routing.limits(provider).1;
+        self.providers.lock().map_or(0, |map| {
+            max.saturating_sub(map.get(provider).map_or(0, |st| st.in_flight))
+        })
+    }
+
     fn busy_providers(&self, routing: &Routing) -> HashSet<String> {
         self.providers.lock().map_or_else(
             |_| HashSet::new(),
@@ -77,6 +85,11 @@ impl Distributor {
         };
         let mut held = Vec::new();
         let mut next = None;
+        // First the sends due now (as many as the providers and the slots have room
+        // for), then their admission as one batch (one call to the fleet store).
+        let mut sends = Vec::new();
+        let mut room: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut slots = self.slots.available_permits();
         for (due, record) in candidates {
             let Some(mut record) = record else {
                 next = Some(due.saturating_sub(now));
@@ -94,14 +107,33 @@ impl Distributor {
                     continue;
                 }
             };
-            let pending = u32::try_from(group.rcpts.len()).unwrap_or(u32::MAX);
+            if slots == 0 {
+                break;
+            }
+            let left = room
+                .entry(group.provider.clone())
+                .or_insert_with(|| self.room(&group.provider, &routing));
+            if *left == 0 {
+                continue;
+            }
+            *left -= 1;
+            slots -= 1;
+            sends.push((record, group));
+        }
+        let batch: Vec<(&str, &Record, u32)> = sends
+            .iter()
+            .map(|(r, g)| {
+                let pending = u32::try_from(g.rcpts.len()).unwrap_or(u32::MAX);
+                (g.provider.as_str(), r, pending)
+            })
+            .collect();
+        let admits = self.admit(&batch, &routing, now).await;
+        for ((mut record, group), admit) in sends.into_iter().zip(admits) {
             let Some(Admit {
                 verdict,
                 bypassed,
                 per_day,
-            }) = self
-                .admit((&group.provider, &record), pending, &routing, now)
-                .await
+            }) = admit
             else {
                 continue;
             };
@@ -136,9 +168,10 @@ impl Distributor {
                     held.push((record, Some(due)));
                 }
                 Verdict::Send => {
+                    // Every admitted send is settled, the ones without a slot too.
                     let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                         self.settle(&group.provider, &record.id, 0, None);
-                        break;
+                        continue;
                     };
                     // A cancel in progress holds the id: then it is not sent.
                     let claimed = self
@@ -266,7 +299,7 @@ impl Distributor {
             provider: provider.clone(),
             armed: true,
         };
-        let lease = self.take_lease(&provider, &id).await;
+        let lease = self.take_lease(&provider).await;
         let (sent, error, recorded) = match self.attempt(record, &group, at, bypassed).await {
             Ok(r) => r,
             Err(e) => {
@@ -275,7 +308,7 @@ impl Distributor {
                 (0, None, true)
             }
         };
-        self.release_lease(&provider, lease).await;
+        self.release_lease(lease).await;
         slot.armed = false;
         self.settle(&provider, &id, sent, error);
         // An outcome the store could not record keeps its message in flight until it is.

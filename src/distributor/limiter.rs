@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::throttle::{Limits, MAX_THROTTLE_DEFERRALS, Verdict};
 use super::{Distributor, Routing};
@@ -21,8 +20,17 @@ pub(super) struct Admit {
     pub(super) per_day: u32,
 }
 
-/// A fleet-wide connection lease held by a delivery: its renewal and its token.
-pub(super) type Lease = Option<(tokio::task::JoinHandle<()>, String)>;
+/// One send to admit: its provider and message, the limits in force, its recipients.
+pub(super) struct Ask<'a> {
+    provider: &'a str,
+    id: &'a str,
+    limits: Limits,
+    max_conn: usize,
+    pending: u32,
+    /// After ten throttle deferrals it passes a full per-minute window.
+    bypass: bool,
+    now: u64,
+}
 
 /// The windows a provider's limits are kept in beyond this node: none for a node alone,
 /// the fleet store (Redis) for a fleet. This node's own windows (`Distributor::providers`)
@@ -71,40 +79,52 @@ impl Shared {
         }
     }
 
-    async fn reserve(
-        &self,
-        (provider, id): (&str, &str),
-        (limits, max_conn): (Limits, usize),
-        pending: u32,
-        bypass: bool,
-        now: u64,
-    ) -> Ruling {
+    /// The shared windows' rulings for a batch of sends, in order, in one call to the
+    /// fleet store (another node's wait for a lease is noted in `leases`).
+    async fn reserve(&self, asks: &[Ask<'_>], leases: &super::leases::Leases) -> Vec<Ruling> {
         let Shared::Fleet { fleet: f, .. } = self else {
-            return Ruling::Local(limits, max_conn, false);
+            return asks
+                .iter()
+                .map(|a| Ruling::Local(a.limits, a.max_conn, false))
+                .collect();
         };
-        match f
-            .reserve(
-                provider,
-                limits.per_minute,
-                limits.per_day,
-                id,
-                pending,
-                bypass,
-            )
-            .await
-        {
-            Some(Decision::Go { bypassed }) => Ruling::Decided(Verdict::Send, bypassed),
-            Some(Decision::Wait(ms)) => Ruling::Decided(Verdict::Throttled(now + ms), false),
-            Some(Decision::DailyQuota(ms)) => Ruling::Decided(Verdict::DailyQuota(now + ms), false),
-            None => Ruling::Local(
-                Limits {
-                    per_minute: f.share(limits.per_minute),
-                    per_day: f.share(limits.per_day),
-                },
-                (f.share(u32::try_from(max_conn).unwrap_or(u32::MAX)) as usize).max(1),
-                true,
-            ),
-        }
+        let fleet_asks: Vec<crate::fleet::Ask> = asks
+            .iter()
+            .map(|a| crate::fleet::Ask {
+                provider: a.provider,
+                per_minute: a.limits.per_minute,
+                per_day: a.limits.per_day,
+                id: a.id,
+                rcpts: a.pending,
+                bypass_minute: a.bypass,
+            })
+            .collect();
+        let Some(reserved) = f.reserve(&fleet_asks).await else {
+            return asks
+                .iter()
+                .map(|a| {
+                    Ruling::Local(
+                        Limits {
+                            per_minute: f.share(a.limits.per_minute),
+                            per_day: f.share(a.limits.per_day),
+                        },
+                        f.share_of(a.max_conn),
+                        true,
+                    )
+                })
+                .collect();
+        };
+        leases.wanted(&reserved.wanted);
+        reserved
+            .decisions
+            .into_iter()
+            .zip(asks)
+            .map(|(d, a)| match d {
+                Decision::Go { bypassed } => Ruling::Decided(Verdict::Send, bypassed),
+                Decision::Wait(ms) => Ruling::Decided(Verdict::Throttled(a.now + ms), false),
+                Decision::DailyQuota(ms) => Ruling::Decided(Verdict::DailyQuota(a.now + ms), false),
+            })
+            .collect()
     }
 
     /// A send admitted: its shared reservation is remembered (to give back if nothing
@@ -148,75 +168,80 @@ impl Shared {
 }
 
 impl Distributor {
-    /// The verdict for `pending` recipients of message `id` through `provider` now
-    /// (`record` says how often the per-minute limit held it back); None when the
-    /// provider has no room for another delivery (it is looked at again when one ends). A
-    /// send is counted in the windows at once (and reserved in the fleet's);
+    /// The verdicts for a batch of sends, in order: `pending` recipients of a message
+    /// through a provider now (the record says how often the per-minute limit held it
+    /// back); None when the provider has no room for another delivery (it is looked at
+    /// again when one ends). In a fleet, the whole batch is one call to the fleet store.
+    /// A send is counted in the windows at once (and reserved in the fleet's);
     /// [`Distributor::settle`] confirms or gives it back.
     pub(super) async fn admit(
         &self,
-        (provider, record): (&str, &Record),
-        pending: u32,
+        batch: &[(&str, &Record, u32)],
         routing: &Routing,
         now: u64,
-    ) -> Option<Admit> {
-        let (limits, max_conn) = routing.limits(provider);
-        let id = record.id.as_str();
-        let bypass = record.throttle_deferrals >= MAX_THROTTLE_DEFERRALS;
-        if self.provider_full(provider, max_conn) {
-            return None;
-        }
-        let ruling = self
-            .shared
-            .reserve((provider, id), (limits, max_conn), pending, bypass, now)
-            .await;
-        let (limits, max_conn, decided) = match ruling {
-            Ruling::Decided(v, b) => (limits, max_conn, Some((v, b))),
+    ) -> Vec<Option<Admit>> {
+        let asks: Vec<Ask> = batch
+            .iter()
+            .map(|(provider, record, pending)| {
+                let (limits, max_conn) = routing.limits(provider);
+                Ask {
+                    provider,
+                    id: record.id.as_str(),
+                    limits,
+                    max_conn,
+                    pending: *pending,
+                    bypass: record.throttle_deferrals >= MAX_THROTTLE_DEFERRALS,
+                    now,
+                }
+            })
+            .collect();
+        let rulings = self.shared.reserve(&asks, &self.leases).await;
+        asks.iter()
+            .zip(rulings)
+            .map(|(a, ruling)| self.admit_one(a, &ruling))
+            .collect()
+    }
+
+    /// One send's verdict after the shared windows' ruling: this node's connections, and
+    /// its own windows when it decides alone.
+    fn admit_one(&self, a: &Ask, ruling: &Ruling) -> Option<Admit> {
+        let (provider, id, pending, now) = (a.provider, a.id, a.pending, a.now);
+        let (limits, max_conn, decided) = match *ruling {
+            Ruling::Decided(v, b) => (a.limits, a.max_conn, Some((v, b))),
             Ruling::Local(l, m, _) => (l, m, None),
         };
-        let (verdict, bypassed) = {
-            let Ok(mut map) = self.providers.lock() else {
-                return None;
-            };
-            let st = map.entry(provider.to_string()).or_default();
-            if st.in_flight >= max_conn {
-                if let Some((Verdict::Send, _)) = decided {
-                    self.shared.give_back_later(provider, id, pending);
-                }
-                return None;
-            }
-            // A message throttled ten times goes regardless (the attempt says so).
-            let (verdict, bypassed) =
-                match decided.unwrap_or_else(|| (st.windows.check(limits, now, pending), false)) {
-                    (Verdict::Throttled(_), _) if bypass => (Verdict::Send, true),
-                    d => d,
-                };
-            if verdict == Verdict::Send {
-                self.shared.admitted(&ruling, (provider, id), pending, now);
-            }
-            match verdict {
-                Verdict::Throttled(_) => st.throttle_deferrals += 1,
-                Verdict::DailyQuota(_) => {}
-                Verdict::Send => {
-                    st.windows.take(now, id, pending);
-                    st.in_flight += 1;
-                }
-            }
-            (verdict, bypassed)
+        let Ok(mut map) = self.providers.lock() else {
+            return None;
         };
+        let st = map.entry(provider.to_string()).or_default();
+        if st.in_flight >= max_conn {
+            if let Some((Verdict::Send, _)) = decided {
+                self.shared.give_back_later(provider, id, pending);
+            }
+            return None;
+        }
+        // A message throttled ten times goes regardless (the attempt says so).
+        let (verdict, bypassed) =
+            match decided.unwrap_or_else(|| (st.windows.check(limits, now, pending), false)) {
+                (Verdict::Throttled(_), _) if a.bypass => (Verdict::Send, true),
+                d => d,
+            };
+        if verdict == Verdict::Send {
+            self.shared.admitted(ruling, (provider, id), pending, now);
+        }
+        match verdict {
+            Verdict::Throttled(_) => st.throttle_deferrals += 1,
+            Verdict::DailyQuota(_) => {}
+            Verdict::Send => {
+                st.windows.take(now, id, pending);
+                st.in_flight += 1;
+            }
+        }
         Some(Admit {
             verdict,
             bypassed,
             per_day: limits.per_day,
         })
-    }
-
-    /// Whether a provider has no room for another delivery on this node.
-    fn provider_full(&self, provider: &str, max_conn: usize) -> bool {
-        self.providers
-            .lock()
-            .map(|m| m.get(provider).is_some_and(|st| st.in_flight >= max_conn))
-            .unwrap_or(true)
     }
 
     /// Confirms a dispatched send's place in its provider's windows (`sent_rcpts`), or
@@ -230,44 +255,6 @@ impl Distributor {
             st.circuit.abandoned();
             if let Some(e) = error {
                 st.last_error = Some((e, crate::time::now_ms()));
-            }
-        }
-    }
-
-    /// Waits for one of the provider's fleet-wide connection leases (None without
-    /// [fleet] or while the store is away: the local limits apply then).
-    pub(super) async fn take_lease(&self, provider: &str, id: &str) -> Lease {
-        let f = self.shared.fleet()?.clone();
-        let max = self.routing().limits(provider).1;
-        let token = f.token(id);
-        // Bounded: a lease held by a dead node expires after LEASE_TTL.
-        for _ in 0..15_000 {
-            match f.lease(provider, max, &token).await {
-                Some(true) => {
-                    let (f2, p, t) = (f.clone(), provider.to_string(), token.clone());
-                    let renew = tokio::spawn(async move {
-                        let mut tick = tokio::time::interval(crate::fleet::LEASE_TTL / 3);
-                        tick.tick().await;
-                        loop {
-                            tick.tick().await;
-                            let _ = f2.lease(&p, max, &t).await;
-                        }
-                    });
-                    return Some((renew, token));
-                }
-                Some(false) => tokio::time::sleep(Duration::from_millis(10)).await,
-                None => return None,
-            }
-        }
-        None
-    }
-
-    /// Frees a lease taken by [`Distributor::take_lease`].
-    pub(super) async fn release_lease(&self, provider: &str, lease: Lease) {
-        if let Some((renew, token)) = lease {
-            renew.abort();
-            if let Some(f) = self.shared.fleet() {
-                f.unlease(provider, &token).await;
             }
         }
     }

@@ -9,6 +9,7 @@ mod cancel;
 mod chain;
 pub mod circuit;
 mod dispatch;
+mod leases;
 mod limiter;
 mod notice;
 pub mod outcome;
@@ -70,7 +71,7 @@ impl Routing {
         let ctx = ProviderContext {
             hostname: c.smtp.hostname.clone(),
             secrets: crate::secrets::SecretStore::beside(&c.store.path),
-            reuse_connections: c.fleet.is_none(),
+            reuse_connections: true,
         };
         Routing {
             providers: c
@@ -212,6 +213,8 @@ pub struct Distributor {
     damaged: Mutex<HashSet<String>>,
     /// The windows kept beyond this node: none alone, the fleet store's in a fleet.
     shared: limiter::Shared,
+    /// The fleet-wide connection leases this node holds (fleet mode).
+    leases: leases::Leases,
 }
 
 impl Distributor {
@@ -248,6 +251,7 @@ impl Distributor {
             cooldown: Mutex::new(HashMap::new()),
             damaged: Mutex::new(HashSet::new()),
             shared: limiter::Shared::Alone,
+            leases: leases::Leases::default(),
             clock: Clock {
                 base_ms: now_ms(),
                 base: tokio::time::Instant::now(),
@@ -460,6 +464,10 @@ impl Distributor {
         if let Err(e) = self.release_held().await {
             tracing::error!(error = %e, "cannot release held mail");
         }
+        let keeper = self
+            .fleet()
+            .is_some()
+            .then(|| tokio::spawn(self.clone().keep_leases()));
         let mut backoff = unrecorded::FIRST_BACKOFF;
         loop {
             if *shutdown.borrow() {
@@ -494,6 +502,10 @@ impl Distributor {
                 "deliveries still running at the shutdown deadline; they stay queued"
             );
             tasks.abort_all();
+        }
+        if let Some(k) = keeper {
+            k.abort();
+            self.give_back_leases().await;
         }
         if self.unrecorded() > 0 && !self.flush_unrecorded().await {
             tracing::error!(

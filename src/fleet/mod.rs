@@ -27,50 +27,72 @@ const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// How often a node writes its heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 
-/// Check-and-reserve of the two windows, on the server's clock. KEYS: minute zset, day
-/// zset, day recipient sum (kept with the zset, so a check is O(log n)). ARGV: per_minute, per_day, member, rcpts, bypass_minute (0/1), at_ms (0 = now;
-/// for re-adding a send made while the store was away).
+/// Check-and-reserve of the two windows for a batch of sends, in order (each sees the
+/// ones before it), on the server's clock. KEYS: per provider of the batch, four: minute
+/// zset, day zset, day recipient sum (kept with the zset, so a check is O(log n)), and the
+/// key where a node waiting for a connection lease says so. ARGV[1]: this node; then seven
+/// per send: provider index (0-based), per_minute, per_day, member, rcpts, bypass_minute
+/// (0/1), at_ms (0 = now, checked; else a send made while the store was away, added
+/// unchecked at that time). Returns two numbers per send ({0, bypassed} go, {1, ms} the
+/// minute is full, {2, ms} the day is), then per provider 1 when another node waits for
+/// one of its connection leases.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local at = tonumber(ARGV[6])
-if at == 0 then at = now end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - 86400000)
-if #expired > 0 then
-  local gone = 0
-  for _, m in ipairs(expired) do gone = gone + tonumber(string.match(m, ':(%d+)$')) end
-  redis.call('DECRBY', KEYS[3], gone)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 86400000)
-end
-local pm = tonumber(ARGV[1])
-local pd = tonumber(ARGV[2])
-local rc = tonumber(ARGV[4])
-local bypassed = 0
-if tonumber(ARGV[6]) == 0 then
-  if pd > 0 then
-    local used = tonumber(redis.call('GET', KEYS[3]) or '0')
-    if used > 0 and used + rc > pd then
-      local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-      return {2, tonumber(first[2]) + 86400000 - now, now}
-    end
-  end
-  if pm > 0 and redis.call('ZCARD', KEYS[1]) >= pm then
-    if ARGV[5] == '0' then
-      local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-      return {1, math.max(1, tonumber(first[2]) + 60000 - now), now}
-    end
-    bypassed = 1
+local np = #KEYS / 4
+for p = 0, np - 1 do
+  local m, d, s = KEYS[p * 4 + 1], KEYS[p * 4 + 2], KEYS[p * 4 + 3]
+  redis.call('ZREMRANGEBYSCORE', m, '-inf', now - 60000)
+  local expired = redis.call('ZRANGEBYSCORE', d, '-inf', now - 86400000)
+  if #expired > 0 then
+    local gone = 0
+    for _, x in ipairs(expired) do gone = gone + tonumber(string.match(x, ':(%d+)$')) end
+    redis.call('DECRBY', s, gone)
+    redis.call('ZREMRANGEBYSCORE', d, '-inf', now - 86400000)
   end
 end
-redis.call('ZADD', KEYS[1], at, ARGV[3])
-if redis.call('ZADD', KEYS[2], at, ARGV[3] .. ':' .. ARGV[4]) == 1 then
-  redis.call('INCRBY', KEYS[3], rc)
+local out = {}
+for i = 2, #ARGV, 7 do
+  local p = tonumber(ARGV[i])
+  local m, d, s = KEYS[p * 4 + 1], KEYS[p * 4 + 2], KEYS[p * 4 + 3]
+  local pm, pd, rc = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4])
+  local at = tonumber(ARGV[i + 6])
+  local verdict, value = 0, 0
+  if at == 0 then
+    at = now
+    if pd > 0 then
+      local used = tonumber(redis.call('GET', s) or '0')
+      if used > 0 and used + rc > pd then
+        local first = redis.call('ZRANGE', d, 0, 0, 'WITHSCORES')
+        verdict, value = 2, math.max(1, tonumber(first[2] or now) + 86400000 - now)
+      end
+    end
+    if verdict == 0 and pm > 0 and redis.call('ZCARD', m) >= pm then
+      if ARGV[i + 5] == '0' then
+        local first = redis.call('ZRANGE', m, 0, 0, 'WITHSCORES')
+        verdict, value = 1, math.max(1, tonumber(first[2]) + 60000 - now)
+      else
+        value = 1
+      end
+    end
+  end
+  if verdict == 0 then
+    redis.call('ZADD', m, at, ARGV[i + 3])
+    if redis.call('ZADD', d, at, ARGV[i + 3] .. ':' .. ARGV[i + 4]) == 1 then
+      redis.call('INCRBY', s, rc)
+    end
+  end
+  out[#out + 1] = verdict
+  out[#out + 1] = value
 end
-redis.call('PEXPIRE', KEYS[1], 120000)
-redis.call('PEXPIRE', KEYS[2], 90000000)
-redis.call('PEXPIRE', KEYS[3], 90000000)
-return {0, bypassed, now}
+for p = 0, np - 1 do
+  redis.call('PEXPIRE', KEYS[p * 4 + 1], 120000)
+  redis.call('PEXPIRE', KEYS[p * 4 + 2], 90000000)
+  redis.call('PEXPIRE', KEYS[p * 4 + 3], 90000000)
+  local w = redis.call('GET', KEYS[p * 4 + 4])
+  out[#out + 1] = (w and w ~= ARGV[1]) and 1 or 0
+end
+return out
 "#;
 
 /// Gives a reservation back. KEYS: minute zset, day zset, day sum. ARGV: member, rcpts.
@@ -82,8 +104,10 @@ end
 return 1
 "#;
 
-/// Takes a connection lease when fewer than ARGV[1] are held. KEYS: the leases zset
-/// (member token, score expiry). ARGV: max, token, ttl_ms.
+/// Takes a connection lease when fewer than ARGV[1] are held; a node refused says it
+/// waits (for two seconds), so a node holding leases between deliveries gives some back.
+/// KEYS: the leases zset (member token, score expiry), the waiting key. ARGV: max, token,
+/// ttl_ms, node.
 const LEASE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -93,7 +117,43 @@ if redis.call('ZSCORE', KEYS[1], ARGV[2]) or redis.call('ZCARD', KEYS[1]) < tonu
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
   return 1
 end
+redis.call('SET', KEYS[2], ARGV[4], 'PX', 2000)
 return 0
+"#;
+
+/// Renews and frees a node's leases, every provider in one call. KEYS: per provider two:
+/// the leases zset, the waiting key. ARGV[1]: ttl_ms, ARGV[2]: this node; then per
+/// provider: max, the count of tokens to renew, those tokens, the count to free, those.
+/// A token that lapsed is renewed only while there is room (else it is lost: another
+/// node may hold the place now). Returns {lost tokens, indexes of the providers another
+/// node waits for}.
+const RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local lost, wanted = {}, {}
+local i = 3
+for p = 0, #KEYS / 2 - 1 do
+  local k = KEYS[p * 2 + 1]
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  local max, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local first = i + 2
+  i = first + n
+  local nf = tonumber(ARGV[i])
+  for j = i + 1, i + nf do redis.call('ZREM', k, ARGV[j]) end
+  i = i + nf + 1
+  for j = first, first + n - 1 do
+    if redis.call('ZSCORE', k, ARGV[j]) or redis.call('ZCARD', k) < max then
+      redis.call('ZADD', k, now + ttl, ARGV[j])
+    else
+      lost[#lost + 1] = ARGV[j]
+    end
+  end
+  redis.call('PEXPIRE', k, ttl * 2)
+  local w = redis.call('GET', KEYS[p * 2 + 2])
+  if w and w ~= ARGV[2] then wanted[#wanted + 1] = p end
+end
+return {lost, wanted}
 "#;
 
 /// The fleet store's answer for one dispatch.
@@ -109,6 +169,56 @@ pub enum Decision {
     Wait(u64),
     /// The shared daily recipient window is full: wait this many ms.
     DailyQuota(u64),
+}
+
+/// One send to check and reserve (see [`Fleet::reserve`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The provider whose windows count it.
+    pub provider: &'a str,
+    /// Its per-minute limit (0 none).
+    pub per_minute: u32,
+    /// Its daily recipient limit (0 none).
+    pub per_day: u32,
+    /// The message.
+    pub id: &'a str,
+    /// Its recipients in this send.
+    pub rcpts: u32,
+    /// Pass a full per-minute window (after ten throttle deferrals).
+    pub bypass_minute: bool,
+}
+
+/// The fleet store's answer for a batch of sends.
+#[derive(Debug, Default)]
+pub struct Reserved {
+    /// One per ask, in order.
+    pub decisions: Vec<Decision>,
+    /// Providers another node waits for a connection lease of.
+    pub wanted: Vec<String>,
+}
+
+/// The leases of one provider a node renews and frees in one [`Fleet::renew`] call.
+#[derive(Debug)]
+pub struct LeaseBook<'a> {
+    /// The provider.
+    pub provider: &'a str,
+    /// Its fleet-wide `max_connections`.
+    pub max: usize,
+    /// Tokens kept.
+    pub renew: &'a [String],
+    /// Tokens given back.
+    pub free: &'a [String],
+}
+
+/// One send as the reserve script takes it.
+struct Item {
+    provider: String,
+    per_minute: u32,
+    per_day: u32,
+    member: String,
+    rcpts: u32,
+    bypass: bool,
+    at_ms: u64,
 }
 
 /// A send reserved locally while the store was away, to add to the shared windows.
@@ -137,6 +247,7 @@ pub struct Fleet {
     reserve: redis::Script,
     give_back: redis::Script,
     lease: redis::Script,
+    renew: redis::Script,
     owed: Mutex<Vec<Owed>>,
     /// Where each answered call's round trip is recorded (`/metrics`).
     round_trips: Option<prometheus_client::metrics::histogram::Histogram>,
@@ -215,6 +326,7 @@ impl Fleet {
             reserve: redis::Script::new(RESERVE),
             give_back: redis::Script::new(GIVE_BACK),
             lease: redis::Script::new(LEASE),
+            renew: redis::Script::new(RENEW),
             owed: Mutex::new(Vec::new()),
             round_trips: None,
         })
@@ -339,46 +451,76 @@ impl Fleet {
         }
     }
 
-    /// Checks and reserves a send of `rcpts` recipients for message `id` at `provider`
-    /// with these limits (0 = none); `bypass_minute` after ten throttle deferrals. None:
-    /// the store is away (the caller keeps to its local share, see [`Fleet::share`]).
-    pub async fn reserve(
-        &self,
-        provider: &str,
-        per_minute: u32,
-        per_day: u32,
-        id: &str,
-        rcpts: u32,
-        bypass_minute: bool,
-    ) -> Option<Decision> {
-        let (minute, day, sum) = (
-            self.key("minute", provider),
-            self.key("day", provider),
-            self.key("daysum", provider),
-        );
-        let member = format!("{}:{id}", self.node);
-        let script = &self.reserve;
-        let r: (u8, u64, u64) = self
-            .call(async |mut c| {
-                script
-                    .key(&minute)
-                    .key(&day)
-                    .key(&sum)
-                    .arg(per_minute)
-                    .arg(per_day)
-                    .arg(&member)
-                    .arg(rcpts)
-                    .arg(if bypass_minute { 1 } else { 0 })
-                    .arg(0)
-                    .invoke_async(&mut c)
-                    .await
+    /// Checks and reserves a batch of sends in one call, in order (each sees the ones
+    /// before it): one decision per ask, and the providers another node waits for a
+    /// connection lease of. None: the store is away (the caller keeps to its local
+    /// share, see [`Fleet::share`]).
+    pub async fn reserve(&self, asks: &[Ask<'_>]) -> Option<Reserved> {
+        if asks.is_empty() {
+            return Some(Reserved::default());
+        }
+        let items: Vec<Item> = asks
+            .iter()
+            .map(|a| Item {
+                provider: a.provider.to_string(),
+                per_minute: a.per_minute,
+                per_day: a.per_day,
+                member: format!("{}:{}", self.node, a.id),
+                rcpts: a.rcpts,
+                bypass: a.bypass_minute,
+                at_ms: 0,
             })
+            .collect();
+        let (providers, invocation) = self.reserve_invocation(&items);
+        let out: Vec<u64> = self
+            .call(async |mut c| invocation.invoke_async(&mut c).await)
             .await?;
-        Some(match r.0 {
-            0 => Decision::Go { bypassed: r.1 == 1 },
-            1 => Decision::Wait(r.1),
-            _ => Decision::DailyQuota(r.1),
-        })
+        let decisions = out
+            .chunks(2)
+            .take(items.len())
+            .map(|d| match d {
+                [0, b] => Decision::Go { bypassed: *b == 1 },
+                [1, ms] => Decision::Wait(*ms),
+                [_, ms] => Decision::DailyQuota(*ms),
+                _ => Decision::Wait(1000),
+            })
+            .collect();
+        let wanted = providers
+            .into_iter()
+            .zip(out.iter().skip(items.len() * 2))
+            .filter(|(_, w)| **w == 1)
+            .map(|(p, _)| p)
+            .collect();
+        Some(Reserved { decisions, wanted })
+    }
+
+    /// The script invocation of a batch, and its providers in the order of their keys.
+    fn reserve_invocation(&self, items: &[Item]) -> (Vec<String>, redis::ScriptInvocation<'_>) {
+        let mut providers: Vec<String> = Vec::new();
+        for i in items {
+            if !providers.contains(&i.provider) {
+                providers.push(i.provider.clone());
+            }
+        }
+        let mut inv = self.reserve.prepare_invoke();
+        for p in &providers {
+            inv.key(self.key("minute", p))
+                .key(self.key("day", p))
+                .key(self.key("daysum", p))
+                .key(self.key("want", p));
+        }
+        inv.arg(&self.node);
+        for i in items {
+            let at = providers.iter().position(|p| *p == i.provider).unwrap_or(0);
+            inv.arg(at)
+                .arg(i.per_minute)
+                .arg(i.per_day)
+                .arg(&i.member)
+                .arg(i.rcpts)
+                .arg(u8::from(i.bypass))
+                .arg(i.at_ms);
+        }
+        (providers, inv)
     }
 
     /// Notes a send made on the local share while the store was away; it is added to the
@@ -402,7 +544,8 @@ impl Fleet {
         }
     }
 
-    /// Adds the owed sends (the store came back, maybe empty after a restart).
+    /// Adds the owed sends (the store came back, maybe empty after a restart), in one
+    /// call.
     async fn repay(&self) {
         let owed: Vec<Owed> = self
             .owed
@@ -416,21 +559,20 @@ impl Fleet {
             return;
         };
         let n = owed.len();
-        for o in owed {
-            let _: redis::RedisResult<(u8, u64, u64)> = self
-                .reserve
-                .key(self.key("minute", &o.provider))
-                .key(self.key("day", &o.provider))
-                .key(self.key("daysum", &o.provider))
-                .arg(0)
-                .arg(0)
-                .arg(&o.member)
-                .arg(o.rcpts)
-                .arg(1)
-                .arg(o.at_ms)
-                .invoke_async(&mut c)
-                .await;
-        }
+        let items: Vec<Item> = owed
+            .into_iter()
+            .map(|o| Item {
+                provider: o.provider,
+                per_minute: 0,
+                per_day: 0,
+                member: o.member,
+                rcpts: o.rcpts,
+                bypass: true,
+                at_ms: o.at_ms,
+            })
+            .collect();
+        let (_, invocation) = self.reserve_invocation(&items);
+        let _: redis::RedisResult<Vec<u64>> = invocation.invoke_async(&mut c).await;
         tracing::info!(
             sends = n,
             "fleet: sends made while the store was away added to the shared windows"
@@ -461,22 +603,54 @@ impl Fleet {
     }
 
     /// Takes one of `max` connection leases of `provider`; Some(true) taken, Some(false)
-    /// all held, None the store is away.
+    /// all held (this node then says it waits), None the store is away.
     pub async fn lease(&self, provider: &str, max: usize, token: &str) -> Option<bool> {
-        let key = self.key("leases", provider);
+        let (key, want) = (self.key("leases", provider), self.key("want", provider));
         let script = &self.lease;
         let got: u8 = self
             .call(async |mut c| {
                 script
                     .key(&key)
+                    .key(&want)
                     .arg(max)
                     .arg(token)
                     .arg(crate::time::duration_ms(LEASE_TTL))
+                    .arg(&self.node)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
         Some(got == 1)
+    }
+
+    /// Renews the leases this node holds and frees those it gives back, every provider
+    /// in one call: the tokens lost (they had lapsed and another node took the place),
+    /// and the providers another node waits for a lease of. None: the store is away.
+    pub async fn renew(&self, held: &[LeaseBook<'_>]) -> Option<(Vec<String>, Vec<String>)> {
+        if held.is_empty() {
+            return Some((Vec::new(), Vec::new()));
+        }
+        let mut inv = self.renew.prepare_invoke();
+        for b in held {
+            inv.key(self.key("leases", b.provider))
+                .key(self.key("want", b.provider));
+        }
+        inv.arg(crate::time::duration_ms(LEASE_TTL)).arg(&self.node);
+        for b in held {
+            inv.arg(b.max)
+                .arg(b.renew.len())
+                .arg(b.renew)
+                .arg(b.free.len())
+                .arg(b.free);
+        }
+        let (lost, wanted): (Vec<String>, Vec<usize>) = self
+            .call(async |mut c| inv.invoke_async(&mut c).await)
+            .await?;
+        let wanted = wanted
+            .into_iter()
+            .filter_map(|i| held.get(i).map(|b| b.provider.to_string()))
+            .collect();
+        Some((lost, wanted))
     }
 
     /// Frees a lease.
@@ -632,6 +806,17 @@ impl Fleet {
             use_.push((p.clone(), m, d.unwrap_or(0), l));
         }
         Some((nodes, use_))
+    }
+
+    /// A connection limit as this node's share while the store is away (at least 1).
+    pub fn share_of(&self, max: usize) -> usize {
+        (max / self.expected as usize).max(1)
+    }
+
+    /// The connection leases a node keeps while another waits: `max / expected_nodes`
+    /// rounded up, so the shares cover every lease and no lease bounces between nodes.
+    pub fn fair_share(&self, max: usize) -> usize {
+        max.div_ceil(self.expected as usize).max(1)
     }
 
     /// A limit as this node's share while the store is away (at least 1; 0 stays none).

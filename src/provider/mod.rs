@@ -119,8 +119,8 @@ pub struct ProviderContext {
     pub hostname: String,
     /// Stored secrets.
     pub secrets: SecretStore,
-    /// Keep upstream connections open for reuse. Off in fleet mode, where a connection
-    /// lives only as long as its fleet-wide lease.
+    /// Keep upstream connections open for reuse (in fleet mode, within the node's idle
+    /// fleet-wide leases: see `distributor/leases.rs`).
     pub reuse_connections: bool,
 }
 
@@ -161,6 +161,13 @@ impl Provider {
             Provider::Eml(p) => p.verify(),
             Provider::Smtp(p) => p.verify().await.map_err(|f| (f.code, f.reply)),
             Provider::Graph(p) => p.verify().await,
+        }
+    }
+
+    /// Keeps at most `keep` idle upstream connections (the others are ended).
+    pub async fn keep_idle(&self, keep: usize) {
+        if let Provider::Smtp(p) = self {
+            p.keep_idle(keep).await;
         }
     }
 

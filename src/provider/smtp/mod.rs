@@ -48,7 +48,7 @@ pub struct SmtpProvider {
     opened: AtomicU64,
     /// The last TLS session (version, cipher, certificate), for `verify`.
     last_tls: std::sync::Mutex<Option<String>>,
-    /// Keep connections for reuse (off in fleet mode).
+    /// Keep connections for reuse (off for the CLI's one-shot sends).
     reuse: bool,
 }
 
@@ -488,6 +488,19 @@ impl SmtpProvider {
         let idle: Vec<Idle> = self.pool.lock().await.drain(..).collect();
         for i in idle {
             tokio::spawn(close(i.conn));
+        }
+    }
+
+    /// Ends the idle connections beyond the newest `keep` (QUIT awaited, so a fleet
+    /// lease given back after this covers no open connection).
+    pub async fn keep_idle(&self, keep: usize) {
+        let old: Vec<Idle> = {
+            let mut pool = self.pool.lock().await;
+            let over = pool.len().saturating_sub(keep);
+            pool.drain(..over).collect()
+        };
+        for i in old {
+            quit(i.conn).await;
         }
     }
 
