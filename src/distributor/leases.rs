@@ -39,8 +39,6 @@ struct Book {
     idle: Vec<(String, Instant)>,
     /// Keep to the share until then (another node waits).
     yield_until: Option<Instant>,
-    /// When the leases were last renewed.
-    renewed: Option<Instant>,
     /// The fleet-wide maximum, as last used.
     max: usize,
     /// After a refusal: no new lease is asked for before then (the pause doubles from
@@ -57,6 +55,8 @@ pub(super) struct Leases {
     asking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// A lease came back idle.
     returned: tokio::sync::Notify,
+    /// When the keeper last renewed (every book at once).
+    renewed: Mutex<Option<Instant>>,
     seq: std::sync::atomic::AtomicU64,
 }
 
@@ -168,7 +168,6 @@ impl Distributor {
             b.max = max;
             if got {
                 b.held.push(token.clone());
-                b.renewed.get_or_insert_with(Instant::now);
                 b.next_ask = None;
                 return Some((provider.to_string(), token));
             }
@@ -234,7 +233,7 @@ impl Distributor {
         let Some((f, leases)) = self.fleet_leases() else {
             return;
         };
-        let held: Vec<(String, usize, Vec<String>)> = leases
+        let held: Vec<(String, usize, Vec<String>, Vec<String>)> = leases
             .books
             .lock()
             .map(|mut books| {
@@ -243,7 +242,7 @@ impl Distributor {
                     .filter(|(_, b)| !b.held.is_empty())
                     .map(|(p, b)| {
                         b.idle.clear();
-                        (p.clone(), b.max, std::mem::take(&mut b.held))
+                        (p.clone(), b.max, Vec::new(), std::mem::take(&mut b.held))
                     })
                     .collect()
             })
@@ -255,16 +254,33 @@ impl Distributor {
         for p in routing.providers.values() {
             p.keep_idle(0).await;
         }
-        let books: Vec<LeaseBook> = held
+        self.renew_leases(f, &held).await;
+    }
+
+    /// One [`Fleet::renew`] call for these (provider, max, tokens kept, tokens given
+    /// back); notes which providers another node waits for and forgets lost tokens.
+    async fn renew_leases(&self, f: &Fleet, entries: &[(String, usize, Vec<String>, Vec<String>)]) {
+        let books: Vec<LeaseBook> = entries
             .iter()
-            .map(|(p, max, tokens)| LeaseBook {
+            .map(|(p, max, renew, free)| LeaseBook {
                 provider: p,
                 max: *max,
-                renew: &[],
-                free: tokens,
+                renew,
+                free,
             })
             .collect();
-        let _ = f.renew(&books).await;
+        let Some((lost, wanted)) = f.renew(&books).await else {
+            return;
+        };
+        self.leases.wanted(&wanted);
+        if !lost.is_empty()
+            && let Ok(mut books) = self.leases.books.lock()
+        {
+            for b in books.values_mut() {
+                b.held.retain(|t| !lost.contains(t));
+                b.idle.retain(|(t, _)| !lost.contains(t));
+            }
+        }
     }
 
     /// Until shutdown (the task is aborted): every [`TICK`], gives back the leases to
@@ -280,58 +296,37 @@ impl Distributor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let gone = self.leases.to_give_back(|max| f.fair_share(max));
+            let mut gone = self.leases.to_give_back(|max| f.fair_share(max));
             let routing = self.routing();
             for name in routing.providers.keys() {
                 self.trim_idle_connections(name).await;
             }
-            let (renew, due): (Vec<(String, usize, Vec<String>)>, bool) = {
-                let Ok(mut books) = self.leases.books.lock() else {
+            let due = self
+                .leases
+                .renewed
+                .lock()
+                .is_ok_and(|r| r.is_none_or(|at| at.elapsed() >= LEASE_TTL / 3));
+            let entries: Vec<(String, usize, Vec<String>, Vec<String>)> = {
+                let Ok(books) = self.leases.books.lock() else {
                     continue;
                 };
-                let due = books
-                    .values()
-                    .any(|b| b.renewed.is_some_and(|r| r.elapsed() >= LEASE_TTL / 3));
-                let renew = books
-                    .iter_mut()
-                    .filter(|(p, b)| !b.held.is_empty() || gone.contains_key(*p))
-                    .map(|(p, b)| {
-                        if due {
-                            b.renewed = Some(Instant::now());
-                        }
-                        (
-                            p.clone(),
-                            b.max,
-                            if due { b.held.clone() } else { Vec::new() },
-                        )
+                books
+                    .iter()
+                    .filter_map(|(p, b)| {
+                        let renew = if due { b.held.clone() } else { Vec::new() };
+                        let free = gone.remove(p).unwrap_or_default();
+                        (!renew.is_empty() || !free.is_empty())
+                            .then(|| (p.clone(), b.max, renew, free))
                     })
-                    .collect();
-                (renew, due)
+                    .collect()
             };
-            if gone.is_empty() && !due {
+            if entries.is_empty() {
                 continue;
             }
-            let none = Vec::new();
-            let books: Vec<LeaseBook> = renew
-                .iter()
-                .map(|(p, max, held)| LeaseBook {
-                    provider: p,
-                    max: *max,
-                    renew: held,
-                    free: gone.get(p).unwrap_or(&none),
-                })
-                .collect();
-            if let Some((lost, wanted)) = f.renew(&books).await {
-                self.leases.wanted(&wanted);
-                if !lost.is_empty()
-                    && let Ok(mut books) = self.leases.books.lock()
-                {
-                    for b in books.values_mut() {
-                        b.held.retain(|t| !lost.contains(t));
-                        b.idle.retain(|(t, _)| !lost.contains(t));
-                    }
-                }
+            if due && let Ok(mut r) = self.leases.renewed.lock() {
+                *r = Some(Instant::now());
             }
+            self.renew_leases(&f, &entries).await;
         }
     }
 }

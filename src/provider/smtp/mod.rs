@@ -491,17 +491,19 @@ impl SmtpProvider {
         }
     }
 
-    /// Ends the idle connections beyond the newest `keep` (QUIT awaited, so a fleet
-    /// lease given back after this covers no open connection).
+    /// Ends the idle connections beyond the newest `keep`, all at once, each QUIT
+    /// awaited at most [`CLOSE_WAIT`] (so a fleet lease given back after this covers no
+    /// open connection, and the caller waits no longer than one close).
     pub async fn keep_idle(&self, keep: usize) {
-        let old: Vec<Idle> = {
+        let mut closing = tokio::task::JoinSet::new();
+        {
             let mut pool = self.pool.lock().await;
             let over = pool.len().saturating_sub(keep);
-            pool.drain(..over).collect()
-        };
-        for i in old {
-            quit(i.conn).await;
+            for i in pool.drain(..over) {
+                closing.spawn(quit(i.conn));
+            }
         }
+        closing.join_all().await;
     }
 
     /// Whether connections are kept for reuse.
