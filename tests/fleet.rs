@@ -853,8 +853,10 @@ async fn every_node_answers_for_the_fleets_history() {
     )
     .await;
     all.push(invoice.clone());
+    // 200 records in all, spread unevenly: A 1 + 40 (+ 1 held below), B 66, C 92.
+    let per_node = [40, 66, 92];
     for (i, (_, d)) in nodes.iter().enumerate() {
-        for m in 0..(3 + 3 * i) {
+        for m in 0..per_node[i] {
             let body = format!("Subject: batch {i}-{m}\r\n\r\nx\r\n");
             all.push(submit_to(d.smtp, "erp@erp.local", &["a@contoso.com"], body.as_bytes()).await);
         }
@@ -879,30 +881,6 @@ async fn every_node_answers_for_the_fleets_history() {
     assert_eq!(found["unreachable"], serde_json::json!([]));
     let by_sender = fleet_list(b, key, "q=billing%40a.example").await;
     assert_eq!(by_sender["messages"][0]["id"], invoice.as_str());
-
-    // Paging 7 at a time across the three nodes: each record exactly once, newest first.
-    let mut seen: Vec<String> = Vec::new();
-    let mut before = String::new();
-    for _ in 0..20 {
-        let page = fleet_list(b, key, &format!("limit=7{before}")).await;
-        let ids: Vec<String> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_str().unwrap().to_string())
-            .collect();
-        if ids.is_empty() {
-            break;
-        }
-        before = format!("&before={}", ids.last().unwrap());
-        seen.extend(ids);
-    }
-    let mut sorted = seen.clone();
-    sorted.sort_by(|x, y| y.cmp(x));
-    assert_eq!(seen, sorted, "newest first across pages");
-    let mut want = all.clone();
-    want.sort_by(|x, y| y.cmp(x));
-    assert_eq!(seen, want, "every record of the fleet, each once");
 
     // Detail, raw download, retry and cancel of a message on A, asked of B, act on A.
     let http = reqwest::Client::new();
@@ -947,15 +925,90 @@ async fn every_node_answers_for_the_fleets_history() {
         assert_eq!(r.status(), 409, "{action}: A answers for its sent message");
         assert_eq!(r.headers()["x-mailgate-node"], "a");
     }
+    // A message waiting on A (A's sending paused): B's retry and cancel change A's record.
+    let a = &nodes[0].1;
+    let r = http
+        .post(format!("http://{}/api/distributor/pause", a.status))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let held = submit_to(
+        a.smtp,
+        "billing@a.example",
+        &["customer@example.com"],
+        b"Subject: Reminder 5150\r\n\r\nx\r\n",
+    )
+    .await;
+    all.push(held.clone());
+    let r = http
+        .post(format!("http://{}/api/messages/{held}/retry", b.status))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-mailgate-node"], "a");
+    let r = http
+        .post(format!("http://{}/api/messages/{held}/cancel", b.status))
+        .bearer_auth(key)
+        .json(&serde_json::json!({ "by": "ops on node b" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-mailgate-node"], "a");
+    let on_a: serde_json::Value = http
+        .get(format!("http://{}/api/messages/{held}", a.status))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(on_a["status"], "cancelled", "{on_a:#}");
+    assert!(
+        on_a["cancelled"]["by"]
+            .as_str()
+            .unwrap()
+            .starts_with("ops on node b"),
+        "{on_a:#}"
+    );
+
+    // Paging 23 at a time across the three nodes: each of the 200 records exactly once,
+    // newest first.
+    let mut seen: Vec<String> = Vec::new();
+    let mut before = String::new();
+    for _ in 0..20 {
+        let page = fleet_list(b, key, &format!("limit=23{before}")).await;
+        let ids: Vec<String> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        before = format!("&before={}", ids.last().unwrap());
+        seen.extend(ids);
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_by(|x, y| y.cmp(x));
+    assert_eq!(seen, sorted, "newest first across pages");
+    let mut want = all.clone();
+    want.sort_by(|x, y| y.cmp(x));
+    assert_eq!(seen.len(), 200);
+    assert_eq!(seen, want, "every record of the fleet, each once");
+
     // The history page's "Whole fleet" view on B: A's message, with its node, linked
-    // to A's page.
+    // to its page on B (shown through B).
     let page = page_of(b, key, "/messages?fleet=1&q=4711").await;
     assert!(page.contains("<td class=\"node\">a</td>"), "{page}");
     assert!(
-        page.contains(&format!(
-            "href=\"http://{}/messages/{invoice}\"",
-            nodes[0].1.status
-        )),
+        page.contains(&format!("href=\"/messages/{invoice}\"")),
         "{page}"
     );
 
@@ -991,7 +1044,7 @@ async fn every_node_answers_for_the_fleets_history() {
     // A node with another token is named, with why; the others still show.
     let other = dir.path().join("other.token");
     std::fs::write(&other, "another-secret-9876543210\n").unwrap();
-    let (_env_d, _d) = viewing_node(&redis, "d", &other);
+    let (_env_d, mut d) = viewing_node(&redis, "d", &other);
     // (once its first heartbeat is in the fleet store)
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let view = loop {
@@ -1010,6 +1063,15 @@ async fn every_node_answers_for_the_fleets_history() {
         "{view:#}"
     );
     assert_eq!(view["messages"].as_array().unwrap().len(), all.len());
+    // ... and the node that refused says so in its log.
+    d.wait_log(
+        |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("refused a fleet node's call"))
+        },
+        Duration::from_secs(5),
+    );
 
     // A stops: named unreachable, B's and C's records still listed.
     assert_eq!(nodes[0].1.terminate().code(), Some(0));
@@ -1028,7 +1090,10 @@ async fn every_node_answers_for_the_fleets_history() {
         .filter(|m| m["node"] == "a")
         .count();
     assert_eq!(from_a, 0);
-    assert_eq!(view["messages"].as_array().unwrap().len(), all.len() - 4);
+    assert_eq!(
+        view["messages"].as_array().unwrap().len(),
+        all.len() - (1 + per_node[0] + 1)
+    );
     let page = page_of(&nodes[1].1, key, "/messages?fleet=1&limit=500").await;
     assert!(page.contains("id=\"unreachable\""), "{page}");
     assert!(page.contains("<li class=\"unreachable\">a: "), "{page}");
@@ -1036,4 +1101,170 @@ async fn every_node_answers_for_the_fleets_history() {
     for (_, d) in nodes.iter_mut().skip(1) {
         assert_eq!(d.terminate().code(), Some(0));
     }
+}
+
+/// One view of the fleet in a real browser: signed in on B, a message waiting on A is
+/// found with the "Whole fleet" switch and a search, its page opens on B (naming A), its
+/// raw download comes through B, and B's Retry and Cancel buttons act on A's record.
+/// With A stopped, B's page names A unreachable and still lists B's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_view_in_a_browser() {
+    use common::browser::{Driver, click, shot, text};
+    use fantoccini::Locator;
+    let Some(redis) = Redis::start() else { return };
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    let key = "fleet-browser-0123456789";
+    std::fs::write(&token, format!("{key}\n")).unwrap();
+    let (_ea, mut a) = viewing_node(&redis, "a", &token);
+    let (_eb, mut b) = viewing_node(&redis, "b", &token);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("http://{}/api/distributor/pause", a.status))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let on_a = submit_to(
+        a.smtp,
+        "billing@a.example",
+        &["customer@example.com"],
+        b"Subject: Statement 4711\r\n\r\nYour statement is attached.\r\n",
+    )
+    .await;
+    submit_to(
+        b.smtp,
+        "erp@erp.local",
+        &["a@contoso.com"],
+        b"Subject: Order 17\r\n\r\nx\r\n",
+    )
+    .await;
+    // (once both heartbeats are in the fleet store)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fleet_list(&b, key, "q=4711").await["messages"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "A never showed on B");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let c = driver.browser().await;
+    let base = format!("http://{}", b.status);
+    c.goto(&format!("{base}/messages")).await.unwrap();
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(key)
+        .await
+        .unwrap();
+    click(&c, "#signin").await;
+    c.goto(&format!("{base}/messages")).await.unwrap();
+    c.find(Locator::Css("#search"))
+        .await
+        .unwrap()
+        .send_keys("4711")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#whole-fleet"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    click(&c, "#apply").await;
+    shot(&c, "fleet-history").await;
+    let rows = text(&c, "table.history tbody").await;
+    assert!(rows.contains("Statement 4711"), "{rows}");
+    assert!(!rows.contains("Order 17"), "{rows}");
+    assert_eq!(text(&c, "td.node").await, "a");
+    click(&c, "td.subject a").await;
+    assert_eq!(
+        c.current_url().await.unwrap().as_str(),
+        format!("{base}/messages/{on_a}"),
+        "A's message opens on B"
+    );
+    shot(&c, "fleet-message").await;
+    assert!(text(&c, "#held").await.contains("Held by fleet node a"));
+    assert!(
+        text(&c, "main")
+            .await
+            .contains("Your statement is attached.")
+    );
+    assert_eq!(text(&c, "#status").await, "queued");
+
+    // The raw download through B, in the same session.
+    let cookie = c.get_named_cookie("mailgate_session").await.unwrap();
+    let raw = http
+        .get(format!("{base}/messages/{on_a}/raw"))
+        .header("cookie", format!("mailgate_session={}", cookie.value()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 200);
+    assert_eq!(raw.headers()["x-mailgate-node"], "a");
+    assert!(
+        raw.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains(&format!("{on_a}.eml"))
+    );
+    assert!(
+        raw.text()
+            .await
+            .unwrap()
+            .contains("Subject: Statement 4711")
+    );
+
+    // Cancel on B's page: A's record is cancelled, naming B's page.
+    click(&c, "#cancel").await;
+    assert_eq!(
+        c.current_url().await.unwrap().as_str(),
+        format!("{base}/messages/{on_a}")
+    );
+    assert_eq!(text(&c, "#status").await, "cancelled");
+    assert!(
+        text(&c, "#cancelled")
+            .await
+            .contains("the Email history page of node b"),
+        "{}",
+        text(&c, "#cancelled").await
+    );
+    let rec: serde_json::Value = http
+        .get(format!("http://{}/api/messages/{on_a}", a.status))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rec["status"], "cancelled", "{rec:#}");
+
+    // A stops: B's fleet view names A and still lists B's own.
+    assert_eq!(a.terminate().code(), Some(0));
+    c.goto(&format!("{base}/messages?fleet=1")).await.unwrap();
+    shot(&c, "fleet-unreachable").await;
+    assert!(
+        text(&c, "#unreachable").await.contains("a: "),
+        "{}",
+        text(&c, "main").await
+    );
+    let rows = text(&c, "table.history tbody").await;
+    assert!(rows.contains("Order 17"), "{rows}");
+    assert!(!rows.contains("Statement 4711"), "{rows}");
+    // Its page is gone with it: B says no message, never a stale copy.
+    c.goto(&format!("{base}/messages/{on_a}")).await.unwrap();
+    assert!(
+        text(&c, "body")
+            .await
+            .contains(&format!("no message {on_a}"))
+    );
+    c.close().await.unwrap();
+    assert_eq!(b.terminate().code(), Some(0));
 }

@@ -6,121 +6,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::browser::{Driver, click, shot, text};
 use common::upstream::{Script, Upstream};
-use common::{TestEnv, free_port, submit_to};
-use fantoccini::{Client, ClientBuilder, Locator};
+use common::{TestEnv, submit_to};
+use fantoccini::{Client, Locator};
 use mailgate::Daemon;
 use mailgate::history::Status;
-
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// chromedriver on a free port, stopped by PID when dropped.
-struct Driver {
-    child: Child,
-    port: u16,
-    profile: tempfile::TempDir,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Driver {
-    fn start() -> Option<Driver> {
-        if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists()
-        {
-            eprintln!(
-                "SKIPPED: Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
-            );
-            return None;
-        }
-        let port = free_port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Some(Driver {
-            child,
-            port,
-            profile: tempfile::tempdir().unwrap(),
-        })
-    }
-
-    async fn browser(&self) -> Client {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                         "--no-first-run", "--disable-quic", "--window-size=1280,1000",
-                         format!("--user-data-dir={}", self.profile.path().display())]
-            }),
-        );
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{}", self.port))
-            .await
-            .expect("a WebDriver session")
-    }
-}
-
-async fn shot(c: &Client, name: &str) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    let png = c.screenshot().await.unwrap();
-    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
-}
-
-/// Clicks and waits until the next document has loaded (a form post or a link).
-async fn click(c: &Client, css: &str) {
-    let old = c.find(Locator::Css("html")).await.unwrap();
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    for _ in 0..500 {
-        if old.tag_name().await.is_err() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    for _ in 0..500 {
-        if c.execute("return document.readyState;", vec![]).await.ok()
-            == Some(serde_json::json!("complete"))
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 /// The text of the sign-in page's outcome once the browser shows it (the page updates
 /// itself; bounded at 20 s), or a panic naming where the browser is and what it shows.

@@ -49,7 +49,10 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
             let mut asks = tokio::task::JoinSet::new();
             for (node, url) in peers {
                 urls.insert(node.clone(), json!(url));
-                let mut req = http.get(format!("{url}/api/messages")).query(&q.for_peer());
+                let mut req = http
+                    .get(format!("{url}/api/messages"))
+                    .header(FORWARDED, "1")
+                    .query(&q.for_peer());
                 if let Some(t) = &state.token {
                     req = req.bearer_auth(t);
                 }
@@ -109,10 +112,7 @@ pub async fn forward_unknown(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let Some(fleet) = state.distributor.fleet().cloned() else {
-        return next.run(req).await;
-    };
-    if req.headers().contains_key(FORWARDED) {
+    if state.distributor.fleet().is_none() || req.headers().contains_key(FORWARDED) {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
@@ -128,30 +128,79 @@ pub async fn forward_unknown(
     if here.status() != axum::http::StatusCode::NOT_FOUND {
         return here;
     }
-    let Some(peers) = fleet.peers().await else {
-        return here;
-    };
     let path = parts
         .extensions
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| parts.uri.to_string(), |u| u.0.to_string());
-    // A waiting GET may take as long as it asks (the API caps it at 10 minutes).
-    let timeout = if parts.uri.query().is_some_and(|q| q.contains("wait=")) {
+    let ask = Ask {
+        method: parts.method.clone(),
+        path,
+        body: bytes,
+        content_type: parts.headers.get(axum::http::header::CONTENT_TYPE).cloned(),
+    };
+    match ask_holder(&state, ask, None).await {
+        Some((node, resp)) => answer_of(&node, resp),
+        None => here,
+    }
+}
+
+/// A call on the admin API of the node that holds a message.
+#[derive(Debug)]
+pub struct Ask {
+    /// GET or POST.
+    pub method: axum::http::Method,
+    /// The path and query, `/api/messages/...`.
+    pub path: String,
+    /// The body (a cancel's `by`).
+    pub body: axum::body::Bytes,
+    /// The body's type.
+    pub content_type: Option<axum::http::HeaderValue>,
+}
+
+impl Ask {
+    /// A GET of `path`.
+    pub fn get(path: String) -> Ask {
+        Ask {
+            method: axum::http::Method::GET,
+            path,
+            body: axum::body::Bytes::new(),
+            content_type: None,
+        }
+    }
+}
+
+/// Asks the fleet's other nodes in turn, with the fleet token and marked as forwarded (so
+/// the node asked answers for itself only), until one answers other than 404: that node
+/// and its answer; `only`: that node only. None: not in a fleet, the fleet store does not
+/// answer, or no other node holds it.
+pub async fn ask_holder(
+    state: &AppState,
+    ask: Ask,
+    only: Option<&str>,
+) -> Option<(String, reqwest::Response)> {
+    let peers = state.distributor.fleet()?.peers().await?;
+    // A waiting GET may take as long as it asks (the API caps it at 10 minutes); a raw
+    // download as long as it streams.
+    let timeout = if ask.path.contains("wait=") || ask.path.ends_with("/eml") {
         Duration::from_secs(610)
     } else {
         PEER_TIMEOUT
     };
     let http = reqwest::Client::builder()
+        .connect_timeout(PEER_TIMEOUT)
         .timeout(timeout)
         .no_proxy()
         .build()
         .unwrap_or_default();
     for (node, url) in peers {
+        if only.is_some_and(|o| o != node) {
+            continue;
+        }
         let mut req = http
-            .request(parts.method.clone(), format!("{url}{path}"))
+            .request(ask.method.clone(), format!("{url}{}", ask.path))
             .header(FORWARDED, "1")
-            .body(bytes.clone());
-        if let Some(ct) = parts.headers.get(axum::http::header::CONTENT_TYPE) {
+            .body(ask.body.clone());
+        if let Some(ct) = &ask.content_type {
             req = req.header(axum::http::header::CONTENT_TYPE, ct);
         }
         if let Some(t) = &state.token {
@@ -161,22 +210,29 @@ pub async fn forward_unknown(
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             continue;
         }
-        let status = resp.status();
-        let ct = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
-        let body = resp.bytes().await.unwrap_or_default();
-        let mut out = (status, body).into_response();
-        if let Some(ct) = ct.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
-            out.headers_mut()
-                .insert(axum::http::header::CONTENT_TYPE, ct);
-        }
-        if let Ok(v) = axum::http::HeaderValue::from_str(&node) {
-            out.headers_mut().insert("x-mailgate-node", v);
-        }
-        return out;
+        return Some((node, resp));
     }
-    here
+    None
+}
+
+/// Another node's answer as this node's, named in `X-Mailgate-Node`; its body streamed
+/// through (a raw download is not held whole here).
+pub fn answer_of(node: &str, resp: reqwest::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = resp.status();
+    let mut out = status.into_response();
+    for h in [
+        reqwest::header::CONTENT_TYPE,
+        reqwest::header::CONTENT_DISPOSITION,
+        reqwest::header::CONTENT_LENGTH,
+    ] {
+        if let Some(v) = resp.headers().get(&h) {
+            out.headers_mut().insert(h, v.clone());
+        }
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_str(node) {
+        out.headers_mut().insert("x-mailgate-node", v);
+    }
+    *out.body_mut() = axum::body::Body::from_stream(resp.bytes_stream());
+    out
 }

@@ -83,8 +83,41 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if given.map(str::trim) != Some(token.as_str()) {
+            if req.headers().contains_key(super::fleet_view::FORWARDED) {
+                refused_node(&req);
+            }
             return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
     }
     next.run(req).await
+}
+
+/// A call marked as coming from another node of the fleet came with a token that is not
+/// this node's: said in the log (at most once in ten seconds, so a client cannot flood
+/// it), since the other node's view of the fleet misses this node until it is mended.
+fn refused_node(req: &Request) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = crate::time::now_ms();
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    if now.saturating_sub(last) < 10_000
+        || LAST
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_err()
+    {
+        return;
+    }
+    let from = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "?".to_string(), |c| c.0.ip().to_string());
+    tracing::warn!(
+        from = %from,
+        path = %req.uri().path(),
+        "refused a fleet node's call: its token is not this node's; every node of a fleet needs the same status.token_file"
+    );
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::TcpStream;
 
+pub mod browser;
 pub mod hostile;
 pub mod identity;
 pub mod msgraph;

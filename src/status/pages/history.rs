@@ -27,7 +27,7 @@ struct Row {
     waiting_until: String,
     /// In the fleet view: the node that holds it.
     node: String,
-    /// Where its page is: this node's, or the holding node's status listener.
+    /// Where its page is (on this node, also for another node's message).
     href: String,
 }
 
@@ -166,22 +166,13 @@ async fn fleet_page(
         .map(|r| crate::status::state::as_shown(r, paused))
         .collect();
     let merged = crate::status::fleet_view::merged(state, q, own, limit).await;
-    let here = state
-        .distributor
-        .fleet()
-        .map(|f| f.node().to_string())
-        .unwrap_or_default();
     for m in merged["messages"].as_array().into_iter().flatten() {
         let Ok(r) = serde_json::from_value::<Record>(m.clone()) else {
             continue;
         };
         let node = m["node"].as_str().unwrap_or_default().to_string();
+        // Its page is on this node too: another node's message is shown through it.
         let mut row = row(&r);
-        if node != here
-            && let Some(url) = merged["status_urls"][node.as_str()].as_str()
-        {
-            row.href = format!("{url}/messages/{}", enc(&r.id));
-        }
         row.node = node;
         page.rows.push(row);
     }

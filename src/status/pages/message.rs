@@ -10,6 +10,7 @@ use super::Ctx;
 use super::{CsrfForm, csrf_ok, csrf_refused, enc, html, page_error};
 use crate::history::{Diagnosis, Record, Status};
 use crate::status::actions::retry_message;
+use crate::status::fleet_view::{Ask, answer_of, ask_holder};
 
 struct AttemptView {
     at: String,
@@ -40,6 +41,8 @@ impl From<&Diagnosis> for DiagnosisView {
 #[derive(Template)]
 #[template(path = "message.html")]
 struct MessagePage {
+    /// The fleet node that holds the message, when not this one (its actions are passed on).
+    node: Option<String>,
     signed_in: bool,
     csrf: String,
     r: Record,
@@ -146,14 +149,52 @@ pub(super) async fn message(
         .store()
         .blocking(move |s| Ok((s.record(&lookup)?, s.message(&lookup).ok().flatten())))
         .await;
-    let (record, raw) = match found {
-        Ok((Some(r), raw)) => (r, raw),
-        Ok((None, _)) => return page_error(StatusCode::NOT_FOUND, format!("no message {id}")),
-        Err(e) => return page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match found {
+        Ok((Some(r), raw)) => {
+            let r = crate::status::state::as_shown(r, state.distributor.is_paused());
+            render(&state, &headers, r, raw, None)
+        }
+        Ok((None, _)) => match held_elsewhere(&state, &id).await {
+            Some((node, r, raw)) => render(&state, &headers, r, raw, Some(node)),
+            None => page_error(StatusCode::NOT_FOUND, format!("no message {id}")),
+        },
+        Err(e) => page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A message another node of the fleet holds: its node, its record and its bytes, asked
+/// of that node's admin API with the fleet token.
+async fn held_elsewhere(state: &Ctx, id: &str) -> Option<(String, Record, Option<Vec<u8>>)> {
+    let (node, resp) =
+        ask_holder(state, Ask::get(format!("/api/messages/{}", enc(id))), None).await?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let record: Record = resp.json().await.ok()?;
+    let raw = match ask_holder(
+        state,
+        Ask::get(format!("/api/messages/{}/eml", enc(id))),
+        Some(&node),
+    )
+    .await
+    {
+        Some((_, r)) if r.status().is_success() => r.bytes().await.ok().map(|b| b.to_vec()),
+        _ => None,
     };
-    let record = crate::status::state::as_shown(record, state.distributor.is_paused());
+    Some((node, record, raw))
+}
+
+/// The page of one message; `node`: the fleet node that holds it, when not this one.
+fn render(
+    state: &Ctx,
+    headers: &HeaderMap,
+    record: Record,
+    raw: Option<Vec<u8>>,
+    node: Option<String>,
+) -> Response {
     let (hdrs, body, attachments) = raw.as_deref().map(readable).unwrap_or_default();
     html(MessagePage {
+        node,
         waiting: record
             .waiting
             .as_ref()
@@ -164,7 +205,7 @@ pub(super) async fn message(
             .as_ref()
             .map(|c| format!("Cancelled at {} by {}", super::shown_time(&c.at), c.by)),
         signed_in: state.pages.has_token(),
-        csrf: state.pages.csrf_of(&headers),
+        csrf: state.pages.csrf_of(headers),
         status: record.status.as_str(),
         subject: record
             .subject
@@ -241,9 +282,61 @@ pub(super) async fn raw(State(state): State<Ctx>, Path(id): Path<String>) -> Res
             bytes,
         )
             .into_response(),
-        Ok(None) => page_error(StatusCode::NOT_FOUND, format!("no message {id}")),
+        Ok(None) => match ask_holder(
+            &state,
+            Ask::get(format!("/api/messages/{}/eml", enc(&id))),
+            None,
+        )
+        .await
+        {
+            Some((node, resp)) if resp.status().is_success() => {
+                let mut out = answer_of(&node, resp);
+                if let Ok(v) = header::HeaderValue::from_str(&format!(
+                    "attachment; filename=\"{}.eml\"",
+                    id.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+                )) {
+                    out.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+                }
+                out
+            }
+            _ => page_error(StatusCode::NOT_FOUND, format!("no message {id}")),
+        },
         Err(e) => page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// Retry or cancel of a message another node of the fleet holds, passed on to it; `by`:
+/// who cancels, for its record. Err: the node's status and words, or 404 when no node
+/// holds it.
+async fn act_elsewhere(
+    state: &Ctx,
+    id: &str,
+    action: &str,
+    by: Option<String>,
+) -> Result<(), (StatusCode, String)> {
+    let body = by.map(|by| serde_json::json!({ "by": by }).to_string());
+    let ask = Ask {
+        method: axum::http::Method::POST,
+        path: format!("/api/messages/{}/{action}", enc(id)),
+        content_type: body
+            .as_ref()
+            .map(|_| header::HeaderValue::from_static("application/json")),
+        body: body.unwrap_or_default().into(),
+    };
+    let Some((node, resp)) = ask_holder(state, ask, None).await else {
+        return Err((StatusCode::NOT_FOUND, format!("no message {id}")));
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let why = resp
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|v| v["error"].as_str().map(String::from))
+        .unwrap_or_else(|| status.to_string());
+    Err((status, format!("node {node}: {why}")))
 }
 
 pub(super) async fn cancel(
@@ -257,8 +350,20 @@ pub(super) async fn cancel(
         return csrf_refused();
     }
     let by = format!("the Email history page (from {})", peer.ip());
-    match crate::status::actions::cancel_message(&state, &id, &by).await {
-        Ok(_) => Redirect::to(&format!("/messages/{}", enc(&id))).into_response(),
+    let done = match crate::status::actions::cancel_message(&state, &id, &by).await {
+        Err((StatusCode::NOT_FOUND, _)) => {
+            let here = state.distributor.fleet().map(|f| f.node().to_string());
+            let by = format!(
+                "the Email history page of node {} (for {})",
+                here.unwrap_or_default(),
+                peer.ip()
+            );
+            act_elsewhere(&state, &id, "cancel", Some(by)).await
+        }
+        done => done.map(|_| ()),
+    };
+    match done {
+        Ok(()) => Redirect::to(&format!("/messages/{}", enc(&id))).into_response(),
         Err((code, why)) => page_error(code, why),
     }
 }
@@ -272,8 +377,12 @@ pub(super) async fn retry(
     if !csrf_ok(&state, &headers, &f) {
         return csrf_refused();
     }
-    match retry_message(&state, &id).await {
-        Ok(_) => Redirect::to(&format!("/messages/{}", enc(&id))).into_response(),
+    let done = match retry_message(&state, &id).await {
+        Err((StatusCode::NOT_FOUND, _)) => act_elsewhere(&state, &id, "retry", None).await,
+        done => done.map(|_| ()),
+    };
+    match done {
+        Ok(()) => Redirect::to(&format!("/messages/{}", enc(&id))).into_response(),
         Err((code, why)) => page_error(code, why),
     }
 }
