@@ -54,6 +54,7 @@ fn record(id: String, now: u64, size: usize) -> Record {
         pinned: false,
         deferrals: 0,
         throttle_deferrals: 0,
+        throttle_counted_at: None,
         sent_at: Some(mailgate::time::rfc3339(now)),
         next_attempt_at: None,
         waiting: None,

@@ -238,9 +238,13 @@ pub struct Record {
     pub pinned: bool,
     /// How many times it was deferred (for any reason).
     pub deferrals: u32,
-    /// How many of those were for the provider's per-minute limit.
+    /// How many of those were for the provider's per-minute limit, counted once per
+    /// minute of waiting (however often it was looked at while the window was full).
     #[serde(default)]
     pub throttle_deferrals: u32,
+    /// When `throttle_deferrals` last rose (RFC 3339 UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_counted_at: Option<String>,
     /// When it was sent (RFC 3339 UTC).
     pub sent_at: Option<String>,
     /// When the next attempt is due (RFC 3339 UTC), while unfinished.

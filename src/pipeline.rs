@@ -219,6 +219,7 @@ impl Pipeline {
             pinned,
             deferrals: 0,
             throttle_deferrals: 0,
+            throttle_counted_at: None,
             sent_at: None,
             next_attempt_at: None,
             waiting: None,

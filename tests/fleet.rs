@@ -245,6 +245,94 @@ async fn three_nodes_share_one_per_minute_window() {
     }
 }
 
+/// Exactness under load: three nodes offered 200 messages a second in all, for two
+/// minutes, against a mailbox limit of 100 a minute. The upstream never counts more than
+/// 100 in any rolling minute (by the time it accepted each), and the fleet uses its
+/// budget: the first 100 at once, the next 100 as the first minute's slide out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_a_second_against_a_hundred_a_minute_for_two_minutes() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start(Script::default()).await;
+    let mut nodes = fleet_of(
+        &redis,
+        &up,
+        &["x1", "x2", "x3"],
+        "per_minute_limit = 100\nmax_connections = 4",
+    );
+    let run = Duration::from_secs(120);
+    let start = std::time::Instant::now();
+    // Two sessions per node, each paced at 200 / 6 a second (a late one catches up).
+    let mut senders = tokio::task::JoinSet::new();
+    for (i, (_, d)) in nodes.iter().enumerate() {
+        for c in 0..2 {
+            let addr = d.smtp;
+            senders.spawn(async move {
+                let (mut s, _) = common::Smtp::connect(addr).await.unwrap();
+                s.cmd("EHLO load.test").await.unwrap();
+                let mut tick = tokio::time::interval(Duration::from_micros(30_000));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let mut n = 0usize;
+                while start.elapsed() < run {
+                    tick.tick().await;
+                    let data = format!("Subject: load {i}-{c}-{n}\r\n\r\nx\r\n");
+                    let r = s
+                        .send("erp@erp.local", &["a@contoso.com"], data.as_bytes())
+                        .await
+                        .unwrap();
+                    assert!(r.starts_with("250"), "{r}");
+                    n += 1;
+                }
+                n
+            });
+        }
+    }
+    let mut offered = 0;
+    while let Some(n) = senders.join_next().await {
+        offered += n.unwrap();
+    }
+    let rate = offered as f64 / start.elapsed().as_secs_f64();
+    assert!(
+        rate >= 190.0,
+        "offered {offered} in two minutes: {rate:.0}/s"
+    );
+    // What is due by the end of the two minutes has arrived a moment later.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut times: Vec<std::time::Instant> = up.messages().iter().map(|m| m.at).collect();
+    times.sort();
+    let minute = Duration::from_secs(60);
+    let busiest = (0..times.len())
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|t| **t < times[i] + minute)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    let in_run = times.iter().filter(|t| **t < start + run).count();
+    assert!(
+        busiest <= 100,
+        "the upstream counted {busiest} in one rolling minute"
+    );
+    assert!(
+        in_run >= 195,
+        "the fleet used its budget: {in_run} sent in two minutes of 200"
+    );
+    // Two minutes with the store up and nobody asking /status: no node says the store is
+    // unreachable.
+    for (_, d) in &mut nodes {
+        d.drain();
+        let false_alarm = d
+            .seen
+            .iter()
+            .find(|v| v["message"] == "alert condition" && v["event"] == "fleet");
+        assert!(false_alarm.is_none(), "{false_alarm:?}");
+    }
+    for (_, d) in &mut nodes {
+        assert_eq!(d.terminate().code(), Some(0));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_hold_two_connections_between_them() {
     let Some(redis) = Redis::start() else { return };

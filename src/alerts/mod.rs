@@ -301,8 +301,10 @@ impl Alerts {
                 "see the README, Troubleshooting: store".into(),
             );
         }
-        if app.distributor.fleet().is_some() {
-            let up = app.pipeline.metrics().fleet_up.get() == 1;
+        if let Some(fleet) = app.distributor.fleet() {
+            // The store's own state (the gauge is only brought up to date when /status
+            // or /metrics is asked, which nobody may do on a node left alone).
+            let up = fleet.is_up();
             let down_for = {
                 let mut since = self
                     .fleet_down_since

@@ -296,6 +296,7 @@ impl Distributor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            f.stamp_accepted().await;
             let mut gone = self.leases.to_give_back(|max| f.fair_share(max));
             let routing = self.routing();
             for name in routing.providers.keys() {

@@ -163,6 +163,8 @@ impl Shared {
                 self.give_back_later(&p, id, rcpts);
             }
             fleet.forgive(id);
+        } else if let Some((p, _)) = held {
+            fleet.accepted(&p, id);
         }
     }
 }
@@ -250,7 +252,7 @@ impl Distributor {
         self.shared.settle(id, sent_rcpts);
         if let Ok(mut map) = self.providers.lock() {
             let st = map.entry(provider.to_string()).or_default();
-            st.windows.settle(id, sent_rcpts);
+            st.windows.settle(id, sent_rcpts, self.now());
             st.in_flight = st.in_flight.saturating_sub(1);
             st.circuit.abandoned();
             if let Some(e) = error {

@@ -6,7 +6,7 @@
 use crate::history::{Attempt, Diagnosis, Record, Status, Waiting};
 use crate::provider::diagnosis::Code;
 use crate::provider::{Fate, Outcome, RcptResult};
-use crate::time::rfc3339;
+use crate::time::{MINUTE_MS, rfc3339};
 
 use super::retry::RetryPolicy;
 
@@ -250,9 +250,22 @@ fn attempt_diagnosis(results: &[RcptResult]) -> Option<Diagnosis> {
 
 /// Holds a group of recipients back until `until` without an attempt: its provider's
 /// per-minute limit is reached. Returns the record's due time.
+///
+/// A deferral for the limit counts toward the ten after which a message goes regardless
+/// once per minute of waiting: under a backlog the window frees a place every few
+/// milliseconds and a waiting message is looked at each time, so counting every look would
+/// send the backlog regardless within seconds, over the mailbox's limit. (A second of slack
+/// for a message woken exactly when the window's oldest send leaves it.)
 pub fn throttled(record: &mut Record, rcpts: &[String], until: u64, now: u64) -> u64 {
     record.deferrals += 1;
-    record.throttle_deferrals += 1;
+    let counted = record
+        .throttle_counted_at
+        .as_deref()
+        .and_then(crate::time::parse_rfc3339);
+    if counted.is_none_or(|t| now.saturating_add(1_000) >= t.saturating_add(MINUTE_MS)) {
+        record.throttle_deferrals += 1;
+        record.throttle_counted_at = Some(rfc3339(now));
+    }
     for r in record
         .recipients
         .iter_mut()
@@ -330,6 +343,7 @@ mod tests {
             pinned: false,
             deferrals: 0,
             throttle_deferrals: 0,
+            throttle_counted_at: None,
             sent_at: None,
             next_attempt_at: None,
             cancelled: None,

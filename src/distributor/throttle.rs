@@ -129,14 +129,16 @@ impl Windows {
         );
     }
 
-    /// After the attempt: keeps the send with the recipients actually sent, or gives its
-    /// place back when nothing was sent.
-    pub fn settle(&mut self, id: &str, sent_rcpts: u32) {
+    /// After the attempt: keeps the send with the recipients actually sent, moved to
+    /// `at` (when the upstream accepted it, which is when the mailbox counts it), or
+    /// gives its place back when nothing was sent.
+    pub fn settle(&mut self, id: &str, sent_rcpts: u32, at: u64) {
         if let Some(pos) = self.uses.iter().position(|u| u.id == id) {
-            if sent_rcpts == 0 {
-                self.uses.remove(pos);
-            } else if let Some(u) = self.uses.get_mut(pos) {
-                u.rcpts = sent_rcpts;
+            let Some(u) = self.uses.remove(pos) else {
+                return;
+            };
+            if sent_rcpts > 0 {
+                self.take(at.max(u.at), id, sent_rcpts);
             }
         }
     }
@@ -166,8 +168,17 @@ mod tests {
         w.take(60_000, "x", 1);
         assert_eq!(w.check(limits, 60_001, 1), Verdict::Throttled(70_000));
         // A send that went nowhere gives its place back.
-        w.settle("x", 0);
+        w.settle("x", 0, 60_001);
         assert_eq!(w.check(limits, 60_001, 1), Verdict::Send);
+        // A send counts from when the upstream accepted it.
+        let one = Limits {
+            per_minute: 1,
+            per_day: 0,
+        };
+        let mut w = Windows::default();
+        w.take(0, "y", 1);
+        w.settle("y", 1, 1_500);
+        assert_eq!(w.check(one, 60_000, 1), Verdict::Throttled(61_500));
     }
 
     #[test]

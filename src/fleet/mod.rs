@@ -156,6 +156,23 @@ end
 return {lost, wanted}
 "#;
 
+/// Moves sends in the per-minute windows to when they were accepted upstream (they were
+/// reserved when admitted; the mailbox counts them when it takes the message, after any
+/// wait for a connection and the dialogue). KEYS: the providers' minute zsets. ARGV per
+/// send: provider index, member, how long ago it was accepted (ms, by the node's own
+/// clock, so a skewed node clock does not matter). A send no longer in the window (its
+/// delivery took over a minute) is added again at its time.
+const STAMP: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #ARGV, 3 do
+  local m = KEYS[tonumber(ARGV[i]) + 1]
+  redis.call('ZADD', m, now - tonumber(ARGV[i + 2]), ARGV[i + 1])
+end
+for _, m in ipairs(KEYS) do redis.call('PEXPIRE', m, 120000) end
+return 1
+"#;
+
 /// The fleet store's answer for one dispatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -248,7 +265,11 @@ pub struct Fleet {
     give_back: redis::Script,
     lease: redis::Script,
     renew: redis::Script,
+    stamp: redis::Script,
     owed: Mutex<Vec<Owed>>,
+    /// Sends accepted upstream whose place in the minute window is still to be moved to
+    /// that time: (provider, member, when).
+    accepted: Mutex<Vec<(String, String, std::time::Instant)>>,
     /// Where each answered call's round trip is recorded (`/metrics`).
     round_trips: Option<prometheus_client::metrics::histogram::Histogram>,
 }
@@ -327,6 +348,8 @@ impl Fleet {
             give_back: redis::Script::new(GIVE_BACK),
             lease: redis::Script::new(LEASE),
             renew: redis::Script::new(RENEW),
+            stamp: redis::Script::new(STAMP),
+            accepted: Mutex::new(Vec::new()),
             owed: Mutex::new(Vec::new()),
             round_trips: None,
         })
@@ -577,6 +600,60 @@ impl Fleet {
             sends = n,
             "fleet: sends made while the store was away added to the shared windows"
         );
+    }
+
+    /// Notes that a reserved send was accepted upstream now; [`Fleet::stamp_accepted`]
+    /// moves its place in the shared minute window to this time.
+    pub fn accepted(&self, provider: &str, id: &str) {
+        if let Ok(mut g) = self.accepted.lock() {
+            g.push((
+                provider.to_string(),
+                format!("{}:{id}", self.node),
+                std::time::Instant::now(),
+            ));
+        }
+    }
+
+    /// Moves the sends accepted since the last call to their times in the shared minute
+    /// windows, in one call (the lease keeper calls it every half second, well within the
+    /// minute that matters). Kept for the next call when the store does not answer.
+    pub async fn stamp_accepted(&self) {
+        let batch: Vec<(String, String, std::time::Instant)> = self
+            .accepted
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
+        if batch.is_empty() {
+            return;
+        }
+        let mut providers: Vec<&str> = Vec::new();
+        for (p, _, _) in &batch {
+            if !providers.contains(&p.as_str()) {
+                providers.push(p);
+            }
+        }
+        let mut inv = self.stamp.prepare_invoke();
+        for p in &providers {
+            inv.key(self.key("minute", p));
+        }
+        for (p, member, at) in &batch {
+            let at_index = providers.iter().position(|x| x == p).unwrap_or(0);
+            let age = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            inv.arg(at_index).arg(member).arg(age);
+        }
+        let done: Option<u8> = self
+            .call(async |mut c| inv.invoke_async(&mut c).await)
+            .await;
+        if done.is_none()
+            && let Ok(mut g) = self.accepted.lock()
+        {
+            // At most a minute's worth is worth keeping: older ones left the window.
+            g.extend(
+                batch
+                    .into_iter()
+                    .filter(|(_, _, at)| at.elapsed() < std::time::Duration::from_secs(60)),
+            );
+        }
     }
 
     /// Gives back a reservation whose send did not happen.

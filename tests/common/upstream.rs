@@ -157,6 +157,8 @@ pub struct Received {
     pub data: Vec<u8>,
     pub auth_user: Option<String>,
     pub tls: bool,
+    /// When the upstream accepted it (its 250 after the data).
+    pub at: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -483,6 +485,7 @@ async fn serve(
                         data,
                         auth_user: auth_user.clone(),
                         tls,
+                        at: std::time::Instant::now(),
                     });
                     up.arrived.notify_waiters();
                 }
