@@ -6,11 +6,15 @@
 # nodes see it (their mailgate_fleet_call_duration_seconds). Loopback only; a private
 # redis-server and sink, stopped by PID.
 #
+# Each case runs ROUNDS times, the cases interleaved (this VM's speed drifts between runs);
+# the summary gives each case's median and the ratio with [fleet] to without.
+#
 #   bench/fleet.sh             # needs redis-server and postfix (smtp-sink)
-#   N=3000 bench/fleet.sh
+#   N=3000 ROUNDS=5 bench/fleet.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-3000}
+ROUNDS=${ROUNDS:-3}
 command -v redis-server >/dev/null || { echo "redis-server missing (apt-get install redis-server)" >&2; exit 1; }
 command -v smtp-sink >/dev/null || { echo "smtp-sink missing (apt-get install postfix)" >&2; exit 1; }
 cargo build --release --locked -q
@@ -98,13 +102,33 @@ run() {
   for _ in $(seq 6000); do drained "${statuses[@]}" && break; sleep 0.05; done
   end=$(date +%s.%N)
   local calls; calls=$(redis_calls)
-  python3 -c "n=$per*$nodes; print(f'{\"$label\":<34} {n/($end-$start):8.0f} msg/s e2e   redis calls/msg {$calls/n:5.2f}   script {\"$(script_usec)\" or \"-\"} us/call, p99 {\"$(script_p99)\" or \"-\"} us')"
+  python3 -c "n=$per*$nodes; print(f'{\"$label\":<34} {n/($end-$start):8.0f} msg/s e2e   redis calls/msg {$calls/n:5.2f}   script {\"$(script_usec)\" or \"-\"} us/call, p99 {\"$(script_p99)\" or \"-\"} us')" | tee -a "$WORK/results"
   if [ "$fleet" = 1 ]; then echo "    $(client_rtt "${statuses[@]}")"; fi
   for pid in "${pids[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
 }
 
-echo "machine: $(nproc) cores; mailgate-load 20 sessions per node, 2 KB, $N messages in all, sink: smtp-sink"
-run "1 node, no [fleet]" 1 0
-run "1 node, [fleet]" 1 1
-run "3 nodes, no [fleet]" 3 0
-run "3 nodes, [fleet] (one mailbox)" 3 1
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); mailgate-load 20 sessions per node, 2 KB, $N messages in all, sink: smtp-sink; $ROUNDS rounds"
+for r in $(seq "$ROUNDS"); do
+  echo "round $r"
+  run "1 node, no [fleet]" 1 0
+  run "1 node, [fleet]" 1 1
+  run "3 nodes, no [fleet]" 3 0
+  run "3 nodes, [fleet] (one mailbox)" 3 1
+done
+python3 - "$WORK/results" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"(.{34}) +(\d+) msg/s e2e +redis calls/msg +([\d.]+)", line)
+    if m:
+        runs.setdefault(m.group(1).strip(), []).append((int(m.group(2)), float(m.group(3))))
+med = {k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
+print("summary (medians):")
+for k, (rate, calls) in med.items():
+    print(f"  {k:<34} {rate:8.0f} msg/s   redis calls/msg {calls:5.2f}")
+for n, fleet in (("1 node", "1 node, [fleet]"), ("3 nodes", "3 nodes, [fleet] (one mailbox)")):
+    base = med.get(f"{n}, no [fleet]")
+    with_ = med.get(fleet)
+    if base and with_:
+        print(f"  {n}: with [fleet] {100 * with_[0] / base[0]:.0f}% of the throughput without, {with_[1]:.2f} Redis calls per message")
+PY
