@@ -149,6 +149,8 @@ pub struct ProviderConfig {
     pub timeout: Option<Dur>,
     /// graph: base URL without version path.
     pub graph_url: Option<String>,
+    /// graph: Exchange keeps a copy of each message in Sent Items (default true).
+    pub save_to_sent_items: Option<bool>,
     /// Consecutive unavailability failures (connection, TLS, sign-in, configuration)
     /// after which the provider is skipped for `circuit_cooldown` (default 5; 0: never).
     pub circuit_open_after: Option<u32>,

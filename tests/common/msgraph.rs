@@ -2,6 +2,13 @@
 //! Graph's sendMail, speaking their documented wire formats (form-encoded client
 //! credentials grant in, JSON token out; base64 MIME in, 202 out) and recording what it
 //! received. The real services cannot be reached from here.
+//!
+//! Also Graph's draft path as Microsoft documents it: a message created from base64 MIME
+//! (`POST /users/{id}/messages`, 201 with the message's `id`), updated (`PATCH`), deleted,
+//! `attachments/createUploadSession` (201 with `uploadUrl` and `nextExpectedRanges`),
+//! the upload URL taking `PUT`s with `Content-Range` (no bearer token; 200 with
+//! `nextExpectedRanges` until the last, 201 then; 416 for a range that does not follow;
+//! 404 once the session expired) and `GET` for the session's state, and `send` (202).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -12,7 +19,7 @@ use axum::Router;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, patch, post};
 use base64::Engine;
 
 /// One sendMail request as received.
@@ -44,6 +51,46 @@ pub struct MockState {
     pub sent: Vec<SendMail>,
     /// Access tokens another identity platform stand-in issued, valid here too.
     pub also_valid: Option<Arc<Mutex<Vec<String>>>>,
+    /// Drafts created (id `draft-{index}`).
+    pub drafts: Vec<Draft>,
+    /// Upload sessions started (URL `/upload/{index}`).
+    pub sessions: Vec<Session>,
+    /// Every chunk PUT: (Content-Range, length, whether it carried an Authorization).
+    pub puts: Vec<(String, usize, bool)>,
+    /// The mailbox's message size limit: a draft and its attachments beyond it are
+    /// refused at createUploadSession (Exchange's `ErrorMessageSizeExceeded`).
+    pub mailbox_limit: Option<usize>,
+    /// Refuse the chunk PUT with this index (over all PUTs) once, with a 503.
+    pub fail_put: Option<usize>,
+    /// A session expires after this many chunks (later PUTs and GETs answer 404).
+    pub expire_after: Option<usize>,
+    /// Only the session with this index expires (all do when None).
+    pub expire_only: Option<usize>,
+}
+
+/// A draft made through the stand-in.
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    pub sender: String,
+    /// The MIME it was created from.
+    pub mime: Vec<u8>,
+    /// PATCH bodies received.
+    pub patches: Vec<serde_json::Value>,
+    /// Attachments whose upload completed: the AttachmentItem and the bytes.
+    pub attachments: Vec<(serde_json::Value, Vec<u8>)>,
+    pub sent: bool,
+    pub deleted: bool,
+}
+
+/// An upload session.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    pub draft: usize,
+    pub item: serde_json::Value,
+    pub size: usize,
+    pub received: Vec<u8>,
+    pub chunks: usize,
+    pub expired: bool,
 }
 
 #[derive(Clone)]
@@ -61,6 +108,19 @@ impl MockMicrosoft {
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .route("/v1.0/users/{sender}/sendMail", post(send_mail))
+            .route("/v1.0/users/{sender}/messages", post(create_draft))
+            .route(
+                "/v1.0/users/{sender}/messages/{id}",
+                patch(update_draft).delete(delete_draft),
+            )
+            .route(
+                "/v1.0/users/{sender}/messages/{id}/attachments/createUploadSession",
+                post(create_session),
+            )
+            .route("/v1.0/users/{sender}/messages/{id}/send", post(send_draft))
+            .route("/upload/{n}", get(session_state).put(put_chunk))
+            // Graph's own limits are checked in the handlers (4 MB per request).
+            .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -120,17 +180,8 @@ async fn send_mail(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let token = authorization.strip_prefix("Bearer ").unwrap_or("");
-    let elsewhere = s
-        .also_valid
-        .as_ref()
-        .is_some_and(|v| v.lock().unwrap().iter().any(|t| t == token));
-    if !(elsewhere || s.issued.iter().any(|t| t == token)) || s.revoked.iter().any(|t| t == token) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(serde_json::json!({"error": {"code": "InvalidAuthenticationToken", "message": "Access token validation failure."}})),
-        )
-            .into_response();
+    if let Some(refused) = unauthorized(&s, &headers) {
+        return refused;
     }
     if let Some((status, retry_after, body)) = s.graph_reply.clone() {
         let mut resp = (StatusCode::from_u16(status).unwrap(), body).into_response();
@@ -153,5 +204,306 @@ async fn send_mail(
             .to_string(),
         mime,
     });
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// Graph's 401 for a missing, unknown or revoked bearer token.
+fn unauthorized(s: &MockState, headers: &HeaderMap) -> Option<Response> {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let token = authorization.strip_prefix("Bearer ").unwrap_or("");
+    let elsewhere = s
+        .also_valid
+        .as_ref()
+        .is_some_and(|v| v.lock().unwrap().iter().any(|t| t == token));
+    if !(elsewhere || s.issued.iter().any(|t| t == token)) || s.revoked.iter().any(|t| t == token) {
+        return Some((
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({"error": {"code": "InvalidAuthenticationToken", "message": "Access token validation failure."}})),
+        )
+            .into_response());
+    }
+    None
+}
+
+fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+fn draft_index(id: &str) -> Option<usize> {
+    id.strip_prefix("draft-")?.parse().ok()
+}
+
+async fn create_draft(
+    State(state): State<Arc<Mutex<MockState>>>,
+    Path(sender): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    if let Some(refused) = unauthorized(&s, &headers) {
+        return refused;
+    }
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("text/plain") {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "RequestBodyRead",
+            "MIME goes as text/plain",
+        );
+    }
+    if body.len() > 4 * 1024 * 1024 {
+        return graph_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "over 4 MB",
+        );
+    }
+    let Ok(mime) = base64::engine::general_purpose::STANDARD.decode(body.trim()) else {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "ErrorMimeContentInvalidBase64String",
+            "Invalid base64 string for MIME content.",
+        );
+    };
+    let id = format!("draft-{}", s.drafts.len());
+    s.drafts.push(Draft {
+        sender,
+        mime,
+        ..Draft::default()
+    });
+    (
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({"id": id, "isDraft": true})),
+    )
+        .into_response()
+}
+
+async fn update_draft(
+    State(state): State<Arc<Mutex<MockState>>>,
+    Path((_sender, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    axum::Json(patch): axum::Json<serde_json::Value>,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    if let Some(refused) = unauthorized(&s, &headers) {
+        return refused;
+    }
+    let Some(d) = draft_index(&id).and_then(|i| s.drafts.get_mut(i)) else {
+        return graph_error(StatusCode::NOT_FOUND, "ErrorItemNotFound", "no such item");
+    };
+    d.patches.push(patch);
+    axum::Json(serde_json::json!({"id": id})).into_response()
+}
+
+async fn delete_draft(
+    State(state): State<Arc<Mutex<MockState>>>,
+    Path((_sender, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    if let Some(refused) = unauthorized(&s, &headers) {
+        return refused;
+    }
+    let Some(d) = draft_index(&id).and_then(|i| s.drafts.get_mut(i)) else {
+        return graph_error(StatusCode::NOT_FOUND, "ErrorItemNotFound", "no such item");
+    };
+    d.deleted = true;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn create_session(
+    State(state): State<Arc<Mutex<MockState>>>,
+    Path((_sender, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<serde_json::Value>,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    if let Some(refused) = unauthorized(&s, &headers) {
+        return refused;
+    }
+    let Some(draft) = draft_index(&id).filter(|i| *i < s.drafts.len()) else {
+        return graph_error(StatusCode::NOT_FOUND, "ErrorItemNotFound", "no such item");
+    };
+    let item = body["AttachmentItem"].clone();
+    let Some(size) = item["size"].as_u64().map(|n| n as usize) else {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "ErrorInvalidRequest",
+            "AttachmentItem.size",
+        );
+    };
+    if item["attachmentType"] != "file" || !item["name"].is_string() {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "ErrorInvalidRequest",
+            "AttachmentItem",
+        );
+    }
+    if let Some(limit) = s.mailbox_limit {
+        let d = &s.drafts[draft];
+        // Exchange counts the message as it would be sent: attachments base64-encoded.
+        let attached = d.attachments.iter().map(|(_, b)| b.len()).sum::<usize>() + size;
+        let total = d.mime.len() + attached * 4 / 3;
+        if total > limit {
+            return graph_error(
+                StatusCode::BAD_REQUEST,
+                "ErrorMessageSizeExceeded",
+                "The message exceeds the maximum supported size.",
+            );
+        }
+    }
+    let n = s.sessions.len();
+    s.sessions.push(Session {
+        draft,
+        item,
+        size,
+        ..Session::default()
+    });
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    (
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({
+            "uploadUrl": format!("http://{host}/upload/{n}"),
+            "expirationDateTime": "2030-01-01T00:00:00Z",
+            "nextExpectedRanges": ["0-"],
+        })),
+    )
+        .into_response()
+}
+
+fn session_answer(se: &Session) -> serde_json::Value {
+    serde_json::json!({
+        "expirationDateTime": "2030-01-01T00:00:00Z",
+        "nextExpectedRanges": [format!("{}-", se.received.len())],
+    })
+}
+
+async fn session_state(
+    State(state): State<Arc<Mutex<MockState>>>,
+    Path(n): Path<usize>,
+) -> Response {
+    let s = state.lock().unwrap();
+    match s.sessions.get(n) {
+        Some(se) if !se.expired => axum::Json(session_answer(se)).into_response(),
+        _ => graph_error(
+            StatusCode::NOT_FOUND,
+            "itemNotFound",
+            "upload session expired",
+        ),
+    }
+}
+
+async fn put_chunk(
+    State(state): State<Arc<Mutex<MockState>>>,
+    Path(n): Path<usize>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    let range = headers
+        .get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let index = s.puts.len();
+    s.puts.push((
+        range.clone(),
+        body.len(),
+        headers.contains_key("authorization"),
+    ));
+    if headers.contains_key("authorization") {
+        return graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "do not send a token to the upload URL",
+        );
+    }
+    if s.fail_put == Some(index) {
+        return graph_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "serviceNotAvailable",
+            "try again",
+        );
+    }
+    let expire_after = s
+        .expire_after
+        .filter(|_| s.expire_only.is_none_or(|only| only == n));
+    let Some(se) = s.sessions.get_mut(n).filter(|se| !se.expired) else {
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "itemNotFound",
+            "upload session expired",
+        );
+    };
+    if expire_after.is_some_and(|k| se.chunks >= k) {
+        se.expired = true;
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "itemNotFound",
+            "upload session expired",
+        );
+    }
+    // "bytes a-b/total"
+    let parsed = range
+        .strip_prefix("bytes ")
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(ab, total)| {
+            let (a, b) = ab.split_once('-')?;
+            Some((
+                a.parse::<usize>().ok()?,
+                b.parse::<usize>().ok()?,
+                total.parse::<usize>().ok()?,
+            ))
+        });
+    let Some((a, b, total)) = parsed else {
+        return graph_error(StatusCode::BAD_REQUEST, "invalidRange", "Content-Range");
+    };
+    let last = b + 1 == total;
+    if a != se.received.len() || total != se.size || b + 1 - a != body.len() {
+        return graph_error(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "invalidRange",
+            "the range does not follow",
+        );
+    }
+    if body.len() > 4 * 1024 * 1024 || (!last && !body.len().is_multiple_of(320 * 1024)) {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "invalidRange",
+            "chunks are a multiple of 320 KiB, at most 4 MB",
+        );
+    }
+    se.received.extend_from_slice(&body);
+    se.chunks += 1;
+    if !last {
+        return axum::Json(session_answer(se)).into_response();
+    }
+    let (draft, item, bytes) = (se.draft, se.item.clone(), std::mem::take(&mut se.received));
+    s.drafts[draft].attachments.push((item, bytes));
+    StatusCode::CREATED.into_response()
+}
+
+async fn send_draft(
+    State(state): State<Arc<Mutex<MockState>>>,
+    Path((_sender, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    if let Some(refused) = unauthorized(&s, &headers) {
+        return refused;
+    }
+    let Some(d) = draft_index(&id).and_then(|i| s.drafts.get_mut(i)) else {
+        return graph_error(StatusCode::NOT_FOUND, "ErrorItemNotFound", "no such item");
+    };
+    d.sent = true;
     StatusCode::ACCEPTED.into_response()
 }
