@@ -30,16 +30,16 @@ smtp-sink -u postfix 127.0.0.1:"$SINK" 2048 >/dev/null 2>&1 & PIDS+=($!)
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 & PIDS+=($!)
 sleep 0.5
 
-# start_node NAME FLEET(0/1) -> prints "smtp_port status_port pid"
+# start_node NAME FLEET(0/1) [CONNS] -> prints "smtp_port status_port pid"
 start_node() {
-  local name=$1 fleet=$2 smtp status
+  local name=$1 fleet=$2 conns=${3:-20} smtp status
   smtp=$(free_port); status=$(free_port)
   mkdir -p "$WORK/$name"
   {
     printf '[smtp]\nlisten = ["127.0.0.1:%s"]\nmax_connections = 2000\n' "$smtp"
     printf '[store]\npath = "%s/data/m.redb"\nmin_free_space = 0\n' "$WORK/$name"
     printf '[status]\nlisten = "127.0.0.1:%s"\n[distributor]\ndefault_provider = "sink"\n' "$status"
-    printf '[[provider]]\nname = "sink"\nkind = "smtp"\nhost = "127.0.0.1"\nport = %s\ntls = "none"\nmax_connections = 20\nper_minute_limit = 1000000\nper_day_recipient_limit = 100000000\n' "$SINK"
+    printf '[[provider]]\nname = "sink"\nkind = "smtp"\nhost = "127.0.0.1"\nport = %s\ntls = "none"\nmax_connections = %s\nper_minute_limit = 1000000\nper_day_recipient_limit = 100000000\n' "$SINK" "$conns"
     if [ "$fleet" = 1 ]; then
       printf '[fleet]\nredis_url = "redis://127.0.0.1:%s/0"\nnode = "%s"\nkey_prefix = "bench:"\nexpected_nodes = 3\n' "$REDIS" "$name"
     fi
@@ -87,12 +87,12 @@ print(f"node-side round trip p50 {q(0.5)} us, p99 {q(0.99)} us ({count} calls)" 
 PY
 }
 
-# run LABEL NODES FLEET
+# run LABEL NODES FLEET [CONNS per node]
 run() {
-  local label=$1 nodes=$2 fleet=$3 ports=() statuses=() pids=() i
+  local label=$1 nodes=$2 fleet=$3 conns=${4:-20} ports=() statuses=() pids=() i
   redis-cli -p "$REDIS" CONFIG RESETSTAT >/dev/null
   for i in $(seq "$nodes"); do
-    read -r smtp status pid < <(start_node "$label-$i" "$fleet")
+    read -r smtp status pid < <(start_node "$label-$i" "$fleet" "$conns")
     ports+=("$smtp"); statuses+=("$status"); pids+=("$pid"); PIDS+=("$pid")
   done
   local per=$((N / nodes)) start end
@@ -113,6 +113,7 @@ for r in $(seq "$ROUNDS"); do
   run "1 node, no [fleet]" 1 0
   run "1 node, [fleet]" 1 1
   run "3 nodes, no [fleet]" 3 0
+  run "3 nodes, no [fleet], 7 conns each" 3 0 7
   run "3 nodes, [fleet] (one mailbox)" 3 1
 done
 python3 - "$WORK/results" <<'PY'
@@ -131,4 +132,8 @@ for n, fleet in (("1 node", "1 node, [fleet]"), ("3 nodes", "3 nodes, [fleet] (o
     with_ = med.get(fleet)
     if base and with_:
         print(f"  {n}: with [fleet] {100 * with_[0] / base[0]:.0f}% of the throughput without, {with_[1]:.2f} Redis calls per message")
+split = med.get("3 nodes, no [fleet], 7 conns each")
+with3 = med.get("3 nodes, [fleet] (one mailbox)")
+if split and with3:
+    print(f"  3 nodes: with [fleet] {100 * with3[0] / split[0]:.0f}% of the throughput without it with the mailbox's 20 connections split by hand (7 each)")
 PY
