@@ -263,3 +263,30 @@ async fn save_to_sent_items_false_marks_the_draft_to_be_deleted_after_submission
     });
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// Exchange Online allows four concurrent requests per mailbox: with ten deliveries at
+/// once allowed, one mailbox still gets at most four requests at a time, and two
+/// mailboxes four each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_four_requests_at_once_per_mailbox() {
+    let ms = MockMicrosoft::start().await;
+    ms.with(|s| s.send_delay_ms = 300);
+    let (_env, mut d) = graph_node(&ms, "max_connections = 10");
+    let mut ids = Vec::new();
+    for sender in ["erp@contoso.com", "billing@contoso.com"] {
+        for n in 0..8 {
+            let body = format!("From: {sender}\r\nTo: a@contoso.com\r\nSubject: {n}\r\n\r\nx\r\n");
+            ids.push(submit_to(d.smtp, sender, &["a@contoso.com"], body.as_bytes()).await);
+        }
+    }
+    for id in &ids {
+        assert_eq!(d.finished(id).await["status"], "sent");
+    }
+    ms.with(|s| {
+        assert_eq!(s.sent.len(), 16);
+        for sender in ["erp@contoso.com", "billing@contoso.com"] {
+            assert_eq!(s.max_in_flight[sender], 4, "{:?}", s.max_in_flight);
+        }
+    });
+    assert_eq!(d.terminate().code(), Some(0));
+}

@@ -66,6 +66,11 @@ pub struct MockState {
     pub expire_after: Option<usize>,
     /// Only the session with this index expires (all do when None).
     pub expire_only: Option<usize>,
+    /// sendMail holds each request this long before answering.
+    pub send_delay_ms: u64,
+    /// sendMail requests in progress per mailbox, and the most seen at once.
+    pub in_flight: HashMap<String, usize>,
+    pub max_in_flight: HashMap<String, usize>,
 }
 
 /// A draft made through the stand-in.
@@ -174,13 +179,36 @@ async fn send_mail(
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    let delay = {
+        let mut s = state.lock().unwrap();
+        let n = s.in_flight.entry(sender.clone()).or_default();
+        *n += 1;
+        let now = *n;
+        let most = s.max_in_flight.entry(sender.clone()).or_default();
+        *most = (*most).max(now);
+        s.send_delay_ms
+    };
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    let out = send_mail_now(&state, sender.clone(), &headers, body);
+    *state.lock().unwrap().in_flight.entry(sender).or_default() -= 1;
+    out
+}
+
+fn send_mail_now(
+    state: &Arc<Mutex<MockState>>,
+    sender: String,
+    headers: &HeaderMap,
+    body: String,
+) -> Response {
     let mut s = state.lock().unwrap();
     let authorization = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    if let Some(refused) = unauthorized(&s, &headers) {
+    if let Some(refused) = unauthorized(&s, headers) {
         return refused;
     }
     if let Some((status, retry_after, body)) = s.graph_reply.clone() {
