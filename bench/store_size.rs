@@ -86,7 +86,7 @@ async fn round(store: &Store, args: &Args, at_ms: u64) -> Duration {
             let id = ulid::Ulid::from_parts(at_ms + n as u64, n as u128).to_string();
             let rec = record(id, at_ms, args.size);
             m.push(Mutation::Insert {
-                raw: body.clone(),
+                body: mailgate::store::NewBody::Memory(body.clone()),
                 record: Box::new(rec.clone()),
                 due_ms: at_ms,
             });

@@ -361,7 +361,7 @@ impl Distributor {
                 if s.record(&id)?.is_none_or(|r| r.status.is_finished()) {
                     return Ok(None);
                 }
-                s.message(&id)
+                s.body(&id)
             })
             .await;
         let mut headers = Vec::new();
@@ -372,9 +372,11 @@ impl Distributor {
                 (self.damaged_outcome(record, &e), None, 0, Some(reply))
             }
             Err(e) => return Err(e),
-            Ok(Some(raw)) => {
-                headers = crate::notify::header_block(&raw).to_vec();
-                self.send(record, group, raw).await
+            Ok(Some(body)) => {
+                if let Ok(head) = body.head() {
+                    headers = crate::notify::header_block(&head).to_vec();
+                }
+                self.send(record, group, body).await
             }
         };
         let notice = self.notice(&mut record, &headers, &self.routing());
@@ -428,7 +430,7 @@ impl Distributor {
         &self,
         record: Record,
         group: &Group,
-        raw: Vec<u8>,
+        body: crate::store::Body,
     ) -> (Record, Option<u64>, u32, Option<String>) {
         let routing = self.routing();
         let pending: Vec<&crate::history::Recipient> = record
@@ -446,7 +448,7 @@ impl Distributor {
                 .map(|r| r.blind.map(|b| b.then(|| r.address.clone())))
                 .collect::<Option<Vec<Option<String>>>>()
                 .map(|v| v.into_iter().flatten().collect()),
-            raw: Arc::new(raw),
+            body: Arc::new(body),
         };
         let outcome = match routing.providers.get(&group.provider) {
             Some(p) => self.bounded(p, &group.provider, &delivery).await,

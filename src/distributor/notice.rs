@@ -135,8 +135,9 @@ impl Distributor {
             kind,
         });
         tracing::info!(id = %id, of = %record.id, kind = kind.as_str(), to = %record.sender, status = "queued", "notice to the sender queued");
+        // A notice holds the original's header block, never its body: it is small.
         Some(Mutation::Insert {
-            raw,
+            body: crate::store::NewBody::Memory(raw),
             record: Box::new(notice),
             due_ms: now,
         })

@@ -2,11 +2,11 @@
 //! a temporary file, fsync, rename, fsync of the directory. A reader never sees a
 //! half-written file, and a file that exists survives a crash.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::diagnosis::Code;
 use super::{Delivery, Outcome};
+use crate::store::Body;
 
 /// Writes each message as one file.
 #[derive(Debug)]
@@ -15,13 +15,14 @@ pub struct EmlProvider {
     timeout: std::time::Duration,
 }
 
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+fn write_atomically(dir: &Path, name: &str, body: &Body) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{name}.tmp"));
     let dest = dir.join(name);
     {
+        // Piece by piece: a large body is never read whole.
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        body.write_to(&mut f)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &dest)?;
@@ -60,7 +61,7 @@ impl EmlProvider {
     pub async fn deliver(&self, d: &Delivery) -> Outcome {
         let dir = self.dir.clone();
         let name = format!("{}.eml", d.id);
-        let raw = d.raw.clone();
+        let raw = d.body.clone();
         super::stage::enter("writing the file");
         let result = tokio::task::spawn_blocking(move || write_atomically(&dir, &name, &raw))
             .await

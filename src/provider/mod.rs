@@ -41,8 +41,8 @@ pub struct Delivery {
     pub from: String,
     /// Envelope recipients still to deliver.
     pub rcpts: Vec<String>,
-    /// The stored message.
-    pub raw: Arc<Vec<u8>>,
+    /// The stored message (a large one is read from its file piece by piece).
+    pub body: Arc<crate::store::Body>,
     /// Which of `rcpts` no header names (from the record; None for a record written
     /// before mailgate kept it: then the header is read again).
     pub blind: Option<Vec<String>>,
@@ -206,17 +206,17 @@ impl Provider {
         let margin = std::time::Duration::from_secs(5);
         let rcpts = u32::try_from(d.rcpts.len()).unwrap_or(u32::MAX);
         let once = match self {
-            Provider::Eml(p) => body_bound(p.timeout(), d.raw.len()),
+            Provider::Eml(p) => body_bound(p.timeout(), d.body.len() as usize),
             // connect, TLS, greeting, EHLO, STARTTLS, EHLO, token, AUTH; MAIL, RCPT each,
             // DATA, the body, the final reply, RSET; QUIT.
             Provider::Smtp(p) => {
                 let t = p.timeout();
-                t * 8 * 2 + t * (4 + rcpts) + body_bound(t, d.raw.len()) + CLOSE_WAIT * 2
+                t * 8 * 2 + t * (4 + rcpts) + body_bound(t, d.body.len() as usize) + CLOSE_WAIT * 2
             }
             // token; the request (base64: 4/3 of the size).
             Provider::Graph(p) => {
                 let t = p.timeout();
-                t + body_bound(t, d.raw.len() / 3 * 4 + 4)
+                t + body_bound(t, d.body.len() as usize / 3 * 4 + 4)
             }
         };
         once * 2 + margin

@@ -348,10 +348,20 @@ pub(super) async fn get_eml(State(state): State<AppState>, Path(id): Path<String
     match state
         .pipeline
         .store()
-        .blocking(move |s| s.message(&lookup))
+        .blocking(move |s| s.body(&lookup))
         .await
     {
-        Ok(Some(raw)) => ([(header::CONTENT_TYPE, "message/rfc822")], raw).into_response(),
+        Ok(Some(body)) => {
+            let len = body.len();
+            (
+                [
+                    (header::CONTENT_TYPE, "message/rfc822".to_string()),
+                    (header::CONTENT_LENGTH, len.to_string()),
+                ],
+                body.into_http(),
+            )
+                .into_response()
+        }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no message {id}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -20,6 +20,10 @@ pub struct CheckReport {
     pub records: u64,
     /// Bodies whose checksum matched (or that predate checksums).
     pub bodies_ok: u64,
+    /// Of those, the bodies kept in files beside the database.
+    pub body_files: u64,
+    /// Bytes in those files.
+    pub body_file_bytes: u64,
     /// One line per problem found.
     pub problems: Vec<String>,
 }
@@ -64,9 +68,9 @@ fn ids(db: &redb::Database) -> Result<Vec<String>, StoreError> {
 }
 
 /// A record, its due time and its body (None when it has none).
-type Stored = (Record, Option<u64>, Option<Vec<u8>>);
+type Stored = (Record, Option<u64>, Option<super::Body>);
 
-fn read_one(db: &redb::Database, id: &str) -> Result<Stored, StoreError> {
+fn read_one(db: &redb::Database, bodies: &Path, id: &str) -> Result<Stored, StoreError> {
     contained(&format!("message {id}"), || {
         let txn = db.begin_read().map_err(io_err)?;
         let records = txn.open_table(RECORDS).map_err(io_err)?;
@@ -75,23 +79,27 @@ fn read_one(db: &redb::Database, id: &str) -> Result<Stored, StoreError> {
             .map_err(io_err)?
             .ok_or_else(|| StoreError::Damaged(format!("record {id} vanished")))?;
         let (rec, due) = decode_record(id, v.value())?;
-        let messages = txn.open_table(MESSAGES).map_err(io_err)?;
-        let body = messages
-            .get(id)
-            .map_err(io_err)?
-            .map(|v| v.value().to_vec());
-        if let Some(b) = &body {
-            let crcs = txn.open_table(BODY_CRC).map_err(io_err)?;
-            if let Some(want) = crcs.get(id).map_err(io_err)?.map(|v| v.value())
-                && crc32c::crc32c(b) != want
-            {
-                return Err(StoreError::Damaged(format!(
-                    "the body of {id} fails its checksum"
-                )));
-            }
-        }
+        let body = super::read_body(&txn, bodies, id, None)?;
         Ok((rec, due, body))
     })
+}
+
+/// The files in the body directory no record refers to (the daemon removes them when
+/// it opens the store).
+fn orphan_files(db: &redb::Database, bodies: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(bodies) else {
+        return Vec::new();
+    };
+    let Ok(txn) = db.begin_read() else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| matches!(super::file_body_len(&txn, name), Ok(None)))
+        .collect();
+    out.sort();
+    out
 }
 
 impl Store {
@@ -145,12 +153,19 @@ impl Store {
                 Vec::new()
             }
         };
+        let bodies = super::body::dir_of(path);
         for id in all {
-            match read_one(&db, &id) {
+            match read_one(&db, &bodies, &id) {
                 Ok((rec, due, body)) => {
                     report.records += 1;
                     match body {
-                        Some(_) => report.bodies_ok += 1,
+                        Some(b) => {
+                            report.bodies_ok += 1;
+                            if let super::Body::File { len, .. } = b {
+                                report.body_files += 1;
+                                report.body_file_bytes += len;
+                            }
+                        }
                         None => report
                             .problems
                             .push(format!("{id}: the record has no message body")),
@@ -176,6 +191,12 @@ impl Store {
                 }
                 Err(e) => report.problems.push(format!("{id}: {e}")),
             }
+        }
+        for name in orphan_files(&db, &bodies) {
+            report.problems.push(format!(
+                "{}: a body file no record refers to (left by a crash before its commit; removed when mailgate next starts)",
+                bodies.join(name).display()
+            ));
         }
         Ok(report)
     }
@@ -203,12 +224,20 @@ impl Store {
             }
         };
         let mut batch = Vec::new();
+        let bodies = super::body::dir_of(from);
         for id in all {
-            match read_one(&src, &id) {
+            let read = read_one(&src, &bodies, &id).and_then(|(rec, due, body)| {
+                let bytes = body
+                    .map(|b| b.bytes().map(|c| c.into_owned()))
+                    .transpose()
+                    .map_err(|e| StoreError::Damaged(format!("the body of {id}: {e}")))?;
+                Ok((rec, due, bytes))
+            });
+            match read {
                 Ok((rec, due, Some(body))) => {
                     report.copied += 1;
                     batch.push(Mutation::Insert {
-                        raw: body,
+                        body: dst.new_body(&id, body).await?,
                         record: Box::new(rec.clone()),
                         due_ms: due.unwrap_or(0),
                     });
@@ -220,7 +249,7 @@ impl Store {
                 Ok((rec, _, None)) if rec.status.is_finished() => {
                     report.history_only += 1;
                     batch.push(Mutation::Insert {
-                        raw: Vec::new(),
+                        body: super::NewBody::Memory(Vec::new()),
                         record: Box::new(rec.clone()),
                         due_ms: 0,
                     });

@@ -8,6 +8,7 @@
 //! concurrent sessions share one fsync.
 
 mod backend;
+pub mod body;
 mod check;
 mod health;
 mod retention;
@@ -15,6 +16,7 @@ mod schema;
 pub mod space;
 mod writer;
 
+pub use body::Body;
 pub use check::{CheckReport, SalvageReport};
 pub use retention::{RETENTION_INTERVAL, retention_task};
 
@@ -102,8 +104,8 @@ fn io_err(e: impl Into<redb::Error>) -> StoreError {
 pub enum Mutation {
     /// A new message: body, record, and due now.
     Insert {
-        /// Raw message bytes as they will be relayed.
-        raw: Vec<u8>,
+        /// Its body as it will be relayed.
+        body: NewBody,
         /// Its history record.
         record: Box<Record>,
         /// When it is due.
@@ -162,6 +164,20 @@ pub enum Mutation {
     Probe,
 }
 
+/// A new message's body as the writer stores it.
+#[derive(Debug, Clone)]
+pub enum NewBody {
+    /// Into the `messages` table.
+    Memory(Vec<u8>),
+    /// Already in its file (written and fsynced): its length and checksum are recorded.
+    File {
+        /// Length in bytes.
+        len: u64,
+        /// CRC32C.
+        crc: u32,
+    },
+}
+
 struct WriteRequest {
     /// Close the database after this request (shutdown).
     close: bool,
@@ -208,6 +224,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let fail = Arc::new(AtomicBool::new(false));
         let (db, file_id, fd) = open_db(path, &fail)?;
+        sweep_body_files(&db, &body::dir_of(path));
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             health: health::Health::default(),
@@ -306,19 +323,59 @@ impl Store {
         cv.notify_all();
     }
 
-    /// Commits a new message with its record, due at `record`'s arrival.
+    /// Commits a new message with its record, due at `record`'s arrival. A large body
+    /// goes to its file first (and the bytes are let go of before the commit); a commit
+    /// that fails removes it again.
     pub async fn insert(
         &self,
         raw: Vec<u8>,
         record: Record,
         due_ms: u64,
     ) -> Result<(), StoreError> {
-        self.write(vec![Mutation::Insert {
-            raw,
-            record: Box::new(record),
-            due_ms,
-        }])
-        .await
+        let id = record.id.clone();
+        let body = self.new_body(&id, raw).await?;
+        let in_file = matches!(body, NewBody::File { .. });
+        let result = self
+            .write(vec![Mutation::Insert {
+                body,
+                record: Box::new(record),
+                due_ms,
+            }])
+            .await;
+        if result.is_err() && in_file {
+            let _ = std::fs::remove_file(self.bodies().join(&id));
+        }
+        result
+    }
+
+    /// The directory of this store's body files.
+    pub fn bodies(&self) -> PathBuf {
+        body::dir_of(&self.shared.path)
+    }
+
+    /// A new body as the writer takes it: a large one written to its file (durably)
+    /// first, a small one as it is.
+    pub async fn new_body(&self, id: &str, raw: Vec<u8>) -> Result<NewBody, StoreError> {
+        if raw.len() < body::FILE_MIN {
+            return Ok(NewBody::Memory(raw));
+        }
+        if self.shared.fail_writes.load(Ordering::Relaxed) {
+            return Err(StoreError::Io(
+                "fault injection: writes fail as on a full disk".into(),
+            ));
+        }
+        let (dir, id) = (self.bodies(), id.to_string());
+        let len = raw.len() as u64;
+        let written = tokio::task::spawn_blocking(move || body::write_file(&dir, &id, &raw))
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        match written {
+            Ok(crc) => Ok(NewBody::File { len, crc }),
+            Err(e) => Err(StoreError::Io(format!(
+                "cannot write the message body file in {}: {e}",
+                self.bodies().display()
+            ))),
+        }
     }
 
     /// Commits a new version of a record and moves its due-index entry.
@@ -384,33 +441,100 @@ impl Store {
         })
     }
 
-    /// The stored message bytes, checked against their checksum. A mismatch, or a read
-    /// that fails inside the database, is [`StoreError::Damaged`].
-    pub fn message(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The stored body, checked against its checksum (and a file body against its
+    /// length) before it is handed out. A mismatch, a missing file, or a read that fails
+    /// inside the database is [`StoreError::Damaged`].
+    pub fn body(&self, id: &str) -> Result<Option<Body>, StoreError> {
         contained(&format!("the message {id}"), || {
             let txn = self.db()?.begin_read().map_err(io_err)?;
-            let t = txn.open_table(MESSAGES).map_err(io_err)?;
-            let Some(body) = t.get(id).map_err(io_err)?.map(|v| v.value().to_vec()) else {
-                return Ok(None);
-            };
-            if let Some(marker) = &self.shared.panic_on
-                && memchr::memmem::find(&body, marker).is_some()
-            {
-                panic!("internal error: entered unreachable code (fault injection)");
-            }
-            let crcs = txn.open_table(BODY_CRC).map_err(io_err)?;
-            if let Some(want) = crcs.get(id).map_err(io_err)?.map(|v| v.value()) {
-                let got = crc32c::crc32c(&body);
-                if got != want {
-                    return Err(StoreError::Damaged(format!(
-                        "the stored body of {id} fails its checksum (CRC32C {got:08x}, stored {want:08x})"
-                    )));
-                }
-            }
-            Ok(Some(body))
+            read_body(&txn, &self.bodies(), id, self.shared.panic_on.as_deref())
         })
     }
 
+    /// The whole stored message in memory (small messages; see [`Store::body`]).
+    pub fn message(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.body(id)?
+            .map(|b| {
+                b.bytes().map(|c| c.into_owned()).map_err(|e| {
+                    StoreError::Damaged(format!("the stored body of {id} cannot be read: {e}"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Removes the body files no record refers to: written before a commit that never
+/// happened (a crash, or a failed commit whose removal did not run), so never
+/// acknowledged. Runs as the store opens, before anything writes.
+fn sweep_body_files(db: &Database, dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let Ok(txn) = db.begin_read() else {
+        return;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if matches!(file_body_len(&txn, &name), Ok(None)) && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::warn!(directory = %dir.display(), removed, "removed message body files no record refers to (written before a commit that did not happen; none was acknowledged)");
+    }
+}
+
+/// The length of the file body of `id`, if it has one; a store from before file bodies
+/// has no such table.
+pub(super) fn file_body_len(
+    txn: &redb::ReadTransaction,
+    id: &str,
+) -> Result<Option<u64>, StoreError> {
+    match txn.open_table(BODY_FILES) {
+        Ok(t) => Ok(t.get(id).map_err(io_err)?.map(|v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// Reads the body of `id` in `txn`: from the `messages` table, or its file in `bodies`,
+/// checked against its checksum either way.
+pub(super) fn read_body(
+    txn: &redb::ReadTransaction,
+    bodies: &Path,
+    id: &str,
+    panic_on: Option<&[u8]>,
+) -> Result<Option<Body>, StoreError> {
+    let crcs = txn.open_table(BODY_CRC).map_err(io_err)?;
+    let want = crcs.get(id).map_err(io_err)?.map(|v| v.value());
+    if let Some(len) = file_body_len(txn, id)? {
+        return body::open_file(bodies, id, len, want)
+            .map(Some)
+            .map_err(StoreError::Damaged);
+    }
+    let t = txn.open_table(MESSAGES).map_err(io_err)?;
+    let Some(body) = t.get(id).map_err(io_err)?.map(|v| v.value().to_vec()) else {
+        return Ok(None);
+    };
+    if let Some(marker) = panic_on
+        && memchr::memmem::find(&body, marker).is_some()
+    {
+        panic!("internal error: entered unreachable code (fault injection)");
+    }
+    if let Some(want) = want {
+        let got = crc32c::crc32c(&body);
+        if got != want {
+            return Err(StoreError::Damaged(format!(
+                "the stored body of {id} fails its checksum (CRC32C {got:08x}, stored {want:08x})"
+            )));
+        }
+    }
+    Ok(Some(Body::Memory(body)))
+}
+
+impl Store {
     /// Due-index entries in order as (due, id, provider), passing over those for which
     /// `skip(id, provider)` is true, at most `limit`.
     pub fn due_entries(

@@ -9,6 +9,10 @@ pub(super) const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// id -> CRC32C of the message body, written in the same transaction as the body and
 /// checked on every read (a body without one predates checksums and is read as it is).
 pub(super) const BODY_CRC: TableDefinition<&str, u32> = TableDefinition::new("body_crc");
+/// id -> length of a body kept in a file of the store's `.bodies` directory (see
+/// `body.rs`); such a body has no `messages` entry. Created by the first write that
+/// needs it, so a store from before it opens as it is.
+pub(super) const BODY_FILES: TableDefinition<&str, u64> = TableDefinition::new("body_files");
 /// Small facts about the store itself (the health probe's last write).
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");

@@ -12,7 +12,7 @@ use redb::{Database, Durability, ReadableTable};
 use tokio::sync::mpsc;
 
 use super::schema::*;
-use super::{MAX_GROUP, Mutation, Shared, StoreError, WriteRequest, backend, io_err};
+use super::{MAX_GROUP, Mutation, NewBody, Shared, StoreError, WriteRequest, backend, io_err};
 use crate::history::Record;
 use crate::history::Status;
 use crate::time::HOUR_MS;
@@ -157,11 +157,15 @@ fn tables_exist(db: &Database) -> bool {
         && txn.open_table(TALLY).is_ok()
 }
 
-fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
+/// Applies a batch in one transaction; returns the ids whose body files the commit
+/// deleted (removed from disk once it is durable).
+fn apply(db: &Database, batch: &[WriteRequest]) -> Result<Vec<String>, StoreError> {
     let mut txn = db.begin_write().map_err(io_err)?;
     txn.set_durability(Durability::Immediate).map_err(io_err)?;
+    let mut unlink = Vec::new();
     {
         let mut messages = txn.open_table(MESSAGES).map_err(io_err)?;
+        let mut body_files = txn.open_table(BODY_FILES).map_err(io_err)?;
         let mut crcs = txn.open_table(BODY_CRC).map_err(io_err)?;
         let mut meta = txn.open_table(META).map_err(io_err)?;
         let mut records = txn.open_table(RECORDS).map_err(io_err)?;
@@ -196,15 +200,25 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
         for m in batch.iter().flat_map(|r| r.mutations.iter()) {
             match m {
                 Mutation::Insert {
-                    raw,
+                    body,
                     record,
                     due_ms,
                 } => {
-                    messages
-                        .insert(record.id.as_str(), raw.as_slice())
-                        .map_err(io_err)?;
-                    crcs.insert(record.id.as_str(), crc32c::crc32c(raw))
-                        .map_err(io_err)?;
+                    let crc = match body {
+                        NewBody::Memory(raw) => {
+                            messages
+                                .insert(record.id.as_str(), raw.as_slice())
+                                .map_err(io_err)?;
+                            crc32c::crc32c(raw)
+                        }
+                        NewBody::File { len, crc } => {
+                            body_files
+                                .insert(record.id.as_str(), *len)
+                                .map_err(io_err)?;
+                            *crc
+                        }
+                    };
+                    crcs.insert(record.id.as_str(), crc).map_err(io_err)?;
                     records
                         .insert(
                             record.id.as_str(),
@@ -253,6 +267,9 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
                     index(old.as_ref().map(|(r, _)| r), None)?;
                     messages.remove(id.as_str()).map_err(io_err)?;
                     crcs.remove(id.as_str()).map_err(io_err)?;
+                    if body_files.remove(id.as_str()).map_err(io_err)?.is_some() {
+                        unlink.push(id.clone());
+                    }
                 }
                 Mutation::DueNow { id, now_ms } => {
                     let old = records
@@ -353,7 +370,8 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
             }
         }
     }
-    txn.commit().map_err(io_err)
+    txn.commit().map_err(io_err)?;
+    Ok(unlink)
 }
 
 /// The writer thread: group commit, and reopening the file after an I/O failure (redb
@@ -387,7 +405,14 @@ pub(super) fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteRequest>) 
         let started = Instant::now();
         let result = match (db, shared.health.lost()) {
             (_, Some(why)) => Err(StoreError::Lost(why)),
-            (Some(db), None) => apply(&db, &batch),
+            (Some(db), None) => apply(&db, &batch).map(|unlink| {
+                // The commit that deleted them is durable: their files go now (one a
+                // crash leaves behind is swept when the store opens).
+                let dir = super::body::dir_of(&shared.path);
+                for id in unlink {
+                    let _ = std::fs::remove_file(dir.join(id));
+                }
+            }),
             (None, None) => Err(StoreError::Closed),
         };
         shared.health.commit_result(&result);

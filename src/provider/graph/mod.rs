@@ -68,13 +68,12 @@ fn transient(code: Code, reply: String) -> Outcome {
 
 /// The MIME Graph gets: the stored message, with a `Bcc:` header for the envelope
 /// recipients no header names (Graph sends to the header's recipients).
-pub fn graph_mime(raw: &[u8], blind: &[String]) -> Vec<u8> {
-    if blind.is_empty() {
-        return raw.to_vec();
+pub fn graph_mime(mut raw: Vec<u8>, blind: &[String]) -> Vec<u8> {
+    if !blind.is_empty() {
+        let bcc = format!("Bcc: {}\r\n", blind.join(",\r\n ")).into_bytes();
+        raw.splice(0..0, bcc);
     }
-    let mut out = format!("Bcc: {}\r\n", blind.join(",\r\n ")).into_bytes();
-    out.extend_from_slice(raw);
-    out
+    raw
 }
 
 /// The envelope recipients of `d` no header names: from the record, or for a record
@@ -83,7 +82,8 @@ fn blind_of(d: &Delivery) -> Vec<String> {
     if let Some(b) = &d.blind {
         return b.clone();
     }
-    let named: Vec<String> = crate::message::recipients::named(&d.raw)
+    let head = d.body.head().unwrap_or_default();
+    let named: Vec<String> = crate::message::recipients::named(&head)
         .addresses
         .iter()
         .map(|a| a.to_ascii_lowercase())
@@ -288,7 +288,18 @@ impl GraphProvider {
         let Ok(_permit) = self.permits.acquire().await else {
             return transient(Code::Unknown, "provider closed".into());
         };
-        let mime = graph_mime(&d.raw, &blind_of(d));
+        // Graph takes the MIME whole (base64 in one request, or parsed for the draft):
+        // one copy of it in memory, read from a file body without a second.
+        let raw = match d.body.bytes() {
+            Ok(r) => r.into_owned(),
+            Err(e) => {
+                return transient(
+                    Code::StoreDamaged,
+                    format!("the stored body of {} cannot be read: {e}", d.id),
+                );
+            }
+        };
+        let mime = graph_mime(raw, &blind_of(d));
         if split::base64_len(mime.len()) > MAX_REQUEST || !self.save_to_sent {
             return self.send_draft(&d.from, mime).await;
         }
@@ -328,15 +339,15 @@ mod tests {
                 "B@contoso.com".into(),
                 "hidden@contoso.com".into(),
             ],
-            raw: std::sync::Arc::new(raw.to_vec()),
+            body: std::sync::Arc::new(crate::store::Body::from_bytes(raw.to_vec())),
             blind: None,
         };
         // An old record: the header is read again.
-        let out = graph_mime(raw, &blind_of(&d));
+        let out = graph_mime(raw.to_vec(), &blind_of(&d));
         assert_eq!(&out[..30], b"Bcc: hidden@contoso.com\r\nTo: A");
         assert!(out.ends_with(raw));
         // A record that knows: it is taken as it is.
         d.blind = Some(vec![]);
-        assert_eq!(graph_mime(raw, &blind_of(&d)), raw.to_vec());
+        assert_eq!(graph_mime(raw.to_vec(), &blind_of(&d)), raw.to_vec());
     }
 }

@@ -23,6 +23,7 @@ use super::stage::{self, CLOSE_WAIT};
 use super::{Delivery, Fate, Outcome, RcptResult};
 use crate::config::{ProviderConfig, TlsMode};
 use crate::secrets::{SecretError, SecretStore, provider_password};
+use crate::store::Body;
 pub use failure::Failure;
 use failure::{error_chain, no_answer, response_text, timed};
 
@@ -308,7 +309,7 @@ impl SmtpProvider {
         let _ = tcp.set_nodelay(true);
         let stream: Box<dyn lettre::transport::smtp::client::AsyncTokioStream> =
             match self.config.tls {
-                TlsMode::None => Box::new(tcp),
+                TlsMode::None => Box::new(tls::Wire::plain(tcp)),
                 TlsMode::Tls => Box::new(self.handshake(tcp, Vec::new()).await?),
                 TlsMode::Starttls => {
                     self.plain_starttls(&mut tcp).await?;
@@ -566,8 +567,13 @@ impl SmtpProvider {
                 self.checkin(conn).await;
                 outcome
             }
-            // A server that stopped answering gets no QUIT: the socket is dropped.
-            Err(f) if f.is_broken() && f.code == Code::ConnectionFailed => {
+            // A server that stopped answering gets no QUIT: the socket is dropped. So
+            // does one inside a body that could not be read: anything written now would
+            // be more data, and the message must never be ended.
+            Err(f)
+                if f.is_broken()
+                    && matches!(f.code, Code::ConnectionFailed | Code::StoreDamaged) =>
+            {
                 drop(conn);
                 f.into_outcome()
             }
@@ -595,9 +601,26 @@ impl SmtpProvider {
     ) -> Result<Outcome, Failure> {
         let t = self.timeout;
         let info = conn.server_info();
-        let body = wire_body(&d.raw);
+        // What goes after DATA: the stored body without its last CRLF. A file body is
+        // read in pieces as it goes out; only an old stored message with bare LFs is
+        // copied (`wire_body`).
+        let legacy;
+        let (body, end): (&Body, u64) = match &*d.body {
+            Body::Memory(v) => match wire_body(v) {
+                std::borrow::Cow::Borrowed(b) => (&*d.body, b.len() as u64),
+                std::borrow::Cow::Owned(o) => {
+                    legacy = Body::Memory(o);
+                    (&legacy, legacy.len())
+                }
+            },
+            file => {
+                let len = file.len();
+                let tail = file.read_at(len.saturating_sub(2), 2).map_err(unreadable)?;
+                (file, if *tail == *b"\r\n" { len - 2 } else { len })
+            }
+        };
         let mut params = String::new();
-        if info.supports_feature(Extension::EightBitMime) && !body.is_ascii() {
+        if info.supports_feature(Extension::EightBitMime) && !body.is_ascii().map_err(unreadable)? {
             params.push_str(" BODY=8BITMIME");
         }
         let utf8 = !d.from.is_ascii() || d.rcpts.iter().any(|r| !r.is_ascii());
@@ -649,7 +672,7 @@ impl SmtpProvider {
             });
         }
         timed(t, "DATA", conn.command("DATA\r\n")).await?;
-        let reply = send_body(conn, &body, t).await?;
+        let reply = send_body(conn, body, end, t).await?;
         let reply = response_text(&reply);
         for r in results.iter_mut().filter(|r| r.fate == Fate::Sent) {
             r.reply = reply.clone();
@@ -672,6 +695,8 @@ struct BodyProgress {
     last_ms: AtomicU64,
     /// Every piece taken: now only the final reply is awaited.
     done: std::sync::atomic::AtomicBool,
+    /// Why a piece of the body could not be read (the message was abandoned).
+    unreadable: std::sync::Mutex<Option<String>>,
 }
 
 impl BodyProgress {
@@ -682,32 +707,72 @@ impl BodyProgress {
     }
 }
 
-/// The body in 16 KB pieces; each piece pulled means the one before was written.
+/// The stored body cannot be read (a file body's disk): the attempt is deferred.
+fn unreadable(e: std::io::Error) -> Failure {
+    Failure::local(
+        Code::StoreDamaged,
+        format!("the stored message body cannot be read: {e}"),
+    )
+}
+
+/// The body in pieces (64 KB, read from its file for a large one); each piece pulled
+/// means the one before was written. A piece that cannot be read abandons the message
+/// (see [`tls::abandon_body`]): it is never ended with a dot.
 struct Pieces<'a> {
-    chunks: std::slice::Chunks<'a, u8>,
+    pieces: crate::store::body::Pieces<'a>,
     progress: &'a BodyProgress,
+    /// A file body's recorded checksum, and the bytes after `end` (its last CRLF): what
+    /// went out is checked against it before the message is ended.
+    check: Option<(u32, &'static [u8])>,
+    crc: u32,
+}
+
+impl Pieces<'_> {
+    fn abandon(&self, why: String) {
+        if let Ok(mut slot) = self.progress.unreadable.lock() {
+            *slot = Some(why);
+        }
+        tls::abandon_body();
+    }
 }
 
 impl<'a> Iterator for Pieces<'a> {
-    type Item = &'a [u8];
+    type Item = std::borrow::Cow<'a, [u8]>;
 
-    fn next(&mut self) -> Option<&'a [u8]> {
+    fn next(&mut self) -> Option<Self::Item> {
         let p = self.progress;
         p.last_ms.store(
             crate::time::duration_ms(p.started.elapsed()),
             Ordering::Relaxed,
         );
-        let next = self.chunks.next();
-        match next {
-            Some(c) => {
+        match self.pieces.next() {
+            Some(Ok(c)) => {
                 p.sent.fetch_add(c.len() as u64, Ordering::Relaxed);
+                if self.check.is_some() {
+                    self.crc = crc32c::crc32c_append(self.crc, &c);
+                }
+                Some(c)
+            }
+            Some(Err(e)) => {
+                self.abandon(e.to_string());
+                None
+            }
+            None if self
+                .check
+                .is_some_and(|(want, tail)| crc32c::crc32c_append(self.crc, tail) != want) =>
+            {
+                self.abandon(
+                    "the body file changed on disk after it was checked: it fails its checksum"
+                        .into(),
+                );
+                None
             }
             None => {
                 p.done.store(true, Ordering::Relaxed);
                 stage::enter("end of DATA");
+                None
             }
         }
-        next
     }
 }
 
@@ -716,7 +781,8 @@ impl<'a> Iterator for Pieces<'a> {
 /// 64 KB/s; the final reply comes within `t` of the last byte.
 async fn send_body(
     conn: &mut AsyncSmtpConnection,
-    body: &[u8],
+    body: &Body,
+    end: u64,
     t: Duration,
 ) -> Result<lettre::transport::smtp::response::Response, Failure> {
     stage::enter("message body");
@@ -725,13 +791,28 @@ async fn send_body(
         sent: AtomicU64::new(0),
         last_ms: AtomicU64::new(0),
         done: std::sync::atomic::AtomicBool::new(false),
+        unreadable: std::sync::Mutex::new(None),
     };
-    let ceiling = stage::body_bound(t, body.len());
+    let ceiling = stage::body_bound(t, end as usize);
+    let check = match body {
+        Body::File {
+            crc: Some(c), len, ..
+        } => Some((*c, if end < *len { &b"\r\n"[..] } else { &b""[..] })),
+        _ => None,
+    };
     let pieces = Pieces {
-        chunks: body.chunks(16 * 1024),
+        pieces: body.pieces(0..end),
         progress: &progress,
+        check,
+        crc: 0,
     };
-    let send = conn.message_iter(pieces);
+    let send = tls::BODY_ABANDONED.scope(std::cell::Cell::new(false), async {
+        let r = conn.message_iter(pieces).await;
+        match progress.unreadable.lock().ok().and_then(|mut u| u.take()) {
+            Some(why) => Err(why),
+            None => Ok(r),
+        }
+    });
     let watch = async {
         loop {
             tokio::time::sleep(Duration::from_millis(200).min(t)).await;
@@ -744,7 +825,17 @@ async fn send_body(
         }
     };
     tokio::select! {
-        r = send => r.map_err(|e| failure::classify(&e, "end of DATA")),
+        r = send => match r {
+            Ok(r) => r.map_err(|e| failure::classify(&e, "end of DATA")),
+            Err(why) => Err(Failure::local(
+                Code::StoreDamaged,
+                format!(
+                    "message body: the stored body could not be read after {} of {} ({why}); the message was not ended, so the server discards what it got",
+                    humansize(progress.sent.load(Ordering::Relaxed)),
+                    humansize(end)
+                ),
+            )),
+        },
         () = watch => Err(if progress.done.load(Ordering::Relaxed) {
             no_answer("end of DATA", t)
         } else if progress.since_last() >= t {
@@ -754,7 +845,7 @@ async fn send_body(
                     "message body: the server stopped reading: it took no data for {} after {} of {}",
                     stage::words(t),
                     humansize(progress.sent.load(Ordering::Relaxed)),
-                    humansize(body.len() as u64)
+                    humansize(end)
                 ),
             )
         } else {
@@ -763,7 +854,7 @@ async fn send_body(
                 format!(
                     "message body: only {} of {} taken within {} (at least 64 KB/s are needed)",
                     humansize(progress.sent.load(Ordering::Relaxed)),
-                    humansize(body.len() as u64),
+                    humansize(end),
                     stage::words(ceiling)
                 ),
             )

@@ -277,7 +277,26 @@ pub struct Wire {
 
 #[derive(Debug)]
 enum Inner {
+    Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+tokio::task_local! {
+    /// Set while a message body is written; turns true when its body cannot be read
+    /// (see [`abandon_body`]).
+    pub static BODY_ABANDONED: std::cell::Cell<bool>;
+}
+
+/// The message being written cannot be read to its end: every later write on the
+/// connection fails, so lettre never sends the `.` that would end a truncated message
+/// (the server sees the connection close inside DATA and discards what it got). Only
+/// inside [`BODY_ABANDONED`]'s scope, which the body writer opens.
+pub fn abandon_body() {
+    let _ = BODY_ABANDONED.try_with(|a| a.set(true));
+}
+
+fn abandoned() -> bool {
+    BODY_ABANDONED.try_with(|a| a.get()).unwrap_or(false)
 }
 
 /// What the TLS session agreed on, for `verify`.
@@ -299,9 +318,23 @@ impl Wire {
         }
     }
 
-    /// The negotiated version and cipher suite.
+    /// A plain TCP stream (`tls = "none"`).
+    pub fn plain(stream: TcpStream) -> Wire {
+        Wire {
+            prefix: Vec::new(),
+            at: 0,
+            inner: Inner::Plain(stream),
+        }
+    }
+
+    /// The negotiated version and cipher suite (None for a plain stream).
     pub fn session(&self) -> Session {
-        let Inner::Tls(s) = &self.inner;
+        let Inner::Tls(s) = &self.inner else {
+            return Session {
+                version: "none".into(),
+                cipher: "none".into(),
+            };
+        };
         let c = s.get_ref().1;
         Session {
             version: c.protocol_version().map_or_else(
@@ -329,6 +362,7 @@ impl AsyncRead for Wire {
             return Poll::Ready(Ok(()));
         }
         match &mut self.inner {
+            Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -340,19 +374,28 @@ impl AsyncWrite for Wire {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if abandoned() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the message body could not be read to its end; the message is not ended",
+            )));
+        }
         match &mut self.inner {
+            Inner::Plain(s) => Pin::new(s).poll_write(cx, data),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
         }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.inner {
+            Inner::Plain(s) => Pin::new(s).poll_flush(cx),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.inner {
+            Inner::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -360,7 +403,9 @@ impl AsyncWrite for Wire {
 
 impl lettre::transport::smtp::client::AsyncTokioStream for Wire {
     fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        let Inner::Tls(s) = &self.inner;
-        s.get_ref().0.peer_addr()
+        match &self.inner {
+            Inner::Plain(s) => s.peer_addr(),
+            Inner::Tls(s) => s.get_ref().0.peer_addr(),
+        }
     }
 }

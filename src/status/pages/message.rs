@@ -147,7 +147,7 @@ pub(super) async fn message(
     let found = state
         .pipeline
         .store()
-        .blocking(move |s| Ok((s.record(&lookup)?, s.message(&lookup).ok().flatten())))
+        .blocking(move |s| Ok((s.record(&lookup)?, preview(s, &lookup))))
         .await;
     match found {
         Ok((Some(r), raw)) => {
@@ -161,6 +161,17 @@ pub(super) async fn message(
         Err(e) => page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
+
+/// What the page reads of a stored message: all of a small one; of a large one (kept in
+/// a file) its first [`PREVIEW`] bytes, with a note, so showing it costs little memory.
+fn preview(s: &crate::store::Store, id: &str) -> Option<Vec<u8>> {
+    let body = s.body(id).ok().flatten()?;
+    let bytes = body.read_at(0, PREVIEW).ok()?.into_owned();
+    Some(bytes)
+}
+
+/// How much of a message the page reads.
+const PREVIEW: usize = 1 << 20;
 
 /// A message another node of the fleet holds: its node, its record and its bytes, asked
 /// of that node's admin API with the fleet token.
@@ -178,7 +189,19 @@ async fn held_elsewhere(state: &Ctx, id: &str) -> Option<(String, Record, Option
     )
     .await
     {
-        Some((_, r)) if r.status().is_success() => r.bytes().await.ok().map(|b| b.to_vec()),
+        Some((_, mut r)) if r.status().is_success() => {
+            // As for a local message: at most its first PREVIEW bytes.
+            let mut got = Vec::new();
+            while got.len() < PREVIEW {
+                match r.chunk().await {
+                    Ok(Some(c)) => got.extend_from_slice(&c),
+                    Ok(None) => break,
+                    Err(_) => return Some((node, record, None)),
+                }
+            }
+            got.truncate(PREVIEW);
+            Some(got)
+        }
         _ => None,
     };
     Some((node, record, raw))
@@ -192,7 +215,13 @@ fn render(
     raw: Option<Vec<u8>>,
     node: Option<String>,
 ) -> Response {
-    let (hdrs, body, attachments) = raw.as_deref().map(readable).unwrap_or_default();
+    let (hdrs, mut body, attachments) = raw.as_deref().map(readable).unwrap_or_default();
+    if raw.is_some() && record.size > PREVIEW as u64 {
+        body.push_str(&format!(
+            "\n[... the message is {:.1} MB: this page reads its first megabyte (attachments after it are not listed); download the raw message for all of it]",
+            record.size as f64 / (1024.0 * 1024.0)
+        ));
+    }
     html(MessagePage {
         node,
         waiting: record
@@ -265,11 +294,12 @@ pub(super) async fn raw(State(state): State<Ctx>, Path(id): Path<String>) -> Res
     match state
         .pipeline
         .store()
-        .blocking(move |s| s.message(&lookup))
+        .blocking(move |s| s.body(&lookup))
         .await
     {
-        Ok(Some(bytes)) => (
+        Ok(Some(body)) => (
             [
+                (header::CONTENT_LENGTH, body.len().to_string()),
                 (header::CONTENT_TYPE, "message/rfc822".to_string()),
                 (
                     header::CONTENT_DISPOSITION,
@@ -279,7 +309,7 @@ pub(super) async fn raw(State(state): State<Ctx>, Path(id): Path<String>) -> Res
                     ),
                 ),
             ],
-            bytes,
+            body.into_http(),
         )
             .into_response(),
         Ok(None) => match ask_holder(
