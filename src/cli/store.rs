@@ -37,11 +37,22 @@ pub async fn store(config: &Config, command: &StoreCommand) -> i32 {
                         path.display(),
                         if report.integrity_ok { "ok" } else { "FAILED" },
                         counted(report.records, "record"),
-                        if report.bodies_ok == 1 {
-                            "1 body".to_string()
-                        } else {
-                            format!("{} bodies", report.bodies_ok)
-                        },
+                        format!(
+                            "{}{}",
+                            if report.bodies_ok == 1 {
+                                "1 body".to_string()
+                            } else {
+                                format!("{} bodies", report.bodies_ok)
+                            },
+                            match report.body_files {
+                                0 => String::new(),
+                                n => format!(
+                                    " ({n} in {}, {:.1} MB)",
+                                    if n == 1 { "a file" } else { "files" },
+                                    report.body_file_bytes as f64 / (1024.0 * 1024.0)
+                                ),
+                            }
+                        ),
                         counted(report.problems.len() as u64, "problem")
                     );
                     for p in &report.problems {
