@@ -42,13 +42,15 @@ async fn finished_records_older_than_retention_go_with_their_bodies_at_start() {
         .env("FAKETIME", "-40d")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     let mut old = DaemonProcess::start_with(&env.config_path, cmd);
-    let sent = submit_to(
-        old.smtp,
-        "a@example.com",
-        &["x@example.com"],
-        b"Subject: old sent\r\n\r\nbody\r\n",
-    )
-    .await;
+    // The sent one is large: its body is a file beside the store, and goes with it.
+    let mut large = b"Subject: old sent\r\n\r\n".to_vec();
+    for _ in 0..5000 {
+        large.extend_from_slice(&[b'x'; 98]);
+        large.extend_from_slice(b"\r\n");
+    }
+    let sent = submit_to(old.smtp, "a@example.com", &["x@example.com"], &large).await;
+    let body_file = env.dir.path().join("data/mailgate.bodies").join(&sent);
+    assert!(body_file.exists());
     old.wait_sent(std::slice::from_ref(&sent), Duration::from_secs(30));
     let deferred = submit_to(
         old.smtp,
@@ -108,6 +110,7 @@ async fn finished_records_older_than_retention_go_with_their_bodies_at_start() {
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("no message {sent}")));
     let o = run_cli(&["--config", &cfg, "export", &sent]);
     assert_eq!(o.status.code(), Some(1), "the body is gone too");
+    assert!(!body_file.exists(), "and its file");
     let api = reqwest::get(format!("http://127.0.0.1:{status}/api/messages/{sent}"))
         .await
         .unwrap();
