@@ -88,9 +88,25 @@ async fn a_large_message_goes_as_a_draft_with_its_attachment_uploaded_in_chunks(
     let dir = tempfile::tempdir().unwrap();
     // 9 MB of PDF: a 12 MB message, three times what one Graph request takes.
     let (path, raw) = made(dir.path(), "statement.eml", 9_000_000);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let idle = common::mem(d.child.id(), "VmRSS");
     let id = submit_to(d.smtp, "erp@contoso.com", &["a@contoso.com"], &raw).await;
     let rec = d.finished(&id).await;
     assert_eq!(rec["status"], "sent", "{rec:#}");
+    // The message read once, its attachment decoded once (moved, not copied, out of the
+    // parse): measured at about twice its size above idle (allocator slack included);
+    // a copy more would pass 2.5x.
+    let above = common::mem(d.child.id(), "VmHWM").saturating_sub(idle);
+    eprintln!(
+        "Graph draft path: {:.2}x the message's size above idle",
+        above as f64 / raw.len() as f64
+    );
+    assert!(
+        (above as f64) < 2.5 * raw.len() as f64,
+        "{} MB above idle for a {} MB message",
+        above >> 20,
+        raw.len() >> 20
+    );
     assert!(
         rec["attempts"][0]["reply"]
             .as_str()

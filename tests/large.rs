@@ -8,19 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::upstream::{Script, Upstream};
-use common::{DaemonProcess, TestEnv, write};
-
-/// `VmRSS` or `VmHWM` of a process, in bytes.
-fn mem(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
+use common::{DaemonProcess, TestEnv, mem, write};
 
 /// A message of about `size` bytes: headers, a text part and a PDF-like attachment in
 /// base64 lines of 76 (as mail programs write them).

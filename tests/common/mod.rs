@@ -73,6 +73,18 @@ impl TestEnv {
     }
 }
 
+/// `VmRSS` or `VmHWM` (the peak) of a process, in bytes.
+pub fn mem(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_mailgate")
 }

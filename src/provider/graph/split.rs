@@ -21,9 +21,10 @@ pub struct Large {
 }
 
 /// One candidate: where it is in the MIME (from its boundary line's CRLF to the end of
-/// its body) and what it is.
+/// its body), which part it is, and what it is (its bytes still in the parsed part).
 struct Candidate {
     cut: std::ops::Range<usize>,
+    part: usize,
     large: Large,
 }
 
@@ -50,7 +51,7 @@ fn delimiter_start(raw: &[u8], header: usize) -> Option<usize> {
 /// taken out, in the order they appear. None when the MIME cannot be parsed, or the
 /// rest does not fit even without any attachment.
 pub fn split(raw: &[u8], fits: usize, always: usize) -> Option<(Vec<u8>, Vec<Large>)> {
-    let msg = MessageParser::default().parse(raw)?;
+    let mut msg = MessageParser::default().parse(raw)?;
     let mut candidates: Vec<Candidate> = Vec::new();
     for &idx in &msg.attachments {
         let Some(part) = msg.parts.get(idx as usize) else {
@@ -82,12 +83,13 @@ pub fn split(raw: &[u8], fits: usize, always: usize) -> Option<(Vec<u8>, Vec<Lar
             .map_or(content_id.is_some(), |d| d.is_inline());
         candidates.push(Candidate {
             cut: from..end,
+            part: idx as usize,
             large: Large {
                 name: part.attachment_name().unwrap_or("attachment").to_string(),
                 content_type,
                 content_id,
                 inline,
-                bytes: part.contents().to_vec(),
+                bytes: Vec::new(),
             },
         });
     }
@@ -106,6 +108,28 @@ pub fn split(raw: &[u8], fits: usize, always: usize) -> Option<(Vec<u8>, Vec<Lar
         return None;
     }
     taken.sort_by_key(|c| c.cut.start);
+    // The decoded contents of those taken out are moved out of the parse, not copied: a
+    // large attachment is in memory once in its encoded and once in its decoded form.
+    for c in &mut taken {
+        let body = std::mem::replace(
+            &mut msg.parts[c.part].body,
+            mail_parser::PartType::Text("".into()),
+        );
+        c.large.bytes = match body {
+            mail_parser::PartType::Binary(b) | mail_parser::PartType::InlineBinary(b) => {
+                b.into_owned()
+            }
+            mail_parser::PartType::Text(t) | mail_parser::PartType::Html(t) => {
+                t.into_owned().into_bytes()
+            }
+            other => {
+                // A nested message: its contents as the parse holds them.
+                msg.parts[c.part].body = other;
+                msg.parts[c.part].contents().to_vec()
+            }
+        };
+    }
+    drop(msg);
     let mut out = Vec::with_capacity(rest);
     let mut at = 0;
     for c in &taken {
