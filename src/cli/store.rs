@@ -24,6 +24,23 @@ pub enum StoreCommand {
     },
 }
 
+/// `3 bodies (1 in a file, 24.1 MB)`: the bodies `store check` verified.
+fn bodies_checked(report: &crate::store::CheckReport) -> String {
+    let bodies = if report.bodies_ok == 1 {
+        "1 body".to_string()
+    } else {
+        format!("{} bodies", report.bodies_ok)
+    };
+    match report.body_files {
+        0 => bodies,
+        n => format!(
+            "{bodies} ({n} in {}, {:.1} MB)",
+            if n == 1 { "a file" } else { "files" },
+            report.body_file_bytes as f64 / (1024.0 * 1024.0)
+        ),
+    }
+}
+
 /// Runs a store command.
 pub async fn store(config: &Config, command: &StoreCommand) -> i32 {
     let path = &config.store.path;
@@ -37,22 +54,7 @@ pub async fn store(config: &Config, command: &StoreCommand) -> i32 {
                         path.display(),
                         if report.integrity_ok { "ok" } else { "FAILED" },
                         counted(report.records, "record"),
-                        format!(
-                            "{}{}",
-                            if report.bodies_ok == 1 {
-                                "1 body".to_string()
-                            } else {
-                                format!("{} bodies", report.bodies_ok)
-                            },
-                            match report.body_files {
-                                0 => String::new(),
-                                n => format!(
-                                    " ({n} in {}, {:.1} MB)",
-                                    if n == 1 { "a file" } else { "files" },
-                                    report.body_file_bytes as f64 / (1024.0 * 1024.0)
-                                ),
-                            }
-                        ),
+                        bodies_checked(&report),
                         counted(report.problems.len() as u64, "problem")
                     );
                     for p in &report.problems {
