@@ -84,24 +84,6 @@ fn read_one(db: &redb::Database, bodies: &Path, id: &str) -> Result<Stored, Stor
     })
 }
 
-/// The files in the body directory no record refers to (the daemon removes them when
-/// it opens the store).
-fn orphan_files(db: &redb::Database, bodies: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(bodies) else {
-        return Vec::new();
-    };
-    let Ok(txn) = db.begin_read() else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| matches!(super::file_body_len(&txn, name), Ok(None)))
-        .collect();
-    out.sort();
-    out
-}
-
 impl Store {
     /// Checks a store that no daemon has open.
     pub fn check(path: &Path) -> Result<CheckReport, StoreError> {
@@ -192,7 +174,7 @@ impl Store {
                 Err(e) => report.problems.push(format!("{id}: {e}")),
             }
         }
-        for name in orphan_files(&db, &bodies) {
+        for name in super::orphan_files(&db, &bodies) {
             report.problems.push(format!(
                 "{}: a body file no record refers to (left by a crash before its commit; removed when mailgate next starts)",
                 bodies.join(name).display()

@@ -463,24 +463,31 @@ impl Store {
     }
 }
 
-/// Removes the body files no record refers to: written before a commit that never
-/// happened (a crash, or a failed commit whose removal did not run), so never
-/// acknowledged. Runs as the store opens, before anything writes.
-fn sweep_body_files(db: &Database, dir: &Path) {
+/// The files in the body directory no record refers to, sorted: written before a
+/// commit that never happened (a crash, or a failed commit whose removal did not run), so
+/// never acknowledged. `store check` names them; opening the store removes them.
+pub(super) fn orphan_files(db: &Database, dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
     let Ok(txn) = db.begin_read() else {
-        return;
+        return Vec::new();
     };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if matches!(file_body_len(&txn, &name), Ok(None)) && std::fs::remove_file(e.path()).is_ok()
-        {
-            removed += 1;
-        }
-    }
+    let mut out: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| matches!(file_body_len(&txn, name), Ok(None)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Removes the [`orphan_files`]; runs as the store opens, before anything writes.
+fn sweep_body_files(db: &Database, dir: &Path) {
+    let removed = orphan_files(db, dir)
+        .into_iter()
+        .filter(|name| std::fs::remove_file(dir.join(name)).is_ok())
+        .count();
     if removed > 0 {
         tracing::warn!(directory = %dir.display(), removed, "removed message body files no record refers to (written before a commit that did not happen; none was acknowledged)");
     }
