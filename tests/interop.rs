@@ -690,3 +690,104 @@ async fn gmail_authorization_code_login_then_xoauth2_to_aiosmtpd() {
         assert!(!out.contains(&t) && !err.contains(&t));
     }
 }
+
+/// Postfix's smtp-sink (it offers PIPELINING) as the upstream: mailgate sends each
+/// envelope in one write, and the sink's dump of every transaction holds the envelope
+/// (every recipient) and the stored bytes, dot-stuffed lines restored.
+#[test]
+fn pipelined_to_postfix_smtp_sink() {
+    let env = TestEnv::new("", "");
+    let dumps = env.dir.path().join("dumps");
+    std::fs::create_dir_all(&dumps).unwrap();
+    let port = common::free_port();
+    let user = String::from_utf8(tool("id").arg("-un").output().unwrap().stdout).unwrap();
+    let mut sink = tool("smtp-sink")
+        .args(["-u", user.trim(), "-d"])
+        .arg(format!("{}/%M.", dumps.display()))
+        .args([&format!("127.0.0.1:{port}"), "10"])
+        .spawn()
+        .expect("smtp-sink (apt-get install postfix)");
+    struct Stop<'a>(&'a mut std::process::Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _stop = Stop(&mut sink);
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"sink\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
+             [distributor]\ndefault_provider = \"sink\"\n"
+        ),
+    );
+    let mut daemon = DaemonProcess::start(&env.config_path);
+    let mut ids = Vec::new();
+    for (n, to) in [
+        (0, "a@contoso.com,b@contoso.com,c@contoso.com"),
+        (1, "d@contoso.com"),
+    ] {
+        let o = swaks_to(daemon.smtp)
+            .args(["--from", "scanner@printer.local", "--to", to])
+            .args([
+                "--header",
+                &format!("Subject: sink {n}"),
+                "--body",
+                "scan attached\n.dot\n..two",
+            ])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{out}");
+        ids.push(id_from_swaks(&out));
+    }
+    daemon.wait_sent(&ids, WAIT);
+    let files = || -> Vec<String> {
+        std::fs::read_dir(&dumps)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while files().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dumped = files();
+    assert_eq!(dumped.len(), 2, "{dumped:#?}");
+    for (id, to) in ids.iter().zip([
+        vec!["a@contoso.com", "b@contoso.com", "c@contoso.com"],
+        vec!["d@contoso.com"],
+    ]) {
+        let stored = String::from_utf8(api_get(daemon.status, &format!("/api/messages/{id}/eml")))
+            .unwrap()
+            .replace("\r\n", "\n");
+        let subject = stored.lines().find(|l| l.starts_with("Subject: ")).unwrap();
+        let dump = dumped
+            .iter()
+            .find(|d| d.lines().any(|l| l == subject))
+            .unwrap_or_else(|| panic!("no dump with {subject}: {dumped:#?}"));
+        let rcpts: Vec<&str> = dump
+            .lines()
+            .filter_map(|l| l.strip_prefix("X-Rcpt-Args: "))
+            .collect();
+        let want: Vec<String> = to.iter().map(|a| format!("<{a}>")).collect();
+        assert_eq!(rcpts, want, "{dump}");
+        assert!(
+            dump.contains("X-Mail-Args: <scanner@printer.local>"),
+            "{dump}"
+        );
+        // The sink's own trace header (three lines) comes before what it received.
+        let at = dump.find("Received: from ").unwrap();
+        let after: String = dump[at..]
+            .lines()
+            .skip(3)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(
+            after.starts_with(&stored),
+            "the sink got the stored bytes:\n{after}\nstored:\n{stored}"
+        );
+        assert!(stored.contains("\n.dot\n..two\n"), "{stored}");
+    }
+}

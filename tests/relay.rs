@@ -8,6 +8,7 @@ use common::TestEnv;
 use common::upstream::{Script, TestCa, Upstream, server_tls};
 use mailgate::Daemon;
 use mailgate::history::{Record, Status};
+use std::sync::atomic::Ordering;
 
 const USER: &str = "relay@contoso.com";
 const PASS: &str = "s3cret-Passw0rd";
@@ -308,17 +309,138 @@ async fn upstream_that_comes_back_gets_the_mail() {
     daemon.shutdown().await;
 }
 
-/// Replies at a stage and what they must become.
+/// Replies at a stage and what they must become, the same whether the upstream offers
+/// PIPELINING (MAIL, RCPT and DATA sent in one write) or not (each awaited).
 async fn case(stage: &str, reply: &str, rcpts: &[&str], status: Status, code: &str) -> Record {
-    let relay = Relay::new(|ca| tls_script(ca).reply(stage, reply), AUTH).await;
+    let mut got = Vec::new();
+    for pipelining in [false, true] {
+        let relay = Relay::new(
+            |ca| Script {
+                pipelining,
+                ..tls_script(ca).reply(stage, reply)
+            },
+            AUTH,
+        )
+        .await;
+        let daemon = relay.start().await;
+        let rec = first_attempt(&daemon, rcpts).await;
+        assert_eq!(
+            rec.status, status,
+            "{stage} {reply}, pipelining {pipelining}: {rec:#?}"
+        );
+        assert_eq!(diag(&rec), code, "{stage} {reply}, pipelining {pipelining}");
+        let attempt = rec.attempts.last().unwrap();
+        assert!(!attempt.diagnosis.as_ref().unwrap().fix.is_empty());
+        let batched = relay.upstream.pipelined.load(Ordering::SeqCst);
+        if pipelining {
+            // Past AUTH, the envelope went in one write.
+            assert!(
+                stage == "auth" || batched == 1,
+                "{stage} {reply}: {batched} pipelined"
+            );
+        } else {
+            assert_eq!(batched, 0, "pipelined although the server did not offer it");
+        }
+        daemon.shutdown().await;
+        got.push(rec);
+    }
+    let outcome = |r: &Record| {
+        let a = r.attempts.last().unwrap();
+        let rcpts: Vec<_> = r
+            .recipients
+            .iter()
+            .map(|x| (x.status, x.reply.clone()))
+            .collect();
+        (r.status, a.reply.clone(), diag(r).to_string(), rcpts)
+    };
+    assert_eq!(
+        outcome(&got[0]),
+        outcome(&got[1]),
+        "{stage} {reply}: with and without PIPELINING"
+    );
+    got.pop().unwrap()
+}
+
+/// With PIPELINING, the replies are read in step whatever they say: after a refused
+/// recipient, after every recipient refused (DATA then refused too) and after a refused
+/// MAIL (every RCPT and DATA then refused), the same connection carries the next message.
+#[tokio::test]
+async fn pipelined_replies_keep_the_connection_in_step() {
+    let script = |ca: &TestCa| Script {
+        pipelining: true,
+        ..tls_script(ca).reply("rcpt:b@contoso.com", "550 5.1.1 User unknown")
+    };
+    let relay = Relay::new(script, &format!("{AUTH}\nmax_connections = 1")).await;
     let daemon = relay.start().await;
-    let rec = first_attempt(&daemon, rcpts).await;
-    assert_eq!(rec.status, status, "{stage} {reply}: {rec:#?}");
-    assert_eq!(diag(&rec), code, "{stage} {reply}");
-    let attempt = rec.attempts.last().unwrap();
-    assert!(!attempt.diagnosis.as_ref().unwrap().fix.is_empty());
+    let mut events = daemon.distributor.subscribe();
+    let mut send = async |rcpts: &[&str], body: &str| {
+        let id = submit(&daemon, rcpts, body).await;
+        next_attempt(&daemon, &mut events, &id).await
+    };
+    let rec = send(&["a@contoso.com", "b@contoso.com", "c@contoso.com"], "one").await;
+    assert_eq!(rec.status, Status::Partial, "{rec:#?}");
+    let fates: Vec<_> = rec.recipients.iter().map(|r| r.status).collect();
+    assert_eq!(fates, [Status::Sent, Status::Failed, Status::Sent]);
+    assert_eq!(
+        rec.recipients[1].reply.as_deref(),
+        Some("550 5.1.1 User unknown")
+    );
+    let rec = send(&["b@contoso.com"], "two").await;
+    assert_eq!(rec.status, Status::Failed, "{rec:#?}");
+    assert_eq!(diag(&rec), "recipient-unknown");
+    let rec = send(&["a@contoso.com"], "three").await;
+    assert_eq!(rec.status, Status::Sent, "{rec:#?}");
+    relay.upstream.set_script(Script {
+        pipelining: true,
+        ..tls_script(&relay.ca).reply("mail", "452 4.3.1 Insufficient system storage")
+    });
+    let rec = send(&["a@contoso.com"], "four").await;
+    assert_eq!(rec.status, Status::Deferred, "{rec:#?}");
+    assert_eq!(
+        rec.attempts[0].reply,
+        "452 4.3.1 Insufficient system storage"
+    );
+    relay.upstream.set_script(script(&relay.ca));
+    let rec = send(&["c@contoso.com"], "five").await;
+    assert_eq!(rec.status, Status::Sent, "{rec:#?}");
+    // The refusals' bounces to the sender went the same way.
+    let all = relay.upstream.messages();
+    let got: Vec<_> = all
+        .iter()
+        .filter(|m| m.rcpts != ["app@erp.local"])
+        .collect();
+    let seen: Vec<(Vec<String>, bool)> = got
+        .iter()
+        .map(|m| (m.rcpts.clone(), m.data.ends_with(b"\r\n")))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                vec!["a@contoso.com".to_string(), "c@contoso.com".to_string()],
+                true
+            ),
+            (vec!["a@contoso.com".to_string()], true),
+            (vec!["c@contoso.com".to_string()], true),
+        ]
+    );
+    for (m, body) in got.iter().zip(["one", "three", "five"]) {
+        assert!(
+            m.data.ends_with(format!("\r\n\r\n{body}\r\n").as_bytes()),
+            "{m:?}"
+        );
+    }
+    assert_eq!(
+        relay.upstream.pipelined.load(Ordering::SeqCst),
+        5 + all.len() - got.len(),
+        "every envelope in one write"
+    );
+    assert_eq!(
+        relay.upstream.connections.load(Ordering::SeqCst),
+        1,
+        "one connection carried them all"
+    );
     daemon.shutdown().await;
-    rec
 }
 
 #[tokio::test]

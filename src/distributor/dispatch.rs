@@ -1,7 +1,7 @@
 //! Dispatch: which due messages go now, which wait for their provider's limits, and
 //! the bookkeeping of each attempt (record, limit windows, metrics, log line, event).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -26,15 +26,30 @@ const BOOKKEEPING_COOLDOWN_MS: u64 = 30_000;
 /// is not damage, such as the moment the writer reopens the file).
 const READ_RETRY_MS: u64 = 2_000;
 
-/// A delivery's hold on its message and its provider's connection count. Released by
-/// `deliver` when the attempt ends; if the attempt panics (or is aborted) instead, the
-/// drop releases both and sets the message aside for a while, so neither the provider
-/// wedges nor the message is retried in a loop.
+/// A delivery's hold on its message and its provider's connection count. The count is
+/// given back as soon as the upstream has answered ([`Slot::settle`]), the message when
+/// its outcome is committed; if the attempt panics (or is aborted) instead, the drop
+/// releases both and sets the message aside for a while, so neither the provider wedges
+/// nor the message is retried in a loop.
 struct Slot {
     dist: Arc<Distributor>,
     id: String,
     provider: String,
     armed: bool,
+    settled: bool,
+}
+
+impl Slot {
+    /// The provider's connection count and limit windows, settled once: `sent`
+    /// recipients went (0: nothing went, the reservation is given back).
+    fn settle(&mut self, sent: u32, error: Option<String>) {
+        if !self.settled {
+            self.settled = true;
+            self.dist.settle(&self.provider, &self.id, sent, error);
+            // The connection is free for the next message while this outcome commits.
+            self.dist.wake.notify_one();
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -46,7 +61,7 @@ impl Drop for Slot {
             tracing::error!(id = %self.id, provider = %self.provider, "a delivery attempt panicked; the message is tried again in {}s", BOOKKEEPING_COOLDOWN_MS / 1000);
         }
         self.dist.cool_down(&self.id, BOOKKEEPING_COOLDOWN_MS);
-        self.dist.settle(&self.provider, &self.id, 0, None);
+        self.settle(0, None);
         if let Ok(mut s) = self.dist.in_flight.lock() {
             s.remove(&self.id);
         }
@@ -63,16 +78,13 @@ impl Distributor {
         })
     }
 
-    fn busy_providers(&self, routing: &Routing) -> HashSet<String> {
-        self.providers.lock().map_or_else(
-            |_| HashSet::new(),
-            |map| {
-                map.iter()
-                    .filter(|(name, st)| st.in_flight >= routing.limits(name).1)
-                    .map(|(name, _)| name.clone())
-                    .collect()
-            },
-        )
+    /// How many more deliveries each provider has room for on this node now.
+    fn rooms(&self, routing: &Routing) -> HashMap<String, usize> {
+        routing
+            .providers
+            .keys()
+            .map(|name| (name.clone(), self.room(name, routing)))
+            .collect()
     }
 
     /// Starts every due delivery its provider has room for; defers what its limits hold
@@ -88,7 +100,7 @@ impl Distributor {
         // First the sends due now (as many as the providers and the slots have room
         // for), then their admission as one batch (one call to the fleet store).
         let mut sends = Vec::new();
-        let mut room: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut room: HashMap<String, usize> = HashMap::new();
         let mut slots = self.slots.available_permits();
         for (due, record) in candidates {
             let Some(mut record) = record else {
@@ -214,14 +226,26 @@ impl Distributor {
         routing: &Routing,
         now: u64,
     ) -> Option<Vec<(u64, Option<Record>)>> {
-        let busy = self.busy_providers(routing);
+        // A provider's messages are read no further than it has room for: a round reads
+        // (and parses) what it can start, not the whole queue in front of a busy provider.
+        let mut rooms = self.rooms(routing);
         let this = self.clone();
         let limit = self.slots.available_permits() + 1;
         let aside = self.set_aside();
         let scan = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let in_flight = this.in_flight.lock().map(|s| s.clone()).unwrap_or_default();
             let entries = this.store.due_entries(limit, |id, provider| {
-                in_flight.contains(id) || aside.contains(id) || busy.contains(provider)
+                if in_flight.contains(id) || aside.contains(id) {
+                    return true;
+                }
+                match rooms.get_mut(provider) {
+                    Some(0) => true,
+                    Some(room) => {
+                        *room -= 1;
+                        false
+                    }
+                    None => false,
+                }
             })?;
             let mut out = Vec::new();
             let mut damaged = Vec::new();
@@ -292,15 +316,18 @@ impl Distributor {
         at: u64,
         bypassed: bool,
     ) {
-        let (id, provider) = (record.id.clone(), group.provider.clone());
+        let id = record.id.clone();
         let mut slot = Slot {
             dist: self.clone(),
             id: id.clone(),
-            provider: provider.clone(),
+            provider: group.provider.clone(),
             armed: true,
+            settled: false,
         };
-        let lease = self.take_lease(&provider).await;
-        let (sent, error, recorded) = match self.attempt(record, &group, at, bypassed).await {
+        let (sent, error, recorded) = match self
+            .attempt(record, &group, at, bypassed, &mut slot)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(id = %id, error = %e, "delivery bookkeeping failed; the message stays queued and is tried again in {}s", READ_RETRY_MS / 1000);
@@ -308,9 +335,8 @@ impl Distributor {
                 (0, None, true)
             }
         };
-        self.release_lease(lease).await;
+        slot.settle(sent, error);
         slot.armed = false;
-        self.settle(&provider, &id, sent, error);
         // An outcome the store could not record keeps its message in flight until it is.
         if recorded && let Ok(mut s) = self.in_flight.lock() {
             s.remove(&id);
@@ -345,12 +371,16 @@ impl Distributor {
 
     /// One attempt; returns the recipients sent, the failure reply if any, and whether
     /// its outcome is recorded (false: kept in memory until the store commits again).
+    /// The message is read before a connection lease is taken, and the lease and the
+    /// provider's connection count (`slot`) are given back as soon as the upstream has
+    /// answered: a connection carries the next message while this outcome commits.
     async fn attempt(
         &self,
         record: Record,
         group: &Group,
         at: u64,
         bypassed: bool,
+        slot: &mut Slot,
     ) -> Result<(u32, Option<String>, bool), StoreError> {
         let started = std::time::Instant::now();
         let id = record.id.clone();
@@ -376,7 +406,11 @@ impl Distributor {
                 if let Ok(head) = body.head() {
                     headers = crate::notify::header_block(&head).to_vec();
                 }
-                self.send(record, group, body).await
+                let lease = self.take_lease(&group.provider).await;
+                let sent = self.send(record, group, body).await;
+                self.release_lease(lease).await;
+                slot.settle(sent.2, sent.3.clone());
+                sent
             }
         };
         let notice = self.notice(&mut record, &headers, &self.routing());

@@ -547,7 +547,7 @@ impl Store {
     pub fn due_entries(
         &self,
         limit: usize,
-        skip: impl Fn(&str, &str) -> bool,
+        mut skip: impl FnMut(&str, &str) -> bool,
     ) -> Result<Vec<(u64, String, String)>, StoreError> {
         contained("the due entries index", || {
             let txn = self.db()?.begin_read().map_err(io_err)?;

@@ -104,6 +104,8 @@ pub struct Script {
     pub stall: Option<String>,
     /// With `stall`: trickle the reply one byte every this many ms instead of silence.
     pub trickle_ms: u64,
+    /// Offer PIPELINING (RFC 2920).
+    pub pipelining: bool,
 }
 
 impl Script {
@@ -173,6 +175,9 @@ pub struct Upstream {
     pub arrived: Arc<Notify>,
     /// Every XOAUTH2 token presented.
     pub xoauth2_tokens: Arc<Mutex<Vec<String>>>,
+    /// MAIL commands that arrived with the next commands already behind them
+    /// (pipelined), whether PIPELINING was offered or not.
+    pub pipelined: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -193,6 +198,7 @@ impl Upstream {
             script: Arc::new(Mutex::new(script)),
             arrived: Arc::new(Notify::new()),
             xoauth2_tokens: Arc::default(),
+            pipelined: Arc::default(),
         };
         let u = up.clone();
         tokio::spawn(async move {
@@ -317,6 +323,9 @@ async fn serve(
             if s.starttls && !tls {
                 caps.push("250-STARTTLS".into());
             }
+            if s.pipelining {
+                caps.push("250-PIPELINING".into());
+            }
             if s.offer_auth && (tls || !s.starttls) {
                 caps.push(format!(
                     "250-AUTH {}",
@@ -431,6 +440,9 @@ async fn serve(
                 }
             }
         } else if upper.starts_with("MAIL FROM:") {
+            if !io.buffer().is_empty() {
+                up.pipelined.fetch_add(1, Ordering::SeqCst);
+            }
             if (s.credentials.is_some() || s.xoauth2.is_some()) && auth_user.is_none() {
                 "530 5.7.57 Client not authenticated to send mail".into()
             } else {
@@ -449,7 +461,14 @@ async fn serve(
             }
             r
         } else if upper == "DATA" {
-            let r = reply("data", "354 End data with <CR><LF>.<CR><LF>");
+            // As Postfix answers: no transaction, or no recipient taken.
+            let r = if from.is_none() {
+                "503 5.5.1 Error: need MAIL command".to_string()
+            } else if rcpts.is_empty() {
+                "554 5.5.1 Error: no valid recipients".to_string()
+            } else {
+                reply("data", "354 End data with <CR><LF>.<CR><LF>")
+            };
             if r.starts_with("354") {
                 io.get_mut()
                     .write_all(format!("{r}\r\n").as_bytes())

@@ -30,8 +30,41 @@ use failure::{error_chain, no_answer, response_text, timed};
 /// An idle connection is reused only this long; older ones are closed.
 const IDLE_REUSE: Duration = Duration::from_secs(30);
 
+/// An upstream connection, and what its server offers that lettre does not keep.
+struct Conn {
+    smtp: AsyncSmtpConnection,
+    /// The server offers PIPELINING (RFC 2920): MAIL, every RCPT and DATA go in one
+    /// write and their replies are read in order, two round trips a message instead of
+    /// three or more.
+    pipelining: bool,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = AsyncSmtpConnection;
+    fn deref(&self) -> &AsyncSmtpConnection {
+        &self.smtp
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut AsyncSmtpConnection {
+        &mut self.smtp
+    }
+}
+
+/// Whether a server's greeting and EHLO reply offer PIPELINING (a `250` line naming it).
+fn offers_pipelining(heard: &[u8]) -> bool {
+    String::from_utf8_lossy(heard).lines().any(|l| {
+        l.get(..4).is_some_and(|c| c == "250-" || c == "250 ")
+            && l[4..]
+                .split_whitespace()
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+    })
+}
+
 struct Idle {
-    conn: AsyncSmtpConnection,
+    conn: Conn,
     since: Instant,
 }
 
@@ -265,7 +298,7 @@ impl SmtpProvider {
 
     /// Opens a connection and signs in. With OAuth2, a token the server rejects is
     /// dropped and a fresh one tried once.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+    async fn connect(&self) -> Result<Conn, Failure> {
         match self.connect_once().await {
             Err(f) if self.oauth.is_some() && f.code == Code::AuthFailed => {
                 if let Some(o) = &self.oauth {
@@ -279,7 +312,7 @@ impl SmtpProvider {
 
     /// Opens a connection: TCP (TCP_NODELAY), TLS as configured, EHLO, AUTH when a
     /// username is set (XOAUTH2 with `[provider.oauth2]`, else PLAIN or LOGIN).
-    async fn connect_once(&self) -> Result<AsyncSmtpConnection, Failure> {
+    async fn connect_once(&self) -> Result<Conn, Failure> {
         let t = self.timeout;
         let target = format!("{}:{}", self.host, self.port);
         stage::enter("connect");
@@ -307,32 +340,42 @@ impl SmtpProvider {
             }
         };
         let _ = tcp.set_nodelay(true);
+        let heard: tls::Heard = Arc::new(std::sync::Mutex::new(Some(Vec::new())));
+        let wire = match self.config.tls {
+            TlsMode::None => tls::Wire::plain(tcp),
+            TlsMode::Tls => self.handshake(tcp, Vec::new()).await?,
+            TlsMode::Starttls => {
+                self.plain_starttls(&mut tcp).await?;
+                // lettre starts by reading a greeting; after STARTTLS the server sends
+                // none, so the stream begins with one of ours.
+                self.handshake(tcp, b"220 TLS established\r\n".to_vec())
+                    .await?
+            }
+        };
         let stream: Box<dyn lettre::transport::smtp::client::AsyncTokioStream> =
-            match self.config.tls {
-                TlsMode::None => Box::new(tls::Wire::plain(tcp)),
-                TlsMode::Tls => Box::new(self.handshake(tcp, Vec::new()).await?),
-                TlsMode::Starttls => {
-                    self.plain_starttls(&mut tcp).await?;
-                    // lettre starts by reading a greeting; after STARTTLS the server sends
-                    // none, so the stream begins with one of ours.
-                    Box::new(
-                        self.handshake(tcp, b"220 TLS established\r\n".to_vec())
-                            .await?,
-                    )
-                }
-            };
+            Box::new(wire.heard_by(heard.clone()));
         // After STARTTLS the greeting is ours: what lettre waits for is the EHLO reply.
         let hello_stage = if self.config.tls == TlsMode::Starttls {
             "EHLO"
         } else {
             "greeting and EHLO"
         };
-        let mut conn = timed(
+        let smtp = timed(
             t,
             hello_stage,
             AsyncSmtpConnection::connect_with_transport(stream, &self.hello),
         )
         .await?;
+        // What the server said so far (greeting, EHLO reply); the wire records no more.
+        let start = heard
+            .lock()
+            .ok()
+            .and_then(|mut h| h.take())
+            .unwrap_or_default();
+        let mut conn = Conn {
+            smtp,
+            pipelining: offers_pipelining(&start),
+        };
         self.opened.fetch_add(1, Ordering::Relaxed);
         if let Some((user, oauth)) = self
             .oauth
@@ -471,7 +514,7 @@ impl SmtpProvider {
         ))
     }
 
-    async fn checkout(&self) -> Result<(AsyncSmtpConnection, bool), Failure> {
+    async fn checkout(&self) -> Result<(Conn, bool), Failure> {
         {
             let mut pool = self.pool.lock().await;
             while let Some(idle) = pool.pop() {
@@ -512,7 +555,7 @@ impl SmtpProvider {
         self.reuse = reuse;
     }
 
-    async fn checkin(&self, conn: AsyncSmtpConnection) {
+    async fn checkin(&self, conn: Conn) {
         if !self.reuse {
             quit(conn).await;
             return;
@@ -557,11 +600,7 @@ impl SmtpProvider {
 
     /// After a transaction: a usable connection goes back to the pool (reset after a
     /// refusal), a broken one is closed.
-    async fn finish(
-        &self,
-        mut conn: AsyncSmtpConnection,
-        result: Result<Outcome, Failure>,
-    ) -> Outcome {
+    async fn finish(&self, mut conn: Conn, result: Result<Outcome, Failure>) -> Outcome {
         match result {
             Ok(outcome) => {
                 self.checkin(conn).await;
@@ -594,11 +633,7 @@ impl SmtpProvider {
 
     /// MAIL, RCPT per recipient, DATA. `Err` when the whole attempt failed before any
     /// recipient-level answer (or at MAIL/DATA).
-    async fn transact(
-        &self,
-        conn: &mut AsyncSmtpConnection,
-        d: &Delivery,
-    ) -> Result<Outcome, Failure> {
+    async fn transact(&self, conn: &mut Conn, d: &Delivery) -> Result<Outcome, Failure> {
         let t = self.timeout;
         let info = conn.server_info();
         // What goes after DATA: the stored body without its last CRLF. A file body is
@@ -634,33 +669,21 @@ impl SmtpProvider {
             params.push_str(" SMTPUTF8");
         }
         let mail = format!("MAIL FROM:<{}>{params}\r\n", d.from);
-        timed(t, "MAIL", conn.command(mail)).await?;
-        let mut results = Vec::new();
-        let mut accepted = 0;
-        for rcpt in &d.rcpts {
-            match timed(t, "RCPT", conn.command(format!("RCPT TO:<{rcpt}>\r\n"))).await {
-                Ok(_) => {
-                    accepted += 1;
-                    results.push(RcptResult {
-                        address: rcpt.clone(),
-                        fate: Fate::Sent,
-                        reply: String::new(),
-                        code: None,
-                    });
-                }
-                Err(f) if f.is_broken() => return Err(f),
-                Err(f) => results.push(RcptResult {
-                    address: rcpt.clone(),
-                    fate: if f.is_transient() {
-                        Fate::Transient
-                    } else {
-                        Fate::Permanent
-                    },
-                    reply: f.reply,
-                    code: Some(f.code),
-                }),
+        let (mut results, accepted) = if conn.pipelining {
+            pipelined_envelope(conn, mail, &d.rcpts, t).await?
+        } else {
+            timed(t, "MAIL", conn.command(mail)).await?;
+            let mut results = Vec::new();
+            for rcpt in &d.rcpts {
+                let reply = timed(t, "RCPT", conn.command(format!("RCPT TO:<{rcpt}>\r\n"))).await;
+                results.push(rcpt_result(rcpt, reply)?);
             }
-        }
+            let accepted = results.iter().filter(|r| r.fate == Fate::Sent).count();
+            if accepted > 0 {
+                timed(t, "DATA", conn.command("DATA\r\n")).await?;
+            }
+            (results, accepted)
+        };
         if accepted == 0 {
             // A connection whose RSET went unanswered is closed, never reused.
             if !reset(conn, t).await {
@@ -671,7 +694,6 @@ impl SmtpProvider {
                 results,
             });
         }
-        timed(t, "DATA", conn.command("DATA\r\n")).await?;
         let reply = send_body(conn, body, end, t).await?;
         let reply = response_text(&reply);
         for r in results.iter_mut().filter(|r| r.fate == Fate::Sent) {
@@ -683,6 +705,80 @@ impl SmtpProvider {
             Ok(Outcome::PerRecipient { reply, results })
         }
     }
+}
+
+/// One recipient's answer to RCPT; `Err` when the connection broke.
+fn rcpt_result(
+    rcpt: &str,
+    reply: Result<lettre::transport::smtp::response::Response, Failure>,
+) -> Result<RcptResult, Failure> {
+    match reply {
+        Ok(_) => Ok(RcptResult {
+            address: rcpt.to_string(),
+            fate: Fate::Sent,
+            reply: String::new(),
+            code: None,
+        }),
+        Err(f) if f.is_broken() => Err(f),
+        Err(f) => Ok(RcptResult {
+            address: rcpt.to_string(),
+            fate: if f.is_transient() {
+                Fate::Transient
+            } else {
+                Fate::Permanent
+            },
+            reply: f.reply,
+            code: Some(f.code),
+        }),
+    }
+}
+
+/// MAIL, every RCPT and DATA in one write (RFC 2920), their replies read in order: the
+/// recipients' answers and how many were taken. `Err` when MAIL was refused, DATA was
+/// refused although a recipient was taken, or the connection broke. When the server
+/// opened DATA with nothing to deliver (MAIL or every RCPT refused), the data is ended
+/// empty at once and its refusal read, so the connection stays in step.
+async fn pipelined_envelope(
+    conn: &mut Conn,
+    mut batch: String,
+    rcpts: &[String],
+    t: Duration,
+) -> Result<(Vec<RcptResult>, usize), Failure> {
+    use std::fmt::Write as _;
+    for rcpt in rcpts {
+        let _ = write!(batch, "RCPT TO:<{rcpt}>\r\n");
+    }
+    batch.push_str("DATA\r\n");
+    let mail = timed(t, "MAIL", conn.command(batch)).await;
+    if let Err(f) = &mail
+        && f.is_broken()
+    {
+        return Err(f.clone());
+    }
+    let mut results = Vec::with_capacity(rcpts.len());
+    for rcpt in rcpts {
+        let reply = timed(t, "RCPT", conn.read_response()).await;
+        results.push(rcpt_result(rcpt, reply)?);
+    }
+    let accepted = results.iter().filter(|r| r.fate == Fate::Sent).count();
+    let data = timed(t, "DATA", conn.read_response()).await;
+    match &data {
+        Err(f) if f.is_broken() => return Err(f.clone()),
+        Ok(_) if mail.is_err() || accepted == 0 => {
+            let end = conn.message_iter(std::iter::empty::<&[u8]>());
+            if let Err(f) = timed(t, "end of DATA", end).await
+                && f.is_broken()
+            {
+                return Err(f);
+            }
+        }
+        _ => {}
+    }
+    mail?;
+    if accepted > 0 {
+        data?;
+    }
+    Ok((results, accepted))
 }
 
 /// How much of the body has gone out, and when the server last took some.
@@ -887,12 +983,12 @@ async fn close_in_place(conn: &mut AsyncSmtpConnection) {
 }
 
 /// [`close_in_place`], and the connection dropped.
-async fn close(mut conn: AsyncSmtpConnection) {
+async fn close(mut conn: Conn) {
     close_in_place(&mut conn).await;
 }
 
 /// Ends a connection that worked: QUIT, its reply awaited at most [`CLOSE_WAIT`].
-async fn quit(mut conn: AsyncSmtpConnection) {
+async fn quit(mut conn: Conn) {
     stage::enter("QUIT");
     let _ = tokio::time::timeout(CLOSE_WAIT, conn.quit()).await;
 }

@@ -273,7 +273,16 @@ pub struct Wire {
     prefix: Vec<u8>,
     at: usize,
     inner: Inner,
+    heard: Option<Heard>,
 }
+
+/// What the server said at the start of a connection (its greeting and EHLO reply, up
+/// to [`HEARD_MAX`] bytes), for the extensions lettre does not keep (PIPELINING). The
+/// wire records until the bytes are taken.
+pub type Heard = Arc<Mutex<Option<Vec<u8>>>>;
+
+/// The most of a connection's start a [`Heard`] keeps.
+const HEARD_MAX: usize = 16 * 1024;
 
 #[derive(Debug)]
 enum Inner {
@@ -315,6 +324,7 @@ impl Wire {
             prefix,
             at: 0,
             inner: Inner::Tls(Box::new(stream)),
+            heard: None,
         }
     }
 
@@ -324,7 +334,14 @@ impl Wire {
             prefix: Vec::new(),
             at: 0,
             inner: Inner::Plain(stream),
+            heard: None,
         }
+    }
+
+    /// The same wire, recording what the server says into `heard` until it is taken.
+    pub fn heard_by(mut self, heard: Heard) -> Wire {
+        self.heard = Some(heard);
+        self
     }
 
     /// The negotiated version and cipher suite (None for a plain stream).
@@ -361,10 +378,25 @@ impl AsyncRead for Wire {
             self.at += n;
             return Poll::Ready(Ok(()));
         }
-        match &mut self.inner {
+        let before = buf.filled().len();
+        let read = match &mut self.inner {
             Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if let (Poll::Ready(Ok(())), Some(h)) = (&read, &self.heard) {
+            let mut taken = false;
+            if let Ok(mut g) = h.lock() {
+                match g.as_mut() {
+                    Some(v) if v.len() < HEARD_MAX => v.extend_from_slice(&buf.filled()[before..]),
+                    Some(_) => {}
+                    None => taken = true,
+                }
+            }
+            if taken {
+                self.heard = None;
+            }
         }
+        read
     }
 }
 
