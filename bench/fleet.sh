@@ -97,12 +97,16 @@ run() {
   done
   local per=$((N / nodes)) start end
   start=$(date +%s.%N)
-  for p in "${ports[@]}"; do $LOAD --target "127.0.0.1:$p" --sessions 20 --messages "$per" --size 2048 >/dev/null & done
-  wait $(jobs -p | grep -v -e "${PIDS[0]}" -e "${PIDS[1]}" || true) 2>/dev/null || true
+  local loads=()
+  for p in "${ports[@]}"; do $LOAD --target "127.0.0.1:$p" --sessions 20 --messages "$per" --size 2048 >/dev/null & loads+=($!); done
+  wait "${loads[@]}" 2>/dev/null || true
   for _ in $(seq 6000); do drained "${statuses[@]}" && break; sleep 0.05; done
   end=$(date +%s.%N)
   local calls; calls=$(redis_calls)
-  python3 -c "n=$per*$nodes; print(f'{\"$label\":<34} {n/($end-$start):8.0f} msg/s e2e   redis calls/msg {$calls/n:5.2f}   script {\"$(script_usec)\" or \"-\"} us/call, p99 {\"$(script_p99)\" or \"-\"} us')" | tee -a "$WORK/results"
+  # CPU the nodes used (user + system, from /proc), per message.
+  local ticks=0 t
+  for pid in "${pids[@]}"; do t=$(awk '{print $14 + $15}' "/proc/$pid/stat"); ticks=$((ticks + t)); done
+  python3 -c "n=$per*$nodes; print(f'{\"$label\":<34} {n/($end-$start):8.0f} msg/s e2e   redis calls/msg {$calls/n:5.2f}   node CPU {$ticks*1e6/$(getconf CLK_TCK)/n:4.0f} us/msg   script {\"$(script_usec)\" or \"-\"} us/call, p99 {\"$(script_p99)\" or \"-\"} us')" | tee -a "$WORK/results"
   if [ "$fleet" = 1 ]; then echo "    $(client_rtt "${statuses[@]}")"; fi
   for pid in "${pids[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
 }
@@ -120,13 +124,13 @@ python3 - "$WORK/results" <<'PY'
 import re, statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
-    m = re.match(r"(.{34}) +(\d+) msg/s e2e +redis calls/msg +([\d.]+)", line)
+    m = re.match(r"(.{34}) +(\d+) msg/s e2e +redis calls/msg +([\d.]+) +node CPU +(\d+)", line)
     if m:
-        runs.setdefault(m.group(1).strip(), []).append((int(m.group(2)), float(m.group(3))))
-med = {k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
+        runs.setdefault(m.group(1).strip(), []).append((int(m.group(2)), float(m.group(3)), int(m.group(4))))
+med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) for k, v in runs.items()}
 print("summary (medians):")
-for k, (rate, calls) in med.items():
-    print(f"  {k:<34} {rate:8.0f} msg/s   redis calls/msg {calls:5.2f}")
+for k, (rate, calls, cpu) in med.items():
+    print(f"  {k:<34} {rate:8.0f} msg/s   redis calls/msg {calls:5.2f}   node CPU {cpu:4.0f} us/msg")
 for n, fleet in (("1 node", "1 node, [fleet]"), ("3 nodes", "3 nodes, [fleet] (one mailbox)")):
     base = med.get(f"{n}, no [fleet]")
     with_ = med.get(fleet)
