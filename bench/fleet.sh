@@ -7,10 +7,14 @@
 # redis-server and sink, stopped by PID.
 #
 # Each case runs ROUNDS times, the cases interleaved (this VM's speed drifts between runs);
-# the summary gives each case's median and the ratio with [fleet] to without.
+# the summary gives each case's median and the ratio with [fleet] to without. Three nodes
+# without [fleet] open 20 connections each (60); with it the mailbox's 20 are shared, so
+# two more cases separate the fleet's cost from its cap: the 20 split by hand (7 each,
+# no [fleet]) and [fleet] with max_connections = 60.
 #
 #   bench/fleet.sh             # needs redis-server and postfix (smtp-sink)
 #   N=3000 ROUNDS=5 bench/fleet.sh
+#   ONLY='3 nodes' bench/fleet.sh   # only the cases whose label matches
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-3000}
@@ -87,9 +91,10 @@ print(f"node-side round trip p50 {q(0.5)} us, p99 {q(0.99)} us ({count} calls)" 
 PY
 }
 
-# run LABEL NODES FLEET [CONNS per node]
+# run LABEL NODES FLEET [CONNS per node]; ONLY (a grep -E pattern) picks cases by label.
 run() {
   local label=$1 nodes=$2 fleet=$3 conns=${4:-20} ports=() statuses=() pids=() i
+  if [ -n "${ONLY:-}" ] && ! grep -qE -- "$ONLY" <<<"$label"; then return 0; fi
   redis-cli -p "$REDIS" CONFIG RESETSTAT >/dev/null
   for i in $(seq "$nodes"); do
     read -r smtp status pid < <(start_node "$label-$i" "$fleet" "$conns")
@@ -119,6 +124,7 @@ for r in $(seq "$ROUNDS"); do
   run "3 nodes, no [fleet]" 3 0
   run "3 nodes, no [fleet], 7 conns each" 3 0 7
   run "3 nodes, [fleet] (one mailbox)" 3 1
+  run "3 nodes, [fleet], 60 conns" 3 1 60
 done
 python3 - "$WORK/results" <<'PY'
 import re, statistics, sys
@@ -140,4 +146,8 @@ split = med.get("3 nodes, no [fleet], 7 conns each")
 with3 = med.get("3 nodes, [fleet] (one mailbox)")
 if split and with3:
     print(f"  3 nodes: with [fleet] {100 * with3[0] / split[0]:.0f}% of the throughput without it with the mailbox's 20 connections split by hand (7 each)")
+wide = med.get("3 nodes, [fleet], 60 conns")
+base3 = med.get("3 nodes, no [fleet]")
+if wide and base3:
+    print(f"  3 nodes: with [fleet] and max_connections = 60 (as many connections as three nodes open without it) {100 * wide[0] / base3[0]:.0f}% of the throughput without, {wide[1]:.2f} Redis calls per message")
 PY

@@ -18,7 +18,7 @@ use super::{DeliveryEvent, Distributor, Routing, apply_outcome, outcome};
 use crate::history::{Record, Status};
 use crate::provider::diagnosis::Code;
 use crate::provider::{Delivery, Outcome};
-use crate::store::{Mutation, StoreError};
+use crate::store::{Mutation, Pick, StoreError};
 
 /// How long a message is set aside after its attempt panicked.
 const BOOKKEEPING_COOLDOWN_MS: u64 = 30_000;
@@ -226,25 +226,40 @@ impl Distributor {
         routing: &Routing,
         now: u64,
     ) -> Option<Vec<(u64, Option<Record>)>> {
-        // A provider's messages are read no further than it has room for: a round reads
-        // (and parses) what it can start, not the whole queue in front of a busy provider.
+        // A provider's messages are read no further than it has room for, and the scan
+        // ends when every provider's room is taken or at the first entry not yet due: a
+        // round reads (and parses) what it can start, not the whole queue in front of a
+        // busy provider. With no room at all there is no round: the end of a delivery
+        // wakes dispatch. (An entry naming a provider no longer configured is taken when
+        // the scan reaches it: behind older mail of busy providers, it waits its turn.)
         let mut rooms = self.rooms(routing);
-        let this = self.clone();
         let limit = self.slots.available_permits() + 1;
+        let mut open = rooms.values().filter(|r| **r > 0).count();
+        if limit == 1 || (open == 0 && !rooms.is_empty()) {
+            return Some(Vec::new());
+        }
+        let this = self.clone();
         let aside = self.set_aside();
         let scan = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let in_flight = this.in_flight.lock().map(|s| s.clone()).unwrap_or_default();
-            let entries = this.store.due_entries(limit, |id, provider| {
+            let entries = this.store.due_entries(limit, |due, id, provider| {
+                if due > now {
+                    // When to look again.
+                    return Pick::Last;
+                }
                 if in_flight.contains(id) || aside.contains(id) {
-                    return true;
+                    return Pick::Skip;
                 }
                 match rooms.get_mut(provider) {
-                    Some(0) => true,
+                    Some(0) => Pick::Skip,
                     Some(room) => {
                         *room -= 1;
-                        false
+                        if *room == 0 {
+                            open -= 1;
+                        }
+                        if open == 0 { Pick::Last } else { Pick::Take }
                     }
-                    None => false,
+                    None => Pick::Take,
                 }
             })?;
             let mut out = Vec::new();

@@ -43,41 +43,55 @@ pub enum Verdict {
     DailyQuota(u64),
 }
 
-/// The rolling windows of one provider.
+/// The rolling windows of one provider: the sends of the last day, ordered by time, and
+/// their recipients' sum. Every question is answered from the newest end (the minute)
+/// or the running sum (the day), so a send costs the same at the day's 100,000th send as
+/// at its first.
 #[derive(Debug, Default, Clone)]
 pub struct Windows {
     uses: VecDeque<Use>,
+    /// Recipients of every use in `uses`.
+    day_rcpts: u64,
 }
 
 impl Windows {
     /// Forgets uses older than a day.
     fn expire(&mut self, now: u64) {
         while self.uses.front().is_some_and(|u| u.at + DAY_MS <= now) {
-            self.uses.pop_front();
+            if let Some(u) = self.uses.pop_front() {
+                self.day_rcpts -= u64::from(u.rcpts);
+            }
         }
+    }
+
+    /// The times of the sends in the minute before `now`, oldest first.
+    fn minute(&self, now: u64) -> impl Iterator<Item = u64> + '_ {
+        let inside = self
+            .uses
+            .iter()
+            .rev()
+            .take_while(|u| u.at + MINUTE_MS > now)
+            .count();
+        self.uses.range(self.uses.len() - inside..).map(|u| u.at)
     }
 
     /// Messages sent in the minute before `now`.
     pub fn last_minute(&mut self, now: u64) -> usize {
         self.expire(now);
-        self.uses
-            .iter()
-            .rev()
-            .take_while(|u| u.at + MINUTE_MS > now)
-            .count()
+        self.minute(now).count()
     }
 
     /// Recipients sent in the day before `now`.
     pub fn last_day(&mut self, now: u64) -> u64 {
         self.expire(now);
-        self.uses.iter().map(|u| u64::from(u.rcpts)).sum()
+        self.day_rcpts
     }
 
     /// Whether a message of `rcpts` recipients may go now.
     pub fn check(&mut self, limits: Limits, now: u64, rcpts: u32) -> Verdict {
         self.expire(now);
         if limits.per_day > 0 {
-            let used = self.last_day(now);
+            let used = self.day_rcpts;
             let need = u64::from(rcpts);
             let cap = u64::from(limits.per_day);
             // A message larger than the whole quota goes when the window is empty.
@@ -95,16 +109,11 @@ impl Windows {
             }
         }
         if limits.per_minute > 0 {
-            let in_minute: Vec<u64> = self
-                .uses
-                .iter()
-                .filter(|u| u.at + MINUTE_MS > now)
-                .map(|u| u.at)
-                .collect();
-            if in_minute.len() >= limits.per_minute as usize {
+            let in_minute = self.minute(now).count();
+            if in_minute >= limits.per_minute as usize {
                 // The permit frees when the oldest send in the window leaves it.
-                let frees = in_minute.len() + 1 - limits.per_minute as usize;
-                let until = in_minute[frees - 1] + MINUTE_MS;
+                let frees = in_minute + 1 - limits.per_minute as usize;
+                let until = self.minute(now).nth(frees - 1).unwrap_or(now) + MINUTE_MS;
                 return Verdict::Throttled(until.clamp(now + 1, now + MINUTE_MS));
             }
         }
@@ -127,16 +136,19 @@ impl Windows {
                 rcpts,
             },
         );
+        self.day_rcpts += u64::from(rcpts);
     }
 
     /// After the attempt: keeps the send with the recipients actually sent, moved to
     /// `at` (when the upstream accepted it, which is when the mailbox counts it), or
     /// gives its place back when nothing was sent.
     pub fn settle(&mut self, id: &str, sent_rcpts: u32, at: u64) {
-        if let Some(pos) = self.uses.iter().position(|u| u.id == id) {
+        // A send settles soon after it was taken: look from the newest end.
+        if let Some(pos) = self.uses.iter().rposition(|u| u.id == id) {
             let Some(u) = self.uses.remove(pos) else {
                 return;
             };
+            self.day_rcpts -= u64::from(u.rcpts);
             if sent_rcpts > 0 {
                 self.take(at.max(u.at), id, sent_rcpts);
             }
@@ -198,5 +210,25 @@ mod tests {
         let mut empty = Windows::default();
         assert_eq!(empty.check(limits, 0, 9), Verdict::Send);
         assert_eq!(w.check(limits, 2000, 9), Verdict::DailyQuota(DAY_MS + 1000));
+    }
+
+    /// The running day sum follows takes, settles and expiry; a message tried twice
+    /// settles its newest reservation, never the send that already went.
+    #[test]
+    fn day_sum_follows_every_change() {
+        let mut w = Windows::default();
+        w.take(0, "m", 3);
+        w.settle("m", 2, 100); // two of three went
+        assert_eq!(w.last_day(200), 2);
+        w.take(5_000, "m", 1); // the third, tried again
+        assert_eq!(w.last_day(5_000), 3);
+        w.settle("m", 0, 5_100); // it went nowhere: only that place is given back
+        assert_eq!(w.last_day(5_100), 2);
+        assert_eq!(w.last_minute(5_100), 1);
+        assert_eq!(w.uses.front().map(|u| u.at), Some(100));
+        w.take(70_000, "n", 4);
+        assert_eq!(w.last_day(DAY_MS + 100), 4, "the first send left the day");
+        assert_eq!(w.last_minute(DAY_MS + 100), 0);
+        assert_eq!(w.last_day(DAY_MS + 70_000), 0);
     }
 }

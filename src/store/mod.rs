@@ -99,6 +99,17 @@ fn io_err(e: impl Into<redb::Error>) -> StoreError {
     }
 }
 
+/// What a scan of the due index ([`Store::due_entries`]) does with an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Take it and go on.
+    Take,
+    /// Pass over it.
+    Skip,
+    /// Take it and end the scan.
+    Last,
+}
+
 /// One change to apply inside a write transaction.
 #[derive(Debug, Clone)]
 pub enum Mutation {
@@ -542,12 +553,12 @@ pub(super) fn read_body(
 }
 
 impl Store {
-    /// Due-index entries in order as (due, id, provider), passing over those for which
-    /// `skip(id, provider)` is true, at most `limit`.
+    /// Due-index entries in order as (due, id, provider), each as `pick(due, id,
+    /// provider)` says, at most `limit`.
     pub fn due_entries(
         &self,
         limit: usize,
-        mut skip: impl FnMut(&str, &str) -> bool,
+        mut pick: impl FnMut(u64, &str, &str) -> Pick,
     ) -> Result<Vec<(u64, String, String)>, StoreError> {
         contained("the due entries index", || {
             let txn = self.db()?.begin_read().map_err(io_err)?;
@@ -555,13 +566,17 @@ impl Store {
             let mut out = Vec::new();
             for item in t.iter().map_err(io_err)? {
                 let (k, v) = item.map_err(io_err)?;
-                if let Some((ms, id)) = split_due_key(k.value())
-                    && !skip(&id, v.value())
-                {
-                    out.push((ms, id, v.value().to_string()));
-                    if out.len() >= limit {
-                        break;
-                    }
+                let Some((ms, id)) = split_due_key(k.value()) else {
+                    continue;
+                };
+                let last = match pick(ms, &id, v.value()) {
+                    Pick::Skip => continue,
+                    Pick::Take => false,
+                    Pick::Last => true,
+                };
+                out.push((ms, id, v.value().to_string()));
+                if last || out.len() >= limit {
+                    break;
                 }
             }
             Ok(out)
