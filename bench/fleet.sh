@@ -91,6 +91,19 @@ print(f"node-side round trip p50 {q(0.5)} us, p99 {q(0.99)} us ({count} calls)" 
 PY
 }
 
+# Store commits (group commits: intake and outcomes) the nodes made, summed.
+commits() { # status ports...
+  python3 - "$@" <<'PY'
+import sys, urllib.request, re
+n = 0
+for port in sys.argv[1:]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    m = re.search(r'^mailgate_store_commit_duration_seconds_count (\d+)', text, re.M)
+    n += int(m.group(1)) if m else 0
+print(n)
+PY
+}
+
 # run LABEL NODES FLEET [CONNS per node]; ONLY (a grep -E pattern) picks cases by label.
 run() {
   local label=$1 nodes=$2 fleet=$3 conns=${4:-20} ports=() statuses=() pids=() i
@@ -108,10 +121,11 @@ run() {
   for _ in $(seq 6000); do drained "${statuses[@]}" && break; sleep 0.05; done
   end=$(date +%s.%N)
   local calls; calls=$(redis_calls)
+  local commits; commits=$(commits "${statuses[@]}")
   # CPU the nodes used (user + system, from /proc), per message.
   local ticks=0 t
   for pid in "${pids[@]}"; do t=$(awk '{print $14 + $15}' "/proc/$pid/stat"); ticks=$((ticks + t)); done
-  python3 -c "n=$per*$nodes; print(f'{\"$label\":<34} {n/($end-$start):8.0f} msg/s e2e   redis calls/msg {$calls/n:5.2f}   node CPU {$ticks*1e6/$(getconf CLK_TCK)/n:4.0f} us/msg   script {\"$(script_usec)\" or \"-\"} us/call, p99 {\"$(script_p99)\" or \"-\"} us')" | tee -a "$WORK/results"
+  python3 -c "n=$per*$nodes; print(f'{\"$label\":<34} {n/($end-$start):8.0f} msg/s e2e   redis calls/msg {$calls/n:5.2f}   node CPU {$ticks*1e6/$(getconf CLK_TCK)/n:4.0f} us/msg   commits/msg {$commits/n:4.2f}   script {\"$(script_usec)\" or \"-\"} us/call, p99 {\"$(script_p99)\" or \"-\"} us')" | tee -a "$WORK/results"
   if [ "$fleet" = 1 ]; then echo "    $(client_rtt "${statuses[@]}")"; fi
   for pid in "${pids[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
 }
@@ -130,24 +144,28 @@ python3 - "$WORK/results" <<'PY'
 import re, statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
-    m = re.match(r"(.{34}) +(\d+) msg/s e2e +redis calls/msg +([\d.]+) +node CPU +(\d+)", line)
+    m = re.match(r"(.{34}) +(\d+) msg/s e2e +redis calls/msg +([\d.]+) +node CPU +(\d+) us/msg +commits/msg +([\d.]+)", line)
     if m:
-        runs.setdefault(m.group(1).strip(), []).append((int(m.group(2)), float(m.group(3)), int(m.group(4))))
-med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) for k, v in runs.items()}
+        runs.setdefault(m.group(1).strip(), []).append((int(m.group(2)), float(m.group(3)), int(m.group(4)), float(m.group(5))))
+med = {k: tuple(statistics.median(x[i] for x in v) for i in range(4)) for k, v in runs.items()}
 print("summary (medians):")
-for k, (rate, calls, cpu) in med.items():
-    print(f"  {k:<34} {rate:8.0f} msg/s   redis calls/msg {calls:5.2f}   node CPU {cpu:4.0f} us/msg")
+for k, (rate, calls, cpu, commits) in med.items():
+    print(f"  {k:<34} {rate:8.0f} msg/s   redis calls/msg {calls:5.2f}   node CPU {cpu:4.0f} us/msg   commits/msg {commits:4.2f}")
+def rounds(a, b):
+    """The ratio a/b in each round (the cases of a round run one after the other)."""
+    pairs = zip(runs.get(a, []), runs.get(b, []))
+    return ", ".join(f"{100 * x[0] / y[0]:.0f}%" for x, y in pairs)
 for n, fleet in (("1 node", "1 node, [fleet]"), ("3 nodes", "3 nodes, [fleet] (one mailbox)")):
     base = med.get(f"{n}, no [fleet]")
     with_ = med.get(fleet)
     if base and with_:
-        print(f"  {n}: with [fleet] {100 * with_[0] / base[0]:.0f}% of the throughput without, {with_[1]:.2f} Redis calls per message")
+        print(f"  {n}: with [fleet] {100 * with_[0] / base[0]:.0f}% of the throughput without (each round: {rounds(fleet, f'{n}, no [fleet]')}), {with_[1]:.2f} Redis calls per message")
 split = med.get("3 nodes, no [fleet], 7 conns each")
 with3 = med.get("3 nodes, [fleet] (one mailbox)")
 if split and with3:
-    print(f"  3 nodes: with [fleet] {100 * with3[0] / split[0]:.0f}% of the throughput without it with the mailbox's 20 connections split by hand (7 each)")
+    print(f"  3 nodes: with [fleet] {100 * with3[0] / split[0]:.0f}% of the throughput without it with the mailbox's 20 connections split by hand (7 each) (each round: {rounds('3 nodes, [fleet] (one mailbox)', '3 nodes, no [fleet], 7 conns each')})")
 wide = med.get("3 nodes, [fleet], 60 conns")
 base3 = med.get("3 nodes, no [fleet]")
 if wide and base3:
-    print(f"  3 nodes: with [fleet] and max_connections = 60 (as many connections as three nodes open without it) {100 * wide[0] / base3[0]:.0f}% of the throughput without, {wide[1]:.2f} Redis calls per message")
+    print(f"  3 nodes: with [fleet] and max_connections = 60 (as many connections as three nodes open without it) {100 * wide[0] / base3[0]:.0f}% of the throughput without (each round: {rounds('3 nodes, [fleet], 60 conns', '3 nodes, no [fleet]')}), {wide[1]:.2f} Redis calls per message")
 PY

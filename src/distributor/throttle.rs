@@ -109,11 +109,17 @@ impl Windows {
             }
         }
         if limits.per_minute > 0 {
-            let in_minute = self.minute(now).count();
-            if in_minute >= limits.per_minute as usize {
-                // The permit frees when the oldest send in the window leaves it.
-                let frees = in_minute + 1 - limits.per_minute as usize;
-                let until = self.minute(now).nth(frees - 1).unwrap_or(now) + MINUTE_MS;
+            // The window is full while the per_minute-th newest send is inside it, and a
+            // place frees when that send leaves it.
+            let nth_newest = self
+                .uses
+                .len()
+                .checked_sub(limits.per_minute as usize)
+                .and_then(|i| self.uses.get(i));
+            if let Some(u) = nth_newest
+                && u.at + MINUTE_MS > now
+            {
+                let until = u.at + MINUTE_MS;
                 return Verdict::Throttled(until.clamp(now + 1, now + MINUTE_MS));
             }
         }
