@@ -44,9 +44,10 @@ pub enum Verdict {
 }
 
 /// The rolling windows of one provider: the sends of the last day, ordered by time, and
-/// their recipients' sum. Every question is answered from the newest end (the minute)
-/// or the running sum (the day), so a send costs the same at the day's 100,000th send as
-/// at its first.
+/// their recipients' sum. A check, a take and a settle work from the newest end (the
+/// minute) or the running sum (the day), so their cost does not grow with the day's
+/// sends (only a check over the daily quota walks from the oldest end, to find when
+/// enough recipients leave the day).
 #[derive(Debug, Default, Clone)]
 pub struct Windows {
     uses: VecDeque<Use>,
@@ -64,21 +65,14 @@ impl Windows {
         }
     }
 
-    /// The times of the sends in the minute before `now`, oldest first.
-    fn minute(&self, now: u64) -> impl Iterator<Item = u64> + '_ {
-        let inside = self
-            .uses
-            .iter()
-            .rev()
-            .take_while(|u| u.at + MINUTE_MS > now)
-            .count();
-        self.uses.range(self.uses.len() - inside..).map(|u| u.at)
-    }
-
     /// Messages sent in the minute before `now`.
     pub fn last_minute(&mut self, now: u64) -> usize {
         self.expire(now);
-        self.minute(now).count()
+        self.uses
+            .iter()
+            .rev()
+            .take_while(|u| u.at + MINUTE_MS > now)
+            .count()
     }
 
     /// Recipients sent in the day before `now`.
