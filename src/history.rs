@@ -151,7 +151,7 @@ pub struct NoticeLink {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
     /// A diagnosis code (the last attempt's), or `per-minute-limit`, `paused`,
-    /// `circuit-open`.
+    /// `circuit-open`, `fleet-lease`.
     pub reason: String,
     /// When it is tried next (RFC 3339 UTC); none while paused.
     pub until: Option<String>,
@@ -174,6 +174,7 @@ impl Waiting {
                     .to_string()
             }
             "daily-quota" => "the provider's daily recipient limit is reached".to_string(),
+            "fleet-lease" => "waiting for one of the provider's connections: other nodes of the fleet hold every one (its fleet-wide max_connections)".to_string(),
             code => format!("the last attempt failed ({code})"),
         };
         match &self.until {

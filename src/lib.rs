@@ -108,7 +108,8 @@ impl Daemon {
             Some(f) => Some(Arc::new(
                 fleet::Fleet::new(f)
                     .map_err(|e| Error::Config(e.to_string()))?
-                    .timing_calls_in(metrics.fleet_call_duration.clone()),
+                    .timing_calls_in(metrics.fleet_call_duration.clone())
+                    .counting_rejections_in(metrics.fleet_rejected.clone()),
             )),
             None => None,
         };
@@ -183,14 +184,26 @@ impl Daemon {
                 config.smtp.shutdown_timeout.0,
             )));
         }
-        tracing::info!(addr = %status_addr, "status listening");
+        tracing::info!(addr = %status_addr, tls = config.status.tls_cert.is_some(), "status listening");
+        for w in config.warnings() {
+            tracing::warn!(warning = %w, "configuration");
+        }
         let config_path = Arc::new(RwLock::new(None));
         let listeners_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let token =
             status::state::load_token(&config.status).map_err(|e| Error::Config(e.to_string()))?;
+        let status_bound = match (&config.status.tls_cert, &config.status.tls_key) {
+            (Some(c), Some(k)) => status::tls::Bound::Tls(
+                status::tls::TlsListener::new(status_listener, c.clone(), k.clone())
+                    .map_err(Error::Config)?,
+            ),
+            _ => status::tls::Bound::Plain(status_listener),
+        };
+        // The cookie is Secure exactly when the browser reaches the pages over TLS: the
+        // listener's own, or a TLS proxy's in front of it.
         let pages = Arc::new(status::pages::PageState::new(
             token.clone(),
-            !status_addr.ip().is_loopback(),
+            matches!(status_bound, status::tls::Bound::Tls(_)) || config.status.behind_proxy,
         ));
         let status_state = status::state::AppState {
             pipeline: pipeline.clone(),
@@ -210,7 +223,7 @@ impl Daemon {
                 .run(status_state.clone(), shutdown_rx.clone()),
         ));
         tasks.push(tokio::spawn(status::http::serve(
-            status_listener,
+            status_bound,
             status_state,
             pages,
             shutdown_rx.clone(),

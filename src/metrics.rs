@@ -17,6 +17,13 @@ pub struct Reason {
     pub reason: String,
 }
 
+/// `{what}`: what a node refused from the fleet (`heartbeat`, `peer-call`, `value`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhatLabel {
+    /// What was refused.
+    pub what: String,
+}
+
 /// `{provider}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabel {
@@ -136,6 +143,9 @@ pub struct Metrics {
     pub fleet_call_duration: Histogram,
     /// `fleet_nodes`: nodes with a live heartbeat (with `[fleet]` only).
     pub fleet_nodes: Gauge,
+    /// `mailgate_fleet_rejected_total{what}`: heartbeats and peer calls that did not
+    /// verify, and values of the fleet store that were out of bounds (with `[fleet]`).
+    pub fleet_rejected: Family<WhatLabel, Counter>,
     /// Whether the fleet gauges are shown.
     pub fleet_enabled: std::sync::atomic::AtomicBool,
     fleet_registry: Registry,
@@ -183,6 +193,7 @@ impl Default for Metrics {
             totals: Totals::default(),
             fleet_up: Gauge::default(),
             fleet_nodes: Gauge::default(),
+            fleet_rejected: Family::default(),
             fleet_call_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             fleet_enabled: std::sync::atomic::AtomicBool::new(false),
             fleet_registry: Registry::default(),
@@ -198,6 +209,11 @@ impl Default for Metrics {
             "fleet_nodes",
             "Nodes of the fleet with a live heartbeat",
             m.fleet_nodes.clone(),
+        );
+        fleet_registry.register(
+            "fleet_rejected",
+            "Heartbeats and peer calls that did not verify with the fleet secret, and fleet store values out of bounds, by what",
+            m.fleet_rejected.clone(),
         );
         fleet_registry.register(
             "fleet_call_duration_seconds",

@@ -31,7 +31,10 @@ fn load(cli: &Cli) -> Result<Config, i32> {
 pub async fn run(cli: Cli) -> i32 {
     match &cli.command {
         Command::CheckConfig => match load(&cli) {
-            Ok(_) => {
+            Ok(c) => {
+                for w in c.warnings() {
+                    println!("{}: warning: {w}", source(&cli));
+                }
                 println!("{}: ok", source(&cli));
                 exit::OK
             }

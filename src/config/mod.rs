@@ -17,6 +17,8 @@ mod provider;
 mod routes;
 mod validate;
 
+pub use validate::{MIN_FLEET_SECRET, loopback_host, peer_url, readable_by_others};
+
 pub use alerts::{AlertConfig, AlertEvent, AlertFormat};
 pub use provider::{
     Issuer, OAuth2Config, OAuthFlow, ProviderConfig, ProviderKind, SecretSource, TlsMode,
@@ -371,6 +373,13 @@ pub struct StatusConfig {
     pub token_file: Option<PathBuf>,
     /// The bearer token itself (prefer `token_file`).
     pub token: Option<String>,
+    /// Certificate chain (PEM): the status listener speaks HTTPS (re-read when the file
+    /// changes, so a renewed certificate needs no restart).
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// A TLS proxy stands in front of a listener that is not on loopback.
+    pub behind_proxy: bool,
 }
 
 impl Default for StatusConfig {
@@ -379,6 +388,9 @@ impl Default for StatusConfig {
             listen: Spanned::new(0..0, "127.0.0.1:8525".to_string()),
             token_file: None,
             token: None,
+            tls_cert: None,
+            tls_key: None,
+            behind_proxy: false,
         }
     }
 }
@@ -571,6 +583,12 @@ pub struct FleetConfig {
     /// How the other nodes reach this node's status listener (`http://app01:8525`), for
     /// one view of the fleet's history; published in this node's heartbeat.
     pub status_url: Option<String>,
+    /// The fleet secret (at least 32 bytes, the same on every node): heartbeats and
+    /// calls between nodes are signed with it. Required with `status_url`.
+    pub secret_file: Option<PathBuf>,
+    /// The CA (PEM) that signed the other nodes' status certificates, when it is not a
+    /// public one (`status_url = "https://..."`).
+    pub status_ca_file: Option<PathBuf>,
 }
 
 fn default_key_prefix() -> String {
@@ -677,6 +695,9 @@ impl Config {
                     listen,
                     token_file,
                     token,
+                    tls_cert,
+                    tls_key,
+                    behind_proxy,
                 },
             distributor: _,
             rewrite: _,
@@ -699,6 +720,10 @@ impl Config {
             ("status.token_file", format!("{token_file:?}")),
             // Only the key's name is ever reported, never this rendering.
             ("status.token", format!("{token:?}")),
+            // The certificate files are re-read when they change; their paths are not.
+            ("status.tls_cert", format!("{tls_cert:?}")),
+            ("status.tls_key", format!("{tls_key:?}")),
+            ("status.behind_proxy", format!("{behind_proxy}")),
             ("fleet", format!("{fleet:?}")),
         ]);
         out

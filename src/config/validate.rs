@@ -40,13 +40,13 @@ impl Config {
                     .into(),
             ));
         }
-        if let Some(u) = self.fleet.as_ref().and_then(|f| f.status_url.as_deref())
-            && !(u.starts_with("http://") || u.starts_with("https://"))
-        {
-            out.push((
-                0..0,
-                format!("fleet.status_url {u:?} must be an http:// or https:// URL"),
-            ));
+        if let Some(f) = &self.fleet {
+            out.extend(fleet_problems(f, self.status.token.as_deref(), self.status.token_file.as_deref()).into_iter().map(|m| (0..0, m)));
+        }
+        match (&self.status.tls_cert, &self.status.tls_key) {
+            (Some(_), None) => out.push((0..0, "status.tls_cert is set but status.tls_key is not".into())),
+            (None, Some(_)) => out.push((0..0, "status.tls_key is set but status.tls_cert is not".into())),
+            _ => {}
         }
         if self.smtp.max_connections == 0 {
             out.push((0..0, "smtp.max_connections must be at least 1".into()));
@@ -67,6 +67,16 @@ impl Config {
                 out.push((
                     self.status.listen.span(),
                     "status.listen is not a loopback address: set status.token_file so the admin API is not open to the network".into(),
+                ));
+            }
+            Some(addr)
+                if !addr.ip().is_loopback()
+                    && self.status.tls_cert.is_none()
+                    && !self.status.behind_proxy =>
+            {
+                out.push((
+                    self.status.listen.span(),
+                    "status.listen is not a loopback address: set status.tls_cert and status.tls_key (`mailgate gen-cert` makes a pair) so the admin token never crosses the network in clear, or behind_proxy = true when a TLS proxy stands in front".into(),
                 ));
             }
             Some(_) => {}
@@ -278,4 +288,123 @@ fn oauth2_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<S
         }
     }
     out
+}
+
+/// The fleet secret's least length, in bytes.
+pub const MIN_FLEET_SECRET: usize = 32;
+
+/// What is wrong with `[fleet]`: `status_url`'s form, and the secret that signs calls
+/// between nodes (required with `status_url`, long enough, not readable by others, not
+/// the admin token).
+fn fleet_problems(
+    f: &super::FleetConfig,
+    token: Option<&str>,
+    token_file: Option<&std::path::Path>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(u) = f.status_url.as_deref()
+        && let Err(why) = peer_url(u)
+    {
+        out.push(format!("fleet.status_url {u:?} {why}"));
+    }
+    match (&f.secret_file, &f.status_url) {
+        (None, Some(_)) => out.push(
+            "fleet.status_url needs fleet.secret_file: the nodes sign their calls to each other with it (the same file on every node, at least 32 bytes: `head -c 48 /dev/urandom | base64 > /etc/mailgate/fleet.secret`)".into(),
+        ),
+        (Some(p), _) => {
+            // Checked when readable: commands run by other users load this file too.
+            if let Ok(secret) = std::fs::read(p) {
+                let secret = secret.trim_ascii();
+                if secret.len() < MIN_FLEET_SECRET {
+                    out.push(format!(
+                        "fleet.secret_file {} holds {} bytes: it needs at least {MIN_FLEET_SECRET} (`head -c 48 /dev/urandom | base64 > {}`)",
+                        p.display(),
+                        secret.len(),
+                        p.display()
+                    ));
+                }
+                let admin = token.map(|t| t.trim().as_bytes().to_vec()).or_else(|| {
+                    token_file
+                        .and_then(|t| std::fs::read(t).ok())
+                        .map(|t| t.trim_ascii().to_vec())
+                });
+                if admin.is_some_and(|a| a == secret) {
+                    out.push(format!(
+                        "fleet.secret_file {} holds the admin token: the fleet secret must be another secret (a node that can sign fleet calls must not be able to act as the administrator)",
+                        p.display()
+                    ));
+                }
+            }
+            if let Some(why) = readable_by_others(p) {
+                out.push(format!("fleet.secret_file {} {why}", p.display()));
+            }
+        }
+        (None, None) => {}
+    }
+    out
+}
+
+/// Whether a file that holds a secret can be read by every local user: the words, or
+/// None.
+pub fn readable_by_others(p: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "is readable by every local user (mode {:o}): `chmod 0640 {}`",
+            mode & 0o777,
+            p.display()
+        )
+    })
+}
+
+/// Whether `u` may be a node's `status_url`: `https://host[:port]`, or `http://` to a
+/// loopback address; no path, query, fragment or user. Err: why not, in words.
+pub fn peer_url(u: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(u).map_err(|e| format!("is not a URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold a user name or password".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() || !matches!(url.path(), "" | "/") {
+        return Err("must be the listener's origin only (scheme, host, port), without a path, query or fragment".into());
+    }
+    let loopback = url.host_str().is_some_and(loopback_host);
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err("must be https:// (http:// only to a loopback address): the nodes' calls to each other cross the network".into()),
+        _ => Err("must be an https:// URL".into()),
+    }
+}
+
+/// A URL's host that names this machine: a loopback address or `localhost`.
+pub fn loopback_host(h: &str) -> bool {
+    h.eq_ignore_ascii_case("localhost")
+        || h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+impl Config {
+    /// What `check-config` and the daemon's start warn about: settings that work but
+    /// leave something open.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(f) = &self.fleet
+            && let Ok(url) = reqwest::Url::parse(&f.redis_url)
+        {
+            let local = match url.host_str() {
+                Some(h) => loopback_host(h),
+                None => url.scheme().contains("unix"),
+            };
+            if !local && f.password_file.is_none() && url.password().is_none() {
+                out.push("fleet.redis_url leaves this host without fleet.password_file: anyone who reaches that Redis can slow this fleet's mail down (see the README's Fleet section: an ACL user limited to the key prefix)".into());
+            }
+            if !local && url.scheme() != "rediss" {
+                out.push("fleet.redis_url leaves this host without TLS (rediss://): the Redis password and the fleet's traffic cross the network in clear".into());
+            }
+        }
+        out
+    }
 }

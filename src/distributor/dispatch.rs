@@ -421,7 +421,7 @@ impl Distributor {
                 if let Ok(head) = body.head() {
                     headers = crate::notify::header_block(&head).to_vec();
                 }
-                let lease = self.take_lease(&group.provider).await;
+                let lease = self.take_lease(&group.provider, &record.id).await;
                 let sent = self.send(record, group, body).await;
                 self.release_lease(lease).await;
                 slot.settle(sent.2, sent.3.clone());

@@ -58,6 +58,35 @@ pub(super) struct Leases {
     /// When the keeper last renewed (every book at once).
     renewed: Mutex<Option<Instant>>,
     seq: std::sync::atomic::AtomicU64,
+    /// The messages whose delivery waits for a lease other nodes hold.
+    waiting: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A message noted as waiting for a lease, until dropped.
+struct Waits<'a> {
+    leases: &'a Leases,
+    id: Option<String>,
+}
+
+impl Waits<'_> {
+    fn note(&mut self, id: &str) {
+        if self.id.is_none()
+            && let Ok(mut w) = self.leases.waiting.lock()
+        {
+            w.insert(id.to_string());
+            self.id = Some(id.to_string());
+        }
+    }
+}
+
+impl Drop for Waits<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = &self.id
+            && let Ok(mut w) = self.leases.waiting.lock()
+        {
+            w.remove(id);
+        }
+    }
 }
 
 impl Leases {
@@ -133,13 +162,21 @@ impl Distributor {
         Some((self.shared.fleet()?, &self.leases))
     }
 
-    /// Waits for one of the provider's fleet-wide connection leases: an idle one of this
-    /// node, else a new one from the fleet store. None without [fleet] or while the store
-    /// is away (the local limits apply then).
-    pub(super) async fn take_lease(&self, provider: &str) -> Lease {
+    /// Whether message `id` waits for a fleet-wide connection lease now (its record
+    /// then says `fleet-lease`).
+    pub fn waits_for_lease(&self, id: &str) -> bool {
+        self.leases.waiting.lock().is_ok_and(|w| w.contains(id))
+    }
+
+    /// Waits for one of the provider's fleet-wide connection leases for message `id`:
+    /// an idle one of this node, else a new one from the fleet store. None without
+    /// [fleet] or while the store is away (the local limits apply then). While refused,
+    /// the message is noted as waiting for a lease.
+    pub(super) async fn take_lease(&self, provider: &str, id: &str) -> Lease {
         let (f, leases) = self.fleet_leases()?;
         let max = self.routing().limits(provider).1;
         let deadline = Instant::now() + WAIT_AT_MOST;
+        let mut waits = Waits { leases, id: None };
         while Instant::now() < deadline {
             if let Some(t) = leases.take_idle(provider) {
                 return Some((provider.to_string(), t));
@@ -151,6 +188,7 @@ impl Distributor {
                 return Some((provider.to_string(), t));
             }
             if let Some(at) = leases.refused_until(provider) {
+                waits.note(id);
                 // Wait (holding the turn) for one given back here, or the next ask.
                 let _ = tokio::time::timeout_at(at.into(), leases.returned.notified()).await;
                 drop(turn);
@@ -175,6 +213,8 @@ impl Distributor {
                 (p * 2).min(Duration::from_millis(100))
             });
             b.next_ask = Some((Instant::now() + pause, pause));
+            drop(books);
+            waits.note(id);
         }
         None
     }

@@ -7,8 +7,11 @@
 //! node keeps to its share (limit / `expected_nodes`), says so once, and goes back to the
 //! shared windows by itself, adding the sends it made meanwhile.
 
-use std::sync::Mutex;
+pub mod sign;
+
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -28,27 +31,55 @@ const PROBE_EVERY: Duration = Duration::from_secs(2);
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 
 /// Check-and-reserve of the two windows for a batch of sends, in order (each sees the
-/// ones before it), on the server's clock. KEYS: per provider of the batch, four: minute
+/// ones before it), on the server's clock. What it reads is checked first (SPEC "Trust
+/// boundaries": a writer of the fleet store may hold mail back a minute, never a day):
+/// entries dated after now are removed, a day sum that is not a count is made again
+/// from the window's entries, and so is one that would refuse a send. KEYS: per provider of the batch, four: minute
 /// zset, day zset, day recipient sum (kept with the zset, so a check is O(log n)), and the
 /// key where a node waiting for a connection lease says so. ARGV[1]: this node; then seven
 /// per send: provider index (0-based), per_minute, per_day, member, rcpts, bypass_minute
 /// (0/1), at_ms (0 = now, checked; else a send made while the store was away, added
-/// unchecked at that time). Returns two numbers per send ({0, bypassed} go, {1, ms} the
-/// minute is full, {2, ms} the day is), then per provider 1 when another node waits for
-/// one of its connection leases.
+/// unchecked at that time, never later than now). Returns two numbers per send ({0,
+/// bypassed} go, {1, ms} the minute is full, {2, ms} the day is), then per provider 1
+/// when another node waits for one of its connection leases, then how many values
+/// were repaired.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local np = #KEYS / 4
+local repaired = 0
+-- The recipients an entry of the day window counts (a malformed one counts none).
+local function rcpts_of(x)
+  return tonumber(string.match(x, ':(%d+)$') or '0') or 0
+end
+-- The day sum made again from the window's entries.
+local function rebuild(d, s)
+  local sum = 0
+  for _, x in ipairs(redis.call('ZRANGE', d, 0, -1)) do sum = sum + rcpts_of(x) end
+  redis.call('SET', s, sum)
+  return sum
+end
 for p = 0, np - 1 do
   local m, d, s = KEYS[p * 4 + 1], KEYS[p * 4 + 2], KEYS[p * 4 + 3]
   redis.call('ZREMRANGEBYSCORE', m, '-inf', now - 60000)
-  local expired = redis.call('ZRANGEBYSCORE', d, '-inf', now - 86400000)
-  if #expired > 0 then
-    local gone = 0
-    for _, x in ipairs(expired) do gone = gone + tonumber(string.match(x, ':(%d+)$')) end
-    redis.call('DECRBY', s, gone)
+  -- Every real entry is at or before now (its time is taken here, or clamped to now):
+  -- one in the future was written by someone else, and would hold mail back longer
+  -- than its window.
+  repaired = repaired + redis.call('ZREMRANGEBYSCORE', m, '(' .. now, '+inf')
+  local future = redis.call('ZREMRANGEBYSCORE', d, '(' .. now, '+inf')
+  local sum = tonumber(redis.call('GET', s) or '0')
+  if future > 0 or sum == nil or sum < 0 or sum ~= math.floor(sum) then
+    repaired = repaired + math.max(future, 1)
     redis.call('ZREMRANGEBYSCORE', d, '-inf', now - 86400000)
+    rebuild(d, s)
+  else
+    local expired = redis.call('ZRANGEBYSCORE', d, '-inf', now - 86400000)
+    if #expired > 0 then
+      local gone = 0
+      for _, x in ipairs(expired) do gone = gone + rcpts_of(x) end
+      redis.call('DECRBY', s, gone)
+      redis.call('ZREMRANGEBYSCORE', d, '-inf', now - 86400000)
+    end
   end
 end
 local out = {}
@@ -56,12 +87,19 @@ for i = 2, #ARGV, 7 do
   local p = tonumber(ARGV[i])
   local m, d, s = KEYS[p * 4 + 1], KEYS[p * 4 + 2], KEYS[p * 4 + 3]
   local pm, pd, rc = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4])
-  local at = tonumber(ARGV[i + 6])
+  local at = math.min(tonumber(ARGV[i + 6]), now)
   local verdict, value = 0, 0
   if at == 0 then
     at = now
     if pd > 0 then
-      local used = tonumber(redis.call('GET', s) or '0')
+      local used = tonumber(redis.call('GET', s) or '0') or 0
+      if used > 0 and used + rc > pd then
+        -- Before holding mail for up to a day, the sum must be what the entries add up
+        -- to (a sum written by someone else is made again from them).
+        local real = rebuild(d, s)
+        if real ~= used then repaired = repaired + 1 end
+        used = real
+      end
       if used > 0 and used + rc > pd then
         local first = redis.call('ZRANGE', d, 0, 0, 'WITHSCORES')
         verdict, value = 2, math.max(1, tonumber(first[2] or now) + 86400000 - now)
@@ -92,6 +130,7 @@ for p = 0, np - 1 do
   local w = redis.call('GET', KEYS[p * 4 + 4])
   out[#out + 1] = (w and w ~= ARGV[1]) and 1 or 0
 end
+out[#out + 1] = repaired
 return out
 "#;
 
@@ -107,35 +146,40 @@ return 1
 /// Takes a connection lease when fewer than ARGV[1] are held; a node refused says it
 /// waits (for two seconds), so a node holding leases between deliveries gives some back.
 /// KEYS: the leases zset (member token, score expiry), the waiting key. ARGV: max, token,
-/// ttl_ms, node.
+/// ttl_ms, node. Returns {taken (1/0), leases removed for ending beyond their TTL}.
 const LEASE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+-- A lease ending later than its TTL from now was not written by a node.
+local repaired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + tonumber(ARGV[3])), '+inf')
 if redis.call('ZSCORE', KEYS[1], ARGV[2]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
-  return 1
+  return {1, repaired}
 end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', 2000)
-return 0
+return {0, repaired}
 "#;
 
 /// Renews and frees a node's leases, every provider in one call. KEYS: per provider two:
 /// the leases zset, the waiting key. ARGV[1]: ttl_ms, ARGV[2]: this node; then per
 /// provider: max, the count of tokens to renew, those tokens, the count to free, those.
 /// A token that lapsed is renewed only while there is room (else it is lost: another
-/// node may hold the place now). Returns {lost tokens, indexes of the providers another
-/// node waits for}.
+/// node may hold the place now). A lease ending later than its TTL from now is removed.
+/// Returns {lost tokens, indexes of the providers another node waits for, leases
+/// removed}.
 const RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 local lost, wanted = {}, {}
+local repaired = 0
 local i = 3
 for p = 0, #KEYS / 2 - 1 do
   local k = KEYS[p * 2 + 1]
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  repaired = repaired + redis.call('ZREMRANGEBYSCORE', k, '(' .. (now + ttl), '+inf')
   local max, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   local first = i + 2
   i = first + n
@@ -153,7 +197,7 @@ for p = 0, #KEYS / 2 - 1 do
   local w = redis.call('GET', KEYS[p * 2 + 2])
   if w and w ~= ARGV[2] then wanted[#wanted + 1] = p end
 end
-return {lost, wanted}
+return {lost, wanted, repaired}
 "#;
 
 /// Moves sends in the per-minute windows to when they were accepted upstream (they were
@@ -247,6 +291,15 @@ struct Owed {
     at_ms: u64,
 }
 
+/// The nodes this node may call, and those it refused.
+#[derive(Debug, Default)]
+pub struct Peers {
+    /// (node, status URL) of each node whose heartbeat verifies.
+    pub nodes: Vec<(String, String)>,
+    /// (name, why) of each heartbeat refused.
+    pub refused: Vec<(String, String)>,
+}
+
 /// The fleet store client of one node.
 pub struct Fleet {
     client: redis::Client,
@@ -272,6 +325,13 @@ pub struct Fleet {
     accepted: Mutex<Vec<(String, String, std::time::Instant)>>,
     /// Where each answered call's round trip is recorded (`/metrics`).
     round_trips: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// The fleet secret: heartbeats are signed and checked with it, and calls between
+    /// nodes. Without it, heartbeats are shown but no node is ever called.
+    secret: Option<Arc<sign::FleetSecret>>,
+    /// What was refused, counted (`mailgate_fleet_rejected_total{what}`).
+    rejected: Option<prometheus_client::metrics::family::Family<crate::metrics::WhatLabel, prometheus_client::metrics::counter::Counter>>,
+    /// The node names whose heartbeat was refused, each logged once.
+    refused_beats: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -308,6 +368,61 @@ impl Fleet {
         self
     }
 
+    /// Counts what this node refuses from the fleet in `family`.
+    pub fn counting_rejections_in(
+        mut self,
+        family: prometheus_client::metrics::family::Family<
+            crate::metrics::WhatLabel,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    ) -> Fleet {
+        self.rejected = Some(family);
+        self
+    }
+
+    /// Counts one refusal of `what` (`heartbeat`, `peer-call` or `value`).
+    pub fn count_rejected(&self, what: &str) {
+        if let Some(f) = &self.rejected {
+            f.get_or_create(&crate::metrics::WhatLabel {
+                what: what.to_string(),
+            })
+            .inc();
+        }
+    }
+
+    /// Values of the fleet store that a script found out of bounds and repaired: counted
+    /// (`value`) and logged, at most once a minute.
+    fn repaired(&self, n: u64, what: &str) {
+        if n == 0 {
+            return;
+        }
+        if let Some(f) = &self.rejected {
+            f.get_or_create(&crate::metrics::WhatLabel {
+                what: "value".into(),
+            })
+            .inc_by(n);
+        }
+        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = crate::time::now_ms();
+        let last = LAST.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60_000
+            && LAST
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                values = n,
+                what,
+                "the fleet store held values no node writes (entries dated in the future, a sum that is not its entries'); they were removed or made again: someone else writes to this Redis"
+            );
+        }
+    }
+
+    /// The fleet secret, when `secret_file` is set.
+    pub fn secret(&self) -> Option<&Arc<sign::FleetSecret>> {
+        self.secret.as_ref()
+    }
+
     /// The client of `[fleet]`; it connects on first use (and again by itself).
     pub fn new(c: &FleetConfig) -> Result<Fleet, FleetError> {
         let mut info: redis::ConnectionInfo = c
@@ -335,6 +450,12 @@ impl Fleet {
             None => redis::Client::open(info),
         }
         .map_err(|e| FleetError::Config(e.to_string()))?;
+        let secret = match &c.secret_file {
+            Some(p) => Some(Arc::new(
+                sign::FleetSecret::load(p).map_err(FleetError::Config)?,
+            )),
+            None => None,
+        };
         Ok(Fleet {
             client,
             conn: tokio::sync::Mutex::new(None),
@@ -352,6 +473,9 @@ impl Fleet {
             accepted: Mutex::new(Vec::new()),
             owed: Mutex::new(Vec::new()),
             round_trips: None,
+            secret,
+            rejected: None,
+            refused_beats: Mutex::new(HashSet::new()),
         })
     }
 
@@ -498,6 +622,7 @@ impl Fleet {
         let out: Vec<u64> = self
             .call(async |mut c| invocation.invoke_async(&mut c).await)
             .await?;
+        self.repaired(out.last().copied().unwrap_or(0), "the shared windows");
         let decisions = out
             .chunks(2)
             .take(items.len())
@@ -684,7 +809,7 @@ impl Fleet {
     pub async fn lease(&self, provider: &str, max: usize, token: &str) -> Option<bool> {
         let (key, want) = (self.key("leases", provider), self.key("want", provider));
         let script = &self.lease;
-        let got: u8 = self
+        let (got, repaired): (u8, u64) = self
             .call(async |mut c| {
                 script
                     .key(&key)
@@ -697,6 +822,7 @@ impl Fleet {
                     .await
             })
             .await?;
+        self.repaired(repaired, "the connection leases");
         Some(got == 1)
     }
 
@@ -720,9 +846,10 @@ impl Fleet {
                 .arg(b.free.len())
                 .arg(b.free);
         }
-        let (lost, wanted): (Vec<String>, Vec<usize>) = self
+        let (lost, wanted, repaired): (Vec<String>, Vec<usize>, u64) = self
             .call(async |mut c| inv.invoke_async(&mut c).await)
             .await?;
+        self.repaired(repaired, "the connection leases");
         let wanted = wanted
             .into_iter()
             .filter_map(|i| held.get(i).map(|b| b.provider.to_string()))
@@ -762,6 +889,10 @@ impl Fleet {
             "alerts": alerts,
         })
         .to_string();
+        let value = match &self.secret {
+            Some(s) => s.seal_beat(&value),
+            None => value,
+        };
         let ttl = crate::time::duration_ms(HEARTBEAT_EVERY * 5);
         let names = format!("{}nodes", self.prefix);
         let _: Option<()> = self
@@ -784,6 +915,11 @@ impl Fleet {
     /// The heartbeats of the nodes alive (a name whose heartbeat key has expired is a
     /// node gone, and leaves the set of names).
     async fn beats(&self) -> Option<Vec<serde_json::Value>> {
+        self.checked_beats().await.map(|(b, _)| b)
+    }
+
+    /// [`Fleet::beats`], and the names whose heartbeat was refused, with why.
+    async fn checked_beats(&self) -> Option<(Vec<serde_json::Value>, Vec<(String, String)>)> {
         // The set of names (never KEYS, which scans the whole keyspace).
         let names_key = format!("{}nodes", self.prefix);
         let names: Vec<String> = self
@@ -805,11 +941,19 @@ impl Fleet {
                 .await?
         };
         let mut beats = Vec::new();
+        let mut refused = Vec::new();
         let mut gone = Vec::new();
         for (name, beat) in names.iter().zip(raw) {
-            match beat.and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok()) {
-                Some(v) => beats.push(v),
-                None => gone.push(name.clone()),
+            let Some(beat) = beat else {
+                gone.push(name.clone());
+                continue;
+            };
+            match self.checked_beat(name, &beat) {
+                Ok(v) => beats.push(v),
+                Err(why) => {
+                    self.refuse_beat(name, &why);
+                    refused.push((name.clone(), why));
+                }
             }
         }
         if !gone.is_empty() {
@@ -823,23 +967,73 @@ impl Fleet {
                 })
                 .await;
         }
-        Some(beats)
+        Some((beats, refused))
     }
 
-    /// The other nodes alive that publish a `status_url`: (node, URL), from the fleet
-    /// store only. None while the store is away.
-    pub async fn peers(&self) -> Option<Vec<(String, String)>> {
-        let beats = self.beats().await?;
-        Some(
-            beats
-                .into_iter()
-                .filter_map(|v| {
-                    let node = v["node"].as_str()?.to_string();
-                    let url = v["status_url"].as_str()?.trim_end_matches('/').to_string();
-                    (node != self.node).then_some((node, url))
-                })
-                .collect(),
-        )
+    /// A heartbeat read under `name`: its JSON when it verifies with the fleet secret
+    /// (without a secret, any JSON: shown, never called) and names the node it is stored
+    /// under. Err: why it is refused.
+    fn checked_beat(&self, name: &str, stored: &str) -> Result<serde_json::Value, String> {
+        let json = match &self.secret {
+            Some(s) => s.open_beat(stored).map_err(|e| e.to_string())?,
+            // Unsigned, or signed by a node that has a secret this one lacks.
+            None => stored
+                .strip_prefix("v1.")
+                .and_then(|r| r.split_once('.'))
+                .map_or(stored, |(_, j)| j),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|_| "not a heartbeat (JSON)".to_string())?;
+        if v["node"].as_str() != Some(name) {
+            return Err("it names another node than the key it is stored under".into());
+        }
+        Ok(v)
+    }
+
+    /// A heartbeat refused: counted each time, logged once per node name.
+    fn refuse_beat(&self, name: &str, why: &str) {
+        self.count_rejected("heartbeat");
+        let first = self
+            .refused_beats
+            .lock()
+            .is_ok_and(|mut s| s.len() < 1000 && s.insert(name.to_string()));
+        if first {
+            tracing::warn!(
+                node = %name.chars().take(100).collect::<String>().escape_debug(),
+                why,
+                "ignored a fleet heartbeat that does not verify: a node with another fleet.secret_file, or someone who can write to the fleet store"
+            );
+        }
+    }
+
+    /// The other nodes alive that publish a `status_url` this node may call, from
+    /// heartbeats that verify with the fleet secret, each URL `https://` (or `http://` to
+    /// loopback); and the names refused. None while the store is away; no node without
+    /// a secret.
+    pub async fn peers(&self) -> Option<Peers> {
+        let (beats, mut refused) = self.checked_beats().await?;
+        if self.secret.is_none() {
+            return Some(Peers::default());
+        }
+        let mut nodes = Vec::new();
+        for v in beats {
+            let (Some(node), Some(url)) = (v["node"].as_str(), v["status_url"].as_str()) else {
+                continue;
+            };
+            let url = url.trim_end_matches('/');
+            if node == self.node {
+                continue;
+            }
+            match crate::config::peer_url(url) {
+                Ok(()) => nodes.push((node.to_string(), url.to_string())),
+                Err(why) => {
+                    self.count_rejected("value");
+                    tracing::warn!(node = %node.escape_debug(), why, "a fleet node publishes a status_url this node does not call");
+                    refused.push((node.to_string(), format!("its status_url {why}")));
+                }
+            }
+        }
+        Some(Peers { nodes, refused })
     }
 
     /// The nodes' heartbeats, and per provider the fleet-wide use: (sends in the last
@@ -868,7 +1062,7 @@ impl Fleet {
                 self.key("daysum", p),
                 self.key("leases", p),
             );
-            let (m, d, l): (u64, Option<u64>, u64) = self
+            let (m, d, l): (u64, Option<String>, u64) = self
                 .call(async |mut c| {
                     let t: (u64, u64) = redis::cmd("TIME").query_async(&mut c).await?;
                     let now = t.0 * 1000 + t.1 / 1000;
@@ -880,7 +1074,9 @@ impl Fleet {
                         .await
                 })
                 .await?;
-            use_.push((p.clone(), m, d.unwrap_or(0), l));
+            // Shown only: a sum someone else wrote is not trusted to be a count.
+            let d = d.and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+            use_.push((p.clone(), m, d, l));
         }
         Some((nodes, use_))
     }

@@ -262,6 +262,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
 
 pub(super) async fn list_messages(
     State(state): State<AppState>,
+    peer: Option<axum::Extension<super::http::PeerCall>>,
     Query(q): Query<ListQuery>,
 ) -> Response {
     let query = match super::query::HistoryQuery::parse(&q) {
@@ -271,15 +272,16 @@ pub(super) async fn list_messages(
     let limit = query.limit();
     let records = match query.run_blocking(state.pipeline.store()).await {
         Ok((records, _)) => {
-            let paused = state.distributor.is_paused();
             records
                 .into_iter()
-                .map(|r| as_shown(r, paused))
+                .map(|r| as_shown(r, &state.distributor))
                 .collect::<Vec<Record>>()
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    if !q.wants_fleet() {
+    // Another node asks for this node's own records only: a fleet view never fans out
+    // from a node that was asked by another.
+    if !q.wants_fleet() || peer.is_some() {
         return axum::Json(records).into_response();
     }
     axum::Json(super::fleet_view::merged(&state, &q, records, limit).await).into_response()
@@ -324,7 +326,7 @@ pub(super) async fn get_message(
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
         if waited_out || has_outcome(&record) {
-            return axum::Json(as_shown(record, state.distributor.is_paused())).into_response();
+            return axum::Json(as_shown(record, &state.distributor)).into_response();
         }
         // Wait for news of this message (or the deadline, or shutdown), then look again.
         let news = async {

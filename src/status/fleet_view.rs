@@ -1,13 +1,15 @@
 //! One view of the fleet (SPEC "Fleet"): the history of every node, merged newest first.
 //! Each node answers for its own records (the store of record for a message stays its
-//! node); this node asks the others it finds in the fleet store, at their published
-//! `status_url`, with the fleet's shared admin token, at most two seconds each, all at
-//! once. A node that does not answer is named, and the rest still show. Ids are ULIDs, so
+//! node); this node asks the others whose heartbeat verifies with the fleet secret, at
+//! their published `status_url`, each call signed with the secret (never the admin token:
+//! SPEC "Trust boundaries"), at most two seconds each, all at once. What comes back is
+//! bounded in size and passed on with the content type this node sets. A node that does not answer is named, and the rest still show. Ids are ULIDs, so
 //! "newest first" and the `before` cursor mean the same on every node, and paging across
 //! nodes returns each record exactly once.
 
 use std::time::Duration;
 
+use axum::body::Bytes;
 use serde_json::{Value, json};
 
 use super::query::ListQuery;
@@ -16,6 +18,80 @@ use crate::history::Record;
 
 /// How long another node may take to answer.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most of another node's JSON answer (a list or a record) this node reads.
+pub const MAX_JSON: usize = 16 << 20;
+
+/// The HTTP client for calls to other nodes: no proxy, the system roots plus the fleet's
+/// `status_ca_file`, no redirects followed (a node answers for itself).
+fn peer_client(state: &AppState, timeout: Duration) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(PEER_TIMEOUT)
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    let config = state.pipeline.config();
+    if let Some(ca) = config.fleet.as_ref().and_then(|f| f.status_ca_file.as_ref())
+        && let Ok(pem) = std::fs::read(ca)
+    {
+        for c in reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default() {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().unwrap_or_default()
+}
+
+/// A call to another node, signed with the fleet secret (None without one). The
+/// signature covers the method, the path and query as the URL will send them, the
+/// time, a nonce and the body's hash.
+fn signed(
+    state: &AppState,
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: reqwest::Url,
+    body: Bytes,
+    content_type: Option<&axum::http::HeaderValue>,
+) -> Option<reqwest::RequestBuilder> {
+    let fleet = state.distributor.fleet()?;
+    let secret = fleet.secret()?;
+    let path_and_query = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    let headers = secret.sign(
+        crate::fleet::sign::Call {
+            method: method.as_str(),
+            path_and_query: &path_and_query,
+            body: &body,
+        },
+        fleet.node(),
+    );
+    let mut req = http.request(method, url).header(FORWARDED, "1");
+    for (name, value) in headers {
+        req = req.header(name, value);
+    }
+    if let Some(ct) = content_type {
+        req = req.header(axum::http::header::CONTENT_TYPE, ct);
+    }
+    Some(req.body(body))
+}
+
+/// The whole body of an answer, when it is at most `max` bytes and read to its end.
+pub async fn bounded(resp: reqwest::Response, max: usize) -> Option<Bytes> {
+    use futures_util::StreamExt;
+    if resp.content_length().is_some_and(|l| l > max as u64) {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.ok()?;
+        if out.len() + piece.len() > max {
+            return None;
+        }
+        out.extend_from_slice(&piece);
+    }
+    Some(out.into())
+}
 
 /// `GET /api/messages?fleet=1`: {`messages` (each with its `node`), `nodes` (those that
 /// answered), `unreachable` (those that did not, with why)}.
@@ -33,7 +109,7 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
     let mut urls = serde_json::Map::new();
     let peers = match state.distributor.fleet() {
         Some(f) => f.peers().await,
-        None => Some(Vec::new()),
+        None => Some(crate::fleet::Peers::default()),
     };
     match peers {
         None => unreachable.push(json!({
@@ -41,32 +117,39 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
             "error": "the fleet store (Redis) does not answer: the other nodes cannot be found",
         })),
         Some(peers) => {
-            let http = reqwest::Client::builder()
-                .timeout(PEER_TIMEOUT)
-                .no_proxy()
-                .build()
-                .unwrap_or_default();
+            for (node, why) in peers.refused {
+                unreachable.push(json!({ "node": node, "error": format!("rejected: {why}"), "rejected": true }));
+            }
+            let http = peer_client(state, PEER_TIMEOUT);
             let mut asks = tokio::task::JoinSet::new();
-            for (node, url) in peers {
+            for (node, url) in peers.nodes {
                 urls.insert(node.clone(), json!(url));
-                let mut req = http
-                    .get(format!("{url}/api/messages"))
-                    .header(FORWARDED, "1")
-                    .query(&q.for_peer());
-                if let Some(t) = &state.token {
-                    req = req.bearer_auth(t);
-                }
+                let Ok(mut u) = reqwest::Url::parse(&format!("{url}/api/messages")) else {
+                    continue;
+                };
+                u.query_pairs_mut().extend_pairs(q.for_peer());
+                let req = signed(state, &http, reqwest::Method::GET, u, Bytes::new(), None);
                 asks.spawn(async move {
-                    let answer = match req.send().await {
-                        Ok(r) if r.status().is_success() => {
-                            r.json::<Vec<Value>>().await.map_err(|e| e.to_string())
-                        }
-                        Ok(r) => Err(format!("{url} answered {}", r.status())),
-                        Err(e) if e.is_timeout() => Err(format!(
-                            "{url} did not answer within {} s",
-                            PEER_TIMEOUT.as_secs()
-                        )),
-                        Err(e) => Err(format!("{url}: {e}")),
+                    let answer = match req {
+                        None => Err("this node has no fleet secret".to_string()),
+                        Some(req) => match req.send().await {
+                            Ok(r) if r.status().is_success() => {
+                                match bounded(r, MAX_JSON).await {
+                                    Some(b) => serde_json::from_slice::<Vec<Value>>(&b)
+                                        .map_err(|e| e.to_string()),
+                                    None => Err(format!(
+                                        "{url} answered more than {} MB, or broke off",
+                                        MAX_JSON >> 20
+                                    )),
+                                }
+                            }
+                            Ok(r) => Err(format!("{url} answered {}", r.status())),
+                            Err(e) if e.is_timeout() => Err(format!(
+                                "{url} did not answer within {} s",
+                                PEER_TIMEOUT.as_secs()
+                            )),
+                            Err(e) => Err(format!("{url}: {e}")),
+                        },
                     };
                     (node, answer)
                 });
@@ -75,7 +158,11 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
                 let Ok((node, answer)) = done else { continue };
                 match answer {
                     Ok(list) => {
-                        messages.extend(list.into_iter().map(|v| tagged(v, &node)));
+                        messages.extend(
+                            list.into_iter()
+                                .filter(Value::is_object)
+                                .map(|v| tagged(v, &node)),
+                        );
                         nodes.push(node);
                     }
                     Err(why) => {
@@ -103,8 +190,8 @@ fn tagged(mut v: Value, node: &str) -> Value {
 pub const FORWARDED: &str = "x-mailgate-forwarded";
 
 /// Around `/api/messages/{id}...`: when this node does not hold the message (404) and it
-/// is part of a fleet, the same call (method, path, query, body, the admin token) goes
-/// to the other nodes until one holds it; its answer is returned, with the node's name
+/// is part of a fleet, the same call (method, path, query, body; signed with the fleet
+/// secret, never with the admin token) goes to the other nodes until one holds it; its answer is returned, with the node's name
 /// in `X-Mailgate-Node`. Retry and cancel so act on the node that holds the message.
 pub async fn forward_unknown(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -112,7 +199,10 @@ pub async fn forward_unknown(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if state.distributor.fleet().is_none() || req.headers().contains_key(FORWARDED) {
+    if state.distributor.fleet().is_none()
+        || req.headers().contains_key(FORWARDED)
+        || req.extensions().get::<super::http::PeerCall>().is_some()
+    {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
@@ -138,8 +228,9 @@ pub async fn forward_unknown(
         body: bytes,
         content_type: parts.headers.get(axum::http::header::CONTENT_TYPE).cloned(),
     };
+    let kind = Passed::of(&ask.path);
     match ask_holder(&state, ask, None).await {
-        Some((node, resp)) => answer_of(&node, resp),
+        Some((node, resp)) => answer_of(&state, &node, resp, kind),
         None => here,
     }
 }
@@ -169,10 +260,10 @@ impl Ask {
     }
 }
 
-/// Asks the fleet's other nodes in turn, with the fleet token and marked as forwarded (so
-/// the node asked answers for itself only), until one answers other than 404: that node
-/// and its answer; `only`: that node only. None: not in a fleet, the fleet store does not
-/// answer, or no other node holds it.
+/// Asks the fleet's other nodes in turn, each call signed with the fleet secret and
+/// marked as forwarded (so the node asked answers for itself only), until one answers
+/// other than 404: that node and its answer; `only`: that node only. None: not in a
+/// fleet, no fleet secret, the fleet store does not answer, or no other node holds it.
 pub async fn ask_holder(
     state: &AppState,
     ask: Ask,
@@ -186,26 +277,22 @@ pub async fn ask_holder(
     } else {
         PEER_TIMEOUT
     };
-    let http = reqwest::Client::builder()
-        .connect_timeout(PEER_TIMEOUT)
-        .timeout(timeout)
-        .no_proxy()
-        .build()
-        .unwrap_or_default();
-    for (node, url) in peers {
+    let http = peer_client(state, timeout);
+    for (node, url) in peers.nodes {
         if only.is_some_and(|o| o != node) {
             continue;
         }
-        let mut req = http
-            .request(ask.method.clone(), format!("{url}{}", ask.path))
-            .header(FORWARDED, "1")
-            .body(ask.body.clone());
-        if let Some(ct) = &ask.content_type {
-            req = req.header(axum::http::header::CONTENT_TYPE, ct);
-        }
-        if let Some(t) = &state.token {
-            req = req.bearer_auth(t);
-        }
+        let Ok(u) = reqwest::Url::parse(&format!("{url}{}", ask.path)) else {
+            continue;
+        };
+        let req = signed(
+            state,
+            &http,
+            ask.method.clone(),
+            u,
+            ask.body.clone(),
+            ask.content_type.as_ref(),
+        )?;
         let Ok(resp) = req.send().await else { continue };
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             continue;
@@ -215,24 +302,66 @@ pub async fn ask_holder(
     None
 }
 
-/// Another node's answer as this node's, named in `X-Mailgate-Node`; its body streamed
-/// through (a raw download is not held whole here).
-pub fn answer_of(node: &str, resp: reqwest::Response) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let status = resp.status();
-    let mut out = status.into_response();
-    for h in [
-        reqwest::header::CONTENT_TYPE,
-        reqwest::header::CONTENT_DISPOSITION,
-        reqwest::header::CONTENT_LENGTH,
-    ] {
-        if let Some(v) = resp.headers().get(&h) {
-            out.headers_mut().insert(h, v.clone());
+/// What another node's answer is passed on as: its content type is set here, never
+/// taken from the other node, and its size bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passed {
+    /// A record, a list or an error: `application/json`, at most [`MAX_JSON`].
+    Json,
+    /// A raw message: `message/rfc822`, at most three times `max_message_size` (the
+    /// message as relayed may have grown by its trace headers and encoded long lines).
+    Raw,
+}
+
+impl Passed {
+    /// The kind of answer a call on this path gets.
+    pub fn of(path: &str) -> Passed {
+        if path.split('?').next().is_some_and(|p| p.ends_with("/eml")) {
+            Passed::Raw
+        } else {
+            Passed::Json
         }
     }
+}
+
+/// Another node's answer as this node's, named in `X-Mailgate-Node`; its body streamed
+/// through (a raw download is not held whole here) and cut off past its bound, with the
+/// content type this node sets.
+pub fn answer_of(
+    state: &AppState,
+    node: &str,
+    resp: reqwest::Response,
+    kind: Passed,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures_util::StreamExt;
+    let status = resp.status();
+    let mut out = status.into_response();
+    let (ctype, max) = match kind {
+        Passed::Json => ("application/json", MAX_JSON as u64),
+        Passed::Raw => (
+            "message/rfc822",
+            state.pipeline.config().smtp.max_message_size.0.saturating_mul(3) + (1 << 20),
+        ),
+    };
+    out.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(ctype),
+    );
     if let Ok(v) = axum::http::HeaderValue::from_str(node) {
         out.headers_mut().insert("x-mailgate-node", v);
     }
-    *out.body_mut() = axum::body::Body::from_stream(resp.bytes_stream());
+    let mut seen = 0u64;
+    let node = node.to_string();
+    let stream = resp.bytes_stream().map(move |piece| {
+        let piece = piece.map_err(std::io::Error::other)?;
+        seen += piece.len() as u64;
+        if seen > max {
+            tracing::warn!(node = %node, max, "a fleet node's answer was cut off at its bound");
+            return Err(std::io::Error::other("the other node's answer is over its bound"));
+        }
+        Ok(piece)
+    });
+    *out.body_mut() = axum::body::Body::from_stream(stream);
     out
 }

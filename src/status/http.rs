@@ -1,7 +1,9 @@
 //! The status listener (axum) on `status.listen`: the pages and the JSON API on one
 //! router. With a token configured, every `/api/` call needs `Authorization: Bearer
-//! <token>`; `/healthz`, `/status` and `/metrics` stay open (the pages have their own
-//! sign-in).
+//! <token>` (compared in constant time); `/healthz`, `/status` and `/metrics` stay open
+//! (the pages have their own sign-in). A call signed with the fleet secret by another
+//! node ([`PeerCall`]) needs no token and may only list, show, download, retry and cancel
+//! messages (SPEC "Trust boundaries").
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +14,6 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::api::*;
@@ -42,7 +43,8 @@ pub fn router(state: AppState, pages: Arc<PageState>) -> Router {
         .route("/oauth2/{provider}/reload", post(oauth2_reload))
         .route("/providers/{provider}/circuit/close", post(close_circuit))
         .route("/alerts/test", post(alert_test))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(middleware::from_fn_with_state(state.clone(), peer_call));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/status", get(status))
@@ -52,13 +54,33 @@ pub fn router(state: AppState, pages: Arc<PageState>) -> Router {
         .merge(super::pages::routes(state, pages))
 }
 
-/// Serves until `shutdown` turns true.
+/// Serves until `shutdown` turns true, over HTTPS when the listener has TLS.
 pub async fn serve(
-    listener: TcpListener,
+    listener: super::tls::Bound,
+    state: AppState,
+    pages: Arc<PageState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    use axum::serve::ListenerExt;
+    match listener {
+        super::tls::Bound::Tls(tls) => {
+            serve_on(tls.tap_io(|_| {}), state, pages, shutdown).await;
+        }
+        super::tls::Bound::Plain(tcp) => {
+            serve_on(tcp.tap_io(|_| {}), state, pages, shutdown).await;
+        }
+    }
+}
+
+async fn serve_on<L, F>(
+    listener: axum::serve::TapIo<L, F>,
     state: AppState,
     pages: Arc<PageState>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    F: FnMut(&mut L::Io) + Send + 'static,
+{
     let app = router(state, pages).into_make_service_with_connect_info::<SocketAddr>();
     let stop = async move {
         while !*shutdown.borrow() {
@@ -75,27 +97,120 @@ pub async fn serve(
     }
 }
 
+/// A call another node of the fleet signed with the fleet secret: the node's name.
+#[derive(Debug, Clone)]
+pub struct PeerCall(pub String);
+
+/// What a signed call from another node may do: list, show, download, retry and
+/// cancel messages (SPEC "Trust boundaries"), nothing else.
+fn peer_may(method: &axum::http::Method, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/api/messages") else {
+        return false;
+    };
+    if rest.is_empty() {
+        return method == axum::http::Method::GET;
+    }
+    let Some(rest) = rest.strip_prefix('/') else {
+        return false;
+    };
+    match rest.split_once('/') {
+        None => method == axum::http::Method::GET && !rest.is_empty(),
+        Some((id, "eml")) => method == axum::http::Method::GET && !id.is_empty(),
+        Some((id, "retry" | "cancel")) => method == axum::http::Method::POST && !id.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// Checks a call that carries a fleet signature: `401` when it does not verify, is
+/// older than a minute or replays a nonce; `403` for any action but the peer ones;
+/// else it goes on as a [`PeerCall`], which needs no admin token.
+async fn peer_call(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use crate::fleet::sign;
+    if !req.headers().contains_key(sign::SIGNATURE) {
+        return next.run(req).await;
+    }
+    let Some((fleet, secret)) = state
+        .distributor
+        .fleet()
+        .and_then(|f| Some((f, f.secret()?.clone())))
+    else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "this node has no fleet secret: it answers no signed fleet call",
+        );
+    };
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "a fleet call's body is at most 1 MB");
+    };
+    let uri = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| parts.uri.clone(), |u| u.0.clone());
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    let verified = secret.verify(
+        sign::Call {
+            method: parts.method.as_str(),
+            path_and_query,
+            body: &bytes,
+        },
+        |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
+    );
+    let node = match verified {
+        Ok(node) => node,
+        Err(why) => {
+            fleet.count_rejected("peer-call");
+            refused_node(&parts, &why.to_string());
+            return error(StatusCode::UNAUTHORIZED, format!("fleet call refused: {why}"));
+        }
+    };
+    if !peer_may(&parts.method, uri.path()) {
+        fleet.count_rejected("peer-call");
+        refused_node(&parts, "a fleet node may only list, show, download, retry and cancel messages");
+        return error(
+            StatusCode::FORBIDDEN,
+            "a fleet node may only list, show, download, retry and cancel messages",
+        );
+    }
+    let mut req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    req.extensions_mut().insert(PeerCall(node));
+    next.run(req).await
+}
+
+/// Whether `given` is `token`, in time that does not depend on where they differ (the
+/// two are hashed first, so only equal lengths of digests are compared).
+pub fn token_matches(given: &str, token: &str) -> bool {
+    let a = ring::digest::digest(&ring::digest::SHA256, given.as_bytes());
+    let b = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    // Digests of equal length: a byte-wise fold with no early exit.
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.extensions().get::<PeerCall>().is_some() {
+        return next.run(req).await;
+    }
     if let Some(token) = &state.token {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given.map(str::trim) != Some(token.as_str()) {
-            if req.headers().contains_key(super::fleet_view::FORWARDED) {
-                refused_node(&req);
-            }
+        if !given.is_some_and(|g| token_matches(g.trim(), token)) {
             return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
     }
     next.run(req).await
 }
 
-/// A call marked as coming from another node of the fleet came with a token that is not
-/// this node's: said in the log (at most once in ten seconds, so a client cannot flood
-/// it), since the other node's view of the fleet misses this node until it is mended.
-fn refused_node(req: &Request) {
+/// A call signed as coming from another node of the fleet was refused: said in the log
+/// (at most once in ten seconds, so a client cannot flood it), since a node with another
+/// secret misses from the others' view of the fleet until it is mended.
+fn refused_node(parts: &axum::http::request::Parts, why: &str) {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now = crate::time::now_ms();
     let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
@@ -111,13 +226,23 @@ fn refused_node(req: &Request) {
     {
         return;
     }
-    let from = req
-        .extensions()
+    let from = parts
+        .extensions
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map_or_else(|| "?".to_string(), |c| c.0.ip().to_string());
+    let node = parts
+        .headers
+        .get(crate::fleet::sign::NODE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .chars()
+        .take(100)
+        .collect::<String>();
     tracing::warn!(
         from = %from,
-        path = %req.uri().path(),
-        "refused a fleet node's call: its token is not this node's; every node of a fleet needs the same status.token_file"
+        node = %node.escape_debug(),
+        path = %parts.uri.path().escape_debug(),
+        why,
+        "refused a fleet node's call: every node of a fleet needs the same fleet.secret_file"
     );
 }

@@ -16,6 +16,7 @@ pub mod pages;
 pub mod query;
 pub mod snapshot;
 pub mod state;
+pub mod tls;
 /// `s` percent-encoded (everything but RFC 3986's unreserved characters), for a URL query
 /// value or path segment: a filter in a link, a provider's name in an API path.
 pub fn percent_encode(s: &str) -> String {

@@ -60,11 +60,20 @@ pub fn load_token(c: &StatusConfig) -> std::io::Result<Option<String>> {
 }
 
 /// A record as the API, the CLI and the pages show it: while the distributor is paused,
-/// an unfinished message waits for that.
-pub fn as_shown(mut r: Record, paused: bool) -> Record {
-    if paused && !r.status.is_finished() {
+/// an unfinished message waits for that; while its delivery waits for a connection
+/// lease other nodes of the fleet hold, for that (`fleet-lease`).
+pub fn as_shown(mut r: Record, d: &Distributor) -> Record {
+    if r.status.is_finished() {
+        return r;
+    }
+    if d.is_paused() {
         r.waiting = Some(crate::history::Waiting {
             reason: "paused".into(),
+            until: None,
+        });
+    } else if d.waits_for_lease(&r.id) {
+        r.waiting = Some(crate::history::Waiting {
+            reason: "fleet-lease".into(),
             until: None,
         });
     }

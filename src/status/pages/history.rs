@@ -114,10 +114,9 @@ pub(super) async fn messages(
     }
     match result {
         Ok((records, next)) => {
-            let paused = state.distributor.is_paused();
             page.rows = records
                 .into_iter()
-                .map(|r| row(&crate::status::state::as_shown(r, paused)))
+                .map(|r| row(&crate::status::state::as_shown(r, &state.distributor)))
                 .collect();
             page.next =
                 next.map(|cursor| format!("/messages?{}before={}", filters(&q), enc(&cursor)));
@@ -160,10 +159,9 @@ async fn fleet_page(
             Vec::new()
         }
     };
-    let paused = state.distributor.is_paused();
     let own = own
         .into_iter()
-        .map(|r| crate::status::state::as_shown(r, paused))
+        .map(|r| crate::status::state::as_shown(r, &state.distributor))
         .collect();
     let merged = crate::status::fleet_view::merged(state, q, own, limit).await;
     for m in merged["messages"].as_array().into_iter().flatten() {

@@ -10,7 +10,7 @@ use super::Ctx;
 use super::{CsrfForm, csrf_ok, csrf_refused, enc, html, page_error};
 use crate::history::{Diagnosis, Record, Status};
 use crate::status::actions::retry_message;
-use crate::status::fleet_view::{Ask, answer_of, ask_holder};
+use crate::status::fleet_view::{Ask, MAX_JSON, Passed, answer_of, ask_holder, bounded};
 
 struct AttemptView {
     at: String,
@@ -151,7 +151,7 @@ pub(super) async fn message(
         .await;
     match found {
         Ok((Some(r), raw)) => {
-            let r = crate::status::state::as_shown(r, state.distributor.is_paused());
+            let r = crate::status::state::as_shown(r, &state.distributor);
             render(&state, &headers, r, raw, None)
         }
         Ok((None, _)) => match held_elsewhere(&state, &id).await {
@@ -181,7 +181,7 @@ async fn held_elsewhere(state: &Ctx, id: &str) -> Option<(String, Record, Option
     if !resp.status().is_success() {
         return None;
     }
-    let record: Record = resp.json().await.ok()?;
+    let record: Record = serde_json::from_slice(&bounded(resp, MAX_JSON).await?).ok()?;
     let raw = match ask_holder(
         state,
         Ask::get(format!("/api/messages/{}/eml", enc(id))),
@@ -320,7 +320,7 @@ pub(super) async fn raw(State(state): State<Ctx>, Path(id): Path<String>) -> Res
         .await
         {
             Some((node, resp)) if resp.status().is_success() => {
-                let mut out = answer_of(&node, resp);
+                let mut out = answer_of(&state, &node, resp, Passed::Raw);
                 if let Ok(v) = header::HeaderValue::from_str(&format!(
                     "attachment; filename=\"{}.eml\"",
                     id.replace(|c: char| !c.is_ascii_alphanumeric(), "")
@@ -360,10 +360,9 @@ async fn act_elsewhere(
     if status.is_success() {
         return Ok(());
     }
-    let why = resp
-        .json::<serde_json::Value>()
+    let why = bounded(resp, MAX_JSON)
         .await
-        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["error"].as_str().map(String::from))
         .unwrap_or_else(|| status.to_string());
     Err((status, format!("node {node}: {why}")))

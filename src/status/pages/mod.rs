@@ -52,7 +52,7 @@ fn random_hex() -> String {
 
 impl PageState {
     /// The pages' state for the admin `token` (None: open, only allowed on loopback);
-    /// `secure` marks the cookie Secure (a listener that is not loopback).
+    /// `secure` marks the cookie Secure (the listener has TLS, or a TLS proxy fronts it).
     pub fn new(token: Option<String>, secure: bool) -> PageState {
         PageState {
             token,
