@@ -480,7 +480,7 @@ async fn the_prometheus_rules_use_exported_metrics_and_pass_promtool() {
         );
     }
     if !common::have("promtool") {
-        eprintln!("SKIPPED promtool: Debian's prometheus is not installed (.ci/run installs it)");
+        common::skip("promtool: Debian's prometheus is not installed (.ci/run installs it)");
         return;
     }
     for args in [

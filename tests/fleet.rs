@@ -5,106 +5,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::fleet::{Redis, fleet_list, fleet_secret, page_of, viewing_node};
 use common::upstream::{Script, Upstream};
-use common::{DaemonProcess, TestEnv, free_port, submit_to};
+use common::{DaemonProcess, TestEnv, submit_to};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A private redis-server, stopped by PID when dropped.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    password: Option<String>,
-    /// TLS only on `port`, with `redis.crt`, `redis.key` and `ca.pem` from this folder.
-    tls: Option<std::path::PathBuf>,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        Redis::start_with(None, None)
-    }
-
-    fn start_with_password(pw: &str) -> Option<Redis> {
-        Redis::start_with(Some(pw.to_string()), None)
-    }
-
-    /// A redis-server speaking TLS only, with the certificates in `dir`.
-    fn start_tls(dir: &std::path::Path) -> Option<Redis> {
-        Redis::start_with(None, Some(dir.to_path_buf()))
-    }
-
-    fn start_with(password: Option<String>, tls: Option<std::path::PathBuf>) -> Option<Redis> {
-        if !common::have("redis-server") {
-            eprintln!("SKIPPED: Debian's redis-server is not installed (.ci/run installs it)");
-            return None;
-        }
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            password,
-            tls,
-        };
-        r.up();
-        Some(r)
-    }
-
-    fn up(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        match &self.tls {
-            None => cmd.args(["--port", &self.port.to_string()]),
-            Some(dir) => {
-                let p = |n: &str| dir.join(n).display().to_string();
-                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
-                    .args([
-                        "--tls-cert-file",
-                        &p("redis.crt"),
-                        "--tls-key-file",
-                        &p("redis.key"),
-                    ])
-                    .args([
-                        "--tls-ca-cert-file",
-                        &p("ca.pem"),
-                        "--tls-auth-clients",
-                        "no",
-                    ])
-            }
-        };
-        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-        if let Some(pw) = &self.password {
-            cmd.args(["--requirepass", pw]);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        for _ in 0..400 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
 
 /// One node of the fleet: a daemon with the shared provider `o365` and `[fleet]`.
 fn node(redis: &Redis, up: &Upstream, name: &str, provider: &str) -> (TestEnv, DaemonProcess) {
@@ -542,7 +451,7 @@ async fn with_a_chain_the_fleet_wide_quota_of_the_first_moves_the_rest_to_the_se
 async fn a_node_with_a_skewed_clock_gets_no_more_than_its_share() {
     let Some(redis) = Redis::start() else { return };
     let Some(libfaketime) = common::libfaketime() else {
-        eprintln!("SKIPPED: Debian's faketime is not installed (.ci/run installs it)");
+        common::skip("Debian's faketime is not installed (.ci/run installs it)");
         return;
     };
     let up = Upstream::start(Script::default()).await;
@@ -856,70 +765,6 @@ async fn a_tls_redis_is_used_through_its_ca_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("fleet.ca_file is for a TLS connection"));
 }
 
-/// A node of a fleet with one view: its status listener on a fixed port, published as
-/// `status_url`, and the admin token shared by the nodes in `token`.
-fn viewing_node(redis: &Redis, name: &str, token: &std::path::Path) -> (TestEnv, DaemonProcess) {
-    let port = free_port();
-    let env = TestEnv::new("", "");
-    env.write_config(
-        "",
-        &format!(
-            "[fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"{name}\"\nkey_prefix = \"v:\"\nstatus_url = \"http://127.0.0.1:{port}\"\n",
-            redis.port
-        ),
-    );
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
-        "[status]\nlisten = \"127.0.0.1:0\"\n",
-        &format!(
-            "[status]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
-            token.display()
-        ),
-    );
-    std::fs::write(&env.config_path, text).unwrap();
-    let d = DaemonProcess::start(&env.config_path);
-    (env, d)
-}
-
-/// A page of a node, signed in with the token.
-async fn page_of(d: &DaemonProcess, token: &str, path: &str) -> String {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let signed = http
-        .post(format!("http://{}/signin", d.status))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    let cookie = signed.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let r = http
-        .get(format!("http://{}{path}", d.status))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
-async fn fleet_list(d: &DaemonProcess, token: &str, query: &str) -> serde_json::Value {
-    let r = reqwest::Client::new()
-        .get(format!("http://{}/api/messages?fleet=1&{query}", d.status))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
 /// One view of the fleet (API): a message accepted on one node is found from another by
 /// subject and sender, tagged with its node; paging across three nodes returns every
 /// record exactly once; a node with another token, and a node that stopped, are named
@@ -930,9 +775,10 @@ async fn every_node_answers_for_the_fleets_history() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("admin.token");
     std::fs::write(&token, "fleet-secret-0123456789\n").unwrap();
+    let secret = fleet_secret(dir.path(), "fleet.secret", "shared-by-a-b-and-c ");
     let mut nodes: Vec<_> = ["a", "b", "c"]
         .iter()
-        .map(|n| viewing_node(&redis, n, &token))
+        .map(|n| viewing_node(&redis, n, &token, &secret))
         .collect();
     let mut all = Vec::new();
     let invoice = submit_to(
@@ -1131,10 +977,10 @@ async fn every_node_answers_for_the_fleets_history() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    // A node with another token is named, with why; the others still show.
-    let other = dir.path().join("other.token");
-    std::fs::write(&other, "another-secret-9876543210\n").unwrap();
-    let (_env_d, mut d) = viewing_node(&redis, "d", &other);
+    // A node with another fleet secret is named as rejected, with why; the others still
+    // show, and the refusal is counted.
+    let other = fleet_secret(dir.path(), "other.secret", "not-the-fleets-secret ");
+    let (_env_d, mut d) = viewing_node(&redis, "d", &token, &other);
     // (once its first heartbeat is in the fleet store)
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let view = loop {
@@ -1149,16 +995,32 @@ async fn every_node_answers_for_the_fleets_history() {
     assert_eq!(unreachable.len(), 1, "{view:#}");
     assert_eq!(unreachable[0]["node"], "d");
     assert!(
-        unreachable[0]["error"].as_str().unwrap().contains("401"),
+        unreachable[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("rejected: the signature does not verify"),
         "{view:#}"
     );
     assert_eq!(view["messages"].as_array().unwrap().len(), all.len());
-    // ... and the node that refused says so in its log.
+    let metrics = reqwest::get(format!("http://{}/metrics", b.status))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mailgate_fleet_rejected_total{what=\"heartbeat\"} ")),
+        "{metrics}"
+    );
+    // ... and the node with the other secret ignores the fleet's heartbeats, saying so.
+    let _ = reqwest::get(format!("http://{}/status", d.status)).await;
     d.wait_log(
         |v| {
             v["message"]
                 .as_str()
-                .is_some_and(|m| m.starts_with("refused a fleet node's call"))
+                .is_some_and(|m| m.starts_with("ignored a fleet heartbeat that does not verify"))
         },
         Duration::from_secs(5),
     );
@@ -1209,8 +1071,9 @@ async fn the_fleet_view_in_a_browser() {
     let token = dir.path().join("admin.token");
     let key = "fleet-browser-0123456789";
     std::fs::write(&token, format!("{key}\n")).unwrap();
-    let (_ea, mut a) = viewing_node(&redis, "a", &token);
-    let (_eb, mut b) = viewing_node(&redis, "b", &token);
+    let secret = fleet_secret(dir.path(), "fleet.secret", "browser-fleet ");
+    let (_ea, mut a) = viewing_node(&redis, "a", &token, &secret);
+    let (_eb, mut b) = viewing_node(&redis, "b", &token, &secret);
     let http = reqwest::Client::new();
     let r = http
         .post(format!("http://{}/api/distributor/pause", a.status))

@@ -28,7 +28,7 @@ fn write(env: &TestEnv, smtp: u16, status: u16, dead: u16, retention_days: u32, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_records_older_than_retention_go_with_their_bodies_at_start() {
     let Some(libfaketime) = common::libfaketime() else {
-        eprintln!("SKIPPED: Debian's faketime is not installed (.ci/run installs it)");
+        common::skip("Debian's faketime is not installed (.ci/run installs it)");
         return;
     };
     let env = TestEnv::new("", "");

@@ -294,7 +294,7 @@ async fn with_the_daemon_down_the_maildrop_keeps_the_message_until_it_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bsd_mailx_sends_through_the_door() {
     if !common::have("bsd-mailx") && !std::path::Path::new("/usr/bin/bsd-mailx").exists() {
-        eprintln!("SKIPPED: bsd-mailx is not installed (.ci/run installs it)");
+        common::skip("bsd-mailx is not installed (.ci/run installs it)");
         return;
     }
     let (env, status) = env_with_ports();

@@ -103,7 +103,7 @@ fn ca(name: &str) -> (CertificateParams, KeyPair, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_signed_certificate_made_with_openssl_is_trusted_in_ca_file() {
     if !common::have("openssl") {
-        eprintln!("SKIPPED: openssl is not installed (.ci/run installs it)");
+        common::skip("openssl is not installed (.ci/run installs it)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -41,11 +41,25 @@ impl Config {
             ));
         }
         if let Some(f) = &self.fleet {
-            out.extend(fleet_problems(f, self.status.token.as_deref(), self.status.token_file.as_deref()).into_iter().map(|m| (0..0, m)));
+            out.extend(
+                fleet_problems(
+                    f,
+                    self.status.token.as_deref(),
+                    self.status.token_file.as_deref(),
+                )
+                .into_iter()
+                .map(|m| (0..0, m)),
+            );
         }
         match (&self.status.tls_cert, &self.status.tls_key) {
-            (Some(_), None) => out.push((0..0, "status.tls_cert is set but status.tls_key is not".into())),
-            (None, Some(_)) => out.push((0..0, "status.tls_key is set but status.tls_cert is not".into())),
+            (Some(_), None) => out.push((
+                0..0,
+                "status.tls_cert is set but status.tls_key is not".into(),
+            )),
+            (None, Some(_)) => out.push((
+                0..0,
+                "status.tls_key is set but status.tls_cert is not".into(),
+            )),
             _ => {}
         }
         if self.smtp.max_connections == 0 {

@@ -329,7 +329,12 @@ pub struct Fleet {
     /// nodes. Without it, heartbeats are shown but no node is ever called.
     secret: Option<Arc<sign::FleetSecret>>,
     /// What was refused, counted (`mailgate_fleet_rejected_total{what}`).
-    rejected: Option<prometheus_client::metrics::family::Family<crate::metrics::WhatLabel, prometheus_client::metrics::counter::Counter>>,
+    rejected: Option<
+        prometheus_client::metrics::family::Family<
+            crate::metrics::WhatLabel,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    >,
     /// The node names whose heartbeat was refused, each logged once.
     refused_beats: Mutex<HashSet<String>>,
 }

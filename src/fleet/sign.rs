@@ -118,9 +118,7 @@ impl FleetSecret {
     pub fn open_beat<'a>(&self, stored: &'a str) -> Result<&'a str, Refused> {
         let rest = stored.strip_prefix("v1.").ok_or(Refused::Unsigned)?;
         let (mac, json) = rest.split_once('.').ok_or(Refused::Unsigned)?;
-        let mac = URL_SAFE_NO_PAD
-            .decode(mac)
-            .map_err(|_| Refused::Unsigned)?;
+        let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| Refused::Unsigned)?;
         let mut msg = Vec::with_capacity(BEAT_LABEL.len() + json.len());
         msg.extend_from_slice(BEAT_LABEL);
         msg.extend_from_slice(json.as_bytes());
@@ -164,20 +162,15 @@ impl FleetSecret {
         call: Call<'_>,
         header: impl Fn(&str) -> Option<&'h str>,
     ) -> Result<String, Refused> {
-        let (Some(node), Some(time), Some(nonce), Some(sig)) = (
-            header(NODE),
-            header(TIME),
-            header(NONCE),
-            header(SIGNATURE),
-        ) else {
+        let (Some(node), Some(time), Some(nonce), Some(sig)) =
+            (header(NODE), header(TIME), header(NONCE), header(SIGNATURE))
+        else {
             return Err(Refused::Unsigned);
         };
         if nonce.len() > 64 || node.len() > 255 {
             return Err(Refused::Unsigned);
         }
-        let sig = URL_SAFE_NO_PAD
-            .decode(sig)
-            .map_err(|_| Refused::Unsigned)?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| Refused::Unsigned)?;
         let body = digest::digest(&digest::SHA256, call.body);
         let text = format!(
             "{CALL_LABEL}\n{}\n{}\n{time}\n{nonce}\n{node}\n{}",
@@ -248,16 +241,23 @@ mod tests {
         };
         let headers = s.sign(call, "a");
         let get = |h: &[(&'static str, String)], n: &str| {
-            h.iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| v.clone())
+            h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone())
         };
         let h = headers.clone();
         let header = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
         for changed in [
-            Call { method: "GET", ..call },
-            Call { path_and_query: "/api/send", ..call },
-            Call { body: b"{\"by\":\"x\"}", ..call },
+            Call {
+                method: "GET",
+                ..call
+            },
+            Call {
+                path_and_query: "/api/send",
+                ..call
+            },
+            Call {
+                body: b"{\"by\":\"x\"}",
+                ..call
+            },
         ] {
             assert_eq!(s.verify(changed, header), Err(Refused::BadSignature));
         }

@@ -271,12 +271,10 @@ pub(super) async fn list_messages(
     };
     let limit = query.limit();
     let records = match query.run_blocking(state.pipeline.store()).await {
-        Ok((records, _)) => {
-            records
-                .into_iter()
-                .map(|r| as_shown(r, &state.distributor))
-                .collect::<Vec<Record>>()
-        }
+        Ok((records, _)) => records
+            .into_iter()
+            .map(|r| as_shown(r, &state.distributor))
+            .collect::<Vec<Record>>(),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     // Another node asks for this node's own records only: a fleet view never fans out

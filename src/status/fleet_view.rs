@@ -30,7 +30,10 @@ fn peer_client(state: &AppState, timeout: Duration) -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy();
     let config = state.pipeline.config();
-    if let Some(ca) = config.fleet.as_ref().and_then(|f| f.status_ca_file.as_ref())
+    if let Some(ca) = config
+        .fleet
+        .as_ref()
+        .and_then(|f| f.status_ca_file.as_ref())
         && let Ok(pem) = std::fs::read(ca)
     {
         for c in reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default() {
@@ -118,7 +121,9 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
         })),
         Some(peers) => {
             for (node, why) in peers.refused {
-                unreachable.push(json!({ "node": node, "error": format!("rejected: {why}"), "rejected": true }));
+                unreachable.push(
+                    json!({ "node": node, "error": format!("rejected: {why}"), "rejected": true }),
+                );
             }
             let http = peer_client(state, PEER_TIMEOUT);
             let mut asks = tokio::task::JoinSet::new();
@@ -133,16 +138,14 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
                     let answer = match req {
                         None => Err("this node has no fleet secret".to_string()),
                         Some(req) => match req.send().await {
-                            Ok(r) if r.status().is_success() => {
-                                match bounded(r, MAX_JSON).await {
-                                    Some(b) => serde_json::from_slice::<Vec<Value>>(&b)
-                                        .map_err(|e| e.to_string()),
-                                    None => Err(format!(
-                                        "{url} answered more than {} MB, or broke off",
-                                        MAX_JSON >> 20
-                                    )),
-                                }
-                            }
+                            Ok(r) if r.status().is_success() => match bounded(r, MAX_JSON).await {
+                                Some(b) => serde_json::from_slice::<Vec<Value>>(&b)
+                                    .map_err(|e| e.to_string()),
+                                None => Err(format!(
+                                    "{url} answered more than {} MB, or broke off",
+                                    MAX_JSON >> 20
+                                )),
+                            },
                             Ok(r) => Err(format!("{url} answered {}", r.status())),
                             Err(e) if e.is_timeout() => Err(format!(
                                 "{url} did not answer within {} s",
@@ -341,7 +344,14 @@ pub fn answer_of(
         Passed::Json => ("application/json", MAX_JSON as u64),
         Passed::Raw => (
             "message/rfc822",
-            state.pipeline.config().smtp.max_message_size.0.saturating_mul(3) + (1 << 20),
+            state
+                .pipeline
+                .config()
+                .smtp
+                .max_message_size
+                .0
+                .saturating_mul(3)
+                + (1 << 20),
         ),
     };
     out.headers_mut().insert(
@@ -358,7 +368,9 @@ pub fn answer_of(
         seen += piece.len() as u64;
         if seen > max {
             tracing::warn!(node = %node, max, "a fleet node's answer was cut off at its bound");
-            return Err(std::io::Error::other("the other node's answer is over its bound"));
+            return Err(std::io::Error::other(
+                "the other node's answer is over its bound",
+            ));
         }
         Ok(piece)
     });

@@ -141,7 +141,10 @@ async fn peer_call(State(state): State<AppState>, req: Request, next: Next) -> R
     };
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "a fleet call's body is at most 1 MB");
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "a fleet call's body is at most 1 MB",
+        );
     };
     let uri = parts
         .extensions
@@ -161,12 +164,18 @@ async fn peer_call(State(state): State<AppState>, req: Request, next: Next) -> R
         Err(why) => {
             fleet.count_rejected("peer-call");
             refused_node(&parts, &why.to_string());
-            return error(StatusCode::UNAUTHORIZED, format!("fleet call refused: {why}"));
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!("fleet call refused: {why}"),
+            );
         }
     };
     if !peer_may(&parts.method, uri.path()) {
         fleet.count_rejected("peer-call");
-        refused_node(&parts, "a fleet node may only list, show, download, retry and cancel messages");
+        refused_node(
+            &parts,
+            "a fleet node may only list, show, download, retry and cancel messages",
+        );
         return error(
             StatusCode::FORBIDDEN,
             "a fleet node may only list, show, download, retry and cancel messages",

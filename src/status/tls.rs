@@ -128,7 +128,8 @@ async fn accept_loop(
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            if let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
                 let _ = tx.send((tls, peer)).await;
             }
         });

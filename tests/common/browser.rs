@@ -29,8 +29,8 @@ impl Driver {
     pub fn start() -> Option<Driver> {
         if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists()
         {
-            eprintln!(
-                "SKIPPED: Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
+            super::skip(
+                "Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
             );
             return None;
         }
