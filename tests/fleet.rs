@@ -29,13 +29,16 @@ fn node(redis: &Redis, up: &Upstream, name: &str, provider: &str) -> (TestEnv, D
 }
 
 /// One node of the fleet with these providers and `[distributor]`.
+/// Every node holds the same fleet secret (its heartbeats signed), as a fleet should.
 fn node_with(redis: &Redis, name: &str, providers: &str) -> (TestEnv, DaemonProcess) {
     let env = TestEnv::new("", "");
+    let secret = fleet_secret(env.dir.path(), "fleet.secret", "the-test-fleet ");
     env.write_config(
         "",
         &format!(
-            "{providers}[fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"{name}\"\nkey_prefix = \"t:\"\nexpected_nodes = 3\n",
-            redis.port
+            "{providers}[fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"{name}\"\nkey_prefix = \"t:\"\nexpected_nodes = 3\nsecret_file = \"{}\"\n",
+            redis.port,
+            secret.display()
         ),
     );
     let d = DaemonProcess::start(&env.config_path);

@@ -91,9 +91,20 @@ fn non_loopback_status_needs_token() {
         e[0].starts_with("t.toml:6:10: ") && e[0].contains("token_file"),
         "{e:?}"
     );
+    // Beyond loopback the token crosses the network: TLS, or a TLS proxy in front.
+    let e = errors(&format!(
+        "{OUTBOX}[status]\nlisten = \"0.0.0.0:8525\"\ntoken_file = \"t\"\n"
+    ));
+    assert!(e.len() == 1 && e[0].contains("status.tls_cert"), "{e:?}");
     assert!(
         errors(&format!(
-            "{OUTBOX}[status]\nlisten = \"0.0.0.0:8525\"\ntoken_file = \"t\"\n"
+            "{OUTBOX}[status]\nlisten = \"0.0.0.0:8525\"\ntoken_file = \"t\"\nbehind_proxy = true\n"
+        ))
+        .is_empty()
+    );
+    assert!(
+        errors(&format!(
+            "{OUTBOX}[status]\nlisten = \"0.0.0.0:8525\"\ntoken_file = \"t\"\ntls_cert = \"c\"\ntls_key = \"k\"\n"
         ))
         .is_empty()
     );
