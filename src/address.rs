@@ -100,6 +100,58 @@ pub fn check_address(addr: &str, smtputf8: bool) -> Result<(), AddressProblem> {
     Ok(())
 }
 
+/// What is wrong with an envelope that did not come through the SMTP listener (the
+/// maildrop): the SMTP door's policy, so no door lets through what another refuses. The
+/// sender may be empty (the null sender) or, like the sendmail door's `root@localhost`,
+/// single-label; every recipient is a valid address (single-label ones only when
+/// `allow_single_label`), at most `max_recipients`, and nothing anywhere holds a control
+/// character (a CR or LF would become a header line or a log line of its own).
+pub fn envelope_problem(
+    from: &str,
+    rcpts: &[String],
+    max_recipients: usize,
+    allow_single_label: bool,
+) -> Option<String> {
+    if rcpts.is_empty() {
+        return Some("the envelope has no recipients".into());
+    }
+    if rcpts.len() > max_recipients {
+        return Some(format!(
+            "{} recipients, more than smtp.max_recipients ({max_recipients})",
+            rcpts.len()
+        ));
+    }
+    if !from.is_empty()
+        && !matches!(
+            check_address(from, true),
+            Ok(()) | Err(AddressProblem::SingleLabelDomain)
+        )
+    {
+        return Some(format!(
+            "the sender {:?} is not an address",
+            from.escape_debug().to_string()
+        ));
+    }
+    for r in rcpts {
+        match check_address(r, true) {
+            Ok(()) => {}
+            Err(AddressProblem::SingleLabelDomain) if allow_single_label => {}
+            Err(AddressProblem::SingleLabelDomain) => {
+                return Some(format!(
+                    "the recipient {r:?} has a single-label domain (smtp.reject_single_label_domains)"
+                ));
+            }
+            Err(_) => {
+                return Some(format!(
+                    "the recipient {:?} is not an address",
+                    r.escape_debug().to_string()
+                ));
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

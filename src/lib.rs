@@ -44,6 +44,7 @@ pub mod status;
 pub mod store;
 pub mod text;
 pub mod time;
+pub mod unix;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};

@@ -43,6 +43,9 @@ pub struct Client {
     pub helo: Option<String>,
     /// SMTP AUTH login.
     pub auth_login: Option<String>,
+    /// The Unix user of a local submission (the maildrop file's owner): the record's
+    /// client is then `local:NAME`.
+    pub local_user: Option<String>,
 }
 
 /// One message handed in, before the message stage.
@@ -190,7 +193,10 @@ impl Pipeline {
             id: id.clone(),
             status: Status::Queued,
             received_at: rfc3339(now),
-            client: s.client.addr.to_string(),
+            client: match &s.client.local_user {
+                Some(u) => format!("local:{u}"),
+                None => s.client.addr.to_string(),
+            },
             helo,
             auth_login: s.client.auth_login.clone(),
             user: p.plan.user.clone(),

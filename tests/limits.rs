@@ -55,6 +55,7 @@ fn txn(n: usize, rcpts: &[&str]) -> Submission {
             addr: "127.0.0.1:1000".parse().unwrap(),
             helo: Some("erp".into()),
             auth_login: None,
+            local_user: None,
         },
         mail_from: "app@erp.local".into(),
         rcpts: rcpts.iter().map(|s| s.to_string()).collect(),

@@ -146,35 +146,10 @@ fn has_from(raw: &[u8]) -> bool {
         })
 }
 
-/// The invoking Unix user: LOGNAME (cron sets it) or USER, else the name of the real uid
-/// in /etc/passwd, else `nobody`.
+/// The invoking Unix user: the name of the real uid in /etc/passwd (never `LOGNAME` or
+/// `USER`, which any caller sets as it likes), else `uid<N>`.
 fn unix_user() -> String {
-    let fine = |u: &String| {
-        !u.is_empty()
-            && u.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    };
-    std::env::var("LOGNAME")
-        .or_else(|_| std::env::var("USER"))
-        .ok()
-        .filter(fine)
-        .or_else(|| passwd_name().filter(fine))
-        .unwrap_or_else(|| "nobody".into())
-}
-
-fn passwd_name() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .to_string();
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
-    })
+    crate::unix::real_uid().map_or_else(|| "nobody".into(), crate::unix::user_name)
 }
 
 /// One SMTP transaction to the daemon. Ok: the `250` id line. Err(Some(reply)): the

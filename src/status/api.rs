@@ -548,6 +548,7 @@ pub(super) async fn send(
             addr: peer,
             helo: None,
             auth_login: None,
+            local_user: None,
         },
         mail_from,
         rcpts: req.to.clone(),

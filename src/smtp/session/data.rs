@@ -45,6 +45,7 @@ impl Session {
                 addr: self.peer,
                 helo: self.helo.clone(),
                 auth_login: self.auth_login.clone(),
+                local_user: None,
             },
             mail_from: env.from,
             rcpts: env.rcpts,

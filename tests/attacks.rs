@@ -1,0 +1,219 @@
+//! Local trust (SPEC "Trust boundaries"), each boundary written as the attack a hostile
+//! local user makes: the maildrop is writable by everyone, so what is in it is a
+//! stranger's. The daemon as it runs (the binary), real files, real sockets.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{DaemonProcess, TestEnv};
+use tokio::io::AsyncBufReadExt;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The daemon answers SMTP (its greeting) and `/healthz` within a second.
+async fn answers_within_a_second(d: &DaemonProcess) {
+    let greeting = tokio::time::timeout(Duration::from_secs(1), async {
+        let s = tokio::net::TcpStream::connect(d.smtp).await.unwrap();
+        let mut line = String::new();
+        tokio::io::BufReader::new(s)
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        line
+    })
+    .await
+    .expect("no SMTP greeting within 1 s");
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    let health = tokio::time::timeout(
+        Duration::from_secs(1),
+        reqwest::get(format!("http://{}/healthz", d.status)),
+    )
+    .await
+    .expect("no /healthz within 1 s")
+    .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// Drops a well-formed file the way the sendmail door does, so that once it is taken
+/// in, every file named before it has been looked at.
+fn drop_good(dir: &Path, subject: &str) {
+    mailgate::maildrop::write(
+        dir,
+        &mailgate::maildrop::Envelope {
+            from: "app@example.com".into(),
+            rcpts: vec!["ops@example.com".into()],
+            user: None,
+        },
+        format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes(),
+    )
+    .unwrap();
+}
+
+fn envelope_file(dir: &Path, name: &str, envelope: &serde_json::Value, body: &[u8]) {
+    let mut bytes = envelope.to_string().into_bytes();
+    bytes.push(b'\n');
+    bytes.extend_from_slice(body);
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+/// A FIFO, a symbolic link to /dev/zero, a 1 GB sparse file and a directory, each named
+/// like a maildrop file: the daemon never blocks on one (SMTP and /healthz answer within
+/// a second throughout), reads none of them whole, and moves each to `bad/` (0700) with
+/// a log line; a good file after them is taken in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_maildrop_files_never_stall_the_daemon_and_go_to_bad() {
+    let env = TestEnv::new("", "");
+    let mut d = DaemonProcess::start(&env.config_path);
+    let dir = env.dir.path().join("data/maildrop");
+    // (the intake made the directory at start)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dir.join("bad").exists() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fifo = dir.join("00000000000000000000000001.mail");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::os::unix::fs::symlink("/dev/zero", dir.join("00000000000000000000000002.mail")).unwrap();
+    let sparse = std::fs::File::create(dir.join("00000000000000000000000003.mail")).unwrap();
+    sparse.set_len(1 << 30).unwrap();
+    drop(sparse);
+    std::fs::create_dir(dir.join("00000000000000000000000004.mail")).unwrap();
+    let rss_before = common::mem(d.child.id(), "VmRSS");
+    drop_good(&dir, "after the hostile ones");
+    // Throughout the intake, the daemon answers.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        answers_within_a_second(&d).await;
+        d.drain();
+        if d.seen.iter().any(|v| v["message"] == "maildrop: taken in") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the good file was never taken in"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answers_within_a_second(&d).await;
+    for n in 1..=4 {
+        let name = format!("0000000000000000000000000{n}.mail");
+        assert!(
+            std::fs::symlink_metadata(dir.join("bad").join(&name)).is_ok(),
+            "{name} not in bad/"
+        );
+        assert!(
+            std::fs::symlink_metadata(dir.join(&name)).is_err(),
+            "{name} still there"
+        );
+    }
+    let aside: Vec<&serde_json::Value> = d
+        .seen
+        .iter()
+        .filter(|v| v["message"] == "maildrop: a file cannot be taken in; it was moved aside")
+        .collect();
+    assert_eq!(aside.len(), 4, "{aside:#?}");
+    let whys: Vec<&str> = aside.iter().map(|v| v["why"].as_str().unwrap()).collect();
+    assert!(whys.contains(&"not a regular file"), "{whys:?}");
+    assert!(whys.contains(&"a symbolic link, not a file"), "{whys:?}");
+    assert!(
+        whys.iter()
+            .any(|w| w.contains("more than smtp.max_message_size")),
+        "{whys:?}"
+    );
+    let mode = std::fs::metadata(dir.join("bad"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+    // Nothing was read whole: not the gigabyte, not /dev/zero.
+    let rss_after = common::mem(d.child.id(), "VmRSS");
+    assert!(
+        rss_after < rss_before + (64 << 20),
+        "{rss_before} -> {rss_after}"
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// What a maildrop file says about who sent it is not believed, and its envelope gets
+/// the SMTP door's policy: a file claiming `user = "root"` owned by `nobody` is recorded
+/// as `local:nobody`; recipients with CRLF (a header injection), a single-label domain,
+/// something that is no address, or more than `max_recipients` send the file to `bad/`
+/// with one log line each, and nothing of them reaches a message or a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maildrop_file_chooses_neither_its_user_nor_its_policy() {
+    let env = TestEnv::new("max_recipients = 50", "");
+    let mut d = DaemonProcess::start(&env.config_path);
+    let dir = env.dir.path().join("data/maildrop");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dir.join("bad").exists() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bad_envelopes = [
+        serde_json::json!({"from": "app@example.com", "rcpts": ["victim@example.com\r\nBcc: all@example.com\r\nX-Injected: yes"]}),
+        serde_json::json!({"from": "app@example.com", "rcpts": ["user@contoso"]}),
+        serde_json::json!({"from": "app@example.com", "rcpts": ["not an address"]}),
+        serde_json::json!({"from": "app@example.com\r\nX-Injected: yes", "rcpts": ["a@example.com"]}),
+        serde_json::json!({"from": "app@example.com", "rcpts": (0..51).map(|i| format!("r{i}@example.com")).collect::<Vec<_>>()}),
+    ];
+    for (i, e) in bad_envelopes.iter().enumerate() {
+        envelope_file(
+            &dir,
+            &format!("0000000000000000000000000{i}.mail"),
+            e,
+            b"Subject: hostile\r\n\r\nx\r\n",
+        );
+    }
+    // Owned by nobody, claiming root.
+    let claimed = "00000000000000000000000009.mail";
+    envelope_file(
+        &dir,
+        claimed,
+        &serde_json::json!({"from": "app@example.com", "rcpts": ["ops@example.com"], "user": "root"}),
+        b"Subject: who am I\r\n\r\nx\r\n",
+    );
+    let nobody = 65534;
+    std::process::Command::new("chown")
+        .arg(nobody.to_string())
+        .arg(dir.join(claimed))
+        .status()
+        .unwrap();
+    let line = d.wait_log(|v| v["message"] == "maildrop: taken in", WAIT);
+    let id = line["id"].as_str().unwrap().to_string();
+    let owner = mailgate::unix::user_name(nobody);
+    assert_eq!(line["user"], owner.as_str());
+    let rec = d.finished(&id).await;
+    assert_eq!(rec["client"], format!("local:{owner}").as_str(), "{rec:#}");
+    assert_ne!(owner, "root");
+    for i in 0..bad_envelopes.len() {
+        let name = format!("0000000000000000000000000{i}.mail");
+        assert!(dir.join("bad").join(&name).exists(), "{name} not in bad/");
+    }
+    d.drain();
+    let aside: Vec<&serde_json::Value> = d
+        .seen
+        .iter()
+        .filter(|v| v["message"] == "maildrop: a file cannot be taken in; it was moved aside")
+        .collect();
+    assert_eq!(aside.len(), bad_envelopes.len(), "{aside:#?}");
+    for v in &aside {
+        let why = v["why"].as_str().unwrap();
+        assert!(!why.contains('\r') && !why.contains('\n'), "{why:?}");
+    }
+    // Nothing hostile reached the outbox.
+    let ids = env.outbox_ids();
+    assert_eq!(ids, std::slice::from_ref(&id));
+    let eml = String::from_utf8(env.eml(&id)).unwrap();
+    assert!(!eml.contains("X-Injected"), "{eml}");
+    assert_eq!(d.terminate().code(), Some(0));
+}
