@@ -164,7 +164,7 @@ impl Daemon {
             permits: Arc::new(Semaphore::new(config.smtp.max_connections)),
             idle_timeout: config.smtp.idle_timeout.0,
             tls,
-            auth_failures: smtp::auth::FailureLimiter::default(),
+            auth_failures: smtp::auth::FailureLimiter::new(config.smtp.auth_concurrency),
             connection_rate: smtp::listener::connection_limiter(config.smtp.connection_rate_limit),
             per_address: config.smtp.max_connections_per_address,
             open_per_address: Arc::default(),

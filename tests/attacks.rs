@@ -217,3 +217,61 @@ async fn a_maildrop_file_chooses_neither_its_user_nor_its_policy() {
     assert!(!eml.contains("X-Injected"), "{eml}");
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// A hundred bad `AUTH PLAIN` at once from one address: an attempt counts against its
+/// address from the moment it starts, so at most `auth_concurrency` + 3 passwords are
+/// verified (measured: the failures logged), every other session gets `421`, and the
+/// daemon's memory grows by under 100 MB (argon2 takes 19 MB per verification).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_bad_auths_at_once_cost_a_few_verifications() {
+    use base64::Engine;
+    let hash = mailgate::smtp::auth::hash_password("the right one").unwrap();
+    let env = TestEnv::new(
+        "auth_concurrency = 4",
+        &format!(
+            "[[user]]\nname = \"erp\"\nlogin = \"erp\"\npassword_hash = \"{hash}\"\nemail = \"erp@example.com\"\n"
+        ),
+    );
+    let mut d = DaemonProcess::start(&env.config_path);
+    let peak_before = common::mem(d.child.id(), "VmHWM");
+    let bad = base64::engine::general_purpose::STANDARD.encode(b"\0erp\0a guess");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (addr, bad) = (d.smtp, bad.clone());
+        tasks.spawn(async move {
+            let (mut c, _) = common::Smtp::connect(addr).await.unwrap();
+            c.cmd("EHLO attacker").await.unwrap();
+            c.cmd(&format!("AUTH PLAIN {bad}"))
+                .await
+                .unwrap_or_default()
+        });
+    }
+    let mut replies = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        replies.push(r.unwrap());
+    }
+    let refused = replies
+        .iter()
+        .filter(|r| r.starts_with("421 4.7.0"))
+        .count();
+    let wrong = replies.iter().filter(|r| r.starts_with("535 ")).count();
+    assert_eq!(refused + wrong, 100, "{replies:?}");
+    assert!(
+        (1..=4 + 3).contains(&wrong),
+        "{wrong} passwords verified: {replies:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.drain();
+    let verified = d
+        .seen
+        .iter()
+        .filter(|v| v["message"] == "AUTH failed")
+        .count();
+    assert_eq!(verified, wrong);
+    let peak_after = common::mem(d.child.id(), "VmHWM");
+    assert!(
+        peak_after < peak_before + (100 << 20),
+        "{peak_before} -> {peak_after}"
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+}

@@ -236,6 +236,9 @@ pub struct SmtpConfig {
     pub max_connections_per_address: usize,
     /// The slowest DATA accepted after its first minute, in bytes per second (0 = none).
     pub min_data_rate: ByteSize,
+    /// Password verifications (argon2, CPU and memory heavy) running at once, for all
+    /// clients together.
+    pub auth_concurrency: usize,
 }
 
 impl Default for SmtpConfig {
@@ -261,6 +264,7 @@ impl Default for SmtpConfig {
             connection_rate_limit: 120,
             max_connections_per_address: 10,
             min_data_rate: ByteSize(1024),
+            auth_concurrency: 4,
         }
     }
 }
@@ -288,6 +292,7 @@ impl SmtpConfig {
             connection_rate_limit,
             max_connections_per_address,
             min_data_rate,
+            auth_concurrency,
         } = self;
         let path = |p: &Option<Spanned<PathBuf>>| format!("{:?}", p.as_ref().map(|p| p.get_ref()));
         vec![
@@ -312,6 +317,7 @@ impl SmtpConfig {
                 format!("{max_connections_per_address}"),
             ),
             ("smtp.min_data_rate", format!("{min_data_rate:?}")),
+            ("smtp.auth_concurrency", format!("{auth_concurrency}")),
         ]
     }
 

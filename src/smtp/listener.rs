@@ -484,7 +484,8 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Checks credentials off the runtime (argon2 is slow on purpose), with the per-address
-/// failure limit in front.
+/// limit in front (an attempt counts from when it starts) and at most
+/// `smtp.auth_concurrency` verifications at once.
 async fn authenticate(
     ctx: &ListenerContext,
     session: &mut Session,
@@ -492,22 +493,27 @@ async fn authenticate(
     password: crate::secrets::Secret,
 ) -> Action {
     let ip = session.peer().ip();
-    if !ctx.auth_failures.allowed(ip) {
+    let Some(attempt) = ctx.auth_failures.begin(ip) else {
         return Action::Close(Reply::new(
             421,
             "4.7.0",
             "Too many authentication failures from your address; try again later",
         ));
-    }
+    };
     let users = ctx.live.get().user.clone();
     let l = login.clone();
-    let ok =
-        tokio::task::spawn_blocking(move || super::auth::verify(&users, &l, password.expose()))
-            .await
-            .unwrap_or(false);
+    let Some(slot) = attempt.slot().await else {
+        return Action::Close(Reply::new(421, "4.3.2", "Shutting down"));
+    };
+    let ok = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        super::auth::verify(&users, &l, password.expose())
+    })
+    .await
+    .unwrap_or(false);
+    attempt.done(ok);
     if !ok {
-        ctx.auth_failures.failed(ip);
-        tracing::warn!(client = %session.peer(), login = %login, "AUTH failed");
+        tracing::warn!(client = %session.peer(), login = %login.escape_debug(), "AUTH failed");
     }
     session.auth_done(login, ok)
 }
