@@ -58,9 +58,17 @@ pub fn canonical_address(parsed: &str) -> String {
     }
 }
 
+/// The longest address any door takes, in bytes.
+pub const MAX_ADDRESS: usize = 320;
+
 /// Checks `local@domain` (the local part a dot-atom or a quoted string). Single-label
 /// domains are reported last, so the caller may let them pass.
 pub fn check_address(addr: &str, smtputf8: bool) -> Result<(), AddressProblem> {
+    // RFC 5321 4.5.3.1: a path is at most 256 octets; past 320, no address is real (and
+    // the history keeps none longer).
+    if addr.len() > MAX_ADDRESS {
+        return Err(AddressProblem::Malformed);
+    }
     let Some((local, domain)) = addr.rsplit_once('@') else {
         return Err(AddressProblem::Malformed);
     };

@@ -218,7 +218,10 @@ impl Pipeline {
                     )
                 })
                 .collect(),
-            subject: p.subject,
+            // The message keeps its subject whole; the history at most 998 bytes of it.
+            subject: p
+                .subject
+                .map(|s| crate::text::clipped(&s, crate::text::MAX_SUBJECT)),
             message_id: Some(p.message_id),
             size: p.raw.len() as u64,
             provider: String::new(),

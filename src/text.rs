@@ -20,3 +20,33 @@ mod tests {
         assert_eq!(super::counted(2u32, "recipient"), "2 recipients");
     }
 }
+
+/// `s` cut to at most `max` bytes on a character boundary, its last three bytes `...`
+/// when cut: how the history keeps a field a client chose the length of.
+pub fn clipped(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// The most of a subject the history keeps, in bytes (RFC 5322's line length).
+pub const MAX_SUBJECT: usize = 998;
+
+#[cfg(test)]
+mod clip_tests {
+    use super::*;
+
+    #[test]
+    fn clipped_keeps_whole_characters() {
+        assert_eq!(clipped("short", 998), "short");
+        let long = "\u{e9}".repeat(600);
+        let c = clipped(&long, 998);
+        assert!(c.len() <= 998 && c.ends_with("..."), "{}", c.len());
+        assert_eq!(clipped("abcdefgh", 6), "abc...");
+    }
+}

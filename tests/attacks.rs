@@ -275,3 +275,45 @@ async fn a_hundred_bad_auths_at_once_cost_a_few_verifications() {
     );
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// A 30 MB subject: the message goes out whole, the history keeps 998 bytes of it (the
+/// last three `...`), so the list in the API and on the page stays under 1 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thirty_megabyte_subject_keeps_the_lists_small() {
+    let env = TestEnv::new("", "");
+    let mut d = DaemonProcess::start(&env.config_path);
+    let mut msg = b"From: app@example.com\r\nTo: ops@example.com\r\nSubject: start".to_vec();
+    while msg.len() < 30 << 20 {
+        msg.extend_from_slice(
+            b"\r\n subject subject subject subject subject subject subject subject",
+        );
+    }
+    msg.extend_from_slice(b"\r\n\r\nbody\r\n");
+    let id = common::submit_to(d.smtp, "app@example.com", &["ops@example.com"], &msg).await;
+    d.wait_sent(std::slice::from_ref(&id), WAIT);
+    let list = reqwest::get(format!("http://{}/api/messages", d.status))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(list.len() < 1 << 20, "{} bytes", list.len());
+    let records: serde_json::Value = serde_json::from_slice(&list).unwrap();
+    let subject = records[0]["subject"].as_str().unwrap();
+    assert!(
+        subject.len() <= 998 && subject.ends_with("..."),
+        "{}",
+        subject.len()
+    );
+    assert!(subject.starts_with("start subject"), "{subject:.40}");
+    let page = reqwest::get(format!("http://{}/messages", d.status))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(page.len() < 1 << 20, "{} bytes", page.len());
+    // The message itself is untouched.
+    assert!(env.eml(&id).len() > 30 << 20);
+    assert_eq!(d.terminate().code(), Some(0));
+}
