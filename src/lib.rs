@@ -346,6 +346,10 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 /// `mailgate serve`: runs the daemon on `config` (read from `path`) until SIGTERM or
 /// SIGINT, reloading on SIGHUP, then shuts down gracefully.
 pub async fn serve(config: Config, source: config::Source) -> Result<(), Error> {
+    // Every file the daemon makes is at most 0640 (directories 0750) whatever umask it
+    // was started with: the store, the outbox, alerts.json, the token (SPEC "Files").
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o027));
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(old.as_raw_mode() | 0o027));
     let io = |e: std::io::Error| Error::Config(format!("cannot install signal handlers: {e}"));
     let stop = shutdown_signal().map_err(io)?;
     let mut hup =
@@ -355,6 +359,11 @@ pub async fn serve(config: Config, source: config::Source) -> Result<(), Error> 
         config::Source::BuiltIn => tracing::info!(
             "configuration: running on the built-in default (no --config, MAILGATE_CONFIG, ./config/mailgate.toml or /etc/mailgate/mailgate.toml)"
         ),
+    }
+    if let Some(p) = source.path() {
+        for w in config.file_warnings(p) {
+            tracing::warn!(warning = %w, "configuration");
+        }
     }
     let daemon = Daemon::start(config).await?;
     if let Some(p) = source.path() {

@@ -317,3 +317,71 @@ async fn a_thirty_megabyte_subject_keeps_the_lists_small() {
     assert!(env.eml(&id).len() > 30 << 20);
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// Started under `umask 000`, the daemon still makes every file 0600 or 0640 (the store,
+/// an outbox message) and `maildrop/bad` 0700; `check-config` warns about an inline
+/// secret in a configuration every local user can read, and about a token file they can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_private_whatever_the_umask() {
+    let env = TestEnv::new("", "");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "umask 000; exec \"$0\" \"$@\"", common::bin()]);
+    let mut d = DaemonProcess::start_with(&env.config_path, cmd);
+    let id = common::submit_to(
+        d.smtp,
+        "app@example.com",
+        &["ops@example.com"],
+        b"Subject: modes\r\n\r\nx\r\n",
+    )
+    .await;
+    d.wait_sent(std::slice::from_ref(&id), WAIT);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let dir = env.dir.path();
+    for f in [
+        dir.join("data/mailgate.redb"),
+        dir.join(format!("outbox/{id}.eml")),
+    ] {
+        let m = mode(&f);
+        assert!(m == 0o600 || m == 0o640, "{} is {m:o}", f.display());
+    }
+    for entry in std::fs::read_dir(dir.join("data")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            assert_eq!(mode(&p) & 0o007, 0, "{} is {:o}", p.display(), mode(&p));
+        }
+    }
+    assert_eq!(mode(&dir.join("data/maildrop/bad")), 0o700);
+    assert_eq!(mode(&dir.join("data/maildrop")), 0o1733);
+    assert_eq!(d.terminate().code(), Some(0));
+
+    // check-config: an inline password in a configuration all can read, a token file
+    // all can read.
+    let token = dir.join("admin.token");
+    std::fs::write(&token, "a-token-0123456789\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "[status]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[status]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    ) + "[[provider]]\nname = \"m365\"\nkind = \"smtp\"\nhost = \"smtp.office365.com\"\nusername = \"u@contoso.com\"\npassword = \"hunter2\"\n";
+    std::fs::write(&env.config_path, text).unwrap();
+    std::fs::set_permissions(&env.config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = common::cli(&env, &["check-config"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("holds a secret inline"), "{out}");
+    assert!(
+        out.contains("status.token_file") && out.contains("readable by every local user"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("hunter2") && !err.contains("hunter2"),
+        "{out}{err}"
+    );
+    std::fs::set_permissions(&env.config_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (code, out, _) = common::cli(&env, &["check-config"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("warning"), "{out}");
+}

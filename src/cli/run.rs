@@ -32,7 +32,11 @@ pub async fn run(cli: Cli) -> i32 {
     match &cli.command {
         Command::CheckConfig => match load(&cli) {
             Ok(c) => {
-                for w in c.warnings() {
+                let mut warnings = c.warnings();
+                if let Some(p) = source(&cli).path() {
+                    warnings.extend(c.file_warnings(p));
+                }
+                for w in warnings {
                     println!("{}: warning: {w}", source(&cli));
                 }
                 println!("{}: ok", source(&cli));

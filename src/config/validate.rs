@@ -401,6 +401,55 @@ pub fn loopback_host(h: &str) -> bool {
 }
 
 impl Config {
+    /// What `check-config` warns about the files: the configuration holding a secret
+    /// inline while every local user can read it, and a file of secrets (token, password,
+    /// key) readable by every local user.
+    pub fn file_warnings(&self, path: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let inline = self.status.token.is_some()
+            || self.provider.iter().any(|p| {
+                p.password.is_some() || p.oauth2.as_ref().is_some_and(|o| o.client_secret.is_some())
+            });
+        if inline && let Some(why) = readable_by_others(path) {
+            out.push(format!(
+                "{} holds a secret inline (a password, client_secret or token) and {why}; or move the secret to a *_file",
+                path.display()
+            ));
+        }
+        let mut files: Vec<(&str, &std::path::Path)> = Vec::new();
+        if let Some(f) = &self.status.token_file {
+            files.push(("status.token_file", f));
+        }
+        if let Some(f) = &self.status.tls_key {
+            files.push(("status.tls_key", f));
+        }
+        if let Some(f) = &self.smtp.tls_key {
+            files.push(("smtp.tls_key", f.get_ref()));
+        }
+        if let Some(f) = self.fleet.as_ref().and_then(|f| f.password_file.as_deref()) {
+            files.push(("fleet.password_file", f));
+        }
+        for p in &self.provider {
+            if let Some(f) = &p.password_file {
+                files.push(("password_file", f));
+            }
+            if let Some(o) = &p.oauth2 {
+                if let Some(f) = &o.client_secret_file {
+                    files.push(("client_secret_file", f));
+                }
+                if let Some(f) = &o.private_key_file {
+                    files.push(("private_key_file", f));
+                }
+            }
+        }
+        for (key, f) in files {
+            if let Some(why) = readable_by_others(f) {
+                out.push(format!("{key} {} {why}", f.display()));
+            }
+        }
+        out
+    }
+
     /// What `check-config` and the daemon's start warn about: settings that work but
     /// leave something open.
     pub fn warnings(&self) -> Vec<String> {
