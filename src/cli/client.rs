@@ -1,5 +1,5 @@
-//! The CLI's way to the daemon: HTTP to `status.listen`, with the bearer token when one
-//! is configured. A daemon that does not answer is reported in one line.
+//! The CLI's way to the daemon: HTTP (HTTPS when the listener has TLS) to
+//! `status.listen`, with the bearer token when one is configured. A daemon that does not answer is reported in one line.
 
 use std::net::SocketAddr;
 
@@ -26,6 +26,8 @@ pub enum ClientError {
 #[derive(Debug)]
 pub struct AdminClient {
     addr: SocketAddr,
+    /// `https` when the status listener has TLS.
+    scheme: &'static str,
     token: Option<String>,
     http: reqwest::Client,
 }
@@ -39,16 +41,29 @@ impl AdminClient {
             .ok_or_else(|| ClientError::Http("invalid status.listen".into()))?;
         let token = crate::status::state::load_token(&config.status)
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(crate::CLI_TIMEOUT)
-            .no_proxy()
+            .no_proxy();
+        let scheme = match &config.status.tls_cert {
+            Some(cert) => {
+                builder = builder.use_preconfigured_tls(own_certificate(cert)?);
+                "https"
+            }
+            None => "http",
+        };
+        let http = builder
             .build()
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        Ok(AdminClient { addr, token, http })
+        Ok(AdminClient {
+            addr,
+            scheme,
+            token,
+            http,
+        })
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
@@ -140,4 +155,26 @@ impl AdminClient {
     ) -> Result<T, ClientError> {
         self.json(self.http.get(self.url(path)).query(query)).await
     }
+}
+
+/// A TLS client that trusts exactly the daemon's own certificate (the first of
+/// `status.tls_cert`), whatever name it carries: the CLI talks to the listener of its
+/// own configuration, often by an address its certificate does not name. A certificate
+/// file the CLI cannot read leaves the system roots.
+fn own_certificate(cert: &std::path::Path) -> Result<rustls::ClientConfig, ClientError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pin = CertificateDer::pem_file_iter(cert)
+        .ok()
+        .and_then(|mut certs| certs.next())
+        .and_then(Result::ok)
+        .map(|der| {
+            ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+                .as_ref()
+                .to_vec()
+        });
+    let trust = crate::provider::smtp::tls::Trust::new(None, pin).map_err(ClientError::Http)?;
+    let config = crate::provider::smtp::tls::client_config(std::sync::Arc::new(trust))
+        .map_err(ClientError::Http)?;
+    Ok(std::sync::Arc::unwrap_or_clone(config))
 }
