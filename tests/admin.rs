@@ -244,6 +244,9 @@ async fn api_needs_the_token_health_and_metrics_do_not() {
     ];
     for (method, path, token, want) in cases {
         let mut req = http.request(method.parse().unwrap(), format!("{base}{path}"));
+        if method == "POST" {
+            req = req.json(&serde_json::json!({}));
+        }
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -346,6 +349,7 @@ async fn reload_by_api_applies_new_users_and_refuses_broken_config() {
     std::fs::write(&env.config_path, "[smtp]\nthis is not toml").unwrap();
     let r = http
         .post(format!("{base}/api/reload"))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();
@@ -379,6 +383,7 @@ async fn reload_by_api_applies_new_users_and_refuses_broken_config() {
     env.write_config("", "[[user]]\nname = \"erp\"\nemail = \"erp@contoso.com\"\nsender_email = \"new@contoso.com\"\nmatch_senders = [\"*@erp.local\"]\n");
     let v: Value = http
         .post(format!("{base}/api/reload"))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap()

@@ -287,6 +287,7 @@ async fn cancel_stops_a_queued_message_and_refuses_one_in_flight() {
     assert_eq!(code, 0, "{out}{err}");
     reqwest::Client::new()
         .post(format!("http://{}/api/reload", d.status))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();
@@ -302,6 +303,7 @@ async fn cancel_stops_a_queued_message_and_refuses_one_in_flight() {
     }
     let resp = reqwest::Client::new()
         .post(format!("http://{}/api/messages/{busy}/cancel", d.status))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();

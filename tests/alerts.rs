@@ -249,6 +249,7 @@ async fn failures_are_summed_held_fires_and_resolves_in_three_formats() {
     });
     let resp = reqwest::Client::new()
         .post(format!("http://{}/api/reload", d.status))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();
@@ -536,6 +537,7 @@ async fn the_store_alert_fires_when_space_runs_short_and_resolves() {
     .unwrap();
     let resp = reqwest::Client::new()
         .post(format!("http://{}/api/reload", d.status))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();

@@ -385,3 +385,126 @@ async fn files_are_private_whatever_the_umask() {
     assert_eq!(code, 0);
     assert!(!out.contains("warning"), "{out}");
 }
+
+/// A web page in the administrator's browser: DNS rebinding (a `Host` that names the
+/// attacker's site) gets `421` for the API and the pages; POSTs from another origin
+/// (`Origin`, `Sec-Fetch-Site: cross-site`) get `403` and change nothing; an API POST
+/// that an HTML form could send (not JSON) gets `415`, one without a body `400`. A name
+/// in `status.hostnames` is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_web_page_can_neither_read_nor_act() {
+    let env = TestEnv::new("", "");
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "[status]\nlisten = \"127.0.0.1:0\"\n",
+        "[status]\nlisten = \"127.0.0.1:0\"\nhostnames = [\"mailgate01.contoso.local\"]\n",
+    );
+    std::fs::write(&env.config_path, text).unwrap();
+    let d = DaemonProcess::start(&env.config_path);
+    let id = common::submit_to(
+        d.smtp,
+        "app@example.com",
+        &["ops@example.com"],
+        b"Subject: private\r\n\r\nsecret body\r\n",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", d.status);
+    let port = d.status.port();
+    for path in [
+        format!("/api/messages/{id}/eml"),
+        "/messages".into(),
+        "/".into(),
+    ] {
+        let r = http
+            .get(format!("{base}{path}"))
+            .header("host", format!("attacker.example:{port}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 421, "{path}");
+        assert!(!r.text().await.unwrap().contains("secret body"));
+    }
+    let r = http
+        .get(format!("{base}/api/messages/{id}"))
+        .header("host", format!("mailgate01.contoso.local:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!("{base}/healthz"))
+        .header("host", format!("localhost:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let paused = || async {
+        let s: serde_json::Value = reqwest::get(format!("{base}/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        s["distributor"]["paused"].as_bool().unwrap()
+    };
+    for path in [
+        "/api/distributor/pause",
+        "/api/retry-all",
+        "/api/reload",
+        "/distributor/pause",
+    ] {
+        let r = http
+            .post(format!("{base}{path}"))
+            .header("origin", "https://evil.example")
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        let r = http
+            .post(format!("{base}{path}"))
+            .header("sec-fetch-site", "cross-site")
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    // What an HTML form of another site could send: text/plain, or nothing.
+    let r = http
+        .post(format!("{base}/api/distributor/pause"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = http
+        .post(format!("{base}/api/messages/{id}/cancel"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(!paused().await, "nothing was paused");
+    let rec: serde_json::Value = http
+        .get(format!("{base}/api/messages/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(rec["status"], "cancelled");
+    // The same POST from the listener's own origin is obeyed.
+    let r = http
+        .post(format!("{base}/api/distributor/pause"))
+        .header("origin", base.clone())
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(paused().await);
+}

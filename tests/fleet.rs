@@ -858,6 +858,7 @@ async fn every_node_answers_for_the_fleets_history() {
                 b.status
             ))
             .bearer_auth(key)
+            .json(&serde_json::json!({}))
             .send()
             .await
             .unwrap();
@@ -869,6 +870,7 @@ async fn every_node_answers_for_the_fleets_history() {
     let r = http
         .post(format!("http://{}/api/distributor/pause", a.status))
         .bearer_auth(key)
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();
@@ -884,6 +886,7 @@ async fn every_node_answers_for_the_fleets_history() {
     let r = http
         .post(format!("http://{}/api/messages/{held}/retry", b.status))
         .bearer_auth(key)
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();
@@ -1081,6 +1084,7 @@ async fn the_fleet_view_in_a_browser() {
     let r = http
         .post(format!("http://{}/api/distributor/pause", a.status))
         .bearer_auth(key)
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();

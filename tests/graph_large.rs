@@ -200,6 +200,7 @@ async fn a_refused_chunk_is_resumed_and_an_expired_session_started_again() {
     );
     let r = reqwest::Client::new()
         .post(format!("http://{}/api/messages/{id}/cancel", d.status))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();

@@ -155,6 +155,7 @@ async fn a_rejected_token_is_refreshed_once_then_deferred() {
             "http://{}/api/messages/{}/retry",
             daemon.status_addr, r.id
         ))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();

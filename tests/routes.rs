@@ -486,6 +486,7 @@ async fn a_reload_applies_chain_changes_to_waiting_and_new_mail() {
     );
     let resp = reqwest::Client::new()
         .post(format!("http://{}/api/reload", d.status))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();

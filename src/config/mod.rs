@@ -386,6 +386,9 @@ pub struct StatusConfig {
     pub tls_key: Option<PathBuf>,
     /// A TLS proxy stands in front of a listener that is not on loopback.
     pub behind_proxy: bool,
+    /// The names browsers and other nodes reach this listener by, besides `localhost`
+    /// and IP addresses (any other `Host` gets `421`, so DNS rebinding finds nothing).
+    pub hostnames: Vec<String>,
 }
 
 impl Default for StatusConfig {
@@ -397,6 +400,7 @@ impl Default for StatusConfig {
             tls_cert: None,
             tls_key: None,
             behind_proxy: false,
+            hostnames: Vec::new(),
         }
     }
 }
@@ -704,6 +708,7 @@ impl Config {
                     tls_cert,
                     tls_key,
                     behind_proxy,
+                    hostnames: _,
                 },
             distributor: _,
             rewrite: _,

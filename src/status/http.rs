@@ -51,7 +51,116 @@ pub fn router(state: AppState, pages: Arc<PageState>) -> Router {
         .route("/metrics", get(metrics))
         .nest("/api", api)
         .with_state(state.clone())
-        .merge(super::pages::routes(state, pages))
+        .merge(super::pages::routes(state.clone(), pages))
+        .layer(middleware::from_fn_with_state(state, browser_guard))
+}
+
+/// What a browser (or a page in one) may not make this listener do, checked before
+/// anything else: a `Host` that is a name this listener does not answer to (`421`: DNS
+/// rebinding finds nothing), a POST from another origin (`403`: no cross-site request
+/// forgery), an API POST that is not JSON or has no body (`415`, `400`: an HTML form of
+/// another site cannot send one without a preflight, which is never answered).
+async fn browser_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    if let Some(h) = &host
+        && !host_allowed(h, &state)
+    {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this listener does not answer to that host name (status.hostnames)",
+        );
+    }
+    if req.method() == axum::http::Method::POST {
+        let headers = req.headers();
+        // A browser that sends Fetch Metadata says where the request comes from: only
+        // this origin (or the user's own typing) may change anything. One that does not
+        // is judged by `Origin`. A client that is no browser (the CLI, another node, a
+        // script) sends neither.
+        let other_origin = match headers.get("sec-fetch-site") {
+            Some(site) => !matches!(site.as_bytes(), b"same-origin" | b"none"),
+            None => headers.get(header::ORIGIN).is_some_and(|o| {
+                let o = o.to_str().unwrap_or("null");
+                let authority = o.split_once("://").map(|(_, a)| a);
+                !matches!((authority, &host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+            }),
+        };
+        if other_origin {
+            return error(
+                StatusCode::FORBIDDEN,
+                "a request from another origin may not change anything here",
+            );
+        }
+        if req.uri().path().starts_with("/api/") {
+            let json = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+            if !json {
+                return error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "an API POST takes a JSON body (Content-Type: application/json; {} when there is nothing to say)",
+                );
+            }
+            let bodyless = headers.get(header::TRANSFER_ENCODING).is_none()
+                && headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .is_none_or(|l| l.trim() == "0");
+            if bodyless {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "an API POST takes a JSON body ({} when there is nothing to say)",
+                );
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether a `Host` header names this listener: an IP address (no name to rebind),
+/// `localhost`, one of `status.hostnames`, or the host of this node's own
+/// `[fleet] status_url` (the other nodes call it by that name).
+fn host_allowed(host: &str, state: &AppState) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(n, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.');
+    if name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+    {
+        return true;
+    }
+    let config = state.pipeline.config();
+    config
+        .status
+        .hostnames
+        .iter()
+        .any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(name))
+        || config
+            .fleet
+            .as_ref()
+            .and_then(|f| f.status_url.as_deref())
+            .and_then(|u| reqwest::Url::parse(u).ok())
+            .is_some_and(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(name)))
 }
 
 /// Serves until `shutdown` turns true, over HTTPS when the listener has TLS.

@@ -344,14 +344,17 @@ async fn act_elsewhere(
     action: &str,
     by: Option<String>,
 ) -> Result<(), (StatusCode, String)> {
-    let body = by.map(|by| serde_json::json!({ "by": by }).to_string());
+    // An API POST is JSON: `{}` when there is nothing to say.
+    let body = match by {
+        Some(by) => serde_json::json!({ "by": by }),
+        None => serde_json::json!({}),
+    }
+    .to_string();
     let ask = Ask {
         method: axum::http::Method::POST,
         path: format!("/api/messages/{}/{action}", enc(id)),
-        content_type: body
-            .as_ref()
-            .map(|_| header::HeaderValue::from_static("application/json")),
-        body: body.unwrap_or_default().into(),
+        content_type: Some(header::HeaderValue::from_static("application/json")),
+        body: body.into(),
     };
     let Some((node, resp)) = ask_holder(state, ask, None).await else {
         return Err((StatusCode::NOT_FOUND, format!("no message {id}")));
