@@ -185,14 +185,15 @@ impl Daemon {
                 config.smtp.shutdown_timeout.0,
             )));
         }
+        // The admin token exists before the status listener says it listens.
+        let token =
+            Some(status::state::ensure_token(&config).map_err(|e| Error::Config(e.to_string()))?);
         tracing::info!(addr = %status_addr, tls = config.status.tls_cert.is_some(), "status listening");
         for w in config.warnings() {
             tracing::warn!(warning = %w, "configuration");
         }
         let config_path = Arc::new(RwLock::new(None));
         let listeners_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let token =
-            status::state::load_token(&config.status).map_err(|e| Error::Config(e.to_string()))?;
         let status_bound = match (&config.status.tls_cert, &config.status.tls_key) {
             (Some(c), Some(k)) => status::tls::Bound::Tls(
                 status::tls::TlsListener::new(status_listener, c.clone(), k.clone())
@@ -205,6 +206,7 @@ impl Daemon {
         let pages = Arc::new(status::pages::PageState::new(
             token.clone(),
             matches!(status_bound, status::tls::Bound::Tls(_)) || config.status.behind_proxy,
+            config.status.session_ttl.0,
         ));
         let status_state = status::state::AppState {
             pipeline: pipeline.clone(),

@@ -14,7 +14,7 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn get(url: &str) -> reqwest::Response {
-    reqwest::Client::new().get(url).send().await.unwrap()
+    common::http().get(url).send().await.unwrap()
 }
 
 async fn submit(addr: std::net::SocketAddr, from: &str, rcpts: &[&str], data: &str) -> String {
@@ -343,7 +343,7 @@ async fn reload_by_api_applies_new_users_and_refuses_broken_config() {
     let daemon = Daemon::start(env.config()).await.unwrap();
     daemon.set_config_path(env.config_path.clone());
     let base = format!("http://{}", daemon.status_addr);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let mut events = daemon.distributor.subscribe();
 
     std::fs::write(&env.config_path, "[smtp]\nthis is not toml").unwrap();
@@ -510,7 +510,7 @@ async fn a_long_poll_does_not_hold_the_shutdown() {
     )
     .await;
     let url = format!("http://{}/api/messages/{id}?wait=600s", d.status);
-    let poll = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) });
+    let poll = tokio::spawn(async move { common::get(url).await.map(|r| r.status().as_u16()) });
     // The poll is waiting (the message cannot go out: sending is off).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!poll.is_finished());

@@ -21,7 +21,7 @@ async fn submit(d: &DaemonProcess, rcpts: &[&str]) -> String {
 }
 
 async fn get(d: &DaemonProcess, path: &str) -> reqwest::Response {
-    reqwest::get(format!("http://{}{path}", d.status))
+    common::get(format!("http://{}{path}", d.status))
         .await
         .unwrap()
 }
@@ -285,7 +285,7 @@ async fn cancel_stops_a_queued_message_and_refuses_one_in_flight() {
     );
     let (code, out, err) = cli(&env, &["check-config"]);
     assert_eq!(code, 0, "{out}{err}");
-    reqwest::Client::new()
+    common::http()
         .post(format!("http://{}/api/reload", d.status))
         .json(&serde_json::json!({}))
         .send()
@@ -301,7 +301,7 @@ async fn cancel_stops_a_queued_message_and_refuses_one_in_flight() {
         assert!(Instant::now() < deadline, "{st:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!("http://{}/api/messages/{busy}/cancel", d.status))
         .json(&serde_json::json!({}))
         .send()
@@ -386,7 +386,7 @@ async fn the_admin_api_stores_crlf_like_every_door() {
     write(&env, "");
     let mut d = DaemonProcess::start(&env.config_path);
     let raw = b"From: app@erp.local\nTo: x@example.com\nSubject: lf only\n\nline one\nline two\n";
-    let r: serde_json::Value = reqwest::Client::new()
+    let r: serde_json::Value = common::http()
         .post(format!("http://{}/api/send", d.status))
         .json(&serde_json::json!({
             "to": ["x@example.com"],

@@ -222,7 +222,7 @@ async fn failures_are_summed_held_fires_and_resolves_in_three_formats() {
     assert!(slack["text"].as_str().unwrap().contains("FIRING held"));
     assert_eq!(slack["blocks"][0]["type"], "section");
     assert_eq!(slack["blocks"][0]["text"]["type"], "mrkdwn");
-    let st: Value = reqwest::get(format!("http://{}/status", d.status))
+    let st: Value = common::get(format!("http://{}/status", d.status))
         .await
         .unwrap()
         .json()
@@ -247,7 +247,7 @@ async fn failures_are_summed_held_fires_and_resolves_in_three_formats() {
         credentials: Some(("relay@contoso.com".into(), "pw".into())),
         ..Script::default()
     });
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!("http://{}/api/reload", d.status))
         .json(&serde_json::json!({}))
         .send()
@@ -451,7 +451,7 @@ async fn the_prometheus_rules_use_exported_metrics_and_pass_promtool() {
     let d = DaemonProcess::start(&env.config_path);
     let failed = submit(&d, "app@erp.local", "gone@example.com").await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("http://{}/api/messages/{failed}", d.status))
+    while common::get(format!("http://{}/api/messages/{failed}", d.status))
         .await
         .unwrap()
         .json::<Value>()
@@ -535,7 +535,7 @@ async fn the_store_alert_fires_when_space_runs_short_and_resolves() {
         short.replace("min_free_space = \"1000000GB\"", "min_free_space = 0"),
     )
     .unwrap();
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!("http://{}/api/reload", d.status))
         .json(&serde_json::json!({}))
         .send()

@@ -29,7 +29,7 @@ async fn answers_within_a_second(d: &DaemonProcess) {
     assert!(greeting.starts_with("220 "), "{greeting}");
     let health = tokio::time::timeout(
         Duration::from_secs(1),
-        reqwest::get(format!("http://{}/healthz", d.status)),
+        common::get(format!("http://{}/healthz", d.status)),
     )
     .await
     .expect("no /healthz within 1 s")
@@ -291,7 +291,7 @@ async fn a_thirty_megabyte_subject_keeps_the_lists_small() {
     msg.extend_from_slice(b"\r\n\r\nbody\r\n");
     let id = common::submit_to(d.smtp, "app@example.com", &["ops@example.com"], &msg).await;
     d.wait_sent(std::slice::from_ref(&id), WAIT);
-    let list = reqwest::get(format!("http://{}/api/messages", d.status))
+    let list = common::get(format!("http://{}/api/messages", d.status))
         .await
         .unwrap()
         .bytes()
@@ -306,12 +306,8 @@ async fn a_thirty_megabyte_subject_keeps_the_lists_small() {
         subject.len()
     );
     assert!(subject.starts_with("start subject"), "{subject:.40}");
-    let page = reqwest::get(format!("http://{}/messages", d.status))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let page = common::fleet::page_of(&d, common::TEST_TOKEN, "/messages").await;
+    assert!(page.contains("start subject"), "the list shows the message");
     assert!(page.len() < 1 << 20, "{} bytes", page.len());
     // The message itself is untouched.
     assert!(env.eml(&id).len() > 30 << 20);
@@ -407,7 +403,7 @@ async fn a_hostile_web_page_can_neither_read_nor_act() {
         b"Subject: private\r\n\r\nsecret body\r\n",
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let base = format!("http://{}", d.status);
     let port = d.status.port();
     for path in [
@@ -440,7 +436,7 @@ async fn a_hostile_web_page_can_neither_read_nor_act() {
     assert_eq!(r.status(), 200);
 
     let paused = || async {
-        let s: serde_json::Value = reqwest::get(format!("{base}/status"))
+        let s: serde_json::Value = common::get(format!("{base}/status"))
             .await
             .unwrap()
             .json()
@@ -507,4 +503,144 @@ async fn a_hostile_web_page_can_neither_read_nor_act() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(paused().await);
+}
+
+/// The admin token always exists: without `status.token_file` the daemon makes
+/// `admin.token` beside the store (0640) on first start; a local request without it reads
+/// no message and changes nothing (`401`), `/healthz` and `/status` stay open on
+/// loopback; the CLI (root) reads the token, and a user who cannot read it is told how.
+/// A page sign-in lasts `status.session_ttl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_always_exists_and_a_local_user_without_it_gets_nothing() {
+    let env = TestEnv::new("", "");
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "[status]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[status]\nlisten = \"127.0.0.1:{}\"\nsession_ttl = \"2s\"\n",
+            common::free_port()
+        ),
+    );
+    std::fs::write(&env.config_path, text).unwrap();
+    let token_path = env.dir.path().join("data/admin.token");
+    std::fs::remove_file(&token_path).unwrap();
+    let d = DaemonProcess::start(&env.config_path);
+    let token = std::fs::read_to_string(&token_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(token.len(), 43, "32 random bytes, base64url: {token}");
+    let mode = std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    let id = common::submit_to(
+        d.smtp,
+        "app@example.com",
+        &["ops@example.com"],
+        b"Subject: private\r\n\r\nsecret body\r\n",
+    )
+    .await;
+    let plain = reqwest::Client::new();
+    let base = format!("http://{}", d.status);
+    for path in [
+        format!("/api/messages/{id}/eml"),
+        format!("/api/messages/{id}"),
+        "/api/messages".into(),
+    ] {
+        let r = plain.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(!r.text().await.unwrap().contains("secret body"));
+    }
+    let r = plain
+        .post(format!("{base}/api/send"))
+        .json(&serde_json::json!({"to": ["x@example.com"], "subject": "s", "body": "b", "user": "erp"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    for path in ["/healthz", "/status", "/metrics"] {
+        assert_eq!(
+            plain
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    // The pages ask for it too.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{base}/messages/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    // With it: the API, and the CLI run by root.
+    let r = plain
+        .get(format!("{base}/api/messages/{id}/eml"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, out, err) = common::cli(&env, &["queue"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // A user who cannot read the token is told how.
+    let open =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    open(env.dir.path(), 0o755);
+    open(&env.dir.path().join("data"), 0o755);
+    open(&env.config_path, 0o644);
+    let o = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::bin(),
+        ])
+        .args(["--config", env.config_path.to_str().unwrap(), "queue"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("admin.token") && err.contains("sudo") && err.contains("mailgate group"),
+        "{err}"
+    );
+    // A sign-in lasts session_ttl.
+    let cookie_client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed = cookie_client
+        .post(format!("{base}/signin"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = |c: String| {
+        let cc = cookie_client.clone();
+        let url = format!("{base}/messages");
+        async move {
+            cc.get(url)
+                .header("cookie", c)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(page(cookie.clone()).await, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(page(cookie).await, 303, "the session expired");
 }

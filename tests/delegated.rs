@@ -95,7 +95,7 @@ impl Site {
         let url = format!("http://127.0.0.1:{}/api/messages/{id}", self.status);
         let deadline = Instant::now() + WAIT;
         loop {
-            let r: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+            let r: serde_json::Value = common::get(&url).await.unwrap().json().await.unwrap();
             if done(&r) {
                 return r;
             }
@@ -113,7 +113,7 @@ impl Site {
     }
 
     async fn status(&self) -> serde_json::Value {
-        reqwest::get(format!("http://127.0.0.1:{}/status", self.status))
+        common::get(format!("http://127.0.0.1:{}/status", self.status))
             .await
             .unwrap()
             .json()
@@ -311,7 +311,7 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
         o["sign_in"]["refresh_token_ages_out"].as_str().unwrap() > "2027",
         "{o:#}"
     );
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", site.status))
+    let metrics = common::get(format!("http://127.0.0.1:{}/metrics", site.status))
         .await
         .unwrap()
         .text()
@@ -355,7 +355,7 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
     site.assert_no_token_in("oauth2 status", &text);
 
     // No token or code in the history, the status output or any log line.
-    let history = reqwest::get(format!("http://127.0.0.1:{}/api/messages", site.status))
+    let history = common::get(format!("http://127.0.0.1:{}/api/messages", site.status))
         .await
         .unwrap()
         .text()

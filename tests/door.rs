@@ -206,7 +206,7 @@ async fn control_characters_in_ehlo_and_quoted_local_parts() {
         eml.starts_with("Received: from good.example (127.0.0.1)"),
         "{eml}"
     );
-    let v: serde_json::Value = reqwest::get(format!("http://{}/api/messages/{id}", d.status))
+    let v: serde_json::Value = common::get(format!("http://{}/api/messages/{id}", d.status))
         .await
         .unwrap()
         .json()
@@ -313,7 +313,7 @@ async fn a_reload_applies_min_free_space_with_the_stores_growth() {
     );
     let r = s.cmd("MAIL FROM:<a@erp.local>").await.unwrap();
     assert!(r.starts_with("452 4.3.1"), "{r}");
-    let st: serde_json::Value = reqwest::get(format!("http://{}/status", d.status))
+    let st: serde_json::Value = common::get(format!("http://{}/status", d.status))
         .await
         .unwrap()
         .json()
@@ -326,7 +326,7 @@ async fn a_reload_applies_min_free_space_with_the_stores_growth() {
         1_000_000_000_000_000_000 + file,
         "{st}"
     );
-    let h = reqwest::get(format!("http://{}/healthz", d.status))
+    let h = common::get(format!("http://{}/healthz", d.status))
         .await
         .unwrap();
     assert_eq!(h.status(), 503);

@@ -66,7 +66,7 @@ async fn submit_each(nodes: &[(TestEnv, DaemonProcess)], per_node: usize, tag: &
 }
 
 async fn status(d: &DaemonProcess) -> serde_json::Value {
-    reqwest::get(format!("http://{}/status", d.status))
+    common::get(format!("http://{}/status", d.status))
         .await
         .unwrap()
         .json()
@@ -137,7 +137,7 @@ async fn three_nodes_share_one_per_minute_window() {
     })
     .await
     .expect("three heartbeats");
-    let metrics = reqwest::get(format!("http://{}/metrics", nodes[0].1.status))
+    let metrics = common::get(format!("http://{}/metrics", nodes[0].1.status))
         .await
         .unwrap()
         .text()
@@ -309,7 +309,7 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
         .await;
         let s = status(d).await;
         assert_eq!(s["fleet"]["store"], "down", "{s}");
-        let metrics = reqwest::get(format!("http://{}/metrics", d.status))
+        let metrics = common::get(format!("http://{}/metrics", d.status))
             .await
             .unwrap()
             .text()
@@ -433,7 +433,7 @@ async fn with_a_chain_the_fleet_wide_quota_of_the_first_moves_the_rest_to_the_se
     // Counted where it happened: the failovers of the nodes add up to the five.
     let mut failovers = 0;
     for (_, d) in &nodes {
-        let m = reqwest::get(format!("http://{}/metrics", d.status))
+        let m = common::get(format!("http://{}/metrics", d.status))
             .await
             .unwrap()
             .text()
@@ -805,7 +805,7 @@ async fn every_node_answers_for_the_fleets_history() {
     // (once every node's first heartbeat is in the fleet store)
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let found = loop {
-        let found = fleet_list(b, key, "q=4711").await;
+        let found = fleet_list(b, key, "q=Invoice%204711").await;
         if found["nodes"].as_array().unwrap().len() == 3 {
             break found;
         }
@@ -822,7 +822,7 @@ async fn every_node_answers_for_the_fleets_history() {
     assert_eq!(by_sender["messages"][0]["id"], invoice.as_str());
 
     // Detail, raw download, retry and cancel of a message on A, asked of B, act on A.
-    let http = reqwest::Client::new();
+    let http = common::http();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let r = http
@@ -947,7 +947,7 @@ async fn every_node_answers_for_the_fleets_history() {
 
     // The history page's "Whole fleet" view on B: A's message, with its node, linked
     // to its page on B (shown through B).
-    let page = page_of(b, key, "/messages?fleet=1&q=4711").await;
+    let page = page_of(b, key, "/messages?fleet=1&q=Invoice%204711").await;
     assert!(page.contains("<td class=\"node\">a</td>"), "{page}");
     assert!(
         page.contains(&format!("href=\"/messages/{invoice}\"")),
@@ -978,7 +978,7 @@ async fn every_node_answers_for_the_fleets_history() {
     assert_eq!(r.status(), 404);
 
     // Without the token, the API refuses as always.
-    let r = reqwest::get(format!("http://{}/api/messages?fleet=1", b.status))
+    let r = common::get(format!("http://{}/api/messages?fleet=1", b.status))
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
@@ -1008,7 +1008,7 @@ async fn every_node_answers_for_the_fleets_history() {
         "{view:#}"
     );
     assert_eq!(view["messages"].as_array().unwrap().len(), all.len());
-    let metrics = reqwest::get(format!("http://{}/metrics", b.status))
+    let metrics = common::get(format!("http://{}/metrics", b.status))
         .await
         .unwrap()
         .text()
@@ -1021,7 +1021,7 @@ async fn every_node_answers_for_the_fleets_history() {
         "{metrics}"
     );
     // ... and the node with the other secret ignores the fleet's heartbeats, saying so.
-    let _ = reqwest::get(format!("http://{}/status", d.status)).await;
+    let _ = common::get(format!("http://{}/status", d.status)).await;
     d.wait_log(
         |v| {
             v["message"]
@@ -1080,7 +1080,7 @@ async fn the_fleet_view_in_a_browser() {
     let secret = fleet_secret(dir.path(), "fleet.secret", "browser-fleet ");
     let (_ea, mut a) = viewing_node(&redis, "a", &token, &secret);
     let (_eb, mut b) = viewing_node(&redis, "b", &token, &secret);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let r = http
         .post(format!("http://{}/api/distributor/pause", a.status))
         .bearer_auth(key)
@@ -1105,7 +1105,7 @@ async fn the_fleet_view_in_a_browser() {
     .await;
     // (once both heartbeats are in the fleet store)
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while fleet_list(&b, key, "q=4711").await["messages"]
+    while fleet_list(&b, key, "q=Invoice%204711").await["messages"]
         .as_array()
         .unwrap()
         .is_empty()

@@ -198,7 +198,7 @@ async fn a_refused_chunk_is_resumed_and_an_expired_session_started_again() {
             .contains("expired 3 times"),
         "{rec:#}"
     );
-    let r = reqwest::Client::new()
+    let r = common::http()
         .post(format!("http://{}/api/messages/{id}/cancel", d.status))
         .json(&serde_json::json!({}))
         .send()

@@ -161,7 +161,7 @@ mod reqwest {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async { ::reqwest::get(url).await.unwrap().json().await.unwrap() })
+        rt.block_on(async { crate::common::get(url).await.unwrap().json().await.unwrap() })
     }
 }
 
@@ -243,7 +243,7 @@ fn api_get(status: std::net::SocketAddr, path: &str) -> Vec<u8> {
         .build()
         .unwrap();
     rt.block_on(async {
-        ::reqwest::get(format!("http://{status}{path}"))
+        crate::common::get(format!("http://{status}{path}"))
             .await
             .unwrap()
             .bytes()
@@ -618,12 +618,12 @@ async fn gmail_authorization_code_login_then_xoauth2_to_aiosmtpd() {
 
     // A redirect with another state (an old tab, or a forged page) is refused, and the
     // sign-in goes on waiting.
-    let forged = ::reqwest::get(format!("{redirect}?code=stolen&state=not-this-one"))
+    let forged = crate::common::get(format!("{redirect}?code=stolen&state=not-this-one"))
         .await
         .unwrap();
     assert_eq!(forged.status().as_u16(), 400);
     // The browser: follow the printed URL, signed in at once, back to the loopback.
-    let page = ::reqwest::get(&url).await.unwrap();
+    let page = crate::common::get(&url).await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
     assert!(page.text().await.unwrap().contains("signed in"));
     let (code, out, err) = tokio::task::spawn_blocking(move || login.finish())

@@ -110,7 +110,7 @@ async fn one_25_mb_message_costs_at_most_one_and_a_half_times_its_size() {
     assert!(got[0].data[..start].ends_with(b"\r\n"));
     assert!(got[0].data[start..] == data[..], "every byte as submitted");
     // The raw download streams the stored bytes whole.
-    let raw = reqwest::get(format!("http://{}/api/messages/{id}/eml", d.status))
+    let raw = common::get(format!("http://{}/api/messages/{id}/eml", d.status))
         .await
         .unwrap();
     assert_eq!(raw.status(), 200);

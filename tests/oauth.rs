@@ -83,7 +83,7 @@ async fn graph_sends_the_stored_mime_with_one_cached_token() {
     let blind: Vec<Option<bool>> = b.recipients.iter().map(|r| r.blind).collect();
     assert_eq!(blind, [Some(false), Some(true)]);
     // /status shows the token.
-    let st: serde_json::Value = reqwest::get(format!("http://{}/status", daemon.status_addr))
+    let st: serde_json::Value = common::get(format!("http://{}/status", daemon.status_addr))
         .await
         .unwrap()
         .json()
@@ -150,7 +150,7 @@ async fn a_rejected_token_is_refreshed_once_then_deferred() {
     // Once Graph accepts tokens again, retry sends it with a fresh one.
     ms.with(|s| s.revoked.clear());
     let mut events = daemon.distributor.subscribe();
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!(
             "http://{}/api/messages/{}/retry",
             daemon.status_addr, r.id
@@ -297,7 +297,7 @@ async fn token_endpoint_errors_defer_with_a_diagnosis() {
             "{}",
             r.attempts[0].reply
         );
-        let st: serde_json::Value = reqwest::get(format!("http://{}/status", daemon.status_addr))
+        let st: serde_json::Value = common::get(format!("http://{}/status", daemon.status_addr))
             .await
             .unwrap()
             .json()

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::browser::{Driver, click, shot, text};
+use common::browser::{Driver, click, shot, signin, text};
 use common::upstream::{Script, Upstream};
 use common::{TestEnv, submit_to};
 use fantoccini::{Client, Locator};
@@ -122,6 +122,7 @@ async fn an_administrator_filters_failed_reads_why_and_retries_in_the_browser() 
     wait_status(&d, &hostile, Status::Sent).await;
     let base = format!("http://{}", d.status_addr);
     let c = driver.browser().await;
+    signin(&c, &base).await;
 
     // The list shows what was submitted, newest first.
     c.goto(&format!("{base}/messages")).await.unwrap();
@@ -304,7 +305,7 @@ async fn with_a_token_the_pages_ask_for_it_once_and_posts_need_the_csrf_token() 
     );
 
     // The same session without the CSRF token is refused; without the session too.
-    let http = reqwest::Client::new();
+    let http = common::http();
     let with_cookie = |path: &str| {
         http.post(format!("{base}{path}"))
             .header("Cookie", format!("mailgate_session={}", cookie.value()))
@@ -395,6 +396,7 @@ async fn a_mailbox_signs_in_from_the_dashboard() {
 
     let c = driver.browser().await;
     let base = format!("http://{}", d.status_addr);
+    signin(&c, &base).await;
     c.goto(&format!("{base}/")).await.unwrap();
     let cell = text(&c, "td.token[data-provider=outlook]").await;
     assert!(cell.contains("not signed in"), "{cell}");
@@ -443,7 +445,7 @@ async fn a_mailbox_signs_in_from_the_dashboard() {
     let cell = text(&c, "td.token[data-provider=outlook]").await;
     assert!(cell.contains("signed in as pat@outlook.com"), "{cell}");
     // The user code never reaches the open /status.
-    let status = reqwest::get(format!("{base}/status"))
+    let status = common::get(format!("{base}/status"))
         .await
         .unwrap()
         .text()
@@ -501,12 +503,13 @@ async fn a_gmail_mailbox_signs_in_from_the_dashboard() {
     wait_status(&d, &held, Status::Deferred).await;
     let base = format!("http://{}", d.status_addr);
     // A redirect nobody is waiting for is refused.
-    let forged = reqwest::get(format!("{base}/oauth2/callback?state=guess&code=stolen"))
+    let forged = common::get(format!("{base}/oauth2/callback?state=guess&code=stolen"))
         .await
         .unwrap();
     assert_eq!(forged.status().as_u16(), 400);
 
     let c = driver.browser().await;
+    signin(&c, &base).await;
     c.goto(&format!("{base}/")).await.unwrap();
     click(&c, "button.sign-in").await;
     let signed = signed_in_text(&c).await;
@@ -663,11 +666,12 @@ async fn the_dashboard_draws_what_the_history_holds_and_the_pages_read_as_one_pr
     let deferred = ids[4].clone();
     let base = format!("http://{}", d.status_addr);
     let c = driver.browser().await;
+    signin(&c, &base).await;
 
     // The chart's numbers are the history's, hour by hour and in total.
     c.goto(&format!("{base}/")).await.unwrap();
     shot(&c, "dashboard-chart").await;
-    let records: Vec<serde_json::Value> = reqwest::get(format!("{base}/api/messages?limit=100"))
+    let records: Vec<serde_json::Value> = common::get(format!("{base}/api/messages?limit=100"))
         .await
         .unwrap()
         .json()
@@ -713,7 +717,7 @@ async fn the_dashboard_draws_what_the_history_holds_and_the_pages_read_as_one_pr
         }
     }
     // Each provider's limits as bars, with the numbers /status gives.
-    let status: serde_json::Value = reqwest::get(format!("{base}/status"))
+    let status: serde_json::Value = common::get(format!("{base}/status"))
         .await
         .unwrap()
         .json()

@@ -250,7 +250,7 @@ async fn admin_api_serves_records_and_health() {
     .unwrap();
     wait_sent(&daemon, &mut events, &id).await;
     let base = format!("http://{}", daemon.status_addr);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), "ok");

@@ -276,7 +276,7 @@ async fn store_that_cannot_write_answers_451_and_recovers() {
         .await
         .unwrap();
     assert!(reply.starts_with("451 4.3.0"), "{reply}");
-    let health = reqwest::get(format!("http://{}/healthz", daemon.status_addr))
+    let health = common::get(format!("http://{}/healthz", daemon.status_addr))
         .await
         .unwrap();
     assert_eq!(health.status(), 503);

@@ -111,7 +111,7 @@ async fn finished_records_older_than_retention_go_with_their_bodies_at_start() {
     let o = run_cli(&["--config", &cfg, "export", &sent]);
     assert_eq!(o.status.code(), Some(1), "the body is gone too");
     assert!(!body_file.exists(), "and its file");
-    let api = reqwest::get(format!("http://127.0.0.1:{status}/api/messages/{sent}"))
+    let api = common::get(format!("http://127.0.0.1:{status}/api/messages/{sent}"))
         .await
         .unwrap();
     assert_eq!(api.status(), 404);

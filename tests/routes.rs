@@ -484,7 +484,7 @@ async fn a_reload_applies_chain_changes_to_waiting_and_new_mail() {
              [[route]]\nname = \"contoso\"\nrecipients = [\"*@contoso.com\"]\nproviders = [\"two\"]\n"
         ),
     );
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!("http://{}/api/reload", d.status))
         .json(&serde_json::json!({}))
         .send()

@@ -87,7 +87,7 @@ fn link(env: &TestEnv, name: &str) -> std::path::PathBuf {
 }
 
 async fn record(status: u16, id: &str) -> serde_json::Value {
-    reqwest::get(format!("http://127.0.0.1:{status}/api/messages/{id}"))
+    common::get(format!("http://127.0.0.1:{status}/api/messages/{id}"))
         .await
         .unwrap()
         .json()

@@ -303,7 +303,7 @@ async fn a_stuck_attempt_is_visible_and_sigterm_still_ends_the_daemon() {
     )
     .await;
     let id = queued_id(&reply).unwrap();
-    let http = reqwest::Client::new();
+    let http = common::http();
     let base = format!("http://{}", daemon.status);
     let deadline = Instant::now() + Duration::from_secs(10);
     let attempt = loop {

@@ -145,7 +145,7 @@ async fn redis_case(mode: Mode) {
         "{:?}",
         started.elapsed()
     );
-    let status: serde_json::Value = reqwest::get(format!("http://{}/status", d.status))
+    let status: serde_json::Value = common::get(format!("http://{}/status", d.status))
         .await
         .unwrap()
         .json()

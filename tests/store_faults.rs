@@ -34,7 +34,7 @@ async fn send(addr: std::net::SocketAddr, data: &[u8]) -> String {
 }
 
 async fn http(url: String) -> (u16, String) {
-    let r = reqwest::get(url).await.unwrap();
+    let r = common::get(url).await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
 

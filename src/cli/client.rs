@@ -39,8 +39,10 @@ impl AdminClient {
             .status
             .listen_addr()
             .ok_or_else(|| ClientError::Http("invalid status.listen".into()))?;
-        let token = crate::status::state::load_token(&config.status)
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let token = Some(
+            crate::status::state::load_token(config)
+                .map_err(|e| ClientError::Http(e.to_string()))?,
+        );
         let mut builder = reqwest::Client::builder()
             .timeout(crate::CLI_TIMEOUT)
             .no_proxy();

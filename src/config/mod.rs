@@ -389,6 +389,8 @@ pub struct StatusConfig {
     /// The names browsers and other nodes reach this listener by, besides `localhost`
     /// and IP addresses (any other `Host` gets `421`, so DNS rebinding finds nothing).
     pub hostnames: Vec<String>,
+    /// A sign-in to the pages lasts this long.
+    pub session_ttl: Dur,
 }
 
 impl Default for StatusConfig {
@@ -401,6 +403,7 @@ impl Default for StatusConfig {
             tls_key: None,
             behind_proxy: false,
             hostnames: Vec::new(),
+            session_ttl: Dur(Duration::from_secs(12 * 3600)),
         }
     }
 }
@@ -709,6 +712,7 @@ impl Config {
                     tls_key,
                     behind_proxy,
                     hostnames: _,
+                    session_ttl,
                 },
             distributor: _,
             rewrite: _,
@@ -735,6 +739,7 @@ impl Config {
             ("status.tls_cert", format!("{tls_cert:?}")),
             ("status.tls_key", format!("{tls_key:?}")),
             ("status.behind_proxy", format!("{behind_proxy}")),
+            ("status.session_ttl", format!("{session_ttl:?}")),
             ("fleet", format!("{fleet:?}")),
         ]);
         out

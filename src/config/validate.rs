@@ -75,16 +75,6 @@ impl Config {
             )),
             Some(addr)
                 if !addr.ip().is_loopback()
-                    && self.status.token.is_none()
-                    && self.status.token_file.is_none() =>
-            {
-                out.push((
-                    self.status.listen.span(),
-                    "status.listen is not a loopback address: set status.token_file so the admin API is not open to the network".into(),
-                ));
-            }
-            Some(addr)
-                if !addr.ip().is_loopback()
                     && self.status.tls_cert.is_none()
                     && !self.status.behind_proxy =>
             {

@@ -45,10 +45,17 @@ pub fn router(state: AppState, pages: Arc<PageState>) -> Router {
         .route("/alerts/test", post(alert_test))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), peer_call));
-    Router::new()
-        .route("/healthz", get(healthz))
+    // No message content: open to local clients; from elsewhere, the admin's.
+    let monitoring = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), pages.clone()),
+            local_or_admin,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(monitoring)
         .nest("/api", api)
         .with_state(state.clone())
         .merge(super::pages::routes(state.clone(), pages))
@@ -204,6 +211,34 @@ async fn serve_on<L, F>(
     {
         tracing::error!(error = %e, "status listener failed");
     }
+}
+
+/// `/status` and `/metrics`: a client on this host reads them as it is; one elsewhere
+/// needs the admin token (`Authorization: Bearer`, as Prometheus's
+/// `authorization.credentials_file` sends it) or a signed-in page session.
+async fn local_or_admin(
+    State((state, pages)): State<(AppState, Arc<PageState>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let local = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .is_some_and(|c| c.0.ip().is_loopback() || c.0.ip().to_canonical().is_loopback());
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .zip(state.token.as_deref())
+        .is_some_and(|(g, t)| token_matches(g.trim(), t));
+    if local || bearer || pages.signed_in(req.headers()) {
+        return next.run(req).await;
+    }
+    error(
+        StatusCode::UNAUTHORIZED,
+        "from another host, /status and /metrics need the admin token (Authorization: Bearer)",
+    )
 }
 
 /// A call another node of the fleet signed with the fleet secret: the node's name.

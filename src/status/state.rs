@@ -10,7 +10,6 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::Pipeline;
-use crate::config::StatusConfig;
 use crate::distributor::Distributor;
 use crate::history::Record;
 use crate::store::space::SpaceCheck;
@@ -38,16 +37,42 @@ pub struct AppState {
     pub alerts: Arc<crate::alerts::Alerts>,
 }
 
-/// Reads the admin token from `token` or `token_file` (trimmed).
-pub fn load_token(c: &StatusConfig) -> std::io::Result<Option<String>> {
-    let token = match (&c.token, &c.token_file) {
-        (Some(t), _) => t.trim().to_string(),
-        (None, Some(p)) => std::fs::read_to_string(p)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("token_file {}: {e}", p.display()))
-            })?,
-        (None, None) => return Ok(None),
+/// Where the admin token is: `status.token_file`, else `admin.token` beside the store.
+pub fn token_path(c: &crate::config::Config) -> PathBuf {
+    match &c.status.token_file {
+        Some(p) => p.clone(),
+        None => c
+            .store
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .join("admin.token"),
+    }
+}
+
+/// Reads the admin token (`status.token`, else the file of [`token_path`], trimmed), for
+/// the CLI: the error says what to do when the file cannot be read.
+pub fn load_token(c: &crate::config::Config) -> std::io::Result<String> {
+    let token = match &c.status.token {
+        Some(t) => t.trim().to_string(),
+        None => {
+            let p = token_path(c);
+            std::fs::read_to_string(&p)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| {
+                    let hint = match e.kind() {
+                        std::io::ErrorKind::PermissionDenied => {
+                            "; the admin commands need the admin token: run them as root (sudo), or as a member of the mailgate group (`sudo adduser $USER mailgate`, then log in again)"
+                        }
+                        std::io::ErrorKind::NotFound if c.status.token_file.is_none() => {
+                            "; the daemon makes it when it first starts"
+                        }
+                        _ => "",
+                    };
+                    std::io::Error::new(e.kind(), format!("the admin token {}: {e}{hint}", p.display()))
+                })?
+        }
     };
     if token.is_empty() {
         // An empty token would let anyone in with an empty bearer token.
@@ -56,7 +81,46 @@ pub fn load_token(c: &StatusConfig) -> std::io::Result<Option<String>> {
             "the admin token (status.token or status.token_file) is empty",
         ));
     }
-    Ok(Some(token))
+    Ok(token)
+}
+
+/// The daemon's admin token: the configured one, else `admin.token` beside the store,
+/// made on first start (32 random bytes, base64url; mode 0640, the daemon's user and
+/// group), so the status listener always has one.
+pub fn ensure_token(c: &crate::config::Config) -> std::io::Result<String> {
+    use base64::Engine;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if c.status.token.is_some() || c.status.token_file.is_some() {
+        return load_token(c);
+    }
+    let p = token_path(c);
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(&p)
+    {
+        Ok(mut f) => {
+            f.write_all(format!("{token}\n").as_bytes())?;
+            f.sync_all()?;
+            if let Some(dir) = p.parent()
+                && let Ok(d) = std::fs::File::open(dir)
+            {
+                let _ = d.sync_all();
+            }
+            tracing::info!(file = %p.display(), "made the admin token (the CLI and the pages' sign-in use it)");
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_token(c),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("cannot make the admin token {}: {e}", p.display()),
+        )),
+    }
 }
 
 /// A record as the API, the CLI and the pages show it: while the distributor is paused,

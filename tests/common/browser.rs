@@ -116,3 +116,16 @@ pub async fn text(c: &Client, css: &str) -> String {
         .await
         .unwrap()
 }
+
+/// Signs the browser in to the pages at `base` with the test token (every listener has
+/// an admin token, so every page asks for it once).
+pub async fn signin(c: &Client, base: &str) {
+    c.goto(&format!("{base}/signin")).await.unwrap();
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(super::TEST_TOKEN)
+        .await
+        .unwrap();
+    click(c, "#signin").await;
+}

@@ -169,7 +169,7 @@ pub async fn page_of(d: &DaemonProcess, token: &str, path: &str) -> String {
 }
 
 pub async fn fleet_list(d: &DaemonProcess, token: &str, query: &str) -> serde_json::Value {
-    let r = reqwest::Client::new()
+    let r = super::http()
         .get(format!("http://{}/api/messages?fleet=1&{query}", d.status))
         .bearer_auth(token)
         .send()

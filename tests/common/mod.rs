@@ -19,6 +19,27 @@ pub mod identity;
 pub mod msgraph;
 pub mod upstream;
 
+/// The admin token of every [`TestEnv`] (in `data/admin.token`).
+pub const TEST_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// An HTTP client that carries [`TEST_TOKEN`] (a request's own `bearer_auth` wins).
+pub fn http() -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {TEST_TOKEN}")).unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
+/// `GET url` with [`TEST_TOKEN`].
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().get(url).send().await
+}
+
 /// A temp dir with a config that listens on port 0 everywhere and writes to `outbox/`.
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
@@ -27,8 +48,15 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new(extra_smtp: &str, extra: &str) -> TestEnv {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("mailgate.toml");
+        // The admin token beside the store, as the daemon would make it on first start
+        // (its making is tested on its own): known here, so `http()` can carry it.
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let token = dir.path().join("data/admin.token");
+        std::fs::write(&token, format!("{TEST_TOKEN}\n")).unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
         let env = TestEnv { dir, config_path };
         env.write_config(extra_smtp, extra);
         env
@@ -208,7 +236,7 @@ impl DaemonProcess {
 impl DaemonProcess {
     /// GET a path of the status listener (no token) as JSON.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
-        reqwest::get(format!("http://{}{path}", self.status))
+        get(format!("http://{}{path}", self.status))
             .await
             .unwrap()
             .json()
@@ -218,7 +246,7 @@ impl DaemonProcess {
 
     /// GET a path of the status listener (no token) as text: a page, `/metrics`.
     pub async fn get_text(&self, path: &str) -> String {
-        reqwest::get(format!("http://{}{path}", self.status))
+        get(format!("http://{}{path}", self.status))
             .await
             .unwrap()
             .text()

@@ -35,8 +35,10 @@ const CSP: &str = "default-src 'self'; script-src 'self'; object-src 'none'; fra
 pub struct PageState {
     token: Option<String>,
     secure: bool,
-    /// Session id -> its CSRF token.
-    sessions: Mutex<HashMap<String, String>>,
+    /// Session id -> its CSRF token and when it was signed in.
+    sessions: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// How long a sign-in lasts (`status.session_ttl`).
+    ttl: std::time::Duration,
     /// The CSRF token of the open pages (no admin token configured, loopback only).
     open_csrf: String,
     /// The browser sign-ins of delegated providers.
@@ -53,10 +55,11 @@ fn random_hex() -> String {
 impl PageState {
     /// The pages' state for the admin `token` (None: open, only allowed on loopback);
     /// `secure` marks the cookie Secure (the listener has TLS, or a TLS proxy fronts it).
-    pub fn new(token: Option<String>, secure: bool) -> PageState {
+    pub fn new(token: Option<String>, secure: bool, ttl: std::time::Duration) -> PageState {
         PageState {
             token,
             secure,
+            ttl,
             sessions: Mutex::new(HashMap::new()),
             open_csrf: random_hex(),
             desk: oauth2::Desk::default(),
@@ -80,7 +83,19 @@ impl PageState {
             return Some(self.open_csrf.clone());
         }
         let sid = cookie(headers, COOKIE)?;
-        self.sessions.lock().ok()?.get(&sid).cloned()
+        let mut sessions = self.sessions.lock().ok()?;
+        let (csrf, since) = sessions.get(&sid)?.clone();
+        if since.elapsed() >= self.ttl {
+            // Signed in too long ago: sign in again.
+            sessions.remove(&sid);
+            return None;
+        }
+        Some(csrf)
+    }
+
+    /// Whether the request carries a page session that is still valid.
+    pub fn signed_in(&self, headers: &HeaderMap) -> bool {
+        self.token.is_some() && self.csrf(headers).is_some()
     }
 }
 
@@ -168,7 +183,18 @@ async fn security_headers(req: Request, next: Next) -> Response {
 /// With a token configured: a page needs a session (else the sign-in form), and a POST
 /// needs the session's CSRF token (checked by the handler's form).
 async fn signed_in(State(state): State<Ctx>, req: Request, next: Next) -> Response {
-    if state.pages.csrf(req.headers()).is_none() {
+    // A client that holds the admin token (a script, the tests) may read a page with it;
+    // a browser never sends it by itself, and every POST still needs a session's CSRF
+    // token.
+    let bearer = req.method() == Method::GET
+        && req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .zip(state.pages.token.as_deref())
+            .is_some_and(|(g, t)| same(g.trim(), t));
+    if !bearer && state.pages.csrf(req.headers()).is_none() {
         return if req.method() == Method::GET {
             Redirect::to("/signin").into_response()
         } else {
@@ -294,7 +320,10 @@ async fn signin(State(state): State<Ctx>, Form(f): Form<TokenForm>) -> Response 
     }
     let sid = random_hex();
     if let Ok(mut s) = state.pages.sessions.lock() {
-        s.insert(sid.clone(), random_hex());
+        let now = std::time::Instant::now();
+        let ttl = state.pages.ttl;
+        s.retain(|_, (_, since)| now.duration_since(*since) < ttl);
+        s.insert(sid.clone(), (random_hex(), now));
     }
     let secure = if state.pages.secure { "; Secure" } else { "" };
     let cookie = format!("{COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict{secure}");
