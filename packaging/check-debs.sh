@@ -38,7 +38,11 @@ UNIT=$(ls /lib/systemd/system/mailgate.service /usr/lib/systemd/system/mailgate.
 
 echo "== systemd-analyze verify"
 systemd-analyze verify "$UNIT"
-systemd-analyze security --offline=yes "$UNIT" | tail -n 1
+score=$(systemd-analyze security --offline=yes "$UNIT" | tail -n 1)
+echo "$score"
+# The exposure score stays at or under 1.5.
+echo "$score" | grep -Eq 'level for [^:]*: (0\.[0-9]|1\.[0-5]) ' || { echo "exposure above 1.5"; exit 1; }
+grep -q '^MemoryMax=' "$UNIT"
 
 echo "== secrets stored by root belong to the mailgate user (the daemon can read them)"
 printf 's3cret\n' | /usr/bin/mailgate --config /etc/mailgate/mailgate.toml password set --provider outbox
@@ -67,6 +71,14 @@ with smtplib.SMTP("127.0.0.1", 2525) as s:
 PY
 for _ in $(seq 100); do ls /var/lib/mailgate/outbox/*.eml >/dev/null 2>&1 && break; sleep 0.1; done
 grep -l "package check" /var/lib/mailgate/outbox/*.eml
+echo "== the admin token: made by the daemon, read by root's commands"
+[ "$(stat -c %U:%G:%a /var/lib/mailgate/admin.token)" = mailgate:mailgate:640 ]
+/usr/bin/mailgate --config /etc/mailgate/mailgate.toml queue >/dev/null
+python3 -c 'import urllib.request, urllib.error
+try:
+    urllib.request.urlopen("http://127.0.0.1:8525/api/messages", timeout=2); raise SystemExit("the API answered without the token")
+except urllib.error.HTTPError as e:
+    assert e.code == 401, e.code'
 kill -TERM "$PID"; wait "$PID"
 cd /
 

@@ -1105,7 +1105,7 @@ async fn the_fleet_view_in_a_browser() {
     .await;
     // (once both heartbeats are in the fleet store)
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while fleet_list(&b, key, "q=Invoice%204711").await["messages"]
+    while fleet_list(&b, key, "q=Statement%204711").await["messages"]
         .as_array()
         .unwrap()
         .is_empty()
@@ -1128,7 +1128,7 @@ async fn the_fleet_view_in_a_browser() {
     c.find(Locator::Css("#search"))
         .await
         .unwrap()
-        .send_keys("4711")
+        .send_keys("Statement 4711")
         .await
         .unwrap();
     c.find(Locator::Css("#whole-fleet"))
