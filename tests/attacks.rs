@@ -644,3 +644,76 @@ async fn the_admin_token_always_exists_and_a_local_user_without_it_gets_nothing(
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(page(cookie).await, 303, "the session expired");
 }
+
+/// A CR or LF inside an address, through every door, never becomes a header line: the
+/// SMTP listener refuses the command, the sendmail door exits 65 (EX_DATAERR),
+/// `/api/send` answers 400, the maildrop sets the file aside (tested above); nothing
+/// reaches the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crlf_in_an_address_is_refused_at_every_door() {
+    let env = TestEnv::new("", "");
+    let d = DaemonProcess::start(&env.config_path);
+    // SMTP: a bare CR inside the path.
+    let (mut c, _) = common::Smtp::connect(d.smtp).await.unwrap();
+    c.cmd("EHLO client").await.unwrap();
+    c.cmd("MAIL FROM:<app@example.com>").await.unwrap();
+    let r = c
+        .cmd("RCPT TO:<victim@example.com\rX-Injected: yes>")
+        .await
+        .unwrap();
+    assert!(r.starts_with('5'), "{r}");
+    let _ = c.cmd("QUIT").await;
+    // The sendmail door: in a recipient argument and in -f.
+    let sendmail = env.dir.path().join("sendmail");
+    std::os::unix::fs::symlink(common::bin(), &sendmail).unwrap();
+    for args in [
+        vec!["victim@example.com\r\nBcc: all@example.com"],
+        vec![
+            "-f",
+            "app@example.com\r\nX-Injected: yes",
+            "ops@example.com",
+        ],
+    ] {
+        let mut child = std::process::Command::new(&sendmail)
+            .args(&args)
+            .env("MAILGATE_CONFIG", &env.config_path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"Subject: s\n\nx\n")
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(65),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // The admin API.
+    let raw = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b"Subject: s\r\n\r\nx\r\n")
+    };
+    let r = common::http()
+        .post(format!("http://{}/api/send", d.status))
+        .json(&serde_json::json!({
+            "to": ["victim@example.com\r\nBcc: all@example.com"],
+            "raw": raw,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(env.outbox_ids().is_empty(), "{:?}", env.outbox_ids());
+    let s = d.get_json("/status").await;
+    assert_eq!(s["totals"]["accepted"], 0, "{s:#}");
+}
