@@ -717,3 +717,67 @@ async fn crlf_in_an_address_is_refused_at_every_door() {
     let s = d.get_json("/status").await;
     assert_eq!(s["totals"]["accepted"], 0, "{s:#}");
 }
+
+/// A local user runs the sendmail door claiming to be root (`LOGNAME=root USER=root`):
+/// the message's default sender and its record name the real user (here `nobody`), the
+/// record's client `local:nobody` found from the socket's owner, not from anything the
+/// client said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sendmail_door_names_the_real_user_whatever_it_claims() {
+    let env = TestEnv::new("", "");
+    let port = common::free_port();
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"127.0.0.1:{port}\"]"),
+    );
+    std::fs::write(&env.config_path, text).unwrap();
+    let mut d = DaemonProcess::start(&env.config_path);
+    let open =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    open(env.dir.path(), 0o755);
+    open(&env.config_path, 0o644);
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::bin(),
+            "sendmail",
+            "-t",
+        ])
+        .env("MAILGATE_CONFIG", &env.config_path)
+        .env("LOGNAME", "root")
+        .env("USER", "root")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"To: ops@example.com\nSubject: who\n\nx\n")
+            .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let line = d.wait_log(|v| v["message"] == "accepted", WAIT);
+    let id = line["id"].as_str().unwrap().to_string();
+    let rec = d.finished(&id).await;
+    let nobody = mailgate::unix::user_name(65534);
+    assert_eq!(rec["client"], format!("local:{nobody}").as_str(), "{rec:#}");
+    assert_eq!(
+        rec["original_sender"],
+        format!("{nobody}@mailgate.test").as_str(),
+        "{rec:#}"
+    );
+    assert!(!String::from_utf8(env.eml(&id)).unwrap().contains("root@"));
+}

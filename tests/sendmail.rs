@@ -135,6 +135,8 @@ async fn cron_and_php_style_mail_reaches_the_history() {
     // set that to be someone else.
     let me = format!("{}@mailgate.test", real_user());
     assert_eq!(rec["original_sender"], me.as_str());
+    // The door's submission names the Unix user who ran it.
+    assert_eq!(rec["client"], format!("local:{}", real_user()).as_str());
     let eml = String::from_utf8(env.eml(&id)).unwrap();
     assert!(
         eml.contains(&format!(

@@ -279,7 +279,20 @@ async fn handle(
     let gauge = ctx.metrics.sessions_active.clone();
     gauge.inc();
     let _gauge = SessionGauge(gauge);
-    let session = Session::new(ctx.policy(), peer);
+    let mut session = Session::new(ctx.policy(), peer);
+    // A client on this host is named by the Unix user that owns its socket (identd's
+    // way, /proc/net/tcp): never by anything the client says.
+    if peer.ip().is_loopback()
+        && let Ok(local) = stream.local_addr()
+    {
+        let user = tokio::task::spawn_blocking(move || {
+            crate::unix::tcp_owner(peer, local).map(crate::unix::user_name)
+        })
+        .await
+        .ok()
+        .flatten();
+        session.set_local_user(user);
+    }
     tracing::debug!(%peer, "connect");
     let result = match run_session(stream, session, &ctx, shutdown.clone(), true).await {
         Ok(Ended::StartTls(tcp, mut session)) => match &ctx.tls {

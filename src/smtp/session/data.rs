@@ -45,7 +45,7 @@ impl Session {
                 addr: self.peer,
                 helo: self.helo.clone(),
                 auth_login: self.auth_login.clone(),
-                local_user: None,
+                local_user: self.local_user.clone(),
             },
             mail_from: env.from,
             rcpts: env.rcpts,

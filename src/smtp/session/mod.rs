@@ -78,6 +78,8 @@ pub struct Session {
     envelope: Option<Envelope>,
     tls: bool,
     auth_failures: u32,
+    /// The Unix user of a client on this host, when known.
+    local_user: Option<String>,
     auth_pending: Option<AuthPending>,
 }
 
@@ -100,7 +102,14 @@ impl Session {
             tls: false,
             auth_failures: 0,
             auth_pending: None,
+            local_user: None,
         }
+    }
+
+    /// The Unix user who owns the client's end of the connection (a client on this
+    /// host): the record names it as `local:NAME`.
+    pub fn set_local_user(&mut self, user: Option<String>) {
+        self.local_user = user;
     }
 
     /// TLS is up: the session starts over (RFC 3207: forget HELO, transaction, AUTH).
