@@ -33,6 +33,7 @@ pub mod maildrop;
 pub mod message;
 pub mod metrics;
 pub mod notify;
+pub mod pem;
 pub mod pipeline;
 pub mod provider;
 pub mod reload;

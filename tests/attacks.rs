@@ -611,23 +611,8 @@ async fn the_admin_token_always_exists_and_a_local_user_without_it_gets_nothing(
         "{err}"
     );
     // A sign-in lasts session_ttl.
-    let cookie_client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let signed = cookie_client
-        .post(format!("{base}/signin"))
-        .form(&[("token", token.as_str())])
-        .send()
-        .await
-        .unwrap();
-    let cookie = signed.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie_client = common::no_redirects();
+    let (_, cookie) = common::signin_cookie(&cookie_client, &base, &token).await;
     let page = |c: String| {
         let cc = cookie_client.clone();
         let url = format!("{base}/messages");
@@ -674,22 +659,12 @@ async fn crlf_in_an_address_is_refused_at_every_door() {
             "ops@example.com",
         ],
     ] {
-        let mut child = std::process::Command::new(&sendmail)
-            .args(&args)
-            .env("MAILGATE_CONFIG", &env.config_path)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"Subject: s\n\nx\n")
-            .unwrap();
-        let o = child.wait_with_output().unwrap();
+        let o = common::run_with_stdin(
+            std::process::Command::new(&sendmail)
+                .args(&args)
+                .env("MAILGATE_CONFIG", &env.config_path),
+            b"Subject: s\n\nx\n",
+        );
         assert_eq!(
             o.status.code(),
             Some(65),
@@ -736,33 +711,15 @@ async fn the_sendmail_door_names_the_real_user_whatever_it_claims() {
         |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
     open(env.dir.path(), 0o755);
     open(&env.config_path, 0o644);
-    let mut child = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            common::bin(),
-            "sendmail",
-            "-t",
-        ])
-        .env("MAILGATE_CONFIG", &env.config_path)
-        .env("LOGNAME", "root")
-        .env("USER", "root")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"To: ops@example.com\nSubject: who\n\nx\n")
-            .unwrap();
-    }
-    let o = child.wait_with_output().unwrap();
+    let o = common::run_with_stdin(
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args([common::bin(), "sendmail", "-t"])
+            .env("MAILGATE_CONFIG", &env.config_path)
+            .env("LOGNAME", "root")
+            .env("USER", "root"),
+        b"To: ops@example.com\nSubject: who\n\nx\n",
+    );
     assert_eq!(
         o.status.code(),
         Some(0),

@@ -44,15 +44,9 @@ fn https(ca: &TestCa) -> reqwest::Client {
         .unwrap()
 }
 
-/// The sign-in's cookie over `base` with `client`.
+/// The sign-in's whole `Set-Cookie` over `base` with `client`.
 async fn signin_cookie(client: &reqwest::Client, base: &str, token: &str) -> String {
-    let r = client
-        .post(format!("{base}/signin"))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    r.headers()["set-cookie"].to_str().unwrap().to_string()
+    common::signin_cookie(client, base, token).await.0
 }
 
 /// Over TLS: the CLI (`queue`) reaches the daemon, the API answers with the token, plain
@@ -124,10 +118,7 @@ async fn the_cli_the_api_and_the_cookie_over_tls() {
     );
     std::fs::write(&env.config_path, text).unwrap();
     let d = DaemonProcess::start(&env.config_path);
-    let plain = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let plain = common::no_redirects();
     let cookie = signin_cookie(&plain, &format!("http://{}", d.status), TOKEN).await;
     assert!(!cookie.contains("Secure"), "{cookie}");
 }

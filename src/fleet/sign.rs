@@ -126,15 +126,22 @@ impl FleetSecret {
         Ok(json)
     }
 
-    fn call_mac(&self, call: Call<'_>, time: &str, nonce: &str, node: &str) -> hmac::Tag {
+    /// What a call's MAC is over.
+    fn call_text(call: Call<'_>, time: &str, nonce: &str, node: &str) -> String {
         let body = digest::digest(&digest::SHA256, call.body);
-        let text = format!(
+        format!(
             "{CALL_LABEL}\n{}\n{}\n{time}\n{nonce}\n{node}\n{}",
             call.method,
             call.path_and_query,
             hex(body.as_ref())
-        );
-        hmac::sign(&self.key, text.as_bytes())
+        )
+    }
+
+    fn call_mac(&self, call: Call<'_>, time: &str, nonce: &str, node: &str) -> hmac::Tag {
+        hmac::sign(
+            &self.key,
+            Self::call_text(call, time, nonce, node).as_bytes(),
+        )
     }
 
     /// The headers that sign `call` from `node`, now, with a fresh nonce.
@@ -171,13 +178,7 @@ impl FleetSecret {
             return Err(Refused::Unsigned);
         }
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| Refused::Unsigned)?;
-        let body = digest::digest(&digest::SHA256, call.body);
-        let text = format!(
-            "{CALL_LABEL}\n{}\n{}\n{time}\n{nonce}\n{node}\n{}",
-            call.method,
-            call.path_and_query,
-            hex(body.as_ref())
-        );
+        let text = Self::call_text(call, time, nonce, node);
         hmac::verify(&self.key, text.as_bytes(), &sig).map_err(|_| Refused::BadSignature)?;
         let at_ms = time.parse::<u64>().map_err(|_| Refused::Stale)? * 1000;
         let now = crate::time::now_ms();

@@ -4,23 +4,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
 /// Builds the TLS acceptor; the error names the file and what is wrong with it.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("tls_cert {}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("tls_cert {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "tls_cert {}: no certificate in the file",
-            cert.display()
-        ));
-    }
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls_key {}: {e}", key.display()))?;
+    // (the SMTP listener's keys are named without their section, as before)
+    let (chain, key) = crate::pem::chain_and_key("", cert, key)?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

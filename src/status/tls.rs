@@ -10,8 +10,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
@@ -38,19 +36,8 @@ impl ResolvesServerCert for Current {
 }
 
 /// Reads the chain and key; the error names the file and what is wrong with it.
-fn certified(cert: &PathBuf, key: &PathBuf) -> Result<CertifiedKey, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("status.tls_cert {}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("status.tls_cert {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "status.tls_cert {}: no certificate in the file",
-            cert.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("status.tls_key {}: {e}", key.display()))?;
+fn certified(cert: &std::path::Path, key: &std::path::Path) -> Result<CertifiedKey, String> {
+    let (chain, key) = crate::pem::chain_and_key("status.", cert, key)?;
     let provider = rustls::crypto::ring::default_provider();
     CertifiedKey::from_der(chain, key, &provider)
         .map_err(|e| format!("status.tls_cert/tls_key: {e}"))

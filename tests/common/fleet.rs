@@ -141,23 +141,8 @@ pub fn viewing_node(
 
 /// A page of a node, signed in with the token.
 pub async fn page_of(d: &DaemonProcess, token: &str, path: &str) -> String {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let signed = http
-        .post(format!("http://{}/signin", d.status))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    let cookie = signed.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let http = super::no_redirects();
+    let (_, cookie) = super::signin_cookie(&http, &format!("http://{}", d.status), token).await;
     let r = http
         .get(format!("http://{}{path}", d.status))
         .header("cookie", cookie)

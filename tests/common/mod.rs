@@ -35,6 +35,41 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// A client that follows no redirect (to see a sign-in's answer).
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in to the pages at `base` with `token`: the whole `Set-Cookie` value, and the
+/// `name=value` pair to send back.
+pub async fn signin_cookie(client: &reqwest::Client, base: &str, token: &str) -> (String, String) {
+    let signed = client
+        .post(format!("{base}/signin"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    let set = signed.headers()["set-cookie"].to_str().unwrap().to_string();
+    let pair = set.split(';').next().unwrap().to_string();
+    (set, pair)
+}
+
+/// Runs `cmd` with `input` on its standard input; its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// `GET url` with [`TEST_TOKEN`].
 pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
     http().get(url).send().await
