@@ -139,6 +139,15 @@ async fn concurrent_submissions_share_one_commit() {
     let daemon = Daemon::start(env.config()).await.unwrap();
     let store = daemon.pipeline.store().clone();
     const N: usize = 10;
+    // The start's own write (retention's first run) is done before the writer is held,
+    // so the held group holds only the messages.
+    tokio::time::timeout(WAIT, async {
+        while store.commits() < 1 || store.waiting_writes() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the start's writes are done");
     // Hold the writer: the first submission is taken and waits; the others queue behind it.
     store.hold_commits(true);
     let before = store.commits();
