@@ -42,11 +42,7 @@ pub struct Envelope {
 
 /// The maildrop directory of a store path.
 pub fn dir_for(store: &Path) -> PathBuf {
-    store
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join("maildrop")
+    crate::config::store_dir(store).join("maildrop")
 }
 
 /// Writes one message durably; returns the file's path.

@@ -125,11 +125,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretError> {
 impl SecretStore {
     /// The secrets kept beside the store file `store_path`.
     pub fn beside(store_path: &Path) -> SecretStore {
-        let dir = store_path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        SecretStore { dir }
+        SecretStore {
+            dir: crate::config::store_dir(store_path),
+        }
     }
 
     fn key(&self, create: bool) -> Result<Option<Key>, SecretError> {

@@ -340,6 +340,15 @@ pub struct StoreConfig {
     pub min_free_space: ByteSize,
 }
 
+/// The directory a store file is in (`.` for a bare file name): where the files that
+/// live beside the store are (the maildrop, the secrets, the admin token).
+pub fn store_dir(store: &Path) -> PathBuf {
+    store
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
@@ -743,6 +752,15 @@ impl Config {
             ("fleet", format!("{fleet:?}")),
         ]);
         out
+    }
+
+    /// Where the admin token is: `status.token_file`, else `admin.token` beside the
+    /// store (made by the daemon on first start).
+    pub fn token_path(&self) -> PathBuf {
+        match &self.status.token_file {
+            Some(p) => p.clone(),
+            None => store_dir(&self.store.path).join("admin.token"),
+        }
     }
 
     /// The provider of this name.

@@ -42,13 +42,9 @@ impl Config {
         }
         if let Some(f) = &self.fleet {
             out.extend(
-                fleet_problems(
-                    f,
-                    self.status.token.as_deref(),
-                    self.status.token_file.as_deref(),
-                )
-                .into_iter()
-                .map(|m| (0..0, m)),
+                fleet_problems(f, self.status.token.as_deref(), &self.token_path())
+                    .into_iter()
+                    .map(|m| (0..0, m)),
             );
         }
         match (&self.status.tls_cert, &self.status.tls_key) {
@@ -303,7 +299,7 @@ pub const MIN_FLEET_SECRET: usize = 32;
 fn fleet_problems(
     f: &super::FleetConfig,
     token: Option<&str>,
-    token_file: Option<&std::path::Path>,
+    token_file: &std::path::Path,
 ) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(u) = f.status_url.as_deref()
@@ -327,9 +323,11 @@ fn fleet_problems(
                         p.display()
                     ));
                 }
+                // The admin token wherever it is (inline, its file, or the one the daemon
+                // made beside the store).
                 let admin = token.map(|t| t.trim().as_bytes().to_vec()).or_else(|| {
-                    token_file
-                        .and_then(|t| std::fs::read(t).ok())
+                    std::fs::read(token_file)
+                        .ok()
                         .map(|t| t.trim_ascii().to_vec())
                 });
                 if admin.is_some_and(|a| a == secret) {

@@ -37,27 +37,13 @@ pub struct AppState {
     pub alerts: Arc<crate::alerts::Alerts>,
 }
 
-/// Where the admin token is: `status.token_file`, else `admin.token` beside the store.
-pub fn token_path(c: &crate::config::Config) -> PathBuf {
-    match &c.status.token_file {
-        Some(p) => p.clone(),
-        None => c
-            .store
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."))
-            .join("admin.token"),
-    }
-}
-
-/// Reads the admin token (`status.token`, else the file of [`token_path`], trimmed), for
+/// Reads the admin token (`status.token`, else the file of `Config::token_path`, trimmed), for
 /// the CLI: the error says what to do when the file cannot be read.
 pub fn load_token(c: &crate::config::Config) -> std::io::Result<String> {
     let token = match &c.status.token {
         Some(t) => t.trim().to_string(),
         None => {
-            let p = token_path(c);
+            let p = c.token_path();
             std::fs::read_to_string(&p)
                 .map(|t| t.trim().to_string())
                 .map_err(|e| {
@@ -94,7 +80,7 @@ pub fn ensure_token(c: &crate::config::Config) -> std::io::Result<String> {
     if c.status.token.is_some() || c.status.token_file.is_some() {
         return load_token(c);
     }
-    let p = token_path(c);
+    let p = c.token_path();
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);

@@ -32,10 +32,7 @@ impl DiskSpace {
     }
 
     fn dir(&self) -> PathBuf {
-        self.store
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or_else(|| ".".into(), |d| d.to_path_buf())
+        crate::config::store_dir(&self.store)
     }
 }
 
