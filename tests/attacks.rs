@@ -175,19 +175,22 @@ async fn a_maildrop_file_chooses_neither_its_user_nor_its_policy() {
         );
     }
     // Owned by nobody, claiming root.
+    // (made under a name the intake does not take, given to nobody, then named: the
+    // intake must never see it still owned by root)
     let claimed = "00000000000000000000000009.mail";
     envelope_file(
         &dir,
-        claimed,
+        ".tmp-claimed",
         &serde_json::json!({"from": "app@example.com", "rcpts": ["ops@example.com"], "user": "root"}),
         b"Subject: who am I\r\n\r\nx\r\n",
     );
     let nobody = 65534;
     std::process::Command::new("chown")
         .arg(nobody.to_string())
-        .arg(dir.join(claimed))
+        .arg(dir.join(".tmp-claimed"))
         .status()
         .unwrap();
+    std::fs::rename(dir.join(".tmp-claimed"), dir.join(claimed)).unwrap();
     let line = d.wait_log(|v| v["message"] == "maildrop: taken in", WAIT);
     let id = line["id"].as_str().unwrap().to_string();
     let owner = mailgate::unix::user_name(nobody);
