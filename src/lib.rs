@@ -188,7 +188,7 @@ impl Daemon {
         }
         // The admin token exists before the status listener says it listens.
         let token =
-            Some(status::state::ensure_token(&config).map_err(|e| Error::Config(e.to_string()))?);
+            status::state::ensure_token(&config).map_err(|e| Error::Config(e.to_string()))?;
         tracing::info!(addr = %status_addr, tls = config.status.tls_cert.is_some(), "status listening");
         for w in config.warnings() {
             tracing::warn!(warning = %w, "configuration");

@@ -1,5 +1,5 @@
 //! The CLI's way to the daemon: HTTP (HTTPS when the listener has TLS) to
-//! `status.listen`, with the bearer token when one is configured. A daemon that does not answer is reported in one line.
+//! `status.listen`, with the admin token. A daemon that does not answer is reported in one line.
 
 use std::net::SocketAddr;
 
@@ -28,7 +28,7 @@ pub struct AdminClient {
     addr: SocketAddr,
     /// `https` when the status listener has TLS.
     scheme: &'static str,
-    token: Option<String>,
+    token: String,
     http: reqwest::Client,
 }
 
@@ -39,10 +39,8 @@ impl AdminClient {
             .status
             .listen_addr()
             .ok_or_else(|| ClientError::Http("invalid status.listen".into()))?;
-        let token = Some(
-            crate::status::state::load_token(config)
-                .map_err(|e| ClientError::Http(e.to_string()))?,
-        );
+        let token = crate::status::state::load_token(config)
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         let mut builder = reqwest::Client::builder()
             .timeout(crate::CLI_TIMEOUT)
             .no_proxy();
@@ -69,11 +67,7 @@ impl AdminClient {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let req = match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        };
-        let resp = req.send().await.map_err(|e| {
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
             if e.is_connect() {
                 ClientError::NotRunning(self.addr)
             } else {

@@ -1,7 +1,7 @@
 //! The status listener (axum) on `status.listen`: the pages and the JSON API on one
-//! router. With a token configured, every `/api/` call needs `Authorization: Bearer
-//! <token>` (compared in constant time); `/healthz`, `/status` and `/metrics` stay open
-//! (the pages have their own sign-in). A call signed with the fleet secret by another
+//! router. Every `/api/` call needs `Authorization: Bearer <token>` (compared in
+//! constant time); `/healthz` is open, `/status` and `/metrics` open on loopback (the
+//! pages have their own sign-in). A call signed with the fleet secret by another
 //! node ([`PeerCall`]) needs no token and may only list, show, download, retry and cancel
 //! messages (SPEC "Trust boundaries").
 
@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::api::*;
 use super::pages::PageState;
-use super::state::AppState;
+use super::state::{AppState, bearer_matches};
 
 /// The router: the pages (with their own state) and the API.
 pub fn router(state: AppState, pages: Arc<PageState>) -> Router {
@@ -224,15 +224,8 @@ async fn local_or_admin(
     let local = req
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .is_some_and(|c| c.0.ip().is_loopback() || c.0.ip().to_canonical().is_loopback());
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .zip(state.token.as_deref())
-        .is_some_and(|(g, t)| token_matches(g.trim(), t));
-    if local || bearer || pages.signed_in(req.headers()) {
+        .is_some_and(|c| c.0.ip().to_canonical().is_loopback());
+    if local || bearer_matches(req.headers(), &state.token) || pages.signed_in(req.headers()) {
         return next.run(req).await;
     }
     error(
@@ -330,32 +323,10 @@ async fn peer_call(State(state): State<AppState>, req: Request, next: Next) -> R
     next.run(req).await
 }
 
-/// Whether `given` is `token`, in time that does not depend on where they differ (the
-/// two are hashed first, so only equal lengths of digests are compared).
-pub fn token_matches(given: &str, token: &str) -> bool {
-    let a = ring::digest::digest(&ring::digest::SHA256, given.as_bytes());
-    let b = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    // Digests of equal length: a byte-wise fold with no early exit.
-    a.as_ref()
-        .iter()
-        .zip(b.as_ref())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
-}
-
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if req.extensions().get::<PeerCall>().is_some() {
-        return next.run(req).await;
-    }
-    if let Some(token) = &state.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| token_matches(g.trim(), token)) {
-            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        }
+    if req.extensions().get::<PeerCall>().is_none() && !bearer_matches(req.headers(), &state.token)
+    {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     next.run(req).await
 }

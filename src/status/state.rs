@@ -23,8 +23,8 @@ pub struct AppState {
     pub distributor: Arc<Distributor>,
     /// When the daemon started.
     pub started: Instant,
-    /// Bearer token for `/api/`, if configured.
-    pub token: Option<String>,
+    /// The admin token (it always exists: configured, or made beside the store).
+    pub token: String,
     /// The configuration file, for reloads.
     pub config_path: Arc<RwLock<Option<PathBuf>>>,
     /// False once the SMTP listeners are closing.
@@ -35,6 +35,28 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// The alert engine (its open conditions for `/status` and the dashboard).
     pub alerts: Arc<crate::alerts::Alerts>,
+}
+
+/// Whether `given` is `token`, in time that does not depend on where they differ (the
+/// two are hashed first, so only digests of equal length are compared, with no early
+/// exit).
+pub fn token_matches(given: &str, token: &str) -> bool {
+    let a = ring::digest::digest(&ring::digest::SHA256, given.as_bytes());
+    let b = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Whether a request carries `Authorization: Bearer <token>`.
+pub fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|g| token_matches(g.trim(), token))
 }
 
 /// Reads the admin token (`status.token`, else the file of `Config::token_path`, trimmed), for

@@ -138,7 +138,8 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
             chart::day_when,
         ),
         day_totals,
-        signed_in: state.pages.has_token(),
+        // Every page is behind the sign-in: Sign out is always offered.
+        signed_in: true,
         csrf: state.pages.csrf_of(&headers),
         paused: snap.paused,
         queued: snap.count(Status::Queued),

@@ -72,7 +72,8 @@ pub(super) async fn messages(
         statuses.push((v, status == v, label));
     }
     let mut page = Messages {
-        signed_in: state.pages.has_token(),
+        // Every page is behind the sign-in: Sign out is always offered.
+        signed_in: true,
         csrf: state.pages.csrf_of(&headers),
         statuses,
         user: shown(&q.user),

@@ -233,7 +233,8 @@ fn render(
             .cancelled
             .as_ref()
             .map(|c| format!("Cancelled at {} by {}", super::shown_time(&c.at), c.by)),
-        signed_in: state.pages.has_token(),
+        // Every page is behind the sign-in: Sign out is always offered.
+        signed_in: true,
         csrf: state.pages.csrf_of(headers),
         status: record.status.as_str(),
         subject: record

@@ -2,8 +2,9 @@
 //! history (`/messages`) and one message (`/messages/{id}`), server-rendered with askama
 //! (escaping by default: whatever came from a message or a client is text, never markup),
 //! one stylesheet and one small script compiled into the binary. Reading works without
-//! JavaScript; actions are plain forms with a CSRF token. With `status.token_file` set,
-//! the pages ask for the token once and keep an HttpOnly, SameSite=Strict session cookie.
+//! JavaScript; actions are plain forms with a CSRF token. The pages ask for the admin
+//! token once and keep an HttpOnly, SameSite=Strict session cookie for
+//! `status.session_ttl`.
 //! The list runs the same [`HistoryQuery`] as `GET /api/messages`.
 
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ mod history;
 mod message;
 mod oauth2;
 
-use super::state::AppState;
+use super::state::{AppState, token_matches};
 use crate::time::now_ms;
 
 const COOKIE: &str = "mailgate_session";
@@ -33,14 +34,12 @@ const CSP: &str = "default-src 'self'; script-src 'self'; object-src 'none'; fra
 /// Sessions of the pages and their CSRF tokens.
 #[derive(Debug)]
 pub struct PageState {
-    token: Option<String>,
+    token: String,
     secure: bool,
     /// Session id -> its CSRF token and when it was signed in.
     sessions: Mutex<HashMap<String, (String, std::time::Instant)>>,
     /// How long a sign-in lasts (`status.session_ttl`).
     ttl: std::time::Duration,
-    /// The CSRF token of the open pages (no admin token configured, loopback only).
-    open_csrf: String,
     /// The browser sign-ins of delegated providers.
     pub(super) desk: oauth2::Desk,
 }
@@ -53,22 +52,17 @@ fn random_hex() -> String {
 }
 
 impl PageState {
-    /// The pages' state for the admin `token` (None: open, only allowed on loopback);
-    /// `secure` marks the cookie Secure (the listener has TLS, or a TLS proxy fronts it).
-    pub fn new(token: Option<String>, secure: bool, ttl: std::time::Duration) -> PageState {
+    /// The pages' state for the admin `token` (the sign-in asks for it); `secure` marks
+    /// the cookie Secure (the listener has TLS, or a TLS proxy fronts it); a sign-in
+    /// lasts `ttl`.
+    pub fn new(token: String, secure: bool, ttl: std::time::Duration) -> PageState {
         PageState {
             token,
             secure,
             ttl,
             sessions: Mutex::new(HashMap::new()),
-            open_csrf: random_hex(),
             desk: oauth2::Desk::default(),
         }
-    }
-
-    /// Whether the pages ask for a token (and show Sign out).
-    pub(super) fn has_token(&self) -> bool {
-        self.token.is_some()
     }
 
     /// The CSRF token to put in a page's forms.
@@ -76,12 +70,8 @@ impl PageState {
         self.csrf(headers).unwrap_or_default()
     }
 
-    /// The CSRF token of the request's session; None when a token is configured and the
-    /// request has no valid session.
+    /// The CSRF token of the request's session; None when it has no valid session.
     fn csrf(&self, headers: &HeaderMap) -> Option<String> {
-        if self.token.is_none() {
-            return Some(self.open_csrf.clone());
-        }
         let sid = cookie(headers, COOKIE)?;
         let mut sessions = self.sessions.lock().ok()?;
         let (csrf, since) = sessions.get(&sid)?.clone();
@@ -95,7 +85,7 @@ impl PageState {
 
     /// Whether the request carries a page session that is still valid.
     pub fn signed_in(&self, headers: &HeaderMap) -> bool {
-        self.token.is_some() && self.csrf(headers).is_some()
+        self.csrf(headers).is_some()
     }
 }
 
@@ -108,15 +98,6 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
-}
-
-/// Constant-time comparison for secrets.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// What a page handler can reach: the daemon's parts (through `Deref`) and the pages'
@@ -180,20 +161,14 @@ async fn security_headers(req: Request, next: Next) -> Response {
     res
 }
 
-/// With a token configured: a page needs a session (else the sign-in form), and a POST
+/// A page needs a session (else the sign-in form), and a POST
 /// needs the session's CSRF token (checked by the handler's form).
 async fn signed_in(State(state): State<Ctx>, req: Request, next: Next) -> Response {
     // A client that holds the admin token (a script, the tests) may read a page with it;
     // a browser never sends it by itself, and every POST still needs a session's CSRF
     // token.
     let bearer = req.method() == Method::GET
-        && req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .zip(state.pages.token.as_deref())
-            .is_some_and(|(g, t)| same(g.trim(), t));
+        && crate::status::state::bearer_matches(req.headers(), &state.pages.token);
     if !bearer && state.pages.csrf(req.headers()).is_none() {
         return if req.method() == Method::GET {
             Redirect::to("/signin").into_response()
@@ -235,7 +210,7 @@ pub(super) fn csrf_ok(state: &Ctx, headers: &HeaderMap, form: &CsrfForm) -> bool
     state
         .pages
         .csrf(headers)
-        .is_some_and(|want| same(&want, &form.csrf))
+        .is_some_and(|want| token_matches(&want, &form.csrf))
 }
 
 pub(super) fn csrf_refused() -> Response {
@@ -285,10 +260,7 @@ struct SignIn {
     failed: bool,
 }
 
-async fn signin_form(State(state): State<Ctx>) -> Response {
-    if state.pages.token.is_none() {
-        return Redirect::to("/").into_response();
-    }
+async fn signin_form() -> Response {
     html(SignIn {
         signed_in: false,
         csrf: String::new(),
@@ -303,10 +275,7 @@ struct TokenForm {
 }
 
 async fn signin(State(state): State<Ctx>, Form(f): Form<TokenForm>) -> Response {
-    let Some(token) = &state.pages.token else {
-        return Redirect::to("/").into_response();
-    };
-    if !same(f.token.trim(), token) {
+    if !token_matches(f.token.trim(), &state.pages.token) {
         tracing::warn!("pages: sign-in with a wrong token");
         return (
             StatusCode::UNAUTHORIZED,

@@ -313,7 +313,7 @@ pub async fn show(
 /// redirect to the callback brings none).
 fn render(state: &Ctx, headers: &HeaderMap, name: String, s: Progress) -> Response {
     let mut page = Page {
-        signed_in: state.pages.has_token() && state.pages.csrf(headers).is_some(),
+        signed_in: state.pages.csrf(headers).is_some(),
         csrf: state.pages.csrf_of(headers),
         provider_path: enc(&name),
         provider: name,
