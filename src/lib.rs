@@ -214,6 +214,7 @@ impl Daemon {
             distributor: distributor.clone(),
             started: Instant::now(),
             token,
+            peer_http: status::fleet_view::peer_client(&config),
             config_path: config_path.clone(),
             listeners_up: listeners_up.clone(),
             space: space.clone(),

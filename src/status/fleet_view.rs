@@ -21,23 +21,28 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most of another node's JSON answer (a list or a record) this node reads.
 pub const MAX_JSON: usize = 16 << 20;
 
-/// The HTTP client for calls to other nodes: no proxy, the system roots plus the fleet's
-/// `status_ca_file`, no redirects followed (a node answers for itself).
-fn peer_client(state: &AppState, timeout: Duration) -> reqwest::Client {
+/// The HTTP client for calls to other nodes, made once at start: no proxy, the system
+/// roots plus the fleet's `status_ca_file` (read now, not on each call), no redirects
+/// followed (a node answers for itself); each call sets its own time limit.
+pub fn peer_client(config: &crate::config::Config) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .connect_timeout(PEER_TIMEOUT)
-        .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy();
-    let config = state.pipeline.config();
     if let Some(ca) = config
         .fleet
         .as_ref()
         .and_then(|f| f.status_ca_file.as_ref())
-        && let Ok(pem) = std::fs::read(ca)
     {
-        for c in reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default() {
-            b = b.add_root_certificate(c);
+        match std::fs::read(ca) {
+            Ok(pem) => {
+                for c in reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default() {
+                    b = b.add_root_certificate(c);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(file = %ca.display(), error = %e, "fleet.status_ca_file cannot be read: the other nodes' certificates are checked against the system roots only")
+            }
         }
     }
     b.build().unwrap_or_default()
@@ -48,7 +53,7 @@ fn peer_client(state: &AppState, timeout: Duration) -> reqwest::Client {
 /// time, a nonce and the body's hash.
 fn signed(
     state: &AppState,
-    http: &reqwest::Client,
+    timeout: Duration,
     method: reqwest::Method,
     url: reqwest::Url,
     body: Bytes,
@@ -68,7 +73,11 @@ fn signed(
         },
         fleet.node(),
     );
-    let mut req = http.request(method, url).header(FORWARDED, "1");
+    let mut req = state
+        .peer_http
+        .request(method, url)
+        .timeout(timeout)
+        .header(FORWARDED, "1");
     for (name, value) in headers {
         req = req.header(name, value);
     }
@@ -125,7 +134,6 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
                     json!({ "node": node, "error": format!("rejected: {why}"), "rejected": true }),
                 );
             }
-            let http = peer_client(state, PEER_TIMEOUT);
             let mut asks = tokio::task::JoinSet::new();
             for (node, url) in peers.nodes {
                 urls.insert(node.clone(), json!(url));
@@ -133,7 +141,14 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
                     continue;
                 };
                 u.query_pairs_mut().extend_pairs(q.for_peer());
-                let req = signed(state, &http, reqwest::Method::GET, u, Bytes::new(), None);
+                let req = signed(
+                    state,
+                    PEER_TIMEOUT,
+                    reqwest::Method::GET,
+                    u,
+                    Bytes::new(),
+                    None,
+                );
                 asks.spawn(async move {
                     let answer = match req {
                         None => Err("this node has no fleet secret".to_string()),
@@ -280,7 +295,6 @@ pub async fn ask_holder(
     } else {
         PEER_TIMEOUT
     };
-    let http = peer_client(state, timeout);
     for (node, url) in peers.nodes {
         if only.is_some_and(|o| o != node) {
             continue;
@@ -290,7 +304,7 @@ pub async fn ask_holder(
         };
         let req = signed(
             state,
-            &http,
+            timeout,
             ask.method.clone(),
             u,
             ask.body.clone(),

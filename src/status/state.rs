@@ -25,6 +25,9 @@ pub struct AppState {
     pub started: Instant,
     /// The admin token (it always exists: configured, or made beside the store).
     pub token: String,
+    /// The client for calls to the fleet's other nodes
+    /// ([`crate::status::fleet_view::peer_client`]).
+    pub peer_http: reqwest::Client,
     /// The configuration file, for reloads.
     pub config_path: Arc<RwLock<Option<PathBuf>>>,
     /// False once the SMTP listeners are closing.
