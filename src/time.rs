@@ -10,6 +10,17 @@ pub const DAY_MS: u64 = 86_400_000;
 /// One hour in milliseconds.
 pub const HOUR_MS: u64 = 3_600_000;
 
+/// Whether `every` has passed since the last time this said yes for `last` (the time it
+/// keeps, in ms since the epoch): for log lines a stranger could otherwise repeat at
+/// will.
+pub fn once_per(last: &std::sync::atomic::AtomicU64, every: Duration) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = now_ms();
+    let before = last.load(Relaxed);
+    now.saturating_sub(before) >= duration_ms(every)
+        && last.compare_exchange(before, now, Relaxed, Relaxed).is_ok()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     to_ms(SystemTime::now())

@@ -387,11 +387,15 @@ impl Fleet {
 
     /// Counts one refusal of `what` (`heartbeat`, `peer-call` or `value`).
     pub fn count_rejected(&self, what: &str) {
+        self.count_rejections(what, 1);
+    }
+
+    fn count_rejections(&self, what: &str, n: u64) {
         if let Some(f) = &self.rejected {
             f.get_or_create(&crate::metrics::WhatLabel {
                 what: what.to_string(),
             })
-            .inc();
+            .inc_by(n);
         }
     }
 
@@ -401,20 +405,9 @@ impl Fleet {
         if n == 0 {
             return;
         }
-        if let Some(f) = &self.rejected {
-            f.get_or_create(&crate::metrics::WhatLabel {
-                what: "value".into(),
-            })
-            .inc_by(n);
-        }
+        self.count_rejections("value", n);
         static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let now = crate::time::now_ms();
-        let last = LAST.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 60_000
-            && LAST
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if crate::time::once_per(&LAST, Duration::from_secs(60)) {
             tracing::warn!(
                 values = n,
                 what,

@@ -336,18 +336,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
 /// secret misses from the others' view of the fleet until it is mended.
 fn refused_node(parts: &axum::http::request::Parts, why: &str) {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = crate::time::now_ms();
-    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
-    if now.saturating_sub(last) < 10_000
-        || LAST
-            .compare_exchange(
-                last,
-                now,
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-            )
-            .is_err()
-    {
+    if !crate::time::once_per(&LAST, std::time::Duration::from_secs(10)) {
         return;
     }
     let from = parts
