@@ -158,7 +158,11 @@ pub async fn serve(
 ) {
     let mut sessions = JoinSet::new();
     let mut backoff = Duration::from_millis(5);
+    // Failed accepts since the last warning; the warning is said at most once a
+    // second, also when accepts that succeed come between the failures (a refused
+    // client frees its descriptor at once, and the next accept fails again).
     let mut failures = 0u64;
+    let last_warning = std::sync::atomic::AtomicU64::new(0);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -168,8 +172,9 @@ pub async fn serve(
                         // Out of file descriptors (EMFILE) or the like: wait before the
                         // next accept instead of spinning, and say so once a second.
                         failures += 1;
-                        if failures == 1 || backoff >= MAX_ACCEPT_BACKOFF {
+                        if crate::time::once_per(&last_warning, Duration::from_secs(1)) {
                             tracing::warn!(error = %e, failures, "accept failed; backing off");
+                            failures = 0;
                         }
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
@@ -180,7 +185,6 @@ pub async fn serve(
                     }
                 };
                 backoff = Duration::from_millis(5);
-                failures = 0;
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
