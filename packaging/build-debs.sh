@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p target/packaging target/debian
+rm -f target/debian/*.deb
 sed -e 's#^path = "data/mailgate.redb"#path = "/var/lib/mailgate/mailgate.redb"#' \
     -e 's#^directory = "outbox"#directory = "/var/lib/mailgate/outbox"#' \
     config/mailgate.toml > target/packaging/mailgate.toml
@@ -17,8 +18,10 @@ grep -q '^path = "/var/lib/mailgate/mailgate.redb"' target/packaging/mailgate.to
 cargo build --release --locked --quiet
 target/release/mailgate manpage 8 | gzip -9n > target/packaging/mailgate.8.gz
 gzip -9n < packaging/man/mailgate.toml.5 > target/packaging/mailgate.toml.5.gz
-cargo deb --locked --quiet --no-build
-VER=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+DEB=$(cargo deb --locked --quiet --no-build | tail -n 1)
+# The version cargo-deb gave the package (it adds a Debian revision, `-1`): mailgate-mta
+# carries the same one and depends on exactly it, so the two install together.
+VER=$(dpkg-deb -f "$DEB" Version)
 ARCH=$(dpkg --print-architecture)
 
 MTA=target/packaging/mailgate-mta
@@ -31,7 +34,7 @@ ln -s mailgate "$MTA/usr/bin/mailq"
 ln -s mailgate.8.gz "$MTA/usr/share/man/man8/sendmail.8.gz"
 ln -s ../man8/mailgate.8.gz "$MTA/usr/share/man/man1/mailq.1.gz"
 cp packaging/mta/copyright "$MTA/usr/share/doc/mailgate-mta/copyright"
-gzip -9n < packaging/mta/changelog > "$MTA/usr/share/doc/mailgate-mta/changelog.gz"
+gzip -9n < packaging/mta/changelog > "$MTA/usr/share/doc/mailgate-mta/changelog.Debian.gz"
 cat > "$MTA/DEBIAN/control" <<CONTROL
 Package: mailgate-mta
 Version: $VER

@@ -72,6 +72,43 @@ pub fn header_end(raw: &[u8]) -> Option<usize> {
         .or_else(|| memchr::memmem::find(raw, b"\n\n").map(|i| i + 1))
 }
 
+/// Where the header block really ends: at its empty line, or earlier at the first line
+/// that is neither a header field (`name:`, RFC 5322 2.2) nor the continuation of one.
+/// `echo hi | sendmail root` gives no header at all; Postfix's cleanup(8) starts the body
+/// at such a line, and so does mailgate: an empty line is put in front of it (Some(offset)
+/// of that line), so that it is never taken for, or sent upstream as, a header field.
+/// None: the header block is well-formed (or there is none). `raw` has CRLF line ends.
+pub fn stray_body_line(raw: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while at < raw.len() {
+        let end = memchr::memmem::find(&raw[at..], b"\r\n").map_or(raw.len(), |i| at + i);
+        let line = &raw[at..end];
+        if line.is_empty() {
+            return None;
+        }
+        let continuation = at > 0 && matches!(line[0], b' ' | b'\t');
+        if !continuation && !is_field(line) {
+            return Some(at);
+        }
+        at = end + 2;
+    }
+    None
+}
+
+/// A header field's first line: a name of printable ASCII without a colon, then (perhaps
+/// after blanks, the obsolete syntax) a colon.
+fn is_field(line: &[u8]) -> bool {
+    let name = line
+        .iter()
+        .take_while(|&&b| (33..=126).contains(&b) && b != b':')
+        .count();
+    name > 0
+        && line[name..]
+            .iter()
+            .find(|&&b| b != b' ' && b != b'\t')
+            .is_some_and(|&b| b == b':')
+}
+
 /// What the header block says, read once per message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderFacts {
@@ -162,6 +199,9 @@ pub fn process(
     // so no delivery needs to rewrite it.
     if let std::borrow::Cow::Owned(v) = crlf_normalized(&raw) {
         raw = v;
+    }
+    if let Some(at) = stray_body_line(&raw) {
+        raw.splice(at..at, *b"\r\n");
     }
     let parsed = MessageParser::default().parse_headers(&raw);
     let mut head = HeaderFacts::of(parsed.as_ref());
@@ -329,6 +369,24 @@ mod tests {
             .flat_map(|l| format!("{l}\r\n").into_bytes())
             .collect();
         assert_eq!(without, data);
+    }
+
+    #[test]
+    fn a_line_that_is_no_header_field_starts_the_body() {
+        assert_eq!(stray_body_line(b"hi from cron\r\n"), Some(0));
+        assert_eq!(stray_body_line(b"Subject: a\r\nhi\r\n"), Some(12));
+        assert_eq!(stray_body_line(b"Subject: a\r\n b\r\n\r\nhi\r\n"), None);
+        assert_eq!(stray_body_line(b"Subject : obsolete\r\nX:\r\n"), None);
+        assert_eq!(stray_body_line(b" folded first\r\n"), Some(0));
+        assert_eq!(stray_body_line(b"From sender Mon Dec  7\r\n"), Some(0));
+        let out = run(b"hi from cron\r\n");
+        let text = String::from_utf8(out.raw).unwrap();
+        assert!(text.ends_with("\r\n\r\nhi from cron\r\n"), "{text}");
+        let out = run(b"Subject: s\r\nnot a header\r\nmore\r\n");
+        let text = String::from_utf8(out.raw).unwrap();
+        assert!(text.contains("Subject: s\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nnot a header\r\nmore\r\n"), "{text}");
+        assert_eq!(out.subject.as_deref(), Some("s"));
     }
 
     #[test]
