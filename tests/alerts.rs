@@ -172,7 +172,8 @@ async fn failures_are_summed_held_fires_and_resolves_in_three_formats() {
     assert_eq!(listed.len(), 20);
     assert!(ids.contains(&listed[0]["id"].as_str().unwrap().to_string()));
     assert_eq!(listed[0]["diagnosis"], "recipient-unknown");
-    assert_eq!(digest["node"], "mailgate.test");
+    // The node is the name the fleet uses: here (no [fleet]) the host name, not smtp.hostname.
+    assert_eq!(digest["node"], host_name());
     assert!(digest["since"].as_str().unwrap().ends_with('Z'));
     // ... resolved once three seconds pass without a failure; still only one firing.
     rx.wait("json", "the failed resolution", is("failed", "resolved"))
@@ -663,4 +664,150 @@ async fn a_sign_in_idle_for_80_days_fires_sign_in_expiring() {
     );
     let ages_out = mailgate::time::rfc3339(idle_since + 90 * day);
     assert!(summary.contains(&ages_out[..10]), "{summary} / {ages_out}");
+}
+
+/// The machine's host name, as the kernel has it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The provider's entry in `/status`.
+async fn provider_status(d: &DaemonProcess, name: &str) -> Value {
+    let st: Value = common::get(format!("http://{}/status", d.status))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    st["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no provider {name}: {st:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_provider_stays_held_across_three_restarts_and_resolves_only_on_a_delivery() {
+    let (rx, addr) = Receiver::start().await;
+    let held = Upstream::start(retired()).await;
+    let env = TestEnv::new("", "");
+    write(
+        &env,
+        &format!(
+            "{}[distributor]\ndefault_provider = \"held\"\n[notify]\nbounce = \"off\"\n\
+             [[alert]]\nname = \"ops\"\nwebhook_url = \"http://{addr}/json\"\nevents = [\"held\"]\n",
+            provider(
+                "held",
+                &held,
+                "username = \"relay@contoso.com\"\npassword = \"pw\"\ncircuit_open_after = 1\ncircuit_cooldown = \"2s\"",
+            ),
+        ),
+    );
+    let mut d = DaemonProcess::start(&env.config_path);
+    let id = submit(&d, "app@erp.local", "a@example.com").await;
+    let fired = rx.wait("json", "held", is("held", "firing")).await;
+    let since = fired["since"].clone();
+    let before = provider_status(&d, "held").await;
+    assert!(
+        before["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("5.7.30")),
+        "{before:#}"
+    );
+    let count = |state: &str| {
+        rx.bodies("json")
+            .iter()
+            .filter(|v| v["event"] == "held" && v["state"] == state)
+            .count()
+    };
+    let mut last_at = before["last_error_at"].clone();
+    for round in 0..3 {
+        if round == 1 {
+            // Nothing queued for the provider any more: no delivery can settle it.
+            let (code, out, err) = cli(&env, &["cancel", &id]);
+            assert_eq!(code, 0, "{out}{err}");
+        }
+        assert_eq!(d.terminate().code(), Some(0));
+        d = DaemonProcess::start(&env.config_path);
+        // What the dashboard knew is still known: held, the last error, the circuit.
+        let p = provider_status(&d, "held").await;
+        assert_eq!(
+            p["last_error"], before["last_error"],
+            "round {round}: {p:#}"
+        );
+        if round > 0 {
+            // Nothing was tried since: the time is the one from before the restart.
+            assert_eq!(p["last_error_at"], last_at, "round {round}: {p:#}");
+        }
+        assert!(
+            p["circuit"] == "open" || p["circuit"] == "half-open",
+            "round {round}: {p:#}"
+        );
+        // Past the point where a false `resolved` came (2 ms) and a new `firing` (2 s).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            count("resolved"),
+            0,
+            "round {round}: {:#?}",
+            rx.bodies("json")
+        );
+        assert_eq!(
+            count("firing"),
+            1,
+            "round {round}: {:#?}",
+            rx.bodies("json")
+        );
+        let st: Value = common::get(format!("http://{}/status", d.status))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let open: Vec<&Value> = st["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["event"] == "held")
+            .collect();
+        assert_eq!(open.len(), 1, "{st:#}");
+        let m = d.get_text("/metrics").await;
+        assert!(
+            m.contains("mailgate_provider_held{provider=\"held\"} 1"),
+            "{m}"
+        );
+        last_at = provider_status(&d, "held").await["last_error_at"].clone();
+    }
+    // The fix, and a delivery that is not held: now it clears, once, in words that say so.
+    held.set_script(Script {
+        offer_auth: true,
+        credentials: Some(("relay@contoso.com".into(), "pw".into())),
+        ..Script::default()
+    });
+    submit(&d, "app@erp.local", "b@example.com").await;
+    held.wait_for(1).await;
+    let resolved = rx
+        .wait("json", "held resolved", is("held", "resolved"))
+        .await;
+    assert!(
+        resolved["summary"]
+            .as_str()
+            .unwrap()
+            .contains("no longer holds mail"),
+        "{resolved:#}"
+    );
+    assert!(
+        resolved["details"]
+            .as_str()
+            .unwrap()
+            .contains("holds mail: basic-auth-retired"),
+        "{resolved:#}"
+    );
+    assert_eq!(resolved["since"], since, "{resolved:#}");
+    assert_eq!(resolved["node"], host_name());
+    assert_eq!(provider_status(&d, "held").await["circuit"], "closed");
 }

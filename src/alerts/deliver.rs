@@ -26,13 +26,9 @@ pub struct TestResult {
     pub detail: String,
 }
 
-/// This node's name in alerts: the fleet node, else `smtp.hostname`.
+/// This node's name in alerts: the one the fleet uses (`fleet.node`, else the host name).
 fn node(config: &Config) -> String {
-    config
-        .fleet
-        .as_ref()
-        .and_then(|f| f.node.clone())
-        .unwrap_or_else(|| config.smtp.hostname.clone())
+    crate::fleet::node_name(config)
 }
 
 /// The body of an alert in mailgate's own JSON (SPEC).

@@ -359,7 +359,7 @@ impl Alerts {
         for (key, c) in &before {
             if !open.contains_key(key) {
                 tracing::info!(event = %c.event, provider = c.provider.as_deref(), state = "resolved", "alert condition cleared");
-                queued.push(("resolved", c.clone()));
+                queued.push(("resolved", cleared(c)));
             }
         }
         s.open = open;
@@ -382,6 +382,31 @@ impl Alerts {
         if changed || digests_changed {
             self.save(&s);
         }
+    }
+}
+
+/// A condition as its `resolved` alert tells it: what is true now, and what was (the
+/// firing summary) in `details`.
+fn cleared(c: &Condition) -> Condition {
+    let provider = c.provider.as_deref().unwrap_or("");
+    let summary = match AlertEvent::parse(&c.event) {
+        Some(AlertEvent::Held) => {
+            format!("provider {provider} no longer holds mail: a delivery through it was not held")
+        }
+        Some(AlertEvent::QueueStuck) => {
+            "no message has waited longer than distributor.stuck_after any more".into()
+        }
+        Some(AlertEvent::SignInExpiring) => {
+            format!("provider {provider}: nothing ends within 14 days any more")
+        }
+        Some(AlertEvent::Store) => "the store writes again and has space".into(),
+        Some(AlertEvent::Fleet) => "the fleet store (Redis) is reachable again".into(),
+        _ => format!("cleared: {}", c.summary),
+    };
+    Condition {
+        summary,
+        details: format!("was: {}", c.summary),
+        ..c.clone()
     }
 }
 

@@ -67,6 +67,21 @@ impl Circuit {
         }
     }
 
+    /// As a restart found it: `failures` in a row, open until `open_until` (no probe
+    /// in flight: none survives a restart).
+    pub(super) fn restored(failures: u32, open_until: Option<u64>) -> Circuit {
+        Circuit {
+            failures,
+            open_until,
+            probing: false,
+        }
+    }
+
+    /// Unavailability failures in a row.
+    pub(super) fn failures(&self) -> u32 {
+        self.failures
+    }
+
     /// When an open circuit lets a probe through.
     pub(super) fn open_until(&self) -> Option<u64> {
         self.open_until

@@ -13,6 +13,7 @@ mod leases;
 mod limiter;
 mod notice;
 pub mod outcome;
+mod remembered;
 pub mod retry;
 pub mod throttle;
 mod unrecorded;
@@ -215,6 +216,12 @@ pub struct Distributor {
     shared: limiter::Shared,
     /// The fleet-wide connection leases this node holds (fleet mode).
     leases: leases::Leases,
+    /// Where what a restart keeps of the providers is written (`remembered.rs`).
+    remembered_file: std::path::PathBuf,
+    /// What was last written there.
+    remembered_last: Mutex<Option<remembered::Remembered>>,
+    /// When a failed write was last logged (ms).
+    remembered_warned: std::sync::atomic::AtomicU64,
 }
 
 impl Distributor {
@@ -236,6 +243,24 @@ impl Distributor {
             let _ = metrics.circuit_open.get_or_create(&label);
             let _ = metrics.provider_held.get_or_create(&label);
         }
+        // What the last run knew of each provider: held, its circuit, its last error.
+        let remembered_file = remembered::file_for(&config.store.path);
+        let kept = remembered::Remembered::read(&remembered_file);
+        let mut providers = HashMap::new();
+        for (name, st) in kept.clone().states() {
+            let label = crate::metrics::ProviderLabel {
+                provider: name.clone(),
+            };
+            metrics
+                .provider_held
+                .get_or_create(&label)
+                .set(i64::from(st.held.is_some()));
+            metrics
+                .circuit_open
+                .get_or_create(&label)
+                .set(i64::from(st.circuit.open_until().is_some()));
+            providers.insert(name, st);
+        }
         Distributor {
             metrics,
             events: broadcast::channel(4096).0,
@@ -245,13 +270,16 @@ impl Distributor {
             routing: RwLock::new(Arc::new(Routing::from_config(config))),
             in_flight: Mutex::new(HashSet::new()),
             running: Mutex::new(HashMap::new()),
-            providers: Mutex::new(HashMap::new()),
+            providers: Mutex::new(providers),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             unrecorded: Mutex::new(Vec::new()),
             cooldown: Mutex::new(HashMap::new()),
             damaged: Mutex::new(HashSet::new()),
             shared: limiter::Shared::Alone,
             leases: leases::Leases::default(),
+            remembered_file,
+            remembered_last: Mutex::new(Some(kept)),
+            remembered_warned: std::sync::atomic::AtomicU64::new(0),
             clock: Clock {
                 base_ms: now_ms(),
                 base: tokio::time::Instant::now(),
@@ -468,6 +496,15 @@ impl Distributor {
             .fleet()
             .is_some()
             .then(|| tokio::spawn(self.clone().keep_leases()));
+        let remember = tokio::spawn({
+            let me = self.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(remembered::EVERY).await;
+                    me.keep_remembered().await;
+                }
+            }
+        });
         let mut backoff = unrecorded::FIRST_BACKOFF;
         loop {
             if *shutdown.borrow() {
@@ -507,6 +544,8 @@ impl Distributor {
             k.abort();
             self.give_back_leases().await;
         }
+        remember.abort();
+        self.keep_remembered().await;
         if self.unrecorded() > 0 && !self.flush_unrecorded().await {
             tracing::error!(
                 outcomes = self.unrecorded(),

@@ -348,14 +348,28 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-/// The host name, for the default node name.
+/// The host name, for the default node name (read once).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    })
+    .clone()
+}
+
+/// This node's name: `fleet.node`, else the host name (in a fleet and out of one: the
+/// name alerts and the fleet view give this machine).
+pub fn node_name(config: &crate::config::Config) -> String {
+    config
+        .fleet
+        .as_ref()
+        .and_then(|f| f.node.clone())
+        .unwrap_or_else(hostname)
 }
 
 /// Why the fleet store cannot be used.
