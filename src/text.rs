@@ -11,8 +11,28 @@ pub fn counted(n: impl Into<u64>, noun: &str) -> String {
     }
 }
 
+/// A size in words: `900 bytes`, `12 KB`, `19.6 MB` (KB and MB are powers of 1024, as
+/// `max_message_size` reads them).
+pub fn size(n: u64) -> String {
+    if n >= 1024 * 1024 {
+        format!("{:.1} MB", n as f64 / (1024.0 * 1024.0))
+    } else if n >= 1024 {
+        format!("{} KB", n / 1024)
+    } else {
+        counted(n, "byte")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes_in_words() {
+        assert_eq!(super::size(1), "1 byte");
+        assert_eq!(super::size(900), "900 bytes");
+        assert_eq!(super::size(12 * 1024 + 5), "12 KB");
+        assert_eq!(super::size(20_527_149), "19.6 MB");
+    }
+
     #[test]
     fn one_is_singular() {
         assert_eq!(super::counted(1u64, "message"), "1 message");

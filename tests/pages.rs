@@ -559,7 +559,9 @@ for (const cell of document.querySelectorAll("table th, table td")) {
   const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
   let node;
   while ((node = walker.nextNode())) {
-    const re = /\S+/g; let m;
+    // A word: a run of letters and digits. An address may wrap after its hyphen or a
+    // time between date and clock, as text does; a break inside a run is a broken word.
+    const re = /[\p{L}\p{N}]+/gu; let m;
     while ((m = re.exec(node.data))) {
       const r = document.createRange();
       r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
@@ -896,4 +898,153 @@ async fn the_dashboard_draws_what_the_history_holds_and_the_pages_read_as_one_pr
     assert!(c.find(Locator::Css("#paused-banner")).await.is_err());
     c.close().await.unwrap();
     d.shutdown().await;
+}
+
+/// Tables whose container must scroll sideways to show them (a cut column), and the page
+/// itself when it is wider than the window: `[what, scrollWidth, clientWidth]` each.
+const CUT_COLUMNS: &str = r#"
+const out = [];
+for (const t of document.querySelectorAll("main table")) {
+  const box = t.closest(".scroll") || t.parentElement;
+  if (box.scrollWidth > box.clientWidth + 1) out.push([t.className, box.scrollWidth, box.clientWidth]);
+}
+const root = document.documentElement;
+if (root.scrollWidth > root.clientWidth + 1) out.push(["page", root.scrollWidth, root.clientWidth]);
+return out;"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_fit_at_1280_1400_and_1920_px_and_say_sizes_and_ports() {
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let up = Upstream::start(Script::default()).await;
+    // A primary nobody listens on: its circuit opens, its mail waits with a reason.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let env = TestEnv::new("", "");
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"primary-relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {dead_port}\ntls = \"none\"\n\
+             per_minute_limit = 30\nper_day_recipient_limit = 10000\ncircuit_open_after = 1\ncircuit_cooldown = \"10m\"\n\
+             [[provider]]\nname = \"backup-relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+             per_minute_limit = 30\nper_day_recipient_limit = 10000\n\
+             [[user]]\nname = \"accounts-payable\"\nmatch_senders = [\"*@ap.erp.local\"]\nprovider = \"backup-relay\"\n\
+             [distributor]\ndefault_provider = \"primary-relay\"\n[notify]\nbounce = \"off\"\n",
+            up.addr.port()
+        ),
+    );
+    let d = Daemon::start(env.config()).await.unwrap();
+    let smtp = d.smtp_addrs[0];
+    let many: Vec<String> = (1..=6)
+        .map(|i| format!("accounts.receivable.team{i}@subsidiary-contoso.example"))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let big = format!(
+        "Subject: Quarterly statement for the customers of the northern region, with attachments\r\n\r\n{}\r\n",
+        "x".repeat(76).repeat(400)
+    );
+    let sent = submit_to(
+        smtp,
+        "invoices.northern-region@ap.erp.local",
+        &many,
+        big.as_bytes(),
+    )
+    .await;
+    wait_status(&d, &sent, Status::Sent).await;
+    let waiting = submit_to(
+        smtp,
+        "nightly-batch-scheduler@erp.local",
+        &["finance-controlling@contoso.example"],
+        b"Subject: Nightly batch report\r\n\r\nok\r\n",
+    )
+    .await;
+    wait_status(&d, &waiting, Status::Deferred).await;
+
+    let base = format!("http://{}", d.status_addr);
+    let c = driver.browser().await;
+    signin(&c, &base).await;
+    for width in [1280u32, 1400, 1920] {
+        c.set_window_size(width, 1000).await.unwrap();
+        for path in ["/messages", "/"] {
+            c.goto(&format!("{base}{path}")).await.unwrap();
+            c.execute(
+                "const t = document.querySelector('table.providers, table.history'); t.scrollIntoView(); return Array.from(t.querySelectorAll('th')).map(h => h.innerText + ':' + Math.round(h.getBoundingClientRect().width));",
+                vec![],
+            )
+            .await
+            .unwrap();
+            shot(&c, &format!("fit-{width}{}", path.replace('/', "-"))).await;
+            let cut = c.execute(CUT_COLUMNS, vec![]).await.unwrap();
+            assert_eq!(cut, serde_json::json!([]), "cut at {width} px on {path}");
+            let broken = c.execute(BROKEN_WORDS, vec![]).await.unwrap();
+            assert_eq!(
+                broken,
+                serde_json::json!([]),
+                "words broken at {width} px on {path}"
+            );
+        }
+    }
+    // The waiting row says why in the Waiting column, whole.
+    c.goto(&format!("{base}/messages")).await.unwrap();
+    let why = text(&c, "table.history td.waiting").await;
+    assert!(!why.is_empty(), "the Waiting column is empty");
+    // The dashboard: each upstream with its port; the open circuit and until when; no
+    // Sign-in column when no provider signs in with OAuth2.
+    c.goto(&format!("{base}/")).await.unwrap();
+    let hosts: Vec<String> = {
+        let mut v = Vec::new();
+        for cell in c
+            .find_all(Locator::Css("table.providers td.host"))
+            .await
+            .unwrap()
+        {
+            v.push(cell.text().await.unwrap());
+        }
+        v
+    };
+    assert!(
+        hosts.contains(&format!("127.0.0.1:{dead_port}")),
+        "{hosts:?}"
+    );
+    assert!(
+        hosts.contains(&format!("127.0.0.1:{}", up.addr.port())),
+        "{hosts:?}"
+    );
+    let circuit = text(&c, "td.circuit[data-provider=primary-relay]").await;
+    assert!(circuit.starts_with("open"), "{circuit}");
+    assert!(circuit.contains(" UTC"), "{circuit}");
+    let heads = text(&c, "table.providers thead").await;
+    assert!(!heads.contains("Sign-in"), "{heads}");
+    // The limit columns are in the table's own font size.
+    let sizes = c
+        .execute(
+            "const t = getComputedStyle(document.querySelector('table.providers td.name')).fontSize; return Array.from(document.querySelectorAll('table.providers .limit-text, table.providers .limit-none')).map(e => getComputedStyle(e).fontSize === t);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        sizes
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|b| b == true)),
+        "{sizes}"
+    );
+    // Sizes in words, not raw bytes.
+    c.goto(&format!("{base}/messages/{sent}")).await.unwrap();
+    let page = text(&c, "main").await;
+    let size = page
+        .lines()
+        .find_map(|l| l.strip_prefix("Size"))
+        .map(str::trim)
+        .unwrap_or_default();
+    assert!(
+        size.ends_with(" KB")
+            && size[..size.len() - 3]
+                .parse::<u32>()
+                .is_ok_and(|k| (30..=32).contains(&k)),
+        "{page}"
+    );
+    assert!(!page.contains(" bytes"), "{page}");
 }

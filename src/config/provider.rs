@@ -338,6 +338,15 @@ impl ProviderConfig {
         )
     }
 
+    /// smtp: the port, else the one its `tls` mode uses (587, 465, 25).
+    pub fn smtp_port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            TlsMode::Starttls => 587,
+            TlsMode::Tls => 465,
+            TlsMode::None => 25,
+        })
+    }
+
     /// Where it sends, for people: the host, the eml directory, or Microsoft Graph.
     pub fn upstream(&self) -> String {
         match self.kind {
@@ -346,7 +355,12 @@ impl ProviderConfig {
                 .as_ref()
                 .map(|d| d.display().to_string())
                 .unwrap_or_default(),
-            ProviderKind::Smtp => self.host.clone().unwrap_or_default(),
+            // With the port: two providers on one host are told apart.
+            ProviderKind::Smtp => format!(
+                "{}:{}",
+                self.host.as_deref().unwrap_or_default(),
+                self.smtp_port()
+            ),
             ProviderKind::Graph => self
                 .graph_url
                 .clone()

@@ -119,11 +119,7 @@ pub fn wire_body(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 impl SmtpProvider {
     /// A provider for `config`; EHLO names `hostname`.
     pub fn new(config: &ProviderConfig, hostname: &str, secrets: SecretStore) -> SmtpProvider {
-        let port = config.port.unwrap_or(match config.tls {
-            TlsMode::Starttls => 587,
-            TlsMode::Tls => 465,
-            TlsMode::None => 25,
-        });
+        let port = config.smtp_port();
         SmtpProvider {
             host: config.host.clone().unwrap_or_default(),
             port,
@@ -927,8 +923,8 @@ async fn send_body(
                 Code::StoreDamaged,
                 format!(
                     "message body: the stored body could not be read after {} of {} ({why}); the message was not ended, so the server discards what it got",
-                    humansize(progress.sent.load(Ordering::Relaxed)),
-                    humansize(end)
+                    crate::text::size(progress.sent.load(Ordering::Relaxed)),
+                    crate::text::size(end)
                 ),
             )),
         },
@@ -940,8 +936,8 @@ async fn send_body(
                 format!(
                     "message body: the server stopped reading: it took no data for {} after {} of {}",
                     stage::words(t),
-                    humansize(progress.sent.load(Ordering::Relaxed)),
-                    humansize(end)
+                    crate::text::size(progress.sent.load(Ordering::Relaxed)),
+                    crate::text::size(end)
                 ),
             )
         } else {
@@ -949,23 +945,12 @@ async fn send_body(
                 Code::ConnectionFailed,
                 format!(
                     "message body: only {} of {} taken within {} (at least 64 KB/s are needed)",
-                    humansize(progress.sent.load(Ordering::Relaxed)),
-                    humansize(end),
+                    crate::text::size(progress.sent.load(Ordering::Relaxed)),
+                    crate::text::size(end),
                     stage::words(ceiling)
                 ),
             )
         }),
-    }
-}
-
-/// `1.5 MB`, `12 KB`, `900 bytes`.
-fn humansize(n: u64) -> String {
-    if n >= 1024 * 1024 {
-        format!("{:.1} MB", n as f64 / (1024.0 * 1024.0))
-    } else if n >= 1024 {
-        format!("{} KB", n / 1024)
-    } else {
-        format!("{n} bytes")
     }
 }
 

@@ -22,6 +22,8 @@ struct ProviderRow {
     day_bar: String,
     throttle_deferrals: u64,
     last_error: String,
+    /// When the last error came, as the pages show times.
+    last_error_at: String,
     token: String,
     /// The name in a URL path.
     path: String,
@@ -29,8 +31,22 @@ struct ProviderRow {
     delegated: bool,
     /// `closed`, `open` or `half-open`.
     circuit: &'static str,
-    /// While not closed: what it means, and until when.
+    /// While not closed: what it means.
     circuit_words: String,
+    /// While open: until when (a time, never broken inside).
+    circuit_until: String,
+}
+
+impl ProviderRow {
+    /// Until when the circuit is open, as HTML that wraps only between date and clock.
+    fn until_html(&self) -> String {
+        super::when_html(&self.circuit_until)
+    }
+
+    /// When the last error came, likewise.
+    fn error_at_html(&self) -> String {
+        super::when_html(&self.last_error_at)
+    }
 }
 
 struct ChainRow {
@@ -59,6 +75,8 @@ struct Dashboard {
     accepted: u64,
     rejected: u64,
     providers: Vec<ProviderRow>,
+    /// Some provider signs in with OAuth2: the Sign-in column is shown.
+    sign_in_column: bool,
     /// Routes, users' chains and the default chain, in the order they are looked at.
     chains: Vec<ChainRow>,
     /// Open alert conditions: event, what, since.
@@ -99,7 +117,8 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
             return page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         }
     };
-    let providers = snap.providers.iter().map(provider_row).collect();
+    let providers: Vec<ProviderRow> = snap.providers.iter().map(provider_row).collect();
+    let sign_in_column = providers.iter().any(|p| p.delegated || !p.token.is_empty());
     let chains = snap
         .chains
         .iter()
@@ -153,6 +172,7 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
         accepted: m.accepted.get(),
         rejected: m.totals.rejected.load(std::sync::atomic::Ordering::Relaxed),
         providers,
+        sign_in_column,
         chains,
         nodes: fleet_nodes(&state).await,
         alerts: state
@@ -240,7 +260,13 @@ fn provider_row(p: &ProviderView) -> ProviderRow {
             .stats
             .last_error
             .as_ref()
-            .map(|(e, at)| format!("{} ({e})", super::shown_time(&crate::time::rfc3339(*at))))
+            .map(|(e, _)| e.clone())
+            .unwrap_or_default(),
+        last_error_at: p
+            .stats
+            .last_error
+            .as_ref()
+            .map(|(_, at)| super::shown_time(&crate::time::rfc3339(*at)))
             .unwrap_or_default(),
         token,
         path: enc(&p.name),
@@ -248,11 +274,14 @@ fn provider_row(p: &ProviderView) -> ProviderRow {
         circuit: p.circuit.0.as_str(),
         circuit_words: match p.circuit {
             (CircuitState::Closed, _) => String::new(),
-            (CircuitState::Open, until) => format!(
-                "skipped after repeated failures until {}",
-                super::shown_time(&crate::time::rfc3339(until.unwrap_or(0)))
-            ),
+            (CircuitState::Open, _) => "skipped after repeated failures until".into(),
             (CircuitState::HalfOpen, _) => "the next message tries it".into(),
+        },
+        circuit_until: match p.circuit {
+            (CircuitState::Open, until) => {
+                super::shown_time(&crate::time::rfc3339(until.unwrap_or(0)))
+            }
+            _ => String::new(),
         },
     }
 }

@@ -31,6 +31,18 @@ struct Row {
     href: String,
 }
 
+impl Row {
+    /// When it was received, as HTML that wraps only between date and clock.
+    fn received_html(&self) -> String {
+        super::when_html(&self.received)
+    }
+
+    /// Until when it waits, likewise.
+    fn until_html(&self) -> String {
+        super::when_html(&self.waiting_until)
+    }
+}
+
 #[derive(Template)]
 #[template(path = "messages.html")]
 struct Messages {

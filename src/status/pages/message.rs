@@ -53,6 +53,8 @@ struct MessagePage {
     message_id: String,
     /// When it was received, as the pages show times.
     received: String,
+    /// Its size in words (`19.6 MB`).
+    size: String,
     retryable: bool,
     cancellable: bool,
     cancelled: Option<String>,
@@ -218,11 +220,12 @@ fn render(
     let (hdrs, mut body, attachments) = raw.as_deref().map(readable).unwrap_or_default();
     if raw.is_some() && record.size > PREVIEW as u64 {
         body.push_str(&format!(
-            "\n[... the message is {:.1} MB: this page reads its first megabyte (attachments after it are not listed); download the raw message for all of it]",
-            record.size as f64 / (1024.0 * 1024.0)
+            "\n[... the message is {}: this page reads its first megabyte (attachments after it are not listed); download the raw message for all of it]",
+            crate::text::size(record.size)
         ));
     }
     html(MessagePage {
+        size: crate::text::size(record.size),
         node,
         waiting: record
             .waiting

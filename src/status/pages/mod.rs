@@ -238,6 +238,25 @@ pub(super) fn shown_time(rfc3339: &str) -> String {
     rfc3339.replace('T', " ").replace('Z', " UTC")
 }
 
+/// A shown time as HTML that may wrap between its date and its clock and never inside
+/// either (a browser breaks `2026-12-07` after a hyphen when squeezed).
+pub(super) fn when_html(shown: &str) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    match shown.split_once(' ') {
+        Some((date, clock)) => format!(
+            "<span class=\"nobr\">{}</span> <span class=\"nobr\">{}</span>",
+            esc(date),
+            esc(clock)
+        ),
+        None => format!("<span class=\"nobr\">{}</span>", esc(shown)),
+    }
+}
+
 fn age(ms: u64) -> String {
     let s = now_ms().saturating_sub(ms) / 1000;
     match s {
