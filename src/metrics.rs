@@ -162,6 +162,10 @@ pub struct Totals {
     pub partial: AtomicU64,
     /// Messages failed.
     pub failed: AtomicU64,
+    /// Notices mailgate made (bounces, delay notices) that went.
+    pub notices_sent: AtomicU64,
+    /// Notices that failed.
+    pub notices_failed: AtomicU64,
 }
 
 impl Default for Metrics {

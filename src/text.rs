@@ -11,6 +11,17 @@ pub fn counted(n: impl Into<u64>, noun: &str) -> String {
     }
 }
 
+/// A text with `code` spans (the diagnosis catalogue's fixes) for a terminal or a
+/// plain-text mail: the backticks go, the words stay (`mailgate retry ID` reads
+/// mailgate retry ID). Unbalanced backticks are left as they are.
+pub fn plain(s: &str) -> String {
+    if s.matches('`').count().is_multiple_of(2) {
+        s.replace('`', "")
+    } else {
+        s.to_string()
+    }
+}
+
 /// A size in words: `900 bytes`, `12 KB`, `19.6 MB` (KB and MB are powers of 1024, as
 /// `max_message_size` reads them).
 pub fn size(n: u64) -> String {
@@ -25,6 +36,15 @@ pub fn size(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn code_spans_read_as_plain_words() {
+        assert_eq!(
+            super::plain("then `mailgate retry ID` sends it"),
+            "then mailgate retry ID sends it"
+        );
+        assert_eq!(super::plain("a ` b"), "a ` b");
+    }
+
     #[test]
     fn sizes_in_words() {
         assert_eq!(super::size(1), "1 byte");

@@ -242,8 +242,12 @@ async fn verify_and_stored_passwords() {
     assert!(out.starts_with("up: FAILED: 535 5.7.8"), "{out}");
     assert!(out.contains("  diagnosis: auth-failed\n"), "{out}");
     assert!(
-        out.contains("  fix:       Check the provider's `username` and its password"),
+        out.contains("  fix:       Check the provider's username and its password"),
         "{out}"
+    );
+    assert!(
+        !out.contains('`'),
+        "a fix in a terminal has no literal backticks: {out}"
     );
     assert!(!out.contains("wrong-one"), "the password is never printed");
 

@@ -276,3 +276,38 @@ fn the_human_log_has_no_colour_codes_in_a_pipe() {
         "ANSI escape codes in a pipe: {seen:?}"
     );
 }
+
+#[test]
+fn a_misspelt_key_and_a_bare_number_for_a_duration_say_what_was_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(
+        &path,
+        "[distributor]\nretry_max = 30\n\
+         [[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\nper_minut_limit = 30\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let o = Command::new(bin())
+        .args(["--config", p, "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with(&format!("{p}:2:")), "{err}");
+    assert!(
+        lines[0].contains("written in quotes with its unit: \"30s\", \"30m\" or \"30h\", not 30"),
+        "{err}"
+    );
+    assert!(!lines[0].contains("expected a string"), "{err}");
+    assert!(
+        lines[1].starts_with(&format!("{p}:7:1: unknown field `per_minut_limit`")),
+        "{err}"
+    );
+    assert!(
+        lines[1].ends_with("did you mean `per_minute_limit`?"),
+        "{err}"
+    );
+}

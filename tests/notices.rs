@@ -151,6 +151,12 @@ async fn a_failed_message_bounces_to_its_sender_as_a_delivery_status_report() {
     assert!(text.contains("Statement 4711"), "{text}");
     assert!(text.contains("What happened (recipient-unknown)"), "{text}");
     assert!(text.contains("What to do:"), "{text}");
+    // The fix names the command in plain words (recipient-unknown's fix has one).
+    assert!(text.contains("mailgate retry ID"), "{text}");
+    assert!(
+        !text.contains('`'),
+        "no literal backticks in a bounce: {text}"
+    );
     assert!(
         p["original_headers"]
             .as_str()

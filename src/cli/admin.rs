@@ -455,6 +455,9 @@ pub async fn queue(config: &Config) -> i32 {
     for st in ["sent", "partial", "failed"] {
         println!("{:<9} {}", format!("{st}:"), s["records"][st]);
     }
+    // Said once: when the oldest message waits because sending is paused, that line
+    // already says so.
+    let mut said_paused = false;
     match q["oldest_id"].as_str() {
         Some(id) => {
             println!("oldest waiting: {id} ({}s old)", q["oldest_age_seconds"]);
@@ -464,13 +467,16 @@ pub async fn queue(config: &Config) -> i32 {
                 .ok()
                 .and_then(|r| r.waiting);
             match why {
-                Some(w) => println!("  waiting: {}", w.words()),
+                Some(w) => {
+                    said_paused = w.reason == "paused";
+                    println!("  waiting: {}", w.words());
+                }
                 None => println!("  waiting: for its first attempt"),
             }
         }
         None => println!("oldest waiting: none"),
     }
-    if s["distributor"]["paused"] == json!(true) {
+    if s["distributor"]["paused"] == json!(true) && !said_paused {
         println!("the distributor is paused (mailgate resume)");
     }
     exit::OK

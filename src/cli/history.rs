@@ -13,7 +13,7 @@ use crate::history::Record;
 /// Flags of `history`.
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// Only this status (queued, deferred, sent, partial, failed).
+    /// Only this status (queued, deferred, sent, partial, failed, cancelled).
     #[arg(long)]
     pub status: Option<String>,
     /// Only this user.
@@ -169,10 +169,16 @@ pub fn show_text(r: &Record) -> String {
     let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
     let _ = writeln!(out, "Message {}", r.id);
     let _ = writeln!(out, "  status:          {}", r.status.as_str());
+    // Mail from the sendmail door, the maildrop or the API has no HELO: none is shown.
+    let helo = if r.helo.is_empty() {
+        String::new()
+    } else {
+        format!(" (HELO {})", r.helo)
+    };
     let _ = writeln!(
         out,
-        "  received:        {} from {} (HELO {})",
-        r.received_at, r.client, r.helo
+        "  received:        {} from {}{helo}",
+        r.received_at, r.client
     );
     let _ = writeln!(out, "  auth login:      {}", opt(&r.auth_login));
     let _ = writeln!(out, "  user:            {}", opt(&r.user));
@@ -239,8 +245,8 @@ pub fn show_text(r: &Record) -> String {
         let _ = writeln!(out, "  {} via {}: {}", a.at, a.provider, a.reply);
         if let Some(d) = &a.diagnosis {
             let _ = writeln!(out, "    diagnosis: {}", d.code);
-            let _ = writeln!(out, "    why:       {}", d.explanation);
-            let _ = writeln!(out, "    fix:       {}", d.fix);
+            let _ = writeln!(out, "    why:       {}", crate::text::plain(&d.explanation));
+            let _ = writeln!(out, "    fix:       {}", crate::text::plain(&d.fix));
         }
         if let Some(n) = &a.note {
             let _ = writeln!(out, "    note:      {n}");

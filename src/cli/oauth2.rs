@@ -57,7 +57,7 @@ fn oauth_provider<'a>(config: &'a Config, name: &str) -> Result<&'a ProviderConf
     };
     if !o.flow.is_delegated() {
         eprintln!(
-            "provider {name:?} uses flow = \"{}\": it signs in with the app's own credentials, so there is nothing to sign in (`mailgate verify --provider {name}` tries them); `oauth2 login` is for flow = \"device_code\" and \"authorization_code\"",
+            "provider {name:?} uses flow = \"{}\": it signs in with the app's own credentials, so there is nothing to sign in (mailgate verify --provider {name} tries them); oauth2 login is for flow = \"device_code\" and \"authorization_code\"",
             o.flow.as_str()
         );
         return Err(exit::USAGE);
@@ -95,7 +95,7 @@ async fn tell_daemon(config: &Config, provider: &str) {
             );
         }
         Err(e) => eprintln!(
-            "could not tell the running daemon ({e}); it reads the sign-in at its next token renewal, and `mailgate retry --all` sends held mail now"
+            "could not tell the running daemon ({e}); it reads the sign-in at its next token renewal, and mailgate retry --all sends held mail now"
         ),
     }
 }
@@ -166,7 +166,7 @@ pub async fn oauth2(config: &Config, cmd: &OAuth2Command) -> i32 {
             match source.forget_sign_in() {
                 Ok(true) => {
                     println!(
-                        "forgot the sign-in of provider {provider:?}; its mail waits (oauth-not-signed-in) until the next `mailgate oauth2 login --provider {provider}`"
+                        "forgot the sign-in of provider {provider:?}; its mail waits (oauth-not-signed-in) until the next mailgate oauth2 login --provider {provider}"
                     );
                     tell_daemon(config, provider).await;
                     exit::OK

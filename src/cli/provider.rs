@@ -68,8 +68,8 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> i32 {
                 let (why, fix) = code.texts();
                 println!("{name}: FAILED: {reply}");
                 println!("  diagnosis: {}", code.as_str());
-                println!("  why:       {why}");
-                println!("  fix:       {fix}");
+                println!("  why:       {}", crate::text::plain(why));
+                println!("  fix:       {}", crate::text::plain(fix));
             }
         }
     }

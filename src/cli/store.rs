@@ -64,7 +64,7 @@ pub async fn store(config: &Config, command: &StoreCommand) -> i32 {
                         exit::OK
                     } else {
                         println!(
-                            "Copy what is readable into a new store with `mailgate store salvage NEW.redb`, then set store.path to it."
+                            "Copy what is readable into a new store with mailgate store salvage NEW.redb, then set store.path to it."
                         );
                         exit::FAILED
                     }

@@ -167,10 +167,55 @@ pub struct Dur(pub Duration);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+        struct Words;
+        impl serde::de::Visitor<'_> for Words {
+            type Value = Dur;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration in quotes with its unit, like \"30m\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Dur, E> {
+                humantime::parse_duration(s.trim())
+                    .map(Dur)
+                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+            }
+            // A bare number has no unit: say how to write it rather than guess one.
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Dur, E> {
+                Err(E::custom(format!(
+                    "a duration is written in quotes with its unit: \"{n}s\", \"{n}m\" or \"{n}h\", not {n}"
+                )))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Dur, E> {
+                self.visit_i64(n as i64)
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Dur, E> {
+                Err(E::custom(format!(
+                    "a duration is written in quotes with its unit, like \"90s\" or \"1h 30m\", not {n}"
+                )))
+            }
+        }
+        d.deserialize_any(Words)
+    }
+}
+
+/// A serde message about an unknown key, with the nearest known key when one is close
+/// (`unknown field `per_minut_limit`` ... `did you mean `per_minute_limit`?`).
+fn with_suggestion(message: String) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message;
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message;
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (strsim::jaro_winkler(unknown, k), k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, k)) => format!("{message}; did you mean `{k}`?"),
+        None => message,
     }
 }
 
@@ -671,7 +716,10 @@ impl Config {
                 Ok(c) => break Some(c),
                 Err(e) => {
                     let span = e.span();
-                    errors.push(locate(span.clone(), e.message().trim().to_string()));
+                    errors.push(locate(
+                        span.clone(),
+                        with_suggestion(e.message().trim().to_string()),
+                    ));
                     // Blank the key's line(s) and read again, at most 50 times.
                     match span.and_then(|s| blank_key_lines(&mut work, s)) {
                         Some(()) if errors.len() < 50 => {}

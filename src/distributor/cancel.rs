@@ -31,7 +31,7 @@ impl Distributor {
         let claimed = self
             .in_flight
             .lock()
-            .is_ok_and(|mut s| s.insert(id.to_string()));
+            .is_ok_and(|mut s| super::claim(&mut s, id, None));
         if !claimed {
             return Err(CancelError::Sending(id.to_string()));
         }

@@ -189,7 +189,7 @@ impl Distributor {
                     let claimed = self
                         .in_flight
                         .lock()
-                        .is_ok_and(|mut s| s.insert(record.id.clone()));
+                        .is_ok_and(|mut s| super::claim(&mut s, &record.id, Some(record.status)));
                     if !claimed {
                         self.settle(&group.provider, &record.id, 0, None);
                         continue;
@@ -247,7 +247,7 @@ impl Distributor {
                     // When to look again.
                     return Pick::Last;
                 }
-                if in_flight.contains(id) || aside.contains(id) {
+                if in_flight.contains_key(id) || aside.contains(id) {
                     return Pick::Skip;
                 }
                 match rooms.get_mut(provider) {
@@ -441,6 +441,7 @@ impl Distributor {
             deferrals: record.deferrals,
             last: record.attempts.last().cloned(),
             took: started.elapsed(),
+            notice: record.notice_of.is_some(),
         };
         let mut mutations = vec![
             Mutation::Update {
@@ -620,6 +621,7 @@ impl Distributor {
         status: Status,
         last: Option<&crate::history::Attempt>,
         took: Duration,
+        notice: bool,
     ) {
         use crate::metrics::{ProviderDiagnosis, ProviderLabel};
         let m = &self.metrics;
@@ -635,7 +637,10 @@ impl Distributor {
         match status {
             Status::Sent | Status::Partial => {
                 m.sent.get_or_create(&label).inc();
-                let total = if status == Status::Sent {
+                // The totals count the applications' mail; notices apart.
+                let total = if notice {
+                    &m.totals.notices_sent
+                } else if status == Status::Sent {
                     &m.totals.sent
                 } else {
                     &m.totals.partial
@@ -649,7 +654,12 @@ impl Distributor {
                         diagnosis,
                     })
                     .inc();
-                m.totals.failed.fetch_add(1, Ordering::Relaxed);
+                if notice {
+                    &m.totals.notices_failed
+                } else {
+                    &m.totals.failed
+                }
+                .fetch_add(1, Ordering::Relaxed);
             }
             Status::Deferred => self.count_deferred(provider, &diagnosis),
             Status::Queued | Status::Cancelled => {}

@@ -39,6 +39,18 @@ use throttle::{Limits, Windows};
 /// How many deliveries run at once across all providers.
 const MAX_IN_FLIGHT: usize = 64;
 
+/// Claims message `id` in the in-flight map unless someone holds it already (a send or
+/// a cancel); never overwrites the holder's entry.
+fn claim(map: &mut HashMap<String, Option<Status>>, id: &str, how: Option<Status>) -> bool {
+    match map.entry(id.to_string()) {
+        std::collections::hash_map::Entry::Occupied(_) => false,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(how);
+            true
+        }
+    }
+}
+
 /// The limits of a provider in force (its own, else its kind's defaults).
 pub fn provider_limits(p: &ProviderConfig) -> Limits {
     let (per_minute, per_day) = p.limits();
@@ -199,7 +211,9 @@ pub struct Distributor {
     wake: Arc<Notify>,
     paused: AtomicBool,
     routing: RwLock<Arc<Routing>>,
-    in_flight: Mutex<HashSet<String>>,
+    /// Messages claimed: being sent (with the status their record had when the attempt
+    /// began), or being cancelled (None).
+    in_flight: Mutex<HashMap<String, Option<Status>>>,
     /// The attempts handed to a provider and not yet ended, by message id.
     running: Mutex<HashMap<String, Running>>,
     providers: Mutex<HashMap<String, ProviderState>>,
@@ -268,7 +282,7 @@ impl Distributor {
             wake,
             paused: AtomicBool::new(!config.distributor.enabled),
             routing: RwLock::new(Arc::new(Routing::from_config(config))),
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             providers: Mutex::new(providers),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
@@ -391,7 +405,18 @@ impl Distributor {
 
     /// Messages being delivered right now.
     pub fn sending(&self) -> usize {
-        self.in_flight.lock().map_or(0, |s| s.len())
+        self.in_flight
+            .lock()
+            .map_or(0, |s| s.values().filter(|v| v.is_some()).count())
+    }
+
+    /// Of the messages being sent, how many have a record that still says `status`
+    /// (queued or deferred until the attempt ends): a message being sent is counted
+    /// once, as sending, not also as waiting.
+    pub fn sending_from(&self, status: Status) -> u64 {
+        self.in_flight.lock().map_or(0, |s| {
+            s.values().filter(|v| **v == Some(status)).count() as u64
+        })
     }
 
     /// Makes every message deferred for an authentication, TLS or configuration reason

@@ -27,6 +27,8 @@ pub(super) struct Finish {
     pub(super) deferrals: u32,
     pub(super) last: Option<Attempt>,
     pub(super) took: Duration,
+    /// A notice mailgate made (bounce, delay): counted apart in the totals.
+    pub(super) notice: bool,
 }
 
 /// An attempt's outcome waiting for the store.
@@ -52,7 +54,7 @@ impl Distributor {
             delay_ms = crate::time::duration_ms(f.took),
             "delivery"
         );
-        self.count_outcome(&f.provider, f.status, f.last.as_ref(), f.took);
+        self.count_outcome(&f.provider, f.status, f.last.as_ref(), f.took, f.notice);
         let _ = self.events.send(DeliveryEvent {
             id: f.id,
             status: f.status,

@@ -172,8 +172,8 @@ pub fn compose(f: &Facts<'_>) -> (Vec<u8>, String) {
         text.push_str(&format!(
             "\r\nWhat happened ({}): {}\r\n\r\nWhat to do: {}\r\n",
             d.code,
-            one_line(&d.explanation),
-            one_line(&d.fix)
+            one_line(&crate::text::plain(&d.explanation)),
+            one_line(&crate::text::plain(&d.fix))
         ));
     }
 

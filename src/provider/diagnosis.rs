@@ -53,6 +53,8 @@ pub enum Code {
     BasicAuthRetired,
     /// 5.7.60 / SendAsDeniedException.
     SendAsDenied,
+    /// 5.7.1 / 5.1.8 "sender address rejected/refused" at MAIL FROM.
+    SenderRefused,
     /// SubmissionQuotaExceeded, or our own daily limit.
     DailyQuota,
     /// "single label domains not accepted".
@@ -98,7 +100,7 @@ pub enum Code {
 }
 
 /// Every code, for lookups.
-pub const ALL: [Code; 28] = [
+pub const ALL: [Code; 29] = [
     Code::AuthNotSupported,
     Code::AuthFailed,
     Code::NotAuthenticated,
@@ -106,6 +108,7 @@ pub const ALL: [Code; 28] = [
     Code::SmtpAuthDisabled,
     Code::BasicAuthRetired,
     Code::SendAsDenied,
+    Code::SenderRefused,
     Code::DailyQuota,
     Code::SingleLabelDomain,
     Code::RecipientUnknown,
@@ -140,6 +143,7 @@ impl Code {
             Code::SmtpAuthDisabled => "smtp-auth-disabled",
             Code::BasicAuthRetired => "basic-auth-retired",
             Code::SendAsDenied => "send-as-denied",
+            Code::SenderRefused => "sender-refused",
             Code::DailyQuota => "daily-quota",
             Code::SingleLabelDomain => "single-label-domain",
             Code::RecipientUnknown => "recipient-unknown",
@@ -247,6 +251,10 @@ impl Code {
             Code::SendAsDenied => (
                 "The relay account is not allowed to send as this From address.",
                 "Grant the relay account Send As on that mailbox (Exchange admin center > Recipients > Mailboxes > the mailbox > Delegation > Send as, or Add-RecipientPermission), or set the user's `sender_email` to an address the account may use; with `send_mode = \"on-behalf-of\"` only Send on Behalf is needed.",
+            ),
+            Code::SenderRefused => (
+                "The upstream refused the envelope sender (MAIL FROM): it takes no mail from this address (5.7.1 or 5.1.8, \"sender address rejected\" or \"refused\"). The address is the one after mailgate's rewrite; the reply says more.",
+                "`mailgate show ID` shows the sender that went. Make it an address the provider's account may send from: set the user's `sender_email` (or `rewrite.default_sender`) to it, or grant the account the right to send as it (Microsoft 365: Send As, or own the address); for 5.1.8 the sender's domain must exist in DNS. Then `mailgate retry ID`.",
             ),
             Code::DailyQuota => (
                 "The daily recipient quota is reached (Microsoft 365: 10,000 recipients a day per mailbox, SubmissionQuotaExceeded).",
@@ -376,6 +384,12 @@ pub fn from_reply(code: u16, text: &str) -> Code {
         || has("does not have permissions to send as this sender")
     {
         Code::SendAsDenied
+    } else if (is(1, 8) || is(7, 1) || code == 553 || code == 550)
+        && has("sender")
+        && (has("refused") || has("rejected") || has("denied"))
+        || is(1, 8)
+    {
+        Code::SenderRefused
     } else if has("SubmissionQuotaExceeded") {
         Code::DailyQuota
     } else if has("single label domain") {
@@ -502,6 +516,22 @@ mod tests {
             ),
             (550, "No such user here", Code::RecipientUnknown),
             (550, "5.7.1 Relaying denied", Code::Unknown),
+            (550, "5.7.1 Sender address refused", Code::SenderRefused),
+            (
+                553,
+                "5.7.1 <app@erp.local>: Sender address rejected: not owned by user relay@contoso.com",
+                Code::SenderRefused,
+            ),
+            (
+                550,
+                "5.1.8 <app@nowhere.invalid>: Sender address rejected: Domain not found",
+                Code::SenderRefused,
+            ),
+            (
+                554,
+                "5.7.1 <b@example.com>: Recipient address rejected: Access denied",
+                Code::Unknown,
+            ),
         ];
         for (code, text, want) in cases {
             assert_eq!(from_reply(code, text), want, "{code} {text}");

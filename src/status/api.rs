@@ -64,8 +64,8 @@ pub(super) async fn status(State(state): State<AppState>) -> Response {
             "paused": snap.paused,
         },
         "queue": {
-            "queued": snap.count(Status::Queued),
-            "deferred": snap.count(Status::Deferred),
+            "queued": snap.waiting(Status::Queued),
+            "deferred": snap.waiting(Status::Deferred),
             "sending": snap.sending,
             "oldest_age_seconds": snap.oldest_age_seconds(),
             "oldest_id": snap.oldest,
@@ -77,6 +77,8 @@ pub(super) async fn status(State(state): State<AppState>) -> Response {
             "sent": m.totals.sent.load(Ordering::Relaxed),
             "partial": m.totals.partial.load(Ordering::Relaxed),
             "failed": m.totals.failed.load(Ordering::Relaxed),
+            "notices_sent": m.totals.notices_sent.load(Ordering::Relaxed),
+            "notices_failed": m.totals.notices_failed.load(Ordering::Relaxed),
         },
         "providers": providers,
         "chains": snap.chains.iter().map(|c| json!({

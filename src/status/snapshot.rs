@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub paused: bool,
     /// Deliveries running now.
     pub sending: usize,
+    /// Of those, how many have a record still queued, and still deferred.
+    pub sending_from: (u64, u64),
     /// Each configured provider, in configuration order.
     pub providers: Vec<ProviderView>,
     /// Where mail goes: the routes, the users' chains, the default chain, in the order
@@ -151,6 +153,10 @@ impl Snapshot {
             enabled: config.distributor.enabled,
             paused: state.distributor.is_paused(),
             sending: state.distributor.sending(),
+            sending_from: (
+                state.distributor.sending_from(Status::Queued),
+                state.distributor.sending_from(Status::Deferred),
+            ),
             providers,
             chains: chain_views(&config),
         })
@@ -159,6 +165,17 @@ impl Snapshot {
     /// The records of one status.
     pub fn count(&self, status: Status) -> u64 {
         status.count_in(&self.counts)
+    }
+
+    /// The records of `status` (queued or deferred) that wait: those being sent are
+    /// counted as sending only.
+    pub fn waiting(&self, status: Status) -> u64 {
+        let sending = match status {
+            Status::Queued => self.sending_from.0,
+            Status::Deferred => self.sending_from.1,
+            _ => 0,
+        };
+        self.count(status).saturating_sub(sending)
     }
 
     /// Seconds since the oldest waiting message arrived.

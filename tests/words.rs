@@ -1,0 +1,162 @@
+//! What mailgate says, where a new administrator read it wrong: the queue while paused
+//! and while a message is being sent, `history --help`, a test email's record, a refused
+//! sender's diagnosis, and the totals with a failed bounce. The binary, its CLI and its
+//! API against a scripted upstream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::upstream::{Script, Upstream};
+use common::{DaemonProcess, TestEnv, cli, queued_id, send_once, write};
+use serde_json::Value;
+
+fn provider(up: &Upstream) -> String {
+    format!(
+        "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 0\n\
+         [distributor]\ndefault_provider = \"up\"\n",
+        up.addr.port()
+    )
+}
+
+async fn status(d: &DaemonProcess) -> Value {
+    common::get(format!("http://{}/status", d.status))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until `/status` satisfies `pred`.
+async fn wait_status(d: &DaemonProcess, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(d).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_counts_a_message_being_sent_once_and_says_paused_once() {
+    // The upstream takes the message and never ends the exchange: it is being sent.
+    let up = Upstream::start(Script::default().stall("end")).await;
+    let env = TestEnv::new("", "");
+    write(&env, &provider(&up));
+    let d = DaemonProcess::start(&env.config_path);
+    let r = send_once(
+        d.smtp,
+        "app@erp.local",
+        &["a@example.com"],
+        b"Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
+    queued_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let s = wait_status(&d, "a message being sent", |s| s["queue"]["sending"] == 1).await;
+    assert_eq!(s["queue"]["queued"], 0, "counted as sending only: {s:#}");
+    let (code, out, err) = cli(&env, &["queue"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("queued:   0\n"), "{out}");
+    assert!(out.contains("sending:  1\n"), "{out}");
+
+    // Paused, with one more message waiting: the reason is said once.
+    let (code, out, err) = cli(&env, &["pause"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let r = send_once(
+        d.smtp,
+        "app@erp.local",
+        &["b@example.com"],
+        b"Subject: t\r\n\r\nx\r\n",
+    )
+    .await;
+    queued_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let (code, out, err) = cli(&env, &["queue"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches("paused").count(), 1, "{out}");
+    assert!(out.contains("mailgate resume"), "{out}");
+
+    // history --help names every status, cancelled among them.
+    let (code, out, _) = cli(&env, &["history", "--help"]);
+    assert_eq!(code, 0);
+    for st in [
+        "queued",
+        "deferred",
+        "sent",
+        "partial",
+        "failed",
+        "cancelled",
+    ] {
+        assert!(out.contains(st), "{st} missing: {out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_sender_is_diagnosed_and_a_failed_bounce_is_counted_apart() {
+    // The upstream refuses every sender, the bounce's null sender included.
+    let up =
+        Upstream::start(Script::default().reply("mail", "550 5.7.1 Sender address refused")).await;
+    let env = TestEnv::new("", "");
+    write(&env, &provider(&up));
+    let d = DaemonProcess::start(&env.config_path);
+    let r = send_once(
+        d.smtp,
+        "app@contoso.com",
+        &["a@example.com"],
+        b"Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
+    let id = queued_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let s = wait_status(&d, "the message and its bounce failed", |s| {
+        s["totals"]["failed"] == 1 && s["totals"]["notices_failed"] == 1
+    })
+    .await;
+    assert_eq!(s["records"]["failed"], 2, "the records hold both: {s:#}");
+    let (code, out, err) = cli(&env, &["show", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("diagnosis: sender-refused"), "{out}");
+    assert!(
+        out.contains("fix:       mailgate show ID shows the sender"),
+        "{out}"
+    );
+    assert!(!out.contains('`'), "{out}");
+    let m = d.get_text("/metrics").await;
+    assert!(
+        m.contains("mailgate_messages_failed_total{provider=\"up\",diagnosis=\"sender-refused\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_helo_shows_none() {
+    let env = TestEnv::new("", "");
+    write(&env, "");
+    let d = DaemonProcess::start(&env.config_path);
+    // The admin API's send: no SMTP session, so no HELO.
+    let (code, out, err) = cli(
+        &env,
+        &[
+            "send",
+            "--to",
+            "a@example.com",
+            "--subject",
+            "hi",
+            "--body",
+            "x",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let id = out
+        .split_whitespace()
+        .find(|w| w.len() == 26)
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let (code, out, err) = cli(&env, &["show", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("HELO"), "{out}");
+    let page = d.get_text(&format!("/messages/{id}")).await;
+    assert!(!page.contains("(HELO )"), "{page}");
+}
