@@ -209,9 +209,20 @@ fn expand(
     path: &mut Vec<String>,
     out: &mut Resolved,
 ) -> Result<(), AliasError> {
-    let entry = aliases
-        .filter(|_| !path.iter().any(|p| p == name))
-        .and_then(|a| a.entries.get(name).map(|e| (a, e)));
+    // A name that comes back inside its own expansion (`root: ops@contoso.com, root`,
+    // "keep a copy locally"): as Postfix's local(8) does, that copy goes to the local
+    // mailbox, which for mailgate is sendmail.admin_address; without one it is dropped
+    // (said in the log) and the other members still get the mail.
+    if path.iter().any(|p| p == name) {
+        match admin {
+            Some(a) => out.rcpts.push(a.to_string()),
+            None => out.warnings.push(format!(
+                "{name}: the alias names itself (a copy kept locally); mailgate has no local mailbox and sendmail.admin_address is not set, so that copy is dropped and the other members get the mail"
+            )),
+        }
+        return Ok(());
+    }
+    let entry = aliases.and_then(|a| a.entries.get(name).map(|e| (a, e)));
     let Some((file, entry)) = entry else {
         return match admin {
             Some(a) => {
@@ -314,6 +325,14 @@ mod tests {
             resolve(&names(&["x"]), Some(&a), None),
             Err(AliasError::NoUser(_))
         ));
+    }
+
+    #[test]
+    fn keeping_a_copy_locally_without_an_admin_address_drops_only_that_copy() {
+        let a = parse("root: ops@contoso.com, root\n");
+        let r = resolve(&names(&["root"]), Some(&a), None).unwrap();
+        assert_eq!(r.rcpts, names(&["ops@contoso.com"]));
+        assert!(r.warnings[0].contains("names itself"), "{:?}", r.warnings);
     }
 
     #[test]

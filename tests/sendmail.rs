@@ -514,3 +514,50 @@ async fn local_names_go_where_the_aliases_and_admin_address_say() {
     );
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_that_keeps_a_copy_locally_still_reaches_its_other_members() {
+    // The classic `root: ops@..., root` with no admin_address: the mail reaches ops, the
+    // door says the local copy was dropped (aliases(5), as Postfix's local(8) reads it).
+    let (env, status) = env_with_ports();
+    let sendmail = link(&env, "sendmail");
+    let aliases = env.dir.path().join("aliases");
+    std::fs::write(&aliases, "root: ops@example.com, root\n").unwrap();
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    std::fs::write(
+        &env.config_path,
+        format!(
+            "{text}\n[sendmail]\naliases = {:?}\n",
+            aliases.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut d = DaemonProcess::start(&env.config_path);
+    let o = run(
+        &sendmail,
+        &["-FCronDaemon", "-i", "-oem", "root"],
+        &env,
+        b"Subject: Cron <root@web1> backup\n\ndone\n",
+    );
+    ok(&o);
+    said(&o, "root: the alias names itself");
+    let id = accepted_id(&mut d, 1);
+    d.wait_sent(std::slice::from_ref(&id), WAIT);
+    assert_eq!(rcpts_of(status, &id).await, ["ops@example.com"]);
+
+    // With admin_address, the local copy goes there.
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    std::fs::write(
+        &env.config_path,
+        format!("{text}admin_address = \"admin@example.com\"\n"),
+    )
+    .unwrap();
+    let o = run(&sendmail, &["root"], &env, b"Subject: again\n\nx\n");
+    ok(&o);
+    let id = accepted_id(&mut d, 2);
+    d.wait_sent(std::slice::from_ref(&id), WAIT);
+    assert_eq!(
+        rcpts_of(status, &id).await,
+        ["ops@example.com", "admin@example.com"]
+    );
+}
