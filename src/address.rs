@@ -61,6 +61,32 @@ pub fn canonical_address(parsed: &str) -> String {
 /// The longest address any door takes, in bytes.
 pub const MAX_ADDRESS: usize = 320;
 
+/// Whether mail can reach `addr` from the Internet, judged by its domain alone: not a
+/// single label (`app@erp`) and not a name kept for local or test use (`.local`,
+/// `.lan`, `.internal`, `.localdomain`, `.home.arpa`, `.localhost`, `.test`,
+/// `.invalid`; RFC 6761, RFC 6762, RFC 8375 and common practice).
+pub fn is_routable(addr: &str) -> bool {
+    let Some((_, domain)) = addr.rsplit_once('@') else {
+        return false;
+    };
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    if !domain.contains('.') {
+        return false;
+    }
+    ![
+        "local",
+        "lan",
+        "internal",
+        "localdomain",
+        "home.arpa",
+        "localhost",
+        "test",
+        "invalid",
+    ]
+    .iter()
+    .any(|t| domain.ends_with(&format!(".{t}")) || domain == *t)
+}
+
 /// Checks `local@domain` (the local part a dot-atom or a quoted string). Single-label
 /// domains are reported last, so the caller may let them pass.
 pub fn check_address(addr: &str, smtputf8: bool) -> Result<(), AddressProblem> {

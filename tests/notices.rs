@@ -298,3 +298,111 @@ async fn a_message_that_waits_gets_one_delay_notice() {
         .count();
     assert_eq!(notices, 1);
 }
+
+/// A daemon with no `[[user]]` rule and no `notify.from` (the shipped configuration's
+/// shape), an upstream that refuses gone@example.com, and `extra` config.
+fn plain_env(up: &Upstream, extra: &str) -> TestEnv {
+    let env = TestEnv::new("", "");
+    write(
+        &env,
+        &format!(
+            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+             [distributor]\ndefault_provider = \"up\"\n{extra}",
+            up.addr.port()
+        ),
+    );
+    env
+}
+
+async fn failed_record(d: &DaemonProcess, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r: serde_json::Value = common::get(format!("http://{}/api/messages/{id}", d.status))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if r["status"] == "failed" {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{r:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_for_a_sender_in_a_local_domain_goes_to_someone_who_reads_mail() {
+    let refuse = || {
+        Script::default().reply(
+            "rcpt:gone@example.com",
+            "550 5.1.1 <gone@example.com>: User unknown",
+        )
+    };
+
+    // No rule, no notify.from, no admin_address: nobody can be told; the page and the
+    // log say so, and nothing goes to app@erp.local.
+    let up = Upstream::start(refuse()).await;
+    let env = plain_env(&up, "");
+    let mut d = DaemonProcess::start(&env.config_path);
+    let id = submit(&d, "app@erp.local", &["gone@example.com"], "").await;
+    failed_record(&d, &id).await;
+    let line = d.wait_log(
+        |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("no one could be told"))
+        },
+        Duration::from_secs(10),
+    );
+    assert_eq!(line["id"], id.as_str(), "{line}");
+    let page = d.get_text(&format!("/messages/{id}")).await;
+    assert!(
+        page.contains("no bounce was sent: the sender app@erp.local cannot receive mail"),
+        "{page}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        up.messages()
+            .iter()
+            .all(|m| !m.rcpts.iter().any(|r| r == "app@erp.local")),
+        "a bounce went to a sender in a local domain"
+    );
+    drop(d);
+
+    // With admin_address: the administrator gets it.
+    let up = Upstream::start(refuse()).await;
+    let env = plain_env(&up, "[sendmail]\nadmin_address = \"it@contoso.com\"\n");
+    let d = DaemonProcess::start(&env.config_path);
+    submit(&d, "scanner@printers", &["gone@example.com"], "").await;
+    let got = to(&up, "it@contoso.com", 1).await;
+    assert!(
+        String::from_utf8_lossy(&got[0].data).contains("gone@example.com"),
+        "the bounce names the failed recipient"
+    );
+    drop(d);
+
+    // A rule that rewrites to a routable sender: the bounce goes there (admin or not).
+    let up = Upstream::start(refuse()).await;
+    let env = plain_env(
+        &up,
+        "[sendmail]\nadmin_address = \"it@contoso.com\"\n\
+         [[user]]\nname = \"erp\"\nmatch_senders = [\"*@erp.local\"]\nemail = \"billing@contoso.com\"\n",
+    );
+    let d = DaemonProcess::start(&env.config_path);
+    submit(&d, "app@erp.local", &["gone@example.com"], "").await;
+    to(&up, "billing@contoso.com", 1).await;
+    drop(d);
+
+    // A routable sender keeps getting its own bounce.
+    let up = Upstream::start(refuse()).await;
+    let env = plain_env(&up, "[sendmail]\nadmin_address = \"it@contoso.com\"\n");
+    let d = DaemonProcess::start(&env.config_path);
+    submit(&d, "app@contoso.com", &["gone@example.com"], "").await;
+    to(&up, "app@contoso.com", 1).await;
+    assert!(
+        up.messages()
+            .iter()
+            .all(|m| !m.rcpts.iter().any(|r| r == "it@contoso.com"))
+    );
+}

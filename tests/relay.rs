@@ -530,7 +530,7 @@ async fn message_level_replies() {
         "550 5.1.8 Sender address rejected",
         &["a@contoso.com"],
         Status::Failed,
-        "unknown",
+        "sender-refused",
     )
     .await;
 }

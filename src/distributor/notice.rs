@@ -26,6 +26,19 @@ pub struct NotifySettings {
     pub hostname: String,
     /// Each provider's `username` (the default From of its notices).
     pub usernames: HashMap<String, String>,
+    /// `sendmail.admin_address`: told of a failure when the sender cannot be.
+    pub admin: Option<String>,
+}
+
+/// Who a bounce goes to: the sender, when its domain can receive mail from the Internet
+/// (as always); else the rewritten sender, when the rewrite gave a different one that
+/// can; else `admin`; else no one (None).
+pub(super) fn bounce_to(original: &str, rewritten: &str, admin: Option<&str>) -> Option<String> {
+    use crate::address::is_routable;
+    if is_routable(original) || rewritten != original && is_routable(rewritten) {
+        return Some(rewritten.to_string());
+    }
+    admin.map(str::to_string)
 }
 
 impl NotifySettings {
@@ -42,6 +55,11 @@ impl NotifySettings {
                 .iter()
                 .filter_map(|p| Some((p.name.get_ref().clone(), p.username.clone()?)))
                 .collect(),
+            admin: c
+                .sendmail
+                .admin_address
+                .as_ref()
+                .map(|a| a.get_ref().clone()),
         }
     }
 }
@@ -75,6 +93,28 @@ impl Distributor {
         if !notify::may_notify(record, headers) {
             return None;
         }
+        // A sender in a local domain (app@erp.local) reads no mail: someone who can.
+        let Some(to) = bounce_to(&record.original_sender, &record.sender, n.admin.as_deref())
+        else {
+            // A delay notice is a courtesy: none, quietly. A bounce is said where the
+            // administrator looks: the message's page and the log.
+            if kind != NoticeKind::Bounce {
+                return None;
+            }
+            let why = format!(
+                "no {} was sent: the sender {} cannot receive mail (its domain is local or single-label), the rewrite gave no other sender, and sendmail.admin_address is not set",
+                kind.as_str(),
+                record.original_sender
+            );
+            tracing::warn!(id = %record.id, kind = kind.as_str(), sender = %record.original_sender, "no one could be told: {why}");
+            if let Some(a) = record.attempts.last_mut() {
+                a.note = Some(match a.note.take() {
+                    Some(n) => format!("{n}; {why}"),
+                    None => why,
+                });
+            }
+            return None;
+        };
         let id = ulid::Ulid::new().to_string();
         let (chain, _) = routing.chains.chain(record.user.as_deref(), &record.sender);
         let first = chain
@@ -107,7 +147,7 @@ impl Distributor {
             original_sender: from.clone(),
             sender: from,
             recipients: vec![Recipient::queued(
-                record.sender.clone(),
+                to.clone(),
                 Some(false),
                 Some(first.clone()),
             )],
@@ -134,7 +174,7 @@ impl Distributor {
             id: id.clone(),
             kind,
         });
-        tracing::info!(id = %id, of = %record.id, kind = kind.as_str(), to = %record.sender, status = "queued", "notice to the sender queued");
+        tracing::info!(id = %id, of = %record.id, kind = kind.as_str(), to = %to, status = "queued", "notice to the sender queued");
         // A notice holds the original's header block, never its body: it is small.
         Some(Mutation::Insert {
             body: crate::store::NewBody::Memory(raw),
