@@ -1131,6 +1131,19 @@ async fn the_fleet_view_in_a_browser() {
         .send_keys("Statement 4711")
         .await
         .unwrap();
+    // The box sits beside its label, on the label's line (not above it).
+    let beside = c
+        .execute(
+            "const cb = document.getElementById('whole-fleet'); const a = cb.getBoundingClientRect(); const b = cb.closest('label').getBoundingClientRect(); return Math.abs((a.top + a.bottom) / 2 - (b.top + b.bottom) / 2) < 4 && a.right < b.right - 20;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        beside,
+        serde_json::json!(true),
+        "the Whole fleet box is not beside its label"
+    );
     c.find(Locator::Css("#whole-fleet"))
         .await
         .unwrap()
