@@ -107,7 +107,7 @@ impl Recipient {
     }
 }
 
-pub use crate::provider::diagnosis::{Code, Diagnosis};
+pub use crate::diagnosis::{Code, Diagnosis};
 
 /// Who stopped a message, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,6 +26,7 @@ pub mod aliases;
 mod background;
 pub mod cli;
 pub mod config;
+pub mod diagnosis;
 pub mod distributor;
 pub mod fleet;
 pub mod history;
@@ -41,6 +42,7 @@ pub mod reload;
 pub use reload::{ReloadError, ReloadReport};
 pub mod secrets;
 pub mod smtp;
+pub mod snapshot;
 pub mod status;
 pub mod store;
 pub mod text;
@@ -223,9 +225,7 @@ impl Daemon {
         };
         let alerts = status_state.alerts.clone();
         tasks.push(tokio::spawn(
-            alerts
-                .clone()
-                .run(status_state.clone(), shutdown_rx.clone()),
+            alerts.clone().run(status_state.core(), shutdown_rx.clone()),
         ));
         tasks.push(tokio::spawn(status::http::serve(
             status_bound,

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{Alerts, Condition, Pending};
 use crate::config::{AlertConfig, AlertFormat, Config};
-use crate::status::state::AppState;
+use crate::snapshot::Core;
 use crate::time::{now_ms, rfc3339};
 
 /// The first retry of an alert that could not be delivered, then doubling.
@@ -128,7 +128,7 @@ fn body(format: AlertFormat, state: &str, c: &Condition, node: &str, test: bool)
 
 impl Alerts {
     /// Delivers every queued alert that is due; keeps the rest with their next time.
-    pub(super) async fn deliver_due(&self, app: &AppState, config: &Config) {
+    pub(super) async fn deliver_due(&self, app: &Core, config: &Config) {
         let now = now_ms();
         let due: Vec<Pending> = match self.state.lock() {
             Ok(s) => s
@@ -186,7 +186,7 @@ impl Alerts {
     /// One try: the webhook POST or the alert email. Ok: where it went.
     async fn send(
         &self,
-        app: &AppState,
+        app: &Core,
         config: &Config,
         a: &AlertConfig,
         state: &str,
@@ -246,7 +246,7 @@ impl Alerts {
     }
 
     /// `mailgate alert test`: one test alert to each (or the named) alert, one try each.
-    pub async fn test(&self, app: &AppState, only: Option<&str>) -> Vec<TestResult> {
+    pub async fn test(&self, app: &Core, only: Option<&str>) -> Vec<TestResult> {
         let config = app.pipeline.config();
         let c = Condition {
             event: "test".into(),

@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::{AlertConfig, AlertEvent, Config};
-use crate::status::snapshot::Snapshot;
-use crate::status::state::AppState;
+use crate::snapshot::{Core, Snapshot};
 use crate::time::{now_ms, rfc3339};
 
 pub use deliver::TestResult;
@@ -173,7 +172,7 @@ impl Alerts {
 
     /// Runs until shutdown: reads the conditions, queues firing and resolved alerts,
     /// delivers what is due.
-    pub async fn run(self: Arc<Self>, app: AppState, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, app: Core, mut shutdown: watch::Receiver<bool>) {
         let mut events = app.distributor.subscribe();
         loop {
             let config = app.pipeline.config();
@@ -207,7 +206,7 @@ impl Alerts {
 
     /// The diagnosis of each failed message, read from its record (mail mailgate made
     /// itself is left out: a failing alert email must not alert).
-    async fn diagnosed(&self, app: &AppState, ids: Vec<String>) -> Vec<MessageRef> {
+    async fn diagnosed(&self, app: &Core, ids: Vec<String>) -> Vec<MessageRef> {
         if ids.is_empty() {
             return Vec::new();
         }
@@ -235,7 +234,7 @@ impl Alerts {
     }
 
     /// The conditions open now (all but `failed`).
-    async fn conditions(&self, app: &AppState, config: &Config) -> Vec<Condition> {
+    async fn conditions(&self, app: &Core, config: &Config) -> Vec<Condition> {
         let now = now_ms();
         let mut out = Vec::new();
         let mut open =
@@ -293,7 +292,7 @@ impl Alerts {
         if store.trouble().is_some() {
             let _ = store.probe().await;
         }
-        if let Some(problem) = crate::status::state::store_problem(app).await {
+        if let Some(problem) = crate::snapshot::store_problem(app).await {
             open(
                 AlertEvent::Store,
                 None,
@@ -500,7 +499,7 @@ fn digest_step(
 /// What of a provider expires within 14 days, and when: a delegated sign-in ageing out,
 /// the client certificate, or the client secret (`client_secret_expires`).
 fn expiring(
-    p: &crate::status::snapshot::ProviderView,
+    p: &crate::snapshot::ProviderView,
     config: &Config,
     now: u64,
 ) -> Option<(&'static str, u64)> {

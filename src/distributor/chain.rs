@@ -151,7 +151,7 @@ impl Distributor {
         &self,
         routing: &Routing,
         provider: &str,
-        unavailable: Option<crate::provider::diagnosis::Code>,
+        unavailable: Option<crate::diagnosis::Code>,
         now: u64,
     ) {
         use super::circuit::Change;
@@ -226,7 +226,7 @@ impl Distributor {
     }
 
     /// The providers holding mail for a configuration reason: name, code, since (ms).
-    pub fn held(&self) -> Vec<(String, crate::provider::diagnosis::Code, u64)> {
+    pub fn held(&self) -> Vec<(String, crate::diagnosis::Code, u64)> {
         let routing = self.routing();
         self.providers
             .lock()

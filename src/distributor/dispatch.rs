@@ -15,8 +15,8 @@ use super::outcome::Step;
 use super::throttle::{MAX_THROTTLE_DEFERRALS, Verdict};
 use super::unrecorded::{Finish, Unrecorded};
 use super::{DeliveryEvent, Distributor, Routing, apply_outcome, outcome};
+use crate::diagnosis::Code;
 use crate::history::{Record, Status};
-use crate::provider::diagnosis::Code;
 use crate::provider::{Delivery, Outcome};
 use crate::store::{Mutation, Pick, StoreError};
 

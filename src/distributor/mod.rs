@@ -185,7 +185,7 @@ struct ProviderState {
     last_error: Option<(String, u64)>,
     circuit: circuit::Circuit,
     /// Holding mail for a configuration reason: the code and since when (ms).
-    held: Option<(crate::provider::diagnosis::Code, u64)>,
+    held: Option<(crate::diagnosis::Code, u64)>,
 }
 
 /// Time as the scheduler sees it: the wall clock at start plus tokio's monotonic clock

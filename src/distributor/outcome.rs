@@ -3,8 +3,8 @@
 //! together through one provider of their chain); the record's status, next due time and
 //! provider follow from all its recipients ([`refresh`]).
 
+use crate::diagnosis::Code;
 use crate::history::{Attempt, Diagnosis, Record, Status, Waiting};
-use crate::provider::diagnosis::Code;
 use crate::provider::{Fate, Outcome, RcptResult};
 use crate::time::{MINUTE_MS, rfc3339};
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Distributor, ProviderState, circuit::Circuit};
-use crate::provider::diagnosis::Code;
+use crate::diagnosis::Code;
 
 /// How often a change is written.
 pub(super) const EVERY: Duration = Duration::from_secs(2);

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::diagnosis::Code;
 use super::{Delivery, Outcome};
+use crate::diagnosis::Code;
 use crate::store::Body;
 
 /// Writes each message as one file.

@@ -4,7 +4,6 @@
 //! acts on it. The code becomes words (explanation, fix) only where the history record is
 //! written.
 
-pub mod diagnosis;
 pub mod eml;
 pub mod graph;
 pub mod oauth2;
@@ -14,8 +13,8 @@ pub mod stage;
 use std::sync::Arc;
 
 use crate::config::{ProviderConfig, ProviderKind};
+use crate::diagnosis::{self, Code};
 use crate::secrets::SecretStore;
-use diagnosis::Code;
 
 /// An error's text with its causes (each cause once).
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -1,6 +1,6 @@
 //! The JSON side of the status listener: `/healthz`, `/status`, `/metrics` and the admin
 //! API the CLI talks to (`/api/...`). `/status` and the dashboard read one
-//! [`Snapshot`](super::snapshot::Snapshot); actions go through [`super::actions`].
+//! [`Snapshot`](crate::snapshot::Snapshot); actions go through [`super::actions`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -15,11 +15,11 @@ use serde_json::json;
 
 use super::actions::{cancel_message, retry_message, sign_in_changed};
 use super::query::ListQuery;
-use super::snapshot::{ProviderView, Snapshot};
 use super::state::{AppState, as_shown};
 use crate::distributor::circuit::CircuitState;
 use crate::history::{Record, Status};
 use crate::pipeline::{Client, Origin, Submission, SubmitError};
+use crate::snapshot::{ProviderView, Snapshot};
 use crate::time::rfc3339;
 
 pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -30,7 +30,7 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     // The probe is a real write: it fails while the store cannot commit, and its success
     // clears a past failure.
     let probe = state.pipeline.store().probe().await;
-    match super::state::store_problem(&state).await {
+    match crate::snapshot::store_problem(&state.core()).await {
         None if probe => (StatusCode::OK, "ok").into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -42,7 +42,7 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 pub(super) async fn status(State(state): State<AppState>) -> Response {
-    let snap = match Snapshot::gather(&state).await {
+    let snap = match Snapshot::gather(&state.core()).await {
         Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -52,7 +52,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Response {
         .map(|(st, n)| (st.as_str().to_string(), json!(n)))
         .collect();
     let m = state.pipeline.metrics();
-    let problem = super::state::store_problem(&state).await;
+    let problem = crate::snapshot::store_problem(&state.core()).await;
     let space = state.space.measure();
     let fleet = fleet_status(&state).await;
     let providers: Vec<_> = snap.providers.iter().map(provider_json).collect();
@@ -226,7 +226,9 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         }
     }
     m.store_ok.set(i64::from(
-        super::state::store_problem(&state).await.is_none(),
+        crate::snapshot::store_problem(&state.core())
+            .await
+            .is_none(),
     ));
     if let Ok(Some(oldest)) = state
         .pipeline
@@ -463,7 +465,7 @@ pub(super) async fn alert_test(
         .and_then(|b| b.get("alert"))
         .and_then(|a| a.as_str())
         .map(String::from);
-    let results = state.alerts.test(&state, only.as_deref()).await;
+    let results = state.alerts.test(&state.core(), only.as_deref()).await;
     axum::Json(results).into_response()
 }
 

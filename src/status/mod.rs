@@ -2,9 +2,9 @@
 //! API and the Email history pages.
 //!
 //! Rooms and what they may use: `state` (the shared parts, leaf), `query` (the history
-//! query, leaf), `actions` (retry, cancel, sign-in changed, reload: `state`), `snapshot`
-//! (the counts and providers `/status` and the dashboard show: `state`), `api` (JSON:
-//! `state`, `actions`, `snapshot`, `query`), `pages` (HTML: the same, never `api` or
+//! query, leaf), `actions` (retry, cancel, sign-in changed, reload: `state`), `api` (JSON:
+//! `state`, `actions`, `query`, and [`crate::snapshot`] for the counts and providers
+//! `/status` and the dashboard show), `pages` (HTML: the same, never `api` or
 //! `http`), `http` (the router: `api`, `pages`, `state`). No room imports one that
 //! imports it back.
 
@@ -14,7 +14,6 @@ pub mod fleet_view;
 pub mod http;
 pub mod pages;
 pub mod query;
-pub mod snapshot;
 pub mod state;
 pub mod tls;
 /// `s` percent-encoded (everything but RFC 3986's unreserved characters), for a URL query

@@ -3,15 +3,15 @@
 //! (paused counts as waiting) and why the daemon cannot take mail now.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::Pipeline;
 use crate::distributor::Distributor;
 use crate::history::Record;
+use crate::pipeline::Pipeline;
 use crate::store::space::SpaceCheck;
 
 /// What every handler can reach.
@@ -38,6 +38,18 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// The alert engine (its open conditions for `/status` and the dashboard).
     pub alerts: Arc<crate::alerts::Alerts>,
+}
+
+impl AppState {
+    /// The parts of the daemon a [`crate::snapshot::Snapshot`] and the alert engine read.
+    pub fn core(&self) -> crate::snapshot::Core {
+        crate::snapshot::Core {
+            pipeline: self.pipeline.clone(),
+            distributor: self.distributor.clone(),
+            listeners_up: self.listeners_up.clone(),
+            space: self.space.clone(),
+        }
+    }
 }
 
 /// Whether `given` is `token`, in time that does not depend on where they differ (the
@@ -153,35 +165,4 @@ pub fn as_shown(mut r: Record, d: &Distributor) -> Record {
         });
     }
     r
-}
-
-/// Why the daemon cannot take mail right now, or None: listeners down, the store file
-/// lost, its last commit failed, delivery outcomes waiting for the store, free space
-/// below `store.min_free_space` (plus the store's next growth), or a probe write failing.
-pub async fn store_problem(state: &AppState) -> Option<String> {
-    if !state.listeners_up.load(Ordering::SeqCst) {
-        return Some("SMTP listeners are down".into());
-    }
-    let store = state.pipeline.store();
-    // The last commit's result: a probe write that succeeds clears a past failure.
-    if let Some(why) = store.trouble().or_else(|| {
-        (state.distributor.unrecorded() > 0).then(|| {
-            format!(
-                "{} delivery outcomes wait for the store to commit",
-                state.distributor.unrecorded()
-            )
-        })
-    }) {
-        return Some(why);
-    }
-    if let Some((free, needed)) = state.space.measure()
-        && free < needed
-    {
-        return Some(format!(
-            "free disk space {} MB is below store.min_free_space plus the store's next growth ({} MB)",
-            free / 1_000_000,
-            needed / 1_000_000
-        ));
-    }
-    None
 }

@@ -15,8 +15,8 @@ use base64::Engine;
 
 use super::split::{self, Large};
 use super::{Answer, Call, GraphProvider, MAX_REQUEST, transient};
+use crate::diagnosis::Code;
 use crate::provider::Outcome;
-use crate::provider::diagnosis::Code;
 
 /// An upload chunk: ten times 320 KiB (3.2 MB), under Graph's 4 MB per request.
 pub const CHUNK: usize = 10 * 320 * 1024;

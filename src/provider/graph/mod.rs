@@ -18,10 +18,10 @@ use tokio::sync::Semaphore;
 mod draft;
 pub mod split;
 
-use super::diagnosis::Code;
 use super::oauth2::TokenSource;
 use super::{Delivery, Outcome};
 use crate::config::ProviderConfig;
+use crate::diagnosis::Code;
 use crate::secrets::SecretStore;
 
 /// Graph's limit on a request (sendMail with MIME).

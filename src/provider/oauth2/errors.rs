@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::provider::diagnosis::Code;
+use crate::diagnosis::Code;
 
 /// Why no token could be had.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use super::{
     jwt, local, not_a_token,
 };
 use crate::config::OAuthFlow;
-use crate::provider::diagnosis::Code;
+use crate::diagnosis::Code;
 use crate::secrets::{Secret, SecretError, SecretsLock};
 use crate::time::now_ms;
 

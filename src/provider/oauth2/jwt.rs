@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::Deserialize;
 
 use super::{TokenError, local};
-use crate::provider::diagnosis::Code;
+use crate::diagnosis::Code;
 
 fn config_error(what: &str, e: &dyn std::fmt::Display) -> TokenError {
     local(Code::ProviderConfig, format!("{what}: {e}"))

@@ -6,8 +6,8 @@ use std::time::Duration;
 use lettre::transport::smtp::response::Response;
 
 use super::super::Outcome;
-use super::super::diagnosis::{self, Code};
 pub(super) use super::super::error_chain;
+use crate::diagnosis::{self, Code};
 
 /// What a failure means for the message and the connection: decided once, here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,11 +22,11 @@ pub mod tls;
 mod transaction;
 mod wire;
 
-use super::diagnosis::Code;
 use super::oauth2::TokenSource;
 use super::stage::{self, CLOSE_WAIT};
 use super::{Delivery, Fate, Outcome, RcptResult};
 use crate::config::{ProviderConfig, TlsMode};
+use crate::diagnosis::Code;
 use crate::secrets::{SecretError, SecretStore, provider_password};
 use crate::store::Body;
 use body::{send_body, unreadable};

@@ -10,7 +10,7 @@ use super::Ctx;
 use super::{CsrfForm, age, chart, csrf_ok, csrf_refused, enc, html, page_error};
 use crate::distributor::circuit::CircuitState;
 use crate::history::Status;
-use crate::status::snapshot::{ProviderView, Snapshot};
+use crate::snapshot::{ProviderView, Snapshot};
 
 struct ProviderRow {
     name: String,
@@ -111,7 +111,7 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
         .store()
         .blocking(move |s| s.tallies_since(since))
         .await;
-    let (snap, tallies) = match (Snapshot::gather(&state).await, tallies) {
+    let (snap, tallies) = match (Snapshot::gather(&state.core()).await, tallies) {
         (Ok(s), Ok(t)) => (s, t),
         (Err(e), _) | (_, Err(e)) => {
             return page_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());

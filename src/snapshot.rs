@@ -1,15 +1,35 @@
-//! One reading of the daemon's state for the two places that show it whole: `/status`
-//! (JSON) and the dashboard (HTML). Each renders the same [`Snapshot`], so they cannot
-//! disagree about a count, a limit or a sign-in.
+//! One reading of the daemon's state for the places that show it whole or watch it:
+//! `/status` (JSON), the dashboard (HTML) and the alert engine. Each reads the same
+//! [`Snapshot`], so they cannot disagree about a count, a limit or a sign-in. The parts
+//! of the daemon they read are one small struct, [`Core`]: the status listener and the
+//! alert engine both depend on it, and neither on the other.
 
-use super::state::AppState;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::distributor::Distributor;
 use crate::distributor::circuit::CircuitState;
 use crate::distributor::throttle::Limits;
 use crate::distributor::{ProviderStats, provider_limits};
 use crate::history::Status;
+use crate::pipeline::Pipeline;
 use crate::provider::oauth2::TokenStatus;
 use crate::store::StoreError;
+use crate::store::space::SpaceCheck;
 use crate::time::now_ms;
+
+/// The parts of the running daemon that are read to know how it is.
+#[derive(Debug, Clone)]
+pub struct Core {
+    /// Accepted-mail pipeline (and the store, the config, the metrics).
+    pub pipeline: Arc<Pipeline>,
+    /// The distributor.
+    pub distributor: Arc<Distributor>,
+    /// False once the SMTP listeners are closing.
+    pub listeners_up: Arc<AtomicBool>,
+    /// Free space on the store's disk.
+    pub space: Arc<dyn SpaceCheck>,
+}
 
 /// The daemon as it is now.
 #[derive(Debug)]
@@ -115,7 +135,7 @@ pub struct ProviderView {
 
 impl Snapshot {
     /// Reads it: the counts from the store's indexes, the rest from memory.
-    pub async fn gather(state: &AppState) -> Result<Snapshot, StoreError> {
+    pub async fn gather(state: &Core) -> Result<Snapshot, StoreError> {
         let (counts, oldest) = state
             .pipeline
             .store()
@@ -183,4 +203,35 @@ impl Snapshot {
         self.oldest_at_ms
             .map(|at| now_ms().saturating_sub(at) / 1000)
     }
+}
+
+/// Why the daemon cannot take mail right now, or None: listeners down, the store file
+/// lost, its last commit failed, delivery outcomes waiting for the store, free space
+/// below `store.min_free_space` (plus the store's next growth), or a probe write failing.
+pub async fn store_problem(state: &Core) -> Option<String> {
+    if !state.listeners_up.load(Ordering::SeqCst) {
+        return Some("SMTP listeners are down".into());
+    }
+    let store = state.pipeline.store();
+    // The last commit's result: a probe write that succeeds clears a past failure.
+    if let Some(why) = store.trouble().or_else(|| {
+        (state.distributor.unrecorded() > 0).then(|| {
+            format!(
+                "{} delivery outcomes wait for the store to commit",
+                state.distributor.unrecorded()
+            )
+        })
+    }) {
+        return Some(why);
+    }
+    if let Some((free, needed)) = state.space.measure()
+        && free < needed
+    {
+        return Some(format!(
+            "free disk space {} MB is below store.min_free_space plus the store's next growth ({} MB)",
+            free / 1_000_000,
+            needed / 1_000_000
+        ));
+    }
+    None
 }

@@ -540,7 +540,7 @@ mod tests {
 
     #[test]
     fn readme_troubleshooting_lists_every_code() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../README.md");
         let table = &readme[readme.find("### Diagnosis codes").expect("section")..];
         for c in ALL {
             assert!(
