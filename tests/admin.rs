@@ -11,7 +11,7 @@ use common::{DaemonProcess, Smtp, TestEnv, queued_id};
 use mailgate::Daemon;
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 async fn get(url: &str) -> reqwest::Response {
     common::http().get(url).send().await.unwrap()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{DaemonProcess, TestEnv};
 use tokio::io::AsyncBufReadExt;
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 /// The daemon answers SMTP (its greeting) and `/healthz` within a second.
 async fn answers_within_a_second(d: &DaemonProcess) {

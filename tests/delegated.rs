@@ -15,7 +15,7 @@ use common::identity::{Identity, Login};
 use common::upstream::{Script, TestCa, Upstream};
 use common::{DaemonProcess, TestEnv, free_port};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 const MAILBOX: &str = "pat@outlook.com";
 const CLIENT: &str = "9e5f94bc-e8a4-4e73-b8be-63364c29d753";
 

@@ -13,7 +13,7 @@ use common::fleet::{Redis, fleet_list, fleet_secret, page_of, viewing_node};
 use common::upstream::{Script, Upstream};
 use common::{DaemonProcess, TestEnv, submit_to};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 /// One node of the fleet: a daemon with the shared provider `o365` and `[fleet]`.
 fn node(redis: &Redis, up: &Upstream, name: &str, provider: &str) -> (TestEnv, DaemonProcess) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{DaemonProcess, TestEnv, queued_id};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 fn tool(name: &str) -> Command {
     let found = Command::new("sh")

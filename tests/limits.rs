@@ -16,7 +16,7 @@ use mailgate::time::parse_rfc3339;
 use tokio::sync::broadcast::Receiver;
 
 /// Long in virtual time: the scheduler's own timers always come first.
-const WAIT: Duration = Duration::from_secs(2 * 3600);
+const VIRTUAL_WAIT: Duration = Duration::from_secs(2 * 3600);
 
 /// With the clock paused, tokio jumps to the next timer whenever every task waits; real
 /// work (fsyncs in the store's writer thread, file writes) would then let far timers
@@ -94,7 +94,7 @@ async fn run_until(
     events: &mut Receiver<DeliveryEvent>,
     mut done: impl FnMut(&[Record]) -> bool,
 ) -> Vec<Record> {
-    tokio::time::timeout(WAIT, async {
+    tokio::time::timeout(VIRTUAL_WAIT, async {
         loop {
             let ev = events.recv().await.unwrap();
             let rec = daemon.pipeline.store().record(&ev.id).unwrap().unwrap();

@@ -6,7 +6,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::upstream::TestCa;
 use common::{TestEnv, queued_id};
@@ -16,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 struct Client<S> {
     io: BufReader<S>,

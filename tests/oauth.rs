@@ -14,7 +14,7 @@ use common::upstream::{Script, Upstream};
 use mailgate::Daemon;
 use mailgate::history::{Record, Status};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 fn graph_provider(ms: &MockMicrosoft, secret_lines: &str) -> String {
     format!(

@@ -3,15 +3,13 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Smtp, TestEnv, queued_id};
 use lettre::address::Envelope;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use mailgate::Daemon;
 use mailgate::history::Status;
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 async fn wait_sent(
     daemon: &Daemon,

@@ -14,7 +14,7 @@ use mailgate::history::Status;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 /// A small deterministic generator (xorshift), seeded from the clock, for kill moments.
 struct Rng(u64);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{DaemonProcess, TestEnv, bin, free_port};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 /// A config whose first listener is a fixed port (sendmail submits to it).
 fn env_with_ports() -> (TestEnv, u16) {

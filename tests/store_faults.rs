@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::upstream::{Script, Upstream};
 use common::{DaemonProcess, TestEnv, bin, run_cli, send_once, submit_to};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 fn relay_env(port: u16, enabled: bool) -> TestEnv {
     let env = TestEnv::new("", "");
