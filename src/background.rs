@@ -24,7 +24,11 @@ pub async fn fleet_heartbeat(
             .await
             .unwrap_or_default();
         let count = |st: history::Status| st.count_in(&counts);
-        let open: Vec<String> = alerts.open().into_iter().map(|c| c.event).collect();
+        let open: Vec<String> = alerts
+            .open()
+            .into_iter()
+            .map(|c| c.event.to_string())
+            .collect();
         fleet
             .heartbeat(
                 serde_json::json!({

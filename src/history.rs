@@ -150,11 +150,68 @@ pub struct NoticeLink {
 /// Why an unfinished message waits, and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
-    /// A diagnosis code (the last attempt's), or `per-minute-limit`, `paused`,
+    /// Why: a diagnosis code (the last attempt's), or `per-minute-limit`, `paused`,
     /// `circuit-open`, `fleet-lease`.
-    pub reason: String,
+    pub reason: WaitReason,
     /// When it is tried next (RFC 3339 UTC); none while paused.
     pub until: Option<String>,
+}
+
+/// Why an unfinished message waits (`waiting.reason`, the same names in JSON as ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// Held back by the provider's per-minute limit.
+    PerMinuteLimit,
+    /// The distributor is paused.
+    Paused,
+    /// The provider's circuit is open.
+    CircuitOpen,
+    /// Every fleet-wide connection of the provider is held by other nodes.
+    FleetLease,
+    /// The last attempt's diagnosis (`daily-quota` among them).
+    Failed(Code),
+}
+
+impl WaitReason {
+    /// The name in the record and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitReason::PerMinuteLimit => "per-minute-limit",
+            WaitReason::Paused => "paused",
+            WaitReason::CircuitOpen => "circuit-open",
+            WaitReason::FleetLease => "fleet-lease",
+            WaitReason::Failed(code) => code.as_str(),
+        }
+    }
+
+    /// The reason of a name (a code no longer known reads as `unknown`).
+    pub fn parse(name: &str) -> WaitReason {
+        match name {
+            "per-minute-limit" => WaitReason::PerMinuteLimit,
+            "paused" => WaitReason::Paused,
+            "circuit-open" => WaitReason::CircuitOpen,
+            "fleet-lease" => WaitReason::FleetLease,
+            code => WaitReason::Failed(Code::parse(code).unwrap_or(Code::Unknown)),
+        }
+    }
+}
+
+impl std::fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for WaitReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for WaitReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(WaitReason::parse(&String::deserialize(d)?))
+    }
 }
 
 impl Waiting {
@@ -166,16 +223,20 @@ impl Waiting {
 
     /// [`Waiting::words`] with the time written by `time` (the pages' format).
     pub fn words_with(&self, time: impl Fn(&str) -> String) -> String {
-        let why = match self.reason.as_str() {
-            "per-minute-limit" => "held back by the provider's per-minute limit".to_string(),
-            "paused" => "the distributor is paused (mailgate resume)".to_string(),
-            "circuit-open" => {
+        let why = match self.reason {
+            WaitReason::PerMinuteLimit => {
+                "held back by the provider's per-minute limit".to_string()
+            }
+            WaitReason::Paused => "the distributor is paused (mailgate resume)".to_string(),
+            WaitReason::CircuitOpen => {
                 "the provider is skipped for now: its circuit is open after repeated failures"
                     .to_string()
             }
-            "daily-quota" => "the provider's daily recipient limit is reached".to_string(),
-            "fleet-lease" => "waiting for one of the provider's connections: other nodes of the fleet hold every one (its fleet-wide max_connections)".to_string(),
-            code => format!("the last attempt failed ({code})"),
+            WaitReason::Failed(Code::DailyQuota) => {
+                "the provider's daily recipient limit is reached".to_string()
+            }
+            WaitReason::FleetLease => "waiting for one of the provider's connections: other nodes of the fleet hold every one (its fleet-wide max_connections)".to_string(),
+            WaitReason::Failed(code) => format!("the last attempt failed ({code})"),
         };
         match &self.until {
             Some(t) => format!("{why}; next attempt at {}", time(t)),
@@ -265,4 +326,23 @@ pub struct Record {
     pub notices: Vec<NoticeLink>,
     /// Every attempt, oldest first.
     pub attempts: Vec<Attempt>,
+}
+
+/// The `client` of a message mailgate made itself (a notice, an alert email).
+pub const OWN_CLIENT: &str = "mailgate";
+
+impl Record {
+    /// A message mailgate made itself (a notice or an alert email): never alerted on.
+    pub fn is_own(&self) -> bool {
+        self.notice_of.is_some() || self.client == OWN_CLIENT
+    }
+
+    /// The code of the latest attempt that has a diagnosis.
+    pub fn last_diagnosis(&self) -> Option<Code> {
+        self.attempts
+            .iter()
+            .rev()
+            .find_map(|a| a.diagnosis.as_ref())
+            .map(|d| d.code)
+    }
 }

@@ -148,7 +148,7 @@ impl Snapshot {
             .map(|p| {
                 let name = p.name.get_ref().clone();
                 ProviderView {
-                    kind: format!("{:?}", p.kind).to_ascii_lowercase(),
+                    kind: p.kind.as_str().to_string(),
                     upstream: p.upstream(),
                     limits: provider_limits(p),
                     stats: state.distributor.provider_stats(&name),

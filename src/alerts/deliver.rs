@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::{Alerts, Condition, Pending};
-use crate::config::{AlertConfig, AlertFormat, Config};
+use crate::config::{AlertConfig, AlertEvent, AlertFormat, Config};
 use crate::snapshot::Core;
 use crate::time::{now_ms, rfc3339};
 
@@ -34,7 +34,7 @@ fn node(config: &Config) -> String {
 /// The body of an alert in mailgate's own JSON (SPEC).
 pub fn json_body(state: &str, c: &Condition, node: &str, test: bool) -> Value {
     let mut v = json!({
-        "event": c.event,
+        "event": c.event.as_str(),
         "state": state,
         "node": node,
         "provider": c.provider,
@@ -43,7 +43,7 @@ pub fn json_body(state: &str, c: &Condition, node: &str, test: bool) -> Value {
         "since": rfc3339(c.since_ms),
         "messages": c.messages,
     });
-    if c.event == "failed" && state == "firing" {
+    if c.event == AlertEvent::Failed && state == "firing" {
         v["count"] = json!(c.count);
     }
     if test {
@@ -74,7 +74,7 @@ fn body(format: AlertFormat, state: &str, c: &Condition, node: &str, test: bool)
         // A Teams Workflows webhook takes a message whose attachment is an Adaptive Card.
         AlertFormat::Teams => {
             let mut facts = vec![
-                json!({"title": "Event", "value": c.event}),
+                json!({"title": "Event", "value": c.event.as_str()}),
                 json!({"title": "State", "value": state}),
                 json!({"title": "Node", "value": node}),
                 json!({"title": "Since", "value": rfc3339(c.since_ms)}),
@@ -234,7 +234,7 @@ impl Alerts {
                 .alerts_sent
                 .get_or_create(&crate::metrics::AlertEventLabel {
                     alert: name,
-                    event: c.event.clone(),
+                    event: c.event.to_string(),
                 })
                 .inc(),
             Err(_) => metrics
@@ -249,7 +249,7 @@ impl Alerts {
     pub async fn test(&self, app: &Core, only: Option<&str>) -> Vec<TestResult> {
         let config = app.pipeline.config();
         let c = Condition {
-            event: "test".into(),
+            event: AlertEvent::Test,
             provider: None,
             summary: "a test alert from mailgate alert test".into(),
             details: "if you read this, alerts reach you".into(),

@@ -44,8 +44,8 @@ pub struct MessageRef {
 /// A condition that needs a person, while it lasts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {
-    /// The event name (`held`, `queue-stuck`, ...).
-    pub event: String,
+    /// The event (`held`, `queue-stuck`, ...).
+    pub event: AlertEvent,
     /// The provider it is about, if any.
     pub provider: Option<String>,
     /// One line.
@@ -140,7 +140,7 @@ impl Alerts {
         let mut v: Vec<Condition> = s.open.values().cloned().collect();
         if let Some(d) = s.digests.values().find(|d| d.firing) {
             v.push(Condition {
-                event: "failed".into(),
+                event: AlertEvent::Failed,
                 provider: None,
                 summary: "messages failed recently".into(),
                 details: String::new(),
@@ -176,24 +176,31 @@ impl Alerts {
         let mut events = app.distributor.subscribe();
         loop {
             let config = app.pipeline.config();
-            // Failures since the last look go into the digests.
+            // Failures since the last look go into the digests, with the diagnosis the
+            // event carries (mail mailgate made itself is left out: a failing alert
+            // email must not alert).
             let mut failed = Vec::new();
             loop {
                 match events.try_recv() {
                     Ok(ev)
-                        if matches!(
-                            ev.status,
-                            crate::history::Status::Failed | crate::history::Status::Partial
-                        ) =>
+                        if !ev.own
+                            && matches!(
+                                ev.status,
+                                crate::history::Status::Failed | crate::history::Status::Partial
+                            ) =>
                     {
-                        failed.push(ev.id)
+                        failed.push(MessageRef {
+                            diagnosis: ev
+                                .diagnosis
+                                .map_or_else(|| ev.status.as_str().to_string(), |c| c.to_string()),
+                            id: ev.id,
+                        })
                     }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
                     Err(_) => break,
                 }
             }
-            let failed = self.diagnosed(&app, failed).await;
             let conditions = self.conditions(&app, &config).await;
             self.step(&config, conditions, failed, now_ms());
             self.deliver_due(&app, &config).await;
@@ -204,35 +211,6 @@ impl Alerts {
         }
     }
 
-    /// The diagnosis of each failed message, read from its record (mail mailgate made
-    /// itself is left out: a failing alert email must not alert).
-    async fn diagnosed(&self, app: &Core, ids: Vec<String>) -> Vec<MessageRef> {
-        if ids.is_empty() {
-            return Vec::new();
-        }
-        let store = app.pipeline.store();
-        store
-            .blocking(move |s| {
-                let mut out = Vec::new();
-                for id in ids {
-                    if let Some(r) = s.record(&id)?
-                        && r.client != "mailgate"
-                    {
-                        let diagnosis = r
-                            .attempts
-                            .iter()
-                            .rev()
-                            .find_map(|a| a.diagnosis.as_ref())
-                            .map_or_else(|| r.status.as_str().to_string(), |d| d.code.to_string());
-                        out.push(MessageRef { id, diagnosis });
-                    }
-                }
-                Ok(out)
-            })
-            .await
-            .unwrap_or_default()
-    }
-
     /// The conditions open now (all but `failed`).
     async fn conditions(&self, app: &Core, config: &Config) -> Vec<Condition> {
         let now = now_ms();
@@ -240,7 +218,7 @@ impl Alerts {
         let mut open =
             |event: AlertEvent, provider: Option<String>, summary: String, details: String| {
                 out.push(Condition {
-                    event: event.as_str().into(),
+                    event,
                     provider,
                     summary,
                     details,
@@ -364,7 +342,7 @@ impl Alerts {
         s.open = open;
         for a in &config.alert {
             for (state, c) in &queued {
-                let wants = AlertEvent::parse(&c.event).is_some_and(|e| a.wants(e));
+                let wants = a.wants(c.event);
                 if wants {
                     s.outbox.push(Pending {
                         alert: a.name.get_ref().clone(),
@@ -388,19 +366,19 @@ impl Alerts {
 /// firing summary) in `details`.
 fn cleared(c: &Condition) -> Condition {
     let provider = c.provider.as_deref().unwrap_or("");
-    let summary = match AlertEvent::parse(&c.event) {
-        Some(AlertEvent::Held) => {
+    let summary = match c.event {
+        AlertEvent::Held => {
             format!("provider {provider} no longer holds mail: a delivery through it was not held")
         }
-        Some(AlertEvent::QueueStuck) => {
+        AlertEvent::QueueStuck => {
             "no message has waited longer than distributor.stuck_after any more".into()
         }
-        Some(AlertEvent::SignInExpiring) => {
+        AlertEvent::SignInExpiring => {
             format!("provider {provider}: nothing ends within 14 days any more")
         }
-        Some(AlertEvent::Store) => "the store writes again and has space".into(),
-        Some(AlertEvent::Fleet) => "the fleet store (Redis) is reachable again".into(),
-        _ => format!("cleared: {}", c.summary),
+        AlertEvent::Store => "the store writes again and has space".into(),
+        AlertEvent::Fleet => "the fleet store (Redis) is reachable again".into(),
+        AlertEvent::Failed | AlertEvent::Test => format!("cleared: {}", c.summary),
     };
     Condition {
         summary,
@@ -446,7 +424,7 @@ fn digest_step(
             queue = Some((
                 "firing",
                 Condition {
-                    event: "failed".into(),
+                    event: AlertEvent::Failed,
                     provider: None,
                     summary: format!(
                         "{count} message{} failed or partly failed",
@@ -470,7 +448,7 @@ fn digest_step(
             queue = Some((
                 "resolved",
                 Condition {
-                    event: "failed".into(),
+                    event: AlertEvent::Failed,
                     provider: None,
                     summary: "no message has failed since the last alert".into(),
                     details: String::new(),

@@ -468,7 +468,7 @@ pub async fn queue(config: &Config) -> i32 {
                 .and_then(|r| r.waiting);
             match why {
                 Some(w) => {
-                    said_paused = w.reason == "paused";
+                    said_paused = w.reason == crate::history::WaitReason::Paused;
                     println!("  waiting: {}", w.words());
                 }
                 None => println!("  waiting: for its first attempt"),

@@ -23,6 +23,8 @@ pub enum AlertEvent {
     Store,
     /// The fleet store has been unreachable for over a minute.
     Fleet,
+    /// A test alert (`mailgate alert test`): sent on request, never subscribed to.
+    Test,
 }
 
 impl AlertEvent {
@@ -45,12 +47,37 @@ impl AlertEvent {
             AlertEvent::QueueStuck => "queue-stuck",
             AlertEvent::Store => "store",
             AlertEvent::Fleet => "fleet",
+            AlertEvent::Test => "test",
         }
     }
 
-    /// Parses a name.
+    /// Parses the name of an event one can subscribe to (`test` is not one).
     pub fn parse(s: &str) -> Option<AlertEvent> {
         AlertEvent::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for AlertEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Its name in `alerts.json` and the payloads, as in the configuration.
+impl serde::Serialize for AlertEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AlertEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "test" => Ok(AlertEvent::Test),
+            n => AlertEvent::parse(n)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown alert event {n:?}"))),
+        }
     }
 }
 

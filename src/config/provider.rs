@@ -20,6 +20,23 @@ pub enum ProviderKind {
     Graph,
 }
 
+impl ProviderKind {
+    /// The name in the configuration (`kind = "..."`), and everywhere it is shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Eml => "eml",
+            ProviderKind::Smtp => "smtp",
+            ProviderKind::Graph => "graph",
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Transport security towards an smtp upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]

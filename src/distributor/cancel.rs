@@ -41,10 +41,7 @@ impl Distributor {
         }
         let record = result?;
         tracing::info!(id = %id, status = "cancelled", provider = %record.provider, by = %by, "cancelled");
-        let _ = self.events.send(DeliveryEvent {
-            id: id.to_string(),
-            status: Status::Cancelled,
-        });
+        let _ = self.events.send(DeliveryEvent::of(&record));
         Ok(record)
     }
 

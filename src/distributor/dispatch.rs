@@ -299,13 +299,7 @@ impl Distributor {
     /// Records the messages dispatch held back (throttled, over quota, or found
     /// finished) and tells their watchers; false when the store refused.
     async fn record_held(&self, held: Vec<(Record, Option<u64>)>) -> bool {
-        let events: Vec<DeliveryEvent> = held
-            .iter()
-            .map(|(r, _)| DeliveryEvent {
-                id: r.id.clone(),
-                status: r.status,
-            })
-            .collect();
+        let events: Vec<DeliveryEvent> = held.iter().map(|(r, _)| DeliveryEvent::of(r)).collect();
         let mutations = held
             .into_iter()
             .map(|(r, due)| Mutation::Update {
@@ -442,6 +436,7 @@ impl Distributor {
             last: record.attempts.last().cloned(),
             took: started.elapsed(),
             notice: record.notice_of.is_some(),
+            event: DeliveryEvent::of(&record),
         };
         let mut mutations = vec![
             Mutation::Update {

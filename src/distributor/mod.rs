@@ -139,6 +139,22 @@ pub struct DeliveryEvent {
     pub id: String,
     /// Its status after the attempt.
     pub status: Status,
+    /// The latest diagnosis its record holds.
+    pub diagnosis: Option<crate::diagnosis::Code>,
+    /// A message mailgate made itself (a notice, an alert email).
+    pub own: bool,
+}
+
+impl DeliveryEvent {
+    /// The event of a record as committed.
+    pub fn of(r: &crate::history::Record) -> DeliveryEvent {
+        DeliveryEvent {
+            id: r.id.clone(),
+            status: r.status,
+            diagnosis: r.last_diagnosis(),
+            own: r.is_own(),
+        }
+    }
 }
 
 /// What the status endpoint shows of a provider.

@@ -4,7 +4,7 @@
 //! provider follow from all its recipients ([`refresh`]).
 
 use crate::diagnosis::Code;
-use crate::history::{Attempt, Diagnosis, Record, Status, Waiting};
+use crate::history::{Attempt, Diagnosis, Record, Status, WaitReason, Waiting};
 use crate::provider::{Fate, Outcome, RcptResult};
 use crate::time::{MINUTE_MS, rfc3339};
 
@@ -142,7 +142,7 @@ pub fn apply_outcome(
     });
     record.waiting = if let Some(code) = unavailable.filter(|_| moved_to.is_some()) {
         Some(Waiting {
-            reason: code.to_string(),
+            reason: WaitReason::Failed(code),
             until: None,
         })
     } else if deferred {
@@ -154,7 +154,9 @@ pub fn apply_outcome(
             .find(|a| a.provider == step.first)
             .and_then(|a| a.diagnosis.as_ref())
             .or(record.attempts.last().and_then(|a| a.diagnosis.as_ref()))
-            .map_or_else(|| "unknown".to_string(), |d| d.code.to_string());
+            .map_or(WaitReason::Failed(Code::Unknown), |d| {
+                WaitReason::Failed(d.code)
+            });
         Some(Waiting {
             reason,
             until: None,
@@ -274,7 +276,7 @@ pub fn throttled(record: &mut Record, rcpts: &[String], until: u64, now: u64) ->
         r.next_attempt_at = Some(rfc3339(until));
     }
     record.waiting = Some(Waiting {
-        reason: "per-minute-limit".into(),
+        reason: WaitReason::PerMinuteLimit,
         until: None,
     });
     refresh(record, now).unwrap_or(until)
@@ -310,7 +312,7 @@ pub fn quota_spent(record: &mut Record, step: Step<'_>, now: u64, until: u64, li
         };
     }
     record.waiting = Some(Waiting {
-        reason: Code::DailyQuota.as_str().into(),
+        reason: WaitReason::Failed(Code::DailyQuota),
         until: None,
     });
     refresh(record, now).unwrap_or(until)
@@ -431,7 +433,7 @@ mod tests {
         assert_eq!(r.provider, "m365");
         assert_eq!(
             r.waiting.unwrap().reason,
-            "connection-failed",
+            WaitReason::Failed(Code::ConnectionFailed),
             "the first provider's diagnosis"
         );
     }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{DeliveryEvent, Distributor};
+use super::Distributor;
 use crate::history::{Attempt, Status};
 use crate::store::Mutation;
 
@@ -29,6 +29,8 @@ pub(super) struct Finish {
     pub(super) took: Duration,
     /// A notice mailgate made (bounce, delay): counted apart in the totals.
     pub(super) notice: bool,
+    /// What watchers are told once it is committed.
+    pub(super) event: super::DeliveryEvent,
 }
 
 /// An attempt's outcome waiting for the store.
@@ -55,10 +57,7 @@ impl Distributor {
             "delivery"
         );
         self.count_outcome(&f.provider, f.status, f.last.as_ref(), f.took, f.notice);
-        let _ = self.events.send(DeliveryEvent {
-            id: f.id,
-            status: f.status,
-        });
+        let _ = self.events.send(f.event);
     }
 
     /// Keeps an outcome the store refused; the message stays in flight until it is written.

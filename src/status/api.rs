@@ -88,7 +88,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Response {
             "providers": c.providers,
         })).collect::<Vec<_>>(),
         "alerts": state.alerts.open().iter().map(|c| json!({
-            "event": c.event,
+            "event": c.event.as_str(),
             "state": "firing",
             "provider": c.provider,
             "summary": c.summary,

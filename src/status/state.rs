@@ -155,12 +155,12 @@ pub fn as_shown(mut r: Record, d: &Distributor) -> Record {
     }
     if d.is_paused() {
         r.waiting = Some(crate::history::Waiting {
-            reason: "paused".into(),
+            reason: crate::history::WaitReason::Paused,
             until: None,
         });
     } else if d.waits_for_lease(&r.id) {
         r.waiting = Some(crate::history::Waiting {
-            reason: "fleet-lease".into(),
+            reason: crate::history::WaitReason::FleetLease,
             until: None,
         });
     }

@@ -181,7 +181,7 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
             .into_iter()
             .map(|c| {
                 (
-                    c.event,
+                    c.event.to_string(),
                     c.summary,
                     super::shown_time(&crate::time::rfc3339(c.since_ms)),
                 )

@@ -232,7 +232,7 @@ fn row(r: &Record) -> Row {
         waiting: r
             .waiting
             .as_ref()
-            .map(|w| w.reason.clone())
+            .map(|w| w.reason.to_string())
             .unwrap_or_default(),
         waiting_until: r
             .waiting
