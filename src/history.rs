@@ -332,6 +332,46 @@ pub struct Record {
 pub const OWN_CLIENT: &str = "mailgate";
 
 impl Record {
+    /// The one constructor of a new message's record: queued, received at
+    /// `received_at` (RFC 3339) from `client`, from `sender` (as submitted and as it
+    /// goes, until the caller sets the rewritten one) to `recipients`, nothing tried yet.
+    /// The caller sets what else it knows with struct update syntax.
+    pub fn queued(
+        id: String,
+        received_at: String,
+        client: String,
+        sender: String,
+        recipients: Vec<Recipient>,
+    ) -> Record {
+        Record {
+            id,
+            status: Status::Queued,
+            received_at,
+            client,
+            helo: String::new(),
+            auth_login: None,
+            user: None,
+            original_sender: sender.clone(),
+            sender,
+            recipients,
+            subject: None,
+            message_id: None,
+            size: 0,
+            provider: String::new(),
+            pinned: false,
+            deferrals: 0,
+            throttle_deferrals: 0,
+            throttle_counted_at: None,
+            sent_at: None,
+            next_attempt_at: None,
+            cancelled: None,
+            waiting: None,
+            notice_of: None,
+            notices: Vec::new(),
+            attempts: Vec::new(),
+        }
+    }
+
     /// A message mailgate made itself (a notice or an alert email): never alerted on.
     pub fn is_own(&self) -> bool {
         self.notice_of.is_some() || self.client == OWN_CLIENT

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::{Config, Live};
-use crate::history::{Recipient, Record, Status};
+use crate::history::{Recipient, Record};
 use crate::message;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -189,53 +189,45 @@ impl Pipeline {
         let p = message::process(s.raw, &facts, &config).map_err(SubmitError::Unfit)?;
         let pinned = s.provider.is_some();
         let chains = crate::config::Chains::from_config(&config);
+        let recipients = s
+            .rcpts
+            .iter()
+            .map(|a| {
+                let provider = if pinned {
+                    p.plan.provider.clone()
+                } else {
+                    chains.chain(p.plan.user.as_deref(), a).0[0].clone()
+                };
+                Recipient::queued(
+                    a.clone(),
+                    Some(!p.named.contains(&a.to_ascii_lowercase())),
+                    Some(provider),
+                )
+            })
+            .collect();
+        let client = match &s.client.local_user {
+            Some(u) => format!("local:{u}"),
+            None => s.client.addr.to_string(),
+        };
         let mut record = Record {
-            id: id.clone(),
-            status: Status::Queued,
-            received_at: rfc3339(now),
-            client: match &s.client.local_user {
-                Some(u) => format!("local:{u}"),
-                None => s.client.addr.to_string(),
-            },
             helo,
             auth_login: s.client.auth_login.clone(),
             user: p.plan.user.clone(),
-            original_sender: s.mail_from.clone(),
             sender: p.plan.envelope_from.clone(),
-            recipients: s
-                .rcpts
-                .iter()
-                .map(|a| {
-                    let provider = if pinned {
-                        p.plan.provider.clone()
-                    } else {
-                        chains.chain(p.plan.user.as_deref(), a).0[0].clone()
-                    };
-                    Recipient::queued(
-                        a.clone(),
-                        Some(!p.named.contains(&a.to_ascii_lowercase())),
-                        Some(provider),
-                    )
-                })
-                .collect(),
             // The message keeps its subject whole; the history at most 998 bytes of it.
             subject: p
                 .subject
                 .map(|s| crate::text::clipped(&s, crate::text::MAX_SUBJECT)),
             message_id: Some(p.message_id),
             size: p.raw.len() as u64,
-            provider: String::new(),
             pinned,
-            deferrals: 0,
-            throttle_deferrals: 0,
-            throttle_counted_at: None,
-            sent_at: None,
-            next_attempt_at: None,
-            waiting: None,
-            cancelled: None,
-            notice_of: None,
-            notices: Vec::new(),
-            attempts: Vec::new(),
+            ..Record::queued(
+                id.clone(),
+                rfc3339(now),
+                client,
+                s.mail_from.clone(),
+                recipients,
+            )
         };
         // The record's provider is its first recipient's: the one its first attempt
         // goes to.

@@ -338,38 +338,24 @@ async fn retention_deletes_finished_records_and_keeps_waiting_ones() {
     let mk = |ms: u64, status: Status| {
         let id = ulid::Ulid::from_parts(ms, 7).to_string();
         Record {
-            id,
             status,
-            received_at: rfc3339(ms),
-            client: "127.0.0.1:1".into(),
             helo: "h".into(),
-            auth_login: None,
-            user: None,
-            original_sender: "a@b.c".into(),
-            sender: "a@b.c".into(),
-            recipients: vec![Recipient {
-                address: "x@y.z".into(),
-                status,
-                reply: None,
-                blind: None,
-                provider: None,
-                next_attempt_at: None,
-            }],
-            subject: None,
-            message_id: None,
             size: 1,
             provider: "outbox".into(),
-            pinned: false,
-            deferrals: 0,
-            throttle_deferrals: 0,
-            throttle_counted_at: None,
-            sent_at: None,
-            next_attempt_at: None,
-            waiting: None,
-            cancelled: None,
-            notice_of: None,
-            notices: Vec::new(),
-            attempts: vec![],
+            ..Record::queued(
+                id,
+                rfc3339(ms),
+                "127.0.0.1:1".into(),
+                "a@b.c".into(),
+                vec![Recipient {
+                    address: "x@y.z".into(),
+                    status,
+                    reply: None,
+                    blind: None,
+                    provider: None,
+                    next_attempt_at: None,
+                }],
+            )
         }
     };
     let old_sent = mk(old, Status::Sent);

@@ -137,38 +137,23 @@ impl Distributor {
             gives_up_ms: Some(received + routing.retry.give_up_ms),
         });
         let notice = Record {
-            id: id.clone(),
-            status: Status::Queued,
-            received_at: rfc3339(now),
-            client: crate::history::OWN_CLIENT.into(),
             helo: n.hostname.clone(),
-            auth_login: None,
             user: record.user.clone(),
-            original_sender: from.clone(),
-            sender: from,
-            recipients: vec![Recipient::queued(
-                to.clone(),
-                Some(false),
-                Some(first.clone()),
-            )],
             subject: Some(subject),
             message_id: Some(format!("<{id}@{}>", n.hostname)),
             size: raw.len() as u64,
-            provider: first,
-            pinned: false,
-            deferrals: 0,
-            throttle_deferrals: 0,
-            throttle_counted_at: None,
-            sent_at: None,
-            next_attempt_at: None,
-            cancelled: None,
-            waiting: None,
+            provider: first.clone(),
             notice_of: Some(NoticeLink {
                 id: record.id.clone(),
                 kind,
             }),
-            notices: Vec::new(),
-            attempts: Vec::new(),
+            ..Record::queued(
+                id.clone(),
+                rfc3339(now),
+                crate::history::OWN_CLIENT.into(),
+                from,
+                vec![Recipient::queued(to.clone(), Some(false), Some(first))],
+            )
         };
         record.notices.push(NoticeLink {
             id: id.clone(),
@@ -222,35 +207,23 @@ impl Distributor {
             .unwrap_or_default();
         let raw = crate::message::crlf_normalized(&raw).into_owned();
         let record = Record {
-            id: id.clone(),
-            status: Status::Queued,
-            received_at: rfc3339(now),
-            client: crate::history::OWN_CLIENT.into(),
             helo: hostname.clone(),
-            auth_login: None,
-            user: None,
-            original_sender: from.clone(),
-            sender: from,
-            recipients: vec![Recipient::queued(
-                to.to_string(),
-                Some(false),
-                Some(provider.to_string()),
-            )],
             subject: Some(subject.to_string()),
             message_id: Some(format!("<{message_id}>")),
             size: raw.len() as u64,
             provider: provider.to_string(),
             pinned: true,
-            deferrals: 0,
-            throttle_deferrals: 0,
-            throttle_counted_at: None,
-            sent_at: None,
-            next_attempt_at: None,
-            cancelled: None,
-            waiting: None,
-            notice_of: None,
-            notices: Vec::new(),
-            attempts: Vec::new(),
+            ..Record::queued(
+                id.clone(),
+                rfc3339(now),
+                crate::history::OWN_CLIENT.into(),
+                from,
+                vec![Recipient::queued(
+                    to.to_string(),
+                    Some(false),
+                    Some(provider.to_string()),
+                )],
+            )
         };
         self.store.insert(raw, record, now).await?;
         self.wake();

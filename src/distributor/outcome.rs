@@ -325,34 +325,19 @@ mod tests {
 
     fn record(now: u64, rcpts: &[&str]) -> Record {
         Record {
-            id: ulid::Ulid::from_parts(now, 1).to_string(),
-            status: Status::Queued,
-            received_at: rfc3339(now),
-            client: "127.0.0.1:1".into(),
             helo: "h".into(),
-            auth_login: None,
-            user: None,
-            original_sender: "a@b.c".into(),
-            sender: "a@b.c".into(),
-            recipients: rcpts
-                .iter()
-                .map(|a| Recipient::queued((*a).into(), Some(false), Some("m365".into())))
-                .collect(),
-            subject: None,
-            message_id: None,
             size: 1,
             provider: "m365".into(),
-            pinned: false,
-            deferrals: 0,
-            throttle_deferrals: 0,
-            throttle_counted_at: None,
-            sent_at: None,
-            next_attempt_at: None,
-            cancelled: None,
-            notice_of: None,
-            notices: Vec::new(),
-            waiting: None,
-            attempts: Vec::new(),
+            ..Record::queued(
+                ulid::Ulid::from_parts(now, 1).to_string(),
+                rfc3339(now),
+                "127.0.0.1:1".into(),
+                "a@b.c".into(),
+                rcpts
+                    .iter()
+                    .map(|a| Recipient::queued((*a).into(), Some(false), Some("m365".into())))
+                    .collect(),
+            )
         }
     }
 
