@@ -328,6 +328,11 @@ pub struct Record {
     pub attempts: Vec<Attempt>,
 }
 
+/// When the message with this id was received (ms): the time its ULID carries.
+pub fn received_ms(id: &str) -> Option<u64> {
+    ulid::Ulid::from_string(id).ok().map(|u| u.timestamp_ms())
+}
+
 /// The `client` of a message mailgate made itself (a notice, an alert email).
 pub const OWN_CLIENT: &str = "mailgate";
 
@@ -370,6 +375,12 @@ impl Record {
             notices: Vec::new(),
             attempts: Vec::new(),
         }
+    }
+
+    /// When it was received (ms), from its id (a ULID carries its time to the
+    /// millisecond; `received_at` is the same time to the second, for people).
+    pub fn received_ms(&self) -> Option<u64> {
+        received_ms(&self.id)
     }
 
     /// A message mailgate made itself (a notice or an alert email): never alerted on.

@@ -162,10 +162,7 @@ impl Snapshot {
                 }
             })
             .collect();
-        let oldest_at_ms = oldest
-            .as_deref()
-            .and_then(|id| ulid::Ulid::from_string(id).ok())
-            .map(|u| u.timestamp_ms());
+        let oldest_at_ms = oldest.as_deref().and_then(crate::history::received_ms);
         Ok(Snapshot {
             counts,
             oldest,

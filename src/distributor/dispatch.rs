@@ -517,6 +517,10 @@ impl Distributor {
             Outcome::Transient { code, .. } if code.moves_on() => Some(*code),
             _ => None,
         };
+        // Some recipients went (the reply to the data was a success): then the error is
+        // a refused recipient's reply, not the data's.
+        let some_went = matches!(&outcome, Outcome::PerRecipient { results, .. }
+            if results.iter().any(|r| r.fate == crate::provider::Fate::Sent));
         self.circuit_after(&routing, &group.provider, unavailable, now);
         let next = unavailable.and_then(|_| self.next_provider(&group.chain, &group.provider, now));
         let step = Step {
@@ -537,7 +541,7 @@ impl Distributor {
             .last()
             .filter(|a| a.diagnosis.is_some())
             .map(|a| {
-                if a.reply.starts_with('2') {
+                if some_went {
                     record
                         .recipients
                         .iter()

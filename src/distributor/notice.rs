@@ -75,7 +75,7 @@ impl Distributor {
     ) -> Option<Mutation> {
         let n = &routing.notify;
         let now = self.now();
-        let received = crate::time::parse_rfc3339(&record.received_at).unwrap_or(now);
+        let received = record.received_ms().unwrap_or(now);
         let noticed = |k: NoticeKind| record.notices.iter().any(|l| l.kind == k);
         let kind = match record.status {
             Status::Failed | Status::Partial if n.bounce && !noticed(NoticeKind::Bounce) => {

@@ -93,9 +93,7 @@ pub fn apply_outcome(
         }
         Outcome::PerRecipient { reply, results } => (reply, results),
     };
-    let received = ulid::Ulid::from_string(&record.id)
-        .map(|u| u.timestamp_ms())
-        .unwrap_or(now);
+    let received = record.received_ms().unwrap_or(now);
     let give_up = retry.gives_up(received, now);
     let moved_to = step
         .next

@@ -236,7 +236,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         .blocking(|s| s.oldest_waiting())
         .await
     {
-        let at = ulid::Ulid::from_string(&oldest).map_or(now, |u| u.timestamp_ms());
+        let at = crate::history::received_ms(&oldest).unwrap_or(now);
         m.oldest_waiting
             .set(i64::try_from(now.saturating_sub(at) / 1000).unwrap_or(i64::MAX));
     } else {

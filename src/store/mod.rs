@@ -611,7 +611,7 @@ impl Store {
             for item in t.iter().map_err(io_err)? {
                 let (k, v) = item.map_err(io_err)?;
                 let id = k.value();
-                let received = ulid::Ulid::from_string(id).map_or(0, |u| u.timestamp_ms());
+                let received = crate::history::received_ms(id).unwrap_or(0);
                 if received >= cutoff {
                     break;
                 }
