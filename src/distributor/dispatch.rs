@@ -513,10 +513,7 @@ impl Distributor {
         };
         let sent_before = was_sent(&record);
         let now = self.now();
-        let unavailable = match &outcome {
-            Outcome::Transient { code, .. } if code.moves_on() => Some(*code),
-            _ => None,
-        };
+        let unavailable = outcome.unavailable();
         // Some recipients went (the reply to the data was a success): then the error is
         // a refused recipient's reply, not the data's.
         let some_went = matches!(&outcome, Outcome::PerRecipient { results, .. }

@@ -71,7 +71,7 @@ pub fn apply_outcome(
             .collect()
     };
     let mut retry_after = None;
-    let mut unavailable = None;
+    let unavailable = outcome.unavailable();
     let (reply, results) = match outcome {
         Outcome::Later { reply, code, after } => {
             retry_after = Some(crate::time::duration_ms(after));
@@ -83,7 +83,6 @@ pub fn apply_outcome(
             (reply, results)
         }
         Outcome::Transient { reply, code } => {
-            unavailable = code.moves_on().then_some(code);
             let results = all(Fate::Transient, &reply, Some(code));
             (reply, results)
         }

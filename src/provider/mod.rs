@@ -111,6 +111,18 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The provider could not take the mail now (its connection, TLS or sign-in failed,
+    /// it holds mail for a configuration reason, or its daily quota is spent): the code.
+    /// Decided here once: it counts towards the circuit and moves the mail on in a chain.
+    pub fn unavailable(&self) -> Option<Code> {
+        match self {
+            Outcome::Transient { code, .. } if code.moves_on() => Some(*code),
+            _ => None,
+        }
+    }
+}
+
 /// What providers need besides their own configuration.
 #[derive(Debug, Clone)]
 pub struct ProviderContext {
