@@ -80,3 +80,18 @@ impl EmlProvider {
         }
     }
 }
+
+impl super::Deliver for EmlProvider {
+    async fn deliver(&self, d: &Delivery) -> Outcome {
+        EmlProvider::deliver(self, d).await
+    }
+
+    async fn verify(&self) -> Result<String, (Code, String)> {
+        EmlProvider::verify(self)
+    }
+
+    /// The write of the file: `timeout` plus the body at 64 KB/s.
+    fn attempt_once(&self, d: &Delivery) -> std::time::Duration {
+        super::stage::body_bound(self.timeout, d.body.len() as usize)
+    }
+}

@@ -135,11 +135,44 @@ pub struct ProviderContext {
     pub reuse_connections: bool,
 }
 
+/// What a provider kind does. Each kind's file implements it, and [`Provider`] reaches
+/// every kind only through it (the `each_kind!` match), so a new kind is its variant,
+/// its file with this impl, and one arm in `each_kind!` and in `Provider::from_config`;
+/// the compiler points at each.
+pub(crate) trait Deliver {
+    /// Attempts one delivery.
+    async fn deliver(&self, d: &Delivery) -> Outcome;
+    /// `mailgate verify`: signs in (or probes) without sending; what it proved, or the
+    /// diagnosis code and the reply.
+    async fn verify(&self) -> Result<String, (Code, String)>;
+    /// The longest one try of an attempt can take when every step uses its whole bound.
+    fn attempt_once(&self, d: &Delivery) -> std::time::Duration;
+    /// The OAuth2 token source, for kinds that use one.
+    fn oauth(&self) -> Option<&oauth2::TokenSource> {
+        None
+    }
+    /// Keeps at most `keep` idle upstream connections (the others are ended).
+    async fn keep_idle(&self, _keep: usize) {}
+    /// Ends the idle connections (signed in with a sign-in that changed).
+    async fn drop_idle(&self) {}
+}
+
+/// `$e` with `$p` bound to the kind inside `$provider`, whichever it is.
+macro_rules! each_kind {
+    ($provider:expr, $p:ident => $e:expr) => {
+        match $provider {
+            Provider::Eml($p) => $e,
+            Provider::Smtp($p) => $e,
+            Provider::Graph($p) => $e,
+        }
+    };
+}
+
 /// A configured provider.
 #[derive(Debug)]
 pub enum Provider {
     /// One .eml file per message.
-    Eml(eml::EmlProvider),
+    Eml(Box<eml::EmlProvider>),
     /// An SMTP submission server.
     Smtp(Box<smtp::SmtpProvider>),
     /// Microsoft Graph sendMail.
@@ -150,10 +183,10 @@ impl Provider {
     /// Builds the provider of a configuration entry.
     pub fn from_config(p: &ProviderConfig, ctx: &ProviderContext) -> Provider {
         match p.kind {
-            ProviderKind::Eml => Provider::Eml(eml::EmlProvider::new(
+            ProviderKind::Eml => Provider::Eml(Box::new(eml::EmlProvider::new(
                 p.directory.clone().unwrap_or_else(|| "outbox".into()),
                 p.step_timeout(),
-            )),
+            ))),
             ProviderKind::Smtp => {
                 let mut s = smtp::SmtpProvider::new(p, &ctx.hostname, ctx.secrets.clone());
                 s.set_reuse(ctx.reuse_connections);
@@ -168,27 +201,17 @@ impl Provider {
     /// `mailgate verify`: signs in (or, for eml, writes a probe file) without sending;
     /// what it proved, or the diagnosis code and the reply.
     pub async fn verify(&self) -> Result<String, (diagnosis::Code, String)> {
-        match self {
-            Provider::Eml(p) => p.verify(),
-            Provider::Smtp(p) => p.verify().await.map_err(|f| (f.code, f.reply)),
-            Provider::Graph(p) => p.verify().await,
-        }
+        each_kind!(self, p => Deliver::verify(&**p).await)
     }
 
     /// Keeps at most `keep` idle upstream connections (the others are ended).
     pub async fn keep_idle(&self, keep: usize) {
-        if let Provider::Smtp(p) = self {
-            p.keep_idle(keep).await;
-        }
+        each_kind!(self, p => Deliver::keep_idle(&**p, keep).await)
     }
 
     /// The OAuth2 token source, for providers that use one.
     pub fn oauth(&self) -> Option<&oauth2::TokenSource> {
-        match self {
-            Provider::Smtp(p) => p.oauth(),
-            Provider::Graph(p) => Some(p.oauth()),
-            Provider::Eml(_) => None,
-        }
+        each_kind!(self, p => Deliver::oauth(&**p))
     }
 
     /// After `oauth2 login` or `logout`: the token source forgets what it held and idle
@@ -197,9 +220,7 @@ impl Provider {
         if let Some(o) = self.oauth() {
             o.reset();
         }
-        if let Provider::Smtp(p) = self {
-            p.drop_idle().await;
-        }
+        each_kind!(self, p => Deliver::drop_idle(&**p).await)
     }
 
     /// The OAuth2 token's state, for providers that use one.
@@ -208,37 +229,16 @@ impl Provider {
     }
 
     /// The longest one attempt can take when every step it may take uses its whole
-    /// bound (the provider's `timeout` per step, the body within `timeout` plus its size
-    /// at 64 KB/s), with one fresh try after a stale connection or a refused token, and a
-    /// margin. An attempt still running past it is a bug: the distributor logs it with its
-    /// stage and ends it.
+    /// bound (each kind's [`Deliver::attempt_once`]), with one fresh try after a stale
+    /// connection or a refused token, and a margin. An attempt still running past it is
+    /// a bug: the distributor logs it with its stage and ends it.
     pub fn attempt_bound(&self, d: &Delivery) -> std::time::Duration {
-        use stage::{CLOSE_WAIT, body_bound};
-        let margin = std::time::Duration::from_secs(5);
-        let rcpts = u32::try_from(d.rcpts.len()).unwrap_or(u32::MAX);
-        let once = match self {
-            Provider::Eml(p) => body_bound(p.timeout(), d.body.len() as usize),
-            // connect, TLS, greeting, EHLO, STARTTLS, EHLO, token, AUTH; MAIL, RCPT each,
-            // DATA, the body, the final reply, RSET; QUIT.
-            Provider::Smtp(p) => {
-                let t = p.timeout();
-                t * 8 * 2 + t * (4 + rcpts) + body_bound(t, d.body.len() as usize) + CLOSE_WAIT * 2
-            }
-            // token; the request (base64: 4/3 of the size).
-            Provider::Graph(p) => {
-                let t = p.timeout();
-                t + body_bound(t, d.body.len() as usize / 3 * 4 + 4)
-            }
-        };
-        once * 2 + margin
+        let once = each_kind!(self, p => Deliver::attempt_once(&**p, d));
+        once * 2 + std::time::Duration::from_secs(5)
     }
 
     /// Attempts one delivery.
     pub async fn deliver(&self, d: &Delivery) -> Outcome {
-        match self {
-            Provider::Eml(p) => p.deliver(d).await,
-            Provider::Smtp(p) => p.deliver(d).await,
-            Provider::Graph(p) => p.deliver(d).await,
-        }
+        each_kind!(self, p => Deliver::deliver(&**p, d).await)
     }
 }

@@ -324,6 +324,26 @@ impl GraphProvider {
     }
 }
 
+impl super::Deliver for GraphProvider {
+    async fn deliver(&self, d: &Delivery) -> Outcome {
+        GraphProvider::deliver(self, d).await
+    }
+
+    async fn verify(&self) -> Result<String, (Code, String)> {
+        GraphProvider::verify(self).await
+    }
+
+    /// The token; the request (base64: 4/3 of the size).
+    fn attempt_once(&self, d: &Delivery) -> Duration {
+        let t = self.timeout;
+        t + super::stage::body_bound(t, d.body.len() as usize / 3 * 4 + 4)
+    }
+
+    fn oauth(&self) -> Option<&TokenSource> {
+        Some(&self.token)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -288,6 +288,41 @@ impl SmtpProvider {
     }
 }
 
+impl super::Deliver for SmtpProvider {
+    async fn deliver(&self, d: &Delivery) -> Outcome {
+        SmtpProvider::deliver(self, d).await
+    }
+
+    async fn verify(&self) -> Result<String, (Code, String)> {
+        SmtpProvider::verify(self)
+            .await
+            .map_err(|f| (f.code, f.reply))
+    }
+
+    /// connect, TLS, greeting, EHLO, STARTTLS, EHLO, token, AUTH; MAIL, RCPT each, DATA,
+    /// the body, the final reply, RSET; QUIT.
+    fn attempt_once(&self, d: &Delivery) -> Duration {
+        let t = self.timeout;
+        let rcpts = u32::try_from(d.rcpts.len()).unwrap_or(u32::MAX);
+        t * 8 * 2
+            + t * (4 + rcpts)
+            + super::stage::body_bound(t, d.body.len() as usize)
+            + CLOSE_WAIT * 2
+    }
+
+    fn oauth(&self) -> Option<&TokenSource> {
+        SmtpProvider::oauth(self)
+    }
+
+    async fn keep_idle(&self, keep: usize) {
+        SmtpProvider::keep_idle(self, keep).await;
+    }
+
+    async fn drop_idle(&self) {
+        SmtpProvider::drop_idle(self).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
