@@ -164,207 +164,37 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<Vec<String>, StoreErro
     txn.set_durability(Durability::Immediate).map_err(io_err)?;
     let mut unlink = Vec::new();
     {
-        let mut messages = txn.open_table(MESSAGES).map_err(io_err)?;
-        let mut body_files = txn.open_table(BODY_FILES).map_err(io_err)?;
-        let mut crcs = txn.open_table(BODY_CRC).map_err(io_err)?;
-        let mut meta = txn.open_table(META).map_err(io_err)?;
-        let mut records = txn.open_table(RECORDS).map_err(io_err)?;
-        let mut due = txn.open_table(DUE).map_err(io_err)?;
-        let mut usage = txn.open_table(USAGE).map_err(io_err)?;
-        let mut by_status = txn.open_table(BY_STATUS).map_err(io_err)?;
-        let mut by_user = txn.open_table(BY_USER).map_err(io_err)?;
-        let mut tally = txn.open_table(TALLY).map_err(io_err)?;
-        let mut index = |old: Option<&Record>, new: Option<&Record>| -> Result<(), StoreError> {
-            if let Some(o) = old {
-                by_status
-                    .remove(status_key(o.status, &o.id).as_slice())
-                    .map_err(io_err)?;
-                if let Some(u) = &o.user {
-                    by_user
-                        .remove(user_key(u, &o.id).as_slice())
-                        .map_err(io_err)?;
-                }
-            }
-            if let Some(n) = new {
-                by_status
-                    .insert(status_key(n.status, &n.id).as_slice(), ())
-                    .map_err(io_err)?;
-                if let Some(u) = &n.user {
-                    by_user
-                        .insert(user_key(u, &n.id).as_slice(), ())
-                        .map_err(io_err)?;
-                }
-            }
-            Ok(())
-        };
+        let mut t = Tables::open(&txn)?;
         for m in batch.iter().flat_map(|r| r.mutations.iter()) {
             match m {
                 Mutation::Insert {
                     body,
                     record,
                     due_ms,
-                } => {
-                    let crc = match body {
-                        NewBody::Memory(raw) => {
-                            messages
-                                .insert(record.id.as_str(), raw.as_slice())
-                                .map_err(io_err)?;
-                            crc32c::crc32c(raw)
-                        }
-                        NewBody::File { len, crc } => {
-                            body_files
-                                .insert(record.id.as_str(), *len)
-                                .map_err(io_err)?;
-                            *crc
-                        }
-                    };
-                    crcs.insert(record.id.as_str(), crc).map_err(io_err)?;
-                    records
-                        .insert(
-                            record.id.as_str(),
-                            encode_record(record, Some(*due_ms)).as_slice(),
-                        )
-                        .map_err(io_err)?;
-                    due.insert(
-                        due_key(*due_ms, &record.id).as_slice(),
-                        record.provider.as_str(),
-                    )
-                    .map_err(io_err)?;
-                    index(None, Some(record))?;
-                }
-                Mutation::Update { record, due_ms } => {
-                    let old = records
-                        .get(record.id.as_str())
-                        .map_err(io_err)?
-                        .map(|v| decode_record(&record.id, v.value()))
-                        .transpose()?;
-                    if let Some((_, Some(old_due))) = &old {
-                        due.remove(due_key(*old_due, &record.id).as_slice())
-                            .map_err(io_err)?;
-                    }
-                    index(old.as_ref().map(|(r, _)| r), Some(record))?;
-                    records
-                        .insert(
-                            record.id.as_str(),
-                            encode_record(record, *due_ms).as_slice(),
-                        )
-                        .map_err(io_err)?;
-                    if let Some(d) = due_ms {
-                        due.insert(due_key(*d, &record.id).as_slice(), record.provider.as_str())
-                            .map_err(io_err)?;
-                    }
-                }
+                } => t.insert(body, record, *due_ms)?,
+                Mutation::Update { record, due_ms } => t.update(record, *due_ms)?,
                 Mutation::Delete { id } => {
-                    let old = records
-                        .remove(id.as_str())
-                        .map_err(io_err)?
-                        .map(|v| decode_record(id, v.value()))
-                        .transpose()?;
-                    if let Some((_, Some(old_due))) = &old {
-                        due.remove(due_key(*old_due, id).as_slice())
-                            .map_err(io_err)?;
-                    }
-                    index(old.as_ref().map(|(r, _)| r), None)?;
-                    messages.remove(id.as_str()).map_err(io_err)?;
-                    crcs.remove(id.as_str()).map_err(io_err)?;
-                    if body_files.remove(id.as_str()).map_err(io_err)?.is_some() {
+                    if t.delete(id)? {
                         unlink.push(id.clone());
                     }
                 }
-                Mutation::DueNow { id, now_ms } => {
-                    let old = records
-                        .get(id.as_str())
-                        .map_err(io_err)?
-                        .map(|v| decode_record(id, v.value()))
-                        .transpose()?;
-                    if let Some((mut rec, Some(old_due))) = old {
-                        // Every waiting recipient is due now too (each keeps its own time
-                        // when its message's recipients went different ways).
-                        let now = crate::time::rfc3339(*now_ms);
-                        let mut changed = false;
-                        for r in rec
-                            .recipients
-                            .iter_mut()
-                            .filter(|r| !r.status.is_finished())
-                        {
-                            if r.next_attempt_at.as_ref().is_some_and(|t| *t > now) {
-                                r.next_attempt_at = Some(now.clone());
-                                changed = true;
-                            }
-                        }
-                        if old_due > *now_ms {
-                            due.remove(due_key(old_due, id).as_slice())
-                                .map_err(io_err)?;
-                            due.insert(due_key(*now_ms, id).as_slice(), rec.provider.as_str())
-                                .map_err(io_err)?;
-                            rec.next_attempt_at = Some(now);
-                            if let Some(w) = &mut rec.waiting {
-                                w.until = rec.next_attempt_at.clone();
-                            }
-                            changed = true;
-                        }
-                        if changed {
-                            let due_ms = (*now_ms).min(old_due);
-                            records
-                                .insert(id.as_str(), encode_record(&rec, Some(due_ms)).as_slice())
-                                .map_err(io_err)?;
-                        }
-                    }
-                }
+                Mutation::DueNow { id, now_ms } => t.due_now(id, *now_ms)?,
                 Mutation::Usage {
                     provider,
                     at,
                     id,
                     rcpts,
                 } => {
-                    usage
+                    t.usage
                         .insert(usage_key(provider, *at, id).as_slice(), *rcpts)
                         .map_err(io_err)?;
                 }
-                Mutation::PruneUsage { before } => {
-                    let old: Vec<Vec<u8>> = usage
-                        .iter()
-                        .map_err(io_err)?
-                        .filter_map(Result::ok)
-                        .filter_map(|(k, _)| {
-                            let key = k.value().to_vec();
-                            split_usage_key(&key)
-                                .filter(|(_, at, _)| at < before)
-                                .map(|_| key)
-                        })
-                        .collect();
-                    for k in old {
-                        usage.remove(k.as_slice()).map_err(io_err)?;
-                    }
-                }
-                Mutation::Tally { at_ms, outcome } => {
-                    let hour = at_ms / HOUR_MS;
-                    let (mut sent, mut deferred, mut failed) = tally
-                        .get(hour)
-                        .map_err(io_err)?
-                        .map_or((0, 0, 0), |v| v.value());
-                    match outcome {
-                        Status::Sent => sent += 1,
-                        Status::Failed | Status::Partial => failed += 1,
-                        _ => deferred += 1,
-                    }
-                    tally
-                        .insert(hour, (sent, deferred, failed))
-                        .map_err(io_err)?;
-                }
-                Mutation::PruneTally { before } => {
-                    let old: Vec<u64> = tally
-                        .range(..before / HOUR_MS)
-                        .map_err(io_err)?
-                        .filter_map(Result::ok)
-                        .map(|(k, _)| k.value())
-                        .collect();
-                    for h in old {
-                        tally.remove(h).map_err(io_err)?;
-                    }
-                }
+                Mutation::PruneUsage { before } => t.prune_usage(*before)?,
+                Mutation::Tally { at_ms, outcome } => t.tally(*at_ms, *outcome)?,
+                Mutation::PruneTally { before } => t.prune_tally(*before)?,
                 Mutation::Probe => {
-                    meta.insert("probe", crate::time::now_ms())
+                    t.meta
+                        .insert("probe", crate::time::now_ms())
                         .map_err(io_err)?;
                 }
             }
@@ -372,6 +202,231 @@ fn apply(db: &Database, batch: &[WriteRequest]) -> Result<Vec<String>, StoreErro
     }
     txn.commit().map_err(io_err)?;
     Ok(unlink)
+}
+
+/// Every table of the store, open in one write transaction.
+struct Tables<'txn> {
+    messages: redb::Table<'txn, &'static str, &'static [u8]>,
+    body_files: redb::Table<'txn, &'static str, u64>,
+    crcs: redb::Table<'txn, &'static str, u32>,
+    meta: redb::Table<'txn, &'static str, u64>,
+    records: redb::Table<'txn, &'static str, &'static [u8]>,
+    due: redb::Table<'txn, &'static [u8], &'static str>,
+    usage: redb::Table<'txn, &'static [u8], u32>,
+    by_status: redb::Table<'txn, &'static [u8], ()>,
+    by_user: redb::Table<'txn, &'static [u8], ()>,
+    tally: redb::Table<'txn, u64, (u64, u64, u64)>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            messages: txn.open_table(MESSAGES).map_err(io_err)?,
+            body_files: txn.open_table(BODY_FILES).map_err(io_err)?,
+            crcs: txn.open_table(BODY_CRC).map_err(io_err)?,
+            meta: txn.open_table(META).map_err(io_err)?,
+            records: txn.open_table(RECORDS).map_err(io_err)?,
+            due: txn.open_table(DUE).map_err(io_err)?,
+            usage: txn.open_table(USAGE).map_err(io_err)?,
+            by_status: txn.open_table(BY_STATUS).map_err(io_err)?,
+            by_user: txn.open_table(BY_USER).map_err(io_err)?,
+            tally: txn.open_table(TALLY).map_err(io_err)?,
+        })
+    }
+
+    /// The status and user indexes: `old`'s entries out, `new`'s in.
+    fn index(&mut self, old: Option<&Record>, new: Option<&Record>) -> Result<(), StoreError> {
+        if let Some(o) = old {
+            self.by_status
+                .remove(status_key(o.status, &o.id).as_slice())
+                .map_err(io_err)?;
+            if let Some(u) = &o.user {
+                self.by_user
+                    .remove(user_key(u, &o.id).as_slice())
+                    .map_err(io_err)?;
+            }
+        }
+        if let Some(n) = new {
+            self.by_status
+                .insert(status_key(n.status, &n.id).as_slice(), ())
+                .map_err(io_err)?;
+            if let Some(u) = &n.user {
+                self.by_user
+                    .insert(user_key(u, &n.id).as_slice(), ())
+                    .map_err(io_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A record as stored, with its due time.
+    fn record(&self, id: &str) -> Result<Option<(Record, Option<u64>)>, StoreError> {
+        self.records
+            .get(id)
+            .map_err(io_err)?
+            .map(|v| decode_record(id, v.value()))
+            .transpose()
+    }
+
+    fn insert(&mut self, body: &NewBody, record: &Record, due_ms: u64) -> Result<(), StoreError> {
+        let crc = match body {
+            NewBody::Memory(raw) => {
+                self.messages
+                    .insert(record.id.as_str(), raw.as_slice())
+                    .map_err(io_err)?;
+                crc32c::crc32c(raw)
+            }
+            NewBody::File { len, crc } => {
+                self.body_files
+                    .insert(record.id.as_str(), *len)
+                    .map_err(io_err)?;
+                *crc
+            }
+        };
+        self.crcs.insert(record.id.as_str(), crc).map_err(io_err)?;
+        self.records
+            .insert(
+                record.id.as_str(),
+                encode_record(record, Some(due_ms)).as_slice(),
+            )
+            .map_err(io_err)?;
+        self.due
+            .insert(
+                due_key(due_ms, &record.id).as_slice(),
+                record.provider.as_str(),
+            )
+            .map_err(io_err)?;
+        self.index(None, Some(record))
+    }
+
+    fn update(&mut self, record: &Record, due_ms: Option<u64>) -> Result<(), StoreError> {
+        let old = self.record(&record.id)?;
+        if let Some((_, Some(old_due))) = &old {
+            self.due
+                .remove(due_key(*old_due, &record.id).as_slice())
+                .map_err(io_err)?;
+        }
+        self.index(old.as_ref().map(|(r, _)| r), Some(record))?;
+        self.records
+            .insert(record.id.as_str(), encode_record(record, due_ms).as_slice())
+            .map_err(io_err)?;
+        if let Some(d) = due_ms {
+            self.due
+                .insert(due_key(d, &record.id).as_slice(), record.provider.as_str())
+                .map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a message; true when its body was a file (to unlink after the commit).
+    fn delete(&mut self, id: &str) -> Result<bool, StoreError> {
+        let old = self
+            .records
+            .remove(id)
+            .map_err(io_err)?
+            .map(|v| decode_record(id, v.value()))
+            .transpose()?;
+        if let Some((_, Some(old_due))) = &old {
+            self.due
+                .remove(due_key(*old_due, id).as_slice())
+                .map_err(io_err)?;
+        }
+        self.index(old.as_ref().map(|(r, _)| r), None)?;
+        self.messages.remove(id).map_err(io_err)?;
+        self.crcs.remove(id).map_err(io_err)?;
+        Ok(self.body_files.remove(id).map_err(io_err)?.is_some())
+    }
+
+    fn due_now(&mut self, id: &str, now_ms: u64) -> Result<(), StoreError> {
+        let Some((mut rec, Some(old_due))) = self.record(id)? else {
+            return Ok(());
+        };
+        // Every waiting recipient is due now too (each keeps its own time when its
+        // message's recipients went different ways).
+        let now = crate::time::rfc3339(now_ms);
+        let mut changed = false;
+        for r in rec
+            .recipients
+            .iter_mut()
+            .filter(|r| !r.status.is_finished())
+        {
+            if r.next_attempt_at.as_ref().is_some_and(|t| *t > now) {
+                r.next_attempt_at = Some(now.clone());
+                changed = true;
+            }
+        }
+        if old_due > now_ms {
+            self.due
+                .remove(due_key(old_due, id).as_slice())
+                .map_err(io_err)?;
+            self.due
+                .insert(due_key(now_ms, id).as_slice(), rec.provider.as_str())
+                .map_err(io_err)?;
+            rec.next_attempt_at = Some(now);
+            if let Some(w) = &mut rec.waiting {
+                w.until = rec.next_attempt_at.clone();
+            }
+            changed = true;
+        }
+        if changed {
+            let due_ms = now_ms.min(old_due);
+            self.records
+                .insert(id, encode_record(&rec, Some(due_ms)).as_slice())
+                .map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    fn prune_usage(&mut self, before: u64) -> Result<(), StoreError> {
+        let old: Vec<Vec<u8>> = self
+            .usage
+            .iter()
+            .map_err(io_err)?
+            .filter_map(Result::ok)
+            .filter_map(|(k, _)| {
+                let key = k.value().to_vec();
+                split_usage_key(&key)
+                    .filter(|(_, at, _)| *at < before)
+                    .map(|_| key)
+            })
+            .collect();
+        for k in old {
+            self.usage.remove(k.as_slice()).map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    fn tally(&mut self, at_ms: u64, outcome: Status) -> Result<(), StoreError> {
+        let hour = at_ms / HOUR_MS;
+        let (mut sent, mut deferred, mut failed) = self
+            .tally
+            .get(hour)
+            .map_err(io_err)?
+            .map_or((0, 0, 0), |v| v.value());
+        match outcome {
+            Status::Sent => sent += 1,
+            Status::Failed | Status::Partial => failed += 1,
+            _ => deferred += 1,
+        }
+        self.tally
+            .insert(hour, (sent, deferred, failed))
+            .map_err(io_err)?;
+        Ok(())
+    }
+
+    fn prune_tally(&mut self, before: u64) -> Result<(), StoreError> {
+        let old: Vec<u64> = self
+            .tally
+            .range(..before / HOUR_MS)
+            .map_err(io_err)?
+            .filter_map(Result::ok)
+            .map(|(k, _)| k.value())
+            .collect();
+        for h in old {
+            self.tally.remove(h).map_err(io_err)?;
+        }
+        Ok(())
+    }
 }
 
 /// The writer thread: group commit, and reopening the file after an I/O failure (redb
