@@ -2,20 +2,23 @@
 //! `file:line:col: message`. The whole schema of SPEC.md is parsed here, even the parts
 //! that later stages act on, so the format is settled in one place.
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_spanned::Spanned;
 
 mod alerts;
 mod provider;
+mod read;
 mod routes;
 mod validate;
+mod values;
+
+pub use read::{ConfigError, ConfigErrors, Source};
+pub use values::{ByteSize, Dur, parse_size};
 
 pub use validate::{MIN_FLEET_SECRET, loopback_host, peer_url, readable_by_others};
 
@@ -35,189 +38,6 @@ pub const SEARCH_PATH: [&str; 2] = [DEFAULT_PATH, "/etc/mailgate/mailgate.toml"]
 /// The shipped `config/mailgate.toml`, compiled in: what `serve` runs on when no file is
 /// found (listener 127.0.0.1:2525, store under `data/`, the `outbox` eml provider).
 pub const BUILT_IN: &str = include_str!("../../config/mailgate.toml");
-
-/// Where a configuration comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// A file (named, or found on the search path).
-    File(PathBuf),
-    /// The built-in default.
-    BuiltIn,
-}
-
-impl Source {
-    /// Finds the configuration: `explicit` (from `--config` or `MAILGATE_CONFIG`) when
-    /// given, even if it does not exist (loading it is then an error, never a fallback);
-    /// else the first file of [`SEARCH_PATH`] that exists; else the built-in default.
-    pub fn locate(explicit: Option<&Path>) -> Source {
-        if let Some(p) = explicit {
-            return Source::File(p.to_path_buf());
-        }
-        SEARCH_PATH
-            .iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .map_or(Source::BuiltIn, |p| Source::File(p.to_path_buf()))
-    }
-
-    /// The file, when it is one.
-    pub fn path(&self) -> Option<&Path> {
-        match self {
-            Source::File(p) => Some(p),
-            Source::BuiltIn => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Source::File(p) => write!(f, "{}", p.display()),
-            Source::BuiltIn => f.write_str("the built-in default configuration"),
-        }
-    }
-}
-
-/// One problem found in a configuration file, located by line and column.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file the problem is in.
-    pub file: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub col: usize,
-    /// What is wrong, in words for an administrator.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
-    }
-}
-
-/// Every problem of one configuration file (at least one).
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-/// A byte count: an integer, or a string such as `"35MB"` (KB/MB/GB are powers of 1024).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) if n >= 0 => Ok(ByteSize(n as u64)),
-            Raw::Int(n) => Err(serde::de::Error::custom(format!(
-                "a size cannot be negative: {n}"
-            ))),
-            Raw::Text(s) => parse_size(&s)
-                .map(ByteSize)
-                .map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// Parses `"35MB"`, `"512 KiB"`, `"1024"` into bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = || format!("invalid size {text:?}: expected bytes or a number with B, KB, MB or GB");
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).ok_or_else(bad)
-}
-
-/// A duration written as `"30s"`, `"5m"`, `"2d"` (or combinations such as `"1h 30m"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Dur(pub Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Words;
-        impl serde::de::Visitor<'_> for Words {
-            type Value = Dur;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a duration in quotes with its unit, like \"30m\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Dur, E> {
-                humantime::parse_duration(s.trim())
-                    .map(Dur)
-                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
-            }
-            // A bare number has no unit: say how to write it rather than guess one.
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Dur, E> {
-                Err(E::custom(format!(
-                    "a duration is written in quotes with its unit: \"{n}s\", \"{n}m\" or \"{n}h\", not {n}"
-                )))
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Dur, E> {
-                self.visit_i64(n as i64)
-            }
-            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Dur, E> {
-                Err(E::custom(format!(
-                    "a duration is written in quotes with its unit, like \"90s\" or \"1h 30m\", not {n}"
-                )))
-            }
-        }
-        d.deserialize_any(Words)
-    }
-}
-
-/// A serde message about an unknown key, with the nearest known key when one is close
-/// (`unknown field `per_minut_limit`` ... `did you mean `per_minute_limit`?`).
-fn with_suggestion(message: String) -> String {
-    let Some(rest) = message.strip_prefix("unknown field `") else {
-        return message;
-    };
-    let Some((unknown, expected)) = rest.split_once('`') else {
-        return message;
-    };
-    let best = expected
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(|k| (strsim::jaro_winkler(unknown, k), k))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    match best {
-        Some((_, k)) => format!("{message}; did you mean `{k}`?"),
-        None => message,
-    }
-}
 
 /// What to do with a bare CR or LF inside DATA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -667,87 +487,6 @@ fn default_expected_nodes() -> u32 {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: 1,
-                col: 1,
-                message: format!("cannot read the configuration: {e}"),
-            }])
-        })?;
-        Config::parse(&text, path)
-    }
-
-    /// Reads and validates the configuration of `source`.
-    pub fn load_from(source: &Source) -> Result<Config, ConfigErrors> {
-        match source {
-            Source::File(p) => Config::load(p),
-            Source::BuiltIn => Config::parse(BUILT_IN, Path::new("(built-in default)")),
-        }
-    }
-
-    /// Parses and validates configuration text; `file` names it in errors. Every problem
-    /// is reported in one run, each at the line and column of the key it is about: after
-    /// a key that cannot be read, its line is blanked (offsets kept) and the text read
-    /// again, so later mistakes are found too; then the checks beyond the syntax run.
-    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
-        let locate = |span: Option<Range<usize>>, message: String| {
-            let (line, col) = line_col(text, span.map_or(0, |s| s.start));
-            ConfigError {
-                file: file.to_path_buf(),
-                line,
-                col,
-                message,
-            }
-        };
-        // A syntax error stops the reading there: what follows cannot be trusted.
-        if let Err(e) = text.parse::<toml::Table>() {
-            return Err(ConfigErrors(vec![locate(
-                e.span(),
-                e.message().trim().to_string(),
-            )]));
-        }
-        let mut work = text.to_string();
-        let mut errors = Vec::new();
-        let config = loop {
-            match toml::from_str::<Config>(&work) {
-                Ok(c) => break Some(c),
-                Err(e) => {
-                    let span = e.span();
-                    errors.push(locate(
-                        span.clone(),
-                        with_suggestion(e.message().trim().to_string()),
-                    ));
-                    // Blank the key's line(s) and read again, at most 50 times.
-                    match span.and_then(|s| blank_key_lines(&mut work, s)) {
-                        Some(()) if errors.len() < 50 => {}
-                        _ => break None,
-                    }
-                }
-            }
-        };
-        if let Some(config) = &config {
-            for (span, msg) in config.validate() {
-                let span = if span.is_empty() && span.start == 0 {
-                    key_span(text, &msg).unwrap_or(span)
-                } else {
-                    span
-                };
-                errors.push(locate(Some(span), msg));
-            }
-        }
-        match config {
-            Some(c) if errors.is_empty() => Ok(c),
-            _ => {
-                errors.sort_by_key(|e| (e.line, e.col));
-                errors.dedup();
-                Err(ConfigErrors(errors))
-            }
-        }
-    }
-
     /// The settings a reload cannot apply (SIGHUP reports them as needing a restart),
     /// each with a rendering to compare. Every section and start-only key is named
     /// where it is destructured, so a new one cannot be forgotten: the live ones are `_`.
@@ -829,64 +568,6 @@ impl Config {
             names.join(", ")
         )
     }
-}
-
-/// Blanks (with spaces, newlines kept) every line that `span` touches, when they hold a
-/// `key = value` and not a table header; None when there is nothing to blank.
-fn blank_key_lines(text: &mut String, span: Range<usize>) -> Option<()> {
-    let start = text[..span.start.min(text.len())]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
-    let end = text[span.end.min(text.len())..]
-        .find('\n')
-        .map_or(text.len(), |i| span.end.min(text.len()) + i);
-    let chunk = &text[start..end];
-    if chunk.trim_start().starts_with('[') || chunk.trim().is_empty() {
-        return None;
-    }
-    let blank: String = chunk
-        .chars()
-        .map(|c| if c == '\n' { '\n' } else { ' ' })
-        .collect();
-    text.replace_range(start..end, &blank);
-    Some(())
-}
-
-/// The span of the key a check's message starts with (`distributor.retry_initial ...`):
-/// the key's line under its table header.
-fn key_span(text: &str, message: &str) -> Option<Range<usize>> {
-    let first = message.split_whitespace().next()?;
-    let (table, key) = first.rsplit_once('.')?;
-    let key = key.trim_end_matches([',', ':', ';']);
-    let mut current = String::new();
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if let Some(h) = t.strip_prefix('[') {
-            current = h
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .trim()
-                .to_string();
-        } else if current == table
-            && let Some(rest) = t.strip_prefix(key)
-            && rest.trim_start().starts_with('=')
-        {
-            let col = line.len() - line.trim_start().len();
-            return Some(offset + col..offset + col + key.len());
-        }
-        offset += line.len();
-    }
-    None
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..text.floor_char_boundary(offset)];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 #[cfg(test)]
