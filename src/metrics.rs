@@ -203,136 +203,42 @@ impl Default for Metrics {
             fleet_registry: Registry::default(),
             registry: Registry::default(),
         };
+        // Each metric: its name (after `mailgate_`), its help, its field.
+        macro_rules! register {
+            ($registry:expr, $($name:literal, $help:literal => $field:ident;)*) => {
+                $( $registry.register($name, $help, m.$field.clone()); )*
+            };
+        }
         let mut fleet_registry = Registry::with_prefix("mailgate");
-        fleet_registry.register(
-            "fleet_store_up",
-            "1 while the fleet store (Redis) answers",
-            m.fleet_up.clone(),
+        register!(fleet_registry,
+            "fleet_store_up", "1 while the fleet store (Redis) answers" => fleet_up;
+            "fleet_nodes", "Nodes of the fleet with a live heartbeat" => fleet_nodes;
+            "fleet_rejected", "Heartbeats and peer calls that did not verify with the fleet secret, and fleet store values out of bounds, by what" => fleet_rejected;
+            "fleet_call_duration_seconds", "Round trips to the fleet store (Redis) as this node sees them" => fleet_call_duration;
         );
-        fleet_registry.register(
-            "fleet_nodes",
-            "Nodes of the fleet with a live heartbeat",
-            m.fleet_nodes.clone(),
-        );
-        fleet_registry.register(
-            "fleet_rejected",
-            "Heartbeats and peer calls that did not verify with the fleet secret, and fleet store values out of bounds, by what",
-            m.fleet_rejected.clone(),
-        );
-        fleet_registry.register(
-            "fleet_call_duration_seconds",
-            "Round trips to the fleet store (Redis) as this node sees them",
-            m.fleet_call_duration.clone(),
-        );
-        registry.register(
-            "smtp_sessions_active",
-            "SMTP sessions open now",
-            m.sessions_active.clone(),
-        );
-        registry.register(
-            "messages_accepted",
-            "Messages accepted and committed",
-            m.accepted.clone(),
-        );
-        registry.register(
-            "messages_rejected",
-            "Messages or transactions refused, by reason",
-            m.rejected.clone(),
-        );
-        registry.register(
-            "messages_sent",
-            "Messages sent, by provider",
-            m.sent.clone(),
-        );
-        registry.register(
-            "messages_failed",
-            "Messages failed, by provider and diagnosis",
-            m.failed.clone(),
-        );
-        registry.register(
-            "deliveries_deferred",
-            "Delivery attempts deferred, by provider and diagnosis",
-            m.deferred.clone(),
-        );
-        registry.register(
-            "throttle_deferrals",
-            "Messages held back by a per-minute limit, by provider",
-            m.throttle_deferrals.clone(),
-        );
-        registry.register(
-            "provider_held",
-            "1 while a provider holds mail for a configuration reason (the held alert)",
-            m.provider_held.clone(),
-        );
-        registry.register(
-            "queue_oldest_waiting_seconds",
-            "Age of the oldest queued or deferred message (0: none)",
-            m.oldest_waiting.clone(),
-        );
-        registry.register(
-            "store_ok",
-            "1 while the store can commit, is the file opened, records every outcome and has space",
-            m.store_ok.clone(),
-        );
-        registry.register(
-            "oauth2_credential_expires_seconds",
-            "Seconds until the provider's client certificate or client secret ends (when known)",
-            m.credential_expires.clone(),
-        );
-        registry.register(
-            "alerts_sent",
-            "Alerts delivered, by alert and event",
-            m.alerts_sent.clone(),
-        );
-        registry.register(
-            "alert_failures",
-            "Alert deliveries that failed (each is tried again), by alert",
-            m.alert_failures.clone(),
-        );
-        registry.register(
-            "failovers",
-            "Mail moved on to the next provider of its chain, by the provider it left and the one that took it",
-            m.failovers.clone(),
-        );
-        registry.register(
-            "provider_circuit_open",
-            "1 while a provider's circuit is open (skipped after repeated failures) or half-open",
-            m.circuit_open.clone(),
-        );
-        registry.register(
-            "queue_messages",
-            "Messages in the store, by status",
-            m.queue.clone(),
-        );
-        registry.register(
-            "delivery_duration_seconds",
-            "Duration of delivery attempts, by provider",
-            m.delivery_duration.clone(),
-        );
-        registry.register(
-            "delivery_oldest_inflight_seconds",
-            "Age of the oldest delivery attempt running now (0: none), by provider",
-            m.oldest_inflight.clone(),
-        );
-        registry.register(
-            "oauth2_access_token_expires_seconds",
-            "Seconds until the OAuth2 access token held expires (0: none held), by provider",
-            m.oauth2_access_expires.clone(),
-        );
-        registry.register(
-            "oauth2_signed_in",
-            "1 while a delegated OAuth2 provider holds a sign-in (refresh token), by provider",
-            m.oauth2_signed_in.clone(),
-        );
-        registry.register(
-            "oauth2_refresh_token_ages_out_seconds",
-            "Seconds until the stored refresh token ages out if it is not used again, by provider",
-            m.oauth2_ages_out.clone(),
-        );
-        registry.register(
-            "store_commit_duration_seconds",
-            "Duration of store commits (group commit)",
-            m.commit_duration.clone(),
+        register!(registry,
+            "smtp_sessions_active", "SMTP sessions open now" => sessions_active;
+            "messages_accepted", "Messages accepted and committed" => accepted;
+            "messages_rejected", "Messages or transactions refused, by reason" => rejected;
+            "messages_sent", "Messages sent, by provider" => sent;
+            "messages_failed", "Messages failed, by provider and diagnosis" => failed;
+            "deliveries_deferred", "Delivery attempts deferred, by provider and diagnosis" => deferred;
+            "throttle_deferrals", "Messages held back by a per-minute limit, by provider" => throttle_deferrals;
+            "provider_held", "1 while a provider holds mail for a configuration reason (the held alert)" => provider_held;
+            "queue_oldest_waiting_seconds", "Age of the oldest queued or deferred message (0: none)" => oldest_waiting;
+            "store_ok", "1 while the store can commit, is the file opened, records every outcome and has space" => store_ok;
+            "oauth2_credential_expires_seconds", "Seconds until the provider's client certificate or client secret ends (when known)" => credential_expires;
+            "alerts_sent", "Alerts delivered, by alert and event" => alerts_sent;
+            "alert_failures", "Alert deliveries that failed (each is tried again), by alert" => alert_failures;
+            "failovers", "Mail moved on to the next provider of its chain, by the provider it left and the one that took it" => failovers;
+            "provider_circuit_open", "1 while a provider's circuit is open (skipped after repeated failures) or half-open" => circuit_open;
+            "queue_messages", "Messages in the store, by status" => queue;
+            "delivery_duration_seconds", "Duration of delivery attempts, by provider" => delivery_duration;
+            "delivery_oldest_inflight_seconds", "Age of the oldest delivery attempt running now (0: none), by provider" => oldest_inflight;
+            "oauth2_access_token_expires_seconds", "Seconds until the OAuth2 access token held expires (0: none held), by provider" => oauth2_access_expires;
+            "oauth2_signed_in", "1 while a delegated OAuth2 provider holds a sign-in (refresh token), by provider" => oauth2_signed_in;
+            "oauth2_refresh_token_ages_out_seconds", "Seconds until the stored refresh token ages out if it is not used again, by provider" => oauth2_ages_out;
+            "store_commit_duration_seconds", "Duration of store commits (group commit)" => commit_duration;
         );
         Metrics {
             registry,
