@@ -129,50 +129,8 @@ impl Daemon {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
-        let mut listeners = Vec::new();
-        for addr in config.smtp.listen_addrs() {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind { addr, source })?;
-            listeners.push(l);
-        }
-        let status_addr = config
-            .status
-            .listen_addr()
-            .ok_or_else(|| Error::Config("invalid status.listen".into()))?;
-        let status_listener =
-            TcpListener::bind(status_addr)
-                .await
-                .map_err(|source| Error::Bind {
-                    addr: status_addr,
-                    source,
-                })?;
-        let status_addr = status_listener.local_addr().map_err(|source| Error::Bind {
-            addr: status_addr,
-            source,
-        })?;
-
-        let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
-            (Some(c), Some(k)) => {
-                Some(smtp::tls::acceptor(c.get_ref(), k.get_ref()).map_err(Error::Config)?)
-            }
-            _ => None,
-        };
-        let ctx = Arc::new(smtp::listener::ListenerContext {
-            submit: pipeline.clone(),
-            live: live.clone(),
-            space: space.clone(),
-            metrics: metrics.clone(),
-            policy: std::sync::Mutex::new(None),
-            permits: Arc::new(Semaphore::new(config.smtp.max_connections)),
-            idle_timeout: config.smtp.idle_timeout.0,
-            tls,
-            auth_failures: smtp::auth::FailureLimiter::new(config.smtp.auth_concurrency),
-            connection_rate: smtp::listener::connection_limiter(config.smtp.connection_rate_limit),
-            per_address: config.smtp.max_connections_per_address,
-            open_per_address: Arc::default(),
-            min_data_rate: config.smtp.min_data_rate.0,
-        });
+        let (listeners, status_listener, status_addr) = bind(&config).await?;
+        let ctx = smtp_context(&config, &pipeline, &live, &space, &metrics)?;
         let mut smtp_addrs = Vec::new();
         for l in listeners {
             let addr = l.local_addr().map_err(|source| Error::Bind {
@@ -233,29 +191,14 @@ impl Daemon {
             pages,
             shutdown_rx.clone(),
         )));
-        if let Some(f) = fleet.clone() {
-            tasks.push(tokio::spawn(background::fleet_heartbeat(
-                f,
-                pipeline.store().clone(),
-                distributor.clone(),
-                alerts.clone(),
-                shutdown_rx.clone(),
-            )));
-        }
-        tasks.push(tokio::spawn(background::oauth2_keep_alive(
-            distributor.clone(),
-            shutdown_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(maildrop::intake(
-            pipeline.clone(),
-            maildrop::dir_for(&config.store.path),
-            shutdown_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(store::retention_task(
-            pipeline.store().clone(),
-            config.history.retention(),
-            shutdown_rx.clone(),
-        )));
+        tasks.extend(background_tasks(
+            &config,
+            &pipeline,
+            &distributor,
+            fleet,
+            &alerts,
+            &shutdown_rx,
+        ));
         tasks.push(tokio::spawn(
             distributor
                 .clone()
@@ -345,6 +288,102 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(state) {
         tracing::warn!(error = %e, "cannot notify the service manager");
     }
+}
+
+/// The tasks that run beside the listeners and the distributor: the fleet heartbeat,
+/// the OAuth2 keep-alive, the maildrop's intake and the history's retention.
+fn background_tasks(
+    config: &Config,
+    pipeline: &Arc<Pipeline>,
+    distributor: &Arc<Distributor>,
+    fleet: Option<Arc<fleet::Fleet>>,
+    alerts: &Arc<alerts::Alerts>,
+    shutdown_rx: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(f) = fleet {
+        tasks.push(tokio::spawn(background::fleet_heartbeat(
+            f,
+            pipeline.store().clone(),
+            distributor.clone(),
+            alerts.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(background::oauth2_keep_alive(
+        distributor.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(maildrop::intake(
+        pipeline.clone(),
+        maildrop::dir_for(&config.store.path),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(store::retention_task(
+        pipeline.store().clone(),
+        config.history.retention(),
+        shutdown_rx.clone(),
+    )));
+    tasks
+}
+
+/// Binds the SMTP listeners and the status listener (before anything says it listens).
+async fn bind(config: &Config) -> Result<(Vec<TcpListener>, TcpListener, SocketAddr), Error> {
+    let mut listeners = Vec::new();
+    for addr in config.smtp.listen_addrs() {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        listeners.push(l);
+    }
+    let status_addr = config
+        .status
+        .listen_addr()
+        .ok_or_else(|| Error::Config("invalid status.listen".into()))?;
+    let status_listener = TcpListener::bind(status_addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: status_addr,
+            source,
+        })?;
+    let status_addr = status_listener.local_addr().map_err(|source| Error::Bind {
+        addr: status_addr,
+        source,
+    })?;
+    Ok((listeners, status_listener, status_addr))
+}
+
+/// What every SMTP session shares: the pipeline, the policy in force, the limits and
+/// the TLS acceptor.
+fn smtp_context(
+    config: &Config,
+    pipeline: &Arc<Pipeline>,
+    live: &Arc<config::Live>,
+    space: &Arc<dyn store::space::SpaceCheck>,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Result<Arc<smtp::listener::ListenerContext>, Error> {
+    let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
+        (Some(c), Some(k)) => {
+            Some(smtp::tls::acceptor(c.get_ref(), k.get_ref()).map_err(Error::Config)?)
+        }
+        _ => None,
+    };
+    let ctx = Arc::new(smtp::listener::ListenerContext {
+        submit: pipeline.clone(),
+        live: live.clone(),
+        space: space.clone(),
+        metrics: metrics.clone(),
+        policy: std::sync::Mutex::new(None),
+        permits: Arc::new(Semaphore::new(config.smtp.max_connections)),
+        idle_timeout: config.smtp.idle_timeout.0,
+        tls,
+        auth_failures: smtp::auth::FailureLimiter::new(config.smtp.auth_concurrency),
+        connection_rate: smtp::listener::connection_limiter(config.smtp.connection_rate_limit),
+        per_address: config.smtp.max_connections_per_address,
+        open_per_address: Arc::default(),
+        min_data_rate: config.smtp.min_data_rate.0,
+    });
+    Ok(ctx)
 }
 
 /// `mailgate serve`: runs the daemon on `config` (read from `path`) until SIGTERM or
