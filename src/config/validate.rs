@@ -10,6 +10,19 @@ use super::{Config, ProviderConfig, ProviderKind};
 impl Config {
     /// Semantic checks the schema cannot express; each problem with its byte span.
     pub(super) fn validate(&self) -> Vec<(Range<usize>, String)> {
+        let mut out = self.smtp_problems();
+        out.extend(self.fleet_section_problems());
+        out.extend(self.status_problems());
+        out.extend(self.delivery_problems());
+        out.extend(self.provider_problems());
+        out.extend(self.chain_problems());
+        out.extend(self.alert_problems());
+        out.extend(self.user_problems());
+        out
+    }
+
+    /// `[smtp]`: the listen addresses, the TLS pair, the connection limit.
+    fn smtp_problems(&self) -> Vec<(Range<usize>, String)> {
         let mut out = Vec::new();
         if self.smtp.listen.is_empty() {
             out.push((0..0, "smtp.listen needs at least one address".into()));
@@ -30,6 +43,15 @@ impl Config {
             (None, Some(k)) => out.push((k.span(), "tls_key is set but tls_cert is not".into())),
             _ => {}
         }
+        if self.smtp.max_connections == 0 {
+            out.push((0..0, "smtp.max_connections must be at least 1".into()));
+        }
+        out
+    }
+
+    /// `[fleet]`: the Redis connection and the fleet secret.
+    fn fleet_section_problems(&self) -> Vec<(Range<usize>, String)> {
+        let mut out = Vec::new();
         if let Some(f) = &self.fleet
             && f.ca_file.is_some()
             && !f.redis_url.starts_with("rediss://")
@@ -47,6 +69,12 @@ impl Config {
                     .map(|m| (0..0, m)),
             );
         }
+        out
+    }
+
+    /// `[status]`: the TLS pair, the listen address beyond loopback, the token.
+    fn status_problems(&self) -> Vec<(Range<usize>, String)> {
+        let mut out = Vec::new();
         match (&self.status.tls_cert, &self.status.tls_key) {
             (Some(_), None) => out.push((
                 0..0,
@@ -57,9 +85,6 @@ impl Config {
                 "status.tls_key is set but status.tls_cert is not".into(),
             )),
             _ => {}
-        }
-        if self.smtp.max_connections == 0 {
-            out.push((0..0, "smtp.max_connections must be at least 1".into()));
         }
         match self.status.listen_addr() {
             None => out.push((
@@ -104,6 +129,12 @@ impl Config {
                 format!("status.token_file {} is empty: write a long random token into it (for example `openssl rand -hex 32 > {}`)", f.display(), f.display()),
             ));
         }
+        out
+    }
+
+    /// The addresses and times of delivery: `sendmail.admin_address`, the retry times, `notify.from`.
+    fn delivery_problems(&self) -> Vec<(Range<usize>, String)> {
+        let mut out = Vec::new();
         if let Some(a) = &self.sendmail.admin_address
             && crate::address::check_address(a.get_ref(), true).is_err()
         {
@@ -122,6 +153,23 @@ impl Config {
                 "distributor.retry_initial must be above zero and not above retry_max".into(),
             ));
         }
+        if let Some(f) = &self.notify.from
+            && crate::address::check_address(f.get_ref(), false).is_err()
+        {
+            out.push((
+                f.span(),
+                format!(
+                    "notify.from {:?} is not an address: write user@domain",
+                    f.get_ref()
+                ),
+            ));
+        }
+        out
+    }
+
+    /// `[[provider]]`: unique names, each provider's own checks, a pinned fingerprint.
+    fn provider_problems(&self) -> Vec<(Range<usize>, String)> {
+        let mut out = Vec::new();
         let mut names = HashSet::new();
         for p in &self.provider {
             if !names.insert(p.name.get_ref().as_str()) {
@@ -140,19 +188,12 @@ impl Config {
                 ));
             }
         }
-        out.extend(self.chain_problems());
-        out.extend(self.alert_problems());
-        if let Some(f) = &self.notify.from
-            && crate::address::check_address(f.get_ref(), false).is_err()
-        {
-            out.push((
-                f.span(),
-                format!(
-                    "notify.from {:?} is not an address: write user@domain",
-                    f.get_ref()
-                ),
-            ));
-        }
+        out
+    }
+
+    /// `[[user]]`: unique names and logins, a login's password hash.
+    fn user_problems(&self) -> Vec<(Range<usize>, String)> {
+        let mut out = Vec::new();
         let mut users = HashSet::new();
         let mut logins = HashSet::new();
         for u in &self.user {
