@@ -376,9 +376,14 @@ async fn a_bounce_for_a_sender_in_a_local_domain_goes_to_someone_who_reads_mail(
     let d = DaemonProcess::start(&env.config_path);
     submit(&d, "scanner@printers", &["gone@example.com"], "").await;
     let got = to(&up, "it@contoso.com", 1).await;
+    let bounce = String::from_utf8_lossy(&got[0].data);
     assert!(
-        String::from_utf8_lossy(&got[0].data).contains("gone@example.com"),
+        bounce.contains("gone@example.com"),
         "the bounce names the failed recipient"
+    );
+    assert!(
+        bounce.contains("\r\nTo: <it@contoso.com>\r\n") || bounce.contains("\r\nTo: it@contoso.com\r\n"),
+        "its To is who it goes to: {bounce}"
     );
     drop(d);
 

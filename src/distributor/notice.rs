@@ -132,6 +132,7 @@ impl Distributor {
             headers,
             hostname: &n.hostname,
             from: &from,
+            to: &to,
             id: &id,
             now_ms: now,
             gives_up_ms: Some(received + routing.retry.give_up_ms),

@@ -57,6 +57,8 @@ pub struct Facts<'a> {
     pub hostname: &'a str,
     /// The notice's From.
     pub from: &'a str,
+    /// Who it goes to (the sender, or whoever reads its mail): its To.
+    pub to: &'a str,
     /// Its id (a ULID): the Message-ID's left part.
     pub id: &'a str,
     /// Now, ms.
@@ -129,15 +131,54 @@ pub fn compose(f: &Facts<'_>) -> (Vec<u8>, String) {
         NoticeKind::Bounce => format!("Undelivered mail: {subject_of}"),
         NoticeKind::Delay => format!("Delayed mail (still being retried): {subject_of}"),
     };
-    let diagnosis = r.attempts.iter().rev().find_map(|a| a.diagnosis.as_ref());
-    let last_attempt = r.attempts.last().map(|a| a.at.clone());
-    let last_attempt_ms = last_attempt
-        .as_deref()
-        .and_then(crate::time::parse_rfc3339)
-        .unwrap_or(f.now_ms);
-    let received_ms = crate::time::parse_rfc3339(&r.received_at).unwrap_or(f.now_ms);
+    let received_ms = r.received_ms().unwrap_or(f.now_ms);
+    let text = person_part(f, &rcpts, received_ms);
+    let status = status_part(f, &rcpts, received_ms);
+    let headers = String::from_utf8_lossy(f.headers).into_owned();
+    let headers_encoding = if headers.is_ascii() { "7bit" } else { "8bit" };
+    let report = MimePart::new(
+        ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
+        vec![
+            MimePart::new("text/plain", text),
+            MimePart::new(
+                ContentType::new("message/delivery-status"),
+                status.into_bytes(),
+            )
+            .transfer_encoding("7bit"),
+            MimePart::new(
+                ContentType::new("text/rfc822-headers"),
+                headers.into_bytes(),
+            )
+            .transfer_encoding(headers_encoding),
+        ],
+    );
+    let message_id = format!("{}@{}", f.id, f.hostname);
+    let mut builder = MessageBuilder::new()
+        .from(f.from)
+        .to(f.to)
+        .subject(subject.as_str())
+        .message_id(message_id.as_str())
+        .date(mail_builder::headers::date::Date::new(
+            (f.now_ms / 1000) as i64,
+        ))
+        .header("Auto-Submitted", Raw::new("auto-replied"))
+        .header("X-Mailgate-Notice", Raw::new(f.kind.as_str()))
+        .body(report);
+    if let Some(orig) = r.message_id.as_deref() {
+        builder = builder.in_reply_to(orig.trim_matches(|c| c == '<' || c == '>'));
+    }
+    let bytes = builder.write_to_vec().unwrap_or_default();
+    (
+        crate::message::crlf_normalized(&bytes).into_owned(),
+        subject,
+    )
+}
 
-    // The part a person reads.
+/// The part a person reads: what happened to which recipients, and from the diagnosis
+/// what it means and what to do.
+fn person_part(f: &Facts<'_>, rcpts: &[&crate::history::Recipient], received_ms: u64) -> String {
+    let r = f.record;
+    let subject_of = r.subject.as_deref().unwrap_or("(no subject)");
     let mut text = format!("This is mailgate at {}.\r\n\r\n", f.hostname);
     text.push_str(&match f.kind {
         NoticeKind::Bounce => format!(
@@ -161,14 +202,14 @@ pub fn compose(f: &Facts<'_>) -> (Vec<u8>, String) {
         date(received_ms),
         r.id
     ));
-    for rc in &rcpts {
+    for rc in rcpts {
         text.push_str(&format!(
             "  {}: {}\r\n",
             rc.address,
             one_line(rc.reply.as_deref().unwrap_or("no reply yet"))
         ));
     }
-    if let Some(d) = diagnosis {
+    if let Some(d) = r.attempts.iter().rev().find_map(|a| a.diagnosis.as_ref()) {
         text.push_str(&format!(
             "\r\nWhat happened ({}): {}\r\n\r\nWhat to do: {}\r\n",
             d.code,
@@ -176,15 +217,24 @@ pub fn compose(f: &Facts<'_>) -> (Vec<u8>, String) {
             one_line(&crate::text::plain(&d.fix))
         ));
     }
+    text
+}
 
-    // The part a program reads (RFC 3464 section 2).
+/// The part a program reads (RFC 3464 section 2): one block per recipient.
+fn status_part(f: &Facts<'_>, rcpts: &[&crate::history::Recipient], received_ms: u64) -> String {
+    let r = f.record;
+    let last_attempt_ms = r
+        .attempts
+        .last()
+        .and_then(|a| crate::time::parse_rfc3339(&a.at))
+        .unwrap_or(f.now_ms);
     let mut status = format!(
         "Reporting-MTA: dns; {}\r\nX-Mailgate-Queue-ID: {}\r\nArrival-Date: {}\r\n",
         f.hostname,
         r.id,
         date(received_ms)
     );
-    for rc in &rcpts {
+    for rc in rcpts {
         let reply = rc.reply.as_deref().unwrap_or("");
         let smtp = reply.len() >= 3 && reply.as_bytes()[..3].iter().all(u8::is_ascii_digit);
         status.push_str(&format!(
@@ -208,45 +258,7 @@ pub fn compose(f: &Facts<'_>) -> (Vec<u8>, String) {
             status.push_str(&format!("Will-Retry-Until: {}\r\n", date(t)));
         }
     }
-
-    let headers = String::from_utf8_lossy(f.headers).into_owned();
-    let headers_encoding = if headers.is_ascii() { "7bit" } else { "8bit" };
-    let report = MimePart::new(
-        ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
-        vec![
-            MimePart::new("text/plain", text),
-            MimePart::new(
-                ContentType::new("message/delivery-status"),
-                status.into_bytes(),
-            )
-            .transfer_encoding("7bit"),
-            MimePart::new(
-                ContentType::new("text/rfc822-headers"),
-                headers.into_bytes(),
-            )
-            .transfer_encoding(headers_encoding),
-        ],
-    );
-    let message_id = format!("{}@{}", f.id, f.hostname);
-    let mut builder = MessageBuilder::new()
-        .from(f.from)
-        .to(r.sender.as_str())
-        .subject(subject.as_str())
-        .message_id(message_id.as_str())
-        .date(mail_builder::headers::date::Date::new(
-            (f.now_ms / 1000) as i64,
-        ))
-        .header("Auto-Submitted", Raw::new("auto-replied"))
-        .header("X-Mailgate-Notice", Raw::new(f.kind.as_str()))
-        .body(report);
-    if let Some(orig) = r.message_id.as_deref() {
-        builder = builder.in_reply_to(orig.trim_matches(|c| c == '<' || c == '>'));
-    }
-    let bytes = builder.write_to_vec().unwrap_or_default();
-    (
-        crate::message::crlf_normalized(&bytes).into_owned(),
-        subject,
-    )
+    status
 }
 
 #[cfg(test)]
