@@ -382,7 +382,8 @@ async fn a_bounce_for_a_sender_in_a_local_domain_goes_to_someone_who_reads_mail(
         "the bounce names the failed recipient"
     );
     assert!(
-        bounce.contains("\r\nTo: <it@contoso.com>\r\n") || bounce.contains("\r\nTo: it@contoso.com\r\n"),
+        bounce.contains("\r\nTo: <it@contoso.com>\r\n")
+            || bounce.contains("\r\nTo: it@contoso.com\r\n"),
         "its To is who it goes to: {bounce}"
     );
     drop(d);
