@@ -277,42 +277,14 @@ pub async fn run(args: &[String], as_mailq: bool) -> i32 {
         );
         return sysexits::DATAERR;
     }
-    // The door's recipient checks, so mail left in the maildrop meets the same rules.
-    for a in &rcpts {
-        match crate::address::check_address(a, true) {
-            Ok(()) => {}
-            Err(crate::address::AddressProblem::SingleLabelDomain)
-                if !config.smtp.reject_single_label_domains => {}
-            Err(crate::address::AddressProblem::SingleLabelDomain) => {
-                eprintln!(
-                    "sendmail: <{a}>: recipient address rejected: single label domain not accepted (550 5.1.2); it needs a full domain (user@contoso.com)"
-                );
-                return sysexits::DATAERR;
-            }
-            Err(_) => {
-                eprintln!("sendmail: invalid recipient address {a:?}");
-                return sysexits::DATAERR;
-            }
-        }
+    if let Err(code) = check_rcpts(&config, &rcpts) {
+        return code;
     }
     let user = unix_user();
-    // A bare name (`-f root`, as cronie passes it) is qualified as sendmail does.
-    let from = match flags.sender.clone() {
-        None => format!("{user}@{}", config.smtp.hostname),
-        Some(s) if s.is_empty() || s == "<>" => String::new(),
-        Some(s) if !s.contains('@') => format!("{s}@{}", config.smtp.hostname),
-        Some(s) => s,
+    let from = match sender(&config, flags.sender.clone(), &user) {
+        Ok(f) => f,
+        Err(code) => return code,
     };
-    // A single-label domain (`root@localhost`) is a sender the door accepts.
-    if !from.is_empty()
-        && !matches!(
-            crate::address::check_address(&from, true),
-            Ok(()) | Err(crate::address::AddressProblem::SingleLabelDomain)
-        )
-    {
-        eprintln!("sendmail: invalid sender address {from:?} (-f)");
-        return sysexits::DATAERR;
-    }
     if !has_from(&raw) {
         let field = match &flags.full_name {
             Some(name) => format!(
@@ -327,7 +299,65 @@ pub async fn run(args: &[String], as_mailq: bool) -> i32 {
         eprintln!("sendmail: smtp.listen names no address");
         return sysexits::TEMPFAIL;
     };
-    match submit(addr, &from, &rcpts, &raw).await {
+    hand_over(&config, addr, from, rcpts, &raw, user).await
+}
+
+/// The door's recipient checks, so mail left in the maildrop meets the same rules as
+/// mail given to the listener: Err with the exit code, having said why.
+fn check_rcpts(config: &Config, rcpts: &[String]) -> Result<(), i32> {
+    for a in rcpts {
+        match crate::address::check_address(a, true) {
+            Ok(()) => {}
+            Err(crate::address::AddressProblem::SingleLabelDomain)
+                if !config.smtp.reject_single_label_domains => {}
+            Err(crate::address::AddressProblem::SingleLabelDomain) => {
+                eprintln!(
+                    "sendmail: <{a}>: recipient address rejected: single label domain not accepted (550 5.1.2); it needs a full domain (user@contoso.com)"
+                );
+                return Err(sysexits::DATAERR);
+            }
+            Err(_) => {
+                eprintln!("sendmail: invalid recipient address {a:?}");
+                return Err(sysexits::DATAERR);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The envelope sender: `-f` (a bare name, as cronie passes it, qualified as sendmail
+/// does; `<>` the null sender), else the invoking user at `smtp.hostname`.
+fn sender(config: &Config, given: Option<String>, user: &str) -> Result<String, i32> {
+    let from = match given {
+        None => format!("{user}@{}", config.smtp.hostname),
+        Some(s) if s.is_empty() || s == "<>" => String::new(),
+        Some(s) if !s.contains('@') => format!("{s}@{}", config.smtp.hostname),
+        Some(s) => s,
+    };
+    // A single-label domain (`root@localhost`) is a sender the door accepts.
+    if !from.is_empty()
+        && !matches!(
+            crate::address::check_address(&from, true),
+            Ok(()) | Err(crate::address::AddressProblem::SingleLabelDomain)
+        )
+    {
+        eprintln!("sendmail: invalid sender address {from:?} (-f)");
+        return Err(sysexits::DATAERR);
+    }
+    Ok(from)
+}
+
+/// Gives the message to the daemon; when it cannot be reached (or refuses for now), to
+/// the maildrop. The exit code.
+async fn hand_over(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    from: String,
+    rcpts: Vec<String>,
+    raw: &[u8],
+    user: String,
+) -> i32 {
+    match submit(addr, &from, &rcpts, raw).await {
         Ok(_) => sysexits::OK,
         Err(Some(reply)) if reply.starts_with('5') => {
             eprintln!("sendmail: the message was refused: {reply}");
@@ -341,7 +371,7 @@ pub async fn run(args: &[String], as_mailq: bool) -> i32 {
                 rcpts,
                 user: Some(user),
             };
-            match crate::maildrop::write(&dir, &env, &raw) {
+            match crate::maildrop::write(&dir, &env, raw) {
                 Ok(path) => {
                     let why = other.map_or_else(
                         || format!("mailgate is not running at {addr}"),
