@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
@@ -140,7 +138,7 @@ impl Distributor {
             })
             .collect();
         let admits = self.admit(&batch, &routing, now).await;
-        for ((mut record, group), admit) in sends.into_iter().zip(admits) {
+        for ((record, group), admit) in sends.into_iter().zip(admits) {
             let Some(Admit {
                 verdict,
                 bypassed,
@@ -150,59 +148,11 @@ impl Distributor {
                 continue;
             };
             match verdict {
-                Verdict::Throttled(until) => {
-                    self.metrics
-                        .throttle_deferrals
-                        .get_or_create(&crate::metrics::ProviderLabel {
-                            provider: group.provider.clone(),
-                        })
-                        .inc();
-                    tracing::info!(id = %record.id, provider = %group.provider, status = "deferred", reason = "per_minute_limit", until = %crate::time::rfc3339(until), wait = %wait_words(until.saturating_sub(now)), "throttled");
-                    let due = outcome::throttled(&mut record, &group.rcpts, until, now);
-                    held.push((record, Some(due)));
-                }
+                Verdict::Throttled(until) => held.push(self.throttled(record, &group, until, now)),
                 Verdict::DailyQuota(until) => {
-                    self.count_deferred(&group.provider, "daily-quota");
-                    let next = self.next_provider(&group.chain, &group.provider, now);
-                    match &next {
-                        Some(to) => self.failover(&record.id, &group.provider, to, "daily-quota"),
-                        None => {
-                            tracing::info!(id = %record.id, provider = %group.provider, status = "deferred", diagnosis = "daily-quota", until = %crate::time::rfc3339(until), wait = %wait_words(until.saturating_sub(now)), "daily quota reached");
-                        }
-                    }
-                    let step = Step {
-                        provider: &group.provider,
-                        rcpts: &group.rcpts,
-                        first: group.first(),
-                        next: next.as_deref(),
-                    };
-                    let due = outcome::quota_spent(&mut record, step, now, until, per_day);
-                    held.push((record, Some(due)));
+                    held.push(self.quota_spent(record, &group, until, per_day, now));
                 }
-                Verdict::Send => {
-                    // Every admitted send is settled, the ones without a slot too.
-                    let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                        self.settle(&group.provider, &record.id, 0, None);
-                        continue;
-                    };
-                    // A cancel in progress holds the id: then it is not sent.
-                    let claimed = self
-                        .in_flight
-                        .lock()
-                        .is_ok_and(|mut s| super::claim(&mut s, &record.id, Some(record.status)));
-                    if !claimed {
-                        self.settle(&group.provider, &record.id, 0, None);
-                        continue;
-                    }
-                    self.circuit_started(&group.provider, now);
-                    if group.provider != group.planned {
-                        self.failover(&record.id, &group.planned, &group.provider, "circuit-open");
-                    }
-                    let this = self.clone();
-                    tasks.spawn(
-                        async move { this.deliver(record, group, permit, now, bypassed).await },
-                    );
-                }
+                Verdict::Send => self.start(tasks, record, group, now, bypassed),
             }
         }
         if !held.is_empty() {
@@ -215,6 +165,85 @@ impl Distributor {
             });
         }
         next
+    }
+
+    /// A send the per-minute limit holds back: counted, logged, recorded with its time.
+    fn throttled(
+        &self,
+        mut record: Record,
+        group: &Group,
+        until: u64,
+        now: u64,
+    ) -> (Record, Option<u64>) {
+        self.metrics
+            .throttle_deferrals
+            .get_or_create(&crate::metrics::ProviderLabel {
+                provider: group.provider.clone(),
+            })
+            .inc();
+        tracing::info!(id = %record.id, provider = %group.provider, status = "deferred", reason = "per_minute_limit", until = %crate::time::rfc3339(until), wait = %wait_words(until.saturating_sub(now)), "throttled");
+        let due = outcome::throttled(&mut record, &group.rcpts, until, now);
+        (record, Some(due))
+    }
+
+    /// A send over the daily quota: it moves to the next provider of its chain, or
+    /// waits until the window allows.
+    fn quota_spent(
+        &self,
+        mut record: Record,
+        group: &Group,
+        until: u64,
+        per_day: u32,
+        now: u64,
+    ) -> (Record, Option<u64>) {
+        self.count_deferred(&group.provider, "daily-quota");
+        let next = self.next_provider(&group.chain, &group.provider, now);
+        match &next {
+            Some(to) => self.failover(&record.id, &group.provider, to, "daily-quota"),
+            None => {
+                tracing::info!(id = %record.id, provider = %group.provider, status = "deferred", diagnosis = "daily-quota", until = %crate::time::rfc3339(until), wait = %wait_words(until.saturating_sub(now)), "daily quota reached");
+            }
+        }
+        let step = Step {
+            provider: &group.provider,
+            rcpts: &group.rcpts,
+            first: group.first(),
+            next: next.as_deref(),
+        };
+        let due = outcome::quota_spent(&mut record, step, now, until, per_day);
+        (record, Some(due))
+    }
+
+    /// An admitted send: a slot and the message's claim taken, its attempt started as a
+    /// task of its own (or settled at once when either is not to be had).
+    fn start(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        record: Record,
+        group: Group,
+        now: u64,
+        bypassed: bool,
+    ) {
+        // Every admitted send is settled, the ones without a slot too.
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            self.settle(&group.provider, &record.id, 0, None);
+            return;
+        };
+        // A cancel in progress holds the id: then it is not sent.
+        let claimed = self
+            .in_flight
+            .lock()
+            .is_ok_and(|mut s| super::claim(&mut s, &record.id, Some(record.status)));
+        if !claimed {
+            self.settle(&group.provider, &record.id, 0, None);
+            return;
+        }
+        self.circuit_started(&group.provider, now);
+        if group.provider != group.planned {
+            self.failover(&record.id, &group.planned, &group.provider, "circuit-open");
+        }
+        let this = self.clone();
+        tasks.spawn(async move { this.deliver(record, group, permit, now, bypassed).await });
     }
 
     /// The due messages of providers with room, oldest first, each with its record, in
@@ -598,67 +627,6 @@ impl Distributor {
                     code: Code::ConnectionFailed,
                 }
             }
-        }
-    }
-
-    fn count_deferred(&self, provider: &str, diagnosis: &str) {
-        self.metrics
-            .deferred
-            .get_or_create(&crate::metrics::ProviderDiagnosis {
-                provider: provider.to_string(),
-                diagnosis: diagnosis.to_string(),
-            })
-            .inc();
-    }
-
-    pub(super) fn count_outcome(
-        &self,
-        provider: &str,
-        status: Status,
-        last: Option<&crate::history::Attempt>,
-        took: Duration,
-        notice: bool,
-    ) {
-        use crate::metrics::{ProviderDiagnosis, ProviderLabel};
-        let m = &self.metrics;
-        let label = ProviderLabel {
-            provider: provider.to_string(),
-        };
-        m.delivery_duration
-            .get_or_create(&label)
-            .observe(took.as_secs_f64());
-        let diagnosis = last
-            .and_then(|a| a.diagnosis.as_ref())
-            .map_or_else(|| "none".to_string(), |d| d.code.to_string());
-        match status {
-            Status::Sent | Status::Partial => {
-                m.sent.get_or_create(&label).inc();
-                // The totals count the applications' mail; notices apart.
-                let total = if notice {
-                    &m.totals.notices_sent
-                } else if status == Status::Sent {
-                    &m.totals.sent
-                } else {
-                    &m.totals.partial
-                };
-                total.fetch_add(1, Ordering::Relaxed);
-            }
-            Status::Failed => {
-                m.failed
-                    .get_or_create(&ProviderDiagnosis {
-                        provider: provider.to_string(),
-                        diagnosis,
-                    })
-                    .inc();
-                if notice {
-                    &m.totals.notices_failed
-                } else {
-                    &m.totals.failed
-                }
-                .fetch_add(1, Ordering::Relaxed);
-            }
-            Status::Deferred => self.count_deferred(provider, &diagnosis),
-            Status::Queued | Status::Cancelled => {}
         }
     }
 }

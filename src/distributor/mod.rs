@@ -8,6 +8,7 @@
 mod cancel;
 mod chain;
 pub mod circuit;
+mod counted;
 mod dispatch;
 mod leases;
 mod limiter;
