@@ -170,30 +170,7 @@ impl SmtpProvider {
     pub(super) async fn connect_once(&self) -> Result<Conn, Failure> {
         let t = self.timeout;
         let target = format!("{}:{}", self.host, self.port);
-        stage::enter("connect");
-        let mut tcp = match tokio::time::timeout(
-            t,
-            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(Failure::local(
-                    Code::ConnectionFailed,
-                    format!("cannot connect to {target}: {e}"),
-                ));
-            }
-            Err(_) => {
-                return Err(Failure::local(
-                    Code::ConnectionFailed,
-                    format!(
-                        "connect: connection to {target} timed out after {}",
-                        stage::words(t)
-                    ),
-                ));
-            }
-        };
+        let mut tcp = self.tcp(&target).await?;
         let _ = tcp.set_nodelay(true);
         let heard: wire::Heard = Arc::new(std::sync::Mutex::new(Some(Vec::new())));
         let wire = match self.config.tls {
@@ -227,11 +204,43 @@ impl SmtpProvider {
             .ok()
             .and_then(|mut h| h.take())
             .unwrap_or_default();
-        let mut conn = Conn {
+        let conn = Conn {
             smtp,
             pipelining: offers_pipelining(&start),
         };
         self.opened.fetch_add(1, Ordering::Relaxed);
+        self.sign_in(conn, &target).await
+    }
+
+    /// The TCP connection, within the provider's `timeout`.
+    async fn tcp(&self, target: &str) -> Result<tokio::net::TcpStream, Failure> {
+        let t = self.timeout;
+        stage::enter("connect");
+        match tokio::time::timeout(
+            t,
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(Failure::local(
+                Code::ConnectionFailed,
+                format!("cannot connect to {target}: {e}"),
+            )),
+            Err(_) => Err(Failure::local(
+                Code::ConnectionFailed,
+                format!(
+                    "connect: connection to {target} timed out after {}",
+                    stage::words(t)
+                ),
+            )),
+        }
+    }
+
+    /// AUTH: XOAUTH2 with a token of `[provider.oauth2]`, or PLAIN/LOGIN with the
+    /// password, or none without a username; a connection that cannot sign in is closed.
+    async fn sign_in(&self, mut conn: Conn, target: &str) -> Result<Conn, Failure> {
+        let t = self.timeout;
         if let Some((user, oauth)) = self
             .oauth
             .as_ref()
