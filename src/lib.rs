@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod diagnosis;
 pub mod distributor;
+pub mod files;
 pub mod fleet;
 pub mod history;
 pub mod maildrop;

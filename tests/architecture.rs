@@ -20,6 +20,7 @@ const ROOMS: &[(&str, &str, &[&str])] = &[
         "the diagnosis catalogue: every `Code`, its explanation and fix, and how an upstream reply is recognised",
         &[],
     ),
+    ("files", "small state files written whole", &[]),
     ("metrics", "the metric families", &[]),
     ("pem", "a TLS listener's PEM chain and key", &[]),
     ("text", "counted, clipped and plain words, sizes", &[]),
@@ -105,6 +106,7 @@ const ROOMS: &[(&str, &str, &[&str])] = &[
             "address",
             "config",
             "diagnosis",
+            "files",
             "fleet",
             "history",
             "message",
@@ -132,7 +134,9 @@ const ROOMS: &[(&str, &str, &[&str])] = &[
     (
         "alerts",
         "the alert engine: conditions from the snapshot every 2 s, firing and resolved, the `failed` digest, `alerts.json`, delivery",
-        &["config", "fleet", "history", "metrics", "snapshot", "time"],
+        &[
+            "config", "files", "fleet", "history", "metrics", "snapshot", "time",
+        ],
     ),
     (
         "reload",

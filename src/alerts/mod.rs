@@ -157,15 +157,7 @@ impl Alerts {
         let Ok(bytes) = serde_json::to_vec_pretty(s) else {
             return;
         };
-        let tmp = self.file.with_extension("json.tmp");
-        let written = (|| -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.file)
-        })();
-        if let Err(e) = written {
+        if let Err(e) = crate::files::replace(&self.file, &bytes) {
             tracing::warn!(file = %self.file.display(), error = %e, "cannot save the alert state");
         }
     }

@@ -250,7 +250,7 @@ pub struct Distributor {
     /// Where what a restart keeps of the providers is written (`remembered.rs`).
     remembered_file: std::path::PathBuf,
     /// What was last written there.
-    remembered_last: Mutex<Option<remembered::Remembered>>,
+    remembered_last: Mutex<remembered::Remembered>,
     /// When a failed write was last logged (ms).
     remembered_warned: std::sync::atomic::AtomicU64,
 }
@@ -309,7 +309,7 @@ impl Distributor {
             shared: limiter::Shared::Alone,
             leases: leases::Leases::default(),
             remembered_file,
-            remembered_last: Mutex::new(Some(kept)),
+            remembered_last: Mutex::new(kept),
             remembered_warned: std::sync::atomic::AtomicU64::new(0),
             clock: Clock {
                 base_ms: now_ms(),

@@ -77,16 +77,10 @@ impl Remembered {
             .collect()
     }
 
-    /// Writes it whole: a temporary file, synced, renamed over the old one (0640 by the
-    /// daemon's umask).
+    /// Writes it whole ([`crate::files::replace`]).
     fn write(&self, file: &Path) -> std::io::Result<()> {
-        use std::io::Write;
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        let tmp = file.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, file)
+        crate::files::replace(file, &bytes)
     }
 }
 
@@ -119,26 +113,23 @@ impl Distributor {
     /// Writes what is kept when it changed since the last write.
     pub(super) async fn keep_remembered(&self) {
         let now = self.remembered();
-        let Ok(mut last) = self.remembered_last.lock().map(|l| l.clone()) else {
-            return;
-        };
-        if last.as_ref() == Some(&now) {
+        if self.remembered_last.lock().is_ok_and(|l| *l == now) {
             return;
         }
         let file = self.remembered_file.clone();
         let copy = now.clone();
-        let written = tokio::task::spawn_blocking(move || copy.write(&file)).await;
-        match written {
-            Ok(Ok(())) => last = Some(now),
+        match tokio::task::spawn_blocking(move || copy.write(&file)).await {
+            Ok(Ok(())) => {
+                if let Ok(mut l) = self.remembered_last.lock() {
+                    *l = now;
+                }
+            }
             Ok(Err(e)) => {
                 if crate::time::once_per(&self.remembered_warned, Duration::from_secs(60)) {
                     tracing::warn!(file = %self.remembered_file.display(), error = %e, "cannot save what is known of the providers");
                 }
             }
             Err(_) => {}
-        }
-        if let Ok(mut l) = self.remembered_last.lock() {
-            *l = last;
         }
     }
 }
