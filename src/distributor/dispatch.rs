@@ -458,8 +458,6 @@ impl Distributor {
             ));
         }
         let finish = Finish {
-            id: record.id.clone(),
-            status: record.status,
             provider: group.provider.clone(),
             deferrals: record.deferrals,
             last: record.attempts.last().cloned(),
@@ -474,7 +472,7 @@ impl Distributor {
             },
             Mutation::Tally {
                 at_ms: self.now(),
-                outcome: finish.status,
+                outcome: finish.event.status,
             },
         ];
         mutations.extend(notice);
@@ -482,7 +480,7 @@ impl Distributor {
             mutations.push(Mutation::Usage {
                 provider: finish.provider.clone(),
                 at,
-                id: finish.id.clone(),
+                id: finish.event.id.clone(),
                 rcpts: sent,
             });
         }

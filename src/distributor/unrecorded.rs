@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Distributor;
-use crate::history::{Attempt, Status};
+use crate::history::Attempt;
 use crate::store::Mutation;
 
 /// First wait after a failed commit of kept outcomes; it doubles up to [`MAX_BACKOFF`].
@@ -21,15 +21,13 @@ pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// What to log, count and publish once an attempt's outcome is committed.
 #[derive(Debug, Clone)]
 pub(super) struct Finish {
-    pub(super) id: String,
-    pub(super) status: Status,
     pub(super) provider: String,
     pub(super) deferrals: u32,
     pub(super) last: Option<Attempt>,
     pub(super) took: Duration,
     /// A notice mailgate made (bounce, delay): counted apart in the totals.
     pub(super) notice: bool,
-    /// What watchers are told once it is committed.
+    /// What watchers are told once it is committed: the message's id and status.
     pub(super) event: super::DeliveryEvent,
 }
 
@@ -47,8 +45,8 @@ impl Distributor {
         // target names what it is, whichever module writes it.
         tracing::info!(
             target: "mailgate::delivery",
-            id = %f.id,
-            status = f.status.as_str(),
+            id = %f.event.id,
+            status = f.event.status.as_str(),
             provider = %f.provider,
             deferrals = f.deferrals,
             diagnosis = f.last.as_ref().and_then(|a| a.diagnosis.as_ref()).map(|d| d.code.as_str()),
@@ -56,15 +54,21 @@ impl Distributor {
             delay_ms = crate::time::duration_ms(f.took),
             "delivery"
         );
-        self.count_outcome(&f.provider, f.status, f.last.as_ref(), f.took, f.notice);
+        self.count_outcome(
+            &f.provider,
+            f.event.status,
+            f.last.as_ref(),
+            f.took,
+            f.notice,
+        );
         let _ = self.events.send(f.event);
     }
 
     /// Keeps an outcome the store refused; the message stays in flight until it is written.
     pub(super) fn keep_unrecorded(&self, u: Unrecorded, error: &crate::store::StoreError) {
         tracing::error!(
-            id = %u.finish.id,
-            status = u.finish.status.as_str(),
+            id = %u.finish.event.id,
+            status = u.finish.event.status.as_str(),
             error = %error,
             "the outcome of a delivery cannot be recorded; it is kept in memory, no new delivery starts until the store commits again"
         );
@@ -103,7 +107,7 @@ impl Distributor {
                 );
                 for u in done {
                     if let Ok(mut s) = self.in_flight.lock() {
-                        s.remove(&u.finish.id);
+                        s.remove(&u.finish.event.id);
                     }
                     self.finished(u.finish);
                 }
