@@ -119,13 +119,18 @@ fn certificate(env: &TestEnv, days: u32) -> (std::path::PathBuf, std::path::Path
     (cert, key)
 }
 
-fn retired() -> Script {
+/// An upstream that takes relay@contoso.com's password.
+fn takes_the_password() -> Script {
     Script {
         offer_auth: true,
         credentials: Some(("relay@contoso.com".into(), "pw".into())),
         ..Script::default()
     }
-    .reply(
+}
+
+/// An upstream that says Basic authentication is retired.
+fn retired() -> Script {
+    takes_the_password().reply(
         "auth",
         "550 5.7.30 Basic authentication is not supported for Client Submission.",
     )
@@ -223,12 +228,7 @@ async fn failures_are_summed_held_fires_and_resolves_in_three_formats() {
     assert!(slack["text"].as_str().unwrap().contains("FIRING held"));
     assert_eq!(slack["blocks"][0]["type"], "section");
     assert_eq!(slack["blocks"][0]["text"]["type"], "mrkdwn");
-    let st: Value = common::get(format!("http://{}/status", d.status))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st = d.get_json("/status").await;
     let open = st["alerts"].as_array().unwrap();
     assert!(
         open.iter()
@@ -243,11 +243,7 @@ async fn failures_are_summed_held_fires_and_resolves_in_three_formats() {
 
     // The fix: the server takes the password again; a reload releases the held mail,
     // it goes, and held resolves.
-    held.set_script(Script {
-        offer_auth: true,
-        credentials: Some(("relay@contoso.com".into(), "pw".into())),
-        ..Script::default()
-    });
+    held.set_script(takes_the_password());
     let resp = common::http()
         .post(format!("http://{}/api/reload", d.status))
         .json(&serde_json::json!({}))
@@ -676,12 +672,7 @@ fn host_name() -> String {
 
 /// The provider's entry in `/status`.
 async fn provider_status(d: &DaemonProcess, name: &str) -> Value {
-    let st: Value = common::get(format!("http://{}/status", d.status))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st = d.get_json("/status").await;
     st["providers"]
         .as_array()
         .unwrap()
@@ -762,12 +753,7 @@ async fn a_held_provider_stays_held_across_three_restarts_and_resolves_only_on_a
             "round {round}: {:#?}",
             rx.bodies("json")
         );
-        let st: Value = common::get(format!("http://{}/status", d.status))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let st = d.get_json("/status").await;
         let open: Vec<&Value> = st["alerts"]
             .as_array()
             .unwrap()
@@ -783,11 +769,7 @@ async fn a_held_provider_stays_held_across_three_restarts_and_resolves_only_on_a
         last_at = provider_status(&d, "held").await["last_error_at"].clone();
     }
     // The fix, and a delivery that is not held: now it clears, once, in words that say so.
-    held.set_script(Script {
-        offer_auth: true,
-        credentials: Some(("relay@contoso.com".into(), "pw".into())),
-        ..Script::default()
-    });
+    held.set_script(takes_the_password());
     submit(&d, "app@erp.local", "b@example.com").await;
     held.wait_for(1).await;
     let resolved = rx

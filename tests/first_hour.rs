@@ -213,24 +213,30 @@ async fn test_email_sends_as_the_providers_username() {
     assert_eq!(d.terminate().code(), Some(0));
 }
 
-#[test]
-fn check_config_reports_three_different_mistakes_at_their_keys() {
+/// `check-config` on a file holding `text`, which it must refuse (exit 2): the
+/// directory (kept while the test runs), the file's path and what it said.
+fn refused_by_check_config(text: &str) -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.toml");
-    std::fs::write(
-        &path,
-        "[smtp]\nlisten = [\"127.0.0.1:2525\"]\nmax_recipents = 5\nmax_connections = \"many\"\n\
-         [distributor]\nretry_initial = \"1h\"\nretry_max = \"30m\"\n\
-         [[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\n",
-    )
-    .unwrap();
-    let p = path.to_str().unwrap();
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap().to_string();
     let o = Command::new(bin())
-        .args(["--config", p, "check-config"])
+        .args(["--config", &p, "check-config"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    (dir, p, err)
+}
+
+#[test]
+fn check_config_reports_three_different_mistakes_at_their_keys() {
+    let (_dir, p, err) = refused_by_check_config(
+        "[smtp]\nlisten = [\"127.0.0.1:2525\"]\nmax_recipents = 5\nmax_connections = \"many\"\n\
+         [distributor]\nretry_initial = \"1h\"\nretry_max = \"30m\"\n\
+         [[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\n",
+    );
+    let p = p.as_str();
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
     assert!(
@@ -279,21 +285,11 @@ fn the_human_log_has_no_colour_codes_in_a_pipe() {
 
 #[test]
 fn a_misspelt_key_and_a_bare_number_for_a_duration_say_what_was_meant() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.toml");
-    std::fs::write(
-        &path,
+    let (_dir, p, err) = refused_by_check_config(
         "[distributor]\nretry_max = 30\n\
          [[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\nper_minut_limit = 30\n",
-    )
-    .unwrap();
-    let p = path.to_str().unwrap();
-    let o = Command::new(bin())
-        .args(["--config", p, "check-config"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    );
+    let p = p.as_str();
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 2, "{err}");
     assert!(lines[0].starts_with(&format!("{p}:2:")), "{err}");

@@ -31,6 +31,25 @@ fn env_with_ports() -> (TestEnv, u16) {
     (env, status)
 }
 
+/// Writes `text` as the aliases file and names it in `[sendmail]` (the section goes last).
+fn use_aliases(env: &TestEnv, text: &str) {
+    let aliases = env.dir.path().join("aliases");
+    std::fs::write(&aliases, text).unwrap();
+    append(
+        env,
+        &format!(
+            "\n[sendmail]\naliases = {:?}\n",
+            aliases.display().to_string()
+        ),
+    );
+}
+
+/// Appends `text` to the configuration file.
+fn append(env: &TestEnv, text: &str) {
+    let before = std::fs::read_to_string(&env.config_path).unwrap();
+    std::fs::write(&env.config_path, format!("{before}{text}")).unwrap();
+}
+
 /// The name of this process's real uid, as the door finds it.
 fn real_user() -> String {
     mailgate::unix::user_name(mailgate::unix::real_uid().unwrap())
@@ -415,9 +434,8 @@ async fn local_names_go_where_the_aliases_and_admin_address_say() {
     said(&o, "sendmail.admin_address");
 
     // An /etc/aliases as Debian ships it, grown by an administrator.
-    let aliases = env.dir.path().join("aliases");
-    std::fs::write(
-        &aliases,
+    use_aliases(
+        &env,
         "# See man 5 aliases for format\n\
          postmaster:    root\n\
          root: ops,\n\
@@ -429,17 +447,7 @@ async fn local_names_go_where_the_aliases_and_admin_address_say() {
          logs: |/usr/bin/logger\n\
          a: b\n\
          b: a\n",
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(&env.config_path).unwrap();
-    std::fs::write(
-        &env.config_path,
-        format!(
-            "{text}\n[sendmail]\naliases = {:?}\n",
-            aliases.display().to_string()
-        ),
-    )
-    .unwrap();
+    );
     // An alias file without admin_address: a name it lacks is 67, naming the file.
     let o = run(&sendmail, &["nosuchuser"], &env, b"Subject: x\n\nx\n");
     exits(&o, 67);
@@ -453,12 +461,7 @@ async fn local_names_go_where_the_aliases_and_admin_address_say() {
         "aliases:8: staff: `:include:/etc/mail/staff` lists are not read",
     );
 
-    let text = std::fs::read_to_string(&env.config_path).unwrap();
-    std::fs::write(
-        &env.config_path,
-        format!("{text}admin_address = \"admin@example.com\"\n"),
-    )
-    .unwrap();
+    append(&env, "admin_address = \"admin@example.com\"\n");
     let mut d = DaemonProcess::start(&env.config_path);
 
     // Debian's cron: the MAILTO name as an argument, -FCronDaemon -i -B8BITMIME -oem.
@@ -521,17 +524,7 @@ async fn an_alias_that_keeps_a_copy_locally_still_reaches_its_other_members() {
     // door says the local copy was dropped (aliases(5), as Postfix's local(8) reads it).
     let (env, status) = env_with_ports();
     let sendmail = link(&env, "sendmail");
-    let aliases = env.dir.path().join("aliases");
-    std::fs::write(&aliases, "root: ops@example.com, root\n").unwrap();
-    let text = std::fs::read_to_string(&env.config_path).unwrap();
-    std::fs::write(
-        &env.config_path,
-        format!(
-            "{text}\n[sendmail]\naliases = {:?}\n",
-            aliases.display().to_string()
-        ),
-    )
-    .unwrap();
+    use_aliases(&env, "root: ops@example.com, root\n");
     let mut d = DaemonProcess::start(&env.config_path);
     let o = run(
         &sendmail,
@@ -546,12 +539,7 @@ async fn an_alias_that_keeps_a_copy_locally_still_reaches_its_other_members() {
     assert_eq!(rcpts_of(status, &id).await, ["ops@example.com"]);
 
     // With admin_address, the local copy goes there.
-    let text = std::fs::read_to_string(&env.config_path).unwrap();
-    std::fs::write(
-        &env.config_path,
-        format!("{text}admin_address = \"admin@example.com\"\n"),
-    )
-    .unwrap();
+    append(&env, "admin_address = \"admin@example.com\"\n");
     let o = run(&sendmail, &["root"], &env, b"Subject: again\n\nx\n");
     ok(&o);
     let id = accepted_id(&mut d, 2);

@@ -19,20 +19,11 @@ fn provider(up: &Upstream) -> String {
     )
 }
 
-async fn status(d: &DaemonProcess) -> Value {
-    common::get(format!("http://{}/status", d.status))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Waits (bounded) until `/status` satisfies `pred`.
 async fn wait_status(d: &DaemonProcess, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let s = status(d).await;
+        let s = d.get_json("/status").await;
         if pred(&s) {
             return s;
         }
