@@ -352,3 +352,24 @@ async fn script() -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    /// A time comes from a record, perhaps another node's: whatever it holds stays text.
+    #[test]
+    fn a_time_from_a_record_is_text_never_markup() {
+        assert_eq!(
+            super::when_html("2026-12-07 18:20:53 UTC"),
+            "<span class=\"nobr\">2026-12-07</span> <span class=\"nobr\">18:20:53 UTC</span>"
+        );
+        let html = super::when_html("<img src=x onerror=alert(1)> \"&<script>");
+        assert!(
+            !html.contains("<img") && !html.contains("<script"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;img") && html.contains("&quot;&amp;&lt;script&gt;"),
+            "{html}"
+        );
+    }
+}
