@@ -173,173 +173,201 @@ pub fn apply(raw: &mut Vec<u8>, edits: Edits) {
 
 /// The rewrite of `raw` (whose header block `parsed` is) as byte-range replacements.
 pub fn edits(raw: &[u8], parsed: Option<&mail_parser::Message<'_>>, plan: &Rewrite) -> Edits {
-    let headers: Vec<_> = parsed
-        .as_ref()
-        .map(|m| m.root_part().headers.iter().collect())
-        .unwrap_or_default();
-    let eol: &[u8] = if memchr::memchr(b'\n', raw).is_some_and(|i| i > 0 && raw[i - 1] == b'\r')
-        || raw.is_empty()
-    {
-        b"\r\n"
-    } else {
-        b"\n"
-    };
-    let froms: Vec<_> = headers
-        .iter()
-        .filter(|h| h.name == HeaderName::From)
-        .collect();
-    // From fields in obsolete syntax that the parser does not take for From (a name
-    // folded before its colon): the upstream might, so they go too.
-    let header_end = headers
-        .iter()
-        .map(|h| h.offset_end as usize)
-        .max()
-        .unwrap_or(0);
-    let obsolete: Vec<(usize, usize)> = obsolete_from_fields(&raw[..header_end.min(raw.len())])
-        .into_iter()
-        .filter(|&(start, end)| {
-            !headers.iter().any(|h| {
-                (h.offset_field as usize) < end
-                    && start < h.offset_end as usize
-                    && h.name == HeaderName::From
-            })
-        })
-        .collect();
-    let has_reply_to = headers.iter().any(|h| h.name == HeaderName::ReplyTo);
-    let senders: Vec<_> = headers
-        .iter()
-        .filter(|h| h.name == HeaderName::Sender)
-        .collect();
+    let fields = Fields::read(raw, parsed);
+    let unchanged = fields.names_alone(&plan.target);
+    if unchanged && plan.sender.is_none() {
+        return Vec::new();
+    }
+    let block = fields.block(plan, unchanged);
+    fields.placed(block, plan.sender.is_some())
+}
 
-    let value_of = |h: &mail_parser::Header<'_>| -> Vec<u8> {
-        let v = &raw[h.offset_start as usize..h.offset_end as usize];
-        let mut v = v.to_vec();
+/// What the rewrite needs to know of a message's header block.
+struct Fields<'a> {
+    raw: &'a [u8],
+    parsed: Option<&'a mail_parser::Message<'a>>,
+    headers: Vec<&'a mail_parser::Header<'a>>,
+    /// The line ending the message uses.
+    eol: &'static [u8],
+    froms: Vec<&'a mail_parser::Header<'a>>,
+    /// From fields in obsolete syntax that the parser does not take for From (a name
+    /// folded before its colon): the upstream might, so they go too.
+    obsolete: Vec<(usize, usize)>,
+    senders: Vec<&'a mail_parser::Header<'a>>,
+    has_reply_to: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn read(raw: &'a [u8], parsed: Option<&'a mail_parser::Message<'a>>) -> Self {
+        let headers: Vec<_> = parsed
+            .map(|m| m.root_part().headers.iter().collect())
+            .unwrap_or_default();
+        let crlf = memchr::memchr(b'\n', raw).is_some_and(|i| i > 0 && raw[i - 1] == b'\r');
+        let eol: &[u8] = if crlf || raw.is_empty() { b"\r\n" } else { b"\n" };
+        let named = |name: HeaderName<'static>| -> Vec<&'a mail_parser::Header<'a>> {
+            headers.iter().copied().filter(|h| h.name == name).collect()
+        };
+        let froms = named(HeaderName::From);
+        let senders = named(HeaderName::Sender);
+        let header_end = headers
+            .iter()
+            .map(|h| h.offset_end as usize)
+            .max()
+            .unwrap_or(0);
+        let obsolete = obsolete_from_fields(&raw[..header_end.min(raw.len())])
+            .into_iter()
+            .filter(|&(start, end)| {
+                !froms
+                    .iter()
+                    .any(|h| (h.offset_field as usize) < end && start < h.offset_end as usize)
+            })
+            .collect();
+        let has_reply_to = headers.iter().any(|h| h.name == HeaderName::ReplyTo);
+        Fields {
+            raw,
+            parsed,
+            headers,
+            eol,
+            froms,
+            obsolete,
+            senders,
+            has_reply_to,
+        }
+    }
+
+    /// Whether the one From already names the target alone: it is not changed, and
+    /// gets no X-Original-From (nor a Reply-To naming the same address).
+    fn names_alone(&self, target: &str) -> bool {
+        match self.froms.as_slice() {
+            [h] => {
+                self.obsolete.is_empty()
+                    && address_count(&h.value) == 1
+                    && first_address(&h.value).is_some_and(|(_, a)| a.eq_ignore_ascii_case(target))
+            }
+            _ => false,
+        }
+    }
+
+    /// A field's value as written, with the space after the colon and the line end.
+    fn value_of(&self, h: &mail_parser::Header<'_>) -> Vec<u8> {
+        let mut v = self.raw[h.offset_start as usize..h.offset_end as usize].to_vec();
         if !v.starts_with(b" ") && !v.starts_with(b"\t") {
             v.insert(0, b' ');
         }
         if !v.ends_with(b"\n") {
-            v.extend_from_slice(eol);
+            v.extend_from_slice(self.eol);
         }
         v
-    };
-
-    // A From that already names the target alone is not changed, and gets no
-    // X-Original-From (nor a Reply-To naming the same address).
-    let unchanged = match froms.as_slice() {
-        [h] => {
-            obsolete.is_empty()
-                && address_count(&h.value) == 1
-                && first_address(&h.value)
-                    .is_some_and(|(_, a)| a.eq_ignore_ascii_case(&plan.target))
-        }
-        _ => false,
-    };
-    if unchanged && plan.sender.is_none() {
-        return Vec::new();
     }
 
-    // The block written where the first From stood (or at the end of the headers).
-    let mut block = Vec::new();
-    match froms.first() {
-        Some(h) if unchanged => {
-            block.extend_from_slice(&raw[h.offset_field as usize..h.offset_end as usize]);
-        }
-        Some(h) => {
-            block.extend_from_slice(b"From:");
-            block.extend(new_from_value(&value_of(h), &h.value, &plan.target));
-        }
-        None => {
-            block.extend_from_slice(format!("From: <{}>", plan.target).as_bytes());
-            block.extend_from_slice(eol);
-        }
-    }
-    if !unchanged {
-        for h in &froms {
-            block.extend_from_slice(b"X-Original-From:");
-            block.extend(value_of(h));
-        }
-    }
-    for &(start, end) in &obsolete {
-        let field = &raw[start..end];
-        let colon = field
-            .iter()
-            .position(|&b| b == b':')
-            .map_or(field.len(), |c| c + 1);
-        block.extend_from_slice(b"X-Original-From:");
-        let v = &field[colon..];
-        if !v.starts_with(b" ") && !v.starts_with(b"\t") {
-            block.push(b' ');
-        }
-        block.extend_from_slice(v);
-    }
-    if let Some(account) = &plan.sender {
-        block.extend_from_slice(format!("Sender: <{account}>").as_bytes());
-        block.extend_from_slice(eol);
-        for h in &senders {
-            block.extend_from_slice(b"X-Original-Sender:");
-            block.extend(value_of(h));
-        }
-    }
-    if plan.reply_to_original
-        && !unchanged
-        && !has_reply_to
-        && let Some(h) = froms.first()
-    {
-        block.extend_from_slice(b"Reply-To:");
-        block.extend(value_of(h));
-    }
-
-    // Byte ranges removed: every From field, and the Senders we replace.
-    let mut removed: Vec<(usize, usize)> = froms
-        .iter()
-        .map(|h| (h.offset_field as usize, h.offset_end as usize))
-        .collect();
-    if plan.sender.is_some() {
-        removed.extend(
-            senders
-                .iter()
-                .map(|h| (h.offset_field as usize, h.offset_end as usize)),
-        );
-    }
-    removed.extend(obsolete.iter().copied());
-    removed.sort_unstable();
-
-    if removed.is_empty() && headers.is_empty() {
-        // No header block at all: ours becomes it.
-        if !raw.starts_with(eol) {
-            block.extend_from_slice(eol);
-        }
-        return vec![(0, 0, block)];
-    }
-    if removed.is_empty() {
-        let at = super::header_end(raw)
-            .unwrap_or_else(|| parsed.map_or(raw.len(), |m| m.root_part().offset_body as usize))
-            .min(raw.len());
-        if at > 0 && !raw[..at].ends_with(b"\n") {
-            block.splice(0..0, eol.iter().copied());
-        }
-        return vec![(at, at, block)];
-    }
-    let mut out: Vec<(usize, usize, Vec<u8>)> = Vec::new();
-    let mut pos = 0;
-    for (start, end) in removed {
-        if start < pos {
-            // Overlapping ranges (malformed input): never step back.
-            if let Some(last) = out.last_mut() {
-                last.1 = last.1.max(end);
+    /// The block written where the first From stood (or at the end of the headers).
+    fn block(&self, plan: &Rewrite, unchanged: bool) -> Vec<u8> {
+        let (raw, eol) = (self.raw, self.eol);
+        let mut block = Vec::new();
+        match self.froms.first() {
+            Some(h) if unchanged => {
+                block.extend_from_slice(&raw[h.offset_field as usize..h.offset_end as usize]);
             }
-            pos = pos.max(end);
-            continue;
+            Some(h) => {
+                block.extend_from_slice(b"From:");
+                block.extend(new_from_value(&self.value_of(h), &h.value, &plan.target));
+            }
+            None => {
+                block.extend_from_slice(format!("From: <{}>", plan.target).as_bytes());
+                block.extend_from_slice(eol);
+            }
         }
-        let with = if out.is_empty() {
-            std::mem::take(&mut block)
-        } else {
-            Vec::new()
-        };
-        out.push((start, end, with));
-        pos = end;
+        if !unchanged {
+            for h in &self.froms {
+                block.extend_from_slice(b"X-Original-From:");
+                block.extend(self.value_of(h));
+            }
+        }
+        for &(start, end) in &self.obsolete {
+            let field = &raw[start..end];
+            let colon = field
+                .iter()
+                .position(|&b| b == b':')
+                .map_or(field.len(), |c| c + 1);
+            block.extend_from_slice(b"X-Original-From:");
+            let v = &field[colon..];
+            if !v.starts_with(b" ") && !v.starts_with(b"\t") {
+                block.push(b' ');
+            }
+            block.extend_from_slice(v);
+        }
+        if let Some(account) = &plan.sender {
+            block.extend_from_slice(format!("Sender: <{account}>").as_bytes());
+            block.extend_from_slice(eol);
+            for h in &self.senders {
+                block.extend_from_slice(b"X-Original-Sender:");
+                block.extend(self.value_of(h));
+            }
+        }
+        if plan.reply_to_original
+            && !unchanged
+            && !self.has_reply_to
+            && let Some(h) = self.froms.first()
+        {
+            block.extend_from_slice(b"Reply-To:");
+            block.extend(self.value_of(h));
+        }
+        block
     }
-    out
+
+    /// The edits: every From field removed (and the Senders replaced when
+    /// `replace_senders`), the block standing where the first of them stood, or at the
+    /// end of the header block when none is removed.
+    fn placed(&self, mut block: Vec<u8>, replace_senders: bool) -> Edits {
+        let (raw, eol) = (self.raw, self.eol);
+        let span = |h: &&mail_parser::Header<'_>| (h.offset_field as usize, h.offset_end as usize);
+        let mut removed: Vec<(usize, usize)> = self.froms.iter().map(span).collect();
+        if replace_senders {
+            removed.extend(self.senders.iter().map(span));
+        }
+        removed.extend(self.obsolete.iter().copied());
+        removed.sort_unstable();
+
+        if removed.is_empty() && self.headers.is_empty() {
+            // No header block at all: ours becomes it.
+            if !raw.starts_with(eol) {
+                block.extend_from_slice(eol);
+            }
+            return vec![(0, 0, block)];
+        }
+        if removed.is_empty() {
+            let at = super::header_end(raw)
+                .unwrap_or_else(|| {
+                    self.parsed
+                        .map_or(raw.len(), |m| m.root_part().offset_body as usize)
+                })
+                .min(raw.len());
+            if at > 0 && !raw[..at].ends_with(b"\n") {
+                block.splice(0..0, eol.iter().copied());
+            }
+            return vec![(at, at, block)];
+        }
+        let mut out: Edits = Vec::new();
+        let mut pos = 0;
+        for (start, end) in removed {
+            if start < pos {
+                // Overlapping ranges (malformed input): never step back.
+                if let Some(last) = out.last_mut() {
+                    last.1 = last.1.max(end);
+                }
+                pos = pos.max(end);
+                continue;
+            }
+            let with = if out.is_empty() {
+                std::mem::take(&mut block)
+            } else {
+                Vec::new()
+            };
+            out.push((start, end, with));
+            pos = end;
+        }
+        out
+    }
 }
 
 /// Header fields (start, end) whose name, with folding and white space removed, is
