@@ -203,7 +203,11 @@ impl<'a> Fields<'a> {
             .map(|m| m.root_part().headers.iter().collect())
             .unwrap_or_default();
         let crlf = memchr::memchr(b'\n', raw).is_some_and(|i| i > 0 && raw[i - 1] == b'\r');
-        let eol: &[u8] = if crlf || raw.is_empty() { b"\r\n" } else { b"\n" };
+        let eol: &[u8] = if crlf || raw.is_empty() {
+            b"\r\n"
+        } else {
+            b"\n"
+        };
         let named = |name: HeaderName<'static>| -> Vec<&'a mail_parser::Header<'a>> {
             headers.iter().copied().filter(|h| h.name == name).collect()
         };

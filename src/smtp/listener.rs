@@ -375,33 +375,23 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                         );
                         continue;
                     }
-                    let mut action = session.command(line);
-                    if let Action::Authenticate { login, password } = action {
-                        action = authenticate(ctx, &mut session, login, password).await;
-                    }
-                    match action {
-                        Action::Reply(r) => emit(&mut out, &r, ctx),
-                        Action::StartTls(r) => {
-                            // Whatever the client pipelined after STARTTLS is dropped
-                            // unread (CVE-2011-0411): it must not run inside TLS.
-                            out.extend_from_slice(&r.as_bytes());
-                            io.write_all(&out).await?;
-                            return Ok(Ended::StartTls(io, session));
-                        }
-                        Action::Authenticate { .. } => {}
-                        Action::Data(r) => {
+                    match command_line(ctx, &mut session, line, &mut out).await {
+                        Next::Go => {}
+                        Next::Data => {
                             data_started = Some((tokio::time::Instant::now(), 0));
-                            out.extend_from_slice(&r.as_bytes());
                             mode = Mode::Data(DataReader::new(
                                 policy.max_message_size,
                                 policy.bare_newlines == BareNewlines::Normalize,
                             ));
                         }
-                        Action::Discard(n, r) => mode = Mode::Discard(n, r),
-                        Action::Close(r) => {
-                            emit(&mut out, &r, ctx);
-                            closing = true;
+                        Next::Discard(n, r) => mode = Mode::Discard(n, r),
+                        Next::StartTls => {
+                            // Whatever the client pipelined after STARTTLS is dropped
+                            // unread (CVE-2011-0411): it must not run inside TLS.
+                            io.write_all(&out).await?;
+                            return Ok(Ended::StartTls(io, session));
                         }
+                        Next::Close => closing = true,
                     }
                 }
                 Mode::Data(reader) => {
@@ -413,26 +403,13 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
                     let Some(outcome) = done else { break };
                     mode = Mode::Command;
                     data_started = None;
-                    let reply = match session.data_finished(outcome) {
-                        DataVerdict::Reject(r) => r,
-                        DataVerdict::Commit(sub) => match ctx.submit.submit(*sub).await {
-                            Ok(id) => session.queued(&id),
-                            Err(SubmitError::Unfit(why)) => Reply::new(554, "5.6.0", why),
-                            Err(SubmitError::Store(e)) => {
-                                tracing::error!(error = %e, "message not committed; client told to retry");
-                                session.commit_failed()
-                            }
-                        },
-                    };
+                    let reply = data_finished(ctx, &mut session, outcome).await;
                     emit(&mut out, &reply, ctx);
                 }
-                Mode::Discard(left, _) => {
-                    let n = (*left).min(buf.len() - pos);
+                Mode::Discard(..) => {
+                    let (n, reply) = mode.discard(buf.len() - pos);
                     pos += n;
-                    *left -= n;
-                    if *left == 0
-                        && let Mode::Discard(_, r) = std::mem::replace(&mut mode, Mode::Command)
-                    {
+                    if let Some(r) = reply {
                         out.extend_from_slice(&r.as_bytes());
                     }
                 }
@@ -449,55 +426,141 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let idle = matches!(mode, Mode::Command) && buf.is_empty() && !session.in_transaction();
         if idle && *shutdown.borrow() {
-            io.write_all(&Reply::new(421, "4.3.2", "Service shutting down").as_bytes())
-                .await?;
-            let _ = io.shutdown().await;
-            return Ok(Ended::Closed);
+            return close_with(io, Reply::new(421, "4.3.2", "Service shutting down")).await;
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(65536);
         }
         let now = tokio::time::Instant::now();
         let partial = matches!(mode, Mode::Command | Mode::LongLine) && !buf.is_empty();
-        if !partial {
-            line_started = None;
-        } else if line_started.is_none() {
-            line_started = Some(now);
-        }
-        let mut deadline = line_started.unwrap_or(now) + ctx.idle_timeout;
-        let mut too_slow = false;
-        if let (Some((start, bytes)), true) = (data_started, ctx.min_data_rate > 0) {
-            // The moment the data would fall below the minimum rate if nothing more came.
-            let grace = DATA_RATE_GRACE.min(ctx.idle_timeout);
-            let due = start
-                + grace.max(Duration::from_millis(
-                    bytes.saturating_mul(1000) / ctx.min_data_rate,
-                ));
-            if due < deadline {
-                deadline = due;
-                too_slow = true;
-            }
-        }
+        line_started = partial.then(|| line_started.unwrap_or(now));
+        let (deadline, too_slow) = read_deadline(ctx, line_started.unwrap_or(now), data_started);
         let read = tokio::select! {
             r = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => r,
             _ = shutdown.changed(), if idle && !*shutdown.borrow() => continue,
         };
         match read {
             Err(_) => {
-                let r = if too_slow {
-                    Reply::new(421, "4.4.2", "Data arrives too slowly, closing connection")
+                let why = if too_slow {
+                    "Data arrives too slowly, closing connection"
                 } else {
-                    Reply::new(421, "4.4.2", "Idle timeout, closing connection")
+                    "Idle timeout, closing connection"
                 };
-                io.write_all(&r.as_bytes()).await?;
-                let _ = io.shutdown().await;
-                return Ok(Ended::Closed);
+                return close_with(io, Reply::new(421, "4.4.2", why)).await;
             }
             Ok(Ok(0)) => return Ok(Ended::Closed),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
     }
+}
+
+/// Says `reply` and closes the connection.
+async fn close_with<S: AsyncWrite + Unpin>(mut io: S, reply: Reply) -> std::io::Result<Ended<S>> {
+    io.write_all(&reply.as_bytes()).await?;
+    let _ = io.shutdown().await;
+    Ok(Ended::Closed)
+}
+
+impl Mode {
+    /// Discards up to `available` bytes of a refused message: how many, and the reply
+    /// once the last has gone (the mode is then back to commands).
+    fn discard(&mut self, available: usize) -> (usize, Option<Reply>) {
+        let Mode::Discard(left, _) = self else {
+            return (0, None);
+        };
+        let n = (*left).min(available);
+        *left -= n;
+        if *left > 0 {
+            return (n, None);
+        }
+        match std::mem::replace(self, Mode::Command) {
+            Mode::Discard(_, r) => (n, Some(r)),
+            _ => (n, None),
+        }
+    }
+}
+
+/// What a command line leads to, for the session's loop.
+enum Next {
+    Go,
+    Data,
+    Discard(usize, Reply),
+    StartTls,
+    Close,
+}
+
+/// One command line: its reply written to `out`, and what the loop does next.
+async fn command_line(
+    ctx: &ListenerContext,
+    session: &mut Session,
+    line: &[u8],
+    out: &mut Vec<u8>,
+) -> Next {
+    let mut action = session.command(line);
+    if let Action::Authenticate { login, password } = action {
+        action = authenticate(ctx, session, login, password).await;
+    }
+    match action {
+        Action::Reply(r) => emit(out, &r, ctx),
+        Action::StartTls(r) => {
+            out.extend_from_slice(&r.as_bytes());
+            return Next::StartTls;
+        }
+        Action::Authenticate { .. } => {}
+        Action::Data(r) => {
+            out.extend_from_slice(&r.as_bytes());
+            return Next::Data;
+        }
+        Action::Discard(n, r) => return Next::Discard(n, r),
+        Action::Close(r) => {
+            emit(out, &r, ctx);
+            return Next::Close;
+        }
+    }
+    Next::Go
+}
+
+/// The reply to a message whose data has ended: committed (and queued), or why not.
+async fn data_finished(
+    ctx: &ListenerContext,
+    session: &mut Session,
+    outcome: super::data::DataOutcome,
+) -> Reply {
+    match session.data_finished(outcome) {
+        DataVerdict::Reject(r) => r,
+        DataVerdict::Commit(sub) => match ctx.submit.submit(*sub).await {
+            Ok(id) => session.queued(&id),
+            Err(SubmitError::Unfit(why)) => Reply::new(554, "5.6.0", why),
+            Err(SubmitError::Store(e)) => {
+                tracing::error!(error = %e, "message not committed; client told to retry");
+                session.commit_failed()
+            }
+        },
+    }
+}
+
+/// When the next read must have come: idle_timeout after a command line's first byte
+/// (a client trickling bytes is cut like a silent one), or sooner when DATA would fall
+/// below min_data_rate (then `true`).
+fn read_deadline(
+    ctx: &ListenerContext,
+    line_started: tokio::time::Instant,
+    data_started: Option<(tokio::time::Instant, u64)>,
+) -> (tokio::time::Instant, bool) {
+    let deadline = line_started + ctx.idle_timeout;
+    if let (Some((start, bytes)), true) = (data_started, ctx.min_data_rate > 0) {
+        // The moment the data would fall below the minimum rate if nothing more came.
+        let grace = DATA_RATE_GRACE.min(ctx.idle_timeout);
+        let due = start
+            + grace.max(Duration::from_millis(
+                bytes.saturating_mul(1000) / ctx.min_data_rate,
+            ));
+        if due < deadline {
+            return (due, true);
+        }
+    }
+    (deadline, false)
 }
 
 /// Checks credentials off the runtime (argon2 is slow on purpose), with the per-address
