@@ -436,104 +436,106 @@ pub fn from_reply(code: u16, text: &str) -> Code {
 mod tests {
     use super::*;
 
+    /// Replies seen from Microsoft 365, Postfix and others, with the code each means.
+    const REPLIES: &[(u16, &str, Code)] = &[
+        (
+            535,
+            "5.7.139 Authentication unsuccessful, the user credentials were incorrect.",
+            Code::AuthFailed,
+        ),
+        (
+            535,
+            "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+            Code::SmtpAuthDisabled,
+        ),
+        (
+            535,
+            "5.7.139 Authentication unsuccessful, the request did not meet the criteria to be authenticated successfully.",
+            Code::AuthMfaRequired,
+        ),
+        (535, "5.7.3 Authentication unsuccessful", Code::AuthFailed),
+        (535, "5.7.8 Error: authentication failed", Code::AuthFailed),
+        (
+            550,
+            "5.7.30 Basic authentication is not supported for Client Submission.",
+            Code::BasicAuthRetired,
+        ),
+        (
+            530,
+            "5.7.57 Client not authenticated to send mail.",
+            Code::NotAuthenticated,
+        ),
+        (
+            554,
+            "5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied",
+            Code::SendAsDenied,
+        ),
+        (
+            550,
+            "5.7.60 SMTP; Client does not have permissions to send as this sender",
+            Code::SendAsDenied,
+        ),
+        (
+            554,
+            "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+            Code::DailyQuota,
+        ),
+        (
+            550,
+            "5.1.2 single label domains not accepted",
+            Code::SingleLabelDomain,
+        ),
+        (552, "5.2.2 Mailbox full", Code::MailboxFull),
+        (
+            552,
+            "5.3.4 Message size exceeds fixed maximum message size",
+            Code::MessageTooLarge,
+        ),
+        (
+            421,
+            "4.7.0 Too many connections from this host",
+            Code::UpstreamThrottled,
+        ),
+        (
+            451,
+            "4.7.500 Server busy. Please try again later",
+            Code::UpstreamThrottled,
+        ),
+        (452, "4.5.3 Too many recipients", Code::UpstreamThrottled),
+        (550, "5.1.1 User unknown", Code::RecipientUnknown),
+        (
+            550,
+            "5.1.1 <nobody@example.com>: Recipient address rejected: User unknown in local recipient table",
+            Code::RecipientUnknown,
+        ),
+        (
+            550,
+            "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+            Code::RecipientUnknown,
+        ),
+        (550, "No such user here", Code::RecipientUnknown),
+        (550, "5.7.1 Relaying denied", Code::Unknown),
+        (550, "5.7.1 Sender address refused", Code::SenderRefused),
+        (
+            553,
+            "5.7.1 <app@erp.local>: Sender address rejected: not owned by user relay@contoso.com",
+            Code::SenderRefused,
+        ),
+        (
+            550,
+            "5.1.8 <app@nowhere.invalid>: Sender address rejected: Domain not found",
+            Code::SenderRefused,
+        ),
+        (
+            554,
+            "5.7.1 <b@example.com>: Recipient address rejected: Access denied",
+            Code::Unknown,
+        ),
+    ];
+
     #[test]
     fn microsoft_365_replies() {
-        let cases = [
-            (
-                535,
-                "5.7.139 Authentication unsuccessful, the user credentials were incorrect.",
-                Code::AuthFailed,
-            ),
-            (
-                535,
-                "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
-                Code::SmtpAuthDisabled,
-            ),
-            (
-                535,
-                "5.7.139 Authentication unsuccessful, the request did not meet the criteria to be authenticated successfully.",
-                Code::AuthMfaRequired,
-            ),
-            (535, "5.7.3 Authentication unsuccessful", Code::AuthFailed),
-            (535, "5.7.8 Error: authentication failed", Code::AuthFailed),
-            (
-                550,
-                "5.7.30 Basic authentication is not supported for Client Submission.",
-                Code::BasicAuthRetired,
-            ),
-            (
-                530,
-                "5.7.57 Client not authenticated to send mail.",
-                Code::NotAuthenticated,
-            ),
-            (
-                554,
-                "5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied",
-                Code::SendAsDenied,
-            ),
-            (
-                550,
-                "5.7.60 SMTP; Client does not have permissions to send as this sender",
-                Code::SendAsDenied,
-            ),
-            (
-                554,
-                "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
-                Code::DailyQuota,
-            ),
-            (
-                550,
-                "5.1.2 single label domains not accepted",
-                Code::SingleLabelDomain,
-            ),
-            (552, "5.2.2 Mailbox full", Code::MailboxFull),
-            (
-                552,
-                "5.3.4 Message size exceeds fixed maximum message size",
-                Code::MessageTooLarge,
-            ),
-            (
-                421,
-                "4.7.0 Too many connections from this host",
-                Code::UpstreamThrottled,
-            ),
-            (
-                451,
-                "4.7.500 Server busy. Please try again later",
-                Code::UpstreamThrottled,
-            ),
-            (452, "4.5.3 Too many recipients", Code::UpstreamThrottled),
-            (550, "5.1.1 User unknown", Code::RecipientUnknown),
-            (
-                550,
-                "5.1.1 <nobody@example.com>: Recipient address rejected: User unknown in local recipient table",
-                Code::RecipientUnknown,
-            ),
-            (
-                550,
-                "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
-                Code::RecipientUnknown,
-            ),
-            (550, "No such user here", Code::RecipientUnknown),
-            (550, "5.7.1 Relaying denied", Code::Unknown),
-            (550, "5.7.1 Sender address refused", Code::SenderRefused),
-            (
-                553,
-                "5.7.1 <app@erp.local>: Sender address rejected: not owned by user relay@contoso.com",
-                Code::SenderRefused,
-            ),
-            (
-                550,
-                "5.1.8 <app@nowhere.invalid>: Sender address rejected: Domain not found",
-                Code::SenderRefused,
-            ),
-            (
-                554,
-                "5.7.1 <b@example.com>: Recipient address rejected: Access denied",
-                Code::Unknown,
-            ),
-        ];
-        for (code, text, want) in cases {
+        for &(code, text, want) in REPLIES {
             assert_eq!(from_reply(code, text), want, "{code} {text}");
         }
     }
