@@ -46,25 +46,7 @@ pub(super) fn open_db(
         .map_err(|e| open_err(e.to_string()))?;
     let meta = file.metadata().map_err(|e| open_err(e.to_string()))?;
     if existed {
-        if meta.len() == 0 {
-            return Err(open_err(
-                "the file exists but is empty (0 bytes), so it is not a mailgate store; mailgate will not replace it. \
-                 Restore the store from a backup, or delete the file to start a new, empty store"
-                    .into(),
-            ));
-        }
-        let mut head = [0u8; 9];
-        use std::io::Read;
-        let read = (&file)
-            .read(&mut head)
-            .map_err(|e| open_err(e.to_string()))?;
-        if read < head.len() || head != REDB_MAGIC {
-            return Err(open_err(
-                "the file is not a mailgate store (not a redb database); mailgate will not replace it. \
-                 Check store.path, or move the file away to start a new store"
-                    .into(),
-            ));
-        }
+        refuse_foreign(&file, meta.len()).map_err(open_err)?;
     }
     let id = super::health::identity(&meta);
     let fd = {
@@ -106,18 +88,7 @@ pub(super) fn open_db(
         Ok(Ok(db)) => db,
     };
     if repaired.load(Ordering::SeqCst) {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.check_integrity())) {
-            Ok(Ok(true)) => {
-                tracing::warn!(path = %path.display(), "the store was not closed cleanly; it was repaired and its integrity check passed")
-            }
-            Ok(Ok(false)) => {
-                tracing::error!(path = %path.display(), "the store was not closed cleanly; its integrity check found damage that was repaired; run `mailgate store check` while mailgate is stopped")
-            }
-            Ok(Err(e)) => {
-                tracing::error!(path = %path.display(), error = %e, "the store was not closed cleanly and its integrity check failed; run `mailgate store check`")
-            }
-            Err(_) => return Err(damaged("the integrity check panicked".into())),
-        }
+        check_repaired(&mut db, path).map_err(damaged)?;
     }
     opening.store(false, Ordering::SeqCst);
     // Tables are created once; an existing store opens without a write transaction, so
@@ -125,6 +96,48 @@ pub(super) fn open_db(
     if tables_exist(&db) {
         return Ok((db, id, fd));
     }
+    create_tables(&db)?;
+    Ok((db, id, fd))
+}
+
+/// Refuses a file that exists but is empty or is not a redb database (never replaced).
+fn refuse_foreign(mut file: &std::fs::File, len: u64) -> Result<(), String> {
+    if len == 0 {
+        return Err("the file exists but is empty (0 bytes), so it is not a mailgate store; mailgate will not replace it. \
+             Restore the store from a backup, or delete the file to start a new, empty store"
+            .into());
+    }
+    let mut head = [0u8; 9];
+    use std::io::Read;
+    let read = file.read(&mut head).map_err(|e| e.to_string())?;
+    if read < head.len() || head != REDB_MAGIC {
+        return Err("the file is not a mailgate store (not a redb database); mailgate will not replace it. \
+             Check store.path, or move the file away to start a new store"
+            .into());
+    }
+    Ok(())
+}
+
+/// After redb repaired a store that was not closed cleanly: its integrity check, logged
+/// (an error only when the check itself panicked).
+fn check_repaired(db: &mut Database, path: &Path) -> Result<(), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.check_integrity())) {
+        Ok(Ok(true)) => {
+            tracing::warn!(path = %path.display(), "the store was not closed cleanly; it was repaired and its integrity check passed")
+        }
+        Ok(Ok(false)) => {
+            tracing::error!(path = %path.display(), "the store was not closed cleanly; its integrity check found damage that was repaired; run `mailgate store check` while mailgate is stopped")
+        }
+        Ok(Err(e)) => {
+            tracing::error!(path = %path.display(), error = %e, "the store was not closed cleanly and its integrity check failed; run `mailgate store check`")
+        }
+        Err(_) => return Err("the integrity check panicked".into()),
+    }
+    Ok(())
+}
+
+/// Creates every table of a new store, in one write transaction.
+fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(io_err)?;
     {
         txn.open_table(MESSAGES).map_err(io_err)?;
@@ -137,8 +150,7 @@ pub(super) fn open_db(
         txn.open_table(META).map_err(io_err)?;
         txn.open_table(TALLY).map_err(io_err)?;
     }
-    txn.commit().map_err(io_err)?;
-    Ok((db, id, fd))
+    txn.commit().map_err(io_err)
 }
 
 fn tables_exist(db: &Database) -> bool {
