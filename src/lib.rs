@@ -104,29 +104,22 @@ impl Daemon {
     /// Opens the store, binds every listener and starts all tasks.
     pub async fn start(config: Config) -> Result<Daemon, Error> {
         raise_open_files(config.smtp.max_connections);
-        let store = Store::open(&config.store.path)?;
-        let wake = Arc::new(Notify::new());
-        let metrics = Arc::new(crate::metrics::Metrics::default());
-        let commit_hist = metrics.commit_duration.clone();
-        store.on_commit(Box::new(move |d| commit_hist.observe(d.as_secs_f64())));
-        let fleet = match &config.fleet {
-            Some(f) => Some(Arc::new(
-                fleet::Fleet::new(f)
-                    .map_err(|e| Error::Config(e.to_string()))?
-                    .timing_calls_in(metrics.fleet_call_duration.clone())
-                    .counting_rejections_in(metrics.fleet_rejected.clone()),
-            )),
-            None => None,
-        };
-        let distributor = Arc::new(
-            Distributor::new(store.clone(), wake.clone(), &config, metrics.clone())
-                .with_fleet(fleet.clone()),
-        );
-        let live = Arc::new(config::Live::new(config));
+        // The store, the fleet client and what the last run left beside the store are
+        // read off the async runtime (files, fsyncs).
+        let opened = tokio::task::spawn_blocking(move || Opened::open(config))
+            .await
+            .map_err(|e| Error::Config(format!("opening the store: {e}")))??;
+        let Opened {
+            live,
+            pipeline,
+            distributor,
+            alerts,
+            fleet,
+            metrics,
+        } = opened;
         let config = live.get();
         let space: Arc<dyn store::space::SpaceCheck> =
             Arc::new(DiskSpace::new(config.store.path.clone(), live.clone()));
-        let pipeline = Arc::new(Pipeline::new(store, wake, live.clone(), metrics.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
@@ -156,20 +149,6 @@ impl Daemon {
         }
         let config_path = Arc::new(RwLock::new(None));
         let listeners_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let status_bound = match (&config.status.tls_cert, &config.status.tls_key) {
-            (Some(c), Some(k)) => status::tls::Bound::Tls(
-                status::tls::TlsListener::new(status_listener, c.clone(), k.clone())
-                    .map_err(Error::Config)?,
-            ),
-            _ => status::tls::Bound::Plain(status_listener),
-        };
-        // The cookie is Secure exactly when the browser reaches the pages over TLS: the
-        // listener's own, or a TLS proxy's in front of it.
-        let pages = Arc::new(status::pages::PageState::new(
-            token.clone(),
-            matches!(status_bound, status::tls::Bound::Tls(_)) || config.status.behind_proxy,
-            config.status.session_ttl.0,
-        ));
         let status_state = status::state::AppState {
             pipeline: pipeline.clone(),
             distributor: distributor.clone(),
@@ -180,18 +159,17 @@ impl Daemon {
             listeners_up: listeners_up.clone(),
             space: space.clone(),
             shutdown: shutdown_rx.clone(),
-            alerts: Arc::new(alerts::Alerts::new(&config)),
+            alerts: alerts.clone(),
         };
-        let alerts = status_state.alerts.clone();
         tasks.push(tokio::spawn(
             alerts.clone().run(status_state.core(), shutdown_rx.clone()),
         ));
-        tasks.push(tokio::spawn(status::http::serve(
-            status_bound,
+        tasks.push(status_task(
+            &config,
+            status_listener,
             status_state,
-            pages,
-            shutdown_rx.clone(),
-        )));
+            &shutdown_rx,
+        )?);
         tasks.extend(background_tasks(
             &config,
             &pipeline,
@@ -289,6 +267,79 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(state) {
         tracing::warn!(error = %e, "cannot notify the service manager");
     }
+}
+
+/// What the daemon opens before it listens: the store and the parts over it.
+struct Opened {
+    live: Arc<config::Live>,
+    pipeline: Arc<Pipeline>,
+    distributor: Arc<Distributor>,
+    alerts: Arc<alerts::Alerts>,
+    fleet: Option<Arc<fleet::Fleet>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Opened {
+    /// Opens the store and reads what the last run left beside it; blocking.
+    fn open(config: Config) -> Result<Opened, Error> {
+        let store = Store::open(&config.store.path)?;
+        let wake = Arc::new(Notify::new());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let commit_hist = metrics.commit_duration.clone();
+        store.on_commit(Box::new(move |d| commit_hist.observe(d.as_secs_f64())));
+        let fleet = match &config.fleet {
+            Some(f) => Some(Arc::new(
+                fleet::Fleet::new(f)
+                    .map_err(|e| Error::Config(e.to_string()))?
+                    .timing_calls_in(metrics.fleet_call_duration.clone())
+                    .counting_rejections_in(metrics.fleet_rejected.clone()),
+            )),
+            None => None,
+        };
+        let distributor = Arc::new(
+            Distributor::new(store.clone(), wake.clone(), &config, metrics.clone())
+                .with_fleet(fleet.clone()),
+        );
+        let alerts = Arc::new(alerts::Alerts::new(&config));
+        let live = Arc::new(config::Live::new(config));
+        let pipeline = Arc::new(Pipeline::new(store, wake, live.clone(), metrics.clone()));
+        Ok(Opened {
+            live,
+            pipeline,
+            distributor,
+            alerts,
+            fleet,
+            metrics,
+        })
+    }
+}
+
+/// The status listener's task: over its own TLS when it has a certificate. The pages'
+/// cookie is Secure exactly when the browser reaches them over TLS: the listener's own,
+/// or a TLS proxy's in front of it.
+fn status_task(
+    config: &Config,
+    listener: TcpListener,
+    state: status::state::AppState,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, Error> {
+    let bound = match (&config.status.tls_cert, &config.status.tls_key) {
+        (Some(c), Some(k)) => status::tls::Bound::Tls(
+            status::tls::TlsListener::new(listener, c.clone(), k.clone()).map_err(Error::Config)?,
+        ),
+        _ => status::tls::Bound::Plain(listener),
+    };
+    let pages = Arc::new(status::pages::PageState::new(
+        state.token.clone(),
+        matches!(bound, status::tls::Bound::Tls(_)) || config.status.behind_proxy,
+        config.status.session_ttl.0,
+    ));
+    Ok(tokio::spawn(status::http::serve(
+        bound,
+        state,
+        pages,
+        shutdown.clone(),
+    )))
 }
 
 /// The tasks that run beside the listeners and the distributor: the fleet heartbeat,

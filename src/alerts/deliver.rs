@@ -142,25 +142,33 @@ impl Alerts {
         for p in due {
             let Some(a) = config.alert.iter().find(|a| a.name.get_ref() == &p.alert) else {
                 // The alert left the configuration: its queue goes with it.
-                self.finish(&p, None);
+                self.finish(&p, None).await;
                 continue;
             };
             let outcome = self
                 .send(app, config, a, &p.state, &p.condition, false)
                 .await;
-            self.finish(&p, Some(outcome));
+            self.finish(&p, Some(outcome)).await;
         }
     }
 
     /// Records a delivery's outcome: gone from the queue, or tried again later.
-    fn finish(&self, p: &Pending, outcome: Option<Result<String, String>>) {
-        let Ok(mut s) = self.state.lock() else { return };
+    async fn finish(&self, p: &Pending, outcome: Option<Result<String, String>>) {
+        let Some(bytes) = self.finished(p, outcome) else {
+            return;
+        };
+        self.save(bytes).await;
+    }
+
+    /// [`finish`](Self::finish) in memory; the state to save when it changed.
+    fn finished(&self, p: &Pending, outcome: Option<Result<String, String>>) -> Option<Vec<u8>> {
+        let mut s = self.state.lock().ok()?;
         let Some(at) = s
             .outbox
             .iter()
             .position(|q| q.alert == p.alert && q.state == p.state && q.condition == p.condition)
         else {
-            return;
+            return None;
         };
         match outcome {
             None => {
@@ -178,9 +186,7 @@ impl Alerts {
                 tracing::warn!(alert = %p.alert, event = %p.condition.event, error = %e, retry_in_s = wait / 1000, "cannot deliver an alert; trying again later");
             }
         }
-        let snapshot = s.clone();
-        drop(s);
-        self.save(&snapshot);
+        serde_json::to_vec_pretty(&*s).ok()
     }
 
     /// One try: the webhook POST or the alert email. Ok: where it went.

@@ -153,11 +153,12 @@ impl Alerts {
         v
     }
 
-    fn save(&self, s: &Persisted) {
-        let Ok(bytes) = serde_json::to_vec_pretty(s) else {
-            return;
-        };
-        if let Err(e) = crate::files::replace(&self.file, &bytes) {
+    /// Writes the state whole (off the async runtime: it fsyncs).
+    async fn save(&self, bytes: Vec<u8>) {
+        let file = self.file.clone();
+        let written =
+            tokio::task::spawn_blocking(move || crate::files::replace(&file, &bytes)).await;
+        if let Ok(Err(e)) = written {
             tracing::warn!(file = %self.file.display(), error = %e, "cannot save the alert state");
         }
     }
@@ -194,7 +195,9 @@ impl Alerts {
                 }
             }
             let conditions = self.conditions(&app, &config).await;
-            self.step(&config, conditions, failed, now_ms());
+            if let Some(bytes) = self.step(&config, conditions, failed, now_ms()) {
+                self.save(bytes).await;
+            }
             self.deliver_due(&app, &config).await;
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
@@ -304,9 +307,15 @@ impl Alerts {
     }
 
     /// Compares the conditions with those open before and queues what changed; sums
-    /// failures into each alert's digest.
-    fn step(&self, config: &Config, now_open: Vec<Condition>, failed: Vec<MessageRef>, now: u64) {
-        let Ok(mut s) = self.state.lock() else { return };
+    /// failures into each alert's digest. Returns the state to save when it changed.
+    fn step(
+        &self,
+        config: &Config,
+        now_open: Vec<Condition>,
+        failed: Vec<MessageRef>,
+        now: u64,
+    ) -> Option<Vec<u8>> {
+        let mut s = self.state.lock().ok()?;
         let before = s.open.clone();
         let mut open = BTreeMap::new();
         for c in now_open {
@@ -348,9 +357,9 @@ impl Alerts {
         }
         let changed = !queued.is_empty();
         let digests_changed = digest_step(&mut s, &config.alert, failed, now);
-        if changed || digests_changed {
-            self.save(&s);
-        }
+        (changed || digests_changed)
+            .then(|| serde_json::to_vec_pretty(&*s).ok())
+            .flatten()
     }
 }
 
