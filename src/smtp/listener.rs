@@ -186,33 +186,7 @@ pub async fn serve(
                 };
                 backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
-                let ctx = ctx.clone();
-                let shutdown = shutdown.clone();
-                if ctx.over_rate(peer.ip()) {
-                    ctx.metrics.reject("connection-rate");
-                    tracing::warn!(client = %peer, "connection rate limit reached; refused");
-                    sessions.spawn(refuse(stream, Reply::new(421, "4.7.0", "Too many connections from your address, try again later")));
-                    continue;
-                }
-                let Ok(slot) = ctx.address_slot(peer.ip()) else {
-                    ctx.metrics.reject("connections-per-address");
-                    tracing::warn!(client = %peer, "max_connections_per_address reached; refused");
-                    sessions.spawn(refuse(stream, Reply::new(421, "4.7.0", "Too many open connections from your address, try again later")));
-                    continue;
-                };
-                match ctx.permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        sessions.spawn(async move {
-                            let _permit = permit;
-                            let _slot = slot;
-                            handle(stream, peer, ctx, shutdown).await;
-                        });
-                    }
-                    Err(_) => {
-                        ctx.metrics.reject("too-many-connections");
-                        sessions.spawn(refuse(stream, Reply::new(421, "4.3.2", "Too many connections, try again later")));
-                    }
-                }
+                admit(&ctx, stream, peer, shutdown.clone(), &mut sessions);
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             _ = shutdown.changed() => break,
@@ -229,6 +203,59 @@ pub async fn serve(
             "SMTP sessions still open at the shutdown deadline; closing them"
         );
         sessions.abort_all();
+    }
+}
+
+/// Serves an accepted connection, or refuses it with the limit it reached.
+fn admit(
+    ctx: &Arc<ListenerContext>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    sessions: &mut JoinSet<()>,
+) {
+    if ctx.over_rate(peer.ip()) {
+        ctx.metrics.reject("connection-rate");
+        tracing::warn!(client = %peer, "connection rate limit reached; refused");
+        sessions.spawn(refuse(
+            stream,
+            Reply::new(
+                421,
+                "4.7.0",
+                "Too many connections from your address, try again later",
+            ),
+        ));
+        return;
+    }
+    let Ok(slot) = ctx.address_slot(peer.ip()) else {
+        ctx.metrics.reject("connections-per-address");
+        tracing::warn!(client = %peer, "max_connections_per_address reached; refused");
+        sessions.spawn(refuse(
+            stream,
+            Reply::new(
+                421,
+                "4.7.0",
+                "Too many open connections from your address, try again later",
+            ),
+        ));
+        return;
+    };
+    match ctx.permits.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let ctx = ctx.clone();
+            sessions.spawn(async move {
+                let _permit = permit;
+                let _slot = slot;
+                handle(stream, peer, ctx, shutdown).await;
+            });
+        }
+        Err(_) => {
+            ctx.metrics.reject("too-many-connections");
+            sessions.spawn(refuse(
+                stream,
+                Reply::new(421, "4.3.2", "Too many connections, try again later"),
+            ));
+        }
     }
 }
 

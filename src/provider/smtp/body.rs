@@ -134,17 +134,6 @@ pub(super) async fn send_body(
             None => Ok(r),
         }
     });
-    let watch = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200).min(t)).await;
-            if progress.since_last() >= t {
-                return;
-            }
-            if !progress.done.load(Ordering::Relaxed) && progress.started.elapsed() >= ceiling {
-                return;
-            }
-        }
-    };
     tokio::select! {
         r = send => match r {
             Ok(r) => r.map_err(|e| failure::classify(&e, "end of DATA")),
@@ -157,15 +146,36 @@ pub(super) async fn send_body(
                 ),
             )),
         },
-        () = watch => Err(if progress.done.load(Ordering::Relaxed) {
+        () = progress.watch(t, ceiling) => Err(progress.stalled(t, end, ceiling)),
+    }
+}
+
+impl BodyProgress {
+    /// Returns once the server took no data for `t`, or the body is not all taken by
+    /// `ceiling`.
+    async fn watch(&self, t: Duration, ceiling: Duration) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200).min(t)).await;
+            if self.since_last() >= t {
+                return;
+            }
+            if !self.done.load(Ordering::Relaxed) && self.started.elapsed() >= ceiling {
+                return;
+            }
+        }
+    }
+
+    /// What went wrong when [`watch`](Self::watch) returned.
+    fn stalled(&self, t: Duration, end: u64, ceiling: Duration) -> Failure {
+        let sent = crate::text::size(self.sent.load(Ordering::Relaxed));
+        if self.done.load(Ordering::Relaxed) {
             no_answer("end of DATA", t)
-        } else if progress.since_last() >= t {
+        } else if self.since_last() >= t {
             Failure::local(
                 Code::ConnectionFailed,
                 format!(
-                    "message body: the server stopped reading: it took no data for {} after {} of {}",
+                    "message body: the server stopped reading: it took no data for {} after {sent} of {}",
                     stage::words(t),
-                    crate::text::size(progress.sent.load(Ordering::Relaxed)),
                     crate::text::size(end)
                 ),
             )
@@ -173,12 +183,11 @@ pub(super) async fn send_body(
             Failure::local(
                 Code::ConnectionFailed,
                 format!(
-                    "message body: only {} of {} taken within {} (at least 64 KB/s are needed)",
-                    crate::text::size(progress.sent.load(Ordering::Relaxed)),
+                    "message body: only {sent} of {} taken within {} (at least 64 KB/s are needed)",
                     crate::text::size(end),
                     stage::words(ceiling)
                 ),
             )
-        }),
+        }
     }
 }
