@@ -89,6 +89,44 @@ struct Digest {
     last_failure_ms: u64,
 }
 
+impl Digest {
+    /// The digest of the failures summed since the last one; they are then cleared.
+    fn fire(&mut self, now: u64) -> Condition {
+        let count = self.count;
+        let condition = Condition {
+            event: AlertEvent::Failed,
+            provider: None,
+            summary: format!(
+                "{count} message{} failed or partly failed",
+                if count == 1 { "" } else { "s" }
+            ),
+            details: "see each message's diagnosis: mailgate show ID, or the Email history page filtered by Failed".into(),
+            since_ms: self.first_pending_ms,
+            messages: self.pending.iter().take(DIGEST_IDS).cloned().collect(),
+            count,
+        };
+        self.firing = true;
+        self.last_sent_ms = now;
+        self.pending.clear();
+        self.count = 0;
+        condition
+    }
+
+    /// The digest's `resolved`: nothing has failed for an interval.
+    fn resolve(&mut self) -> Condition {
+        self.firing = false;
+        Condition {
+            event: AlertEvent::Failed,
+            provider: None,
+            summary: "no message has failed since the last alert".into(),
+            details: String::new(),
+            since_ms: self.last_failure_ms,
+            messages: Vec::new(),
+            count: 0,
+        }
+    }
+}
+
 /// What survives a restart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Persisted {
@@ -418,49 +456,18 @@ fn digest_step(
             } else {
                 now.saturating_sub(d.first_pending_ms) >= settle
             };
-        let mut queue = None;
-        if due {
-            let count = d.count;
-            let messages: Vec<MessageRef> = d.pending.iter().take(DIGEST_IDS).cloned().collect();
-            queue = Some((
-                "firing",
-                Condition {
-                    event: AlertEvent::Failed,
-                    provider: None,
-                    summary: format!(
-                        "{count} message{} failed or partly failed",
-                        if count == 1 { "" } else { "s" }
-                    ),
-                    details: "see each message's diagnosis: mailgate show ID, or the Email history page filtered by Failed".into(),
-                    since_ms: d.first_pending_ms,
-                    messages,
-                    count,
-                },
-            ));
-            d.firing = true;
-            d.last_sent_ms = now;
-            d.pending.clear();
-            d.count = 0;
+        let queue = if due {
             changed = true;
+            Some(("firing", d.fire(now)))
         } else if d.firing
             && d.pending.is_empty()
             && now.saturating_sub(d.last_failure_ms) >= interval
         {
-            queue = Some((
-                "resolved",
-                Condition {
-                    event: AlertEvent::Failed,
-                    provider: None,
-                    summary: "no message has failed since the last alert".into(),
-                    details: String::new(),
-                    since_ms: d.last_failure_ms,
-                    messages: Vec::new(),
-                    count: 0,
-                },
-            ));
-            d.firing = false;
             changed = true;
-        }
+            Some(("resolved", d.resolve()))
+        } else {
+            None
+        };
         if let Some((state, condition)) = queue {
             tracing::warn!(alert = %name, event = "failed", state, summary = %condition.summary, "alert");
             s.outbox.push(Pending {

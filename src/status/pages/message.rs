@@ -209,6 +209,36 @@ async fn held_elsewhere(state: &Ctx, id: &str) -> Option<(String, Record, Option
     Some((node, record, raw))
 }
 
+/// Each recipient as the page lists it: address, status, provider and reply.
+fn recipient_rows(record: &Record) -> Vec<(String, &'static str, String, String)> {
+    record
+        .recipients
+        .iter()
+        .map(|x| {
+            (
+                x.address.clone(),
+                x.status.as_str(),
+                x.provider
+                    .clone()
+                    .unwrap_or_else(|| record.provider.clone()),
+                x.reply.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+impl From<&crate::history::Attempt> for AttemptView {
+    fn from(a: &crate::history::Attempt) -> Self {
+        AttemptView {
+            at: super::shown_time(&a.at),
+            provider: a.provider.clone(),
+            reply: a.reply.clone(),
+            diagnosis: a.diagnosis.as_ref().map(DiagnosisView::from),
+            note: a.note.clone(),
+        }
+    }
+}
+
 /// The page of one message; `node`: the fleet node that holds it, when not this one.
 fn render(
     state: &Ctx,
@@ -261,31 +291,8 @@ fn render(
             .notice_of
             .as_ref()
             .map(|n| (n.id.clone(), n.kind.as_str())),
-        recipients: record
-            .recipients
-            .iter()
-            .map(|x| {
-                (
-                    x.address.clone(),
-                    x.status.as_str(),
-                    x.provider
-                        .clone()
-                        .unwrap_or_else(|| record.provider.clone()),
-                    x.reply.clone().unwrap_or_default(),
-                )
-            })
-            .collect(),
-        attempts: record
-            .attempts
-            .iter()
-            .map(|a| AttemptView {
-                at: super::shown_time(&a.at),
-                provider: a.provider.clone(),
-                reply: a.reply.clone(),
-                diagnosis: a.diagnosis.as_ref().map(DiagnosisView::from),
-                note: a.note.clone(),
-            })
-            .collect(),
+        recipients: recipient_rows(&record),
+        attempts: record.attempts.iter().map(AttemptView::from).collect(),
         headers: hdrs,
         attachments,
         body,
