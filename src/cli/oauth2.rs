@@ -108,80 +108,92 @@ pub async fn oauth2(config: &Config, cmd: &OAuth2Command) -> i32 {
             provider,
             no_browser,
             port,
-        } => {
-            let p = match oauth_provider(config, provider) {
-                Ok(p) => p,
-                Err(code) => return code,
-            };
-            let source = TokenSource::new(p, secrets);
-            let tokens = match source.flow() {
-                OAuthFlow::DeviceCode => device_code(&source).await,
-                _ => authorization_code(&source, *no_browser, *port).await,
-            };
-            let tokens = match tokens {
-                Ok(t) => t,
-                Err(words) => {
-                    eprintln!("sign-in failed: {words}");
-                    return exit::FAILED;
-                }
-            };
-            match source.keep_sign_in(&tokens) {
-                Ok(sign_in) => {
-                    println!(
-                        "signed in to provider {provider:?} as {} (the refresh token is stored encrypted beside the store)",
-                        sign_in
-                            .account
-                            .as_deref()
-                            .unwrap_or("(the platform did not say who)")
-                    );
-                    if let (Some(who), Some(user)) = (&sign_in.account, source.username())
-                        && !who.eq_ignore_ascii_case(user)
-                    {
-                        eprintln!(
-                            "note: the provider's username is {user}, but {who} signed in; the upstream accepts the token only for the mailbox that signed in, so set username = \"{who}\" or sign in again as {user}"
-                        );
-                    }
-                    tell_daemon(config, provider).await;
-                    exit::OK
-                }
-                Err(e) => {
-                    eprintln!("signed in, but the sign-in could not be stored: {e}");
-                    exit::FAILED
-                }
-            }
-        }
-        OAuth2Command::Logout { provider } => {
-            let p = match oauth_provider(config, provider) {
-                Ok(p) => p,
-                Err(code) => return code,
-            };
-            let source = TokenSource::new(p, secrets);
-            match source.revoke_sign_in().await {
-                Ok(true) => println!("revoked the refresh token at the platform"),
-                Ok(false) => {}
-                Err(e) => eprintln!(
-                    "could not revoke the refresh token at the platform ({e}); it is forgotten here anyway"
-                ),
-            }
-            match source.forget_sign_in() {
-                Ok(true) => {
-                    println!(
-                        "forgot the sign-in of provider {provider:?}; its mail waits (oauth-not-signed-in) until the next mailgate oauth2 login --provider {provider}"
-                    );
-                    tell_daemon(config, provider).await;
-                    exit::OK
-                }
-                Ok(false) => {
-                    println!("provider {provider:?} had no sign-in");
-                    exit::OK
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    exit::FAILED
-                }
-            }
-        }
+        } => login(config, secrets, provider, *no_browser, *port).await,
+        OAuth2Command::Logout { provider } => logout(config, secrets, provider).await,
         OAuth2Command::Status => status(config, &secrets).await,
+    }
+}
+
+/// `oauth2 login`: the sign-in by the provider's flow, kept sealed, and the daemon told.
+async fn login(
+    config: &Config,
+    secrets: SecretStore,
+    provider: &str,
+    no_browser: bool,
+    port: Option<u16>,
+) -> i32 {
+    let p = match oauth_provider(config, provider) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let source = TokenSource::new(p, secrets);
+    let tokens = match source.flow() {
+        OAuthFlow::DeviceCode => device_code(&source).await,
+        _ => authorization_code(&source, no_browser, port).await,
+    };
+    let tokens = match tokens {
+        Ok(t) => t,
+        Err(words) => {
+            eprintln!("sign-in failed: {words}");
+            return exit::FAILED;
+        }
+    };
+    match source.keep_sign_in(&tokens) {
+        Ok(sign_in) => {
+            println!(
+                "signed in to provider {provider:?} as {} (the refresh token is stored encrypted beside the store)",
+                sign_in
+                    .account
+                    .as_deref()
+                    .unwrap_or("(the platform did not say who)")
+            );
+            if let (Some(who), Some(user)) = (&sign_in.account, source.username())
+                && !who.eq_ignore_ascii_case(user)
+            {
+                eprintln!(
+                    "note: the provider's username is {user}, but {who} signed in; the upstream accepts the token only for the mailbox that signed in, so set username = \"{who}\" or sign in again as {user}"
+                );
+            }
+            tell_daemon(config, provider).await;
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("signed in, but the sign-in could not be stored: {e}");
+            exit::FAILED
+        }
+    }
+}
+
+/// `oauth2 logout`: the refresh token revoked where the platform allows it, and forgotten.
+async fn logout(config: &Config, secrets: SecretStore, provider: &str) -> i32 {
+    let p = match oauth_provider(config, provider) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let source = TokenSource::new(p, secrets);
+    match source.revoke_sign_in().await {
+        Ok(true) => println!("revoked the refresh token at the platform"),
+        Ok(false) => {}
+        Err(e) => eprintln!(
+            "could not revoke the refresh token at the platform ({e}); it is forgotten here anyway"
+        ),
+    }
+    match source.forget_sign_in() {
+        Ok(true) => {
+            println!(
+                "forgot the sign-in of provider {provider:?}; its mail waits (oauth-not-signed-in) until the next mailgate oauth2 login --provider {provider}"
+            );
+            tell_daemon(config, provider).await;
+            exit::OK
+        }
+        Ok(false) => {
+            println!("provider {provider:?} had no sign-in");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            exit::FAILED
+        }
     }
 }
 
