@@ -66,6 +66,19 @@ const LEFT: u64 = 40;
 const BOTTOM: u64 = 20;
 const TOP: u64 = 8;
 
+/// A round top for the axis at or above `max`: 1, 2, 5 times a power of ten.
+fn round_top(max: u64) -> u64 {
+    let mut top = 1;
+    while top < max {
+        top = match top.to_string().as_bytes()[0] {
+            b'1' => top * 2,
+            b'2' => top / 2 * 5,
+            _ => top * 2,
+        };
+    }
+    top
+}
+
 /// A stacked bar chart of `buckets`; `label` names a bucket on the x axis (every
 /// `label_every`th), `when` in its tooltip. `id` is the SVG's id.
 pub fn svg(
@@ -76,16 +89,7 @@ pub fn svg(
     label: fn(u64) -> String,
     when: fn(u64) -> String,
 ) -> String {
-    let max = buckets.iter().map(Bucket::total).max().unwrap_or(0).max(1);
-    // A round top for the axis: 1, 2, 5 times a power of ten.
-    let mut top = 1;
-    while top < max {
-        top = match top.to_string().as_bytes()[0] {
-            b'1' => top * 2,
-            b'2' => top / 2 * 5,
-            _ => top * 2,
-        };
-    }
+    let top = round_top(buckets.iter().map(Bucket::total).max().unwrap_or(0));
     let plot_h = HEIGHT - TOP - BOTTOM;
     let n = buckets.len().max(1) as u64;
     let slot = (WIDTH - LEFT) / n;
