@@ -245,11 +245,9 @@ fn validate_provider(p: &ProviderConfig) -> Vec<(Range<usize>, String)> {
 
 /// The combinations of `[provider.oauth2]` keys that cannot work, each in one sentence.
 fn oauth2_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<String> {
-    use crate::config::{Issuer, OAuthFlow};
+    use crate::config::OAuthFlow;
     let mut out = Vec::new();
     let flow = o.flow.as_str();
-    let google = p.oauth_issuer() == Issuer::Google;
-    let secrets = o.client_secret_source().given();
     if o.certificate_file.is_some() != o.private_key_file.is_some() {
         out.push("[provider.oauth2] certificate_file and private_key_file go together".into());
     }
@@ -278,6 +276,16 @@ fn oauth2_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<S
             }
         }
     }
+    out.extend(flow_problems(p, o));
+    out
+}
+
+/// What the provider's OAuth2 flow needs and must not have.
+fn flow_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<String> {
+    use crate::config::{Issuer, OAuthFlow};
+    let mut out = Vec::new();
+    let google = p.oauth_issuer() == Issuer::Google;
+    let secrets = o.client_secret_source().given();
     let microsoft_urls =
         |urls: &[&Option<String>]| o.tenant_id.is_some() || urls.iter().all(|u| u.is_some());
     match o.flow {
