@@ -163,13 +163,10 @@ impl Alerts {
     /// [`finish`](Self::finish) in memory; the state to save when it changed.
     fn finished(&self, p: &Pending, outcome: Option<Result<String, String>>) -> Option<Vec<u8>> {
         let mut s = self.state.lock().ok()?;
-        let Some(at) = s
+        let at = s
             .outbox
             .iter()
-            .position(|q| q.alert == p.alert && q.state == p.state && q.condition == p.condition)
-        else {
-            return None;
-        };
+            .position(|q| q.alert == p.alert && q.state == p.state && q.condition == p.condition)?;
         match outcome {
             None => {
                 s.outbox.remove(at);

@@ -104,6 +104,29 @@ struct NodeRow {
     alerts: String,
 }
 
+/// An open alert condition as the dashboard lists it: event, summary, since.
+fn alert_row(c: crate::alerts::Condition) -> (String, String, String) {
+    (
+        c.event.to_string(),
+        c.summary,
+        super::shown_time(&crate::time::rfc3339(c.since_ms)),
+    )
+}
+
+impl From<&crate::snapshot::ChainView> for ChainRow {
+    fn from(c: &crate::snapshot::ChainView) -> Self {
+        ChainRow {
+            what: match c.kind {
+                "route" => format!("Route {}", c.name),
+                "user" => format!("User {}", c.name),
+                _ => "Default".into(),
+            },
+            recipients: c.recipients.join(", "),
+            chain: c.line(),
+        }
+    }
+}
+
 pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> Response {
     let since = crate::time::now_ms().saturating_sub(31 * crate::time::DAY_MS);
     let tallies = state
@@ -119,19 +142,7 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
     };
     let providers: Vec<ProviderRow> = snap.providers.iter().map(provider_row).collect();
     let sign_in_column = providers.iter().any(|p| p.delegated || !p.token.is_empty());
-    let chains = snap
-        .chains
-        .iter()
-        .map(|c| ChainRow {
-            what: match c.kind {
-                "route" => format!("Route {}", c.name),
-                "user" => format!("User {}", c.name),
-                _ => "Default".into(),
-            },
-            recipients: c.recipients.join(", "),
-            chain: c.line(),
-        })
-        .collect();
+    let chains = snap.chains.iter().map(ChainRow::from).collect();
     let m = state.pipeline.metrics();
     let now = crate::time::now_ms();
     let hours = chart::hourly(&tallies, now);
@@ -175,18 +186,7 @@ pub(super) async fn dashboard(State(state): State<Ctx>, headers: HeaderMap) -> R
         sign_in_column,
         chains,
         nodes: fleet_nodes(&state).await,
-        alerts: state
-            .alerts
-            .open()
-            .into_iter()
-            .map(|c| {
-                (
-                    c.event.to_string(),
-                    c.summary,
-                    super::shown_time(&crate::time::rfc3339(c.since_ms)),
-                )
-            })
-            .collect(),
+        alerts: state.alerts.open().into_iter().map(alert_row).collect(),
     })
 }
 
