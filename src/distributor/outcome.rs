@@ -53,45 +53,8 @@ pub fn apply_outcome(
     now: u64,
 ) -> (Record, Option<u64>, Option<String>) {
     let at = rfc3339(now);
-    let pending: Vec<String> = record
-        .recipients
-        .iter()
-        .filter(|r| !r.status.is_finished() && step.rcpts.contains(&r.address))
-        .map(|r| r.address.clone())
-        .collect();
-    let all = |fate: Fate, reply: &str, code: Option<Code>| -> Vec<RcptResult> {
-        pending
-            .iter()
-            .map(|a| RcptResult {
-                address: a.clone(),
-                fate,
-                reply: reply.to_string(),
-                code,
-            })
-            .collect()
-    };
-    let mut retry_after = None;
     let unavailable = outcome.unavailable();
-    let (reply, results) = match outcome {
-        Outcome::Later { reply, code, after } => {
-            retry_after = Some(crate::time::duration_ms(after));
-            let results = all(Fate::Transient, &reply, Some(code));
-            (reply, results)
-        }
-        Outcome::Sent { reply } => {
-            let results = all(Fate::Sent, &reply, None);
-            (reply, results)
-        }
-        Outcome::Transient { reply, code } => {
-            let results = all(Fate::Transient, &reply, Some(code));
-            (reply, results)
-        }
-        Outcome::Permanent { reply, code } => {
-            let results = all(Fate::Permanent, &reply, Some(code));
-            (reply, results)
-        }
-        Outcome::PerRecipient { reply, results } => (reply, results),
-    };
+    let (reply, results, retry_after) = fates(&record, step.rcpts, outcome);
     let received = record.received_ms().unwrap_or(now);
     let give_up = retry.gives_up(received, now);
     let moved_to = step
@@ -143,19 +106,8 @@ pub fn apply_outcome(
             until: None,
         })
     } else if deferred {
-        // A chain that is exhausted waits with its first provider's diagnosis.
-        let reason = record
-            .attempts
-            .iter()
-            .rev()
-            .find(|a| a.provider == step.first)
-            .and_then(|a| a.diagnosis.as_ref())
-            .or(record.attempts.last().and_then(|a| a.diagnosis.as_ref()))
-            .map_or(WaitReason::Failed(Code::Unknown), |d| {
-                WaitReason::Failed(d.code)
-            });
         Some(Waiting {
-            reason,
+            reason: chain_waits_for(&record, step.first),
             until: None,
         })
     } else {
@@ -163,6 +115,62 @@ pub fn apply_outcome(
     };
     let due = refresh(&mut record, now);
     (record, due, moved_to)
+}
+
+/// The outcome as a fate per pending recipient of the group (those of `rcpts` not yet
+/// finished): the reply, the fates, and the wait the upstream asked for.
+fn fates(
+    record: &Record,
+    rcpts: &[String],
+    outcome: Outcome,
+) -> (String, Vec<RcptResult>, Option<u64>) {
+    let all = |fate: Fate, reply: &str, code: Option<Code>| -> Vec<RcptResult> {
+        record
+            .recipients
+            .iter()
+            .filter(|r| !r.status.is_finished() && rcpts.contains(&r.address))
+            .map(|r| RcptResult {
+                address: r.address.clone(),
+                fate,
+                reply: reply.to_string(),
+                code,
+            })
+            .collect()
+    };
+    match outcome {
+        Outcome::Later { reply, code, after } => {
+            let results = all(Fate::Transient, &reply, Some(code));
+            (reply, results, Some(crate::time::duration_ms(after)))
+        }
+        Outcome::Sent { reply } => {
+            let results = all(Fate::Sent, &reply, None);
+            (reply, results, None)
+        }
+        Outcome::Transient { reply, code } => {
+            let results = all(Fate::Transient, &reply, Some(code));
+            (reply, results, None)
+        }
+        Outcome::Permanent { reply, code } => {
+            let results = all(Fate::Permanent, &reply, Some(code));
+            (reply, results, None)
+        }
+        Outcome::PerRecipient { reply, results } => (reply, results, None),
+    }
+}
+
+/// What a deferred group waits for: a chain that is exhausted waits with its first
+/// provider's diagnosis (else the last attempt's).
+fn chain_waits_for(record: &Record, first: &str) -> WaitReason {
+    record
+        .attempts
+        .iter()
+        .rev()
+        .find(|a| a.provider == first)
+        .and_then(|a| a.diagnosis.as_ref())
+        .or(record.attempts.last().and_then(|a| a.diagnosis.as_ref()))
+        .map_or(WaitReason::Failed(Code::Unknown), |d| {
+            WaitReason::Failed(d.code)
+        })
 }
 
 /// Settles a record's status, next due time, provider and waiting time from its
