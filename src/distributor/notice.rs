@@ -64,6 +64,41 @@ impl NotifySettings {
     }
 }
 
+/// The notice a record calls for after an attempt, `age` ms after it was received: a
+/// bounce once it failed (or partly), a delay notice once it waited `delay`; each once.
+fn due_notice(record: &Record, n: &NotifySettings, age: u64) -> Option<NoticeKind> {
+    let noticed = |k: NoticeKind| record.notices.iter().any(|l| l.kind == k);
+    match record.status {
+        Status::Failed | Status::Partial if n.bounce && !noticed(NoticeKind::Bounce) => {
+            Some(NoticeKind::Bounce)
+        }
+        Status::Deferred if n.delay_ms.is_some_and(|d| age >= d) && !noticed(NoticeKind::Delay) => {
+            Some(NoticeKind::Delay)
+        }
+        _ => None,
+    }
+}
+
+/// When no one can read a notice: a delay notice is a courtesy, none, quietly; a bounce
+/// is said where the administrator looks (the message's page and the log).
+fn no_reader(record: &mut Record, kind: NoticeKind) {
+    if kind != NoticeKind::Bounce {
+        return;
+    }
+    let why = format!(
+        "no {} was sent: the sender {} cannot receive mail (its domain is local or single-label), the rewrite gave no other sender, and sendmail.admin_address is not set",
+        kind.as_str(),
+        record.original_sender
+    );
+    tracing::warn!(id = %record.id, kind = kind.as_str(), sender = %record.original_sender, "no one could be told: {why}");
+    if let Some(a) = record.attempts.last_mut() {
+        a.note = Some(match a.note.take() {
+            Some(n) => format!("{n}; {why}"),
+            None => why,
+        });
+    }
+}
+
 impl Distributor {
     /// The notice `record` calls for after its attempt, if any: the new message to
     /// insert (with the outcome); `record` is linked to it.
@@ -76,43 +111,14 @@ impl Distributor {
         let n = &routing.notify;
         let now = self.now();
         let received = record.received_ms().unwrap_or(now);
-        let noticed = |k: NoticeKind| record.notices.iter().any(|l| l.kind == k);
-        let kind = match record.status {
-            Status::Failed | Status::Partial if n.bounce && !noticed(NoticeKind::Bounce) => {
-                NoticeKind::Bounce
-            }
-            Status::Deferred
-                if n.delay_ms
-                    .is_some_and(|d| now.saturating_sub(received) >= d)
-                    && !noticed(NoticeKind::Delay) =>
-            {
-                NoticeKind::Delay
-            }
-            _ => return None,
-        };
+        let kind = due_notice(record, n, now.saturating_sub(received))?;
         if !notify::may_notify(record, headers) {
             return None;
         }
         // A sender in a local domain (app@erp.local) reads no mail: someone who can.
         let Some(to) = bounce_to(&record.original_sender, &record.sender, n.admin.as_deref())
         else {
-            // A delay notice is a courtesy: none, quietly. A bounce is said where the
-            // administrator looks: the message's page and the log.
-            if kind != NoticeKind::Bounce {
-                return None;
-            }
-            let why = format!(
-                "no {} was sent: the sender {} cannot receive mail (its domain is local or single-label), the rewrite gave no other sender, and sendmail.admin_address is not set",
-                kind.as_str(),
-                record.original_sender
-            );
-            tracing::warn!(id = %record.id, kind = kind.as_str(), sender = %record.original_sender, "no one could be told: {why}");
-            if let Some(a) = record.attempts.last_mut() {
-                a.note = Some(match a.note.take() {
-                    Some(n) => format!("{n}; {why}"),
-                    None => why,
-                });
-            }
+            no_reader(record, kind);
             return None;
         };
         let id = ulid::Ulid::new().to_string();
