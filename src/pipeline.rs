@@ -188,23 +188,7 @@ impl Pipeline {
         };
         let p = message::process(s.raw, &facts, &config).map_err(SubmitError::Unfit)?;
         let pinned = s.provider.is_some();
-        let chains = crate::config::Chains::from_config(&config);
-        let recipients = s
-            .rcpts
-            .iter()
-            .map(|a| {
-                let provider = if pinned {
-                    p.plan.provider.clone()
-                } else {
-                    chains.chain(p.plan.user.as_deref(), a).0[0].clone()
-                };
-                Recipient::queued(
-                    a.clone(),
-                    Some(!p.named.contains(&a.to_ascii_lowercase())),
-                    Some(provider),
-                )
-            })
-            .collect();
+        let recipients = queued_recipients(&s.rcpts, &p, pinned, &config);
         let client = match &s.client.local_user {
             Some(u) => format!("local:{u}"),
             None => s.client.addr.to_string(),
@@ -255,4 +239,30 @@ impl Pipeline {
         );
         Ok(id)
     }
+}
+
+/// Each recipient queued for the first provider of its chain (or the pinned provider),
+/// and whether it is blind (named in no header field).
+fn queued_recipients(
+    rcpts: &[String],
+    p: &message::Processed,
+    pinned: bool,
+    config: &Config,
+) -> Vec<Recipient> {
+    let chains = crate::config::Chains::from_config(config);
+    rcpts
+        .iter()
+        .map(|a| {
+            let provider = if pinned {
+                p.plan.provider.clone()
+            } else {
+                chains.chain(p.plan.user.as_deref(), a).0[0].clone()
+            };
+            Recipient::queued(
+                a.clone(),
+                Some(!p.named.contains(&a.to_ascii_lowercase())),
+                Some(provider),
+            )
+        })
+        .collect()
 }

@@ -407,6 +407,23 @@ impl Distributor {
         record
     }
 
+    /// The message's body, unless its record says it is finished (a message cancelled
+    /// since the scan is not sent).
+    async fn body_unless_finished(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::store::Body>, StoreError> {
+        let id = id.to_string();
+        self.store
+            .blocking(move |s| {
+                if s.record(&id)?.is_none_or(|r| r.status.is_finished()) {
+                    return Ok(None);
+                }
+                s.body(&id)
+            })
+            .await
+    }
+
     /// One attempt; returns the recipients sent, the failure reply if any, and whether
     /// its outcome is recorded (false: kept in memory until the store commits again).
     /// The message is read before a connection lease is taken, and the lease and the
@@ -421,17 +438,7 @@ impl Distributor {
         slot: &mut Slot,
     ) -> Result<(u32, Option<String>, bool), StoreError> {
         let started = std::time::Instant::now();
-        let id = record.id.clone();
-        // The record as it is now: a message cancelled since the scan is not sent.
-        let read = self
-            .store
-            .blocking(move |s| {
-                if s.record(&id)?.is_none_or(|r| r.status.is_finished()) {
-                    return Ok(None);
-                }
-                s.body(&id)
-            })
-            .await;
+        let read = self.body_unless_finished(&record.id).await;
         let mut headers = Vec::new();
         let (mut record, due, sent, error) = match read {
             Ok(None) => return Ok((0, None, true)),
