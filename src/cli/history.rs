@@ -220,6 +220,12 @@ pub fn show_text(r: &Record) -> String {
             n.kind.as_str()
         );
     }
+    recipients_and_attempts(&mut out, r);
+    out
+}
+
+/// The Recipients and Attempts parts of [`show_text`].
+fn recipients_and_attempts(out: &mut String, r: &Record) {
     let _ = writeln!(out, "Recipients");
     for rc in &r.recipients {
         let _ = writeln!(
@@ -252,5 +258,4 @@ pub fn show_text(r: &Record) -> String {
             let _ = writeln!(out, "    note:      {n}");
         }
     }
-    out
 }
