@@ -105,6 +105,29 @@ pub async fn bounded(resp: reqwest::Response, max: usize) -> Option<Bytes> {
     Some(out.into())
 }
 
+/// A peer's answer to the signed list request `req` (None: no fleet secret here): its
+/// records, or why not.
+async fn peer_list(req: Option<reqwest::RequestBuilder>, url: &str) -> Result<Vec<Value>, String> {
+    let Some(req) = req else {
+        return Err("this node has no fleet secret".to_string());
+    };
+    match req.send().await {
+        Ok(r) if r.status().is_success() => match bounded(r, MAX_JSON).await {
+            Some(b) => serde_json::from_slice::<Vec<Value>>(&b).map_err(|e| e.to_string()),
+            None => Err(format!(
+                "{url} answered more than {} MB, or broke off",
+                MAX_JSON >> 20
+            )),
+        },
+        Ok(r) => Err(format!("{url} answered {}", r.status())),
+        Err(e) if e.is_timeout() => Err(format!(
+            "{url} did not answer within {} s",
+            PEER_TIMEOUT.as_secs()
+        )),
+        Err(e) => Err(format!("{url}: {e}")),
+    }
+}
+
 /// `GET /api/messages?fleet=1`: {`messages` (each with its `node`), `nodes` (those that
 /// answered), `unreachable` (those that did not, with why)}.
 pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: usize) -> Value {
@@ -150,25 +173,7 @@ pub async fn merged(state: &AppState, q: &ListQuery, own: Vec<Record>, limit: us
                     None,
                 );
                 asks.spawn(async move {
-                    let answer = match req {
-                        None => Err("this node has no fleet secret".to_string()),
-                        Some(req) => match req.send().await {
-                            Ok(r) if r.status().is_success() => match bounded(r, MAX_JSON).await {
-                                Some(b) => serde_json::from_slice::<Vec<Value>>(&b)
-                                    .map_err(|e| e.to_string()),
-                                None => Err(format!(
-                                    "{url} answered more than {} MB, or broke off",
-                                    MAX_JSON >> 20
-                                )),
-                            },
-                            Ok(r) => Err(format!("{url} answered {}", r.status())),
-                            Err(e) if e.is_timeout() => Err(format!(
-                                "{url} did not answer within {} s",
-                                PEER_TIMEOUT.as_secs()
-                            )),
-                            Err(e) => Err(format!("{url}: {e}")),
-                        },
-                    };
+                    let answer = peer_list(req, &url).await;
                     (node, answer)
                 });
             }
