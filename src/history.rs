@@ -90,7 +90,7 @@ pub struct Recipient {
     /// When this recipient is tried next (RFC 3339 UTC), while it waits for a retry; its
     /// message's `next_attempt_at` is the earliest of its recipients'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_attempt_at: Option<String>,
+    pub next_attempt_at: Option<crate::time::Stamp>,
 }
 
 impl Recipient {
@@ -154,7 +154,7 @@ pub struct Waiting {
     /// `circuit-open`, `fleet-lease`.
     pub reason: WaitReason,
     /// When it is tried next (RFC 3339 UTC); none while paused.
-    pub until: Option<String>,
+    pub until: Option<crate::time::Stamp>,
 }
 
 /// Why an unfinished message waits (`waiting.reason`, the same names in JSON as ever).
@@ -239,7 +239,7 @@ impl Waiting {
             WaitReason::Failed(code) => format!("the last attempt failed ({code})"),
         };
         match &self.until {
-            Some(t) => format!("{why}; next attempt at {}", time(t)),
+            Some(t) => format!("{why}; next attempt at {}", time(&t.to_string())),
             None => why,
         }
     }
@@ -306,12 +306,12 @@ pub struct Record {
     pub throttle_deferrals: u32,
     /// When `throttle_deferrals` last rose (RFC 3339 UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttle_counted_at: Option<String>,
+    pub throttle_counted_at: Option<crate::time::Stamp>,
     /// When it was sent (RFC 3339 UTC).
     pub sent_at: Option<String>,
     /// When the next attempt is due (RFC 3339 UTC), while unfinished.
     #[serde(default)]
-    pub next_attempt_at: Option<String>,
+    pub next_attempt_at: Option<crate::time::Stamp>,
     /// Who cancelled it and when, if it was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancelled: Option<Cancellation>,

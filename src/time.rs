@@ -36,6 +36,50 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// A moment in a record (when a message or recipient is tried next, until when it
+/// waits): milliseconds since the epoch, in whole seconds, written as RFC 3339 UTC
+/// (`2026-12-07T21:00:00Z`) in the store, the API and the CLI, as these fields always
+/// were. Compared and used as a number inside, never parsed twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp(u64);
+
+impl Stamp {
+    /// The moment `ms` (cut to its second, as RFC 3339 keeps it).
+    pub fn at_ms(ms: u64) -> Stamp {
+        Stamp(ms - ms % 1000)
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn ms(self) -> u64 {
+        self.0
+    }
+
+    /// An RFC 3339 time.
+    pub fn parse(s: &str) -> Option<Stamp> {
+        parse_rfc3339(s).map(Stamp)
+    }
+}
+
+impl std::fmt::Display for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&rfc3339(self.0))
+    }
+}
+
+impl serde::Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Stamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Stamp::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time")))
+    }
+}
+
 /// Parses an RFC 3339 time back into milliseconds since the epoch.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
     humantime::parse_rfc3339_weak(s).ok().map(to_ms)
@@ -44,4 +88,24 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
 /// A duration in whole milliseconds (saturating).
 pub fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record written before the time type reads back the same and is written the
+    /// same: the store, the API and the fleet's peers see no change.
+    #[test]
+    fn a_stamp_reads_and_writes_what_the_records_always_held() {
+        let json = r#"{"address":"a@example.com","status":"deferred","next_attempt_at":"2026-12-07T21:00:05Z"}"#;
+        let r: crate::history::Recipient = serde_json::from_str(json).unwrap();
+        let t = r.next_attempt_at.unwrap();
+        assert_eq!(Some(t.ms()), parse_rfc3339("2026-12-07T21:00:05Z"));
+        assert_eq!(serde_json::to_string(&r).unwrap(), json);
+        // Inside, a moment is cut to its second as RFC 3339 keeps it, so it compares
+        // the same before and after the store.
+        assert_eq!(Stamp::at_ms(t.ms() + 999), t);
+        assert!(serde_json::from_str::<Stamp>(r#""tomorrow""#).is_err());
+    }
 }

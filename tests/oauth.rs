@@ -228,7 +228,7 @@ async fn graph_statuses_map_to_outcomes() {
         );
         if let Some(secs) = retry_after {
             let next =
-                mailgate::time::parse_rfc3339(r.next_attempt_at.as_deref().unwrap()).unwrap();
+                r.next_attempt_at.unwrap().ms();
             let at = mailgate::time::parse_rfc3339(&r.attempts[0].at).unwrap();
             let waited = next.saturating_sub(at) / 1000;
             assert!(

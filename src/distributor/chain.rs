@@ -40,10 +40,7 @@ pub(super) enum Plan {
 
 /// When a waiting recipient is due (ms; 0 when it has no time of its own).
 pub(super) fn due_of(r: &Recipient) -> u64 {
-    r.next_attempt_at
-        .as_deref()
-        .and_then(crate::time::parse_rfc3339)
-        .unwrap_or(0)
+    r.next_attempt_at.map_or(0, crate::time::Stamp::ms)
 }
 
 impl Routing {

@@ -6,7 +6,7 @@
 use crate::diagnosis::Code;
 use crate::history::{Attempt, Diagnosis, Record, Status, WaitReason, Waiting};
 use crate::provider::{Fate, Outcome, RcptResult};
-use crate::time::{MINUTE_MS, rfc3339};
+use crate::time::{MINUTE_MS, Stamp, rfc3339};
 
 use super::retry::RetryPolicy;
 
@@ -87,7 +87,7 @@ pub fn apply_outcome(
         r.reply = Some(res.reply);
         (r.provider, r.next_attempt_at) = match (&moved_to, r.status) {
             (Some(to), Status::Deferred) => (Some(to.clone()), None),
-            (None, Status::Deferred) => (Some(step.first.to_string()), due.map(rfc3339)),
+            (None, Status::Deferred) => (Some(step.first.to_string()), due.map(Stamp::at_ms)),
             _ => (Some(step.provider.to_string()), None),
         };
     }
@@ -216,9 +216,9 @@ pub fn refresh(record: &mut Record, now: u64) -> Option<u64> {
     if waits || record.deferrals > 0 {
         record.status = Status::Deferred;
     }
-    record.next_attempt_at = Some(rfc3339(due));
+    record.next_attempt_at = Some(Stamp::at_ms(due));
     if let Some(w) = &mut record.waiting {
-        w.until = record.next_attempt_at.clone();
+        w.until = record.next_attempt_at;
     }
     Some(due)
 }
@@ -265,20 +265,17 @@ fn attempt_diagnosis(results: &[RcptResult]) -> Option<Diagnosis> {
 /// for a message woken exactly when the window's oldest send leaves it.)
 pub fn throttled(record: &mut Record, rcpts: &[String], until: u64, now: u64) -> u64 {
     record.deferrals += 1;
-    let counted = record
-        .throttle_counted_at
-        .as_deref()
-        .and_then(crate::time::parse_rfc3339);
+    let counted = record.throttle_counted_at.map(Stamp::ms);
     if counted.is_none_or(|t| now.saturating_add(1_000) >= t.saturating_add(MINUTE_MS)) {
         record.throttle_deferrals += 1;
-        record.throttle_counted_at = Some(rfc3339(now));
+        record.throttle_counted_at = Some(Stamp::at_ms(now));
     }
     for r in record
         .recipients
         .iter_mut()
         .filter(|r| !r.status.is_finished() && rcpts.contains(&r.address))
     {
-        r.next_attempt_at = Some(rfc3339(until));
+        r.next_attempt_at = Some(Stamp::at_ms(until));
     }
     record.waiting = Some(Waiting {
         reason: WaitReason::PerMinuteLimit,
@@ -313,7 +310,7 @@ pub fn quota_spent(record: &mut Record, step: Step<'_>, now: u64, until: u64, li
         r.status = Status::Deferred;
         (r.provider, r.next_attempt_at) = match step.next {
             Some(to) => (Some(to.to_string()), None),
-            None => (Some(step.first.to_string()), Some(rfc3339(until))),
+            None => (Some(step.first.to_string()), Some(Stamp::at_ms(until))),
         };
     }
     record.waiting = Some(Waiting {
@@ -442,7 +439,7 @@ mod tests {
         assert_eq!(rec.status, Status::Deferred);
         assert_eq!(
             rec.recipients[0].next_attempt_at,
-            Some(rfc3339(NOW + 60_000))
+            Some(Stamp::at_ms(NOW + 60_000))
         );
         let out = Outcome::Sent {
             reply: "250 ok".into(),

@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 
 use super::state::AppState;
 use crate::history::{Record, Status};
-use crate::time::rfc3339;
 
 /// Queues a failed, partial or deferred message again, now (its failed recipients get
 /// another chance); the API and the page's Retry button. Err: the HTTP status and why.
@@ -45,7 +44,7 @@ pub async fn retry_message(state: &AppState, id: &str) -> Result<Status, (Status
         record.status = Status::Queued;
     }
     let now = state.distributor.now();
-    record.next_attempt_at = Some(rfc3339(now));
+    record.next_attempt_at = Some(crate::time::Stamp::at_ms(now));
     let status = record.status;
     store
         .update(record, Some(now))

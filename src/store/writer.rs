@@ -355,15 +355,15 @@ impl<'txn> Tables<'txn> {
         };
         // Every waiting recipient is due now too (each keeps its own time when its
         // message's recipients went different ways).
-        let now = crate::time::rfc3339(now_ms);
+        let now = crate::time::Stamp::at_ms(now_ms);
         let mut changed = false;
         for r in rec
             .recipients
             .iter_mut()
             .filter(|r| !r.status.is_finished())
         {
-            if r.next_attempt_at.as_ref().is_some_and(|t| *t > now) {
-                r.next_attempt_at = Some(now.clone());
+            if r.next_attempt_at.is_some_and(|t| t > now) {
+                r.next_attempt_at = Some(now);
                 changed = true;
             }
         }
@@ -376,7 +376,7 @@ impl<'txn> Tables<'txn> {
                 .map_err(io_err)?;
             rec.next_attempt_at = Some(now);
             if let Some(w) = &mut rec.waiting {
-                w.until = rec.next_attempt_at.clone();
+                w.until = rec.next_attempt_at;
             }
             changed = true;
         }

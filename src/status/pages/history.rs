@@ -237,8 +237,8 @@ fn row(r: &Record) -> Row {
         waiting_until: r
             .waiting
             .as_ref()
-            .and_then(|w| w.until.as_deref())
-            .map(super::shown_time)
+            .and_then(|w| w.until)
+            .map(|t| super::shown_time(&t.to_string()))
             .unwrap_or_default(),
         node: String::new(),
         href: format!("/messages/{}", enc(&r.id)),
