@@ -336,6 +336,18 @@ pub fn received_ms(id: &str) -> Option<u64> {
 /// The `client` of a message mailgate made itself (a notice, an alert email).
 pub const OWN_CLIENT: &str = "mailgate";
 
+/// Where a message came from, as its record says it (no field of its own in the JSON:
+/// a notice names the message it tells of, mailgate's own mail has [`OWN_CLIENT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client handed it in: SMTP, the sendmail door, the maildrop or `POST /api/send`.
+    Client,
+    /// A bounce or delay notice to the sender of another message.
+    Notice,
+    /// An email mailgate wrote itself: an alert.
+    Own,
+}
+
 impl Record {
     /// The one constructor of a new message's record: queued, received at
     /// `received_at` (RFC 3339) from `client`, from `sender` (as submitted and as it
@@ -383,9 +395,20 @@ impl Record {
         received_ms(&self.id)
     }
 
+    /// Where the message came from.
+    pub fn origin(&self) -> Origin {
+        if self.notice_of.is_some() {
+            Origin::Notice
+        } else if self.client == OWN_CLIENT {
+            Origin::Own
+        } else {
+            Origin::Client
+        }
+    }
+
     /// A message mailgate made itself (a notice or an alert email): never alerted on.
     pub fn is_own(&self) -> bool {
-        self.notice_of.is_some() || self.client == OWN_CLIENT
+        self.origin() != Origin::Client
     }
 
     /// The code of the latest attempt that has a diagnosis.

@@ -227,8 +227,7 @@ async fn graph_statuses_map_to_outcomes() {
             r.attempts[0].reply
         );
         if let Some(secs) = retry_after {
-            let next =
-                r.next_attempt_at.unwrap().ms();
+            let next = r.next_attempt_at.unwrap().ms();
             let at = mailgate::time::parse_rfc3339(&r.attempts[0].at).unwrap();
             let waited = next.saturating_sub(at) / 1000;
             assert!(

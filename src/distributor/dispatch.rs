@@ -469,7 +469,7 @@ impl Distributor {
             deferrals: record.deferrals,
             last: record.attempts.last().cloned(),
             took: started.elapsed(),
-            notice: record.notice_of.is_some(),
+            notice: record.origin() == crate::history::Origin::Notice,
             event: DeliveryEvent::of(&record),
         };
         let mut mutations = vec![

@@ -19,7 +19,10 @@ pub const TEST_HEADER: &str = "X-Mailgate-Test";
 /// `Auto-Submitted` message (other than `no`) or a test message, so a notice never
 /// answers a notice.
 pub fn may_notify(record: &Record, headers: &[u8]) -> bool {
-    if record.original_sender.is_empty() || record.sender.is_empty() || record.notice_of.is_some() {
+    if record.original_sender.is_empty()
+        || record.sender.is_empty()
+        || record.origin() == crate::history::Origin::Notice
+    {
         return false;
     }
     let parsed = mail_parser::MessageParser::new().parse_headers(headers);
