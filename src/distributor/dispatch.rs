@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use super::chain::{Group, Plan};
 use super::limiter::Admit;
-use super::outcome::Step;
+use super::outcome::{Settled, Step};
 use super::throttle::{MAX_THROTTLE_DEFERRALS, Verdict};
 use super::unrecorded::{Finish, Unrecorded};
 use super::{DeliveryEvent, Distributor, Routing, apply_outcome, outcome};
@@ -440,11 +440,11 @@ impl Distributor {
         let started = std::time::Instant::now();
         let read = self.body_unless_finished(&record.id).await;
         let mut headers = Vec::new();
-        let (mut record, due, sent, error) = match read {
+        let mut settled = match read {
             Ok(None) => return Ok((0, None, true)),
             Err(e) if e.is_damage() => {
                 let reply = e.to_string();
-                (self.damaged_outcome(record, &e), None, 0, Some(reply))
+                Settled::without_sending(self.damaged_outcome(record, &e), Some(reply))
             }
             Err(e) => return Err(e),
             Ok(Some(body)) => {
@@ -452,13 +452,14 @@ impl Distributor {
                     headers = crate::notify::header_block(&head).to_vec();
                 }
                 let lease = self.take_lease(&group.provider, &record.id).await;
-                let sent = self.send(record, group, body).await;
+                let settled = self.send(record, group, body).await;
                 self.release_lease(lease).await;
-                slot.settle(sent.2, sent.3.clone());
-                sent
+                slot.settle(settled.sent, settled.error.clone());
+                settled
             }
         };
-        let notice = self.notice(&mut record, &headers, &self.routing());
+        settled.notice = self.notice(&mut settled.record, &headers, &self.routing());
+        let record = &mut settled.record;
         if bypassed && let Some(a) = record.attempts.last_mut() {
             a.note = Some(format!(
                 "sent regardless of the per-minute limit after {MAX_THROTTLE_DEFERRALS} throttle deferrals"
@@ -470,27 +471,10 @@ impl Distributor {
             last: record.attempts.last().cloned(),
             took: started.elapsed(),
             notice: record.origin() == crate::history::Origin::Notice,
-            event: DeliveryEvent::of(&record),
+            event: DeliveryEvent::of(record),
         };
-        let mut mutations = vec![
-            Mutation::Update {
-                record: Box::new(record),
-                due_ms: due,
-            },
-            Mutation::Tally {
-                at_ms: self.now(),
-                outcome: finish.event.status,
-            },
-        ];
-        mutations.extend(notice);
-        if sent > 0 {
-            mutations.push(Mutation::Usage {
-                provider: finish.provider.clone(),
-                at,
-                id: finish.event.id.clone(),
-                rcpts: sent,
-            });
-        }
+        let (sent, error) = (settled.sent, settled.error.clone());
+        let mutations = settled.mutations(&group.provider, at, self.now());
         match self.store.write(mutations.clone()).await {
             Ok(()) => {
                 self.finished(finish);
@@ -503,14 +487,8 @@ impl Distributor {
         }
     }
 
-    /// Hands the message to its provider; the record after the outcome, its next due
-    /// time, the recipients sent and the failure reply.
-    async fn send(
-        &self,
-        record: Record,
-        group: &Group,
-        body: crate::store::Body,
-    ) -> (Record, Option<u64>, u32, Option<String>) {
+    /// Hands the message to its provider; the attempt settled.
+    async fn send(&self, record: Record, group: &Group, body: crate::store::Body) -> Settled {
         let routing = self.routing();
         let pending: Vec<&crate::history::Recipient> = record
             .recipients
@@ -539,19 +517,8 @@ impl Distributor {
                 code: Code::ProviderConfig,
             },
         };
-        let was_sent = |r: &Record| {
-            r.recipients
-                .iter()
-                .filter(|x| x.status == Status::Sent)
-                .count()
-        };
-        let sent_before = was_sent(&record);
         let now = self.now();
         let unavailable = outcome.unavailable();
-        // Some recipients went (the reply to the data was a success): then the error is
-        // a refused recipient's reply, not the data's.
-        let some_went = matches!(&outcome, Outcome::PerRecipient { results, .. }
-            if results.iter().any(|r| r.fate == crate::provider::Fate::Sent));
         self.circuit_after(&routing, &group.provider, unavailable, now);
         let next = unavailable.and_then(|_| self.next_provider(&group.chain, &group.provider, now));
         let step = Step {
@@ -560,30 +527,11 @@ impl Distributor {
             first: group.first(),
             next: next.as_deref(),
         };
-        let (record, due, moved) = apply_outcome(record, step, outcome, &routing.retry, now);
-        if let (Some(to), Some(code)) = (moved, unavailable) {
-            self.failover(&record.id, &group.provider, &to, code.as_str());
+        let settled = apply_outcome(record, step, outcome, &routing.retry, now);
+        if let (Some(to), Some(code)) = (&settled.moved_to, unavailable) {
+            self.failover(&settled.record.id, &group.provider, to, code.as_str());
         }
-        let sent = u32::try_from(was_sent(&record) - sent_before).unwrap_or(u32::MAX);
-        // Only a failure is an error: after a partial delivery the reply to the data is a
-        // success, and the refusals are what went wrong.
-        let error = record
-            .attempts
-            .last()
-            .filter(|a| a.diagnosis.is_some())
-            .map(|a| {
-                if some_went {
-                    record
-                        .recipients
-                        .iter()
-                        .filter(|r| r.status != Status::Sent)
-                        .find_map(|r| r.reply.as_ref().map(|x| format!("{}: {x}", r.address)))
-                        .unwrap_or_else(|| a.reply.clone())
-                } else {
-                    a.reply.clone()
-                }
-            });
-        (record, due, sent, error)
+        settled
     }
 
     /// One attempt, visible in `/status` while it runs (its stage and age), and ended at

@@ -6,6 +6,7 @@
 use crate::diagnosis::Code;
 use crate::history::{Attempt, Diagnosis, Record, Status, WaitReason, Waiting};
 use crate::provider::{Fate, Outcome, RcptResult};
+use crate::store::Mutation;
 use crate::time::{MINUTE_MS, Stamp, rfc3339};
 
 use super::retry::RetryPolicy;
@@ -37,8 +38,67 @@ impl<'a> Step<'a> {
     }
 }
 
-/// The record after an attempt, its next due time (None when finished), and the
-/// provider the group's mail moved on to, if it did.
+/// One attempt settled: everything its outcome changed, committed together.
+#[derive(Debug)]
+pub struct Settled {
+    /// The record as it now is.
+    pub record: Record,
+    /// When it is next due (None: finished).
+    pub due: Option<u64>,
+    /// The provider the group's mail moved on to, if it did (a failover).
+    pub moved_to: Option<String>,
+    /// How many recipients this attempt sent.
+    pub sent: u32,
+    /// What went wrong, when something did: after a partial delivery the reply to the
+    /// data is a success, and a refused recipient's reply is the error.
+    pub error: Option<String>,
+    /// The notice it calls for (a bounce or a delay notice), to insert with it.
+    pub notice: Option<Mutation>,
+}
+
+impl Settled {
+    /// A record settled without an attempt to the upstream (say, a damaged body).
+    pub fn without_sending(record: Record, error: Option<String>) -> Settled {
+        Settled {
+            record,
+            due: None,
+            moved_to: None,
+            sent: 0,
+            error,
+            notice: None,
+        }
+    }
+
+    /// What the writer commits for it, in one transaction: the record and its next due
+    /// time, the day's tally, the notice, and the recipients sent through `provider`
+    /// (counted against its limits from `at`).
+    pub fn mutations(self, provider: &str, at: u64, now: u64) -> Vec<Mutation> {
+        let (id, status) = (self.record.id.clone(), self.record.status);
+        let mut mutations = vec![
+            Mutation::Update {
+                record: Box::new(self.record),
+                due_ms: self.due,
+            },
+            Mutation::Tally {
+                at_ms: now,
+                outcome: status,
+            },
+        ];
+        mutations.extend(self.notice);
+        if self.sent > 0 {
+            mutations.push(Mutation::Usage {
+                provider: provider.to_string(),
+                at,
+                id,
+                rcpts: self.sent,
+            });
+        }
+        mutations
+    }
+}
+
+/// The attempt settled: the record after it, its next due time, the provider the
+/// group's mail moved on to, what was sent and what went wrong.
 ///
 /// Every outcome becomes a fate per recipient of the group. When the provider could not
 /// take the mail now ([`Code::moves_on`]) and the chain has a next provider, the group's
@@ -51,9 +111,14 @@ pub fn apply_outcome(
     outcome: Outcome,
     retry: &RetryPolicy,
     now: u64,
-) -> (Record, Option<u64>, Option<String>) {
+) -> Settled {
     let at = rfc3339(now);
     let unavailable = outcome.unavailable();
+    let sent_before = sent_count(&record);
+    // Some recipients went (the reply to the data was a success): then the error is a
+    // refused recipient's reply, not the data's.
+    let some_went = matches!(&outcome, Outcome::PerRecipient { results, .. }
+        if results.iter().any(|r| r.fate == Fate::Sent));
     let (reply, results, retry_after) = fates(&record, step.rcpts, outcome);
     let received = record.received_ms().unwrap_or(now);
     let give_up = retry.gives_up(received, now);
@@ -114,7 +179,40 @@ pub fn apply_outcome(
         None
     };
     let due = refresh(&mut record, now);
-    (record, due, moved_to)
+    let sent = u32::try_from(sent_count(&record) - sent_before).unwrap_or(u32::MAX);
+    let error = attempt_error(&record, some_went);
+    Settled {
+        record,
+        due,
+        moved_to,
+        sent,
+        error,
+        notice: None,
+    }
+}
+
+fn sent_count(r: &Record) -> usize {
+    r.recipients
+        .iter()
+        .filter(|x| x.status == Status::Sent)
+        .count()
+}
+
+/// The last attempt's error, if it failed: its reply, or after a partial delivery the
+/// first refused recipient's.
+fn attempt_error(record: &Record, some_went: bool) -> Option<String> {
+    let a = record.attempts.last().filter(|a| a.diagnosis.is_some())?;
+    if !some_went {
+        return Some(a.reply.clone());
+    }
+    Some(
+        record
+            .recipients
+            .iter()
+            .filter(|r| r.status != Status::Sent)
+            .find_map(|r| r.reply.as_ref().map(|x| format!("{}: {x}", r.address)))
+            .unwrap_or_else(|| a.reply.clone()),
+    )
 }
 
 /// The outcome as a fate per pending recipient of the group (those of `rcpts` not yet
@@ -366,8 +464,12 @@ mod tests {
             reply: "connection refused".into(),
             code: Code::ConnectionFailed,
         };
-        let (r, due, moved) =
-            apply_outcome(record(NOW, &["a@example.com"]), step, out, &retry(), NOW);
+        let Settled {
+            record: r,
+            due,
+            moved_to: moved,
+            ..
+        } = apply_outcome(record(NOW, &["a@example.com"]), step, out, &retry(), NOW);
         assert_eq!(moved.as_deref(), Some("graph"));
         assert_eq!(due, Some(NOW), "due at once");
         assert_eq!(r.deferrals, 0, "a failover is not a deferral");
@@ -391,8 +493,12 @@ mod tests {
             reply: "550 5.1.1 user unknown".into(),
             code: Code::RecipientUnknown,
         };
-        let (r, due, moved) =
-            apply_outcome(record(NOW, &["a@example.com"]), step, out, &retry(), NOW);
+        let Settled {
+            record: r,
+            due,
+            moved_to: moved,
+            ..
+        } = apply_outcome(record(NOW, &["a@example.com"]), step, out, &retry(), NOW);
         assert_eq!((r.status, due, moved), (Status::Failed, None, None));
 
         let step = Step {
@@ -413,7 +519,12 @@ mod tests {
             diagnosis: Some(Code::ConnectionFailed.diagnosis()),
             note: None,
         });
-        let (r, due, moved) = apply_outcome(before, step, out, &retry(), NOW);
+        let Settled {
+            record: r,
+            due,
+            moved_to: moved,
+            ..
+        } = apply_outcome(before, step, out, &retry(), NOW);
         assert_eq!(moved, None);
         assert_eq!(due, Some(NOW + 60_000), "backoff as today");
         assert_eq!(r.recipients[0].provider.as_deref(), Some("m365"));
@@ -434,7 +545,9 @@ mod tests {
             reply: "451 4.3.0 try later".into(),
             code: Code::Unknown,
         };
-        let (rec, due, _) = apply_outcome(rec, Step::alone("hve", &a), out, &retry(), NOW);
+        let Settled {
+            record: rec, due, ..
+        } = apply_outcome(rec, Step::alone("hve", &a), out, &retry(), NOW);
         assert_eq!(due, Some(NOW), "b has not been tried: due now");
         assert_eq!(rec.status, Status::Deferred);
         assert_eq!(
@@ -444,7 +557,9 @@ mod tests {
         let out = Outcome::Sent {
             reply: "250 ok".into(),
         };
-        let (rec, due, _) = apply_outcome(rec, Step::alone("m365", &b), out, &retry(), NOW + 5);
+        let Settled {
+            record: rec, due, ..
+        } = apply_outcome(rec, Step::alone("m365", &b), out, &retry(), NOW + 5);
         assert_eq!(due, Some(NOW + 60_000), "now a's retry");
         assert_eq!(rec.status, Status::Deferred);
         assert_eq!(rec.provider, "hve");
@@ -454,7 +569,9 @@ mod tests {
             reply: "550 no".into(),
             code: Code::Unknown,
         };
-        let (rec, due, _) = apply_outcome(rec, Step::alone("hve", &a), out, &retry(), NOW + 60_000);
+        let Settled {
+            record: rec, due, ..
+        } = apply_outcome(rec, Step::alone("hve", &a), out, &retry(), NOW + 60_000);
         assert_eq!((rec.status, due), (Status::Partial, None));
     }
 }
