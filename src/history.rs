@@ -420,3 +420,26 @@ impl Record {
             .map(|d| d.code)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record written before the time type reads back the same and is written the
+    /// same: the store, the API and the fleet's peers see no change.
+    #[test]
+    fn a_stamp_reads_and_writes_what_the_records_always_held() {
+        let json = r#"{"address":"a@example.com","status":"deferred","next_attempt_at":"2026-12-07T21:00:05Z"}"#;
+        let r: Recipient = serde_json::from_str(json).unwrap();
+        let t = r.next_attempt_at.unwrap();
+        assert_eq!(
+            Some(t.ms()),
+            crate::time::parse_rfc3339("2026-12-07T21:00:05Z")
+        );
+        assert_eq!(serde_json::to_string(&r).unwrap(), json);
+        // Inside, a moment is cut to its second as RFC 3339 keeps it, so it compares
+        // the same before and after the store.
+        assert_eq!(crate::time::Stamp::at_ms(t.ms() + 999), t);
+        assert!(serde_json::from_str::<crate::time::Stamp>(r#""tomorrow""#).is_err());
+    }
+}

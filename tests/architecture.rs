@@ -45,7 +45,7 @@ const ROOMS: &[(&str, &str, &[&str])] = &[
         "passwords and tokens at rest (encrypted with the installation's key)",
         &["config"],
     ),
-    ("history", "the record types", &["diagnosis"]),
+    ("history", "the record types", &["diagnosis", "time"]),
     (
         "store",
         "the only user of redb: schema, the writer thread with group commit, retention, health, check and salvage",
