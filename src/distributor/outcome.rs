@@ -115,11 +115,10 @@ pub fn apply_outcome(
     let at = rfc3339(now);
     let unavailable = outcome.unavailable();
     let sent_before = sent_count(&record);
+    let (reply, results, retry_after) = fates(&record, step.rcpts, outcome);
     // Some recipients went (the reply to the data was a success): then the error is a
     // refused recipient's reply, not the data's.
-    let some_went = matches!(&outcome, Outcome::PerRecipient { results, .. }
-        if results.iter().any(|r| r.fate == Fate::Sent));
-    let (reply, results, retry_after) = fates(&record, step.rcpts, outcome);
+    let some_went = results.iter().any(|r| r.fate == Fate::Sent);
     let received = record.received_ms().unwrap_or(now);
     let give_up = retry.gives_up(received, now);
     let moved_to = step
@@ -135,27 +134,11 @@ pub fn apply_outcome(
         record.deferrals += 1;
         now + retry_after.unwrap_or_else(|| retry.delay_ms(record.deferrals))
     });
-    for res in results {
-        let Some(r) = record
-            .recipients
-            .iter_mut()
-            .find(|r| r.address == res.address && !r.status.is_finished())
-        else {
-            continue;
-        };
-        r.status = match res.fate {
-            Fate::Sent => Status::Sent,
-            Fate::Permanent => Status::Failed,
-            Fate::Transient if give_up => Status::Failed,
-            Fate::Transient => Status::Deferred,
-        };
-        r.reply = Some(res.reply);
-        (r.provider, r.next_attempt_at) = match (&moved_to, r.status) {
-            (Some(to), Status::Deferred) => (Some(to.clone()), None),
-            (None, Status::Deferred) => (Some(step.first.to_string()), due.map(Stamp::at_ms)),
-            _ => (Some(step.provider.to_string()), None),
-        };
-    }
+    let next = match &moved_to {
+        Some(to) => Next::MovedTo(to),
+        None => Next::Due(due),
+    };
+    settle_recipients(&mut record, results, give_up, step, next);
     record.attempts.push(Attempt {
         at,
         provider: step.provider.to_string(),
@@ -213,6 +196,48 @@ fn attempt_error(record: &Record, some_went: bool) -> Option<String> {
             .find_map(|r| r.reply.as_ref().map(|x| format!("{}: {x}", r.address)))
             .unwrap_or_else(|| a.reply.clone()),
     )
+}
+
+/// Where a deferred recipient goes after the attempt.
+enum Next<'a> {
+    /// To the chain's next provider, at once (a failover).
+    MovedTo(&'a str),
+    /// Back to its chain's first provider, at this time.
+    Due(Option<u64>),
+}
+
+/// Each recipient's fate written into the record: its status and reply, where it stands
+/// in its chain and when it is tried next.
+fn settle_recipients(
+    record: &mut Record,
+    results: Vec<RcptResult>,
+    give_up: bool,
+    step: Step<'_>,
+    next: Next<'_>,
+) {
+    for res in results {
+        let Some(r) = record
+            .recipients
+            .iter_mut()
+            .find(|r| r.address == res.address && !r.status.is_finished())
+        else {
+            continue;
+        };
+        r.status = match res.fate {
+            Fate::Sent => Status::Sent,
+            Fate::Permanent => Status::Failed,
+            Fate::Transient if give_up => Status::Failed,
+            Fate::Transient => Status::Deferred,
+        };
+        r.reply = Some(res.reply);
+        (r.provider, r.next_attempt_at) = match (&next, r.status) {
+            (Next::MovedTo(to), Status::Deferred) => (Some(to.to_string()), None),
+            (Next::Due(due), Status::Deferred) => {
+                (Some(step.first.to_string()), due.map(Stamp::at_ms))
+            }
+            _ => (Some(step.provider.to_string()), None),
+        };
+    }
 }
 
 /// The outcome as a fate per pending recipient of the group (those of `rcpts` not yet
