@@ -214,29 +214,27 @@ fn admit(
     shutdown: watch::Receiver<bool>,
     sessions: &mut JoinSet<()>,
 ) {
-    let slot = if ctx.over_rate(peer.ip()) {
-        Err((
-            "connection-rate",
-            "connection rate limit reached",
+    if ctx.over_rate(peer.ip()) {
+        ctx.metrics.reject("connection-rate");
+        tracing::warn!(client = %peer, "connection rate limit reached; refused");
+        let r = Reply::new(
+            421,
+            "4.7.0",
             "Too many connections from your address, try again later",
-        ))
-    } else {
-        ctx.address_slot(peer.ip()).map_err(|_| {
-            (
-                "connections-per-address",
-                "max_connections_per_address reached",
-                "Too many open connections from your address, try again later",
-            )
-        })
-    };
-    let slot = match slot {
-        Ok(slot) => slot,
-        Err((limit, why, words)) => {
-            ctx.metrics.reject(limit);
-            tracing::warn!(client = %peer, "{why}; refused");
-            sessions.spawn(refuse(stream, Reply::new(421, "4.7.0", words)));
-            return;
-        }
+        );
+        sessions.spawn(refuse(stream, r));
+        return;
+    }
+    let Ok(slot) = ctx.address_slot(peer.ip()) else {
+        ctx.metrics.reject("connections-per-address");
+        tracing::warn!(client = %peer, "max_connections_per_address reached; refused");
+        let r = Reply::new(
+            421,
+            "4.7.0",
+            "Too many open connections from your address, try again later",
+        );
+        sessions.spawn(refuse(stream, r));
+        return;
     };
     match ctx.permits.clone().try_acquire_owned() {
         Ok(permit) => {
