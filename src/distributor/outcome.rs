@@ -134,11 +134,14 @@ pub fn apply_outcome(
         record.deferrals += 1;
         now + retry_after.unwrap_or_else(|| retry.delay_ms(record.deferrals))
     });
-    let next = match &moved_to {
-        Some(to) => Next::MovedTo(to),
-        None => Next::Due(due),
-    };
-    settle_recipients(&mut record, results, give_up, step, next);
+    settle_recipients(
+        &mut record,
+        results,
+        give_up,
+        step,
+        moved_to.as_deref(),
+        due,
+    );
     record.attempts.push(Attempt {
         at,
         provider: step.provider.to_string(),
@@ -198,22 +201,16 @@ fn attempt_error(record: &Record, some_went: bool) -> Option<String> {
     )
 }
 
-/// Where a deferred recipient goes after the attempt.
-enum Next<'a> {
-    /// To the chain's next provider, at once (a failover).
-    MovedTo(&'a str),
-    /// Back to its chain's first provider, at this time.
-    Due(Option<u64>),
-}
-
 /// Each recipient's fate written into the record: its status and reply, where it stands
-/// in its chain and when it is tried next.
+/// in its chain and when it is tried next. A deferred recipient goes to `moved_to` at
+/// once (a failover), else back to its chain's first provider at `due`.
 fn settle_recipients(
     record: &mut Record,
     results: Vec<RcptResult>,
     give_up: bool,
     step: Step<'_>,
-    next: Next<'_>,
+    moved_to: Option<&str>,
+    due: Option<u64>,
 ) {
     for res in results {
         let Some(r) = record
@@ -230,11 +227,9 @@ fn settle_recipients(
             Fate::Transient => Status::Deferred,
         };
         r.reply = Some(res.reply);
-        (r.provider, r.next_attempt_at) = match (&next, r.status) {
-            (Next::MovedTo(to), Status::Deferred) => (Some(to.to_string()), None),
-            (Next::Due(due), Status::Deferred) => {
-                (Some(step.first.to_string()), due.map(Stamp::at_ms))
-            }
+        (r.provider, r.next_attempt_at) = match (moved_to, r.status) {
+            (Some(to), Status::Deferred) => (Some(to.to_string()), None),
+            (None, Status::Deferred) => (Some(step.first.to_string()), due.map(Stamp::at_ms)),
             _ => (Some(step.provider.to_string()), None),
         };
     }
