@@ -22,7 +22,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 
-use crate::config::{ProviderConfig, SecretSource};
+use crate::config::SecretSource;
 
 /// A secret value that does not print itself.
 #[derive(Clone, PartialEq, Eq)]
@@ -288,12 +288,13 @@ pub fn resolve(src: &SecretSource<'_>) -> Result<Option<Secret>, SecretError> {
 /// The password of a provider: `password`, `password_file`, `password_env` (see
 /// [`resolve`]), else the stored secret; `None` when there is none.
 pub fn provider_password(
-    p: &ProviderConfig,
+    name: &str,
+    source: &SecretSource<'_>,
     store: &SecretStore,
 ) -> Result<Option<Secret>, SecretError> {
-    match resolve(&p.password_source())? {
+    match resolve(source)? {
         Some(s) => Ok(Some(s)),
-        None => store.get(p.name.get_ref()),
+        None => store.get(name),
     }
 }
 

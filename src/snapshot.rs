@@ -148,7 +148,7 @@ impl Snapshot {
             .map(|p| {
                 let name = p.name.get_ref().clone();
                 ProviderView {
-                    kind: p.kind.as_str().to_string(),
+                    kind: p.kind().as_str().to_string(),
                     upstream: p.upstream(),
                     limits: provider_limits(p),
                     stats: state.distributor.provider_stats(&name),
@@ -156,7 +156,7 @@ impl Snapshot {
                         .distributor
                         .provider(&name)
                         .and_then(|pr| pr.token_status()),
-                    delegated: p.oauth2.as_ref().is_some_and(|o| o.flow.is_delegated()),
+                    delegated: p.oauth2().is_some_and(|o| o.flow.is_delegated()),
                     circuit: state.distributor.circuit(&name),
                     name,
                 }

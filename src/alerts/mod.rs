@@ -499,7 +499,7 @@ fn expiring(
     {
         return Some(("the delegated sign-in ages out", t));
     }
-    let (what, t) = credential_ends(config.provider(&p.name)?.oauth2.as_ref()?)?;
+    let (what, t) = credential_ends(config.provider(&p.name)?.oauth2()?)?;
     soon(t).then_some((what, t))
 }
 

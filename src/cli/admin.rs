@@ -99,7 +99,9 @@ fn test_sender(config: &Config, as_user: Option<&str>, provider: &str) -> Result
     if as_user.is_some() {
         return composed_from(config, as_user);
     }
-    if let Some(u) = config.provider(provider).and_then(|p| p.username.clone())
+    if let Some(u) = config
+        .provider(provider)
+        .and_then(|p| p.username().map(String::from))
         && crate::address::check_address(&u, true).is_ok()
     {
         return Ok(u);

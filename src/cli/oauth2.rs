@@ -51,7 +51,7 @@ fn oauth_provider<'a>(config: &'a Config, name: &str) -> Result<&'a ProviderConf
         eprintln!("{}", config.no_such_provider(name));
         return Err(exit::USAGE);
     };
-    let Some(o) = &p.oauth2 else {
+    let Some(o) = p.oauth2() else {
         eprintln!("provider {name:?} has no [provider.oauth2] table: nothing to sign in");
         return Err(exit::USAGE);
     };
@@ -275,7 +275,7 @@ async fn status(config: &Config, secrets: &SecretStore) -> i32 {
         Err(_) => None,
     };
     let mut any = false;
-    for p in config.provider.iter().filter(|p| p.oauth2.is_some()) {
+    for p in config.provider.iter().filter(|p| p.oauth2().is_some()) {
         any = true;
         let name = p.name.get_ref();
         let source = TokenSource::new(p, secrets.clone());

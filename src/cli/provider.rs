@@ -143,8 +143,7 @@ pub fn password(config: &Config, cmd: &PasswordCommand) -> i32 {
                     println!(
                         "stored the password of provider {name:?} (encrypted with this installation's key)"
                     );
-                    if p.password.is_some() || p.password_file.is_some() || p.password_env.is_some()
-                    {
+                    if p.smtp().is_some_and(|s| s.password_source().given() > 0) {
                         eprintln!(
                             "note: provider {name:?} also sets password, password_file or password_env, which take precedence"
                         );

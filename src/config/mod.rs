@@ -24,7 +24,8 @@ pub use validate::{MIN_FLEET_SECRET, loopback_host, peer_url, readable_by_others
 
 pub use alerts::{AlertConfig, AlertEvent, AlertFormat};
 pub use provider::{
-    Issuer, OAuth2Config, OAuthFlow, ProviderConfig, ProviderKind, SecretSource, TlsMode,
+    CommonSettings, EmlSettings, GraphSettings, Issuer, KindConfig, KindSettings, OAuth2Config,
+    OAuthFlow, ProviderConfig, ProviderKind, SecretSource, SmtpSettings, TlsMode,
     parse_fingerprint,
 };
 pub use routes::{Chains, RouteConfig};
@@ -420,7 +421,8 @@ pub struct Config {
     pub distributor: DistributorConfig,
     /// `[rewrite]`
     pub rewrite: RewriteConfig,
-    /// `[[provider]]`
+    /// `[[provider]]` (read one by one: see `read.rs`).
+    #[serde(skip)]
     pub provider: Vec<ProviderConfig>,
     /// `[[user]]`
     pub user: Vec<UserConfig>,

@@ -126,35 +126,23 @@ pub struct OAuth2Config {
     pub scope: Option<String>,
 }
 
-/// `[[provider]]`: where mail goes.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[[provider]]`: where mail goes. `kind` picks the arm of [`KindSettings`] that holds
+/// the kind's own keys; the keys every kind has are in [`CommonSettings`]. Read by
+/// [`read_provider`](super::provider_read), which keeps every key's line and column.
+#[derive(Debug, Clone)]
 pub struct ProviderConfig {
     /// Unique name.
     pub name: Spanned<String>,
-    /// eml, smtp or graph.
-    pub kind: ProviderKind,
-    /// eml: output directory.
-    pub directory: Option<PathBuf>,
-    /// smtp: upstream host (DNS name or IP literal).
-    pub host: Option<String>,
-    /// smtp: upstream port (default 587, 465 for `tls = "tls"`, 25 for none).
-    pub port: Option<u16>,
-    /// smtp: transport security.
-    #[serde(default)]
-    pub tls: TlsMode,
-    /// smtp: extra trusted CA (PEM), or the exact (self-signed) server certificate.
-    pub ca_file: Option<PathBuf>,
-    /// smtp: pin of the server certificate, `sha256:AB:CD:...`.
-    pub tls_fingerprint: Option<String>,
-    /// smtp: account name; when set, AUTH is mandatory.
-    pub username: Option<String>,
-    /// smtp: password inline.
-    pub password: Option<String>,
-    /// smtp: password from a file.
-    pub password_file: Option<PathBuf>,
-    /// smtp: password from an environment variable.
-    pub password_env: Option<String>,
+    /// The kind and its own settings.
+    pub settings: KindSettings,
+    /// The settings of every kind.
+    pub common: CommonSettings,
+}
+
+/// The keys of `[[provider]]` that every kind has (besides `name` and `kind`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonSettings {
     /// Messages per rolling minute (0 = none).
     pub per_minute_limit: Option<u32>,
     /// Recipients per rolling 24 hours (0 = none).
@@ -164,18 +152,203 @@ pub struct ProviderConfig {
     pub max_connections: usize,
     /// How long one step of an exchange with the upstream may take (default 60 s).
     pub timeout: Option<Dur>,
-    /// graph: base URL without version path.
-    pub graph_url: Option<String>,
-    /// graph: Exchange keeps a copy of each message in Sent Items (default true).
-    pub save_to_sent_items: Option<bool>,
     /// Consecutive unavailability failures (connection, TLS, sign-in, configuration)
     /// after which the provider is skipped for `circuit_cooldown` (default 5; 0: never).
     pub circuit_open_after: Option<u32>,
     /// How long an open circuit skips the provider before one message tries it
     /// (default 5 minutes).
     pub circuit_cooldown: Option<Dur>,
+}
+
+/// Each kind's own keys, tagged by `kind = "..."`: a new kind is one arm here (and in
+/// [`KindSettings::read`]), its settings struct, and its file under `provider/`.
+#[derive(Debug, Clone)]
+pub enum KindSettings {
+    /// `kind = "eml"`.
+    Eml(EmlSettings),
+    /// `kind = "smtp"`.
+    Smtp(SmtpSettings),
+    /// `kind = "graph"`.
+    Graph(GraphSettings),
+}
+
+/// `kind = "eml"`: one .eml file per message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmlSettings {
+    /// Output directory.
+    pub directory: Option<PathBuf>,
+}
+
+/// `kind = "smtp"`: an SMTP submission server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    /// Upstream host (DNS name or IP literal).
+    pub host: Option<String>,
+    /// Upstream port (default 587, 465 for `tls = "tls"`, 25 for none).
+    pub port: Option<u16>,
+    /// Transport security.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Extra trusted CA (PEM), or the exact (self-signed) server certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Pin of the server certificate, `sha256:AB:CD:...`.
+    pub tls_fingerprint: Option<String>,
+    /// Account name; when set, AUTH is mandatory.
+    pub username: Option<String>,
+    /// Password inline.
+    pub password: Option<String>,
+    /// Password from a file.
+    pub password_file: Option<PathBuf>,
+    /// Password from an environment variable.
+    pub password_env: Option<String>,
+    /// OAuth2 settings (XOAUTH2).
+    pub oauth2: Option<OAuth2Config>,
+}
+
+/// `kind = "graph"`: Microsoft Graph sendMail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSettings {
+    /// Base URL without version path.
+    pub graph_url: Option<String>,
+    /// Exchange keeps a copy of each message in Sent Items (default true).
+    pub save_to_sent_items: Option<bool>,
     /// OAuth2 settings.
     pub oauth2: Option<OAuth2Config>,
+}
+
+impl KindSettings {
+    /// The keys of `kind`'s own settings.
+    pub fn keys(kind: ProviderKind) -> &'static [&'static str] {
+        match kind {
+            ProviderKind::Eml => super::read::fields_of::<EmlSettings>(),
+            ProviderKind::Smtp => super::read::fields_of::<SmtpSettings>(),
+            ProviderKind::Graph => super::read::fields_of::<GraphSettings>(),
+        }
+    }
+
+    /// Reads `kind`'s own settings from `table` (the provider's table without `name`,
+    /// `kind` and the common keys), each error at its key or value.
+    pub(super) fn read<'de, D>(kind: ProviderKind, table: D) -> Result<KindSettings, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        Ok(match kind {
+            ProviderKind::Eml => KindSettings::Eml(EmlSettings::deserialize(table)?),
+            ProviderKind::Smtp => KindSettings::Smtp(SmtpSettings::deserialize(table)?),
+            ProviderKind::Graph => KindSettings::Graph(GraphSettings::deserialize(table)?),
+        })
+    }
+
+    /// The tag.
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            KindSettings::Eml(_) => ProviderKind::Eml,
+            KindSettings::Smtp(_) => ProviderKind::Smtp,
+            KindSettings::Graph(_) => ProviderKind::Graph,
+        }
+    }
+
+    /// The arm's settings, as what every kind says about itself.
+    pub fn of_kind(&self) -> &dyn KindConfig {
+        match self {
+            KindSettings::Eml(s) => s,
+            KindSettings::Smtp(s) => s,
+            KindSettings::Graph(s) => s,
+        }
+    }
+}
+
+/// What a kind's settings say about the provider, whatever the kind: each settings
+/// struct implements it beside its keys.
+pub trait KindConfig {
+    /// The settings this kind needs that are missing, each in one sentence.
+    fn problems(&self) -> Vec<String>;
+    /// The limits the upstream sets when none are configured, (messages a minute,
+    /// recipients a day), 0 = none.
+    fn default_limits(&self) -> (u32, u32) {
+        (0, 0)
+    }
+    /// Where it sends, for people.
+    fn upstream(&self) -> String;
+    /// The `[provider.oauth2]` table, for kinds that have one.
+    fn oauth2(&self) -> Option<&OAuth2Config> {
+        None
+    }
+}
+
+impl KindConfig for EmlSettings {
+    fn problems(&self) -> Vec<String> {
+        match self.directory {
+            None => vec!["kind = \"eml\" needs directory".to_string()],
+            Some(_) => vec![],
+        }
+    }
+
+    fn upstream(&self) -> String {
+        self.directory
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl KindConfig for SmtpSettings {
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.host.as_deref().is_none_or(str::is_empty) {
+            out.push("kind = \"smtp\" needs host".to_string());
+        }
+        let subject = self.oauth2.as_ref().and_then(|o| o.subject.as_ref());
+        if self.oauth2.is_some() && self.username.is_none() && subject.is_none() {
+            out.push("[provider.oauth2] needs username (the mailbox to send as)".to_string());
+        }
+        out
+    }
+
+    /// smtp.office365.com allows 30 messages a minute and 10,000 recipients a day per
+    /// mailbox.
+    fn default_limits(&self) -> (u32, u32) {
+        if self.host_is("smtp.office365.com") {
+            (30, 10_000)
+        } else {
+            (0, 0)
+        }
+    }
+
+    /// With the port: two providers on one host are told apart.
+    fn upstream(&self) -> String {
+        format!(
+            "{}:{}",
+            self.host.as_deref().unwrap_or_default(),
+            self.port()
+        )
+    }
+
+    fn oauth2(&self) -> Option<&OAuth2Config> {
+        self.oauth2.as_ref()
+    }
+}
+
+impl KindConfig for GraphSettings {
+    fn problems(&self) -> Vec<String> {
+        match self.oauth2 {
+            None => vec!["kind = \"graph\" needs a [provider.oauth2] table".to_string()],
+            Some(_) => vec![],
+        }
+    }
+
+    fn upstream(&self) -> String {
+        self.graph_url
+            .clone()
+            .unwrap_or_else(|| "https://graph.microsoft.com".to_string())
+    }
+
+    fn oauth2(&self) -> Option<&OAuth2Config> {
+        self.oauth2.as_ref()
+    }
 }
 
 fn default_provider_connections() -> usize {
@@ -195,7 +368,8 @@ impl ProviderConfig {
     /// How long one step of an exchange with this provider may take (`timeout`, default
     /// 60 s): a connect, a handshake, a command and its reply, a token request.
     pub fn step_timeout(&self) -> std::time::Duration {
-        self.timeout
+        self.common
+            .timeout
             .map_or(std::time::Duration::from_secs(60), |d| d.0)
             .max(std::time::Duration::from_millis(1))
     }
@@ -203,8 +377,9 @@ impl ProviderConfig {
     /// The circuit settings in force: failures to open it (0: never) and its cool-down.
     pub fn circuit(&self) -> (u32, std::time::Duration) {
         (
-            self.circuit_open_after.unwrap_or(5),
-            self.circuit_cooldown
+            self.common.circuit_open_after.unwrap_or(5),
+            self.common
+                .circuit_cooldown
                 .map_or(std::time::Duration::from_secs(300), |d| d.0),
         )
     }
@@ -213,12 +388,8 @@ impl ProviderConfig {
     /// (Google service accounts) and for a scope of Google's (`https://mail.google.com/`,
     /// a Gmail relay reached under another name), otherwise Microsoft.
     pub fn oauth_issuer(&self) -> Issuer {
-        let gmail = self.kind == ProviderKind::Smtp
-            && self
-                .host
-                .as_deref()
-                .is_some_and(|h| h.eq_ignore_ascii_case("smtp.gmail.com"));
-        let google = self.oauth2.as_ref().is_some_and(|o| {
+        let gmail = self.smtp().is_some_and(|s| s.host_is("smtp.gmail.com"));
+        let google = self.oauth2().is_some_and(|o| {
             o.flow == OAuthFlow::JwtBearer
                 || o.scope
                     .as_deref()
@@ -263,7 +434,7 @@ impl SecretSource<'_> {
     }
 }
 
-impl ProviderConfig {
+impl SmtpSettings {
     /// `password`, `password_file`, `password_env`.
     pub fn password_source(&self) -> SecretSource<'_> {
         SecretSource {
@@ -272,6 +443,22 @@ impl ProviderConfig {
             file: self.password_file.as_deref(),
             env: self.password_env.as_deref(),
         }
+    }
+
+    /// Whether the host is `host`.
+    fn host_is(&self, host: &str) -> bool {
+        self.host
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    /// The port, else the one its `tls` mode uses (587, 465, 25).
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            TlsMode::Starttls => 587,
+            TlsMode::Tls => 465,
+            TlsMode::None => 25,
+        })
     }
 }
 
@@ -307,81 +494,49 @@ pub fn parse_fingerprint(text: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-/// What each kind of provider needs and defaults to, in one place: a new kind adds its
-/// arm here, its file under `provider/`, and one line in `Provider::from_config`.
+/// What a provider needs and defaults to, whatever its kind (each kind's part is its
+/// [`KindConfig`]).
 impl ProviderConfig {
+    /// The kind (`kind = "..."`).
+    pub fn kind(&self) -> ProviderKind {
+        self.settings.kind()
+    }
+
+    /// The `[provider.oauth2]` table, for kinds that have one.
+    pub fn oauth2(&self) -> Option<&OAuth2Config> {
+        self.settings.of_kind().oauth2()
+    }
+
+    /// The smtp settings, when the provider is one.
+    pub fn smtp(&self) -> Option<&SmtpSettings> {
+        match &self.settings {
+            KindSettings::Smtp(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The mailbox an smtp provider signs in as (`username`).
+    pub fn username(&self) -> Option<&str> {
+        self.smtp().and_then(|s| s.username.as_deref())
+    }
+
     /// The settings this kind needs that are missing, each in one sentence.
     pub fn kind_problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        match self.kind {
-            ProviderKind::Eml => {
-                if self.directory.is_none() {
-                    out.push("kind = \"eml\" needs directory".to_string());
-                }
-            }
-            ProviderKind::Smtp => {
-                if self.host.as_deref().is_none_or(str::is_empty) {
-                    out.push("kind = \"smtp\" needs host".to_string());
-                }
-                let subject = self.oauth2.as_ref().and_then(|o| o.subject.as_ref());
-                if self.oauth2.is_some() && self.username.is_none() && subject.is_none() {
-                    out.push(
-                        "[provider.oauth2] needs username (the mailbox to send as)".to_string(),
-                    );
-                }
-            }
-            ProviderKind::Graph => {
-                if self.oauth2.is_none() {
-                    out.push("kind = \"graph\" needs a [provider.oauth2] table".to_string());
-                }
-            }
-        }
-        out
+        self.settings.of_kind().problems()
     }
 
     /// The limits in force, (messages a minute, recipients a day), 0 = none: the ones set,
-    /// else the kind's defaults. smtp.office365.com allows 30 messages a minute and 10,000
-    /// recipients a day per mailbox.
+    /// else the kind's defaults.
     pub fn limits(&self) -> (u32, u32) {
-        let office365 = self.kind == ProviderKind::Smtp
-            && self
-                .host
-                .as_deref()
-                .is_some_and(|h| h.eq_ignore_ascii_case("smtp.office365.com"));
-        let (minute, day) = if office365 { (30, 10_000) } else { (0, 0) };
+        let (minute, day) = self.settings.of_kind().default_limits();
         (
-            self.per_minute_limit.unwrap_or(minute),
-            self.per_day_recipient_limit.unwrap_or(day),
+            self.common.per_minute_limit.unwrap_or(minute),
+            self.common.per_day_recipient_limit.unwrap_or(day),
         )
-    }
-
-    /// smtp: the port, else the one its `tls` mode uses (587, 465, 25).
-    pub fn smtp_port(&self) -> u16 {
-        self.port.unwrap_or(match self.tls {
-            TlsMode::Starttls => 587,
-            TlsMode::Tls => 465,
-            TlsMode::None => 25,
-        })
     }
 
     /// Where it sends, for people: the host, the eml directory, or Microsoft Graph.
     pub fn upstream(&self) -> String {
-        match self.kind {
-            ProviderKind::Eml => self
-                .directory
-                .as_ref()
-                .map(|d| d.display().to_string())
-                .unwrap_or_default(),
-            // With the port: two providers on one host are told apart.
-            ProviderKind::Smtp => format!(
-                "{}:{}",
-                self.host.as_deref().unwrap_or_default(),
-                self.smtp_port()
-            ),
-            ProviderKind::Graph => self
-                .graph_url
-                .clone()
-                .unwrap_or_else(|| "https://graph.microsoft.com".to_string()),
-        }
+        self.settings.of_kind().upstream()
     }
 }

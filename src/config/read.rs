@@ -5,7 +5,13 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::{BUILT_IN, Config, SEARCH_PATH};
+use serde::Deserialize;
+use serde::de::Visitor;
+use serde_spanned::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::provider::{CommonSettings, KindSettings};
+use super::{BUILT_IN, Config, ProviderConfig, ProviderKind, SEARCH_PATH};
 
 /// Where a configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,14 +143,10 @@ impl Config {
         let mut work = text.to_string();
         let mut errors = Vec::new();
         let config = loop {
-            match toml::from_str::<Config>(&work) {
+            match read(&work) {
                 Ok(c) => break Some(c),
-                Err(e) => {
-                    let span = e.span();
-                    errors.push(locate(
-                        span.clone(),
-                        with_suggestion(e.message().trim().to_string()),
-                    ));
+                Err((span, message)) => {
+                    errors.push(locate(span.clone(), with_suggestion(message)));
                     // Blank the key's line(s) and read again, at most 50 times.
                     match span.and_then(|s| blank_key_lines(&mut work, s)) {
                         Some(()) if errors.len() < 50 => {}
@@ -172,6 +174,115 @@ impl Config {
             }
         }
     }
+}
+
+/// A problem met while reading: where (a key, a value, a table) and what.
+type Problem = (Option<Range<usize>>, String);
+
+fn problem(e: toml::de::Error) -> Problem {
+    (e.span(), e.message().trim().to_string())
+}
+
+/// The text read into a [`Config`]: every section but `[[provider]]` by serde at once,
+/// then each provider by [`read_provider`], so a kind's own keys keep their positions.
+fn read(text: &str) -> Result<Config, Problem> {
+    let mut doc = DeTable::parse(text).map_err(problem)?;
+    let providers = doc.get_mut().remove("provider");
+    let mut config = Config::deserialize(toml::de::Deserializer::from(doc)).map_err(problem)?;
+    if let Some(list) = providers {
+        let span = list.span();
+        let DeValue::Array(items) = list.into_inner() else {
+            return Err((Some(span), "provider must be [[provider]] tables".into()));
+        };
+        config.provider = items
+            .iter()
+            .cloned()
+            .map(read_provider)
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(config)
+}
+
+/// One `[[provider]]` table: `name`, `kind` (the tag), the keys every kind has, and the
+/// kind's own ones; a key the kind does not have is refused at its line, naming the keys
+/// it has.
+fn read_provider(item: Spanned<DeValue<'_>>) -> Result<ProviderConfig, Problem> {
+    let span = item.span();
+    let DeValue::Table(table) = item.into_inner() else {
+        return Err((Some(span), "provider must be [[provider]] tables".into()));
+    };
+    let common_keys = fields_of::<CommonSettings>();
+    let (mut name, mut kind) = (None, None);
+    let (mut common, mut own) = (DeTable::new(), DeTable::new());
+    for (k, v) in table {
+        match k.get_ref().as_ref() {
+            "name" => name = Some(v),
+            "kind" => kind = Some(v),
+            key if common_keys.contains(&key) => drop(common.insert(k, v)),
+            _ => drop(own.insert(k, v)),
+        }
+    }
+    let missing = |key: &str| (Some(span.clone()), format!("missing field `{key}`"));
+    let name = name.ok_or_else(|| missing("name"))?;
+    let name = Spanned::<String>::deserialize(ValueDeserializer::from(name)).map_err(problem)?;
+    let kind = kind.ok_or_else(|| missing("kind"))?;
+    let kind = ProviderKind::deserialize(ValueDeserializer::from(kind)).map_err(problem)?;
+    let own_keys = KindSettings::keys(kind);
+    if let Some((k, _)) = own
+        .iter()
+        .find(|(k, _)| !own_keys.contains(&k.get_ref().as_ref()))
+    {
+        let known: Vec<String> = ["name", "kind"]
+            .iter()
+            .chain(common_keys)
+            .chain(own_keys)
+            .map(|k| format!("`{k}`"))
+            .collect();
+        return Err((
+            Some(k.span()),
+            format!(
+                "unknown field `{}` for kind = \"{kind}\", expected one of {}",
+                k.get_ref(),
+                known.join(", ")
+            ),
+        ));
+    }
+    let common = Spanned::new(span.clone(), DeValue::Table(common));
+    let own = Spanned::new(span, DeValue::Table(own));
+    Ok(ProviderConfig {
+        name,
+        common: CommonSettings::deserialize(ValueDeserializer::from(common)).map_err(problem)?,
+        settings: KindSettings::read(kind, ValueDeserializer::from(own)).map_err(problem)?,
+    })
+}
+
+/// The field names of a struct that derives `Deserialize` (serde hands them to
+/// `deserialize_struct`): the keys of a settings struct, written once, on the struct.
+pub(super) fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("fields read"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
 }
 
 /// A serde message about an unknown key, with the nearest known key when one is close

@@ -20,7 +20,7 @@ fn shipped_default_is_valid() {
     );
     assert_eq!(c.store.path, PathBuf::from("data/mailgate.redb"));
     assert_eq!(c.distributor.default_provider.get_ref(), "outbox");
-    assert_eq!(c.provider[0].kind, ProviderKind::Eml);
+    assert_eq!(c.provider[0].kind(), ProviderKind::Eml);
 }
 
 #[test]
@@ -182,9 +182,9 @@ send_mode = "on-behalf-of"
     assert_eq!(c.smtp.listen_addrs().len(), 2);
     assert_eq!(c.smtp.bare_newlines, BareNewlines::Reject);
     assert_eq!(c.provider.len(), 3);
-    assert_eq!(c.provider[1].tls, TlsMode::Starttls);
+    assert_eq!(c.provider[1].smtp().unwrap().tls, TlsMode::Starttls);
     assert_eq!(c.user[0].send_mode, SendMode::OnBehalfOf);
-    assert_eq!(c.provider[2].kind, ProviderKind::Graph);
+    assert_eq!(c.provider[2].kind(), ProviderKind::Graph);
 }
 
 #[test]
@@ -238,4 +238,53 @@ fn start_only_keys_are_named_and_live_ones_are_not() {
         ),
         Vec::<&str>::new()
     );
+}
+
+#[test]
+fn each_kind_reads_only_its_own_keys_and_every_mistake_keeps_its_place() {
+    // A key of another kind is refused at its line, naming the keys this kind has.
+    let e = errors(
+        "[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\nhost = \"mx\"\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:5:1: unknown field `host` for kind = \"eml\""),
+        "{e:?}"
+    );
+    assert!(
+        e[0].contains("`directory`") && e[0].contains("`per_minute_limit`"),
+        "{e:?}"
+    );
+    // A kind's own value of the wrong type, a common one, and an unknown kind: each at
+    // its value, all in one run, whichever order the keys come in.
+    let e = errors(
+        "[[provider]]\nport = 99999\nname = \"a\"\nkind = \"smtp\"\nhost = \"mx\"\n\
+         [[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\nmax_connections = \"4\"\n\
+         [[provider]]\nname = \"c\"\nkind = \"smtps\"\n",
+    );
+    // (With the bad kind's line set aside, its table has no kind: said at the table.)
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(e[0].starts_with("t.toml:2:8: "), "{e:?}");
+    assert!(e[1].starts_with("t.toml:10:19: "), "{e:?}");
+    assert!(
+        e[2].starts_with("t.toml:11:1: missing field `kind`"),
+        "{e:?}"
+    );
+    assert!(
+        e[3].starts_with("t.toml:13:8: unknown variant `smtps`"),
+        "{e:?}"
+    );
+    // Missing name or kind: at the table.
+    let e = errors("[[provider]]\nname = \"a\"\ndirectory = \"o\"\n");
+    assert!(e[0].contains("missing field `kind`"), "{e:?}");
+    // The tag picks the arm, and the arm holds the kind's settings.
+    let c = Config::parse(
+        "[[provider]]\ndirectory = \"o\"\nname = \"outbox\"\nkind = \"eml\"\nper_minute_limit = 7\n",
+        Path::new("t"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(&c.provider[0].settings, KindSettings::Eml(s) if s.directory.as_deref() == Some(Path::new("o")))
+    );
+    assert_eq!(c.provider[0].limits(), (7, 0));
 }

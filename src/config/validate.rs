@@ -179,7 +179,7 @@ impl Config {
                 ));
             }
             out.extend(validate_provider(p));
-            if let Some(f) = &p.tls_fingerprint
+            if let Some(f) = p.smtp().and_then(|s| s.tls_fingerprint.as_ref())
                 && let Err(e) = super::provider::parse_fingerprint(f)
             {
                 out.push((
@@ -223,10 +223,10 @@ fn validate_provider(p: &ProviderConfig) -> Vec<(Range<usize>, String)> {
     let mut out = Vec::new();
     let span = p.name.span();
     let name = p.name.get_ref();
-    if let Some(why) = p.password_source().problem() {
+    if let Some(why) = p.smtp().and_then(|s| s.password_source().problem()) {
         out.push((span.clone(), format!("provider {name:?}: {why}")));
     }
-    if p.max_connections == 0 {
+    if p.common.max_connections == 0 {
         out.push((
             span.clone(),
             format!("provider {name:?}: max_connections must be at least 1"),
@@ -235,7 +235,7 @@ fn validate_provider(p: &ProviderConfig) -> Vec<(Range<usize>, String)> {
     for problem in p.kind_problems() {
         out.push((span.clone(), format!("provider {name:?}: {problem}")));
     }
-    if let Some(o) = &p.oauth2 {
+    if let Some(o) = p.oauth2() {
         for problem in oauth2_problems(p, o) {
             out.push((span.clone(), format!("provider {name:?}: {problem}")));
         }
@@ -322,7 +322,7 @@ fn flow_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<Str
             }
         }
         OAuthFlow::JwtBearer => {
-            if p.kind != ProviderKind::Smtp {
+            if p.kind() != ProviderKind::Smtp {
                 out.push("[provider.oauth2] flow = \"jwt_bearer\" (a Google service account) needs kind = \"smtp\"".into());
             }
             if o.service_account_file.is_none() {
@@ -445,7 +445,8 @@ impl Config {
         let mut out = Vec::new();
         let inline = self.status.token.is_some()
             || self.provider.iter().any(|p| {
-                p.password.is_some() || p.oauth2.as_ref().is_some_and(|o| o.client_secret.is_some())
+                p.smtp().is_some_and(|s| s.password.is_some())
+                    || p.oauth2().is_some_and(|o| o.client_secret.is_some())
             });
         if inline && let Some(why) = readable_by_others(path) {
             out.push(format!(
@@ -467,10 +468,10 @@ impl Config {
             files.push(("fleet.password_file", f));
         }
         for p in &self.provider {
-            if let Some(f) = &p.password_file {
+            if let Some(f) = p.smtp().and_then(|s| s.password_file.as_ref()) {
                 files.push(("password_file", f));
             }
-            if let Some(o) = &p.oauth2 {
+            if let Some(o) = p.oauth2() {
                 if let Some(f) = &o.client_secret_file {
                     files.push(("client_secret_file", f));
                 }

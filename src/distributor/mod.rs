@@ -104,7 +104,7 @@ impl Routing {
                 .map(|p| {
                     (
                         p.name.get_ref().clone(),
-                        (provider_limits(p), p.max_connections.max(1)),
+                        (provider_limits(p), p.common.max_connections.max(1)),
                     )
                 })
                 .collect(),

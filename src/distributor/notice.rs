@@ -53,7 +53,7 @@ impl NotifySettings {
             usernames: c
                 .provider
                 .iter()
-                .filter_map(|p| Some((p.name.get_ref().clone(), p.username.clone()?)))
+                .filter_map(|p| Some((p.name.get_ref().clone(), p.username()?.to_string())))
                 .collect(),
             admin: c
                 .sendmail
@@ -196,7 +196,11 @@ impl Distributor {
             .from
             .as_ref()
             .map(|f| f.get_ref().clone())
-            .or_else(|| config.provider(provider).and_then(|p| p.username.clone()))
+            .or_else(|| {
+                config
+                    .provider(provider)
+                    .and_then(|p| p.username().map(String::from))
+            })
             .unwrap_or_else(|| format!("mailgate@{hostname}"));
         let message_id = format!("{id}@{hostname}");
         let raw = mail_builder::MessageBuilder::new()

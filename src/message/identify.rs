@@ -93,7 +93,9 @@ pub fn plan_for(
         .or_else(|| config.default_chain().into_iter().next())
         .unwrap_or_default();
     let mode = user.map_or(SendMode::SendAs, |u| u.send_mode);
-    let account = config.provider(&provider).and_then(|p| p.username.clone());
+    let account = config
+        .provider(&provider)
+        .and_then(|p| p.username().map(String::from));
     let (on_behalf_of, envelope) = match (&target, mode) {
         (None, _) => (None, envelope_from.to_string()),
         (Some(t), SendMode::SendAs) => (None, t.clone()),

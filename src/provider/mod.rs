@@ -12,7 +12,7 @@ pub mod stage;
 
 use std::sync::Arc;
 
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::{KindSettings, ProviderConfig};
 use crate::diagnosis::{self, Code};
 use crate::secrets::SecretStore;
 
@@ -182,19 +182,21 @@ pub enum Provider {
 impl Provider {
     /// Builds the provider of a configuration entry.
     pub fn from_config(p: &ProviderConfig, ctx: &ProviderContext) -> Provider {
-        match p.kind {
-            ProviderKind::Eml => Provider::Eml(Box::new(eml::EmlProvider::new(
-                p.directory.clone().unwrap_or_else(|| "outbox".into()),
+        match &p.settings {
+            KindSettings::Eml(s) => Provider::Eml(Box::new(eml::EmlProvider::new(
+                s.directory.clone().unwrap_or_else(|| "outbox".into()),
                 p.step_timeout(),
             ))),
-            ProviderKind::Smtp => {
-                let mut s = smtp::SmtpProvider::new(p, &ctx.hostname, ctx.secrets.clone());
+            KindSettings::Smtp(s) => {
+                let mut s = smtp::SmtpProvider::new(p, s, &ctx.hostname, ctx.secrets.clone());
                 s.set_reuse(ctx.reuse_connections);
                 Provider::Smtp(Box::new(s))
             }
-            ProviderKind::Graph => {
-                Provider::Graph(Box::new(graph::GraphProvider::new(p, ctx.secrets.clone())))
-            }
+            KindSettings::Graph(s) => Provider::Graph(Box::new(graph::GraphProvider::new(
+                p,
+                s,
+                ctx.secrets.clone(),
+            ))),
         }
     }
 

@@ -20,7 +20,7 @@ pub mod split;
 
 use super::oauth2::TokenSource;
 use super::{Delivery, Outcome};
-use crate::config::ProviderConfig;
+use crate::config::{GraphSettings, ProviderConfig};
 use crate::diagnosis::Code;
 use crate::secrets::SecretStore;
 
@@ -112,10 +112,14 @@ fn graph_error(body: &str) -> String {
 
 impl GraphProvider {
     /// A provider for `config` (which has a `[provider.oauth2]` table; checked at load).
-    pub fn new(config: &ProviderConfig, secrets: SecretStore) -> GraphProvider {
+    pub fn new(
+        config: &ProviderConfig,
+        settings: &GraphSettings,
+        secrets: SecretStore,
+    ) -> GraphProvider {
         let timeout = config.step_timeout();
         GraphProvider {
-            graph_url: config
+            graph_url: settings
                 .graph_url
                 .clone()
                 .unwrap_or_else(|| "https://graph.microsoft.com".into())
@@ -128,8 +132,8 @@ impl GraphProvider {
                 .connect_timeout(timeout)
                 .build()
                 .unwrap_or_default(),
-            permits: Semaphore::new(config.max_connections.max(1)),
-            save_to_sent: config.save_to_sent_items.unwrap_or(true),
+            permits: Semaphore::new(config.common.max_connections.max(1)),
+            save_to_sent: settings.save_to_sent_items.unwrap_or(true),
             mailboxes: Mutex::new(HashMap::new()),
         }
     }

@@ -65,7 +65,7 @@ impl Endpoints {
     /// The endpoints of a provider with a `[provider.oauth2]` table (defaults for one
     /// without).
     pub fn of(p: &ProviderConfig) -> Endpoints {
-        let o = p.oauth2.clone().unwrap_or_default();
+        let o = p.oauth2().cloned().unwrap_or_default();
         let issuer = p.oauth_issuer();
         let tenant = o.tenant_id.as_deref().unwrap_or("common");
         let (token, device, authorize, revoke) = match issuer {
@@ -91,7 +91,7 @@ impl Endpoints {
             scope: o
                 .scope
                 .clone()
-                .unwrap_or_else(|| default_scope(p.kind, o.flow, issuer).to_string()),
+                .unwrap_or_else(|| default_scope(p.kind(), o.flow, issuer).to_string()),
             lifetime: o.refresh_token_lifetime.map(|d| d.0),
         }
     }

@@ -143,7 +143,7 @@ impl TokenResponse {
 impl TokenSource {
     /// The token source of a provider's `[provider.oauth2]` table.
     pub fn new(p: &ProviderConfig, secrets: SecretStore) -> TokenSource {
-        let config = p.oauth2.clone().unwrap_or_default();
+        let config = p.oauth2().cloned().unwrap_or_default();
         // Every request to the identity platform (connect, headers, a body trickled a
         // byte at a time) ends within the provider's `timeout`.
         let timeout = p.step_timeout();
@@ -154,7 +154,10 @@ impl TokenSource {
             .unwrap_or_default();
         TokenSource {
             provider: p.name.get_ref().clone(),
-            username: p.username.clone().or_else(|| config.subject.clone()),
+            username: p
+                .username()
+                .map(String::from)
+                .or_else(|| config.subject.clone()),
             endpoints: Endpoints::of(p),
             config,
             secrets,

@@ -14,7 +14,7 @@ impl SmtpProvider {
         &self,
     ) -> Result<(Arc<tls::Trust>, Arc<rustls::ClientConfig>), Failure> {
         let config_err = |m: String| Failure::local(Code::ProviderConfig, m);
-        let pem = match &self.config.ca_file {
+        let pem = match &self.settings.ca_file {
             Some(path) => Some((
                 path.display().to_string(),
                 std::fs::read(path)
@@ -22,7 +22,7 @@ impl SmtpProvider {
             )),
             None => None,
         };
-        let pin = match &self.config.tls_fingerprint {
+        let pin = match &self.settings.tls_fingerprint {
             Some(f) => Some(crate::config::parse_fingerprint(f).map_err(config_err)?),
             None => None,
         };
@@ -173,7 +173,7 @@ impl SmtpProvider {
         let mut tcp = self.tcp(&target).await?;
         let _ = tcp.set_nodelay(true);
         let heard: wire::Heard = Arc::new(std::sync::Mutex::new(Some(Vec::new())));
-        let wire = match self.config.tls {
+        let wire = match self.settings.tls {
             TlsMode::None => wire::Wire::plain(tcp),
             TlsMode::Tls => self.handshake(tcp, Vec::new()).await?,
             TlsMode::Starttls => {
@@ -187,7 +187,7 @@ impl SmtpProvider {
         let stream: Box<dyn lettre::transport::smtp::client::AsyncTokioStream> =
             Box::new(wire.heard_by(heard.clone()));
         // After STARTTLS the greeting is ours: what lettre waits for is the EHLO reply.
-        let hello_stage = if self.config.tls == TlsMode::Starttls {
+        let hello_stage = if self.settings.tls == TlsMode::Starttls {
             "EHLO"
         } else {
             "greeting and EHLO"
@@ -268,8 +268,12 @@ impl SmtpProvider {
             timed(t, "AUTH", conn.auth(&[Mechanism::Xoauth2], &creds))
                 .await
                 .map_err(Failure::ends_session)?;
-        } else if let Some(user) = &self.config.username {
-            let password = match provider_password(&self.config, &self.secrets) {
+        } else if let Some(user) = &self.settings.username {
+            let password = match provider_password(
+                &self.name,
+                &self.settings.password_source(),
+                &self.secrets,
+            ) {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     close(conn).await;

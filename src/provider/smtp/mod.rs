@@ -25,7 +25,7 @@ mod wire;
 use super::oauth2::TokenSource;
 use super::stage::{self, CLOSE_WAIT};
 use super::{Delivery, Fate, Outcome, RcptResult};
-use crate::config::{ProviderConfig, TlsMode};
+use crate::config::{ProviderConfig, SmtpSettings, TlsMode};
 use crate::diagnosis::Code;
 use crate::secrets::{SecretError, SecretStore, provider_password};
 use crate::store::Body;
@@ -77,7 +77,9 @@ struct Idle {
 
 /// An upstream SMTP submission server.
 pub struct SmtpProvider {
-    config: ProviderConfig,
+    /// The provider's name (its stored password's key).
+    name: String,
+    settings: SmtpSettings,
     host: String,
     port: u16,
     timeout: Duration,
@@ -125,24 +127,29 @@ pub fn wire_body(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 
 impl SmtpProvider {
     /// A provider for `config`; EHLO names `hostname`.
-    pub fn new(config: &ProviderConfig, hostname: &str, secrets: SecretStore) -> SmtpProvider {
-        let port = config.smtp_port();
+    pub fn new(
+        config: &ProviderConfig,
+        settings: &SmtpSettings,
+        hostname: &str,
+        secrets: SecretStore,
+    ) -> SmtpProvider {
         SmtpProvider {
-            host: config.host.clone().unwrap_or_default(),
-            port,
+            host: settings.host.clone().unwrap_or_default(),
+            port: settings.port(),
             timeout: config.step_timeout(),
             hello: ClientId::Domain(hostname.to_string()),
-            oauth: config
+            oauth: settings
                 .oauth2
                 .as_ref()
                 .map(|_| TokenSource::new(config, secrets.clone())),
             secrets,
             pool: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            permits: Arc::new(Semaphore::new(config.common.max_connections.max(1))),
             opened: AtomicU64::new(0),
             last_tls: std::sync::Mutex::new(None),
             reuse: true,
-            config: config.clone(),
+            settings: settings.clone(),
+            name: config.name.get_ref().clone(),
         }
     }
 
@@ -186,7 +193,7 @@ impl SmtpProvider {
             .oauth
             .as_ref()
             .and_then(|o| Some((o.username()?, o.flow())));
-        let used = match (oauth_user, &self.config.username) {
+        let used = match (oauth_user, &self.settings.username) {
             (Some((u, flow)), _) => format!(
                 "signed in as {u} with XOAUTH2 (OAuth2 flow {})",
                 flow.as_str()
@@ -201,9 +208,9 @@ impl SmtpProvider {
             _ => "no sign-in (no username)".to_string(),
         };
         quit(conn).await;
-        let tls = match self.config.tls {
+        let tls = match self.settings.tls {
             TlsMode::Starttls | TlsMode::Tls => {
-                let how = if self.config.tls == TlsMode::Tls {
+                let how = if self.settings.tls == TlsMode::Tls {
                     "implicit TLS"
                 } else {
                     "STARTTLS"
