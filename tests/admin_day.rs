@@ -156,12 +156,7 @@ async fn last_error_is_a_failure_never_a_success() {
     d.wait_sent(std::slice::from_ref(&sent), Duration::from_secs(10));
 
     let st: serde_json::Value = get(&d, "/status").await.json().await.unwrap();
-    let p = st["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "up")
-        .unwrap();
+    let p = common::provider_in(&st, "up");
     let last = p["last_error"].as_str().unwrap();
     assert!(last.contains("550 5.1.1"), "{p:#}");
     assert!(!last.starts_with("250"), "{p:#}");

@@ -487,14 +487,7 @@ async fn a_hostile_web_page_can_neither_read_nor_act() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(!paused().await, "nothing was paused");
-    let rec: serde_json::Value = http
-        .get(format!("{base}/api/messages/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec = common::get_json(&http, format!("{base}/api/messages/{id}")).await;
     assert_ne!(rec["status"], "cancelled");
     // The same POST from the listener's own origin is obeyed.
     let r = http

@@ -298,12 +298,7 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
 
     // /status and /metrics show the sign-in and the token state.
     let s = site.status().await;
-    let o = &s["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "mailbox")
-        .unwrap()["oauth2"];
+    let o = &common::provider_in(&s, "mailbox")["oauth2"];
     assert_eq!(o["flow"], "device_code");
     assert_eq!(o["signed_in"], true);
     assert_eq!(o["sign_in"]["account"], MAILBOX);

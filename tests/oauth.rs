@@ -89,12 +89,7 @@ async fn graph_sends_the_stored_mime_with_one_cached_token() {
         .json()
         .await
         .unwrap();
-    let p = st["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "exchange")
-        .unwrap()
+    let p = common::provider_in(&st, "exchange")
         .clone();
     assert_eq!(p["oauth2"]["token_valid"], true);
     assert!(
@@ -302,12 +297,7 @@ async fn token_endpoint_errors_defer_with_a_diagnosis() {
             .json()
             .await
             .unwrap();
-        let p = &st["providers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "exchange")
-            .unwrap()["oauth2"];
+        let p = &common::provider_in(&st, "exchange")["oauth2"];
         assert_eq!(p["token_valid"], false);
         assert!(p["last_token_error"].as_str().unwrap().contains("AADSTS"));
         daemon.shutdown().await;

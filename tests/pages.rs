@@ -725,12 +725,7 @@ async fn the_dashboard_draws_what_the_history_holds_and_the_pages_read_as_one_pr
         .json()
         .await
         .unwrap();
-    let p = status["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "upstream-relay")
-        .unwrap();
+    let p = common::provider_in(&status, "upstream-relay");
     assert_eq!(p["sent_last_minute"], 3, "{p}");
     let minute = c
         .find(Locator::Css(

@@ -264,14 +264,7 @@ async fn admin_api_serves_records_and_health() {
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), "ok");
 
-    let rec: serde_json::Value = http
-        .get(format!("{base}/api/messages/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec = common::get_json(&http, format!("{base}/api/messages/{id}")).await;
     assert_eq!(rec["id"], id.as_str());
     assert_eq!(rec["status"], "sent");
     assert_eq!(rec["helo"], "erp01");

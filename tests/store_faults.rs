@@ -86,12 +86,7 @@ async fn a_store_that_cannot_record_outcomes_sends_each_message_once() {
         "{s}"
     );
     assert_eq!(s["store"]["unrecorded_outcomes"], copies, "{s}");
-    let p = s["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "up")
-        .unwrap()
+    let p = common::provider_in(&s, "up")
         .clone();
     assert_eq!(
         p["sent_last_minute"], copies,

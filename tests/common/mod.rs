@@ -38,6 +38,28 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// GETs `url` with `http` and reads the answer as JSON (a failure panics: the test is
+/// about the answer).
+pub async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    http.get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The entry of provider `name` in a `/status` answer.
+pub fn provider_in<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no provider {name:?} in {status}"))
+}
+
 /// A client that follows no redirect (to see a sign-in's answer).
 pub fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
