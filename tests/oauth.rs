@@ -89,8 +89,7 @@ async fn graph_sends_the_stored_mime_with_one_cached_token() {
         .json()
         .await
         .unwrap();
-    let p = common::provider_in(&st, "exchange")
-        .clone();
+    let p = common::provider_in(&st, "exchange").clone();
     assert_eq!(p["oauth2"]["token_valid"], true);
     assert!(
         p["oauth2"]["token_expires_at"]

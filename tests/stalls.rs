@@ -308,8 +308,7 @@ async fn a_stuck_attempt_is_visible_and_sigterm_still_ends_the_daemon() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let attempt = loop {
         let st = common::get_json(&http, format!("{base}/status")).await;
-        let up = common::provider_in(&st, "up")
-            .clone();
+        let up = common::provider_in(&st, "up").clone();
         if let Some(a) = up["in_flight"].as_array().and_then(|a| a.first()).cloned()
             && a["stage"] == "end of DATA"
             && up["oldest_in_flight_seconds"].as_f64().unwrap() >= 1.0

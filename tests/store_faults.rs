@@ -86,8 +86,7 @@ async fn a_store_that_cannot_record_outcomes_sends_each_message_once() {
         "{s}"
     );
     assert_eq!(s["store"]["unrecorded_outcomes"], copies, "{s}");
-    let p = common::provider_in(&s, "up")
-        .clone();
+    let p = common::provider_in(&s, "up").clone();
     assert_eq!(
         p["sent_last_minute"], copies,
         "every copy that went out counts: {p}"

@@ -416,7 +416,7 @@ impl Distributor {
         let id = id.to_string();
         self.store
             .blocking(move |s| {
-                if s.record(&id)?.is_none_or(|r| r.status.is_finished()) {
+                if s.status(&id)?.is_none_or(|st| st.is_finished()) {
                     return Ok(None);
                 }
                 s.body(&id)

@@ -453,6 +453,18 @@ impl Store {
         })
     }
 
+    /// One message's status, read without decoding the rest of its record.
+    pub fn status(&self, id: &str) -> Result<Option<crate::history::Status>, StoreError> {
+        contained(&format!("the record of {id}"), || {
+            let txn = self.db()?.begin_read().map_err(io_err)?;
+            let t = txn.open_table(RECORDS).map_err(io_err)?;
+            t.get(id)
+                .map_err(io_err)?
+                .map(|v| decode_indexed(id, v.value()).map(|(ix, _)| ix.status))
+                .transpose()
+        })
+    }
+
     /// The stored body, checked against its checksum (and a file body against its
     /// length) before it is handed out. A mismatch, a missing file, or a read that fails
     /// inside the database is [`StoreError::Damaged`].

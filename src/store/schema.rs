@@ -67,13 +67,38 @@ pub(super) fn encode_record(record: &Record, due_ms: Option<u64>) -> Vec<u8> {
 }
 
 pub(super) fn decode_record(id: &str, bytes: &[u8]) -> Result<(Record, Option<u64>), StoreError> {
+    decode(id, bytes)
+}
+
+/// A stored record's due time and its JSON read as `T` (the whole record, or some of it).
+fn decode<'a, T: serde::Deserialize<'a>>(
+    id: &str,
+    bytes: &'a [u8],
+) -> Result<(T, Option<u64>), StoreError> {
     let (t, json) = bytes
         .split_at_checked(8)
         .ok_or_else(|| StoreError::Corrupt(id.into()))?;
     let due = u64::from_be_bytes(t.try_into().map_err(|_| StoreError::Corrupt(id.into()))?);
-    let rec = serde_json::from_slice(json).map_err(|_| StoreError::Corrupt(id.into()))?;
-    Ok((rec, (due != u64::MAX).then_some(due)))
+    let value = serde_json::from_slice(json).map_err(|_| StoreError::Corrupt(id.into()))?;
+    Ok((value, (due != u64::MAX).then_some(due)))
 }
+/// What the indexes are keyed by (status and user), read from a stored record without
+/// decoding the rest of it: the writer's index update and the check that a message is
+/// not finished before it is sent need only these, and the attempt holds the record.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Indexed {
+    /// Current status.
+    pub status: crate::history::Status,
+    /// The identified user, if any.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// A stored record's [`Indexed`] fields and due time.
+pub(super) fn decode_indexed(id: &str, bytes: &[u8]) -> Result<(Indexed, Option<u64>), StoreError> {
+    decode(id, bytes)
+}
+
 /// The status index key.
 pub(super) fn status_key(status: crate::history::Status, id: &str) -> Vec<u8> {
     let mut k = vec![status as u8];

@@ -247,14 +247,19 @@ impl<'txn> Tables<'txn> {
     }
 
     /// The status and user indexes: `old`'s entries out, `new`'s in.
-    fn index(&mut self, old: Option<&Record>, new: Option<&Record>) -> Result<(), StoreError> {
+    fn index(
+        &mut self,
+        id: &str,
+        old: Option<&Indexed>,
+        new: Option<&Record>,
+    ) -> Result<(), StoreError> {
         if let Some(o) = old {
             self.by_status
-                .remove(status_key(o.status, &o.id).as_slice())
+                .remove(status_key(o.status, id).as_slice())
                 .map_err(io_err)?;
             if let Some(u) = &o.user {
                 self.by_user
-                    .remove(user_key(u, &o.id).as_slice())
+                    .remove(user_key(u, id).as_slice())
                     .map_err(io_err)?;
             }
         }
@@ -277,6 +282,15 @@ impl<'txn> Tables<'txn> {
             .get(id)
             .map_err(io_err)?
             .map(|v| decode_record(id, v.value()))
+            .transpose()
+    }
+
+    /// What a stored record is indexed by, and its due time (the rest is not decoded).
+    fn indexed(&self, id: &str) -> Result<Option<(Indexed, Option<u64>)>, StoreError> {
+        self.records
+            .get(id)
+            .map_err(io_err)?
+            .map(|v| decode_indexed(id, v.value()))
             .transpose()
     }
 
@@ -308,17 +322,17 @@ impl<'txn> Tables<'txn> {
                 record.provider.as_str(),
             )
             .map_err(io_err)?;
-        self.index(None, Some(record))
+        self.index(&record.id, None, Some(record))
     }
 
     fn update(&mut self, record: &Record, due_ms: Option<u64>) -> Result<(), StoreError> {
-        let old = self.record(&record.id)?;
+        let old = self.indexed(&record.id)?;
         if let Some((_, Some(old_due))) = &old {
             self.due
                 .remove(due_key(*old_due, &record.id).as_slice())
                 .map_err(io_err)?;
         }
-        self.index(old.as_ref().map(|(r, _)| r), Some(record))?;
+        self.index(&record.id, old.as_ref().map(|(r, _)| r), Some(record))?;
         self.records
             .insert(record.id.as_str(), encode_record(record, due_ms).as_slice())
             .map_err(io_err)?;
@@ -336,14 +350,14 @@ impl<'txn> Tables<'txn> {
             .records
             .remove(id)
             .map_err(io_err)?
-            .map(|v| decode_record(id, v.value()))
+            .map(|v| decode_indexed(id, v.value()))
             .transpose()?;
         if let Some((_, Some(old_due))) = &old {
             self.due
                 .remove(due_key(*old_due, id).as_slice())
                 .map_err(io_err)?;
         }
-        self.index(old.as_ref().map(|(r, _)| r), None)?;
+        self.index(id, old.as_ref().map(|(r, _)| r), None)?;
         self.messages.remove(id).map_err(io_err)?;
         self.crcs.remove(id).map_err(io_err)?;
         Ok(self.body_files.remove(id).map_err(io_err)?.is_some())

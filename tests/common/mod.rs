@@ -41,13 +41,7 @@ pub fn http() -> reqwest::Client {
 /// GETs `url` with `http` and reads the answer as JSON (a failure panics: the test is
 /// about the answer).
 pub async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
-    http.get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// The entry of provider `name` in a `/status` answer.
