@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::Fetch;
 use std::time::Duration;
 
 use common::upstream::{Script, Upstream};
@@ -65,10 +66,9 @@ async fn status_metrics_and_counters_that_move() {
     env.write_config(
         "max_message_size = 2000",
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 100\n\
+            "{}per_minute_limit = 100\n\
              [[user]]\nname = \"ops\"\nemail = \"ops@contoso.com\"\nmatch_senders = [\"*@ops.local\"]\nprovider = \"up\"\n[notify]\nbounce = \"off\"\n",
-            up.addr.port()
-        ),
+            common::plain_smtp("up", up.addr.port())),
     );
     let daemon = Daemon::start(env.config()).await.unwrap();
     let base = format!("http://{}", daemon.status_addr);
@@ -384,12 +384,8 @@ async fn reload_by_api_applies_new_users_and_refuses_broken_config() {
     let v: Value = http
         .post(format!("{base}/api/reload"))
         .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(v["reloaded"], true);
     assert_eq!(
         v["needs_restart"],
@@ -426,10 +422,10 @@ fn sighup_reload_releases_mail_held_for_a_wrong_password() {
     let env = TestEnv::new("", "");
     let provider = |pw: &str, sender: &str| {
         format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"relay@contoso.com\"\npassword = \"{pw}\"\n\
+            "{}username = \"relay@contoso.com\"\npassword = \"{pw}\"\n\
              [distributor]\ndefault_provider = \"up\"\n\
              [[user]]\nname = \"erp\"\nemail = \"erp@contoso.com\"\nsender_email = \"{sender}\"\nmatch_senders = [\"*@erp.local\"]\n",
-            up.addr.port()
+            common::plain_smtp("up", up.addr.port())
         )
     };
     env.write_config("", &provider("wrong", "billing@contoso.com"));

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::Fetch;
 use std::time::{Duration, Instant};
 
 use common::upstream::{Script, Upstream};
@@ -136,9 +137,9 @@ async fn last_error_is_a_failure_never_a_success() {
     write(
         &env,
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+            "{}\
              [distributor]\ndefault_provider = \"up\"\n",
-            up.addr.port()
+            common::plain_smtp("up", up.addr.port())
         ),
     );
     let mut d = DaemonProcess::start(&env.config_path);
@@ -215,8 +216,8 @@ async fn cancel_stops_a_queued_message_and_refuses_one_in_flight() {
     write(
         &env,
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"30s\"\n",
-            up.addr.port()
+            "{}timeout = \"30s\"\n",
+            common::plain_smtp("up", up.addr.port())
         ),
     );
     let mut d = DaemonProcess::start(&env.config_path);
@@ -273,9 +274,9 @@ async fn cancel_stops_a_queued_message_and_refuses_one_in_flight() {
     write(
         &env,
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"30s\"\n\
+            "{}timeout = \"30s\"\n\
              [distributor]\ndefault_provider = \"up\"\n",
-            up.addr.port()
+            common::plain_smtp("up", up.addr.port())
         ),
     );
     let (code, out, err) = cli(&env, &["check-config"]);
@@ -387,12 +388,8 @@ async fn the_admin_api_stores_crlf_like_every_door() {
             "to": ["x@example.com"],
             "raw": base64::engine::general_purpose::STANDARD.encode(raw),
         }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     let id = r["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{r}"))

@@ -89,8 +89,8 @@ async fn submit(d: &DaemonProcess, from: &str, rcpt: &str) -> String {
 
 fn provider(name: &str, up: &Upstream, extra: &str) -> String {
     format!(
-        "[[provider]]\nname = \"{name}\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 0\n{extra}\n",
-        up.addr.port()
+        "{}per_minute_limit = 0\n{extra}\n",
+        common::plain_smtp(&format!("{name}"), up.addr.port())
     )
 }
 

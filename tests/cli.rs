@@ -315,10 +315,9 @@ async fn every_admin_command() {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"strict\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+            "{}\
              [[user]]\nname = \"erp\"\nemail = \"erp@contoso.com\"\nsender_email = \"billing@contoso.com\"\n",
-            refusing.addr.port()
-        ),
+            common::plain_smtp("strict", refusing.addr.port())),
     );
     let mut daemon = DaemonProcess::start(&env.config_path);
     point_cli_at(&env, &daemon);

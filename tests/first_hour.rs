@@ -152,9 +152,9 @@ async fn test_email_sends_as_the_providers_username() {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+            "{}\
              [distributor]\ndefault_provider = \"o365\"\n",
-            up.addr.port()
+            common::plain_smtp("o365", up.addr.port())
         ),
     );
     let text = std::fs::read_to_string(&env.config_path).unwrap().replace(

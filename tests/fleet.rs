@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::Fetch;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,9 +22,9 @@ fn node(redis: &Redis, up: &Upstream, name: &str, provider: &str) -> (TestEnv, D
         redis,
         name,
         &format!(
-            "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n{provider}\n\
+            "{}{provider}\n\
              [distributor]\ndefault_provider = \"o365\"\n",
-            up.addr.port(),
+            common::plain_smtp("o365", up.addr.port()),
         ),
     )
 }
@@ -402,11 +403,11 @@ async fn with_a_chain_the_fleet_wide_quota_of_the_first_moves_the_rest_to_the_se
     let first = Upstream::start(Script::default()).await;
     let second = Upstream::start(Script::default()).await;
     let providers = format!(
-        "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 0\nper_day_recipient_limit = 4\n\
-         [[provider]]\nname = \"backup\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 0\n\
+        "{}per_minute_limit = 0\nper_day_recipient_limit = 4\n\
+         {}per_minute_limit = 0\n\
          [distributor]\ndefault_providers = [\"o365\", \"backup\"]\n",
-        first.addr.port(),
-        second.addr.port()
+        common::plain_smtp("o365", first.addr.port()),
+        common::plain_smtp("backup", second.addr.port())
     );
     let mut nodes: Vec<_> = ["c1", "c2", "c3"]
         .iter()
@@ -475,10 +476,10 @@ async fn a_node_with_a_skewed_clock_gets_no_more_than_its_share() {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 4\n\
+            "{}per_minute_limit = 4\n\
              [distributor]\ndefault_provider = \"o365\"\n\
              [fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"skewed\"\nkey_prefix = \"t:\"\nexpected_nodes = 2\n",
-            up.addr.port(),
+            common::plain_smtp("o365", up.addr.port()),
             redis.port
         ),
     );
@@ -640,10 +641,10 @@ async fn a_password_protected_redis_is_used_with_password_file_and_refused_witho
         env.write_config(
             "",
             &format!(
-                "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 30\n\
+                "{}per_minute_limit = 30\n\
                  [distributor]\ndefault_provider = \"o365\"\n\
                  [fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"{name}\"\nkey_prefix = \"t:\"\nexpected_nodes = 3\n{extra}",
-                up.addr.port(),
+                common::plain_smtp("o365", up.addr.port()),
                 redis.port
             ),
         );
@@ -702,11 +703,10 @@ async fn a_tls_redis_is_used_through_its_ca_file() {
         env.write_config(
             "",
             &format!(
-                "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 5\n\
+                "{}per_minute_limit = 5\n\
                  [distributor]\ndefault_provider = \"o365\"\n\
                  [fleet]\nredis_url = \"rediss://127.0.0.1:{port}/0\"\nnode = \"tls-node\"\nkey_prefix = \"tls:\"\n{ca_line}\n",
-                up.addr.port()
-            ),
+                common::plain_smtp("o365", up.addr.port())),
         );
         env
     };
@@ -844,12 +844,8 @@ async fn every_node_answers_for_the_fleets_history() {
     let eml = http
         .get(format!("http://{}/api/messages/{invoice}/eml", b.status))
         .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .fetch_text()
+        .await;
     assert!(eml.contains("Subject: Invoice 4711"), "{eml}");
     for action in ["retry", "cancel"] {
         let r = http
@@ -904,12 +900,8 @@ async fn every_node_answers_for_the_fleets_history() {
     let on_a: serde_json::Value = http
         .get(format!("http://{}/api/messages/{held}", a.status))
         .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(on_a["status"], "cancelled", "{on_a:#}");
     assert!(
         on_a["cancelled"]["by"]
@@ -1211,12 +1203,8 @@ async fn the_fleet_view_in_a_browser() {
     let rec: serde_json::Value = http
         .get(format!("http://{}/api/messages/{on_a}", a.status))
         .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(rec["status"], "cancelled", "{rec:#}");
 
     // A stops: B's fleet view names A and still lists B's own.

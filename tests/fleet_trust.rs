@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::Fetch;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -466,10 +467,10 @@ fn sending_node(redis: &Redis, up: &Upstream, limits: &str) -> (TestEnv, DaemonP
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n{limits}\n\
+            "{}{limits}\n\
              [distributor]\ndefault_provider = \"o365\"\n\
              [fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"n1\"\nkey_prefix = \"t:\"\n",
-            up.addr.port(),
+            common::plain_smtp("o365", up.addr.port()),
             redis.port
         ),
     );
@@ -689,12 +690,8 @@ async fn the_fleet_view_over_https_between_nodes() {
         let v: serde_json::Value = https
             .get(format!("https://{b}/api/messages?fleet=1"))
             .bearer_auth("tls-admin-token-0123456789")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         if v["messages"]
             .as_array()
             .unwrap()

@@ -19,12 +19,11 @@ async fn setup(default_sender: Option<&str>) -> (TestEnv, Upstream, Daemon) {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+            "{}\
              {rewrite}\
              [[user]]\nname = \"erp\"\nemail = \"erp@contoso.com\"\nsender_email = \"billing@contoso.com\"\nmatch_senders = [\"noreply@erp.local\", \"*@legacy.local\"]\n\
              [[user]]\nname = \"scanner\"\nemail = \"scanner@contoso.com\"\nsend_mode = \"on-behalf-of\"\nprovider = \"up\"\n",
-            up.addr.port()
-        ),
+            common::plain_smtp("up", up.addr.port())),
     );
     let daemon = Daemon::start(env.config()).await.unwrap();
     (env, up, daemon)
@@ -113,10 +112,9 @@ async fn on_behalf_of_names_the_provider_account() {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"relay@contoso.com\"\npassword = \"pw\"\n\
+            "{}username = \"relay@contoso.com\"\npassword = \"pw\"\n\
              [[user]]\nname = \"scanner\"\nemail = \"scanner@contoso.com\"\nsend_mode = \"on-behalf-of\"\nprovider = \"up\"\nmatch_senders = [\"*@printer.local\"]\n",
-            up.addr.port()
-        ),
+            common::plain_smtp("up", up.addr.port())),
     );
     let daemon = Daemon::start(env.config()).await.unwrap();
     let rec = send(

@@ -43,9 +43,9 @@ fn relay_env(up: &Upstream, extra: &str) -> TestEnv {
     write(
         &env,
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"30s\"\n{extra}\
+            "{}timeout = \"30s\"\n{extra}\
              [distributor]\ndefault_provider = \"up\"\n",
-            up.addr.port()
+            common::plain_smtp("up", up.addr.port())
         ),
     );
     env

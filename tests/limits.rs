@@ -297,10 +297,9 @@ async fn a_dead_provider_does_not_hold_up_a_live_one() {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"dead\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nmax_connections = 2\ntimeout = \"20s\"\n\
+            "{}max_connections = 2\ntimeout = \"20s\"\n\
              [[user]]\nname = \"legacy\"\nemail = \"legacy@contoso.com\"\nmatch_senders = [\"*@dead.local\"]\nprovider = \"dead\"\n",
-            silent.addr.port()
-        ),
+            common::plain_smtp("dead", silent.addr.port())),
     );
     let daemon = Daemon::start(env.config()).await.unwrap();
     let mut events = daemon.distributor.subscribe();

@@ -71,11 +71,11 @@ fn env_with(up: &Upstream, extra: &str) -> TestEnv {
     write(
         &env,
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+            "{}\
              [distributor]\ndefault_provider = \"up\"\nretry_initial = \"1s\"\n\
              [[user]]\nname = \"erp\"\nmatch_senders = [\"erp@erp.local\"]\nemail = \"billing@contoso.com\"\n\
              [notify]\nfrom = \"postmaster@contoso.com\"\n{extra}",
-            up.addr.port()
+            common::plain_smtp("up", up.addr.port())
         ),
     );
     env
@@ -306,9 +306,9 @@ fn plain_env(up: &Upstream, extra: &str) -> TestEnv {
     write(
         &env,
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+            "{}\
              [distributor]\ndefault_provider = \"up\"\n{extra}",
-            up.addr.port()
+            common::plain_smtp("up", up.addr.port())
         ),
     );
     env

@@ -395,10 +395,10 @@ async fn client_certificate_assertion_is_a_signed_jwt() {
 
 fn smtp_oauth_provider(up: &Upstream, ms: &MockMicrosoft) -> String {
     format!(
-        "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"relay@contoso.com\"\n\
+        "{}username = \"relay@contoso.com\"\n\
          [provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"app-123\"\nclient_secret = \"s\"\ntoken_url = \"{}\"\n\
          [distributor]\ndefault_provider = \"o365\"\n",
-        up.addr.port(),
+        common::plain_smtp("o365", up.addr.port()),
         ms.token_url("contoso")
     )
 }
@@ -469,8 +469,8 @@ async fn moving_from_password_to_oauth2_releases_held_mail() {
     let env = TestEnv::new(
         "",
         &format!(
-            "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"relay@contoso.com\"\npassword = \"old-password\"\n[distributor]\ndefault_provider = \"o365\"\n",
-            up.addr.port()
+            "{}username = \"relay@contoso.com\"\npassword = \"old-password\"\n[distributor]\ndefault_provider = \"o365\"\n",
+            common::plain_smtp("o365", up.addr.port())
         ),
     );
     let daemon = start(&env).await;

@@ -50,10 +50,9 @@ async fn daemon(extra_status: &str) -> (TestEnv, Daemon, Upstream) {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+            "{}\
              [[user]]\nname = \"payroll\"\nemail = \"payroll@contoso.com\"\nmatch_senders = [\"*@ops.local\"]\nprovider = \"up\"\n[notify]\nbounce = \"off\"\n",
-            up.addr.port()
-        ),
+            common::plain_smtp("up", up.addr.port())),
     );
     if !extra_status.is_empty() {
         let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
@@ -347,13 +346,50 @@ async fn with_a_token_the_pages_ask_for_it_once_and_posts_need_the_csrf_token() 
     d.shutdown().await;
 }
 
+/// A daemon whose one provider, `name`, sends as `mailbox` over STARTTLS with XOAUTH2 and
+/// signs in through the stand-in identity platform `id` (`oauth2`: the `[provider.oauth2]`
+/// lines, `{id}` standing for its address), and a message held until the sign-in.
+async fn held_for_sign_in(
+    id: &common::identity::Identity,
+    name: &str,
+    mailbox: &str,
+    oauth2: &str,
+) -> (Upstream, TestEnv, Daemon, String) {
+    let ca = common::upstream::TestCa::new("pages CA");
+    let up =
+        Upstream::start(Script::over_starttls(&ca).xoauth2("XOAUTH2", mailbox, id.access())).await;
+    let env = TestEnv::new("", "");
+    let ca_file = env.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    env.write_config(
+        "",
+        &format!(
+            "[[provider]]\nname = \"{name}\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\nusername = \"{mailbox}\"\n\
+             [provider.oauth2]\n{}\
+             [distributor]\ndefault_provider = \"{name}\"\nretry_initial = \"10m\"\n",
+            up.addr.port(),
+            ca_file.display(),
+            oauth2.replace("{id}", &id.addr.to_string()),
+        ),
+    );
+    let d = Daemon::start(env.config()).await.unwrap();
+    let held = submit_to(
+        d.smtp_addrs[0],
+        "cron@server.local",
+        &["a@example.com"],
+        b"Subject: Held until the sign-in\r\n\r\nx\r\n",
+    )
+    .await;
+    wait_status(&d, &held, Status::Deferred).await;
+    (up, env, d, held)
+}
+
 /// An administrator with a browser and no terminal signs an Outlook.com mailbox in from
 /// the dashboard: the device code flow runs in the daemon, the page shows the platform's
 /// URL, code and sentence (as text), updates itself, and the held mail goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_signs_in_from_the_dashboard() {
     use common::identity::Identity;
-    use common::upstream::TestCa;
     let Some(driver) = Driver::start() else {
         return;
     };
@@ -363,36 +399,15 @@ async fn a_mailbox_signs_in_from_the_dashboard() {
             "To sign in, open https://microsoft.com/devicelogin and enter HQ7T-X2PB <img src=x onerror=window.__pwned=1>".into(),
         )
     });
-    let ca = TestCa::new("pages CA");
-    let up = Upstream::start(Script::over_starttls(&ca).xoauth2(
-        "XOAUTH2",
+    let (up, _env, d, held) = held_for_sign_in(
+        &id,
+        "outlook",
         "pat@outlook.com",
-        id.access(),
-    ))
-    .await;
-    let env = TestEnv::new("", "");
-    std::fs::write(env.dir.path().join("ca.pem"), &ca.pem).unwrap();
-    env.write_config(
-        "",
-        &format!(
-            "[[provider]]\nname = \"outlook\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\nusername = \"pat@outlook.com\"\n\
-             [provider.oauth2]\nflow = \"device_code\"\ntenant_id = \"consumers\"\nclient_id = \"public-client\"\n\
-             token_url = \"http://{2}/consumers/oauth2/v2.0/token\"\ndevice_code_url = \"http://{2}/consumers/oauth2/v2.0/devicecode\"\n\
-             [distributor]\ndefault_provider = \"outlook\"\nretry_initial = \"10m\"\n",
-            up.addr.port(),
-            env.dir.path().join("ca.pem").display(),
-            id.addr
-        ),
-    );
-    let d = Daemon::start(env.config()).await.unwrap();
-    let held = submit_to(
-        d.smtp_addrs[0],
-        "erp@contoso.com",
-        &["a@example.com"],
-        b"Subject: Held until the sign-in\r\n\r\nx\r\n",
+        "flow = \"device_code\"\ntenant_id = \"consumers\"\nclient_id = \"public-client\"\n\
+         token_url = \"http://{id}/consumers/oauth2/v2.0/token\"\n\
+         device_code_url = \"http://{id}/consumers/oauth2/v2.0/devicecode\"\n",
     )
     .await;
-    wait_status(&d, &held, Status::Deferred).await;
 
     let c = driver.browser().await;
     let base = format!("http://{}", d.status_addr);
@@ -461,7 +476,6 @@ async fn a_mailbox_signs_in_from_the_dashboard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gmail_mailbox_signs_in_from_the_dashboard() {
     use common::identity::Identity;
-    use common::upstream::TestCa;
     let Some(driver) = Driver::start() else {
         return;
     };
@@ -471,36 +485,16 @@ async fn a_gmail_mailbox_signs_in_from_the_dashboard() {
         s.rotate = false;
         s.id_token_account = Some("pat.example@gmail.com".into());
     });
-    let ca = TestCa::new("pages CA");
-    let up = Upstream::start(Script::over_starttls(&ca).xoauth2(
-        "XOAUTH2",
+    let (up, _env, d, held) = held_for_sign_in(
+        &id,
+        "gmail",
         "pat.example@gmail.com",
-        id.access(),
-    ))
-    .await;
-    let env = TestEnv::new("", "");
-    std::fs::write(env.dir.path().join("ca.pem"), &ca.pem).unwrap();
-    env.write_config(
-        "",
-        &format!(
-            "[[provider]]\nname = \"gmail\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\nusername = \"pat.example@gmail.com\"\n\
-             [provider.oauth2]\nflow = \"authorization_code\"\nclient_id = \"desktop-client.apps.googleusercontent.com\"\nclient_secret = \"GOCSPX-secret\"\n\
-             scope = \"https://mail.google.com/\"\nauthorize_url = \"http://{2}/o/oauth2/v2/auth\"\ntoken_url = \"http://{2}/token\"\n\
-             [distributor]\ndefault_provider = \"gmail\"\nretry_initial = \"10m\"\n",
-            up.addr.port(),
-            env.dir.path().join("ca.pem").display(),
-            id.addr
-        ),
-    );
-    let d = Daemon::start(env.config()).await.unwrap();
-    let held = submit_to(
-        d.smtp_addrs[0],
-        "cron@server.local",
-        &["a@example.com"],
-        b"Subject: Nightly report\r\n\r\nx\r\n",
+        "flow = \"authorization_code\"\n\
+         client_id = \"desktop-client.apps.googleusercontent.com\"\nclient_secret = \"GOCSPX-secret\"\n\
+         scope = \"https://mail.google.com/\"\nauthorize_url = \"http://{id}/o/oauth2/v2/auth\"\n\
+         token_url = \"http://{id}/token\"\n",
     )
     .await;
-    wait_status(&d, &held, Status::Deferred).await;
     let base = format!("http://{}", d.status_addr);
     // A redirect nobody is waiting for is refused.
     let forged = common::get(format!("{base}/oauth2/callback?state=guess&code=stolen"))
@@ -635,10 +629,10 @@ async fn the_dashboard_draws_what_the_history_holds_and_the_pages_read_as_one_pr
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"upstream-relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+            "{}\
              per_minute_limit = 30\nper_day_recipient_limit = 1000\n\
              [distributor]\ndefault_provider = \"upstream-relay\"\n[notify]\nbounce = \"off\"\n",
-            up.addr.port()
+            common::plain_smtp("upstream-relay", up.addr.port())
         ),
     );
     let d = Daemon::start(env.config()).await.unwrap();
@@ -923,12 +917,11 @@ async fn the_pages_fit_at_1280_1400_and_1920_px_and_say_sizes_and_ports() {
         &format!(
             "[[provider]]\nname = \"primary-relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {dead_port}\ntls = \"none\"\n\
              per_minute_limit = 30\nper_day_recipient_limit = 10000\ncircuit_open_after = 1\ncircuit_cooldown = \"10m\"\n\
-             [[provider]]\nname = \"backup-relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+             {}\
              per_minute_limit = 30\nper_day_recipient_limit = 10000\n\
              [[user]]\nname = \"accounts-payable\"\nmatch_senders = [\"*@ap.erp.local\"]\nprovider = \"backup-relay\"\n\
              [distributor]\ndefault_provider = \"primary-relay\"\n[notify]\nbounce = \"off\"\n",
-            up.addr.port()
-        ),
+            common::plain_smtp("backup-relay", up.addr.port())),
     );
     let d = Daemon::start(env.config()).await.unwrap();
     let smtp = d.smtp_addrs[0];

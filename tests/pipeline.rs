@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::Fetch;
 use common::{Smtp, TestEnv, queued_id};
 use lettre::address::Envelope;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -285,22 +286,14 @@ async fn admin_api_serves_records_and_health() {
 
     let list: Vec<serde_json::Value> = http
         .get(format!("{base}/api/messages?status=sent&limit=5"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], id.as_str());
     let none: Vec<serde_json::Value> = http
         .get(format!("{base}/api/messages?status=failed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert!(none.is_empty());
     let missing = http
         .get(format!("{base}/api/messages/NOPE"))

@@ -41,9 +41,8 @@ fn relay_to(env: &TestEnv, up: &Upstream) {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"sink\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nmax_connections = 8\n[distributor]\ndefault_provider = \"sink\"\nretry_initial = \"200ms\"\nretry_max = \"1s\"\n",
-            up.addr.port()
-        ),
+            "{}max_connections = 8\n[distributor]\ndefault_provider = \"sink\"\nretry_initial = \"200ms\"\nretry_max = \"1s\"\n",
+            common::plain_smtp("sink", up.addr.port())),
     );
 }
 

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::Fetch;
 use std::time::{Duration, Instant};
 
 use common::upstream::{Script, TestCa, Upstream};
@@ -289,9 +290,9 @@ async fn a_stuck_attempt_is_visible_and_sigterm_still_ends_the_daemon() {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"60s\"\n\
+            "{}timeout = \"60s\"\n\
              [distributor]\ndefault_provider = \"up\"\n",
-            upstream.addr.port()
+            common::plain_smtp("up", upstream.addr.port())
         ),
     );
     let mut daemon = DaemonProcess::start(&env.config_path);
@@ -322,14 +323,7 @@ async fn a_stuck_attempt_is_visible_and_sigterm_still_ends_the_daemon() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(attempt["id"], id.as_str());
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http.get(format!("{base}/metrics")).fetch_text().await;
     let oldest: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("mailgate_delivery_oldest_inflight_seconds{provider=\"up\"} "))

@@ -60,10 +60,10 @@ async fn token_endpoint_case(mode: Mode) {
     let up =
         Upstream::start(Script::default().xoauth2("XOAUTH2", "relay@contoso.com", valid)).await;
     let providers = format!(
-        "[[provider]]\nname = \"o365\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"relay@contoso.com\"\ntimeout = \"2s\"\nmax_connections = 1\n\
+        "{}username = \"relay@contoso.com\"\ntimeout = \"2s\"\nmax_connections = 1\n\
          [provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"app-123\"\nclient_secret = \"s\"\ntoken_url = \"{}\"\n\
          [distributor]\ndefault_provider = \"o365\"\nretry_initial = \"10m\"\n",
-        up.addr.port(),
+        common::plain_smtp("o365", up.addr.port()),
         token.url("/contoso/oauth2/v2.0/token")
     );
     // The endpoint answers again: the next message signs in and goes.

@@ -13,9 +13,9 @@ use serde_json::Value;
 
 fn provider(up: &Upstream) -> String {
     format!(
-        "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nper_minute_limit = 0\n\
+        "{}per_minute_limit = 0\n\
          [distributor]\ndefault_provider = \"up\"\n",
-        up.addr.port()
+        common::plain_smtp("up", up.addr.port())
     )
 }
 

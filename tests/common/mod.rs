@@ -38,6 +38,33 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// A request sent and its answer read whole (a failure to send or read panics: the test
+/// is about the answer, and its status is in the value when it matters).
+pub trait Fetch {
+    /// The answer as JSON.
+    fn fetch<T: serde::de::DeserializeOwned>(self) -> impl Future<Output = T> + Send;
+    /// The answer as text.
+    fn fetch_text(self) -> impl Future<Output = String> + Send;
+}
+
+impl Fetch for reqwest::RequestBuilder {
+    async fn fetch<T: serde::de::DeserializeOwned>(self) -> T {
+        self.send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn fetch_text(self) -> String {
+        self.send().await.unwrap().text().await.unwrap()
+    }
+}
+
+/// A `[[provider]]` of kind smtp named `name`, reaching a test upstream on
+/// 127.0.0.1:`port` without TLS. Keys written right after it are its own.
+pub fn plain_smtp(name: &str, port: u16) -> String {
+    format!(
+        "[[provider]]\nname = \"{name}\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
+    )
+}
+
 /// GETs `url` with `http` and reads the answer as JSON (a failure panics: the test is
 /// about the answer).
 pub async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
