@@ -90,7 +90,7 @@ async fn submit(d: &DaemonProcess, from: &str, rcpt: &str) -> String {
 fn provider(name: &str, up: &Upstream, extra: &str) -> String {
     format!(
         "{}per_minute_limit = 0\n{extra}\n",
-        common::plain_smtp(&format!("{name}"), up.addr.port())
+        common::plain_smtp(name, up.addr.port())
     )
 }
 
