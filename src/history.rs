@@ -113,7 +113,7 @@ pub use crate::diagnosis::{Code, Diagnosis};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancellation {
     /// When (RFC 3339 UTC).
-    pub at: String,
+    pub at: crate::time::Stamp,
     /// Who: the command or page, and from where.
     pub by: String,
 }
@@ -249,7 +249,7 @@ impl Waiting {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     /// When it ended (RFC 3339 UTC).
-    pub at: String,
+    pub at: crate::time::Stamp,
     /// The provider it went to.
     pub provider: String,
     /// The upstream reply or the local error.
@@ -270,7 +270,7 @@ pub struct Record {
     /// Current status.
     pub status: Status,
     /// When it was accepted (RFC 3339 UTC).
-    pub received_at: String,
+    pub received_at: crate::time::Stamp,
     /// Client address and port.
     pub client: String,
     /// HELO/EHLO name.
@@ -308,7 +308,7 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle_counted_at: Option<crate::time::Stamp>,
     /// When it was sent (RFC 3339 UTC).
-    pub sent_at: Option<String>,
+    pub sent_at: Option<crate::time::Stamp>,
     /// When the next attempt is due (RFC 3339 UTC), while unfinished.
     #[serde(default)]
     pub next_attempt_at: Option<crate::time::Stamp>,
@@ -355,7 +355,7 @@ impl Record {
     /// The caller sets what else it knows with struct update syntax.
     pub fn queued(
         id: String,
-        received_at: String,
+        received_at: crate::time::Stamp,
         client: String,
         sender: String,
         recipients: Vec<Recipient>,

@@ -16,7 +16,7 @@ use crate::history::{Recipient, Record};
 use crate::message;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use crate::time::{now_ms, rfc3339};
+use crate::time::now_ms;
 
 /// How a submission came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +207,7 @@ impl Pipeline {
             pinned,
             ..Record::queued(
                 id.clone(),
-                rfc3339(now),
+                crate::time::Stamp::at_ms(now),
                 client,
                 s.mail_from.clone(),
                 recipients,

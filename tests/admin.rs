@@ -75,39 +75,19 @@ async fn status_metrics_and_counters_that_move() {
     let mut events = daemon.distributor.subscribe();
     let smtp = daemon.smtp_addrs[0];
 
-    let sent = queued_id(
-        &submit(
-            smtp,
-            "a@erp.local",
-            &["x@contoso.com"],
-            "Subject: ok\r\n\r\nx\r\n",
-        )
-        .await,
-    )
-    .unwrap();
-    wait_event(&daemon, &mut events, &sent).await;
-    let failed = queued_id(
-        &submit(
-            smtp,
-            "a@ops.local",
-            &["gone@contoso.com"],
-            "Subject: f\r\n\r\nx\r\n",
-        )
-        .await,
-    )
-    .unwrap();
-    wait_event(&daemon, &mut events, &failed).await;
-    let deferred = queued_id(
-        &submit(
-            smtp,
-            "a@ops.local",
-            &["busy@contoso.com"],
-            "Subject: d\r\n\r\nx\r\n",
-        )
-        .await,
-    )
-    .unwrap();
-    wait_event(&daemon, &mut events, &deferred).await;
+    // Each is submitted and its first attempt waited for: sent, failed, deferred.
+    let mut ids = Vec::new();
+    for (from, to, subject) in [
+        ("a@erp.local", "x@contoso.com", "ok"),
+        ("a@ops.local", "gone@contoso.com", "f"),
+        ("a@ops.local", "busy@contoso.com", "d"),
+    ] {
+        let body = format!("Subject: {subject}\r\n\r\nx\r\n");
+        let id = queued_id(&submit(smtp, from, &[to], &body).await).unwrap();
+        wait_event(&daemon, &mut events, &id).await;
+        ids.push(id);
+    }
+    let [_sent, _failed, deferred] = <[String; 3]>::try_from(ids).unwrap();
     let big = "y".repeat(3000);
     let r = submit(
         smtp,
@@ -224,11 +204,10 @@ async fn api_needs_the_token_health_and_metrics_do_not() {
     let env = TestEnv::new("", "");
     let token_file = env.dir.path().join("admin.token");
     std::fs::write(&token_file, "s3cr3t-token\n").unwrap();
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "[status]\n",
         &format!("[status]\ntoken_file = \"{}\"\n", token_file.display()),
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let daemon = Daemon::start(env.config()).await.unwrap();
     let base = format!("http://{}", daemon.status_addr);
     let http = reqwest::Client::new();
@@ -265,11 +244,10 @@ async fn api_needs_the_token_health_and_metrics_do_not() {
 
 #[tokio::test]
 async fn history_queries_use_filters() {
-    let env = TestEnv::new(
+    let (_env, daemon) = common::started(
         "",
         "[[user]]\nname = \"erp\"\nemail = \"erp@contoso.com\"\nmatch_senders = [\"*@erp.local\"]\n",
-    );
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    ).await;
     let base = format!("http://{}", daemon.status_addr);
     let mut events = daemon.distributor.subscribe();
     let a = queued_id(
@@ -336,11 +314,10 @@ async fn history_queries_use_filters() {
 
 #[tokio::test]
 async fn reload_by_api_applies_new_users_and_refuses_broken_config() {
-    let env = TestEnv::new(
+    let (env, daemon) = common::started(
         "",
         "[[user]]\nname = \"erp\"\nemail = \"erp@contoso.com\"\nsender_email = \"old@contoso.com\"\nmatch_senders = [\"*@erp.local\"]\n",
-    );
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    ).await;
     daemon.set_config_path(env.config_path.clone());
     let base = format!("http://{}", daemon.status_addr);
     let http = common::http();

@@ -281,12 +281,7 @@ async fn cancel_stops_a_queued_message_and_refuses_one_in_flight() {
     );
     let (code, out, err) = cli(&env, &["check-config"]);
     assert_eq!(code, 0, "{out}{err}");
-    common::http()
-        .post(format!("http://{}/api/reload", d.status))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    common::post_action(format!("http://{}/api/reload", d.status)).await;
     let busy = submit(&d, &["b@contoso.com"]).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -297,12 +292,7 @@ async fn cancel_stops_a_queued_message_and_refuses_one_in_flight() {
         assert!(Instant::now() < deadline, "{st:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let resp = common::http()
-        .post(format!("http://{}/api/messages/{busy}/cancel", d.status))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let resp = common::post_action(format!("http://{}/api/messages/{busy}/cancel", d.status)).await;
     assert_eq!(resp.status(), 409);
     assert!(resp.text().await.unwrap().contains("being sent right now"));
     let (code, _, err) = cli(&env, &["cancel", &busy]);

@@ -100,21 +100,16 @@ fn certificate(env: &TestEnv, days: u32) -> (std::path::PathBuf, std::path::Path
         env.dir.path().join("app.crt"),
         env.dir.path().join("app.key"),
     );
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=app",
-        ])
-        .args(["-days", &days.to_string()])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    let _made = common::succeeded(
+        std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=app",
+            ])
+            .args(["-days", &days.to_string()])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
     );
     (cert, key)
 }
@@ -244,12 +239,7 @@ async fn failures_are_summed_held_fires_and_resolves_in_three_formats() {
     // The fix: the server takes the password again; a reload releases the held mail,
     // it goes, and held resolves.
     held.set_script(takes_the_password());
-    let resp = common::http()
-        .post(format!("http://{}/api/reload", d.status))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let resp = common::post_action(format!("http://{}/api/reload", d.status)).await;
     assert_eq!(resp.status(), 200);
     held.wait_for(1).await;
     rx.wait("json", "held resolved", is("held", "resolved"))
@@ -320,20 +310,15 @@ async fn an_email_alert_avoids_the_provider_it_is_about_and_alert_test_reports()
         env.dir.path().join("app.crt"),
         env.dir.path().join("app.key"),
     );
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "10", "-subj", "/CN=app",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    let _made = common::succeeded(
+        std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "10", "-subj", "/CN=app",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
     );
     write(
         &env,
@@ -448,12 +433,7 @@ async fn the_prometheus_rules_use_exported_metrics_and_pass_promtool() {
     let d = DaemonProcess::start(&env.config_path);
     let failed = submit(&d, "app@erp.local", "gone@example.com").await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while common::get(format!("http://{}/api/messages/{failed}", d.status))
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["status"]
+    while common::json_at::<Value>(format!("http://{}/api/messages/{failed}", d.status)).await["status"]
         != "failed"
     {
         assert!(Instant::now() < deadline);
@@ -532,12 +512,7 @@ async fn the_store_alert_fires_when_space_runs_short_and_resolves() {
         short.replace("min_free_space = \"1000000GB\"", "min_free_space = 0"),
     )
     .unwrap();
-    let resp = common::http()
-        .post(format!("http://{}/api/reload", d.status))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let resp = common::post_action(format!("http://{}/api/reload", d.status)).await;
     assert_eq!(resp.status(), 200);
     rx.wait("json", "store resolved", is("store", "resolved"))
         .await;

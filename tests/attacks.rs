@@ -294,12 +294,7 @@ async fn a_thirty_megabyte_subject_keeps_the_lists_small() {
     msg.extend_from_slice(b"\r\n\r\nbody\r\n");
     let id = common::submit_to(d.smtp, "app@example.com", &["ops@example.com"], &msg).await;
     d.wait_sent(std::slice::from_ref(&id), WAIT);
-    let list = common::get(format!("http://{}/api/messages", d.status))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let list = common::bytes_at(format!("http://{}/api/messages", d.status)).await;
     assert!(list.len() < 1 << 20, "{} bytes", list.len());
     let records: serde_json::Value = serde_json::from_slice(&list).unwrap();
     let subject = records[0]["subject"].as_str().unwrap();
@@ -393,11 +388,10 @@ async fn files_are_private_whatever_the_umask() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_web_page_can_neither_read_nor_act() {
     let env = TestEnv::new("", "");
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "[status]\nlisten = \"127.0.0.1:0\"\n",
         "[status]\nlisten = \"127.0.0.1:0\"\nhostnames = [\"mailgate01.contoso.local\"]\n",
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let d = DaemonProcess::start(&env.config_path);
     let id = common::submit_to(
         d.smtp,
@@ -439,12 +433,7 @@ async fn a_hostile_web_page_can_neither_read_nor_act() {
     assert_eq!(r.status(), 200);
 
     let paused = || async {
-        let s: serde_json::Value = common::get(format!("{base}/status"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: serde_json::Value = common::json_at(format!("{base}/status")).await;
         s["distributor"]["paused"].as_bool().unwrap()
     };
     for path in [
@@ -509,14 +498,13 @@ async fn a_hostile_web_page_can_neither_read_nor_act() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_token_always_exists_and_a_local_user_without_it_gets_nothing() {
     let env = TestEnv::new("", "");
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "[status]\nlisten = \"127.0.0.1:0\"\n",
         &format!(
             "[status]\nlisten = \"127.0.0.1:{}\"\nsession_ttl = \"2s\"\n",
             common::free_port()
         ),
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let token_path = env.dir.path().join("data/admin.token");
     std::fs::remove_file(&token_path).unwrap();
     let d = DaemonProcess::start(&env.config_path);
@@ -697,11 +685,10 @@ async fn crlf_in_an_address_is_refused_at_every_door() {
 async fn the_sendmail_door_names_the_real_user_whatever_it_claims() {
     let env = TestEnv::new("", "");
     let port = common::free_port();
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "listen = [\"127.0.0.1:0\"]",
         &format!("listen = [\"127.0.0.1:{port}\"]"),
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let mut d = DaemonProcess::start(&env.config_path);
     let open =
         |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();

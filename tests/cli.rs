@@ -96,11 +96,10 @@ fn admin_commands_say_when_the_daemon_is_not_running() {
         .local_addr()
         .unwrap()
         .port();
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "127.0.0.1:0\"\n[[provider",
         &format!("127.0.0.1:{port}\"\n[[provider"),
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let path = env.config_path.to_str().unwrap();
     for args in [vec!["history"], vec!["show", "01ABC"]] {
         let mut all = vec!["--config", path];
@@ -119,11 +118,10 @@ async fn show_and_history_against_a_running_daemon() {
     let env = TestEnv::new("", "");
     let mut daemon = DaemonProcess::start(&env.config_path);
     // The CLI reads the same file: point it at the port the daemon actually bound.
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "[status]\nlisten = \"127.0.0.1:0\"",
         &format!("[status]\nlisten = \"{}\"", daemon.status),
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let (mut s, _) = Smtp::connect(daemon.smtp).await.unwrap();
     s.cmd("EHLO erp01").await.unwrap();
     let id = queued_id(
@@ -296,11 +294,10 @@ async fn verify_and_stored_passwords() {
 
 /// Points the config's status.listen at the port the daemon bound (the CLI reads it).
 fn point_cli_at(env: &TestEnv, daemon: &DaemonProcess) {
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "[status]\nlisten = \"127.0.0.1:0\"",
         &format!("[status]\nlisten = \"{}\"", daemon.status),
     );
-    std::fs::write(&env.config_path, text).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,13 +308,13 @@ async fn every_admin_command() {
         "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
     ))
     .await;
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "{}\
              [[user]]\nname = \"erp\"\nemail = \"erp@contoso.com\"\nsender_email = \"billing@contoso.com\"\n",
-            common::plain_smtp("strict", refusing.addr.port())),
+            common::plain_smtp("strict", refusing.addr.port())
+        ),
     );
     let mut daemon = DaemonProcess::start(&env.config_path);
     point_cli_at(&env, &daemon);

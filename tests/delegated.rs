@@ -95,7 +95,7 @@ impl Site {
         let url = format!("http://127.0.0.1:{}/api/messages/{id}", self.status);
         let deadline = Instant::now() + WAIT;
         loop {
-            let r: serde_json::Value = common::get(&url).await.unwrap().json().await.unwrap();
+            let r: serde_json::Value = common::json_at(&url).await;
             if done(&r) {
                 return r;
             }
@@ -113,12 +113,7 @@ impl Site {
     }
 
     async fn status(&self) -> serde_json::Value {
-        common::get(format!("http://127.0.0.1:{}/status", self.status))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        common::json_at(format!("http://127.0.0.1:{}/status", self.status)).await
     }
 
     /// Every refresh and access token the stand-in issued.
@@ -306,12 +301,7 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
         o["sign_in"]["refresh_token_ages_out"].as_str().unwrap() > "2027",
         "{o:#}"
     );
-    let metrics = common::get(format!("http://127.0.0.1:{}/metrics", site.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::text_at(format!("http://127.0.0.1:{}/metrics", site.status)).await;
     assert!(
         metrics.contains("mailgate_oauth2_signed_in{provider=\"mailbox\"} 1"),
         "{metrics}"
@@ -350,12 +340,7 @@ async fn outlook_device_code_sign_in_rotation_and_restart() {
     site.assert_no_token_in("oauth2 status", &text);
 
     // No token or code in the history, the status output or any log line.
-    let history = common::get(format!("http://127.0.0.1:{}/api/messages", site.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let history = common::text_at(format!("http://127.0.0.1:{}/api/messages", site.status)).await;
     site.assert_no_token_in("the history", &history);
     site.assert_no_token_in("/status", &site.status().await.to_string());
     site.assert_no_token_in("/metrics", &metrics);
@@ -706,8 +691,7 @@ async fn graph_with_a_delegated_sign_in() {
     let ms = MockMicrosoft::start().await;
     let id = Identity::start(CLIENT).await;
     ms.with(|s| s.also_valid = Some(id.access()));
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "[[provider]]\nname = \"mailbox\"\nkind = \"graph\"\ngraph_url = \"{}\"\n\

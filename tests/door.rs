@@ -28,11 +28,10 @@ async fn reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_command_line_is_cut_at_idle_timeout_from_its_first_byte() {
     let env = TestEnv::new("", "");
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "idle_timeout = \"60s\"",
         "idle_timeout = \"2s\"\nmin_data_rate = \"1KB\"",
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let d = DaemonProcess::start(&env.config_path);
 
     let (r, mut w) = TcpStream::connect(d.smtp).await.unwrap().into_split();
@@ -140,14 +139,7 @@ async fn out_of_file_descriptors_backs_off_and_recovers() {
     let mut cmd = Command::new("sh");
     cmd.args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\"", bin()]);
     let mut d = DaemonProcess::start_with(&env.config_path, cmd);
-    d.wait_log(
-        |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("the open-file limit is too small"))
-        },
-        Duration::from_secs(5),
-    );
+    d.wait_message_starting("the open-file limit is too small", Duration::from_secs(5));
     let mut held = Vec::new();
     for _ in 0..100 {
         if let Ok(s) = TcpStream::connect(d.smtp).await {
@@ -206,12 +198,8 @@ async fn control_characters_in_ehlo_and_quoted_local_parts() {
         eml.starts_with("Received: from good.example (127.0.0.1)"),
         "{eml}"
     );
-    let v: serde_json::Value = common::get(format!("http://{}/api/messages/{id}", d.status))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value =
+        common::json_at(format!("http://{}/api/messages/{id}", d.status)).await;
     assert_eq!(v["recipients"][0]["address"], "\"a b\"@example.com");
     assert_eq!(v["original_sender"], "\"john doe\"@erp.local");
     assert!(s.cmd("RSET").await.unwrap().starts_with("250"));
@@ -268,11 +256,10 @@ fn an_empty_admin_token_is_refused_by_check_config() {
                 && String::from_utf8_lossy(&o.stderr).contains("is empty")
         );
     }
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "[status]\nlisten = \"127.0.0.1:0\"\n",
         "[status]\nlisten = \"0.0.0.0:0\"\ntoken = \"\"\n",
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let o = run_cli(&[
         "--config",
         env.config_path.to_str().unwrap(),
@@ -295,10 +282,7 @@ async fn a_reload_applies_min_free_space_with_the_stores_growth() {
             .starts_with("250")
     );
     s.cmd("RSET").await.unwrap();
-    let text = std::fs::read_to_string(&env.config_path)
-        .unwrap()
-        .replace("min_free_space = 0", "min_free_space = 1000000000000000000");
-    std::fs::write(&env.config_path, text).unwrap();
+    env.edit_config("min_free_space = 0", "min_free_space = 1000000000000000000");
     Command::new("kill")
         .args(["-HUP", &d.child.id().to_string()])
         .status()
@@ -313,12 +297,7 @@ async fn a_reload_applies_min_free_space_with_the_stores_growth() {
     );
     let r = s.cmd("MAIL FROM:<a@erp.local>").await.unwrap();
     assert!(r.starts_with("452 4.3.1"), "{r}");
-    let st: serde_json::Value = common::get(format!("http://{}/status", d.status))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: serde_json::Value = common::json_at(format!("http://{}/status", d.status)).await;
     let file = st["store"]["file_bytes"].as_u64().unwrap();
     assert!(file > 0);
     assert_eq!(

@@ -38,14 +38,7 @@ async fn the_binary_runs_anywhere_on_its_built_in_default() {
         .spawn()
         .unwrap();
     let mut d = DaemonProcess::adopt(child.stderr.take().unwrap(), child);
-    let line = d.wait_log(
-        |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("configuration"))
-        },
-        Duration::from_secs(10),
-    );
+    let line = d.wait_message_starting("configuration", Duration::from_secs(10));
     assert!(
         line["message"]
             .as_str()
@@ -157,11 +150,10 @@ async fn test_email_sends_as_the_providers_username() {
             common::plain_smtp("o365", up.addr.port())
         ),
     );
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "[status]\nlisten = \"127.0.0.1:0\"",
         &format!("[status]\nlisten = \"127.0.0.1:{status}\""),
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let test_email = |cfg: String| async move {
         tokio::task::spawn_blocking(move || {
             Command::new(bin())
@@ -193,11 +185,10 @@ async fn test_email_sends_as_the_providers_username() {
         credentials: Some(("relay@contoso.com".into(), "pw".into())),
         ..common::upstream::Script::default()
     });
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "tls = \"none\"\n",
         "tls = \"none\"\nusername = \"relay@contoso.com\"\npassword = \"pw\"\n",
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let mut d = DaemonProcess::start(&env.config_path);
     let o = test_email(cfg.clone()).await;
     assert_eq!(

@@ -56,6 +56,25 @@ fn fleet_of(
     names.iter().map(|n| node(redis, up, n, provider)).collect()
 }
 
+/// Redis, an upstream and nodes named `names` with the same provider lines (None when
+/// redis-server is missing and the test may skip).
+async fn fleet(
+    names: &[&str],
+    provider: &str,
+) -> Option<(Redis, Upstream, Vec<(TestEnv, DaemonProcess)>)> {
+    let redis = Redis::start()?;
+    let up = Upstream::start(Script::default()).await;
+    let nodes = fleet_of(&redis, &up, names, provider);
+    Some((redis, up, nodes))
+}
+
+/// Stops every node; each must exit cleanly.
+fn stop_all(nodes: &mut [(TestEnv, DaemonProcess)]) {
+    for (_, d) in nodes {
+        assert_eq!(d.terminate().code(), Some(0));
+    }
+}
+
 /// `per_node` messages to each node, subjects tagged with the node's index.
 async fn submit_each(nodes: &[(TestEnv, DaemonProcess)], per_node: usize, tag: &str) {
     for (i, (_, d)) in nodes.iter().enumerate() {
@@ -67,12 +86,7 @@ async fn submit_each(nodes: &[(TestEnv, DaemonProcess)], per_node: usize, tag: &
 }
 
 async fn status(d: &DaemonProcess) -> serde_json::Value {
-    common::get(format!("http://{}/status", d.status))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::json_at(format!("http://{}/status", d.status)).await
 }
 
 /// The fleet-wide figures of one provider in a node's `/status`.
@@ -103,14 +117,14 @@ async fn until_logged(ds: &mut [&mut DaemonProcess], message: &str, n: usize, wh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_one_per_minute_window() {
-    let Some(redis) = Redis::start() else { return };
-    let up = Upstream::start(Script::default()).await;
-    let mut nodes = fleet_of(
-        &redis,
-        &up,
+    let Some((_redis, up, mut nodes)) = fleet(
         &["n1", "n2", "n3"],
         "per_minute_limit = 6\nmax_connections = 4",
-    );
+    )
+    .await
+    else {
+        return;
+    };
     submit_each(&nodes, 5, "n").await;
     // Six go out in this minute (exactly six: the budget is used), the other nine wait.
     up.wait_for(6).await;
@@ -138,12 +152,7 @@ async fn three_nodes_share_one_per_minute_window() {
     })
     .await
     .expect("three heartbeats");
-    let metrics = common::get(format!("http://{}/metrics", nodes[0].1.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::text_at(format!("http://{}/metrics", nodes[0].1.status)).await;
     assert!(metrics.contains("mailgate_fleet_store_up 1"), "{metrics}");
     assert!(metrics.contains("mailgate_fleet_nodes 3"), "{metrics}");
     // Each answered call's round trip is timed: at least one per message sent.
@@ -153,9 +162,7 @@ async fn three_nodes_share_one_per_minute_window() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     assert!(timed >= 2, "{metrics}");
-    for (_, d) in &mut nodes {
-        assert_eq!(d.terminate().code(), Some(0));
-    }
+    stop_all(&mut nodes);
 }
 
 /// Exactness under load: three nodes offered 200 messages a second in all, for two
@@ -164,14 +171,14 @@ async fn three_nodes_share_one_per_minute_window() {
 /// budget: the first 100 at once, the next 100 as the first minute's slide out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_a_second_against_a_hundred_a_minute_for_two_minutes() {
-    let Some(redis) = Redis::start() else { return };
-    let up = Upstream::start(Script::default()).await;
-    let mut nodes = fleet_of(
-        &redis,
-        &up,
+    let Some((_redis, up, mut nodes)) = fleet(
         &["x1", "x2", "x3"],
         "per_minute_limit = 100\nmax_connections = 4",
-    );
+    )
+    .await
+    else {
+        return;
+    };
     let run = Duration::from_secs(120);
     let start = std::time::Instant::now();
     // Four sessions per node, each paced at 200 / 12 a second (a late one catches up):
@@ -243,9 +250,7 @@ async fn two_hundred_a_second_against_a_hundred_a_minute_for_two_minutes() {
             .find(|v| v["message"] == "alert condition" && v["event"] == "fleet");
         assert!(false_alarm.is_none(), "{false_alarm:?}");
     }
-    for (_, d) in &mut nodes {
-        assert_eq!(d.terminate().code(), Some(0));
-    }
+    stop_all(&mut nodes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,9 +275,7 @@ async fn three_nodes_hold_two_connections_between_them() {
         "{most} upstream sessions at once; the mailbox allows 2"
     );
     assert_eq!(most, 2, "both leases were used");
-    for (_, d) in &mut nodes {
-        assert_eq!(d.terminate().code(), Some(0));
-    }
+    stop_all(&mut nodes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,14 +296,7 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
     submit_each(&nodes, 4, "r").await;
     up.wait_for(6).await;
     for (_, d) in &mut nodes {
-        d.wait_log(
-            |v| {
-                v["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("fleet store unreachable"))
-            },
-            WAIT,
-        );
+        d.wait_message_starting("fleet store unreachable", WAIT);
         until_logged(
             &mut [&mut *d],
             "throttled",
@@ -310,12 +306,7 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
         .await;
         let s = status(d).await;
         assert_eq!(s["fleet"]["store"], "down", "{s}");
-        let metrics = common::get(format!("http://{}/metrics", d.status))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::text_at(format!("http://{}/metrics", d.status)).await;
         assert!(metrics.contains("mailgate_fleet_store_up 0"), "{metrics}");
     }
     assert_eq!(
@@ -327,14 +318,7 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
     // so the minute after the outage is no burst.
     redis.up();
     for (_, d) in &mut nodes {
-        d.wait_log(
-            |v| {
-                v["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("fleet: sends made while the store was away"))
-            },
-            WAIT,
-        );
+        d.wait_message_starting("fleet: sends made while the store was away", WAIT);
     }
     let s = status(&nodes[0].1).await;
     assert_eq!(s["fleet"]["store"], "up", "{s}");
@@ -360,21 +344,19 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
     )
     .await;
     assert_eq!(up.messages().len(), 6);
-    for (_, d) in &mut nodes {
-        assert_eq!(d.terminate().code(), Some(0));
-    }
+    stop_all(&mut nodes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_recipient_limit_is_shared_too() {
-    let Some(redis) = Redis::start() else { return };
-    let up = Upstream::start(Script::default()).await;
-    let mut nodes = fleet_of(
-        &redis,
-        &up,
+    let Some((_redis, up, mut nodes)) = fleet(
         &["d1", "d2", "d3"],
         "per_minute_limit = 0\nper_day_recipient_limit = 4",
-    );
+    )
+    .await
+    else {
+        return;
+    };
     submit_each(&nodes, 3, "d").await;
     up.wait_for(4).await;
     let mut ds: Vec<_> = nodes.iter_mut().map(|(_, d)| d).collect();
@@ -390,9 +372,7 @@ async fn the_daily_recipient_limit_is_shared_too() {
         4,
         "4 recipients a day between the three nodes"
     );
-    for (_, d) in &mut nodes {
-        assert_eq!(d.terminate().code(), Some(0));
-    }
+    stop_all(&mut nodes);
 }
 
 /// A chain in a fleet: the first provider's daily quota is fleet-wide, and once the
@@ -434,21 +414,14 @@ async fn with_a_chain_the_fleet_wide_quota_of_the_first_moves_the_rest_to_the_se
     // Counted where it happened: the failovers of the nodes add up to the five.
     let mut failovers = 0;
     for (_, d) in &nodes {
-        let m = common::get(format!("http://{}/metrics", d.status))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = common::text_at(format!("http://{}/metrics", d.status)).await;
         failovers += m
             .lines()
             .find_map(|l| l.strip_prefix("mailgate_failovers_total{from=\"o365\",to=\"backup\"} "))
             .map_or(0, |n| n.parse::<u64>().unwrap());
     }
     assert_eq!(failovers, 5);
-    for (_, d) in &mut nodes {
-        assert_eq!(d.terminate().code(), Some(0));
-    }
+    stop_all(&mut nodes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,8 +445,7 @@ async fn a_node_with_a_skewed_clock_gets_no_more_than_its_share() {
     }
     up.wait_for(4).await;
     // A node whose wall clock is two hours ahead: the window is Redis's clock, not its own.
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "{}per_minute_limit = 4\n\
@@ -570,11 +542,10 @@ async fn mailgate_fleet_shows_the_nodes_and_the_shared_use() {
     let up = Upstream::start(Script::default()).await;
     let (env, mut d) = node(&redis, &up, "cli1", "per_minute_limit = 30");
     // The CLI reads the same file: point it at the port the daemon bound.
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "[status]\nlisten = \"127.0.0.1:0\"",
         &format!("[status]\nlisten = \"{}\"", d.status),
     );
-    std::fs::write(&env.config_path, text).unwrap();
     submit_to(
         d.smtp,
         "erp@erp.local",
@@ -699,16 +670,15 @@ async fn a_tls_redis_is_used_through_its_ca_file() {
     let p = |n: &str| dir.path().join(n).display().to_string();
     let up = Upstream::start(Script::default()).await;
     let config = |ca_line: &str| {
-        let env = TestEnv::new("", "");
-        env.write_config(
+        TestEnv::new(
             "",
             &format!(
                 "{}per_minute_limit = 5\n\
                  [distributor]\ndefault_provider = \"o365\"\n\
                  [fleet]\nredis_url = \"rediss://127.0.0.1:{port}/0\"\nnode = \"tls-node\"\nkey_prefix = \"tls:\"\n{ca_line}\n",
-                common::plain_smtp("o365", up.addr.port())),
-        );
-        env
+                common::plain_smtp("o365", up.addr.port())
+            ),
+        )
     };
     let trusted = config(&format!("ca_file = \"{}\"", p("ca.pem")));
     let mut d = DaemonProcess::start(&trusted.config_path);
@@ -740,14 +710,7 @@ async fn a_tls_redis_is_used_through_its_ca_file() {
     )
     .await;
     up.wait_for(2).await;
-    let line = d.wait_log(
-        |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("fleet store unreachable"))
-        },
-        WAIT,
-    );
+    let line = d.wait_message_starting("fleet store unreachable", WAIT);
     assert!(
         line.to_string().to_lowercase().contains("certificate"),
         "{line}"
@@ -1000,12 +963,7 @@ async fn every_node_answers_for_the_fleets_history() {
         "{view:#}"
     );
     assert_eq!(view["messages"].as_array().unwrap().len(), all.len());
-    let metrics = common::get(format!("http://{}/metrics", b.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::text_at(format!("http://{}/metrics", b.status)).await;
     assert!(
         metrics
             .lines()
@@ -1014,12 +972,8 @@ async fn every_node_answers_for_the_fleets_history() {
     );
     // ... and the node with the other secret ignores the fleet's heartbeats, saying so.
     let _ = common::get(format!("http://{}/status", d.status)).await;
-    d.wait_log(
-        |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("ignored a fleet heartbeat that does not verify"))
-        },
+    d.wait_message_starting(
+        "ignored a fleet heartbeat that does not verify",
         Duration::from_secs(5),
     );
 

@@ -156,12 +156,7 @@ fn add_node(redis: &Redis, prefix: &str, node: &str, value: &str) {
 }
 
 async fn metric(d: &DaemonProcess, line_start: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", d.status))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::text_at(format!("http://{}/metrics", d.status)).await;
     text.lines()
         .find_map(|l| l.strip_prefix(line_start))
         .and_then(|v| v.trim().parse().ok())
@@ -463,8 +458,7 @@ async fn a_peer_call_is_refused_when_replayed_stale_forged_or_beyond_its_rights(
 /// One node of a fleet sending to `up` as provider `o365` with these limits, key prefix
 /// `t:`.
 fn sending_node(redis: &Redis, up: &Upstream, limits: &str) -> (TestEnv, DaemonProcess) {
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "{}{limits}\n\
@@ -540,12 +534,8 @@ async fn a_vandalised_fleet_store_holds_mail_back_at_most_a_lease_ttl() {
         .unwrap();
     assert_eq!(sum, 5);
     assert!(metric(&d, "mailgate_fleet_rejected_total{what=\"value\"} ").await >= 21.0);
-    d.wait_log(
-        |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("the fleet store held values no node writes"))
-        },
+    d.wait_message_starting(
+        "the fleet store held values no node writes",
         Duration::from_secs(5),
     );
 }
@@ -650,8 +640,7 @@ async fn the_fleet_view_over_https_between_nodes() {
         std::fs::write(&cf, cert).unwrap();
         std::fs::write(&kf, key).unwrap();
         let port = free_port();
-        let env = TestEnv::new("", "");
-        env.write_config(
+        let env = TestEnv::new(
             "",
             &format!(
                 "[fleet]\nredis_url = \"redis://127.0.0.1:{}/0\"\nnode = \"{name}\"\nkey_prefix = \"s:\"\nstatus_url = \"https://127.0.0.1:{port}\"\nsecret_file = \"{}\"\nstatus_ca_file = \"{}\"\n",
@@ -660,7 +649,7 @@ async fn the_fleet_view_over_https_between_nodes() {
                 ca_file.display()
             ),
         );
-        let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        env.edit_config(
             "[status]\nlisten = \"127.0.0.1:0\"\n",
             &format!(
                 "[status]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
@@ -669,7 +658,6 @@ async fn the_fleet_view_over_https_between_nodes() {
                 kf.display()
             ),
         );
-        std::fs::write(&env.config_path, text).unwrap();
         let d = DaemonProcess::start(&env.config_path);
         nodes.push((env, d));
     }
@@ -743,10 +731,7 @@ fn check_config_refuses_an_open_fleet_and_warns_about_an_open_redis() {
     let check = |fleet: &str, status: &str| {
         env.write_config("", &format!("[fleet]\n{fleet}\n"));
         if !status.is_empty() {
-            let text = std::fs::read_to_string(&env.config_path)
-                .unwrap()
-                .replace("[status]\nlisten = \"127.0.0.1:0\"\n", status);
-            std::fs::write(&env.config_path, text).unwrap();
+            env.edit_config("[status]\nlisten = \"127.0.0.1:0\"\n", status);
         }
         common::cli(&env, &["check-config"])
     };

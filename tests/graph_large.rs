@@ -32,18 +32,13 @@ fn graph_node(ms: &MockMicrosoft, extra: &str) -> (TestEnv, DaemonProcess) {
 /// PDF of `pdf` bytes.
 fn made(dir: &std::path::Path, name: &str, pdf: usize) -> (std::path::PathBuf, Vec<u8>) {
     let path = dir.join(name);
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/graph_large.py"
-        ))
-        .args(["make", path.to_str().unwrap(), &pdf.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let _out = common::succeeded(
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/data/graph_large.py"
+            ))
+            .args(["make", path.to_str().unwrap(), &pdf.to_string()]),
     );
     let bytes = std::fs::read(&path).unwrap();
     (path, bytes)
@@ -198,12 +193,7 @@ async fn a_refused_chunk_is_resumed_and_an_expired_session_started_again() {
             .contains("expired 3 times"),
         "{rec:#}"
     );
-    let r = common::http()
-        .post(format!("http://{}/api/messages/{id}/cancel", d.status))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let r = common::post_action(format!("http://{}/api/messages/{id}/cancel", d.status)).await;
     assert_eq!(r.status(), 200);
     ms.with(|s| {
         assert_eq!(s.sessions.len(), 1 + 3);

@@ -108,13 +108,13 @@ async fn on_behalf_of_names_the_provider_account() {
         ..Script::default()
     })
     .await;
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "{}username = \"relay@contoso.com\"\npassword = \"pw\"\n\
              [[user]]\nname = \"scanner\"\nemail = \"scanner@contoso.com\"\nsend_mode = \"on-behalf-of\"\nprovider = \"up\"\nmatch_senders = [\"*@printer.local\"]\n",
-            common::plain_smtp("up", up.addr.port())),
+            common::plain_smtp("up", up.addr.port())
+        ),
     );
     let daemon = Daemon::start(env.config()).await.unwrap();
     let rec = send(

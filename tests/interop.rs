@@ -161,7 +161,7 @@ mod reqwest {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async { crate::common::get(url).await.unwrap().json().await.unwrap() })
+        rt.block_on(async { crate::common::json_at(url).await })
     }
 }
 
@@ -243,12 +243,8 @@ fn api_get(status: std::net::SocketAddr, path: &str) -> Vec<u8> {
         .build()
         .unwrap();
     rt.block_on(async {
-        crate::common::get(format!("http://{status}{path}"))
+        crate::common::bytes_at(format!("http://{status}{path}"))
             .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
             .to_vec()
     })
 }

@@ -293,13 +293,13 @@ async fn a_dead_provider_does_not_hold_up_a_live_one() {
         ..Script::default()
     })
     .await;
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "{}max_connections = 2\ntimeout = \"20s\"\n\
              [[user]]\nname = \"legacy\"\nemail = \"legacy@contoso.com\"\nmatch_senders = [\"*@dead.local\"]\nprovider = \"dead\"\n",
-            common::plain_smtp("dead", silent.addr.port())),
+            common::plain_smtp("dead", silent.addr.port())
+        ),
     );
     let daemon = Daemon::start(env.config()).await.unwrap();
     let mut events = daemon.distributor.subscribe();
@@ -328,7 +328,6 @@ async fn a_dead_provider_does_not_hold_up_a_live_one() {
 #[tokio::test]
 async fn retention_deletes_finished_records_and_keeps_waiting_ones() {
     use mailgate::history::Recipient;
-    use mailgate::time::rfc3339;
     let env = TestEnv::new("", "");
     let store = mailgate::store::Store::open(&env.config().store.path).unwrap();
     let now = mailgate::time::now_ms();
@@ -342,7 +341,7 @@ async fn retention_deletes_finished_records_and_keeps_waiting_ones() {
             provider: "outbox".into(),
             ..Record::queued(
                 id,
-                rfc3339(ms),
+                mailgate::time::Stamp::at_ms(ms),
                 "127.0.0.1:1".into(),
                 "a@b.c".into(),
                 vec![Recipient {
@@ -362,7 +361,7 @@ async fn retention_deletes_finished_records_and_keeps_waiting_ones() {
     let recent_sent = mk(now - 86_400_000, Status::Sent);
     for r in [&old_sent, &old_failed, &old_deferred, &recent_sent] {
         store
-            .insert(b"x\r\n".to_vec(), r.clone(), r.received_at.len() as u64)
+            .insert(b"x\r\n".to_vec(), r.clone(), r.received_at.ms())
             .await
             .unwrap();
     }

@@ -32,15 +32,10 @@ fn parsed(env: &TestEnv, notices: &[Received]) -> Vec<serde_json::Value> {
             p.display().to_string()
         })
         .collect();
-    let out = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/dsn.py"))
-        .args(&files)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::succeeded(
+        std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/dsn.py"))
+            .args(&files),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -317,12 +312,8 @@ fn plain_env(up: &Upstream, extra: &str) -> TestEnv {
 async fn failed_record(d: &DaemonProcess, id: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r: serde_json::Value = common::get(format!("http://{}/api/messages/{id}", d.status))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: serde_json::Value =
+            common::json_at(format!("http://{}/api/messages/{id}", d.status)).await;
         if r["status"] == "failed" {
             return r;
         }
@@ -347,14 +338,7 @@ async fn a_bounce_for_a_sender_in_a_local_domain_goes_to_someone_who_reads_mail(
     let mut d = DaemonProcess::start(&env.config_path);
     let id = submit(&d, "app@erp.local", &["gone@example.com"], "").await;
     failed_record(&d, &id).await;
-    let line = d.wait_log(
-        |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("no one could be told"))
-        },
-        Duration::from_secs(10),
-    );
+    let line = d.wait_message_starting("no one could be told", Duration::from_secs(10));
     assert_eq!(line["id"], id.as_str(), "{line}");
     let page = d.get_text(&format!("/messages/{id}")).await;
     assert!(

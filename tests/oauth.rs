@@ -83,12 +83,8 @@ async fn graph_sends_the_stored_mime_with_one_cached_token() {
     let blind: Vec<Option<bool>> = b.recipients.iter().map(|r| r.blind).collect();
     assert_eq!(blind, [Some(false), Some(true)]);
     // /status shows the token.
-    let st: serde_json::Value = common::get(format!("http://{}/status", daemon.status_addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: serde_json::Value =
+        common::json_at(format!("http://{}/status", daemon.status_addr)).await;
     let p = common::provider_in(&st, "exchange").clone();
     assert_eq!(p["oauth2"]["token_valid"], true);
     assert!(
@@ -144,15 +140,11 @@ async fn a_rejected_token_is_refreshed_once_then_deferred() {
     // Once Graph accepts tokens again, retry sends it with a fresh one.
     ms.with(|s| s.revoked.clear());
     let mut events = daemon.distributor.subscribe();
-    let resp = common::http()
-        .post(format!(
-            "http://{}/api/messages/{}/retry",
-            daemon.status_addr, r.id
-        ))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let resp = common::post_action(format!(
+        "http://{}/api/messages/{}/retry",
+        daemon.status_addr, r.id
+    ))
+    .await;
     assert_eq!(resp.status(), 200);
     tokio::time::timeout(WAIT, async {
         while events.recv().await.unwrap().id != r.id {}
@@ -222,7 +214,7 @@ async fn graph_statuses_map_to_outcomes() {
         );
         if let Some(secs) = retry_after {
             let next = r.next_attempt_at.unwrap().ms();
-            let at = mailgate::time::parse_rfc3339(&r.attempts[0].at).unwrap();
+            let at = r.attempts[0].at.ms();
             let waited = next.saturating_sub(at) / 1000;
             assert!(
                 waited >= secs - 1 && waited <= secs + 1,
@@ -290,12 +282,8 @@ async fn token_endpoint_errors_defer_with_a_diagnosis() {
             "{}",
             r.attempts[0].reply
         );
-        let st: serde_json::Value = common::get(format!("http://{}/status", daemon.status_addr))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let st: serde_json::Value =
+            common::json_at(format!("http://{}/status", daemon.status_addr)).await;
         let p = &common::provider_in(&st, "exchange")["oauth2"];
         assert_eq!(p["token_valid"], false);
         assert!(p["last_token_error"].as_str().unwrap().contains("AADSTS"));

@@ -46,20 +46,19 @@ async fn rows(c: &Client) -> Vec<String> {
 /// A daemon with an upstream that refuses gone@contoso.com for good (550 5.1.1).
 async fn daemon(extra_status: &str) -> (TestEnv, Daemon, Upstream) {
     let up = Upstream::start(Script::default().reply("rcpt:gone@contoso.com", "550 5.1.1 <gone@contoso.com>: Recipient address rejected: User unknown in local recipient table")).await;
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "{}\
              [[user]]\nname = \"payroll\"\nemail = \"payroll@contoso.com\"\nmatch_senders = [\"*@ops.local\"]\nprovider = \"up\"\n[notify]\nbounce = \"off\"\n",
-            common::plain_smtp("up", up.addr.port())),
+            common::plain_smtp("up", up.addr.port())
+        ),
     );
     if !extra_status.is_empty() {
-        let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        env.edit_config(
             "[status]\nlisten = \"127.0.0.1:0\"\n",
             &format!("[status]\nlisten = \"127.0.0.1:0\"\n{extra_status}\n"),
         );
-        std::fs::write(&env.config_path, text).unwrap();
     }
     let d = Daemon::start(env.config()).await.unwrap();
     (env, d, up)
@@ -460,12 +459,7 @@ async fn a_mailbox_signs_in_from_the_dashboard() {
     let cell = text(&c, "td.token[data-provider=outlook]").await;
     assert!(cell.contains("signed in as pat@outlook.com"), "{cell}");
     // The user code never reaches the open /status.
-    let status = common::get(format!("{base}/status"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let status = common::text_at(format!("{base}/status")).await;
     assert!(!status.contains("HQ7T-X2PB"));
     c.close().await.unwrap();
 }
@@ -625,8 +619,7 @@ async fn the_dashboard_draws_what_the_history_holds_and_the_pages_read_as_one_pr
             .reply("rcpt:later@contoso.com", "451 4.3.0 <later@contoso.com>: try again later"),
     )
     .await;
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "{}\
@@ -667,12 +660,8 @@ async fn the_dashboard_draws_what_the_history_holds_and_the_pages_read_as_one_pr
     // The chart's numbers are the history's, hour by hour and in total.
     c.goto(&format!("{base}/")).await.unwrap();
     shot(&c, "dashboard-chart").await;
-    let records: Vec<serde_json::Value> = common::get(format!("{base}/api/messages?limit=100"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let records: Vec<serde_json::Value> =
+        common::json_at(format!("{base}/api/messages?limit=100")).await;
     let want = from_history(&records);
     let hourly = bars(&c, "chart-hourly").await;
     assert_eq!(hourly.len(), 24);
@@ -713,12 +702,7 @@ async fn the_dashboard_draws_what_the_history_holds_and_the_pages_read_as_one_pr
         }
     }
     // Each provider's limits as bars, with the numbers /status gives.
-    let status: serde_json::Value = common::get(format!("{base}/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = common::json_at(format!("{base}/status")).await;
     let p = common::provider_in(&status, "upstream-relay");
     assert_eq!(p["sent_last_minute"], 3, "{p}");
     let minute = c
@@ -911,8 +895,7 @@ async fn the_pages_fit_at_1280_1400_and_1920_px_and_say_sizes_and_ports() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_port = dead.local_addr().unwrap().port();
     drop(dead);
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "[[provider]]\nname = \"primary-relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {dead_port}\ntls = \"none\"\n\
@@ -921,7 +904,8 @@ async fn the_pages_fit_at_1280_1400_and_1920_px_and_say_sizes_and_ports() {
              per_minute_limit = 30\nper_day_recipient_limit = 10000\n\
              [[user]]\nname = \"accounts-payable\"\nmatch_senders = [\"*@ap.erp.local\"]\nprovider = \"backup-relay\"\n\
              [distributor]\ndefault_provider = \"primary-relay\"\n[notify]\nbounce = \"off\"\n",
-            common::plain_smtp("backup-relay", up.addr.port())),
+            common::plain_smtp("backup-relay", up.addr.port())
+        ),
     );
     let d = Daemon::start(env.config()).await.unwrap();
     let smtp = d.smtp_addrs[0];

@@ -50,8 +50,7 @@ fn lettre_client(addr: std::net::SocketAddr) -> AsyncSmtpTransport<Tokio1Executo
 
 #[tokio::test]
 async fn lettre_submission_lands_in_the_outbox_byte_for_byte() {
-    let env = TestEnv::new("", "");
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    let (env, daemon) = common::started("", "").await;
     let mut events = daemon.distributor.subscribe();
     let client = lettre_client(daemon.smtp_addrs[0]);
     let envelope = Envelope::new(
@@ -103,8 +102,7 @@ async fn lettre_submission_lands_in_the_outbox_byte_for_byte() {
 
 #[tokio::test]
 async fn missing_message_id_and_date_are_added() {
-    let env = TestEnv::new("", "");
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    let (env, daemon) = common::started("", "").await;
     let mut events = daemon.distributor.subscribe();
     let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
     s.cmd("EHLO c").await.unwrap();
@@ -134,8 +132,7 @@ async fn missing_message_id_and_date_are_added() {
 async fn concurrent_submissions_share_one_commit() {
     // Sending paused: a delivery's outcome would be another commit while the replies
     // are read.
-    let env = TestEnv::new("", "[distributor]\nenabled = false\n");
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    let (_env, daemon) = common::started("", "[distributor]\nenabled = false\n").await;
     let store = daemon.pipeline.store().clone();
     const N: usize = 10;
     // The start's own write (retention's first run) is done before the writer is held,
@@ -189,8 +186,7 @@ async fn concurrent_submissions_share_one_commit() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_get_421() {
-    let env = TestEnv::new("max_connections = 2", "");
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    let (_env, daemon) = common::started("max_connections = 2", "").await;
     let addr = daemon.smtp_addrs[0];
     let (_a, g1) = Smtp::connect(addr).await.unwrap();
     let (_b, g2) = Smtp::connect(addr).await.unwrap();
@@ -217,11 +213,10 @@ async fn connections_beyond_the_limit_get_421() {
 #[tokio::test]
 async fn listens_on_ipv4_and_ipv6() {
     let env = TestEnv::new("", "");
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "listen = [\"127.0.0.1:0\"]",
         "listen = [\"127.0.0.1:0\", \"[::1]:0\"]",
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let daemon = Daemon::start(env.config()).await.unwrap();
     assert_eq!(daemon.smtp_addrs.len(), 2);
     assert!(daemon.smtp_addrs[1].is_ipv6());
@@ -243,8 +238,7 @@ async fn listens_on_ipv4_and_ipv6() {
 
 #[tokio::test]
 async fn admin_api_serves_records_and_health() {
-    let env = TestEnv::new("", "");
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    let (env, daemon) = common::started("", "").await;
     let mut events = daemon.distributor.subscribe();
     let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
     s.cmd("EHLO erp01").await.unwrap();
@@ -323,8 +317,7 @@ async fn admin_api_serves_records_and_health() {
 
 #[tokio::test]
 async fn paused_distributor_queues_and_resume_sends() {
-    let env = TestEnv::new("", "[distributor]\nenabled = false\n");
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    let (env, daemon) = common::started("", "[distributor]\nenabled = false\n").await;
     let mut events = daemon.distributor.subscribe();
     let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
     s.cmd("EHLO c").await.unwrap();

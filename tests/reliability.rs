@@ -129,10 +129,7 @@ async fn fault_then_recovery(broken: Script, code: &str) {
     let up = Upstream::start(broken).await;
     let env = TestEnv::new("", "");
     relay_to(&env, &up);
-    let text = std::fs::read_to_string(&env.config_path)
-        .unwrap()
-        .replace("tls = \"none\"", "tls = \"none\"\ntimeout = \"1s\"");
-    std::fs::write(&env.config_path, text).unwrap();
+    env.edit_config("tls = \"none\"", "tls = \"none\"\ntimeout = \"1s\"");
     let daemon = Daemon::start(env.config()).await.unwrap();
     let mut events = daemon.distributor.subscribe();
     let id = submit(&daemon, "fault").await;
@@ -258,8 +255,7 @@ async fn slow_upstream_still_delivers() {
 
 #[tokio::test]
 async fn store_that_cannot_write_answers_451_and_recovers() {
-    let env = TestEnv::new("", "");
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    let (env, daemon) = common::started("", "").await;
     let store = daemon.pipeline.store().clone();
     let mut events = daemon.distributor.subscribe();
     let ok1 = submit(&daemon, "before").await;
@@ -316,10 +312,7 @@ async fn store_that_cannot_write_answers_451_and_recovers() {
 #[tokio::test]
 async fn low_disk_waits_at_the_door_with_452() {
     let env = TestEnv::new("", "");
-    let text = std::fs::read_to_string(&env.config_path)
-        .unwrap()
-        .replace("min_free_space = 0", "min_free_space = \"1000000GB\"");
-    std::fs::write(&env.config_path, text).unwrap();
+    env.edit_config("min_free_space = 0", "min_free_space = \"1000000GB\"");
     let daemon = Daemon::start(env.config()).await.unwrap();
     let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
     s.cmd("EHLO c").await.unwrap();
@@ -347,8 +340,7 @@ async fn fresh_client_served(daemon: &Daemon, n: usize) {
 
 #[tokio::test]
 async fn a_thousand_connections_past_the_limit() {
-    let env = TestEnv::new("max_connections = 50", "");
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    let (_env, daemon) = common::started("max_connections = 50", "").await;
     let addr = daemon.smtp_addrs[0];
     let mut conns = Vec::new();
     let mut refused = 0;
@@ -395,10 +387,7 @@ async fn a_thousand_connections_past_the_limit() {
 #[tokio::test]
 async fn slowloris_is_closed_at_idle_timeout() {
     let env = TestEnv::new("", "");
-    let text = std::fs::read_to_string(&env.config_path)
-        .unwrap()
-        .replace("idle_timeout = \"60s\"", "idle_timeout = \"1s\"");
-    std::fs::write(&env.config_path, text).unwrap();
+    env.edit_config("idle_timeout = \"60s\"", "idle_timeout = \"1s\"");
     let daemon = Daemon::start(env.config()).await.unwrap();
     let mut c = TcpStream::connect(daemon.smtp_addrs[0]).await.unwrap();
     // One byte of a command, then nothing.
@@ -419,8 +408,7 @@ async fn slowloris_is_closed_at_idle_timeout() {
 
 #[tokio::test]
 async fn binary_garbage_and_ten_megabytes_without_a_newline() {
-    let env = TestEnv::new("", "");
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    let (_env, daemon) = common::started("", "").await;
     // Garbage: replies are errors, the daemon stays up.
     let mut c = TcpStream::connect(daemon.smtp_addrs[0]).await.unwrap();
     let mut garbage = Vec::new();
@@ -473,8 +461,7 @@ async fn binary_garbage_and_ten_megabytes_without_a_newline() {
 
 #[tokio::test]
 async fn smuggling_over_a_real_socket_stays_one_message() {
-    let env = TestEnv::new("", "");
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    let (_env, daemon) = common::started("", "").await;
     for variant in [&b"\n.\n"[..], b"\n.\r\n", b"\r.\r\n", b"\r\n.\n"] {
         let mut c = TcpStream::connect(daemon.smtp_addrs[0]).await.unwrap();
         let mut input = b"EHLO x\r\nMAIL FROM:<a@erp.local>\r\nRCPT TO:<b@contoso.com>\r\nDATA\r\nSubject: legit\r\n\r\nhello".to_vec();
@@ -504,11 +491,11 @@ async fn smuggling_over_a_real_socket_stays_one_message() {
 #[tokio::test]
 async fn connection_rate_per_address_outside_allowed_networks() {
     // 127.0.0.1 outside allowed_networks: the fourth connection in a minute is refused.
-    let env = TestEnv::new(
+    let (_env, daemon) = common::started(
         "connection_rate_limit = 3\nallowed_networks = [\"10.0.0.0/8\"]",
         "",
-    );
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    )
+    .await;
     let mut greetings = Vec::new();
     for _ in 0..4 {
         let (_s, g) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
@@ -524,8 +511,7 @@ async fn connection_rate_per_address_outside_allowed_networks() {
     );
     daemon.shutdown().await;
     // Inside allowed_networks there is no such limit.
-    let env = TestEnv::new("connection_rate_limit = 3", "");
-    let daemon = Daemon::start(env.config()).await.unwrap();
+    let (_env, daemon) = common::started("connection_rate_limit = 3", "").await;
     for _ in 0..10 {
         let (_s, g) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
         assert!(g.starts_with("220 "), "{g}");

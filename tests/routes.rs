@@ -484,12 +484,7 @@ async fn a_reload_applies_chain_changes_to_waiting_and_new_mail() {
              [[route]]\nname = \"contoso\"\nrecipients = [\"*@contoso.com\"]\nproviders = [\"two\"]\n"
         ),
     );
-    let resp = common::http()
-        .post(format!("http://{}/api/reload", d.status))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let resp = common::post_action(format!("http://{}/api/reload", d.status)).await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let (code, out, err) = cli(&env, &["retry", &held]);
     assert_eq!(code, 0, "{out}{err}");

@@ -106,12 +106,7 @@ fn link(env: &TestEnv, name: &str) -> std::path::PathBuf {
 }
 
 async fn record(status: u16, id: &str) -> serde_json::Value {
-    common::get(format!("http://127.0.0.1:{status}/api/messages/{id}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::json_at(format!("http://127.0.0.1:{status}/api/messages/{id}")).await
 }
 
 fn accepted_id(d: &mut DaemonProcess, n: usize) -> String {
@@ -243,20 +238,14 @@ async fn exit_codes_follow_sendmail() {
     exits(&o, 65);
     said(&o, "single label domain");
     // The daemon refuses the message for good: 65 and its words on stderr.
-    let text = std::fs::read_to_string(&env.config_path)
-        .unwrap()
-        .replace("[store]", "max_message_size = 100\n[store]");
-    std::fs::write(&env.config_path, text).unwrap();
+    env.edit_config("[store]", "max_message_size = 100\n[store]");
     let mut d = DaemonProcess::start(&env.config_path);
     let o = run(&sendmail, &["a@example.com"], &env, &b"y".repeat(500));
     exits(&o, 65);
     said(&o, "552 5.3.4");
     assert_eq!(d.terminate().code(), Some(0));
     // Neither the daemon nor the maildrop: 75.
-    let text = std::fs::read_to_string(&env.config_path)
-        .unwrap()
-        .replace("data/mailgate.redb", "nodir/sub/mailgate.redb");
-    std::fs::write(&env.config_path, text).unwrap();
+    env.edit_config("data/mailgate.redb", "nodir/sub/mailgate.redb");
     std::fs::write(
         env.dir.path().join("nodir"),
         b"a file where the directory should be",

@@ -286,8 +286,7 @@ async fn five_stalls_in_a_row_do_not_stop_the_provider() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_attempt_is_visible_and_sigterm_still_ends_the_daemon() {
     let upstream = Upstream::start(plain().stall("end")).await;
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "{}timeout = \"60s\"\n\

@@ -35,8 +35,7 @@ fn outcome(d: &mut DaemonProcess, id: &str, status: &str, within: Duration) -> s
 /// message is deferred within the bound with `diagnosis` and a reply containing `names`;
 /// once `hostile` answers, the next message is sent.
 async fn stalls_then_recovers(providers: &str, hostile: &Hostile, diagnosis: &str, names: &str) {
-    let env = TestEnv::new("", "");
-    env.write_config("", providers);
+    let env = TestEnv::new("", providers);
     let mut d = DaemonProcess::start(&env.config_path);
     let started = Instant::now();
     let id = submit(&d).await;
@@ -122,8 +121,7 @@ async fn a_trickling_graph_endpoint_is_bounded() {
 /// to its share, mail goes, and `/status` says the fleet store is down.
 async fn redis_case(mode: Mode) {
     let redis = Hostile::start(mode, b"+OK\r\n".to_vec()).await;
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "[fleet]\nredis_url = \"redis://{}/0\"\nnode = \"n1\"\nexpected_nodes = 1\n",
@@ -145,12 +143,7 @@ async fn redis_case(mode: Mode) {
         "{:?}",
         started.elapsed()
     );
-    let status: serde_json::Value = common::get(format!("http://{}/status", d.status))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = common::json_at(format!("http://{}/status", d.status)).await;
     assert_eq!(status["fleet"]["store"], "down", "{status:#}");
     assert!(redis.connections.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }

@@ -22,7 +22,7 @@ fn tls_daemon(ca: &TestCa) -> (TestEnv, DaemonProcess, u16) {
     std::fs::write(dir.join("status.key"), key).unwrap();
     std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
     let port = free_port();
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "[status]\nlisten = \"127.0.0.1:0\"\n",
         &format!(
             "[status]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
@@ -31,7 +31,6 @@ fn tls_daemon(ca: &TestCa) -> (TestEnv, DaemonProcess, u16) {
             dir.join("status.key").display()
         ),
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let d = DaemonProcess::start(&env.config_path);
     (env, d, port)
 }
@@ -109,14 +108,13 @@ async fn the_cli_the_api_and_the_cookie_over_tls() {
     // Plain HTTP on loopback: no Secure.
     let env = TestEnv::new("", "");
     std::fs::write(env.dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+    env.edit_config(
         "[status]\nlisten = \"127.0.0.1:0\"\n",
         &format!(
             "[status]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
             env.dir.path().join("admin.token").display()
         ),
     );
-    std::fs::write(&env.config_path, text).unwrap();
     let d = DaemonProcess::start(&env.config_path);
     let plain = common::no_redirects();
     let cookie = signin_cookie(&plain, &format!("http://{}", d.status), TOKEN).await;

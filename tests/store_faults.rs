@@ -196,10 +196,7 @@ async fn a_damaged_body_is_never_relayed_and_the_rest_goes_on() {
     );
 
     write_relay(&env, up.addr.port(), true);
-    let text = std::fs::read_to_string(&env.config_path)
-        .unwrap()
-        .replace("per_minute_limit = 30", "per_minute_limit = 0");
-    std::fs::write(&env.config_path, text).unwrap();
+    env.edit_config("per_minute_limit = 30", "per_minute_limit = 0");
     let mut d = DaemonProcess::start(&env.config_path);
     d.wait_sent(std::slice::from_ref(&good), WAIT);
     let line = d.wait_log(
@@ -338,14 +335,7 @@ async fn a_store_file_deleted_under_the_daemon_stops_acknowledgements() {
     )
     .await;
     std::fs::remove_file(env.dir.path().join("data/mailgate.redb")).unwrap();
-    let line = d.wait_log(
-        |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("the store file was deleted"))
-        },
-        Duration::from_secs(10),
-    );
+    let line = d.wait_message_starting("the store file was deleted", Duration::from_secs(10));
     assert!(
         line["open_file"].as_str().unwrap().starts_with("/proc/"),
         "{line}"
@@ -376,14 +366,7 @@ async fn after_a_crash_the_integrity_check_runs_and_is_logged() {
     .await;
     d.kill();
     let mut d = DaemonProcess::start(&env.config_path);
-    let line = d.wait_log(
-        |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("the store was not closed cleanly"))
-        },
-        WAIT,
-    );
+    let line = d.wait_message_starting("the store was not closed cleanly", WAIT);
     assert!(
         line["message"]
             .as_str()
@@ -408,10 +391,7 @@ async fn after_a_crash_the_integrity_check_runs_and_is_logged() {
 async fn a_read_that_panics_inside_the_store_is_contained_once() {
     let up = Upstream::start(Script::default()).await;
     let env = relay_env(up.addr.port(), true);
-    let text = std::fs::read_to_string(&env.config_path)
-        .unwrap()
-        .replace("per_minute_limit = 30", "per_minute_limit = 0");
-    std::fs::write(&env.config_path, text).unwrap();
+    env.edit_config("per_minute_limit = 30", "per_minute_limit = 0");
     let mut cmd = Command::new(bin());
     cmd.env("MAILGATE_FAULT_STORE_READ_PANIC", "PANIC-ON-THIS-PAGE");
     let mut d = DaemonProcess::start_with(&env.config_path, cmd);

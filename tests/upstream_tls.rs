@@ -22,8 +22,7 @@ async fn upstream(cert: &str, key: &str) -> Upstream {
 
 /// `mailgate verify --provider up` against `up` with these provider lines.
 async fn verify(up: &Upstream, extra: &str) -> (i32, String) {
-    let env = TestEnv::new("", "");
-    env.write_config(
+    let env = TestEnv::new(
         "",
         &format!(
             "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\n{extra}\n",
@@ -108,29 +107,24 @@ async fn a_self_signed_certificate_made_with_openssl_is_trusted_in_ca_file() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=relay.internal",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&k)
-        .arg("-out")
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
+    let _ok = common::succeeded(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=relay.internal",
+            ])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&k)
+            .arg("-out")
+            .arg(&c),
     );
     let (cert, key) = (
         std::fs::read_to_string(&c).unwrap(),

@@ -105,7 +105,7 @@ pub fn history_table(records: &[Record]) -> String {
             let from = if r.sender.is_empty() { "<>" } else { &r.sender };
             [
                 r.id.clone(),
-                r.received_at.clone(),
+                r.received_at.to_string(),
                 r.status.as_str().to_string(),
                 cut(from, MAX_ADDRESS_COLUMN),
                 cut(&to, MAX_ADDRESS_COLUMN),

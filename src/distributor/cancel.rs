@@ -58,7 +58,7 @@ impl Distributor {
                 record.status.as_str(),
             ));
         }
-        let at = crate::time::rfc3339(self.now());
+        let at = crate::time::Stamp::at_ms(self.now());
         for r in record
             .recipients
             .iter_mut()

@@ -398,7 +398,7 @@ impl Distributor {
         record.status = Status::Failed;
         record.next_attempt_at = None;
         record.attempts.push(crate::history::Attempt {
-            at: crate::time::rfc3339(now),
+            at: crate::time::Stamp::at_ms(now),
             provider: record.provider.clone(),
             reply: e.to_string(),
             diagnosis: Some(Code::StoreDamaged.diagnosis()),

@@ -11,7 +11,6 @@ use crate::config::{BounceMode, Config};
 use crate::history::{NoticeKind, NoticeLink, Recipient, Record, Status};
 use crate::notify;
 use crate::store::Mutation;
-use crate::time::rfc3339;
 
 /// `[notify]` as the distributor uses it.
 #[derive(Debug, Clone, Default)]
@@ -156,7 +155,7 @@ impl Distributor {
             }),
             ..Record::queued(
                 id.clone(),
-                rfc3339(now),
+                crate::time::Stamp::at_ms(now),
                 crate::history::OWN_CLIENT.into(),
                 from,
                 vec![Recipient::queued(to.clone(), Some(false), Some(first))],
@@ -226,7 +225,7 @@ impl Distributor {
             pinned: true,
             ..Record::queued(
                 id.clone(),
-                rfc3339(now),
+                crate::time::Stamp::at_ms(now),
                 crate::history::OWN_CLIENT.into(),
                 from,
                 vec![Recipient::queued(

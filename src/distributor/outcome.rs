@@ -7,7 +7,7 @@ use crate::diagnosis::Code;
 use crate::history::{Attempt, Diagnosis, Record, Status, WaitReason, Waiting};
 use crate::provider::{Fate, Outcome, RcptResult};
 use crate::store::Mutation;
-use crate::time::{MINUTE_MS, Stamp, rfc3339};
+use crate::time::{MINUTE_MS, Stamp};
 
 use super::retry::RetryPolicy;
 
@@ -112,7 +112,7 @@ pub fn apply_outcome(
     retry: &RetryPolicy,
     now: u64,
 ) -> Settled {
-    let at = rfc3339(now);
+    let at = Stamp::at_ms(now);
     let unavailable = outcome.unavailable();
     let sent_before = sent_count(&record);
     let (reply, results, retry_after) = fates(&record, step.rcpts, outcome);
@@ -301,7 +301,7 @@ pub fn refresh(record: &mut Record, now: u64) -> Option<u64> {
         .filter(|r| r.status == Status::Sent)
         .count();
     if sent > 0 && record.sent_at.is_none() {
-        record.sent_at = Some(rfc3339(now));
+        record.sent_at = Some(Stamp::at_ms(now));
     }
     let next = record
         .recipients
@@ -407,7 +407,7 @@ pub fn throttled(record: &mut Record, rcpts: &[String], until: u64, now: u64) ->
 /// failover), else waits until `until`. Returns the record's due time.
 pub fn quota_spent(record: &mut Record, step: Step<'_>, now: u64, until: u64, limit: u32) -> u64 {
     record.attempts.push(Attempt {
-        at: rfc3339(now),
+        at: Stamp::at_ms(now),
         provider: step.provider.to_string(),
         reply: format!(
             "not sent: the provider's daily limit of {limit} recipients in 24 hours is reached (mailgate's own per_day_recipient_limit)"
@@ -450,7 +450,7 @@ mod tests {
             provider: "m365".into(),
             ..Record::queued(
                 ulid::Ulid::from_parts(now, 1).to_string(),
-                rfc3339(now),
+                Stamp::at_ms(now),
                 "127.0.0.1:1".into(),
                 "a@b.c".into(),
                 rcpts
@@ -533,7 +533,7 @@ mod tests {
         };
         let mut before = record(NOW, &["a@example.com"]);
         before.attempts.push(Attempt {
-            at: rfc3339(NOW),
+            at: Stamp::at_ms(NOW),
             provider: "m365".into(),
             reply: "connection refused".into(),
             diagnosis: Some(Code::ConnectionFailed.diagnosis()),

@@ -226,11 +226,7 @@ fn person_part(f: &Facts<'_>, rcpts: &[&crate::history::Recipient], received_ms:
 /// The part a program reads (RFC 3464 section 2): one block per recipient.
 fn status_part(f: &Facts<'_>, rcpts: &[&crate::history::Recipient], received_ms: u64) -> String {
     let r = f.record;
-    let last_attempt_ms = r
-        .attempts
-        .last()
-        .and_then(|a| crate::time::parse_rfc3339(&a.at))
-        .unwrap_or(f.now_ms);
+    let last_attempt_ms = r.attempts.last().map_or(f.now_ms, |a| a.at.ms());
     let mut status = format!(
         "Reporting-MTA: dns; {}\r\nX-Mailgate-Queue-ID: {}\r\nArrival-Date: {}\r\n",
         f.hostname,

@@ -121,6 +121,52 @@ pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Respons
     http().get(url).send().await
 }
 
+/// GETs `url` with the admin token and reads the answer as JSON.
+pub async fn json_at<T: serde::de::DeserializeOwned>(url: impl reqwest::IntoUrl) -> T {
+    http().get(url).fetch().await
+}
+
+/// GETs `url` with the admin token and reads the answer as text.
+pub async fn text_at(url: impl reqwest::IntoUrl) -> String {
+    http().get(url).fetch_text().await
+}
+
+/// GETs `url` with the admin token and reads the answer's bytes.
+pub async fn bytes_at(url: impl reqwest::IntoUrl) -> Vec<u8> {
+    get(url).await.unwrap().bytes().await.unwrap().to_vec()
+}
+
+/// POSTs an admin action (`{}`) to `url` with the admin token: the answer.
+pub async fn post_action(url: impl reqwest::IntoUrl) -> reqwest::Response {
+    http()
+        .post(url)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Runs `cmd` and asserts it succeeded (its stderr is the message when it did not).
+pub fn succeeded(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{:?}: {e}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd.get_program(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A [`TestEnv`] (see [`TestEnv::new`]) and the daemon started in-process on it.
+pub async fn started(extra_smtp: &str, extra: &str) -> (TestEnv, mailgate::Daemon) {
+    let env = TestEnv::new(extra_smtp, extra);
+    let daemon = mailgate::Daemon::start(env.config()).await.unwrap();
+    (env, daemon)
+}
+
 /// A temp dir with a config that listens on port 0 everywhere and writes to `outbox/`.
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
@@ -154,6 +200,13 @@ impl TestEnv {
             d.join("outbox").display()
         );
         std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    /// Replaces `from` with `to` in the configuration file (which must hold it).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        assert!(text.contains(from), "{from:?} is not in {text}");
+        std::fs::write(&self.config_path, text.replace(from, to)).unwrap();
     }
 
     pub fn config(&self) -> mailgate::config::Config {
@@ -287,6 +340,14 @@ impl DaemonProcess {
                 Err(e) => panic!("log line not seen ({e:?}); log so far: {:#?}", self.seen),
             }
         }
+    }
+
+    /// Waits for a log line whose message starts with `prefix`.
+    pub fn wait_message_starting(&mut self, prefix: &str, timeout: Duration) -> serde_json::Value {
+        self.wait_log(
+            |v| v["message"].as_str().is_some_and(|m| m.starts_with(prefix)),
+            timeout,
+        )
     }
 
     /// Ids with a `delivery` line of status `sent`, after waiting for `n` of them.

@@ -109,7 +109,7 @@ fn alert_row(c: crate::alerts::Condition) -> (String, String, String) {
     (
         c.event.to_string(),
         c.summary,
-        super::shown_time(&crate::time::rfc3339(c.since_ms)),
+        super::shown_time(crate::time::rfc3339(c.since_ms)),
     )
 }
 
@@ -243,7 +243,7 @@ fn provider_row(p: &ProviderView) -> ProviderRow {
             (None, _) => String::new(),
         };
         let token = match (t.valid, &t.last_error) {
-            (true, _) => format!("valid until {}", super::shown_time(&exp)),
+            (true, _) => format!("valid until {}", super::shown_time(exp)),
             (false, Some(e)) => format!("no valid token: {e}"),
             (false, None) => "not fetched yet".into(),
         };
@@ -266,7 +266,7 @@ fn provider_row(p: &ProviderView) -> ProviderRow {
             .stats
             .last_error
             .as_ref()
-            .map(|(_, at)| super::shown_time(&crate::time::rfc3339(*at)))
+            .map(|(_, at)| super::shown_time(crate::time::rfc3339(*at)))
             .unwrap_or_default(),
         token,
         path: enc(&p.name),
@@ -279,7 +279,7 @@ fn provider_row(p: &ProviderView) -> ProviderRow {
         },
         circuit_until: match p.circuit {
             (CircuitState::Open, until) => {
-                super::shown_time(&crate::time::rfc3339(until.unwrap_or(0)))
+                super::shown_time(crate::time::rfc3339(until.unwrap_or(0)))
             }
             _ => String::new(),
         },

@@ -221,7 +221,7 @@ fn row(r: &Record) -> Row {
     }
     Row {
         id: r.id.clone(),
-        received: super::shown_time(&r.received_at),
+        received: super::shown_time(r.received_at),
         status: r.status.as_str(),
         sender: r.sender.clone(),
         original: r.original_sender.clone(),
@@ -238,7 +238,7 @@ fn row(r: &Record) -> Row {
             .waiting
             .as_ref()
             .and_then(|w| w.until)
-            .map(|t| super::shown_time(&t.to_string()))
+            .map(|t| super::shown_time(t.to_string()))
             .unwrap_or_default(),
         node: String::new(),
         href: format!("/messages/{}", enc(&r.id)),

@@ -230,7 +230,7 @@ fn recipient_rows(record: &Record) -> Vec<(String, &'static str, String, String)
 impl From<&crate::history::Attempt> for AttemptView {
     fn from(a: &crate::history::Attempt) -> Self {
         AttemptView {
-            at: super::shown_time(&a.at),
+            at: super::shown_time(a.at),
             provider: a.provider.clone(),
             reply: a.reply.clone(),
             diagnosis: a.diagnosis.as_ref().map(DiagnosisView::from),
@@ -260,12 +260,12 @@ fn render(
         waiting: record
             .waiting
             .as_ref()
-            .map(|w| w.words_with(super::shown_time)),
+            .map(|w| w.words_with(|t| super::shown_time(t))),
         cancellable: !record.status.is_finished(),
         cancelled: record
             .cancelled
             .as_ref()
-            .map(|c| format!("Cancelled at {} by {}", super::shown_time(&c.at), c.by)),
+            .map(|c| format!("Cancelled at {} by {}", super::shown_time(c.at), c.by)),
         // Every page is behind the sign-in: Sign out is always offered.
         signed_in: true,
         csrf: state.pages.csrf_of(headers),
@@ -277,7 +277,7 @@ fn render(
         auth_login: record.auth_login.clone().unwrap_or_else(|| "none".into()),
         user: record.user.clone().unwrap_or_else(|| "none".into()),
         message_id: record.message_id.clone().unwrap_or_default(),
-        received: super::shown_time(&record.received_at),
+        received: super::shown_time(record.received_at),
         retryable: matches!(
             record.status,
             Status::Failed | Status::Deferred | Status::Partial

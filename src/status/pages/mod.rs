@@ -234,8 +234,8 @@ pub(super) fn code_spans(text: &str) -> Vec<(bool, String)> {
 }
 
 /// An RFC 3339 UTC time as the pages show it: `2026-12-03 10:00:02 UTC`.
-pub(super) fn shown_time(rfc3339: &str) -> String {
-    rfc3339.replace('T', " ").replace('Z', " UTC")
+pub(super) fn shown_time(rfc3339: impl std::fmt::Display) -> String {
+    rfc3339.to_string().replace('T', " ").replace('Z', " UTC")
 }
 
 /// A shown time as HTML that may wrap between its date and its clock and never inside

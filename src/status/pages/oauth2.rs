@@ -340,7 +340,7 @@ fn render(state: &Ctx, headers: &HeaderMap, name: String, s: Progress) -> Respon
             page.verification_uri = verification_uri;
             page.user_code = user_code;
             page.message = message.unwrap_or_default();
-            page.expires_at = super::shown_time(&rfc3339(expires_at_ms));
+            page.expires_at = super::shown_time(rfc3339(expires_at_ms));
         }
         Progress::ToPlatform { url } => page.to_platform = Some(url),
         Progress::Done { account, released } => {
