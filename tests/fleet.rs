@@ -980,12 +980,7 @@ async fn every_node_answers_for_the_fleets_history() {
     // A stops: named unreachable, B's and C's records still listed.
     assert_eq!(nodes[0].1.terminate().code(), Some(0));
     let view = fleet_list(&nodes[1].1, key, "limit=500").await;
-    let names: Vec<&str> = view["unreachable"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["node"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = common::strs(&view["unreachable"], "node");
     assert!(names.contains(&"a"), "{view:#}");
     let from_a = view["messages"]
         .as_array()

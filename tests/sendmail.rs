@@ -172,12 +172,7 @@ async fn cron_and_php_style_mail_reaches_the_history() {
     d.wait_sent(std::slice::from_ref(&id), WAIT);
     let rec = record(status, &id).await;
     assert_eq!(rec["original_sender"], "www@shop.example");
-    let rcpts: Vec<&str> = rec["recipients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["address"].as_str().unwrap())
-        .collect();
+    let rcpts: Vec<&str> = common::strs(&rec["recipients"], "address");
     assert_eq!(
         rcpts,
         ["b@example.com", "secret@example.com"],

@@ -71,6 +71,19 @@ pub async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> ser
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// The string `key` of every entry of the JSON array `list`.
+pub fn strs<'a>(list: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .map(|v| {
+            v[key]
+                .as_str()
+                .unwrap_or_else(|| panic!("no string {key}: {v}"))
+        })
+        .collect()
+}
+
 /// The entry of provider `name` in a `/status` answer.
 pub fn provider_in<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["providers"]
