@@ -98,16 +98,15 @@ fn fleet_provider(status: &serde_json::Value, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no fleet figures for {name}: {status}"))
 }
 
-/// How many log lines with this message a node has written so far.
-fn logged(d: &mut DaemonProcess, message: &str) -> usize {
-    d.drain();
-    d.seen.iter().filter(|v| v["message"] == message).count()
-}
-
 /// Waits (bounded) until these nodes together have logged `message` `n` times.
 async fn until_logged(ds: &mut [&mut DaemonProcess], message: &str, n: usize, what: &str) {
     tokio::time::timeout(WAIT, async {
-        while ds.iter_mut().map(|d| logged(d, message)).sum::<usize>() < n {
+        while ds
+            .iter_mut()
+            .map(|d| d.count_logged(message))
+            .sum::<usize>()
+            < n
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -328,7 +327,7 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
         "the shared window knows the six: {p}"
     );
     // A new message now waits: the mailbox's minute is used.
-    let before = logged(&mut nodes[1].1, "throttled");
+    let before = nodes[1].1.count_logged("throttled");
     submit_to(
         nodes[1].1.smtp,
         "erp@erp.local",
@@ -739,8 +738,7 @@ async fn a_tls_redis_is_used_through_its_ca_file() {
 async fn every_node_answers_for_the_fleets_history() {
     let Some(redis) = Redis::start() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("admin.token");
-    std::fs::write(&token, "fleet-secret-0123456789\n").unwrap();
+    let token = common::token_file(dir.path(), "fleet-secret-0123456789");
     let secret = fleet_secret(dir.path(), "fleet.secret", "shared-by-a-b-and-c ");
     let mut nodes: Vec<_> = ["a", "b", "c"]
         .iter()
@@ -1058,13 +1056,7 @@ async fn the_fleet_view_in_a_browser() {
     let c = driver.browser().await;
     let base = format!("http://{}", b.status);
     c.goto(&format!("{base}/messages")).await.unwrap();
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(key)
-        .await
-        .unwrap();
-    click(&c, "#signin").await;
+    common::browser::submit_token(&c, key).await;
     c.goto(&format!("{base}/messages")).await.unwrap();
     c.find(Locator::Css("#search"))
         .await

@@ -327,8 +327,7 @@ async fn a_node_added_through_redis_is_never_called_and_no_call_carries_the_toke
 async fn a_peer_call_is_refused_when_replayed_stale_forged_or_beyond_its_rights() {
     let Some(redis) = Redis::start() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("admin.token");
-    std::fs::write(&token, "admin-token-0123456789\n").unwrap();
+    let token = common::token_file(dir.path(), "admin-token-0123456789");
     let secret_file = fleet_secret(dir.path(), "fleet.secret", "peer-calls ");
     let secret = secret_of(&secret_file);
     let (env, a) = viewing_node(&redis, "a", &token, &secret_file);
@@ -627,8 +626,7 @@ async fn the_fleet_view_over_https_between_nodes() {
     let ca = TestCa::new("fleet CA");
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
-    let token = dir.path().join("admin.token");
-    std::fs::write(&token, "tls-admin-token-0123456789\n").unwrap();
+    let token = common::token_file(dir.path(), "tls-admin-token-0123456789");
     let secret = fleet_secret(dir.path(), "fleet.secret", "over-tls ");
     let mut nodes = Vec::new();
     for name in ["a", "b"] {
@@ -701,14 +699,7 @@ async fn the_fleet_view_over_https_between_nodes() {
     assert_eq!(eml.headers()["x-mailgate-node"], "a");
     assert!(eml.text().await.unwrap().contains("Subject: over TLS"));
     // Plain HTTP to the TLS listener: no HTTP answer.
-    let plain = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap()
-        .get(format!("http://{b}/healthz"))
-        .send()
-        .await;
-    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    common::plain_http_refused(&format!("http://{b}/healthz")).await;
 }
 
 /// `check-config` refuses what would open the fleet: a `status_url` over plain HTTP to

@@ -273,25 +273,10 @@ async fn with_a_token_the_pages_ask_for_it_once_and_posts_need_the_csrf_token() 
     let c = driver.browser().await;
 
     c.goto(&format!("{base}/messages")).await.unwrap();
-    assert!(
-        c.current_url().await.unwrap().as_str().ends_with("/signin"),
-        "asked to sign in"
-    );
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys("wrong")
-        .await
-        .unwrap();
-    click(&c, "#signin").await;
+    common::browser::asked_to_sign_in(&c).await;
+    common::browser::submit_token(&c, "wrong").await;
     assert!(text(&c, "main").await.contains("not the admin token"));
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys("s3cret-admin-token")
-        .await
-        .unwrap();
-    click(&c, "#signin").await;
+    common::browser::submit_token(&c, "s3cret-admin-token").await;
     assert!(text(&c, "h1").await.contains("Batch email sending status"));
     let cookie = c.get_named_cookie("mailgate_session").await.unwrap();
     assert_eq!(cookie.http_only(), Some(true));

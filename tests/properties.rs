@@ -62,6 +62,26 @@ fn name_of(field: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// A message of these header fields and this body (its line ends made CRLF, as stored):
+/// the header block, the body and the whole.
+fn message_of(hdrs: &[(String, String)], body: &[u8]) -> (String, Vec<u8>, Vec<u8>) {
+    let body: Vec<u8> = body
+        .iter()
+        .flat_map(|&b| {
+            if b == b'\n' || b == b'\r' {
+                b"\r\n".to_vec()
+            } else {
+                vec![b]
+            }
+        })
+        .collect();
+    let head: String = hdrs.iter().map(|(n, v)| format!("{n}:{v}\r\n")).collect();
+    let mut input = head.clone().into_bytes();
+    input.extend_from_slice(b"\r\n");
+    input.extend_from_slice(&body);
+    (head, body, input)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -70,15 +90,7 @@ proptest! {
         hdrs in proptest::collection::vec(field(), 0..8),
         body in proptest::collection::vec(any::<u8>(), 0..300),
     ) {
-        // Bodies use CRLF line ends, as stored.
-        let body: Vec<u8> = body.iter().flat_map(|&b| if b == b'\n' || b == b'\r' { b"\r\n".to_vec() } else { vec![b] }).collect();
-        let mut head = String::new();
-        for (n, v) in &hdrs {
-            head.push_str(&format!("{n}:{v}\r\n"));
-        }
-        let mut input = head.clone().into_bytes();
-        input.extend_from_slice(b"\r\n");
-        input.extend_from_slice(&body);
+        let (head, body, input) = message_of(&hdrs, &body);
         let out = rewrite(&input, &plan());
         // The body is byte for byte the same.
         prop_assert!(out.ends_with(&body));
@@ -98,14 +110,7 @@ proptest! {
         hdrs in proptest::collection::vec(field(), 0..8),
         body in proptest::collection::vec(any::<u8>(), 0..300),
     ) {
-        let body: Vec<u8> = body.iter().flat_map(|&b| if b == b'\n' || b == b'\r' { b"\r\n".to_vec() } else { vec![b] }).collect();
-        let mut head = String::new();
-        for (n, v) in &hdrs {
-            head.push_str(&format!("{n}:{v}\r\n"));
-        }
-        let mut input = head.clone().into_bytes();
-        input.extend_from_slice(b"\r\n");
-        input.extend_from_slice(&body);
+        let (head, body, input) = message_of(&hdrs, &body);
         let config = mailgate::config::Config::parse(
             "[rewrite]\ndefault_sender = \"billing@contoso.com\"\n[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\n",
             std::path::Path::new("p.toml"),

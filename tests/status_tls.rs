@@ -6,10 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::browser::{Driver, click, text};
+use common::browser::{Driver, text};
 use common::upstream::TestCa;
 use common::{DaemonProcess, TestEnv, free_port};
-use fantoccini::Locator;
 
 const TOKEN: &str = "status-tls-admin-token-0123";
 
@@ -68,14 +67,7 @@ async fn the_cli_the_api_and_the_cookie_over_tls() {
     let (code, out, err) = common::cli(&env, &["queue"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("queued"), "{out}");
-    let plain = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap()
-        .get(format!("http://127.0.0.1:{port}/healthz"))
-        .send()
-        .await;
-    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    common::plain_http_refused(&format!("http://127.0.0.1:{port}/healthz")).await;
     let cookie = signin_cookie(&client, &base, TOKEN).await;
     assert!(cookie.contains("; Secure"), "{cookie}");
     assert!(
@@ -134,17 +126,8 @@ async fn signing_in_over_tls_in_chromium() {
     c.goto(&format!("https://127.0.0.1:{port}/messages"))
         .await
         .unwrap();
-    assert!(
-        c.current_url().await.unwrap().as_str().ends_with("/signin"),
-        "asked to sign in"
-    );
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
-    click(&c, "#signin").await;
+    common::browser::asked_to_sign_in(&c).await;
+    common::browser::submit_token(&c, TOKEN).await;
     assert!(text(&c, "h1").await.contains("Batch email sending status"));
     let cookie = c.get_named_cookie("mailgate_session").await.unwrap();
     assert_eq!(cookie.secure(), Some(true));

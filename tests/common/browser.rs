@@ -121,11 +121,24 @@ pub async fn text(c: &Client, css: &str) -> String {
 /// an admin token, so every page asks for it once).
 pub async fn signin(c: &Client, base: &str) {
     c.goto(&format!("{base}/signin")).await.unwrap();
+    submit_token(c, super::TEST_TOKEN).await;
+}
+
+/// Types `token` into the sign-in page shown and submits it.
+pub async fn submit_token(c: &Client, token: &str) {
     c.find(Locator::Css("#token"))
         .await
         .unwrap()
-        .send_keys(super::TEST_TOKEN)
+        .send_keys(token)
         .await
         .unwrap();
     click(c, "#signin").await;
+}
+
+/// Asserts the browser was sent to the sign-in page.
+pub async fn asked_to_sign_in(c: &Client) {
+    assert!(
+        c.current_url().await.unwrap().as_str().ends_with("/signin"),
+        "asked to sign in"
+    );
 }

@@ -119,11 +119,7 @@ impl Identity {
             .route("/o/oauth2/v2/auth", get(authorize))
             .route("/revoke", post(revoke))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = super::serve(app).await;
         Identity { addr, state }
     }
 

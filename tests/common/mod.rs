@@ -84,6 +84,35 @@ pub fn strs<'a>(list: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// Serves `app` on a free 127.0.0.1 port until the test ends: its address.
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// Asserts that plain HTTP to `url` (a TLS listener) gets no successful answer.
+pub async fn plain_http_refused(url: &str) {
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
+
+/// `admin.token` holding `token` in `dir`: its path.
+pub fn token_file(dir: &Path, token: &str) -> PathBuf {
+    let path = dir.join("admin.token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    path
+}
+
 /// The entry of provider `name` in a `/status` answer.
 pub fn provider_in<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["providers"]
@@ -353,6 +382,12 @@ impl DaemonProcess {
                 Err(e) => panic!("log line not seen ({e:?}); log so far: {:#?}", self.seen),
             }
         }
+    }
+
+    /// How many log lines with this message the daemon has written so far.
+    pub fn count_logged(&mut self, message: &str) -> usize {
+        self.drain();
+        self.seen.iter().filter(|v| v["message"] == message).count()
     }
 
     /// Waits for a log line whose message starts with `prefix`.

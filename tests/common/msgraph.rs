@@ -127,11 +127,7 @@ impl MockMicrosoft {
             // Graph's own limits are checked in the handlers (4 MB per request).
             .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = super::serve(app).await;
         MockMicrosoft { addr, state }
     }
 
