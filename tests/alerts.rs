@@ -553,12 +553,37 @@ async fn the_store_alert_fires_when_space_runs_short_and_resolves() {
     }
 }
 
+/// A stored sign-in of `account` at `provider`, made at `at` and last used at `used`.
+fn signed_in(
+    secrets: &mailgate::secrets::SecretStore,
+    provider: &str,
+    account: &str,
+    at: u64,
+    used: u64,
+) {
+    use mailgate::provider::oauth2::signin::{self, SignIn};
+    signin::save(
+        secrets,
+        &secrets.lock().unwrap(),
+        provider,
+        &SignIn {
+            refresh_token: format!("rt-{provider}"),
+            previous: None,
+            account: Some(account.into()),
+            signed_in_ms: at,
+            last_used_ms: used,
+            renewed_ms: at,
+            refused: None,
+        },
+    )
+    .unwrap();
+}
+
 /// `sign-in-expiring` for a delegated sign-in unused for 80 days (Microsoft's refresh
 /// tokens age out after 90 days of inactivity) whose renewal cannot reach the platform,
 /// and for a Google app in "Testing" whose refresh tokens end 7 days after issue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_idle_for_80_days_fires_sign_in_expiring() {
-    use mailgate::provider::oauth2::signin::{self, SignIn};
     let (rx, addr) = Receiver::start().await;
     let dead = common::free_port();
     let env = TestEnv::new("", "");
@@ -578,39 +603,23 @@ async fn a_sign_in_idle_for_80_days_fires_sign_in_expiring() {
     let secrets = mailgate::secrets::SecretStore::beside(&config.store.path);
     let day = 86_400_000;
     let idle_since = mailgate::time::now_ms() - 80 * day;
-    signin::save(
+    signed_in(
         &secrets,
-        &secrets.lock().unwrap(),
         "outlook",
-        &SignIn {
-            refresh_token: "rt-1".into(),
-            previous: None,
-            account: Some("me@outlook.com".into()),
-            signed_in_ms: idle_since,
-            last_used_ms: idle_since,
-            renewed_ms: idle_since,
-            refused: None,
-        },
-    )
-    .unwrap();
+        "me@outlook.com",
+        idle_since,
+        idle_since,
+    );
     // A Google app in Testing: its refresh token ends 7 days after it was issued,
     // although it was used an hour ago.
     let issued = mailgate::time::now_ms() - 2 * day;
-    signin::save(
+    signed_in(
         &secrets,
-        &secrets.lock().unwrap(),
         "gmail",
-        &SignIn {
-            refresh_token: "rt-g".into(),
-            previous: None,
-            account: Some("me@gmail.com".into()),
-            signed_in_ms: issued,
-            last_used_ms: mailgate::time::now_ms() - 3_600_000,
-            renewed_ms: issued,
-            refused: None,
-        },
-    )
-    .unwrap();
+        "me@gmail.com",
+        issued,
+        mailgate::time::now_ms() - 3_600_000,
+    );
     let _d = DaemonProcess::start(&env.config_path);
     let gmail = rx
         .wait("json", "sign-in-expiring (gmail)", |v| {

@@ -487,24 +487,18 @@ async fn a_vandalised_fleet_store_holds_mail_back_at_most_a_lease_ttl() {
         .query(&mut c)
         .unwrap();
     for i in 0..20 {
-        let _: () = redis::cmd("ZADD")
-            .arg("t:leases:o365")
-            .arg(year)
-            .arg(format!("evil:{i}"))
-            .query(&mut c)
-            .unwrap();
-        let _: () = redis::cmd("ZADD")
-            .arg("t:minute:o365")
-            .arg(year)
-            .arg(format!("evil:{i}"))
-            .query(&mut c)
-            .unwrap();
-        let _: () = redis::cmd("ZADD")
-            .arg("t:day:o365")
-            .arg(year)
-            .arg(format!("evil:{i}:1"))
-            .query(&mut c)
-            .unwrap();
+        for (key, member) in [
+            ("t:leases:o365", format!("evil:{i}")),
+            ("t:minute:o365", format!("evil:{i}")),
+            ("t:day:o365", format!("evil:{i}:1")),
+        ] {
+            let _: () = redis::cmd("ZADD")
+                .arg(key)
+                .arg(year)
+                .arg(member)
+                .query(&mut c)
+                .unwrap();
+        }
     }
     let (_env, mut d) = sending_node(
         &redis,

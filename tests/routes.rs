@@ -25,14 +25,7 @@ async fn submit(d: &DaemonProcess, from: &str, rcpts: &[&str]) -> String {
     queued_id(&reply).unwrap_or_else(|| panic!("not accepted: {reply}"))
 }
 
-fn provider<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no provider {name}: {status:#}"))
-}
+use common::provider_in as provider;
 
 fn circuit(status: &serde_json::Value, name: &str) -> String {
     provider(status, name)["circuit"]
@@ -54,6 +47,22 @@ fn attempts(r: &serde_json::Value) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// A message to `to` from the ERP, finished: its record, after asserting that the
+/// first provider failed with `code` and the second took it.
+async fn went_second_after(d: &DaemonProcess, to: &str, code: &str) -> serde_json::Value {
+    let id = submit(d, "app@erp.local", &[to]).await;
+    let r = d.finished(&id).await;
+    assert_eq!(
+        attempts(&r),
+        [
+            ("first".into(), code.to_string()),
+            ("second".into(), String::new())
+        ],
+        "{r:#}"
+    );
+    r
 }
 
 fn smtp_provider(name: &str, port: u16, extra: &str) -> String {
@@ -97,33 +106,15 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
     assert_eq!(circuit(&st, "first"), "closed");
 
     // 1. Nothing listens at the first: refused, so the second takes it.
-    let m1 = submit(&d, "app@erp.local", &["a@example.com"]).await;
-    let r1 = d.finished(&m1).await;
+    let r1 = went_second_after(&d, "a@example.com", "connection-failed").await;
     assert_eq!(r1["status"], "sent", "{r1:#}");
-    assert_eq!(
-        attempts(&r1),
-        [
-            ("first".into(), "connection-failed".into()),
-            ("second".into(), String::new())
-        ],
-        "{r1:#}"
-    );
     assert_eq!(r1["recipients"][0]["provider"], "second", "{r1:#}");
     assert_eq!(r1["provider"], "second");
     assert_eq!(second.messages().len(), 1, "delivered once");
 
     // 2. The first comes up but refuses the password: auth-failed, the second takes it.
     let first = Upstream::start_at(first_port, accepting("relay@contoso.com", "other")).await;
-    let m2 = submit(&d, "app@erp.local", &["b@example.com"]).await;
-    let r2 = d.finished(&m2).await;
-    assert_eq!(
-        attempts(&r2),
-        [
-            ("first".into(), "auth-failed".into()),
-            ("second".into(), String::new())
-        ],
-        "{r2:#}"
-    );
+    went_second_after(&d, "b@example.com", "auth-failed").await;
     assert_eq!(second.messages().len(), 2);
 
     // 3. Basic auth retired (held for a configuration reason): the second takes it, and
@@ -132,16 +123,7 @@ async fn the_next_provider_takes_the_mail_when_the_first_cannot_and_the_circuit_
         "auth",
         "550 5.7.30 Basic authentication is not supported for Client Submission.",
     ));
-    let m3 = submit(&d, "app@erp.local", &["c@example.com"]).await;
-    let r3 = d.finished(&m3).await;
-    assert_eq!(
-        attempts(&r3),
-        [
-            ("first".into(), "basic-auth-retired".into()),
-            ("second".into(), String::new())
-        ],
-        "{r3:#}"
-    );
+    went_second_after(&d, "c@example.com", "basic-auth-retired").await;
     assert_eq!(second.messages().len(), 3);
     assert!(first.messages().is_empty());
     let st = d.get_json("/status").await;
