@@ -75,6 +75,18 @@ async fn first_attempt(daemon: &Daemon, rcpts: &[&str]) -> Record {
     next_attempt(daemon, &mut events, &id).await
 }
 
+/// A relay on `script` with these provider lines, its daemon, and the record of one
+/// message to a@contoso.com after its first attempt.
+async fn one_attempt(
+    script: impl FnOnce(&TestCa) -> Script,
+    provider: &str,
+) -> (Relay, Daemon, Record) {
+    let relay = Relay::new(script, provider).await;
+    let daemon = relay.start().await;
+    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
+    (relay, daemon, rec)
+}
+
 use common::next_record as next_attempt;
 
 fn diag(r: &Record) -> &str {
@@ -107,7 +119,7 @@ async fn starttls_auth_delivers_the_stored_bytes() {
 
 #[tokio::test]
 async fn auth_login_only_server_like_office_365() {
-    let relay = Relay::new(
+    let (relay, daemon, rec) = one_attempt(
         |ca| Script {
             auth_mechs: Some("LOGIN XOAUTH2".into()),
             ..tls_script(ca)
@@ -115,8 +127,6 @@ async fn auth_login_only_server_like_office_365() {
         AUTH,
     )
     .await;
-    let daemon = relay.start().await;
-    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
     assert_eq!(rec.status, Status::Sent, "{rec:#?}");
     assert_eq!(
         relay.upstream.messages()[0].auth_user.as_deref(),
@@ -127,7 +137,7 @@ async fn auth_login_only_server_like_office_365() {
 
 #[tokio::test]
 async fn without_username_never_authenticates() {
-    let relay = Relay::new(
+    let (relay, daemon, rec) = one_attempt(
         |ca| Script {
             credentials: None,
             ..tls_script(ca)
@@ -135,8 +145,6 @@ async fn without_username_never_authenticates() {
         "",
     )
     .await;
-    let daemon = relay.start().await;
-    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
     assert_eq!(rec.status, Status::Sent, "{rec:#?}");
     assert_eq!(relay.upstream.messages()[0].auth_user, None);
     daemon.shutdown().await;
@@ -144,7 +152,7 @@ async fn without_username_never_authenticates() {
 
 #[tokio::test]
 async fn username_but_no_auth_offered_is_auth_not_supported() {
-    let relay = Relay::new(
+    let (relay, daemon, rec) = one_attempt(
         |ca| Script {
             offer_auth: false,
             credentials: None,
@@ -153,8 +161,6 @@ async fn username_but_no_auth_offered_is_auth_not_supported() {
         AUTH,
     )
     .await;
-    let daemon = relay.start().await;
-    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
     assert_eq!(rec.status, Status::Deferred);
     assert_eq!(diag(&rec), "auth-not-supported");
     let d = rec.attempts[0].diagnosis.as_ref().unwrap();
@@ -166,7 +172,7 @@ async fn username_but_no_auth_offered_is_auth_not_supported() {
 
 #[tokio::test]
 async fn starttls_required_never_falls_back_to_plain_text() {
-    let relay = Relay::new(
+    let (relay, daemon, rec) = one_attempt(
         |ca| Script {
             starttls: false,
             ..tls_script(ca)
@@ -174,8 +180,6 @@ async fn starttls_required_never_falls_back_to_plain_text() {
         AUTH,
     )
     .await;
-    let daemon = relay.start().await;
-    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
     assert_eq!(rec.status, Status::Deferred);
     assert_eq!(diag(&rec), "starttls-unavailable");
     assert!(relay.upstream.messages().is_empty());
@@ -184,7 +188,7 @@ async fn starttls_required_never_falls_back_to_plain_text() {
 
 #[tokio::test]
 async fn untrusted_certificate_is_tls_certificate() {
-    let relay = Relay::new(
+    let (relay, daemon, rec) = one_attempt(
         |_| {
             let other = TestCa::new("somebody else");
             let (cert, key) = other.issue(&["localhost", "127.0.0.1"]);
@@ -199,8 +203,6 @@ async fn untrusted_certificate_is_tls_certificate() {
         AUTH,
     )
     .await;
-    let daemon = relay.start().await;
-    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
     assert_eq!(rec.status, Status::Deferred);
     assert_eq!(diag(&rec), "tls-certificate", "{rec:#?}");
     assert!(relay.upstream.messages().is_empty());
@@ -209,7 +211,7 @@ async fn untrusted_certificate_is_tls_certificate() {
 
 #[tokio::test]
 async fn certificate_for_another_name_is_tls_certificate() {
-    let relay = Relay::new(
+    let (_relay, daemon, rec) = one_attempt(
         |ca| {
             let (cert, key) = ca.issue(&["mail.example.org"]);
             Script {
@@ -221,15 +223,13 @@ async fn certificate_for_another_name_is_tls_certificate() {
         "",
     )
     .await;
-    let daemon = relay.start().await;
-    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
     assert_eq!(diag(&rec), "tls-certificate", "{rec:#?}");
     daemon.shutdown().await;
 }
 
 #[tokio::test]
 async fn implicit_tls() {
-    let relay = Relay::new(
+    let (relay, daemon, rec) = one_attempt(
         |ca| Script {
             starttls: false,
             implicit_tls: true,
@@ -238,8 +238,6 @@ async fn implicit_tls() {
         &format!("tls = \"tls\"\n{AUTH}"),
     )
     .await;
-    let daemon = relay.start().await;
-    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
     assert_eq!(rec.status, Status::Sent, "{rec:#?}");
     assert!(relay.upstream.messages()[0].tls);
     daemon.shutdown().await;
@@ -672,13 +670,11 @@ async fn connections_are_reused_up_to_max_connections() {
 
 #[tokio::test]
 async fn wrong_password_holds_mail_until_the_config_is_fixed() {
-    let relay = Relay::new(
+    let (relay, daemon, rec) = one_attempt(
         tls_script,
         "username = \"relay@contoso.com\"\npassword = \"wrong\"",
     )
     .await;
-    let daemon = relay.start().await;
-    let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
     assert_eq!(rec.status, Status::Deferred);
     assert_eq!(diag(&rec), "auth-failed");
     daemon.shutdown().await;
