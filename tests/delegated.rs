@@ -694,11 +694,11 @@ async fn graph_with_a_delegated_sign_in() {
     let env = TestEnv::new(
         "",
         &format!(
-            "[[provider]]\nname = \"mailbox\"\nkind = \"graph\"\ngraph_url = \"{}\"\n\
+            "{}\
              [provider.oauth2]\nflow = \"device_code\"\ntenant_id = \"consumers\"\nclient_id = \"{CLIENT}\"\n\
              token_url = \"http://{1}/consumers/oauth2/v2.0/token\"\ndevice_code_url = \"http://{1}/consumers/oauth2/v2.0/devicecode\"\n\
              [distributor]\ndefault_provider = \"mailbox\"\n",
-            ms.graph_url(),
+            common::graph_at("mailbox", ms.graph_url()),
             id.addr
         ),
     );

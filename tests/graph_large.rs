@@ -17,10 +17,10 @@ fn graph_node(ms: &MockMicrosoft, extra: &str) -> (TestEnv, DaemonProcess) {
     let env = TestEnv::new(
         "max_message_size = \"60MB\"",
         &format!(
-            "[[provider]]\nname = \"exchange\"\nkind = \"graph\"\ngraph_url = \"{}\"\n{extra}\n\
+            "{}{extra}\n\
              [provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"app-123\"\ntoken_url = \"{}\"\nclient_secret = \"s\"\n\
              [distributor]\ndefault_provider = \"exchange\"\n",
-            ms.graph_url(),
+            common::graph_at("exchange", ms.graph_url()),
             ms.token_url("contoso")
         ),
     );

@@ -18,10 +18,10 @@ use common::WAIT;
 
 fn graph_provider(ms: &MockMicrosoft, secret_lines: &str) -> String {
     format!(
-        "[[provider]]\nname = \"exchange\"\nkind = \"graph\"\ngraph_url = \"{}\"\n\
+        "{}\
          [provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"app-123\"\ntoken_url = \"{}\"\n{secret_lines}\n\
          [distributor]\ndefault_provider = \"exchange\"\n",
-        ms.graph_url(),
+        common::graph_at("exchange", ms.graph_url()),
         ms.token_url("contoso")
     )
 }

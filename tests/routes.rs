@@ -377,13 +377,13 @@ async fn graph_falls_back_to_smtp_and_smtp_to_graph() {
     write(
         &env,
         &format!(
-            "{}{}[[provider]]\nname = \"graph\"\nkind = \"graph\"\ngraph_url = \"{}\"\n\
+            "{}{}{}\
              [provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"app-123\"\ntoken_url = \"{}\"\nclient_secret = \"s\"\n\
              [[user]]\nname = \"a\"\nmatch_senders = [\"a@erp.local\"]\nproviders = [\"graph\", \"smtp\"]\n\
              [[user]]\nname = \"b\"\nmatch_senders = [\"b@erp.local\"]\nproviders = [\"dead\", \"graph\"]\n",
             smtp_provider("smtp", up.addr.port(), ""),
             smtp_provider("dead", dead, ""),
-            ms.graph_url(),
+            common::graph_at("graph", ms.graph_url()),
             ms.token_url("contoso"),
         ),
     );

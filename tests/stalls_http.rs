@@ -92,10 +92,10 @@ async fn graph_case(mode: Mode) {
     let token = Hostile::http(Mode::Answer, "200 OK", TOKEN).await;
     let graph = Hostile::http(mode, "202 Accepted", "").await;
     let providers = format!(
-        "[[provider]]\nname = \"exchange\"\nkind = \"graph\"\ngraph_url = \"{}\"\ntimeout = \"2s\"\nmax_connections = 1\n\
+        "{}timeout = \"2s\"\nmax_connections = 1\n\
          [provider.oauth2]\ntenant_id = \"contoso\"\nclient_id = \"app-123\"\nclient_secret = \"s\"\ntoken_url = \"{}\"\n\
          [distributor]\ndefault_provider = \"exchange\"\nretry_initial = \"10m\"\n",
-        graph.url(""),
+        common::graph_at("exchange", graph.url("")),
         token.url("/contoso/oauth2/v2.0/token")
     );
     stalls_then_recovers(

@@ -278,19 +278,24 @@ impl<'txn> Tables<'txn> {
 
     /// A record as stored, with its due time.
     fn record(&self, id: &str) -> Result<Option<(Record, Option<u64>)>, StoreError> {
-        self.records
-            .get(id)
-            .map_err(io_err)?
-            .map(|v| decode_record(id, v.value()))
-            .transpose()
+        self.stored(id, decode_record)
     }
 
     /// What a stored record is indexed by, and its due time (the rest is not decoded).
     fn indexed(&self, id: &str) -> Result<Option<(Indexed, Option<u64>)>, StoreError> {
+        self.stored(id, decode_indexed)
+    }
+
+    /// A stored record read by `decode` (whole, or the part of it that is needed).
+    fn stored<T>(
+        &self,
+        id: &str,
+        decode: fn(&str, &[u8]) -> Result<(T, Option<u64>), StoreError>,
+    ) -> Result<Option<(T, Option<u64>)>, StoreError> {
         self.records
             .get(id)
             .map_err(io_err)?
-            .map(|v| decode_indexed(id, v.value()))
+            .map(|v| decode(id, v.value()))
             .transpose()
     }
 

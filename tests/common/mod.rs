@@ -38,6 +38,12 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// A `[[provider]]` of kind graph named `name`, sending through the Graph stand-in at
+/// `url`. Keys written right after it (and its `[provider.oauth2]`) are its own.
+pub fn graph_at(name: &str, url: impl std::fmt::Display) -> String {
+    format!("[[provider]]\nname = \"{name}\"\nkind = \"graph\"\ngraph_url = \"{url}\"\n")
+}
+
 /// A request sent and its answer read whole (a failure to send or read panics: the test
 /// is about the answer, and its status is in the value when it matters).
 pub trait Fetch {
