@@ -19,9 +19,26 @@ pub struct Driver {
 }
 
 impl Drop for Driver {
+    /// Stops chromedriver and every Chromium process of this driver's profile (a test
+    /// that fails before it closes its session leaves them behind otherwise, re-parented
+    /// to init).
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let profile = self.profile.path().display().to_string();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for p in procs.flatten() {
+            let pid = p.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&profile) {
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+            }
+        }
     }
 }
 
