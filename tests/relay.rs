@@ -730,14 +730,7 @@ async fn stored_password_from_another_installation_is_undecryptable() {
     let rec = first_attempt(&daemon, &["a@contoso.com"]).await;
     assert_eq!(rec.status, Status::Deferred);
     assert_eq!(diag(&rec), "password-undecryptable");
-    assert!(
-        rec.attempts[0]
-            .diagnosis
-            .as_ref()
-            .unwrap()
-            .fix
-            .contains("mailgate password set")
-    );
+    assert!(common::first_fix(&rec).contains("mailgate password set"));
     daemon.shutdown().await;
     // Set on this installation, it works.
     mailgate::secrets::SecretStore::beside(&relay.env.config().store.path)

@@ -64,8 +64,7 @@ async fn the_cli_the_api_and_the_cookie_over_tls() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let (code, out, err) = common::cli(&env, &["queue"]);
-    assert_eq!(code, 0, "{out}{err}");
+    let out = common::cli_ok(&env, &["queue"]);
     assert!(out.contains("queued"), "{out}");
     common::plain_http_refused(&format!("http://127.0.0.1:{port}/healthz")).await;
     let cookie = signin_cookie(&client, &base, TOKEN).await;

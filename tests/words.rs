@@ -49,14 +49,12 @@ async fn the_queue_counts_a_message_being_sent_once_and_says_paused_once() {
     queued_id(&r).unwrap_or_else(|| panic!("{r}"));
     let s = wait_status(&d, "a message being sent", |s| s["queue"]["sending"] == 1).await;
     assert_eq!(s["queue"]["queued"], 0, "counted as sending only: {s:#}");
-    let (code, out, err) = cli(&env, &["queue"]);
-    assert_eq!(code, 0, "{out}{err}");
+    let out = common::cli_ok(&env, &["queue"]);
     assert!(out.contains("queued:   0\n"), "{out}");
     assert!(out.contains("sending:  1\n"), "{out}");
 
     // Paused, with one more message waiting: the reason is said once.
-    let (code, out, err) = cli(&env, &["pause"]);
-    assert_eq!(code, 0, "{out}{err}");
+    common::cli_ok(&env, &["pause"]);
     let r = send_once(
         d.smtp,
         "app@erp.local",
@@ -65,8 +63,7 @@ async fn the_queue_counts_a_message_being_sent_once_and_says_paused_once() {
     )
     .await;
     queued_id(&r).unwrap_or_else(|| panic!("{r}"));
-    let (code, out, err) = cli(&env, &["queue"]);
-    assert_eq!(code, 0, "{out}{err}");
+    let out = common::cli_ok(&env, &["queue"]);
     assert_eq!(out.matches("paused").count(), 1, "{out}");
     assert!(out.contains("mailgate resume"), "{out}");
 
@@ -106,8 +103,7 @@ async fn a_refused_sender_is_diagnosed_and_a_failed_bounce_is_counted_apart() {
     })
     .await;
     assert_eq!(s["records"]["failed"], 2, "the records hold both: {s:#}");
-    let (code, out, err) = cli(&env, &["show", &id]);
-    assert_eq!(code, 0, "{out}{err}");
+    let out = common::cli_ok(&env, &["show", &id]);
     assert!(out.contains("diagnosis: sender-refused"), "{out}");
     assert!(
         out.contains("fix:       mailgate show ID shows the sender"),
@@ -145,8 +141,7 @@ async fn a_message_without_helo_shows_none() {
         .find(|w| w.len() == 26)
         .unwrap_or_else(|| panic!("{out}"))
         .to_string();
-    let (code, out, err) = cli(&env, &["show", &id]);
-    assert_eq!(code, 0, "{out}{err}");
+    let out = common::cli_ok(&env, &["show", &id]);
     assert!(!out.contains("HELO"), "{out}");
     let page = d.get_text(&format!("/messages/{id}")).await;
     assert!(!page.contains("(HELO )"), "{page}");

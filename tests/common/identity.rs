@@ -452,19 +452,7 @@ impl Login {
 
     /// Waits (bounded) for a printed line matching `pred`.
     pub fn wait_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if pred(&l) {
-                        return l;
-                    }
-                }
-                Err(e) => panic!("line not printed ({e:?}); so far: {:#?}", self.seen),
-            }
-        }
+        super::wait_line(&self.lines, &mut self.seen, |l| pred(l), super::WAIT)
     }
 
     /// Waits for the exit; (code, the rest of stdout, stderr).

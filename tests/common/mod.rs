@@ -215,6 +215,38 @@ pub async fn started(extra_smtp: &str, extra: &str) -> (TestEnv, mailgate::Daemo
     (env, daemon)
 }
 
+/// Waits (bounded by `timeout`) for a line from `lines` matching `pred`, keeping every
+/// line read in `seen` (what the panic shows when none comes).
+pub fn wait_line<T: Clone + std::fmt::Debug>(
+    lines: &mpsc::Receiver<T>,
+    seen: &mut Vec<T>,
+    pred: impl Fn(&T) -> bool,
+    timeout: Duration,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(v) => {
+                seen.push(v.clone());
+                if pred(&v) {
+                    return v;
+                }
+            }
+            Err(e) => panic!("line not seen ({e:?}); so far: {seen:#?}"),
+        }
+    }
+}
+
+/// The fix of a record's first attempt's diagnosis.
+pub fn first_fix(r: &mailgate::history::Record) -> &str {
+    &r.attempts[0]
+        .diagnosis
+        .as_ref()
+        .unwrap_or_else(|| panic!("no diagnosis: {r:#?}"))
+        .fix
+}
+
 /// A temp dir with a config that listens on port 0 everywhere and writes to `outbox/`.
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
@@ -375,19 +407,7 @@ impl DaemonProcess {
         if let Some(v) = self.seen.iter().find(|v| pred(v)) {
             return v.clone();
         }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Err(e) => panic!("log line not seen ({e:?}); log so far: {:#?}", self.seen),
-            }
-        }
+        wait_line(&self.lines, &mut self.seen, |v| pred(v), timeout)
     }
 
     /// How many log lines with this message the daemon has written so far.
@@ -761,6 +781,13 @@ pub fn cli(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `mailgate --config <env> ARGS`, which must succeed: its stdout.
+pub fn cli_ok(env: &TestEnv, args: &[&str]) -> String {
+    let (code, out, err) = cli(env, args);
+    assert_eq!(code, 0, "mailgate {args:?}: {out}{err}");
+    out
 }
 
 /// Writes the config with the status listener on a fixed free port, so the CLI finds it.
