@@ -464,16 +464,10 @@ async fn the_prometheus_rules_use_exported_metrics_and_pass_promtool() {
         ["check", "rules", "mailgate.rules.yml"],
         ["test", "rules", "mailgate.rules.test.yml"],
     ] {
-        let out = std::process::Command::new("promtool")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "promtool {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        common::succeeded(
+            std::process::Command::new("promtool")
+                .args(args)
+                .current_dir(dir),
         );
     }
 }

@@ -255,13 +255,7 @@ fn an_empty_admin_token_is_refused_by_check_config() {
         "[status]\nlisten = \"127.0.0.1:0\"\n",
         "[status]\nlisten = \"0.0.0.0:0\"\ntoken = \"\"\n",
     );
-    let o = run_cli(&[
-        "--config",
-        env.config_path.to_str().unwrap(),
-        "check-config",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("status.token is empty"));
+    assert!(common::check_config_refuses(&env.config_path).contains("status.token is empty"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,16 +196,29 @@ pub async fn post_action(url: impl reqwest::IntoUrl) -> reqwest::Response {
 
 /// Runs `cmd` and asserts it succeeded (its stderr is the message when it did not).
 pub fn succeeded(cmd: &mut Command) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{:?}: {e}", cmd.get_program()));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{:?}: {}",
-        cmd.get_program(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `mailgate --config CONFIG check-config` refuses the file (exit 2): its stderr.
+pub fn check_config_refuses(config: &Path) -> String {
+    let o = run_cli(&["--config", config.to_str().unwrap(), "check-config"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    err
+}
+
+/// The reply of a record's (as JSON) first attempt.
+pub fn first_reply(rec: &serde_json::Value) -> &str {
+    rec["attempts"][0]["reply"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no first attempt: {rec:#}"))
 }
 
 /// A [`TestEnv`] (see [`TestEnv::new`]) and the daemon started in-process on it.
