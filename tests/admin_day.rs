@@ -133,15 +133,7 @@ async fn last_error_is_a_failure_never_a_success() {
         "550 5.1.1 <bad@contoso.com>: user unknown",
     ))
     .await;
-    let env = TestEnv::new("", "");
-    write(
-        &env,
-        &format!(
-            "{}\
-             [distributor]\ndefault_provider = \"up\"\n",
-            common::plain_smtp("up", up.addr.port())
-        ),
-    );
+    let env = common::env_sending_to(up.addr.port(), "");
     let mut d = DaemonProcess::start(&env.config_path);
     let partial = submit(&d, &["good@contoso.com", "bad@contoso.com"]).await;
     d.wait_log(

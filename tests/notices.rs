@@ -297,16 +297,7 @@ async fn a_message_that_waits_gets_one_delay_notice() {
 /// A daemon with no `[[user]]` rule and no `notify.from` (the shipped configuration's
 /// shape), an upstream that refuses gone@example.com, and `extra` config.
 fn plain_env(up: &Upstream, extra: &str) -> TestEnv {
-    let env = TestEnv::new("", "");
-    write(
-        &env,
-        &format!(
-            "{}\
-             [distributor]\ndefault_provider = \"up\"\n{extra}",
-            common::plain_smtp("up", up.addr.port())
-        ),
-    );
-    env
+    common::env_sending_to(up.addr.port(), extra)
 }
 
 async fn failed_record(d: &DaemonProcess, id: &str) -> serde_json::Value {

@@ -803,6 +803,20 @@ pub fn cli_ok(env: &TestEnv, args: &[&str]) -> String {
     out
 }
 
+/// A [`TestEnv`] written by [`write`] (the CLI finds its daemon) whose default provider
+/// is `up`, the test upstream `port` (see [`plain_smtp`]), with `extra` config after it.
+pub fn env_sending_to(port: u16, extra: &str) -> TestEnv {
+    let env = TestEnv::new("", "");
+    write(
+        &env,
+        &format!(
+            "{}[distributor]\ndefault_provider = \"up\"\n{extra}",
+            plain_smtp("up", port)
+        ),
+    );
+    env
+}
+
 /// Writes the config with the status listener on a fixed free port, so the CLI finds it.
 pub fn write(env: &TestEnv, extra: &str) {
     let text = std::fs::read_to_string(&env.config_path).unwrap();
