@@ -55,39 +55,10 @@ fn sock_diag_owner(
     to: std::net::SocketAddr,
 ) -> std::io::Result<Option<u32>> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType, netlink};
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const NLMSG_ERROR: u16 = 2;
-    const NLM_F_REQUEST: u16 = 1;
-    let (family, src, dst) = match (from.ip(), to.ip()) {
-        (std::net::IpAddr::V4(f), std::net::IpAddr::V4(t)) => {
-            let mut a = [0u8; 16];
-            let mut b = [0u8; 16];
-            a[..4].copy_from_slice(&f.octets());
-            b[..4].copy_from_slice(&t.octets());
-            (libc_family::INET, a, b)
-        }
-        (std::net::IpAddr::V6(f), std::net::IpAddr::V6(t)) => {
-            (libc_family::INET6, f.octets(), t.octets())
-        }
-        _ => return Ok(None),
+    let Some((req, id)) = diag_request(from, to) else {
+        return Ok(None);
     };
-    // inet_diag_sockid: ports and addresses in network order, no interface, no cookie.
-    let mut id = Vec::with_capacity(48);
-    id.extend_from_slice(&from.port().to_be_bytes());
-    id.extend_from_slice(&to.port().to_be_bytes());
-    id.extend_from_slice(&src);
-    id.extend_from_slice(&dst);
-    id.extend_from_slice(&0u32.to_ne_bytes());
-    id.extend_from_slice(&[0xff; 8]);
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes()); // nlmsg_len
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
-    req.extend_from_slice(&[family, 6 /* IPPROTO_TCP */, 0, 0]);
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    req.extend_from_slice(&id);
     let fd = rustix::net::socket_with(
         AddressFamily::NETLINK,
         SocketType::DGRAM,
@@ -132,6 +103,50 @@ fn sock_diag_owner(
         },
         _ => Err(std::io::Error::other("sock_diag gave no answer")),
     }
+}
+
+/// `SOCK_DIAG_BY_FAMILY`'s message type.
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+
+/// The netlink request (`nlmsghdr` + `inet_diag_req_v2`) for the TCP socket whose local
+/// end is `from` and remote end `to`, and its `inet_diag_sockid`; None for a pair of an
+/// IPv4 and an IPv6 address.
+fn diag_request(
+    from: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    const NLM_F_REQUEST: u16 = 1;
+    let (family, src, dst) = match (from.ip(), to.ip()) {
+        (std::net::IpAddr::V4(f), std::net::IpAddr::V4(t)) => {
+            let mut a = [0u8; 16];
+            let mut b = [0u8; 16];
+            a[..4].copy_from_slice(&f.octets());
+            b[..4].copy_from_slice(&t.octets());
+            (libc_family::INET, a, b)
+        }
+        (std::net::IpAddr::V6(f), std::net::IpAddr::V6(t)) => {
+            (libc_family::INET6, f.octets(), t.octets())
+        }
+        _ => return None,
+    };
+    // inet_diag_sockid: ports and addresses in network order, no interface, no cookie.
+    let mut id = Vec::with_capacity(48);
+    id.extend_from_slice(&from.port().to_be_bytes());
+    id.extend_from_slice(&to.port().to_be_bytes());
+    id.extend_from_slice(&src);
+    id.extend_from_slice(&dst);
+    id.extend_from_slice(&0u32.to_ne_bytes());
+    id.extend_from_slice(&[0xff; 8]);
+    let mut req = Vec::with_capacity(72);
+    req.extend_from_slice(&72u32.to_ne_bytes()); // nlmsg_len
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
+    req.extend_from_slice(&[family, 6 /* IPPROTO_TCP */, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&id);
+    Some((req, id))
 }
 
 /// The address families as `inet_diag_req_v2` names them.
