@@ -87,6 +87,28 @@ async fn submit_n(daemon: &Daemon, n: usize, rcpts: &[&str]) -> Vec<String> {
     ids
 }
 
+/// A daemon with sending paused whose outbox provider has `limits`, holding `n`
+/// messages to `rcpts`: the env, the daemon, its delivery events, and the ids.
+async fn paused_with(
+    limits: &str,
+    n: usize,
+    rcpts: &[&str],
+) -> (TestEnv, Daemon, Receiver<DeliveryEvent>, Vec<String>) {
+    let env = env(limits, "enabled = false");
+    let daemon = Daemon::start(env.config()).await.unwrap();
+    let events = daemon.distributor.subscribe();
+    let ids = submit_n(&daemon, n, rcpts).await;
+    (env, daemon, events, ids)
+}
+
+/// [`run_until`] every message is sent.
+async fn run_until_all_sent(daemon: &Daemon, events: &mut Receiver<DeliveryEvent>) -> Vec<Record> {
+    run_until(daemon, events, |all| {
+        all.iter().all(|r| r.status == Status::Sent)
+    })
+    .await
+}
+
 /// Collects events until `done` says so; checks each throttle deferral waits <= 60 s.
 async fn run_until(
     daemon: &Daemon,
@@ -118,16 +140,11 @@ async fn run_until(
 #[tokio::test(start_paused = true)]
 async fn five_a_minute_sends_five_then_the_rest_later() {
     let _t = ticker();
-    let env = env("per_minute_limit = 5", "enabled = false");
-    let daemon = Daemon::start(env.config()).await.unwrap();
-    let mut events = daemon.distributor.subscribe();
-    submit_n(&daemon, 12, &["a@contoso.com"]).await;
+    let (_env, daemon, mut events, _ids) =
+        paused_with("per_minute_limit = 5", 12, &["a@contoso.com"]).await;
     let t0 = daemon.distributor.now();
     daemon.distributor.resume();
-    let all = run_until(&daemon, &mut events, |all| {
-        all.iter().all(|r| r.status == Status::Sent)
-    })
-    .await;
+    let all = run_until_all_sent(&daemon, &mut events).await;
     let times = dispatch_times(&daemon);
     assert_eq!(times.len(), 12);
     assert_eq!(
@@ -159,15 +176,10 @@ async fn five_a_minute_sends_five_then_the_rest_later() {
 #[tokio::test(start_paused = true)]
 async fn the_eleventh_deferral_is_sent_regardless() {
     let _t = ticker();
-    let env = env("per_minute_limit = 1", "enabled = false");
-    let daemon = Daemon::start(env.config()).await.unwrap();
-    let mut events = daemon.distributor.subscribe();
-    submit_n(&daemon, 12, &["a@contoso.com"]).await;
+    let (_env, daemon, mut events, _ids) =
+        paused_with("per_minute_limit = 1", 12, &["a@contoso.com"]).await;
     daemon.distributor.resume();
-    let all = run_until(&daemon, &mut events, |all| {
-        all.iter().all(|r| r.status == Status::Sent)
-    })
-    .await;
+    let all = run_until_all_sent(&daemon, &mut events).await;
     let bypassed: Vec<&Record> = all
         .iter()
         .filter(|r| r.attempts.last().unwrap().note.is_some())
@@ -190,16 +202,11 @@ async fn the_eleventh_deferral_is_sent_regardless() {
 #[tokio::test(start_paused = true)]
 async fn limit_zero_sends_everything_at_once() {
     let _t = ticker();
-    let env = env("per_minute_limit = 0", "enabled = false");
-    let daemon = Daemon::start(env.config()).await.unwrap();
-    let mut events = daemon.distributor.subscribe();
-    submit_n(&daemon, 12, &["a@contoso.com"]).await;
+    let (_env, daemon, mut events, _ids) =
+        paused_with("per_minute_limit = 0", 12, &["a@contoso.com"]).await;
     let t0 = daemon.distributor.now();
     daemon.distributor.resume();
-    let all = run_until(&daemon, &mut events, |all| {
-        all.iter().all(|r| r.status == Status::Sent)
-    })
-    .await;
+    let all = run_until_all_sent(&daemon, &mut events).await;
     assert!(
         all.iter()
             .all(|r| r.throttle_deferrals == 0 && r.deferrals == 0)
@@ -215,10 +222,12 @@ async fn limit_zero_sends_everything_at_once() {
 #[tokio::test(start_paused = true)]
 async fn daily_recipient_quota_survives_a_restart() {
     let _t = ticker();
-    let env = env("per_day_recipient_limit = 4", "enabled = false");
-    let daemon = Daemon::start(env.config()).await.unwrap();
-    let mut events = daemon.distributor.subscribe();
-    let ids = submit_n(&daemon, 3, &["a@contoso.com", "b@contoso.com"]).await;
+    let (env, daemon, mut events, ids) = paused_with(
+        "per_day_recipient_limit = 4",
+        3,
+        &["a@contoso.com", "b@contoso.com"],
+    )
+    .await;
     daemon.distributor.resume();
     let all = run_until(&daemon, &mut events, |all| {
         all.iter().all(|r| r.status != Status::Queued)
