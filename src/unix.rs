@@ -115,6 +115,7 @@ fn diag_request(
     from: std::net::SocketAddr,
     to: std::net::SocketAddr,
 ) -> Option<(Vec<u8>, Vec<u8>)> {
+    use rustix::net::AddressFamily;
     const NLM_F_REQUEST: u16 = 1;
     let (family, src, dst) = match (from.ip(), to.ip()) {
         (std::net::IpAddr::V4(f), std::net::IpAddr::V4(t)) => {
@@ -122,10 +123,10 @@ fn diag_request(
             let mut b = [0u8; 16];
             a[..4].copy_from_slice(&f.octets());
             b[..4].copy_from_slice(&t.octets());
-            (libc_family::INET, a, b)
+            (AddressFamily::INET, a, b)
         }
         (std::net::IpAddr::V6(f), std::net::IpAddr::V6(t)) => {
-            (libc_family::INET6, f.octets(), t.octets())
+            (AddressFamily::INET6, f.octets(), t.octets())
         }
         _ => return None,
     };
@@ -143,16 +144,11 @@ fn diag_request(
     req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
-    req.extend_from_slice(&[family, 6 /* IPPROTO_TCP */, 0, 0]);
+    // sdiag_family is one byte; AF_INET and AF_INET6 fit it.
+    req.extend_from_slice(&[family.as_raw() as u8, 6 /* IPPROTO_TCP */, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&id);
     Some((req, id))
-}
-
-/// The address families as `inet_diag_req_v2` names them.
-mod libc_family {
-    pub const INET: u8 = 2;
-    pub const INET6: u8 = 10;
 }
 
 /// [`tcp_owner`] from the listing of every socket in `/proc/net/tcp` or `tcp6`.

@@ -443,24 +443,26 @@ impl Store {
 
     /// One record.
     pub fn record(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        contained(&format!("the record of {id}"), || {
-            let txn = self.db()?.begin_read().map_err(io_err)?;
-            let t = txn.open_table(RECORDS).map_err(io_err)?;
-            t.get(id)
-                .map_err(io_err)?
-                .map(|v| decode_record(id, v.value()).map(|(r, _)| r))
-                .transpose()
-        })
+        Ok(self.stored(id, decode_record)?.map(|(r, _)| r))
     }
 
     /// One message's status, read without decoding the rest of its record.
     pub fn status(&self, id: &str) -> Result<Option<crate::history::Status>, StoreError> {
+        Ok(self.stored(id, decode_indexed)?.map(|(ix, _)| ix.status))
+    }
+
+    /// A stored record read by `decode` (whole, or the part of it that is needed).
+    fn stored<T>(
+        &self,
+        id: &str,
+        decode: Decode<T>,
+    ) -> Result<Option<(T, Option<u64>)>, StoreError> {
         contained(&format!("the record of {id}"), || {
             let txn = self.db()?.begin_read().map_err(io_err)?;
             let t = txn.open_table(RECORDS).map_err(io_err)?;
             t.get(id)
                 .map_err(io_err)?
-                .map(|v| decode_indexed(id, v.value()).map(|(ix, _)| ix.status))
+                .map(|v| decode(id, v.value()))
                 .transpose()
         })
     }

@@ -70,6 +70,10 @@ pub(super) fn decode_record(id: &str, bytes: &[u8]) -> Result<(Record, Option<u6
     decode(id, bytes)
 }
 
+/// How a stored record is read: whole, or the part of it that is needed, with its due
+/// time.
+pub(super) type Decode<T> = fn(&str, &[u8]) -> Result<(T, Option<u64>), StoreError>;
+
 /// A stored record's due time and its JSON read as `T` (the whole record, or some of it).
 fn decode<'a, T: serde::Deserialize<'a>>(
     id: &str,
@@ -82,11 +86,12 @@ fn decode<'a, T: serde::Deserialize<'a>>(
     let value = serde_json::from_slice(json).map_err(|_| StoreError::Corrupt(id.into()))?;
     Ok((value, (due != u64::MAX).then_some(due)))
 }
+
 /// What the indexes are keyed by (status and user), read from a stored record without
 /// decoding the rest of it: the writer's index update and the check that a message is
 /// not finished before it is sent need only these, and the attempt holds the record.
 #[derive(Debug, serde::Deserialize)]
-pub(crate) struct Indexed {
+pub(super) struct Indexed {
     /// Current status.
     pub status: crate::history::Status,
     /// The identified user, if any.

@@ -17,10 +17,6 @@ use crate::history::Record;
 use crate::history::Status;
 use crate::time::HOUR_MS;
 
-/// How a stored record is read: whole, or the part of it that is needed, with its due
-/// time.
-type Decode<T> = fn(&str, &[u8]) -> Result<(T, Option<u64>), StoreError>;
-
 /// The first bytes of every redb file.
 const REDB_MAGIC: &[u8] = b"redb\x1A\x0A\xA9\x0D\x0A";
 
