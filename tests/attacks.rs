@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::Fetch;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -471,7 +472,10 @@ async fn a_hostile_web_page_can_neither_read_nor_act() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(!paused().await, "nothing was paused");
-    let rec = common::get_json(&http, format!("{base}/api/messages/{id}")).await;
+    let rec = http
+        .get(format!("{base}/api/messages/{id}"))
+        .fetch::<serde_json::Value>()
+        .await;
     assert_ne!(rec["status"], "cancelled");
     // The same POST from the listener's own origin is obeyed.
     let r = http

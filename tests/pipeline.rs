@@ -259,7 +259,10 @@ async fn admin_api_serves_records_and_health() {
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), "ok");
 
-    let rec = common::get_json(&http, format!("{base}/api/messages/{id}")).await;
+    let rec = http
+        .get(format!("{base}/api/messages/{id}"))
+        .fetch::<serde_json::Value>()
+        .await;
     assert_eq!(rec["id"], id.as_str());
     assert_eq!(rec["status"], "sent");
     assert_eq!(rec["helo"], "erp01");

@@ -307,7 +307,10 @@ async fn a_stuck_attempt_is_visible_and_sigterm_still_ends_the_daemon() {
     let base = format!("http://{}", daemon.status);
     let deadline = Instant::now() + Duration::from_secs(10);
     let attempt = loop {
-        let st = common::get_json(&http, format!("{base}/status")).await;
+        let st = http
+            .get(format!("{base}/status"))
+            .fetch::<serde_json::Value>()
+            .await;
         let up = common::provider_in(&st, "up").clone();
         if let Some(a) = up["in_flight"].as_array().and_then(|a| a.first()).cloned()
             && a["stage"] == "end of DATA"

@@ -71,12 +71,6 @@ pub fn plain_smtp(name: &str, port: u16) -> String {
     )
 }
 
-/// GETs `url` with `http` and reads the answer as JSON (a failure panics: the test is
-/// about the answer).
-pub async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
-    http.get(url).send().await.unwrap().json().await.unwrap()
-}
-
 /// The string `key` of every entry of the JSON array `list`.
 pub fn strs<'a>(list: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
     list.as_array()
@@ -465,12 +459,7 @@ impl DaemonProcess {
 impl DaemonProcess {
     /// GET a path of the status listener (no token) as JSON.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
-        get(format!("http://{}{path}", self.status))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        json_at(format!("http://{}{path}", self.status)).await
     }
 
     /// GET a path of the status listener (no token) as text: a page, `/metrics`.
