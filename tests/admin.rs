@@ -13,6 +13,7 @@ use mailgate::Daemon;
 use serde_json::Value;
 
 use common::WAIT;
+use common::submit_short;
 
 async fn get(url: &str) -> reqwest::Response {
     common::http().get(url).send().await.unwrap()
@@ -327,10 +328,8 @@ async fn reload_by_api_applies_new_users_and_refuses_broken_config() {
     let r = http
         .post(format!("{base}/api/reload"))
         .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+        .answers(400)
+        .await;
     let v: Value = r.json().await.unwrap();
     assert!(
         v["errors"][0]
@@ -475,13 +474,7 @@ fn sighup_reload_releases_mail_held_for_a_wrong_password() {
 async fn a_long_poll_does_not_hold_the_shutdown() {
     let env = TestEnv::new("", "[distributor]\nenabled = false\n");
     let mut d = common::DaemonProcess::start(&env.config_path);
-    let id = common::submit_to(
-        d.smtp,
-        "a@erp.local",
-        &["x@contoso.com"],
-        b"Subject: w\r\n\r\nx\r\n",
-    )
-    .await;
+    let id = submit_short(d.smtp, "a@erp.local", "x@contoso.com", "w").await;
     let url = format!("http://{}/api/messages/{id}?wait=600s", d.status);
     let poll = tokio::spawn(async move { common::get(url).await.map(|r| r.status().as_u16()) });
     // The poll is waiting (the message cannot go out: sending is off).

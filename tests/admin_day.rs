@@ -34,9 +34,8 @@ fn throttled_env() -> TestEnv {
     write(
         &env,
         &format!(
-            "[[provider]]\nname = \"slow\"\nkind = \"eml\"\ndirectory = \"{}\"\nper_minute_limit = 1\n\
-             [distributor]\ndefault_provider = \"slow\"\n",
-            outbox.display()
+            "{}per_minute_limit = 1\n[distributor]\ndefault_provider = \"slow\"\n",
+            common::eml_at("slow", &outbox)
         ),
     );
     env
@@ -82,11 +81,7 @@ async fn test_email_waits_as_asked_and_says_why_a_message_waits() {
     assert_eq!(line["target"], "mailgate::delivery", "{line}");
 
     // The record says it too: the API, `show`, the message page and the list.
-    let rec: serde_json::Value = get(&d, &format!("/api/messages/{throttled}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let rec = d.get_json(&format!("/api/messages/{throttled}")).await;
     assert_eq!(rec["waiting"]["reason"], "per-minute-limit", "{rec:#}");
     assert!(
         rec["waiting"]["until"].as_str().unwrap().starts_with("20"),
@@ -128,10 +123,10 @@ async fn test_email_waits_as_asked_and_says_why_a_message_waits() {
 /// success reply to the data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_error_is_a_failure_never_a_success() {
-    let up = Upstream::start(Script::default().reply(
+    let up = Upstream::replying(
         "rcpt:bad@contoso.com",
         "550 5.1.1 <bad@contoso.com>: user unknown",
-    ))
+    )
     .await;
     let env = common::env_sending_to(up.addr.port(), "");
     let mut d = DaemonProcess::start(&env.config_path);
@@ -216,19 +211,11 @@ async fn cancel_stops_a_queued_message_and_refuses_one_in_flight() {
     // Paused: the message waits; the API says so.
     assert_eq!(cli(&env, &["pause"]).0, 0);
     let id = submit(&d, &["a@contoso.com"]).await;
-    let rec: serde_json::Value = get(&d, &format!("/api/messages/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let rec = d.get_json(&format!("/api/messages/{id}")).await;
     assert_eq!(rec["waiting"]["reason"], "paused", "{rec:#}");
     let out = common::cli_ok(&env, &["cancel", &id]);
     assert!(out.contains("cancelled"), "{out}");
-    let rec: serde_json::Value = get(&d, &format!("/api/messages/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let rec = d.get_json(&format!("/api/messages/{id}")).await;
     assert_eq!(rec["status"], "cancelled");
     assert!(
         rec["cancelled"]["by"]

@@ -13,6 +13,7 @@ use common::{DaemonProcess, TestEnv};
 use tokio::io::AsyncBufReadExt;
 
 use common::WAIT;
+use common::submit_short;
 
 /// The daemon answers SMTP (its greeting) and `/healthz` within a second.
 async fn answers_within_a_second(d: &DaemonProcess) {
@@ -229,12 +230,9 @@ async fn a_maildrop_file_chooses_neither_its_user_nor_its_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_bad_auths_at_once_cost_a_few_verifications() {
     use base64::Engine;
-    let hash = mailgate::smtp::auth::hash_password("the right one").unwrap();
     let env = TestEnv::new(
         "auth_concurrency = 4",
-        &format!(
-            "[[user]]\nname = \"erp\"\nlogin = \"erp\"\npassword_hash = \"{hash}\"\nemail = \"erp@example.com\"\n"
-        ),
+        &common::login_user("erp", "the right one", "erp@example.com"),
     );
     let mut d = DaemonProcess::start(&env.config_path);
     let peak_before = common::mem(d.child.id(), "VmHWM");
@@ -317,13 +315,7 @@ async fn files_are_private_whatever_the_umask() {
     let mut cmd = std::process::Command::new("sh");
     cmd.args(["-c", "umask 000; exec \"$0\" \"$@\"", common::bin()]);
     let mut d = DaemonProcess::start_with(&env.config_path, cmd);
-    let id = common::submit_to(
-        d.smtp,
-        "app@example.com",
-        &["ops@example.com"],
-        b"Subject: modes\r\n\r\nx\r\n",
-    )
-    .await;
+    let id = submit_short(d.smtp, "app@example.com", "ops@example.com", "modes").await;
     d.wait_sent(std::slice::from_ref(&id), WAIT);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     let dir = env.dir.path();
@@ -383,8 +375,7 @@ async fn files_are_private_whatever_the_umask() {
 /// in `status.hostnames` is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_web_page_can_neither_read_nor_act() {
-    let env = TestEnv::new("", "");
-    env.edit_config(
+    let env = TestEnv::edited(
         "[status]\nlisten = \"127.0.0.1:0\"\n",
         "[status]\nlisten = \"127.0.0.1:0\"\nhostnames = [\"mailgate01.contoso.local\"]\n",
     );
@@ -413,20 +404,14 @@ async fn a_hostile_web_page_can_neither_read_nor_act() {
         assert_eq!(r.status(), 421, "{path}");
         assert!(!r.text().await.unwrap().contains("secret body"));
     }
-    let r = http
-        .get(format!("{base}/api/messages/{id}"))
+    http.get(format!("{base}/api/messages/{id}"))
         .header("host", format!("mailgate01.contoso.local:{port}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = http
-        .get(format!("{base}/healthz"))
+        .answers(200)
+        .await;
+    http.get(format!("{base}/healthz"))
         .header("host", format!("localhost:{port}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .answers(200)
+        .await;
 
     let paused = || async {
         let s: serde_json::Value = common::json_at(format!("{base}/status")).await;
@@ -456,21 +441,15 @@ async fn a_hostile_web_page_can_neither_read_nor_act() {
         assert_eq!(r.status(), 403, "{path}");
     }
     // What an HTML form of another site could send: text/plain, or nothing.
-    let r = http
-        .post(format!("{base}/api/distributor/pause"))
+    http.post(format!("{base}/api/distributor/pause"))
         .header("content-type", "text/plain")
         .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 415);
-    let r = http
-        .post(format!("{base}/api/messages/{id}/cancel"))
+        .answers(415)
+        .await;
+    http.post(format!("{base}/api/messages/{id}/cancel"))
         .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+        .answers(400)
+        .await;
     assert!(!paused().await, "nothing was paused");
     let rec = http
         .get(format!("{base}/api/messages/{id}"))
@@ -478,14 +457,11 @@ async fn a_hostile_web_page_can_neither_read_nor_act() {
         .await;
     assert_ne!(rec["status"], "cancelled");
     // The same POST from the listener's own origin is obeyed.
-    let r = http
-        .post(format!("{base}/api/distributor/pause"))
+    http.post(format!("{base}/api/distributor/pause"))
         .header("origin", base.clone())
         .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .answers(200)
+        .await;
     assert!(paused().await);
 }
 
@@ -496,8 +472,7 @@ async fn a_hostile_web_page_can_neither_read_nor_act() {
 /// A page sign-in lasts `status.session_ttl`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_token_always_exists_and_a_local_user_without_it_gets_nothing() {
-    let env = TestEnv::new("", "");
-    env.edit_config(
+    let env = TestEnv::edited(
         "[status]\nlisten = \"127.0.0.1:0\"\n",
         &format!(
             "[status]\nlisten = \"127.0.0.1:{}\"\nsession_ttl = \"2s\"\n",
@@ -532,13 +507,9 @@ async fn the_admin_token_always_exists_and_a_local_user_without_it_gets_nothing(
         assert_eq!(r.status(), 401, "{path}");
         assert!(!r.text().await.unwrap().contains("secret body"));
     }
-    let r = plain
+    plain
         .post(format!("{base}/api/send"))
-        .json(&serde_json::json!({"to": ["x@example.com"], "subject": "s", "body": "b", "user": "erp"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+        .json(&serde_json::json!({"to": ["x@example.com"], "subject": "s", "body": "b", "user": "erp"})).answers(401).await;
     for path in ["/healthz", "/status", "/metrics"] {
         assert_eq!(
             plain
@@ -552,23 +523,19 @@ async fn the_admin_token_always_exists_and_a_local_user_without_it_gets_nothing(
         );
     }
     // The pages ask for it too.
-    let r = reqwest::Client::builder()
+    reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
         .get(format!("{base}/messages/{id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
+        .answers(303)
+        .await;
     // With it: the API, and the CLI run by root.
-    let r = plain
+    plain
         .get(format!("{base}/api/messages/{id}/eml"))
         .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .answers(200)
+        .await;
     let _ = common::cli_ok(&env, &["queue"]);
     // A user who cannot read the token is told how.
     let open =
@@ -659,16 +626,14 @@ async fn crlf_in_an_address_is_refused_at_every_door() {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(b"Subject: s\r\n\r\nx\r\n")
     };
-    let r = common::http()
+    common::http()
         .post(format!("http://{}/api/send", d.status))
         .json(&serde_json::json!({
             "to": ["victim@example.com\r\nBcc: all@example.com"],
             "raw": raw,
         }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+        .answers(400)
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(env.outbox_ids().is_empty(), "{:?}", env.outbox_ids());
     let s = d.get_json("/status").await;
@@ -701,12 +666,7 @@ async fn the_sendmail_door_names_the_real_user_whatever_it_claims() {
             .env("USER", "root"),
         b"To: ops@example.com\nSubject: who\n\nx\n",
     );
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::exited(&o, 0);
     let line = d.wait_log(|v| v["message"] == "accepted", WAIT);
     let id = line["id"].as_str().unwrap().to_string();
     let rec = d.finished(&id).await;

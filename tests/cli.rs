@@ -6,7 +6,8 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{DaemonProcess, Smtp, TestEnv, bin, queued_id};
+use common::submit_short;
+use common::{DaemonProcess, TestEnv, bin};
 
 fn run(args: &[&str]) -> Output {
     Command::new(bin())
@@ -122,18 +123,13 @@ async fn show_and_history_against_a_running_daemon() {
         "[status]\nlisten = \"127.0.0.1:0\"",
         &format!("[status]\nlisten = \"{}\"", daemon.status),
     );
-    let (mut s, _) = Smtp::connect(daemon.smtp).await.unwrap();
-    s.cmd("EHLO erp01").await.unwrap();
-    let id = queued_id(
-        &s.send(
-            "app@erp.local",
-            &["a@contoso.com"],
-            b"Subject: Invoice 1001\r\n\r\nx\r\n",
-        )
-        .await
-        .unwrap(),
+    let id = submit_short(
+        daemon.smtp,
+        "app@erp.local",
+        "a@contoso.com",
+        "Invoice 1001",
     )
-    .unwrap();
+    .await;
     daemon.wait_sent(std::slice::from_ref(&id), Duration::from_secs(30));
     let path = env.config_path.to_str().unwrap().to_string();
 
@@ -144,8 +140,13 @@ async fn show_and_history_against_a_running_daemon() {
         out.starts_with(&format!("Message {id}\n  status:          sent\n")),
         "{out}"
     );
-    assert!(out.contains("  subject:         Invoice 1001\n"), "{out}");
-    assert!(out.contains("  sent     a@contoso.com"), "{out}");
+    common::assert_has(
+        &out,
+        &[
+            "  subject:         Invoice 1001\n",
+            "  sent     a@contoso.com",
+        ],
+    );
 
     let o = run(&["--config", &path, "show", &id, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -221,9 +222,8 @@ async fn verify_and_stored_passwords() {
     std::fs::write(env.dir.path().join("ca.pem"), &ca.pem).unwrap();
     let provider = |secret: &str| {
         format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\nusername = \"relay@contoso.com\"\n{secret}\n",
-            up.addr.port(),
-            env.dir.path().join("ca.pem").display()
+            "{}username = \"relay@contoso.com\"\n{secret}\n",
+            common::tls_smtp("up", up.addr.port(), &env.dir.path().join("ca.pem"))
         )
     };
     let path = env.config_path.to_str().unwrap().to_string();
@@ -238,10 +238,12 @@ async fn verify_and_stored_passwords() {
     assert_eq!(o.status.code(), Some(1));
     let out = stdout(&o);
     assert!(out.starts_with("up: FAILED: 535 5.7.8"), "{out}");
-    assert!(out.contains("  diagnosis: auth-failed\n"), "{out}");
-    assert!(
-        out.contains("  fix:       Check the provider's username and its password"),
-        "{out}"
+    common::assert_has(
+        &out,
+        &[
+            "  diagnosis: auth-failed\n",
+            "  fix:       Check the provider's username and its password",
+        ],
     );
     assert!(
         !out.contains('`'),
@@ -272,11 +274,13 @@ async fn verify_and_stored_passwords() {
     assert!(out.contains("up: ok: 127.0.0.1:"), "{out}");
     // What an administrator reads: TLS version and cipher, the certificate, the AUTH
     // mechanisms offered and the one used; no Rust debug output.
-    assert!(out.contains("connected; STARTTLS, TLS 1."), "{out}");
-    assert!(out.contains("certificate subject \"CN="), "{out}");
-    assert!(
-        out.contains("AUTH offered: PLAIN LOGIN; signed in as relay@contoso.com with PLAIN"),
-        "{out}"
+    common::assert_has(
+        &out,
+        &[
+            "connected; STARTTLS, TLS 1.",
+            "certificate subject \"CN=",
+            "AUTH offered: PLAIN LOGIN; signed in as relay@contoso.com with PLAIN",
+        ],
     );
     assert!(
         !out.contains('{') && !out.contains("Authentication("),
@@ -302,11 +306,11 @@ fn point_cli_at(env: &TestEnv, daemon: &DaemonProcess) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_command() {
-    use common::upstream::{Script, Upstream};
-    let refusing = Upstream::start(Script::default().reply(
+    use common::upstream::Upstream;
+    let refusing = Upstream::replying(
         "mail",
         "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
-    ))
+    )
     .await;
     let env = TestEnv::new(
         "",
@@ -418,11 +422,13 @@ async fn every_admin_command() {
     .await;
     assert_eq!(o.status.code(), Some(1));
     let out = stdout(&o);
-    assert!(out.contains("status: deferred"), "{out}");
-    assert!(out.contains("diagnosis: send-as-denied"), "{out}");
-    assert!(
-        out.contains("fix: Grant the relay account Send As"),
-        "{out}"
+    common::assert_has(
+        &out,
+        &[
+            "status: deferred",
+            "diagnosis: send-as-denied",
+            "fix: Grant the relay account Send As",
+        ],
     );
     let held = out
         .lines()

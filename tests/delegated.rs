@@ -51,11 +51,14 @@ impl Site {
 
     fn configure(&self, mailbox: &str, oauth2: &str) {
         let extra = format!(
-            "[[provider]]\nname = \"mailbox\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\ntimeout = \"5s\"\nusername = \"{mailbox}\"\n\
+            "{}timeout = \"5s\"\nusername = \"{mailbox}\"\n\
              [provider.oauth2]\nclient_id = \"{CLIENT}\"\n{}\n\
              [distributor]\ndefault_provider = \"mailbox\"\nretry_initial = \"10m\"\n",
-            self.up.addr.port(),
-            self.env.dir.path().join("ca.pem").display(),
+            common::tls_smtp(
+                "mailbox",
+                self.up.addr.port(),
+                &self.env.dir.path().join("ca.pem")
+            ),
             oauth2.replace("{ID}", &format!("http://{}", self.id.addr)),
         );
         self.env.write_config("", &extra);

@@ -15,6 +15,7 @@ use common::upstream::{Script, Upstream};
 use common::{DaemonProcess, TestEnv, submit_to};
 
 use common::WAIT;
+use common::submit_short;
 
 /// One node of the fleet: a daemon with the shared provider `o365` and `[fleet]`.
 fn node(redis: &Redis, up: &Upstream, name: &str, provider: &str) -> (TestEnv, DaemonProcess) {
@@ -152,8 +153,10 @@ async fn three_nodes_share_one_per_minute_window() {
     .await
     .expect("three heartbeats");
     let metrics = common::text_at(format!("http://{}/metrics", nodes[0].1.status)).await;
-    assert!(metrics.contains("mailgate_fleet_store_up 1"), "{metrics}");
-    assert!(metrics.contains("mailgate_fleet_nodes 3"), "{metrics}");
+    common::assert_has(
+        &metrics,
+        &["mailgate_fleet_store_up 1", "mailgate_fleet_nodes 3"],
+    );
     // Each answered call's round trip is timed: at least one per message sent.
     let timed: u64 = metrics
         .lines()
@@ -328,13 +331,7 @@ async fn without_redis_each_node_keeps_its_share_and_comes_back_without_a_burst(
     );
     // A new message now waits: the mailbox's minute is used.
     let before = nodes[1].1.count_logged("throttled");
-    submit_to(
-        nodes[1].1.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: after\r\n\r\nx\r\n",
-    )
-    .await;
+    submit_short(nodes[1].1.smtp, "erp@erp.local", "a@contoso.com", "after").await;
     until_logged(
         &mut [&mut nodes[1].1],
         "throttled",
@@ -500,13 +497,7 @@ async fn a_lease_of_a_killed_node_expires_and_the_others_use_it() {
         "a",
         "per_minute_limit = 0\nmax_connections = 1\ntimeout = \"120s\"",
     );
-    submit_to(
-        a.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: held\r\n\r\nx\r\n",
-    )
-    .await;
+    submit_short(a.smtp, "erp@erp.local", "a@contoso.com", "held").await;
     tokio::time::timeout(WAIT, async {
         while up.connections.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -522,13 +513,7 @@ async fn a_lease_of_a_killed_node_expires_and_the_others_use_it() {
         "b",
         "per_minute_limit = 0\nmax_connections = 1",
     );
-    let id = submit_to(
-        b.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: after\r\n\r\nx\r\n",
-    )
-    .await;
+    let id = submit_short(b.smtp, "erp@erp.local", "a@contoso.com", "after").await;
     // The dead node's lease expires by itself (LEASE_TTL, 15 s), then b sends.
     b.wait_sent(std::slice::from_ref(&id), Duration::from_secs(40));
     assert_eq!(up.messages().len(), 1);
@@ -545,13 +530,7 @@ async fn mailgate_fleet_shows_the_nodes_and_the_shared_use() {
         "[status]\nlisten = \"127.0.0.1:0\"",
         &format!("[status]\nlisten = \"{}\"", d.status),
     );
-    submit_to(
-        d.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: one\r\n\r\nx\r\n",
-    )
-    .await;
+    submit_short(d.smtp, "erp@erp.local", "a@contoso.com", "one").await;
     up.wait_for(1).await;
     d.wait_log(
         |v| v["message"] == "fleet store reachable: shared limits in force",
@@ -619,13 +598,7 @@ async fn a_password_protected_redis_is_used_with_password_file_and_refused_witho
             ),
         );
         let mut d = DaemonProcess::start(&env.config_path);
-        submit_to(
-            d.smtp,
-            "erp@erp.local",
-            &["a@contoso.com"],
-            b"Subject: pw\r\n\r\nx\r\n",
-        )
-        .await;
+        submit_short(d.smtp, "erp@erp.local", "a@contoso.com", "pw").await;
         let want = if want_up {
             "fleet store reachable: shared limits in force"
         } else {
@@ -681,13 +654,7 @@ async fn a_tls_redis_is_used_through_its_ca_file() {
     };
     let trusted = config(&format!("ca_file = \"{}\"", p("ca.pem")));
     let mut d = DaemonProcess::start(&trusted.config_path);
-    submit_to(
-        d.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: over TLS\r\n\r\nx\r\n",
-    )
-    .await;
+    submit_short(d.smtp, "erp@erp.local", "a@contoso.com", "over TLS").await;
     up.wait_for(1).await;
     let s = status(&d).await;
     assert_eq!(s["fleet"]["store"], "up", "{s}");
@@ -701,13 +668,7 @@ async fn a_tls_redis_is_used_through_its_ca_file() {
     // keeps its own share and says why.
     let untrusted = config("");
     let mut d = DaemonProcess::start(&untrusted.config_path);
-    submit_to(
-        d.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: no CA\r\n\r\nx\r\n",
-    )
-    .await;
+    submit_short(d.smtp, "erp@erp.local", "a@contoso.com", "no CA").await;
     up.wait_for(2).await;
     let line = d.wait_message_starting("fleet store unreachable", WAIT);
     assert!(
@@ -742,11 +703,11 @@ async fn every_node_answers_for_the_fleets_history() {
         .map(|n| viewing_node(&redis, n, &token, &secret))
         .collect();
     let mut all = Vec::new();
-    let invoice = submit_to(
+    let invoice = submit_short(
         nodes[0].1.smtp,
         "billing@a.example",
-        &["customer@example.com"],
-        b"Subject: Invoice 4711\r\n\r\nx\r\n",
+        "customer@example.com",
+        "Invoice 4711",
     )
     .await;
     all.push(invoice.clone());
@@ -786,10 +747,8 @@ async fn every_node_answers_for_the_fleets_history() {
         let r = http
             .get(format!("http://{}/api/messages/{invoice}", b.status))
             .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+            .answers(200)
+            .await;
         assert_eq!(r.headers()["x-mailgate-node"], "a");
         let rec: serde_json::Value = r.json().await.unwrap();
         assert_eq!(rec["id"], invoice.as_str());
@@ -821,19 +780,16 @@ async fn every_node_answers_for_the_fleets_history() {
     }
     // A message waiting on A (A's sending paused): B's retry and cancel change A's record.
     let a = &nodes[0].1;
-    let r = http
-        .post(format!("http://{}/api/distributor/pause", a.status))
+    http.post(format!("http://{}/api/distributor/pause", a.status))
         .bearer_auth(key)
         .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let held = submit_to(
+        .answers(200)
+        .await;
+    let held = submit_short(
         a.smtp,
         "billing@a.example",
-        &["customer@example.com"],
-        b"Subject: Reminder 5150\r\n\r\nx\r\n",
+        "customer@example.com",
+        "Reminder 5150",
     )
     .await;
     all.push(held.clone());
@@ -841,19 +797,15 @@ async fn every_node_answers_for_the_fleets_history() {
         .post(format!("http://{}/api/messages/{held}/retry", b.status))
         .bearer_auth(key)
         .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .answers(200)
+        .await;
     assert_eq!(r.headers()["x-mailgate-node"], "a");
     let r = http
         .post(format!("http://{}/api/messages/{held}/cancel", b.status))
         .bearer_auth(key)
         .json(&serde_json::json!({ "by": "ops on node b" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .answers(200)
+        .await;
     assert_eq!(r.headers()["x-mailgate-node"], "a");
     let on_a: serde_json::Value = http
         .get(format!("http://{}/api/messages/{held}", a.status))
@@ -916,16 +868,13 @@ async fn every_node_answers_for_the_fleets_history() {
     }
 
     // An id no node holds: 404 at once, never passed round the fleet.
-    let r = http
-        .get(format!(
-            "http://{}/api/messages/01ZZZZZZZZZZZZZZZZZZZZZZZZ",
-            b.status
-        ))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    http.get(format!(
+        "http://{}/api/messages/01ZZZZZZZZZZZZZZZZZZZZZZZZ",
+        b.status
+    ))
+    .bearer_auth(key)
+    .answers(404)
+    .await;
 
     // Without the token, the API refuses as always.
     let r = common::get(format!("http://{}/api/messages?fleet=1", b.status))
@@ -989,9 +938,14 @@ async fn every_node_answers_for_the_fleets_history() {
         all.len() - (1 + per_node[0] + 1)
     );
     let page = page_of(&nodes[1].1, key, "/messages?fleet=1&limit=500").await;
-    assert!(page.contains("id=\"unreachable\""), "{page}");
-    assert!(page.contains("<li class=\"unreachable\">a: "), "{page}");
-    assert!(page.contains("<td class=\"node\">c</td>"), "{page}");
+    common::assert_has(
+        &page,
+        &[
+            "id=\"unreachable\"",
+            "<li class=\"unreachable\">a: ",
+            "<td class=\"node\">c</td>",
+        ],
+    );
     for (_, d) in nodes.iter_mut().skip(1) {
         assert_eq!(d.terminate().code(), Some(0));
     }
@@ -1017,14 +971,11 @@ async fn the_fleet_view_in_a_browser() {
     let (_ea, mut a) = viewing_node(&redis, "a", &token, &secret);
     let (_eb, mut b) = viewing_node(&redis, "b", &token, &secret);
     let http = common::http();
-    let r = http
-        .post(format!("http://{}/api/distributor/pause", a.status))
+    http.post(format!("http://{}/api/distributor/pause", a.status))
         .bearer_auth(key)
         .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .answers(200)
+        .await;
     let on_a = submit_to(
         a.smtp,
         "billing@a.example",
@@ -1032,13 +983,7 @@ async fn the_fleet_view_in_a_browser() {
         b"Subject: Statement 4711\r\n\r\nYour statement is attached.\r\n",
     )
     .await;
-    submit_to(
-        b.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: Order 17\r\n\r\nx\r\n",
-    )
-    .await;
+    submit_short(b.smtp, "erp@erp.local", "a@contoso.com", "Order 17").await;
     // (once both heartbeats are in the fleet store)
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while fleet_list(&b, key, "q=Statement%204711").await["messages"]
@@ -1106,10 +1051,8 @@ async fn the_fleet_view_in_a_browser() {
     let raw = http
         .get(format!("{base}/messages/{on_a}/raw"))
         .header("cookie", format!("mailgate_session={}", cookie.value()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(raw.status(), 200);
+        .answers(200)
+        .await;
     assert_eq!(raw.headers()["x-mailgate-node"], "a");
     assert!(
         raw.headers()["content-disposition"]

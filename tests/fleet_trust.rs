@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::fleet::{Redis, fleet_list, fleet_secret, viewing_node};
+use common::submit_short;
 use common::upstream::{Script, TestCa, Upstream};
 use common::{DaemonProcess, TestEnv, free_port, submit_to};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -181,13 +182,7 @@ async fn a_node_added_through_redis_is_never_called_and_no_call_carries_the_toke
     let secret = fleet_secret(dir.path(), "fleet.secret", "trusted-fleet ");
     let (_ea, a) = viewing_node(&redis, "a", &token, &secret);
     let (_eb, b) = viewing_node(&redis, "b", &token, &secret);
-    let held = submit_to(
-        a.smtp,
-        "billing@a.example",
-        &["customer@example.com"],
-        b"Subject: on A\r\n\r\nx\r\n",
-    )
-    .await;
+    let held = submit_short(a.smtp, "billing@a.example", "customer@example.com", "on A").await;
 
     let attacker = Recorder::start("[]").await;
     let url = format!("http://127.0.0.1:{}", attacker.port);
@@ -250,23 +245,19 @@ async fn a_node_added_through_redis_is_never_called_and_no_call_carries_the_toke
     let r = reqwest::Client::new()
         .get(format!("http://{}/api/messages/{held}/eml", b.status))
         .bearer_auth(admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .answers(200)
+        .await;
     assert_eq!(r.headers()["x-mailgate-node"], "a");
     assert_eq!(r.headers()["content-type"], "message/rfc822");
     for _ in 0..3 {
-        let r = reqwest::Client::new()
+        reqwest::Client::new()
             .get(format!(
                 "http://{}/api/messages/01ZZZZZZZZZZZZZZZZZZZZZZZZ",
                 b.status
             ))
             .bearer_auth(admin)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
+            .answers(404)
+            .await;
     }
     assert!(
         attacker.requests().is_empty(),
@@ -331,13 +322,7 @@ async fn a_peer_call_is_refused_when_replayed_stale_forged_or_beyond_its_rights(
     let secret_file = fleet_secret(dir.path(), "fleet.secret", "peer-calls ");
     let secret = secret_of(&secret_file);
     let (env, a) = viewing_node(&redis, "a", &token, &secret_file);
-    let id = submit_to(
-        a.smtp,
-        "erp@erp.local",
-        &["x@contoso.com"],
-        b"Subject: s\r\n\r\nx\r\n",
-    )
-    .await;
+    let id = submit_short(a.smtp, "erp@erp.local", "x@contoso.com", "s").await;
     let http = reqwest::Client::new();
     let base = format!("http://{}", a.status);
     let call = |method: &str, path: &str, body: &[u8], time: u64, nonce: &str, key: &[u8]| {
@@ -358,36 +343,28 @@ async fn a_peer_call_is_refused_when_replayed_stale_forged_or_beyond_its_rights(
         "n-1",
         &secret,
     )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
+    .answers(200)
+    .await;
     let list: serde_json::Value = r.json().await.unwrap();
     assert_eq!(list[0]["id"], id.as_str());
     let path = format!("/api/messages/{id}");
-    let r = call("GET", &path, b"", unix_now(), "n-2", &secret)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    call("GET", &path, b"", unix_now(), "n-2", &secret)
+        .answers(200)
+        .await;
 
     // The same call again: a replay.
     let r = call("GET", &path, b"", unix_now(), "n-2", &secret)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+        .answers(401)
+        .await;
     assert!(r.text().await.unwrap().contains("replay"));
     // Five minutes old, or five minutes ahead.
     for t in [unix_now() - 300, unix_now() + 300] {
-        let r = call("GET", &path, b"", t, &format!("n-{t}"), &secret)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401);
+        call("GET", &path, b"", t, &format!("n-{t}"), &secret)
+            .answers(401)
+            .await;
     }
     // Signed with another secret.
-    let r = call(
+    call(
         "GET",
         &path,
         b"",
@@ -395,10 +372,8 @@ async fn a_peer_call_is_refused_when_replayed_stale_forged_or_beyond_its_rights(
         "n-3",
         b"not-the-fleet-secret-but-32-bytes-long",
     )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 401);
+    .answers(401)
+    .await;
     // Signed for one path, sent to another.
     let mut req = http.get(format!("{base}/api/messages/{id}/eml"));
     for (k, v) in signed_headers(&secret, "GET", &path, b"", unix_now(), "n-4") {
@@ -586,13 +561,7 @@ async fn a_message_held_by_a_fleet_lease_says_so() {
         .query(&mut c)
         .unwrap();
     let (_env, d) = sending_node(&redis, &up, "per_minute_limit = 0\nmax_connections = 1");
-    let id = submit_to(
-        d.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: lease\r\n\r\nx\r\n",
-    )
-    .await;
+    let id = submit_short(d.smtp, "erp@erp.local", "a@contoso.com", "lease").await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let r = d.get_json(&format!("/api/messages/{id}")).await;
@@ -653,11 +622,11 @@ async fn the_fleet_view_over_https_between_nodes() {
         let d = DaemonProcess::start(&env.config_path);
         nodes.push((env, d));
     }
-    let id = submit_to(
+    let id = submit_short(
         nodes[0].1.smtp,
         "erp@erp.local",
-        &["x@contoso.com"],
-        b"Subject: over TLS\r\n\r\nx\r\n",
+        "x@contoso.com",
+        "over TLS",
     )
     .await;
     let https = reqwest::Client::builder()
@@ -781,13 +750,12 @@ fn check_config_refuses_an_open_fleet_and_warns_about_an_open_redis() {
         "",
     );
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("warning: fleet.redis_url leaves this host without fleet.password_file"),
-        "{out}"
-    );
-    assert!(
-        out.contains("warning: fleet.redis_url leaves this host without TLS"),
-        "{out}"
+    common::assert_has(
+        &out,
+        &[
+            "warning: fleet.redis_url leaves this host without fleet.password_file",
+            "warning: fleet.redis_url leaves this host without TLS",
+        ],
     );
     // A status listener beyond loopback without TLS or a proxy in front.
     let (code, _, err) = check(

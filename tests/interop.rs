@@ -419,18 +419,11 @@ fn swaks_auth_login_over_starttls_to_the_listener() {
     let env = TestEnv::new("", "");
     let d = env.dir.path();
     let ca = common::upstream::TestCa::new("listener CA");
-    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
-    std::fs::write(d.join("l.crt"), cert).unwrap();
-    std::fs::write(d.join("l.key"), key).unwrap();
+    let tls = env.listener_tls(&ca, &["localhost", "127.0.0.1"]);
     std::fs::write(d.join("ca.pem"), &ca.pem).unwrap();
-    let hash = mailgate::smtp::auth::hash_password("scanner-pw-7").unwrap();
     env.write_config(
-        &format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"\nallowed_networks = [\"10.0.0.0/8\"]",
-            d.join("l.crt").display(),
-            d.join("l.key").display()
-        ),
-        &format!("[[user]]\nname = \"scanner\"\nlogin = \"scanner\"\npassword_hash = \"{hash}\"\nemail = \"scanner@contoso.com\"\n"),
+        &format!("{tls}allowed_networks = [\"10.0.0.0/8\"]"),
+        &common::login_user("scanner", "scanner-pw-7", "scanner@contoso.com"),
     );
     let mut daemon = DaemonProcess::start(&env.config_path);
     let swaks = |password: &str| {
@@ -507,12 +500,7 @@ fn gen_cert_makes_a_certificate_swaks_verifies() {
             .unwrap()
     };
     let o = make(&[]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::exited(&o, 0);
     let mode = std::fs::metadata(d.join("mailgate.key")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
@@ -711,8 +699,8 @@ fn pipelined_to_postfix_smtp_sink() {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"sink\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
-             [distributor]\ndefault_provider = \"sink\"\n"
+            "{}[distributor]\ndefault_provider = \"sink\"\n",
+            common::plain_smtp("sink", port)
         ),
     );
     let mut daemon = DaemonProcess::start(&env.config_path);

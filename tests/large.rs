@@ -38,7 +38,9 @@ fn message(size: usize, subject: &str) -> Vec<u8> {
     m
 }
 
-fn relay_env(up: &Upstream, extra: &str) -> TestEnv {
+/// A daemon relaying to an upstream running `script`, with `extra` keys on its provider.
+async fn relayed(script: Script, extra: &str) -> (Upstream, TestEnv, DaemonProcess) {
+    let up = Upstream::start(script).await;
     let env = TestEnv::new("", "");
     write(
         &env,
@@ -48,7 +50,8 @@ fn relay_env(up: &Upstream, extra: &str) -> TestEnv {
             common::plain_smtp("up", up.addr.port())
         ),
     );
-    env
+    let d = DaemonProcess::start(&env.config_path);
+    (up, env, d)
 }
 
 /// One 25 MB message submitted over SMTP and relayed upstream: the daemon's peak
@@ -57,9 +60,7 @@ fn relay_env(up: &Upstream, extra: &str) -> TestEnv {
 /// counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_25_mb_message_costs_at_most_one_and_a_half_times_its_size() {
-    let up = Upstream::start(Script::default()).await;
-    let env = relay_env(&up, "");
-    let mut d = DaemonProcess::start(&env.config_path);
+    let (up, env, mut d) = relayed(Script::default(), "").await;
     let pid = d.child.id();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = mem(pid, "VmRSS");
@@ -152,9 +153,7 @@ async fn one_25_mb_message_costs_at_most_one_and_a_half_times_its_size() {
 /// Twenty 5 MB messages submitted at once: the daemon stays under 200 MB at its peak.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_5_mb_messages_at_once_stay_under_200_mb() {
-    let up = Upstream::start(Script::default()).await;
-    let env = relay_env(&up, "max_connections = 10\n");
-    let mut d = DaemonProcess::start(&env.config_path);
+    let (up, _env, mut d) = relayed(Script::default(), "max_connections = 10\n").await;
     let pid = d.child.id();
     let data = std::sync::Arc::new(message(5_000_000, "report"));
     let mut sessions = tokio::task::JoinSet::new();
@@ -184,13 +183,14 @@ async fn twenty_5_mb_messages_at_once_stay_under_200_mb() {
 /// ended (the upstream never gets it), and the attempt says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_changed_on_disk_before_it_goes_out_is_never_ended() {
-    let up = Upstream::start(Script {
-        delay_ms: 1500,
-        ..Script::default()
-    })
+    let (up, env, mut d) = relayed(
+        Script {
+            delay_ms: 1500,
+            ..Script::default()
+        },
+        "",
+    )
     .await;
-    let env = relay_env(&up, "");
-    let mut d = DaemonProcess::start(&env.config_path);
     let data = message(1_000_000, "changes");
     let id = common::submit_to(d.smtp, "erp@contoso.com", &["a@contoso.com"], &data).await;
     // Checked as the attempt began; the upstream now takes 1.5 s per reply.

@@ -101,6 +101,16 @@ async fn paused_with(
     (env, daemon, events, ids)
 }
 
+/// Twelve messages to one recipient, held while paused under `limits`, then released
+/// and run until all are sent: the env, the daemon, the time of the release, the records.
+async fn twelve_sent(limits: &str) -> (TestEnv, Daemon, u64, Vec<Record>) {
+    let (env, daemon, mut events, _ids) = paused_with(limits, 12, &["a@contoso.com"]).await;
+    let t0 = daemon.distributor.now();
+    daemon.distributor.resume();
+    let all = run_until_all_sent(&daemon, &mut events).await;
+    (env, daemon, t0, all)
+}
+
 /// [`run_until`] every message is sent.
 async fn run_until_all_sent(daemon: &Daemon, events: &mut Receiver<DeliveryEvent>) -> Vec<Record> {
     run_until(daemon, events, |all| {
@@ -140,11 +150,7 @@ async fn run_until(
 #[tokio::test(start_paused = true)]
 async fn five_a_minute_sends_five_then_the_rest_later() {
     let _t = ticker();
-    let (_env, daemon, mut events, _ids) =
-        paused_with("per_minute_limit = 5", 12, &["a@contoso.com"]).await;
-    let t0 = daemon.distributor.now();
-    daemon.distributor.resume();
-    let all = run_until_all_sent(&daemon, &mut events).await;
+    let (_env, daemon, t0, all) = twelve_sent("per_minute_limit = 5").await;
     let times = dispatch_times(&daemon);
     assert_eq!(times.len(), 12);
     assert_eq!(
@@ -176,10 +182,7 @@ async fn five_a_minute_sends_five_then_the_rest_later() {
 #[tokio::test(start_paused = true)]
 async fn the_eleventh_deferral_is_sent_regardless() {
     let _t = ticker();
-    let (_env, daemon, mut events, _ids) =
-        paused_with("per_minute_limit = 1", 12, &["a@contoso.com"]).await;
-    daemon.distributor.resume();
-    let all = run_until_all_sent(&daemon, &mut events).await;
+    let (_env, daemon, _t0, all) = twelve_sent("per_minute_limit = 1").await;
     let bypassed: Vec<&Record> = all
         .iter()
         .filter(|r| r.attempts.last().unwrap().note.is_some())
@@ -202,11 +205,7 @@ async fn the_eleventh_deferral_is_sent_regardless() {
 #[tokio::test(start_paused = true)]
 async fn limit_zero_sends_everything_at_once() {
     let _t = ticker();
-    let (_env, daemon, mut events, _ids) =
-        paused_with("per_minute_limit = 0", 12, &["a@contoso.com"]).await;
-    let t0 = daemon.distributor.now();
-    daemon.distributor.resume();
-    let all = run_until_all_sent(&daemon, &mut events).await;
+    let (_env, daemon, t0, all) = twelve_sent("per_minute_limit = 0").await;
     assert!(
         all.iter()
             .all(|r| r.throttle_deferrals == 0 && r.deferrals == 0)

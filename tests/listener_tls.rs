@@ -61,20 +61,13 @@ struct Setup {
 
 async fn setup(allowed: &str) -> Setup {
     let ca = TestCa::new("listener CA");
-    let (cert, key) = ca.issue(&["mailgate.test", "127.0.0.1"]);
     let env = TestEnv::new("", "");
-    let d = env.dir.path();
-    std::fs::write(d.join("listener.crt"), cert).unwrap();
-    std::fs::write(d.join("listener.key"), key).unwrap();
-    let hash = mailgate::smtp::auth::hash_password("erp-pass-1").unwrap();
+    let tls = env.listener_tls(&ca, &["mailgate.test", "127.0.0.1"]);
     env.write_config(
+        &format!("{tls}allowed_networks = [\"{allowed}\"]"),
         &format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"\nallowed_networks = [\"{allowed}\"]",
-            d.join("listener.crt").display(),
-            d.join("listener.key").display()
-        ),
-        &format!(
-            "[[user]]\nname = \"erp\"\nlogin = \"erp\"\npassword_hash = \"{hash}\"\nemail = \"erp@contoso.com\"\nsender_email = \"billing@contoso.com\"\n"
+            "{}sender_email = \"billing@contoso.com\"\n",
+            common::login_user("erp", "erp-pass-1", "erp@contoso.com")
         ),
     );
     let daemon = Daemon::start(env.config()).await.unwrap();
@@ -94,6 +87,14 @@ fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     .with_root_certificates(roots)
     .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A plain connection that has said EHLO: the client and the EHLO reply's lines.
+async fn greeted(s: &Setup) -> (Client<TcpStream>, Vec<String>) {
+    let mut c = plain(s).await;
+    c.send("EHLO client.test\r\n").await;
+    let ehlo = c.reply_lines().await;
+    (c, ehlo)
 }
 
 async fn plain(s: &Setup) -> Client<TcpStream> {
@@ -122,9 +123,7 @@ async fn upgrade(
 #[tokio::test]
 async fn strangers_get_nothing_without_auth() {
     let s = setup("10.0.0.0/8").await;
-    let mut c = plain(&s).await;
-    c.send("EHLO stranger\r\n").await;
-    let ehlo = c.reply_lines().await;
+    let (mut c, ehlo) = greeted(&s).await;
     assert!(ehlo.iter().any(|l| l.ends_with("STARTTLS")), "{ehlo:?}");
     assert!(
         !ehlo.iter().any(|l| l.contains("AUTH")),
@@ -159,9 +158,7 @@ async fn strangers_get_nothing_without_auth() {
 #[tokio::test]
 async fn commands_pipelined_with_starttls_are_discarded() {
     let s = setup("10.0.0.0/8").await;
-    let mut c = plain(&s).await;
-    c.send("EHLO x\r\n").await;
-    c.reply_lines().await;
+    let (mut c, _) = greeted(&s).await;
     // One packet: STARTTLS plus an injected transaction.
     c.send("STARTTLS\r\nMAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@contoso.com>\r\n")
         .await;
@@ -189,9 +186,7 @@ async fn authenticated_user_sends_inside_tls_and_is_identified() {
     use base64::Engine;
     let s = setup("10.0.0.0/8").await;
     let mut events = s.daemon.distributor.subscribe();
-    let mut c = plain(&s).await;
-    c.send("EHLO erp01\r\n").await;
-    c.reply_lines().await;
+    let (mut c, _) = greeted(&s).await;
     assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS");
     let mut t = upgrade(&s, c).await;
     t.send("EHLO erp01\r\n").await;
@@ -232,8 +227,13 @@ async fn authenticated_user_sends_inside_tls_and_is_identified() {
     assert_eq!(rec.original_sender, "whatever@erp.local");
     assert_eq!(rec.sender, "billing@contoso.com");
     let eml = String::from_utf8(s.env.eml(&id)).unwrap();
-    assert!(eml.contains("with ESMTPSA id"), "{eml}");
-    assert!(eml.contains("\r\nFrom: ERP System <billing@contoso.com>\r\nX-Original-From: ERP System <whatever@erp.local>\r\nSubject: Invoice\r\n"), "{eml}");
+    common::assert_has(
+        &eml,
+        &[
+            "with ESMTPSA id",
+            "\r\nFrom: ERP System <billing@contoso.com>\r\nX-Original-From: ERP System <whatever@erp.local>\r\nSubject: Invoice\r\n",
+        ],
+    );
     s.daemon.shutdown().await;
 }
 
@@ -241,9 +241,7 @@ async fn authenticated_user_sends_inside_tls_and_is_identified() {
 async fn three_failures_close_the_session() {
     use base64::Engine;
     let s = setup("127.0.0.0/8").await;
-    let mut c = plain(&s).await;
-    c.send("EHLO x\r\n").await;
-    let ehlo = c.reply_lines().await;
+    let (mut c, ehlo) = greeted(&s).await;
     assert!(
         ehlo.iter().any(|l| l.ends_with("AUTH PLAIN LOGIN")),
         "allowed network gets AUTH without TLS: {ehlo:?}"

@@ -11,12 +11,7 @@ use common::bin;
 
 fn out(args: &[&str]) -> String {
     let o = Command::new(bin()).args(args).output().unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::exited(&o, 0);
     String::from_utf8(o.stdout).unwrap()
 }
 

@@ -26,6 +26,15 @@ fn graph_provider(ms: &MockMicrosoft, secret_lines: &str) -> String {
     )
 }
 
+/// A daemon sending through Graph at `ms` with the client secret `secret`, and
+/// `extra_smtp` in its `[smtp]`.
+async fn graph_daemon(ms: &MockMicrosoft, extra_smtp: &str, secret: &str) -> (TestEnv, Daemon) {
+    let secret = format!("client_secret = \"{secret}\"");
+    let env = TestEnv::new(extra_smtp, &graph_provider(ms, &secret));
+    let daemon = start(&env).await;
+    (env, daemon)
+}
+
 async fn start(env: &TestEnv) -> Daemon {
     Daemon::start(env.config()).await.unwrap()
 }
@@ -47,11 +56,7 @@ fn diag(r: &Record) -> String {
 #[tokio::test]
 async fn graph_sends_the_stored_mime_with_one_cached_token() {
     let ms = MockMicrosoft::start().await;
-    let env = TestEnv::new(
-        "",
-        &graph_provider(&ms, "client_secret = \"app-secret-value\""),
-    );
-    let daemon = start(&env).await;
+    let (_env, daemon) = graph_daemon(&ms, "", "app-secret-value").await;
     let a = send_one(&daemon, &["a@contoso.com"], "one").await;
     let b = send_one(&daemon, &["a@contoso.com", "hidden@contoso.com"], "two").await;
     let c = send_one(&daemon, &["a@contoso.com"], "three").await;
@@ -106,8 +111,7 @@ async fn tokens_are_renewed_before_they_expire() {
     // token serves for one second.
     let ms = MockMicrosoft::start().await;
     ms.with(|s| s.expires_in = 2);
-    let env = TestEnv::new("", &graph_provider(&ms, "client_secret = \"s\""));
-    let daemon = start(&env).await;
+    let (_env, daemon) = graph_daemon(&ms, "", "s").await;
     for i in 0..3 {
         if i == 2 {
             tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -131,8 +135,7 @@ async fn tokens_are_renewed_before_they_expire() {
 async fn a_rejected_token_is_refreshed_once_then_deferred() {
     let ms = MockMicrosoft::start().await;
     ms.with(|s| s.revoked = vec!["tok-1".into(), "tok-2".into()]);
-    let env = TestEnv::new("", &graph_provider(&ms, "client_secret = \"s\""));
-    let daemon = start(&env).await;
+    let (_env, daemon) = graph_daemon(&ms, "", "s").await;
     let r = send_one(&daemon, &["a@contoso.com"], "x").await;
     assert_eq!(r.status, Status::Deferred);
     assert_eq!(diag(&r), "graph-unauthorized");
@@ -202,8 +205,7 @@ async fn graph_statuses_map_to_outcomes() {
     for (status, retry_after, body, want, code) in cases {
         let ms = MockMicrosoft::start().await;
         ms.with(|s| s.graph_reply = Some((status, retry_after, body.to_string())));
-        let env = TestEnv::new("", &graph_provider(&ms, "client_secret = \"s\""));
-        let daemon = start(&env).await;
+        let (_env, daemon) = graph_daemon(&ms, "", "s").await;
         let r = send_one(&daemon, &["a@contoso.com"], "x").await;
         assert_eq!(r.status, want, "HTTP {status}");
         assert_eq!(diag(&r), code, "HTTP {status}");
@@ -228,11 +230,7 @@ async fn graph_statuses_map_to_outcomes() {
 #[tokio::test]
 async fn graph_refuses_messages_over_4_mb() {
     let ms = MockMicrosoft::start().await;
-    let env = TestEnv::new(
-        "max_message_size = \"10MB\"",
-        &graph_provider(&ms, "client_secret = \"s\""),
-    );
-    let daemon = start(&env).await;
+    let (_env, daemon) = graph_daemon(&ms, "max_message_size = \"10MB\"", "s").await;
     let big = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789\r\n"
         .repeat(45_000);
     let r = send_one(&daemon, &["a@contoso.com"], &big).await;
@@ -265,8 +263,7 @@ async fn token_endpoint_errors_defer_with_a_diagnosis() {
     for (status, body, code) in cases {
         let ms = MockMicrosoft::start().await;
         ms.with(|s| s.token_error = Some((status, body.to_string())));
-        let env = TestEnv::new("", &graph_provider(&ms, "client_secret = \"s\""));
-        let daemon = start(&env).await;
+        let (_env, daemon) = graph_daemon(&ms, "", "s").await;
         let r = send_one(&daemon, &["a@contoso.com"], "x").await;
         assert_eq!(r.status, Status::Deferred, "{code}");
         assert_eq!(diag(&r), code);

@@ -9,8 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::browser::{Driver, click, shot, signin, text};
+use common::submit_short;
 use common::upstream::{Script, Upstream};
-use common::{TestEnv, submit_to};
+use common::{Fetch, TestEnv, submit_to};
 use fantoccini::{Client, Locator};
 use mailgate::Daemon;
 use mailgate::history::Status;
@@ -45,7 +46,7 @@ async fn rows(c: &Client) -> Vec<String> {
 
 /// A daemon with an upstream that refuses gone@contoso.com for good (550 5.1.1).
 async fn daemon(extra_status: &str) -> (TestEnv, Daemon, Upstream) {
-    let up = Upstream::start(Script::default().reply("rcpt:gone@contoso.com", "550 5.1.1 <gone@contoso.com>: Recipient address rejected: User unknown in local recipient table")).await;
+    let up = Upstream::replying("rcpt:gone@contoso.com", "550 5.1.1 <gone@contoso.com>: Recipient address rejected: User unknown in local recipient table").await;
     let env = TestEnv::new(
         "",
         &format!(
@@ -175,15 +176,14 @@ async fn an_administrator_filters_failed_reads_why_and_retries_in_the_browser() 
         .unwrap();
     click(&c, "td.subject a").await;
     let attempt = text(&c, "li.attempt").await;
-    assert!(attempt.contains("550 5.1.1"), "{attempt}");
-    assert!(attempt.contains("recipient-unknown"), "{attempt}");
-    assert!(
-        attempt.contains("The upstream does not know the recipient address"),
-        "{attempt}"
-    );
-    assert!(
-        attempt.contains("How to fix it: Correct the address in the sending application"),
-        "{attempt}"
+    common::assert_has(
+        &attempt,
+        &[
+            "550 5.1.1",
+            "recipient-unknown",
+            "The upstream does not know the recipient address",
+            "How to fix it: Correct the address in the sending application",
+        ],
     );
     shot(&c, "detail").await;
 
@@ -294,26 +294,19 @@ async fn with_a_token_the_pages_ask_for_it_once_and_posts_need_the_csrf_token() 
             .header("Cookie", format!("mailgate_session={}", cookie.value()))
             .header("Content-Type", "application/x-www-form-urlencoded")
     };
-    let r = with_cookie("/distributor/resume")
+    with_cookie("/distributor/resume")
         .body("")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    let r = with_cookie("/distributor/resume")
+        .answers(403)
+        .await;
+    with_cookie("/distributor/resume")
         .body("csrf=guess")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+        .answers(403)
+        .await;
     assert!(d.distributor.is_paused());
-    let r = http
-        .post(format!("{base}/distributor/resume"))
+    http.post(format!("{base}/distributor/resume"))
         .form(&[("csrf", "x")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+        .answers(403)
+        .await;
     let h = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(
         h.headers()["content-security-policy"],
@@ -348,20 +341,19 @@ async fn held_for_sign_in(
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"{name}\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\nusername = \"{mailbox}\"\n\
+            "{}username = \"{mailbox}\"\n\
              [provider.oauth2]\n{}\
              [distributor]\ndefault_provider = \"{name}\"\nretry_initial = \"10m\"\n",
-            up.addr.port(),
-            ca_file.display(),
+            common::tls_smtp(name, up.addr.port(), &ca_file),
             oauth2.replace("{id}", &id.addr.to_string()),
         ),
     );
     let d = Daemon::start(env.config()).await.unwrap();
-    let held = submit_to(
+    let held = submit_short(
         d.smtp_addrs[0],
         "cron@server.local",
-        &["a@example.com"],
-        b"Subject: Held until the sign-in\r\n\r\nx\r\n",
+        "a@example.com",
+        "Held until the sign-in",
     )
     .await;
     wait_status(&d, &held, Status::Deferred).await;
@@ -883,12 +875,13 @@ async fn the_pages_fit_at_1280_1400_and_1920_px_and_say_sizes_and_ports() {
     let env = TestEnv::new(
         "",
         &format!(
-            "[[provider]]\nname = \"primary-relay\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {dead_port}\ntls = \"none\"\n\
+            "{}\
              per_minute_limit = 30\nper_day_recipient_limit = 10000\ncircuit_open_after = 1\ncircuit_cooldown = \"10m\"\n\
              {}\
              per_minute_limit = 30\nper_day_recipient_limit = 10000\n\
              [[user]]\nname = \"accounts-payable\"\nmatch_senders = [\"*@ap.erp.local\"]\nprovider = \"backup-relay\"\n\
              [distributor]\ndefault_provider = \"primary-relay\"\n[notify]\nbounce = \"off\"\n",
+            common::plain_smtp("primary-relay", dead_port),
             common::plain_smtp("backup-relay", up.addr.port())
         ),
     );

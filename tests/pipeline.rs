@@ -11,6 +11,7 @@ use mailgate::Daemon;
 use mailgate::history::Status;
 
 use common::WAIT;
+use common::submit_short;
 
 async fn wait_sent(
     daemon: &Daemon,
@@ -104,16 +105,13 @@ async fn lettre_submission_lands_in_the_outbox_byte_for_byte() {
 async fn missing_message_id_and_date_are_added() {
     let (env, daemon) = common::started("", "").await;
     let mut events = daemon.distributor.subscribe();
-    let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
-    s.cmd("EHLO c").await.unwrap();
-    let reply = s
-        .send(
-            "a@erp.local",
-            &["x@contoso.com"],
-            b"Subject: bare\r\n\r\nhi\r\n",
-        )
-        .await
-        .unwrap();
+    let reply = common::send_once(
+        daemon.smtp_addrs[0],
+        "a@erp.local",
+        &["x@contoso.com"],
+        b"Subject: bare\r\n\r\nhi\r\n",
+    )
+    .await;
     let id = queued_id(&reply).unwrap();
     wait_sent(&daemon, &mut events, &id).await;
     let text = String::from_utf8(env.eml(&id)).unwrap();
@@ -212,8 +210,7 @@ async fn connections_beyond_the_limit_get_421() {
 
 #[tokio::test]
 async fn listens_on_ipv4_and_ipv6() {
-    let env = TestEnv::new("", "");
-    env.edit_config(
+    let env = TestEnv::edited(
         "listen = [\"127.0.0.1:0\"]",
         "listen = [\"127.0.0.1:0\", \"[::1]:0\"]",
     );
@@ -221,16 +218,13 @@ async fn listens_on_ipv4_and_ipv6() {
     assert_eq!(daemon.smtp_addrs.len(), 2);
     assert!(daemon.smtp_addrs[1].is_ipv6());
     for addr in daemon.smtp_addrs.clone() {
-        let (mut s, _) = Smtp::connect(addr).await.unwrap();
-        s.cmd("EHLO c").await.unwrap();
-        let r = s
-            .send(
-                "a@erp.local",
-                &["x@contoso.com"],
-                b"Subject: v\r\n\r\nx\r\n",
-            )
-            .await
-            .unwrap();
+        let r = common::send_once(
+            addr,
+            "a@erp.local",
+            &["x@contoso.com"],
+            b"Subject: v\r\n\r\nx\r\n",
+        )
+        .await;
         assert!(queued_id(&r).is_some(), "{addr}: {r}");
     }
     daemon.shutdown().await;
@@ -240,23 +234,17 @@ async fn listens_on_ipv4_and_ipv6() {
 async fn admin_api_serves_records_and_health() {
     let (env, daemon) = common::started("", "").await;
     let mut events = daemon.distributor.subscribe();
-    let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
-    s.cmd("EHLO erp01").await.unwrap();
-    let id = queued_id(
-        &s.send(
-            "app@erp.local",
-            &["a@contoso.com"],
-            b"Subject: Invoice 7\r\n\r\nx\r\n",
-        )
-        .await
-        .unwrap(),
+    let id = submit_short(
+        daemon.smtp_addrs[0],
+        "app@erp.local",
+        "a@contoso.com",
+        "Invoice 7",
     )
-    .unwrap();
+    .await;
     wait_sent(&daemon, &mut events, &id).await;
     let base = format!("http://{}", daemon.status_addr);
     let http = common::http();
-    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    let health = http.get(format!("{base}/healthz")).answers(200).await;
     assert_eq!(health.text().await.unwrap(), "ok");
 
     let rec = http
@@ -265,7 +253,7 @@ async fn admin_api_serves_records_and_health() {
         .await;
     assert_eq!(rec["id"], id.as_str());
     assert_eq!(rec["status"], "sent");
-    assert_eq!(rec["helo"], "erp01");
+    assert_eq!(rec["helo"], "test-client");
     assert_eq!(rec["original_sender"], "app@erp.local");
     assert_eq!(rec["sender"], "app@erp.local");
     assert_eq!(rec["recipients"][0]["address"], "a@contoso.com");
@@ -292,12 +280,9 @@ async fn admin_api_serves_records_and_health() {
         .fetch()
         .await;
     assert!(none.is_empty());
-    let missing = http
-        .get(format!("{base}/api/messages/NOPE"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
+    http.get(format!("{base}/api/messages/NOPE"))
+        .answers(404)
+        .await;
     let eml = http
         .get(format!("{base}/api/messages/{id}/eml"))
         .send()
@@ -310,11 +295,9 @@ async fn admin_api_serves_records_and_health() {
 
     // A store that cannot write makes /healthz say so.
     daemon.pipeline.store().fail_writes(true);
-    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 503);
+    http.get(format!("{base}/healthz")).answers(503).await;
     daemon.pipeline.store().fail_writes(false);
-    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    http.get(format!("{base}/healthz")).answers(200).await;
     daemon.shutdown().await;
 }
 
@@ -322,18 +305,7 @@ async fn admin_api_serves_records_and_health() {
 async fn paused_distributor_queues_and_resume_sends() {
     let (env, daemon) = common::started("", "[distributor]\nenabled = false\n").await;
     let mut events = daemon.distributor.subscribe();
-    let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
-    s.cmd("EHLO c").await.unwrap();
-    let id = queued_id(
-        &s.send(
-            "a@erp.local",
-            &["x@contoso.com"],
-            b"Subject: p\r\n\r\nx\r\n",
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
+    let id = submit_short(daemon.smtp_addrs[0], "a@erp.local", "x@contoso.com", "p").await;
     assert_eq!(
         daemon.pipeline.store().record(&id).unwrap().unwrap().status,
         Status::Queued

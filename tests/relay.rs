@@ -42,10 +42,13 @@ impl Relay {
     /// Rewrites the config: provider "up" pointing at the test upstream, as default.
     fn configure(&self, provider: &str) {
         let extra = format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\ntimeout = \"5s\"\n{provider}\n\
+            "{}timeout = \"5s\"\n{provider}\n\
              [distributor]\ndefault_provider = \"up\"\nretry_initial = \"1m\"\n",
-            self.upstream.addr.port(),
-            self.env.dir.path().join("ca.pem").display()
+            common::tls_smtp(
+                "up",
+                self.upstream.addr.port(),
+                &self.env.dir.path().join("ca.pem")
+            ),
         );
         self.env.write_config("", &extra);
     }

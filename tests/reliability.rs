@@ -202,9 +202,8 @@ async fn upstream_tls_handshake_fails() {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"sink\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\ntimeout = \"2s\"\n[distributor]\ndefault_provider = \"sink\"\nretry_initial = \"200ms\"\nretry_max = \"1s\"\n",
-            up.addr.port(),
-            env.dir.path().join("ca.pem").display()
+            "{}timeout = \"2s\"\n[distributor]\ndefault_provider = \"sink\"\nretry_initial = \"200ms\"\nretry_max = \"1s\"\n",
+            common::tls_smtp("sink", up.addr.port(), &env.dir.path().join("ca.pem"))
         ),
     );
     let daemon = Daemon::start(env.config()).await.unwrap();
@@ -311,8 +310,7 @@ async fn store_that_cannot_write_answers_451_and_recovers() {
 
 #[tokio::test]
 async fn low_disk_waits_at_the_door_with_452() {
-    let env = TestEnv::new("", "");
-    env.edit_config("min_free_space = 0", "min_free_space = \"1000000GB\"");
+    let env = TestEnv::edited("min_free_space = 0", "min_free_space = \"1000000GB\"");
     let daemon = Daemon::start(env.config()).await.unwrap();
     let (mut s, _) = Smtp::connect(daemon.smtp_addrs[0]).await.unwrap();
     s.cmd("EHLO c").await.unwrap();
@@ -386,8 +384,7 @@ async fn a_thousand_connections_past_the_limit() {
 
 #[tokio::test]
 async fn slowloris_is_closed_at_idle_timeout() {
-    let env = TestEnv::new("", "");
-    env.edit_config("idle_timeout = \"60s\"", "idle_timeout = \"1s\"");
+    let env = TestEnv::edited("idle_timeout = \"60s\"", "idle_timeout = \"1s\"");
     let daemon = Daemon::start(env.config()).await.unwrap();
     let mut c = TcpStream::connect(daemon.smtp_addrs[0]).await.unwrap();
     // One byte of a command, then nothing.

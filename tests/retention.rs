@@ -16,11 +16,11 @@ fn write(env: &TestEnv, smtp: u16, status: u16, dead: u16, retention_days: u32, 
          [store]\npath = \"{store}\"\nmin_free_space = 0\n\
          [status]\nlisten = \"127.0.0.1:{status}\"\n\
          [history]\nretention_days = {retention_days}\n[distributor]\nenabled = {sending}\n\
-         [[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"{outbox}\"\n\
-         [[provider]]\nname = \"dead\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {dead}\ntls = \"none\"\n\
+         {outbox}{dead}\
          [[user]]\nname = \"u\"\nemail = \"held@example.com\"\nprovider = \"dead\"\n",
         store = d.join("data/mailgate.redb").display(),
-        outbox = d.join("outbox").display(),
+        outbox = common::eml_at("outbox", &d.join("outbox")),
+        dead = common::plain_smtp("dead", dead),
     );
     std::fs::write(&env.config_path, text).unwrap();
 }
@@ -82,15 +82,20 @@ async fn finished_records_older_than_retention_go_with_their_bodies_at_start() {
     );
     assert_eq!(old.terminate().code(), Some(0));
 
+    // A start with sending off and `retention_days`: the daemon and its retention log line.
+    let keeping = |days| {
+        write(&env, smtp, status, dead, days, false);
+        let mut d = DaemonProcess::start(&env.config_path);
+        let ran = d.wait_log(
+            |v| v["message"] == "history retention ran",
+            Duration::from_secs(10),
+        );
+        (d, ran)
+    };
     // The distributor stays off from here on, so the waiting ones stay waiting (else the
     // deferred one would be given up after give_up_after and the queued one sent).
     // retention_days larger than their age keeps everything.
-    write(&env, smtp, status, dead, 60, false);
-    let mut d = DaemonProcess::start(&env.config_path);
-    let ran = d.wait_log(
-        |v| v["message"] == "history retention ran",
-        Duration::from_secs(10),
-    );
+    let (mut d, ran) = keeping(60);
     assert_eq!(ran["deleted"], 0);
     let o = run_cli(&["--config", &cfg, "export", &sent]);
     assert_eq!(o.status.code(), Some(0));
@@ -98,12 +103,7 @@ async fn finished_records_older_than_retention_go_with_their_bodies_at_start() {
     assert_eq!(d.terminate().code(), Some(0));
 
     // retention_days = 0 means 30: the sent record and its body go within seconds of start.
-    write(&env, smtp, status, dead, 0, false);
-    let mut d = DaemonProcess::start(&env.config_path);
-    let ran = d.wait_log(
-        |v| v["message"] == "history retention ran",
-        Duration::from_secs(10),
-    );
+    let (mut d, ran) = keeping(0);
     assert_eq!(ran["deleted"], 1, "{ran}");
     let o = run_cli(&["--config", &cfg, "show", &sent]);
     assert_eq!(o.status.code(), Some(1));

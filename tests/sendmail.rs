@@ -99,6 +99,12 @@ fn said(o: &Output, words: &str) {
 }
 
 /// A link named `sendmail` to the binary, in the test's directory.
+/// `sendmail -t -i` as cron runs it: LF line ends, no From, to a@example.com.
+fn cron(sendmail: &std::path::Path, env: &TestEnv, subject: &str) -> Output {
+    let mail = format!("To: a@example.com\nSubject: {subject}\n\nbody\n");
+    run(sendmail, &["-t", "-i"], env, mail.as_bytes())
+}
+
 fn link(env: &TestEnv, name: &str) -> std::path::PathBuf {
     let p = env.dir.path().join(name);
     std::os::unix::fs::symlink(bin(), &p).unwrap();
@@ -128,12 +134,7 @@ async fn cron_and_php_style_mail_reaches_the_history() {
     let sendmail = link(&env, "sendmail");
 
     // cron: LF line ends, -t -i, no From.
-    let o = run(
-        &sendmail,
-        &["-t", "-i"],
-        &env,
-        b"To: a@example.com\nSubject: cron job\n\nbody\n",
-    );
+    let o = cron(&sendmail, &env, "cron job");
     ok(&o);
     assert!(
         o.stderr.is_empty(),
@@ -254,12 +255,7 @@ async fn exit_codes_follow_sendmail() {
 async fn with_the_daemon_down_the_maildrop_keeps_the_message_until_it_runs() {
     let (env, status) = env_with_ports();
     let sendmail = link(&env, "sendmail");
-    let o = run(
-        &sendmail,
-        &["-t", "-i"],
-        &env,
-        b"To: a@example.com\nSubject: while down\n\nbody\n",
-    );
+    let o = cron(&sendmail, &env, "while down");
     assert_eq!(o.status.code(), Some(0));
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(err.contains("left in the maildrop"), "{err}");

@@ -8,6 +8,7 @@ mod common;
 use common::Fetch;
 use std::time::{Duration, Instant};
 
+use common::send_short;
 use common::upstream::{Script, TestCa, Upstream};
 use common::{DaemonProcess, TestEnv, queued_id, send_once};
 
@@ -117,54 +118,61 @@ async fn stall_case(
 }
 
 /// [`stall_case`] over plain SMTP without AUTH.
-async fn one_stall(script: Script, good: Script, body: usize, names: &str) {
-    stall_case(script, good, None, "", body, names).await;
+async fn one_stall(script: Script, body: usize, names: &str) {
+    stall_case(script, plain(), None, "", body, names).await;
+}
+
+/// [`stall_case`] over STARTTLS: `stall` makes a good script stall somewhere.
+async fn tls_stall(stall: impl FnOnce(Script) -> Script, names: &str) {
+    let ca = TestCa::new("stall CA");
+    let good = Script::over_starttls(&ca);
+    let stalling = stall(good.clone());
+    stall_case(stalling, good, Some(&ca), "", 0, names).await;
 }
 
 fn plain() -> Script {
     Script::default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_greeting_is_bounded() {
-    one_stall(plain().stall("greeting"), plain(), 0, "greeting").await;
+/// One test per stall: a name and the case that runs it.
+macro_rules! stalls {
+    ($($(#[$doc:meta])* $name:ident: $case:expr;)*) => {$(
+        $(#[$doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $case.await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickled_greeting_is_bounded() {
-    one_stall(plain().trickle("greeting", 700), plain(), 0, "greeting").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_ehlo_is_bounded() {
-    one_stall(plain().stall("ehlo"), plain(), 0, "EHLO").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_starttls_is_bounded() {
-    let ca = TestCa::new("stall CA");
-    let good = Script::over_starttls(&ca);
-    let stalling = good.clone().stall("starttls");
-    stall_case(stalling, good, Some(&ca), "", 0, "STARTTLS: no answer").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_handshake_that_never_starts_is_bounded() {
-    let ca = TestCa::new("stall CA");
-    let good = Script::over_starttls(&ca);
-    let stalling = good.clone().stall("tls");
-    stall_case(stalling, good, Some(&ca), "", 0, "TLS handshake").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_ehlo_after_tls_is_bounded() {
-    let ca = TestCa::new("stall CA");
-    let good = Script::over_starttls(&ca);
-    // The first EHLO is answered; the one inside TLS is not.
-    let mut stalling = good.clone();
-    stalling.offer_auth = false;
-    let stalling = stalling.stall("ehlo-tls");
-    stall_case(stalling, good, Some(&ca), "", 0, "EHLO: no answer").await;
+stalls! {
+    a_silent_greeting_is_bounded: one_stall(plain().stall("greeting"), 0, "greeting");
+    a_trickled_greeting_is_bounded:
+        one_stall(plain().trickle("greeting", 700), 0, "greeting");
+    a_silent_ehlo_is_bounded: one_stall(plain().stall("ehlo"), 0, "EHLO");
+    a_silent_mail_is_bounded: one_stall(plain().stall("mail"), 0, "MAIL: no answer");
+    a_trickled_mail_reply_is_bounded:
+        one_stall(plain().trickle("mail", 500), 0, "MAIL: no answer");
+    a_silent_rcpt_is_bounded: one_stall(plain().stall("rcpt"), 0, "RCPT: no answer");
+    a_silent_data_is_bounded: one_stall(plain().stall("data"), 0, "DATA: no answer");
+    /// The case: `354`, then the server reads nothing more. A body of 6 MB cannot
+    /// fit in the socket buffers, so our write blocks until the stall is noticed.
+    a_server_that_stops_reading_the_body_is_bounded: one_stall(
+        plain().stall("body"),
+        6 * 1024 * 1024,
+        "message body: the server stopped reading",
+    );
+    a_silent_final_reply_is_bounded:
+        one_stall(plain().stall("end"), 0, "end of DATA: no answer");
+    a_trickled_final_reply_is_bounded:
+        one_stall(plain().trickle("end", 500), 0, "end of DATA: no answer");
+    a_silent_starttls_is_bounded: tls_stall(|s| s.stall("starttls"), "STARTTLS: no answer");
+    a_tls_handshake_that_never_starts_is_bounded: tls_stall(|s| s.stall("tls"), "TLS handshake");
+    /// The first EHLO is answered; the one inside TLS is not.
+    a_silent_ehlo_after_tls_is_bounded: tls_stall(
+        |s| Script { offer_auth: false, ..s }.stall("ehlo-tls"),
+        "EHLO: no answer",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,55 +185,6 @@ async fn a_silent_auth_is_bounded() {
     let stalling = good.clone().stall("auth");
     let auth = "username = \"relay@contoso.com\"\npassword = \"pw\"";
     stall_case(stalling, good, None, auth, 0, "AUTH: no answer").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_mail_is_bounded() {
-    one_stall(plain().stall("mail"), plain(), 0, "MAIL: no answer").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickled_mail_reply_is_bounded() {
-    one_stall(plain().trickle("mail", 500), plain(), 0, "MAIL: no answer").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_rcpt_is_bounded() {
-    one_stall(plain().stall("rcpt"), plain(), 0, "RCPT: no answer").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_data_is_bounded() {
-    one_stall(plain().stall("data"), plain(), 0, "DATA: no answer").await;
-}
-
-/// The case: `354`, then the server reads nothing more. A body of 6 MB cannot
-/// fit in the socket buffers, so our write blocks until the stall is noticed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_stops_reading_the_body_is_bounded() {
-    one_stall(
-        plain().stall("body"),
-        plain(),
-        6 * 1024 * 1024,
-        "message body: the server stopped reading",
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_final_reply_is_bounded() {
-    one_stall(plain().stall("end"), plain(), 0, "end of DATA: no answer").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickled_final_reply_is_bounded() {
-    one_stall(
-        plain().trickle("end", 500),
-        plain(),
-        0,
-        "end of DATA: no answer",
-    )
-    .await;
 }
 
 /// A refusal is followed by RSET; a server that never answers it costs the connection
@@ -295,13 +254,7 @@ async fn a_stuck_attempt_is_visible_and_sigterm_still_ends_the_daemon() {
         ),
     );
     let mut daemon = DaemonProcess::start(&env.config_path);
-    let reply = send_once(
-        daemon.smtp,
-        "app@erp.local",
-        &["a@contoso.com"],
-        b"Subject: s\r\n\r\nx\r\n",
-    )
-    .await;
+    let reply = send_short(daemon.smtp, "app@erp.local", "a@contoso.com", "s").await;
     let id = queued_id(&reply).unwrap();
     let http = common::http();
     let base = format!("http://{}", daemon.status);

@@ -76,16 +76,6 @@ async fn token_endpoint_case(mode: Mode) {
     assert_eq!(up.wait_for(1).await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_token_endpoint_is_bounded() {
-    token_endpoint_case(Mode::Silent).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickling_token_endpoint_is_bounded() {
-    token_endpoint_case(Mode::Trickle(200)).await;
-}
-
 /// A graph provider whose Graph endpoint is hostile as `mode` (its token endpoint
 /// answers).
 async fn graph_case(mode: Mode) {
@@ -105,16 +95,6 @@ async fn graph_case(mode: Mode) {
         "Graph sendMail: no answer",
     )
     .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_graph_endpoint_is_bounded() {
-    graph_case(Mode::Silent).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickling_graph_endpoint_is_bounded() {
-    graph_case(Mode::Trickle(200)).await;
 }
 
 /// `[fleet]` with a Redis that accepts and never answers (or trickles): every node keeps
@@ -148,12 +128,21 @@ async fn redis_case(mode: Mode) {
     assert!(redis.connections.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_redis_costs_no_mail() {
-    redis_case(Mode::Silent).await;
+/// One test for each hostile mode of each endpoint: a name and its case.
+macro_rules! hostile_endpoints {
+    ($($name:ident: $case:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $case.await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickling_redis_costs_no_mail() {
-    redis_case(Mode::Trickle(300)).await;
+hostile_endpoints! {
+    a_silent_token_endpoint_is_bounded: token_endpoint_case(Mode::Silent);
+    a_trickling_token_endpoint_is_bounded: token_endpoint_case(Mode::Trickle(200));
+    a_silent_graph_endpoint_is_bounded: graph_case(Mode::Silent);
+    a_trickling_graph_endpoint_is_bounded: graph_case(Mode::Trickle(200));
+    a_silent_redis_costs_no_mail: redis_case(Mode::Silent);
+    a_trickling_redis_costs_no_mail: redis_case(Mode::Trickle(300));
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::browser::{Driver, text};
 use common::upstream::TestCa;
-use common::{DaemonProcess, TestEnv, free_port};
+use common::{DaemonProcess, Fetch, TestEnv, free_port};
 
 const TOKEN: &str = "status-tls-admin-token-0123";
 
@@ -57,13 +57,11 @@ async fn the_cli_the_api_and_the_cookie_over_tls() {
     let (env, d, port) = tls_daemon(&ca);
     let base = format!("https://127.0.0.1:{port}");
     let client = https(&ca);
-    let r = client
+    client
         .get(format!("{base}/api/messages"))
         .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .answers(200)
+        .await;
     let out = common::cli_ok(&env, &["queue"]);
     assert!(out.contains("queued"), "{out}");
     common::plain_http_refused(&format!("http://127.0.0.1:{port}/healthz")).await;

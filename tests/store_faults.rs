@@ -8,9 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::upstream::{Script, Upstream};
-use common::{DaemonProcess, TestEnv, bin, run_cli, send_once, submit_to};
+use common::{DaemonProcess, TestEnv, bin, run_cli, submit_to};
 
 use common::WAIT;
+use common::{send_short, submit_short};
 
 fn relay_env(port: u16, enabled: bool) -> TestEnv {
     let env = TestEnv::new("", "");
@@ -22,8 +23,9 @@ fn write_relay(env: &TestEnv, port: u16, enabled: bool) {
     env.write_config(
         "",
         &format!(
-            "[[provider]]\nname = \"up\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nper_minute_limit = 30\n\
-             [distributor]\ndefault_provider = \"up\"\nenabled = {enabled}\n[notify]\nbounce = \"off\"\n"
+            "{}per_minute_limit = 30\n\
+             [distributor]\ndefault_provider = \"up\"\nenabled = {enabled}\n[notify]\nbounce = \"off\"\n",
+            common::plain_smtp("up", port)
         ),
     );
 }
@@ -92,13 +94,7 @@ async fn a_store_that_cannot_record_outcomes_sends_each_message_once() {
         "every copy that went out counts: {p}"
     );
     // New mail is not acknowledged while nothing can be committed.
-    let r = send_once(
-        d.smtp,
-        "erp@erp.local",
-        &["a@contoso.com"],
-        b"Subject: x\r\n\r\nx\r\n",
-    )
-    .await;
+    let r = send_short(d.smtp, "erp@erp.local", "a@contoso.com", "x").await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
 
     // Space comes back: the outcomes are recorded by themselves, health recovers.
@@ -183,13 +179,7 @@ async fn a_damaged_body_is_never_relayed_and_the_rest_goes_on() {
     // The check finds it.
     let cfg = env.config_path.to_str().unwrap();
     let o = run_cli(&["--config", cfg, "store", "check"]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let out = common::exited(&o, 1);
     assert!(
         out.contains(&format!("{bad}: the store is damaged")) && out.contains("checksum"),
         "{out}"
@@ -247,13 +237,7 @@ async fn a_damaged_body_is_never_relayed_and_the_rest_goes_on() {
         "salvage",
         out_store.to_str().unwrap(),
     ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let text = common::exited(&o, 0);
     assert!(
         text.contains(
             "41 messages copied, 0 finished records kept without their body, 1 could not be read"
@@ -327,26 +311,14 @@ fn a_damaged_header_page_is_a_clear_error_at_start() {
 async fn a_store_file_deleted_under_the_daemon_stops_acknowledgements() {
     let env = TestEnv::new("", "");
     let mut d = DaemonProcess::start(&env.config_path);
-    submit_to(
-        d.smtp,
-        "a@erp.local",
-        &["x@contoso.com"],
-        b"Subject: before\r\n\r\nx\r\n",
-    )
-    .await;
+    submit_short(d.smtp, "a@erp.local", "x@contoso.com", "before").await;
     std::fs::remove_file(env.dir.path().join("data/mailgate.redb")).unwrap();
     let line = d.wait_message_starting("the store file was deleted", Duration::from_secs(10));
     assert!(
         line["open_file"].as_str().unwrap().starts_with("/proc/"),
         "{line}"
     );
-    let r = send_once(
-        d.smtp,
-        "a@erp.local",
-        &["x@contoso.com"],
-        b"Subject: after\r\n\r\nx\r\n",
-    )
-    .await;
+    let r = send_short(d.smtp, "a@erp.local", "x@contoso.com", "after").await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
     let (code, why) = http(format!("http://{}/healthz", d.status)).await;
     assert_eq!(code, 503);
@@ -357,13 +329,7 @@ async fn a_store_file_deleted_under_the_daemon_stops_acknowledgements() {
 async fn after_a_crash_the_integrity_check_runs_and_is_logged() {
     let env = TestEnv::new("", "");
     let mut d = DaemonProcess::start(&env.config_path);
-    let id = submit_to(
-        d.smtp,
-        "a@erp.local",
-        &["x@contoso.com"],
-        b"Subject: c\r\n\r\nx\r\n",
-    )
-    .await;
+    let id = submit_short(d.smtp, "a@erp.local", "x@contoso.com", "c").await;
     d.kill();
     let mut d = DaemonProcess::start(&env.config_path);
     let line = d.wait_message_starting("the store was not closed cleanly", WAIT);

@@ -7,8 +7,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::send_short;
 use common::upstream::{Script, Upstream};
-use common::{DaemonProcess, TestEnv, cli, queued_id, send_once, write};
+use common::{DaemonProcess, TestEnv, cli, queued_id, write};
 use serde_json::Value;
 
 fn provider(up: &Upstream) -> String {
@@ -39,29 +40,16 @@ async fn the_queue_counts_a_message_being_sent_once_and_says_paused_once() {
     let env = TestEnv::new("", "");
     write(&env, &provider(&up));
     let d = DaemonProcess::start(&env.config_path);
-    let r = send_once(
-        d.smtp,
-        "app@erp.local",
-        &["a@example.com"],
-        b"Subject: s\r\n\r\nx\r\n",
-    )
-    .await;
+    let r = send_short(d.smtp, "app@erp.local", "a@example.com", "s").await;
     queued_id(&r).unwrap_or_else(|| panic!("{r}"));
     let s = wait_status(&d, "a message being sent", |s| s["queue"]["sending"] == 1).await;
     assert_eq!(s["queue"]["queued"], 0, "counted as sending only: {s:#}");
     let out = common::cli_ok(&env, &["queue"]);
-    assert!(out.contains("queued:   0\n"), "{out}");
-    assert!(out.contains("sending:  1\n"), "{out}");
+    common::assert_has(&out, &["queued:   0\n", "sending:  1\n"]);
 
     // Paused, with one more message waiting: the reason is said once.
     common::cli_ok(&env, &["pause"]);
-    let r = send_once(
-        d.smtp,
-        "app@erp.local",
-        &["b@example.com"],
-        b"Subject: t\r\n\r\nx\r\n",
-    )
-    .await;
+    let r = send_short(d.smtp, "app@erp.local", "b@example.com", "t").await;
     queued_id(&r).unwrap_or_else(|| panic!("{r}"));
     let out = common::cli_ok(&env, &["queue"]);
     assert_eq!(out.matches("paused").count(), 1, "{out}");
@@ -85,18 +73,11 @@ async fn the_queue_counts_a_message_being_sent_once_and_says_paused_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_sender_is_diagnosed_and_a_failed_bounce_is_counted_apart() {
     // The upstream refuses every sender, the bounce's null sender included.
-    let up =
-        Upstream::start(Script::default().reply("mail", "550 5.7.1 Sender address refused")).await;
+    let up = Upstream::replying("mail", "550 5.7.1 Sender address refused").await;
     let env = TestEnv::new("", "");
     write(&env, &provider(&up));
     let d = DaemonProcess::start(&env.config_path);
-    let r = send_once(
-        d.smtp,
-        "app@contoso.com",
-        &["a@example.com"],
-        b"Subject: s\r\n\r\nx\r\n",
-    )
-    .await;
+    let r = send_short(d.smtp, "app@contoso.com", "a@example.com", "s").await;
     let id = queued_id(&r).unwrap_or_else(|| panic!("{r}"));
     let s = wait_status(&d, "the message and its bounce failed", |s| {
         s["totals"]["failed"] == 1 && s["totals"]["notices_failed"] == 1
@@ -104,10 +85,12 @@ async fn a_refused_sender_is_diagnosed_and_a_failed_bounce_is_counted_apart() {
     .await;
     assert_eq!(s["records"]["failed"], 2, "the records hold both: {s:#}");
     let out = common::cli_ok(&env, &["show", &id]);
-    assert!(out.contains("diagnosis: sender-refused"), "{out}");
-    assert!(
-        out.contains("fix:       mailgate show ID shows the sender"),
-        "{out}"
+    common::assert_has(
+        &out,
+        &[
+            "diagnosis: sender-refused",
+            "fix:       mailgate show ID shows the sender",
+        ],
     );
     assert!(!out.contains('`'), "{out}");
     let m = d.get_text("/metrics").await;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{DaemonProcess, TestEnv, free_port};
+use super::{DaemonProcess, Fetch, TestEnv, free_port};
 
 /// A fleet secret file in `dir` named `name` (mode 0600), 48 bytes made from `seed`.
 pub fn fleet_secret(dir: &Path, name: &str, seed: &str) -> PathBuf {
@@ -146,10 +146,8 @@ pub async fn page_of(d: &DaemonProcess, token: &str, path: &str) -> String {
     let r = http
         .get(format!("http://{}{path}", d.status))
         .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .answers(200)
+        .await;
     r.text().await.unwrap()
 }
 
@@ -157,9 +155,7 @@ pub async fn fleet_list(d: &DaemonProcess, token: &str, query: &str) -> serde_js
     let r = super::http()
         .get(format!("http://{}/api/messages?fleet=1&{query}", d.status))
         .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .answers(200)
+        .await;
     r.json().await.unwrap()
 }

@@ -51,6 +51,8 @@ pub trait Fetch {
     fn fetch<T: serde::de::DeserializeOwned>(self) -> impl Future<Output = T> + Send;
     /// The answer as text.
     fn fetch_text(self) -> impl Future<Output = String> + Send;
+    /// The answer, whose status must be `want`.
+    fn answers(self, want: u16) -> impl Future<Output = reqwest::Response> + Send;
 }
 
 impl Fetch for reqwest::RequestBuilder {
@@ -61,6 +63,40 @@ impl Fetch for reqwest::RequestBuilder {
     async fn fetch_text(self) -> String {
         self.send().await.unwrap().text().await.unwrap()
     }
+
+    async fn answers(self, want: u16) -> reqwest::Response {
+        let r = self.send().await.unwrap();
+        assert_eq!(r.status(), want, "{}", r.url());
+        r
+    }
+}
+
+/// A `[[provider]]` of kind smtp named `name`, reaching a test upstream on
+/// 127.0.0.1:`port` over STARTTLS (the default), trusting the CA in `ca_file`. Keys
+/// written right after it are its own.
+pub fn tls_smtp(name: &str, port: u16, ca_file: &Path) -> String {
+    format!(
+        "[[provider]]\nname = \"{name}\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\nca_file = \"{}\"\n",
+        ca_file.display()
+    )
+}
+
+/// A `[[provider]]` of kind eml named `name`, writing into `directory`. Keys written
+/// right after it are its own.
+pub fn eml_at(name: &str, directory: &Path) -> String {
+    format!(
+        "[[provider]]\nname = \"{name}\"\nkind = \"eml\"\ndirectory = \"{}\"\n",
+        directory.display()
+    )
+}
+
+/// A `[[user]]` named `name` who signs in as `name` with `password` (hashed here) and
+/// sends as `email`. Keys written right after it are its own.
+pub fn login_user(name: &str, password: &str, email: &str) -> String {
+    let hash = mailgate::smtp::auth::hash_password(password).unwrap();
+    format!(
+        "[[user]]\nname = \"{name}\"\nlogin = \"{name}\"\npassword_hash = \"{hash}\"\nemail = \"{email}\"\n"
+    )
 }
 
 /// A `[[provider]]` of kind smtp named `name`, reaching a test upstream on
@@ -290,6 +326,27 @@ impl TestEnv {
     }
 
     /// Replaces `from` with `to` in the configuration file (which must hold it).
+    /// `[smtp]` keys for a listener certificate `ca` issues for `names`, written into
+    /// the env's folder as listener.crt and listener.key.
+    pub fn listener_tls(&self, ca: &upstream::TestCa, names: &[&str]) -> String {
+        let d = self.dir.path();
+        let (cert, key) = ca.issue(names);
+        std::fs::write(d.join("listener.crt"), cert).unwrap();
+        std::fs::write(d.join("listener.key"), key).unwrap();
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            d.join("listener.crt").display(),
+            d.join("listener.key").display()
+        )
+    }
+
+    /// The default env with one [`TestEnv::edit_config`] made to it.
+    pub fn edited(from: &str, to: &str) -> TestEnv {
+        let env = TestEnv::new("", "");
+        env.edit_config(from, to);
+        env
+    }
+
     pub fn edit_config(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.config_path).unwrap();
         assert!(text.contains(from), "{from:?} is not in {text}");
@@ -536,6 +593,13 @@ impl Smtp {
         self.reply().await
     }
 
+    /// Sends `line` and asserts that the reply starts with `want`; the reply.
+    pub async fn expect(&mut self, line: &str, want: &str) -> String {
+        let r = self.cmd(line).await.unwrap();
+        assert!(r.starts_with(want), "{line} -> {r}, want {want}");
+        r
+    }
+
     /// MAIL, RCPT..., DATA, message, `.`; returns the final reply.
     pub async fn send(
         &mut self,
@@ -630,6 +694,42 @@ pub async fn until_count(count: &std::sync::atomic::AtomicUsize, n: usize) {
 
 /// Delivery events of a daemon.
 pub type Events = tokio::sync::broadcast::Receiver<mailgate::distributor::DeliveryEvent>;
+
+/// A one-line message from `from` to `to`: `Subject: {subject}` and the body `x`.
+pub fn short_message(subject: &str) -> Vec<u8> {
+    format!("Subject: {subject}\r\n\r\nx\r\n").into_bytes()
+}
+
+/// [`submit_to`] with a [`short_message`] to one recipient: the id of its `250`.
+pub async fn submit_short(addr: SocketAddr, from: &str, to: &str, subject: &str) -> String {
+    submit_to(addr, from, &[to], &short_message(subject)).await
+}
+
+/// [`send_once`] with a [`short_message`] to one recipient: its final reply.
+pub async fn send_short(addr: SocketAddr, from: &str, to: &str, subject: &str) -> String {
+    send_once(addr, from, &[to], &short_message(subject)).await
+}
+
+/// Asserts that `text` holds every one of `needles`, naming the one missing.
+#[track_caller]
+pub fn assert_has(text: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(text.contains(n), "{n:?} is missing from:\n{text}");
+    }
+}
+
+/// Asserts a command's exit code (showing its output otherwise); its standard output.
+#[track_caller]
+pub fn exited(o: &std::process::Output, code: i32) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
 
 /// One transaction over a fresh session; the id of its `250` (panics otherwise).
 pub async fn submit_to(addr: SocketAddr, from: &str, rcpts: &[&str], data: &[u8]) -> String {

@@ -185,6 +185,12 @@ impl Upstream {
         Upstream::start_at(0, script).await
     }
 
+    /// An upstream that answers `reply` at `stage` (see [`Script::reply`]) and accepts
+    /// the rest.
+    pub async fn replying(stage: &str, reply: &str) -> Upstream {
+        Upstream::start(Script::default().reply(stage, reply)).await
+    }
+
     /// Starts on a given port of 127.0.0.1 (0: any free one): an upstream that was
     /// refusing connections comes up where mailgate already looks.
     pub async fn start_at(port: u16, script: Script) -> Upstream {
