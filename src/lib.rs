@@ -30,6 +30,8 @@ pub mod diagnosis;
 pub mod distributor;
 pub mod files;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod maildrop;
 pub mod message;

@@ -103,7 +103,7 @@ impl Fleet {
     /// A heartbeat read under `name`: its JSON when it verifies with the fleet secret
     /// (without a secret, any JSON: shown, never called) and names the node it is stored
     /// under. Err: why it is refused.
-    pub(super) fn checked_beat(
+    pub(crate) fn checked_beat(
         &self,
         name: &str,
         stored: &str,

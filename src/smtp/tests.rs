@@ -7,41 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use super::listener::{ListenerContext, run_session};
 use super::policy::{FixedSpace, SpaceCheck};
 use super::session::Session;
-use crate::config::{Config, Live};
-use crate::pipeline::{Submission, Submit, SubmitError};
-use crate::store::StoreError;
-
-/// The pipeline's interface without a store: records what it is handed, answers with
-/// ids `TEST1`, `TEST2`... or, while `fail` is set, a store failure.
-#[derive(Debug, Default)]
-struct FakePipeline {
-    got: std::sync::Mutex<Vec<Submission>>,
-    fail: std::sync::atomic::AtomicBool,
-}
-
-impl Submit for FakePipeline {
-    fn submit(
-        &self,
-        s: Submission,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, SubmitError>> + Send + '_>>
-    {
-        Box::pin(async move {
-            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(SubmitError::Store(StoreError::Io(
-                    "No space left on device".into(),
-                )));
-            }
-            let mut got = self.got.lock().unwrap();
-            got.push(s);
-            Ok(format!("TEST{}", got.len()))
-        })
-    }
-}
+use crate::config::Config;
+use crate::fuzzing::{FakePipeline, listener_context};
 
 struct Harness {
     _dir: tempfile::TempDir,
@@ -74,21 +46,7 @@ fn build(smtp: &str, tail: &str, space: Arc<dyn SpaceCheck>, peer: &str) -> Harn
     Harness {
         _dir: dir,
         fake: fake.clone(),
-        ctx: ListenerContext {
-            submit: fake,
-            live: Arc::new(Live::new(config)),
-            space,
-            metrics: Arc::default(),
-            policy: std::sync::Mutex::new(None),
-            permits: Arc::new(Semaphore::new(10)),
-            idle_timeout: Duration::from_secs(300),
-            tls: None,
-            auth_failures: Default::default(),
-            connection_rate: None,
-            per_address: 0,
-            open_per_address: Arc::default(),
-            min_data_rate: 0,
-        },
+        ctx: listener_context(config, fake, space),
         peer: peer.parse().unwrap(),
     }
 }

@@ -175,9 +175,19 @@ impl GraphProvider {
                         return Ok(());
                     }
                     Ok(ans) if (200..300).contains(&ans.status) => {
-                        // The session says where it wants the next bytes.
-                        next = next_expected(&ans).unwrap_or(end);
-                        failures = 0;
+                        // The session says where it wants the next bytes. One that
+                        // keeps asking for what it already had makes no progress: that
+                        // counts as a failed chunk, so it ends.
+                        let want = resume_at(&ans.text, total, end);
+                        if want > next {
+                            failures = 0;
+                        } else {
+                            failures += 1;
+                            if failures >= CHUNK_TRIES {
+                                return Err(Self::refused("Graph upload attachment", &ans));
+                            }
+                        }
+                        next = want;
                         continue;
                     }
                     // The session is gone (expired): start a new one.
@@ -208,7 +218,7 @@ impl GraphProvider {
                 // Resume from where the session is.
                 match self.session_status(sender, &upload_url).await {
                     Some(ans) if ans.status == 404 => break,
-                    Some(ans) => next = next_expected(&ans).unwrap_or(next),
+                    Some(ans) => next = resume_at(&ans.text, total, next),
                     None => {}
                 }
             }
@@ -333,16 +343,26 @@ fn json_of(a: &Answer) -> serde_json::Value {
     serde_json::from_str(&a.text).unwrap_or_default()
 }
 
-/// Where the session wants the next bytes: the start of its first `nextExpectedRanges`.
-fn next_expected(a: &Answer) -> Option<usize> {
-    json_of(a)["nextExpectedRanges"]
-        .as_array()?
-        .first()?
-        .as_str()?
-        .split('-')
-        .next()?
-        .parse()
+/// Where to go on after an upload session's answer (`text`): the start of its first
+/// `nextExpectedRanges` when that lies inside the attachment of `total` bytes, else
+/// `fallback`. The answer comes from the network: a start past the end must not become
+/// a slice of bytes that are not there.
+pub(crate) fn resume_at(text: &str, total: usize, fallback: usize) -> usize {
+    serde_json::from_str::<serde_json::Value>(text)
         .ok()
+        .and_then(|v| {
+            v["nextExpectedRanges"]
+                .as_array()?
+                .first()?
+                .as_str()?
+                .split('-')
+                .next()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .filter(|&at| at < total)
+        .unwrap_or(fallback)
 }
 
 async fn answer_of(resp: reqwest::Response) -> Result<Answer, Outcome> {

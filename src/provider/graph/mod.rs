@@ -18,6 +18,8 @@ use tokio::sync::Semaphore;
 mod draft;
 pub mod split;
 
+pub(crate) use draft::resume_at;
+
 use super::oauth2::TokenSource;
 use super::{Delivery, Outcome};
 use crate::config::{GraphSettings, ProviderConfig};
@@ -96,7 +98,7 @@ fn blind_of(d: &Delivery) -> Vec<String> {
 }
 
 /// The error text of a Graph error response (`{"error":{"code","message"}}`).
-fn graph_error(body: &str) -> String {
+pub(crate) fn graph_error(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {
