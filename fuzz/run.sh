@@ -43,6 +43,8 @@ seeds_of() {
 cargo +nightly fuzz build >/dev/null 2>&1 || { echo "fuzz/run.sh: the targets do not build" >&2; exit 1; }
 
 logs=$(mktemp -d)
+stamp=$logs/.started
+touch "$stamp"
 run_one() {
     local t=$1 dict seeds before
     dict=$(dict_of "$t")
@@ -62,7 +64,7 @@ run_one() {
     printf '%-15s %6ss  %12s executions  %-20s  %s new finding(s)  exit %s\n' \
         "$t" "$secs" "${runs:-?}" "${cov:-cov: ?}" "$((after - before))" "$rc"
     if [ "$after" -gt "$before" ]; then
-        find "fuzz/artifacts/$t" -type f -newer "$logs" | sed 's/^/    /'
+        find "fuzz/artifacts/$t" -type f -newer "$stamp" | sed 's/^/    /'
     fi
     if [ "${MINIMIZE:-0}" = 1 ]; then
         cargo +nightly fuzz cmin "$t" "fuzz/corpus/$t" >/dev/null 2>&1
@@ -81,7 +83,7 @@ for t in "${targets[@]}"; do
 done
 wait
 echo "logs: $logs"
-if find fuzz/artifacts -type f -newer "$logs" | grep -q .; then
+if find fuzz/artifacts -type f -newer "$stamp" | grep -q .; then
     echo "fuzz/run.sh: findings above; each goes to fuzz/regressions/TARGET/ with its fix" >&2
     exit 2
 fi

@@ -183,7 +183,7 @@ pub fn resolve(
                 &r.to_ascii_lowercase(),
                 aliases,
                 admin,
-                &mut Vec::new(),
+                &mut Walk::default(),
                 &mut out,
             )?;
         }
@@ -202,50 +202,73 @@ pub fn is_local_name(r: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
 }
 
+/// Where the expansion of one recipient stands: the names it is inside of, and each
+/// name already expanded with whether that gave any recipient. A name met again is not
+/// expanded again (its addresses are already out), so a file whose aliases each name
+/// the next several times resolves in as many steps as it has names, not in a number of
+/// steps that grows as a power of its depth.
+#[derive(Default)]
+struct Walk {
+    path: Vec<String>,
+    done: HashMap<String, bool>,
+}
+
+/// Expands `name` into `out`; whether it gave (now or before) any recipient.
 fn expand(
     name: &str,
     aliases: Option<&Aliases>,
     admin: Option<&str>,
-    path: &mut Vec<String>,
+    walk: &mut Walk,
     out: &mut Resolved,
-) -> Result<(), AliasError> {
+) -> Result<bool, AliasError> {
     // A name that comes back inside its own expansion (`root: ops@contoso.com, root`,
     // "keep a copy locally"): as Postfix's local(8) does, that copy goes to the local
     // mailbox, which for mailgate is sendmail.admin_address; without one it is dropped
     // (said in the log) and the other members still get the mail.
-    if path.iter().any(|p| p == name) {
-        match admin {
-            Some(a) => out.rcpts.push(a.to_string()),
-            None => out.warnings.push(format!(
-                "{name}: the alias names itself (a copy kept locally); mailgate has no local mailbox and sendmail.admin_address is not set, so that copy is dropped and the other members get the mail"
-            )),
-        }
-        return Ok(());
+    if walk.path.iter().any(|p| p == name) {
+        return Ok(match admin {
+            Some(a) => {
+                out.rcpts.push(a.to_string());
+                true
+            }
+            None => {
+                out.warnings.push(format!(
+                    "{name}: the alias names itself (a copy kept locally); mailgate has no local mailbox and sendmail.admin_address is not set, so that copy is dropped and the other members get the mail"
+                ));
+                false
+            }
+        });
+    }
+    if let Some(&gave) = walk.done.get(name) {
+        return Ok(gave);
     }
     let entry = aliases.and_then(|a| a.entries.get(name).map(|e| (a, e)));
     let Some((file, entry)) = entry else {
         return match admin {
             Some(a) => {
                 out.rcpts.push(a.to_string());
-                Ok(())
+                Ok(true)
             }
             None => Err(AliasError::NoUser(no_user(name, aliases))),
         };
     };
-    if path.len() >= MAX_DEPTH {
-        path.push(name.to_string());
+    if walk.path.len() >= MAX_DEPTH {
+        walk.path.push(name.to_string());
         return Err(AliasError::NoUser(format!(
             "{name}: aliases nested more than {MAX_DEPTH} deep in {} ({})",
             file.path.display(),
-            path.join(" -> ")
+            walk.path.join(" -> ")
         )));
     }
-    path.push(name.to_string());
-    let before = out.rcpts.len();
+    walk.path.push(name.to_string());
+    let mut gave = false;
     for t in &entry.targets {
         match t {
-            Target::Address(a) => out.rcpts.push(a.clone()),
-            Target::Name(n) => expand(n, aliases, admin, path, out)?,
+            Target::Address(a) => {
+                out.rcpts.push(a.clone());
+                gave = true;
+            }
+            Target::Name(n) => gave |= expand(n, aliases, admin, walk, out)?,
             Target::Include(f) => {
                 return Err(AliasError::Config(format!(
                     "{}:{}: {name}: `:include:{f}` lists are not read by mailgate; write the addresses into the aliases file itself",
@@ -260,12 +283,15 @@ fn expand(
             )),
         }
     }
-    path.pop();
+    walk.path.pop();
     // An alias whose every value was skipped would lose the mail: the administrator
     // takes it.
-    if out.rcpts.len() == before {
+    if !gave {
         match admin {
-            Some(a) => out.rcpts.push(a.to_string()),
+            Some(a) => {
+                out.rcpts.push(a.to_string());
+                gave = true;
+            }
             None => {
                 return Err(AliasError::NoUser(format!(
                     "{name}: its alias in {}:{} names no address mailgate can send to, and sendmail.admin_address is not set",
@@ -275,7 +301,8 @@ fn expand(
             }
         }
     }
-    Ok(())
+    walk.done.insert(name.to_string(), gave);
+    Ok(gave)
 }
 
 fn no_user(name: &str, aliases: Option<&Aliases>) -> String {

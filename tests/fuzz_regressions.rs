@@ -22,14 +22,28 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The longest one input may take (a debug build): past it, the input hangs the target,
+/// which is a finding as a crash is.
+const PER_INPUT: Duration = Duration::from_secs(20);
+
 fn replay(target: &str, run: fn(&[u8]), path: &Path) {
     let data = std::fs::read(path).unwrap();
-    let caught = std::panic::catch_unwind(|| run(&data));
-    assert!(
-        caught.is_ok(),
-        "{target}: {} breaks a property again",
-        path.display()
-    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let caught = std::panic::catch_unwind(|| run(&data));
+        let _ = tx.send(caught.is_ok());
+    });
+    match rx.recv_timeout(PER_INPUT) {
+        Ok(passed) => assert!(
+            passed,
+            "{target}: {} breaks a property again",
+            path.display()
+        ),
+        Err(_) => panic!(
+            "{target}: {} still runs after {PER_INPUT:?}",
+            path.display()
+        ),
+    }
 }
 
 #[test]

@@ -14,9 +14,12 @@ pub use session::{FakePipeline, listener_context, smtp_session};
 
 use std::path::Path;
 
+/// A target's entry point: the input; panics on a broken property.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name its folders use (`fuzz/fuzz_targets/NAME.rs`,
 /// `fuzz/corpus/NAME/`, `fuzz/regressions/NAME/`).
-pub const TARGETS: [(&str, fn(&[u8])); 10] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("smtp_session", smtp_session),
     ("data_reader", data_reader),
     ("message_stage", message_stage),
@@ -37,13 +40,41 @@ pub fn parts(data: &[u8], n: usize) -> Vec<&[u8]> {
     out
 }
 
-/// Whether `raw` has a CR or LF that is not part of a CRLF.
-pub fn has_bare_newline(raw: &[u8]) -> bool {
-    raw.iter().enumerate().any(|(i, &b)| match b {
+/// Where `raw` has a CR or LF that is not part of a CRLF, if anywhere.
+pub fn bare_newline_at(raw: &[u8]) -> Option<usize> {
+    raw.iter().enumerate().position(|(i, &b)| match b {
         b'\r' => raw.get(i + 1) != Some(&b'\n'),
         b'\n' => i == 0 || raw[i - 1] != b'\r',
         _ => false,
     })
+}
+
+/// Panics, showing its start, when `raw` (`what`) has a line over 998 octets.
+#[track_caller]
+pub fn assert_lines_fit(raw: &[u8], what: &str) {
+    let max = crate::message::longlines::MAX_LINE;
+    if let Some(line) = raw
+        .split(|&b| b == b'\n')
+        .find(|l| l.strip_suffix(b"\r").unwrap_or(l).len() > max)
+    {
+        panic!(
+            "a line of {} octets in {what}: {:?}...",
+            line.len(),
+            String::from_utf8_lossy(&line[..80])
+        );
+    }
+}
+
+/// Panics, showing where, when `raw` (`what`) has a bare CR or LF.
+#[track_caller]
+pub fn assert_no_bare_newline(raw: &[u8], what: &str) {
+    if let Some(at) = bare_newline_at(raw) {
+        let around = &raw[at.saturating_sub(60)..(at + 20).min(raw.len())];
+        panic!(
+            "a bare CR or LF at {at} of {what}: {:?}",
+            String::from_utf8_lossy(around)
+        );
+    }
 }
 
 /// The DATA reader (dot-unstuffing, line ends, the terminator). The first byte chooses
@@ -100,10 +131,7 @@ pub fn data_reader(data: &[u8]) {
     assert_eq!(out.bytes, body, "unstuffing undoes stuffing");
     let (_, normalized) = read(&wire, true, chunk);
     let normalized = normalized.expect("the terminator ends normalize mode too");
-    assert!(
-        !has_bare_newline(&normalized.bytes),
-        "normalize mode left a bare CR or LF"
-    );
+    assert_no_bare_newline(&normalized.bytes, "what normalize mode read");
 }
 
 /// The message stage (line ends, the From rewrite, long-line encoding, trace headers)
@@ -120,10 +148,22 @@ pub fn message_stage(data: &[u8]) {
         "[[user]]\nname = \"erp\"\nemail = \"erp@contoso.com\"\nsender_email = \"billing@contoso.com\"\nmatch_senders = [\"*@erp.local\"]\n",
         "",
     ];
-    let text = format!(
-        "{}[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\n",
-        rules[usize::from(ctl) % rules.len()]
-    );
+    let from = if ctl & 4 == 0 { "app@erp.local" } else { "" };
+    match stage(raw, rules[usize::from(ctl) % rules.len()], from) {
+        Ok(p) => {
+            assert!(p.raw.starts_with(b"Received: from erp (127.0.0.1)"));
+            assert_no_bare_newline(&p.raw, "the stored message");
+            assert_lines_fit(&p.raw, "the stored message");
+        }
+        Err(why) => assert!(!why.is_empty(), "a refusal says why"),
+    }
+}
+
+/// The message stage over `raw` under the site's `rules` (TOML before the provider),
+/// from `mail_from` to a@contoso.com.
+fn stage(raw: &[u8], rules: &str, mail_from: &str) -> Result<crate::message::Processed, String> {
+    let text =
+        format!("{rules}[[provider]]\nname = \"outbox\"\nkind = \"eml\"\ndirectory = \"o\"\n");
     let config = crate::config::Config::parse(&text, Path::new("fuzz.toml"))
         .unwrap_or_else(|e| panic!("{e}"));
     let rcpts = vec!["a@contoso.com".to_string()];
@@ -135,24 +175,13 @@ pub fn message_stage(data: &[u8]) {
         client_ip: "127.0.0.1".into(),
         protocol: "ESMTP",
         auth_login: None,
-        mail_from: if ctl & 4 == 0 { "app@erp.local" } else { "" },
+        mail_from,
         rcpts: &rcpts,
         as_user: None,
         provider: None,
         longest_line: None,
     };
-    match crate::message::process(raw.to_vec(), &facts, &config) {
-        Ok(p) => {
-            assert!(p.raw.starts_with(b"Received: from erp (127.0.0.1)"));
-            assert!(!has_bare_newline(&p.raw), "a bare CR or LF was stored");
-            let longest = crate::message::longlines::longest_line(&p.raw);
-            assert!(
-                longest <= crate::message::longlines::MAX_LINE,
-                "a line of {longest} octets was stored"
-            );
-        }
-        Err(why) => assert!(!why.is_empty(), "a refusal says why"),
-    }
+    crate::message::process(raw.to_vec(), &facts, &config)
 }
 
 /// A maildrop file (anyone on the host can write one). Properties: a file taken in
@@ -292,13 +321,19 @@ pub fn json_answers(data: &[u8]) {
 }
 
 /// A bounce or delay notice built for a record whose message carries hostile headers
-/// and whose upstream replied with hostile words. Parts (NUL-separated): the message's
-/// header block, the upstream's reply, the subject, the original sender. Properties: the
-/// notice has CRLF line ends only, no line over 998 octets, parses as a message, and
-/// says who it is for.
+/// and whose upstream replied with hostile words. Parts (NUL-separated): the message as
+/// the client sent it (the notice quotes the header block of what the message stage
+/// stored of it, as delivery does), the upstream's reply, the subject, the original
+/// sender. Properties: the notice has CRLF line ends only, no line over 998 octets,
+/// parses as a message, and says who it is for.
 pub fn bounce(data: &[u8]) {
     use crate::history::{NoticeKind, Recipient, Record, Status};
     let p = parts(data, 4);
+    let stored = stage(p[0], "", "app@erp.local")
+        .map(|s| s.raw)
+        .unwrap_or_default();
+    let head = &stored[..stored.len().min(crate::store::body::HEAD_LEN)];
+    let headers = crate::notify::header_block(head);
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut gone = Recipient::queued("gone@example.com".into(), Some(false), None);
     gone.status = Status::Failed;
@@ -321,7 +356,7 @@ pub fn bounce(data: &[u8]) {
         let f = crate::notify::Facts {
             kind,
             record: &record,
-            headers: p[0],
+            headers,
             hostname: "relay.test",
             from: "postmaster@contoso.com",
             to: "billing@contoso.com",
@@ -330,12 +365,8 @@ pub fn bounce(data: &[u8]) {
             gives_up_ms: Some(1_795_400_000_000),
         };
         let (raw, _subject) = crate::notify::compose(&f);
-        assert!(!has_bare_newline(&raw), "a bare CR or LF in a notice");
-        let longest = crate::message::longlines::longest_line(&raw);
-        assert!(
-            longest <= crate::message::longlines::MAX_LINE,
-            "a line of {longest}"
-        );
+        assert_no_bare_newline(&raw, "the notice");
+        assert_lines_fit(&raw, "the notice");
         let parsed = mail_parser::MessageParser::default()
             .parse(&raw)
             .expect("a notice parses");

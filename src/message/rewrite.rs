@@ -88,10 +88,12 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The new value (after `From:`) of a From field whose raw value is `value`.
 fn new_from_value(value: &[u8], parsed: &HeaderValue<'_>, target: &str) -> Vec<u8> {
-    let eol: &[u8] = if value.ends_with(b"\r\n") {
-        b"\r\n"
-    } else {
+    // The field's own line end; a field that ends the data without one gets CRLF (a
+    // bare LF would be the only one in the message).
+    let eol: &[u8] = if value.ends_with(b"\n") && !value.ends_with(b"\r\n") {
         b"\n"
+    } else {
+        b"\r\n"
     };
     if address_count(parsed) == 1
         && let Some((_, original)) = first_address(parsed)
@@ -202,12 +204,9 @@ impl<'a> Fields<'a> {
         let headers: Vec<_> = parsed
             .map(|m| m.root_part().headers.iter().collect())
             .unwrap_or_default();
-        let crlf = memchr::memchr(b'\n', raw).is_some_and(|i| i > 0 && raw[i - 1] == b'\r');
-        let eol: &[u8] = if crlf || raw.is_empty() {
-            b"\r\n"
-        } else {
-            b"\n"
-        };
+        // The message's line end; one with no line end at all gets CRLF.
+        let lf_only = memchr::memchr(b'\n', raw).is_some_and(|i| i == 0 || raw[i - 1] != b'\r');
+        let eol: &[u8] = if lf_only { b"\n" } else { b"\r\n" };
         let named = |name: HeaderName<'static>| -> Vec<&'a mail_parser::Header<'a>> {
             headers.iter().copied().filter(|h| h.name == name).collect()
         };

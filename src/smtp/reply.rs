@@ -4,6 +4,26 @@
 
 use std::fmt;
 
+/// The longest reply line, CRLF included (RFC 5321 4.5.3.1.5).
+pub const MAX_REPLY_LINE: usize = 512;
+
+/// A reply line as it may be sent: control characters (but tab) become `?`, and what
+/// goes past [`MAX_REPLY_LINE`] with its CRLF is cut at a character's edge.
+fn fit(line: &str) -> String {
+    let mut out: String = line
+        .chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect();
+    if out.len() > MAX_REPLY_LINE - 2 {
+        let mut cut = MAX_REPLY_LINE - 2;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
 /// One SMTP reply.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -39,17 +59,20 @@ impl Reply {
         self.code
     }
 
-    /// The bytes sent to the client.
+    /// The bytes sent to the client. Each line is cut to [`MAX_REPLY_LINE`] octets and
+    /// carries no control character, whatever a reply echoes of what the client sent.
     pub fn as_bytes(&self) -> Vec<u8> {
         let mut out = String::new();
         let last = self.text.len().saturating_sub(1);
         for (i, t) in self.text.iter().enumerate() {
             let sep = if i < last { '-' } else { ' ' };
-            match self.enhanced {
-                Some(e) => out.push_str(&format!("{}{sep}{e} {t}\r\n", self.code)),
-                None if t.is_empty() => out.push_str(&format!("{}{sep}\r\n", self.code)),
-                None => out.push_str(&format!("{}{sep}{t}\r\n", self.code)),
-            }
+            let line = match self.enhanced {
+                Some(e) => format!("{}{sep}{e} {t}", self.code),
+                None if t.is_empty() => format!("{}{sep}", self.code),
+                None => format!("{}{sep}{t}", self.code),
+            };
+            out.push_str(&fit(&line));
+            out.push_str("\r\n");
         }
         if self.text.is_empty() {
             out.push_str(&format!("{}\r\n", self.code));
