@@ -55,6 +55,9 @@ pub enum Code {
     SendAsDenied,
     /// 5.7.1 / 5.1.8 "sender address rejected/refused" at MAIL FROM.
     SenderRefused,
+    /// 5.7.64 TenantAttribution, 5.7.51 TenantInboundAttribution: no inbound connector
+    /// recognised the client certificate (or the address).
+    ConnectorNotMatched,
     /// SubmissionQuotaExceeded, or our own daily limit.
     DailyQuota,
     /// "single label domains not accepted".
@@ -85,6 +88,9 @@ pub enum Code {
     OAuthEndpointUnreachable,
     /// A delegated flow with no refresh token yet.
     OAuthNotSignedIn,
+    /// Managed identity: no metadata endpoint or no identity; workload identity: the
+    /// federated token file is missing, unreadable or expired.
+    IdentityUnavailable,
     /// The platform refused the refresh token (`invalid_grant`).
     OAuthReauthorize,
     /// Graph 401.
@@ -100,7 +106,7 @@ pub enum Code {
 }
 
 /// Every code, for lookups.
-pub const ALL: [Code; 29] = [
+pub const ALL: [Code; 31] = [
     Code::AuthNotSupported,
     Code::AuthFailed,
     Code::NotAuthenticated,
@@ -109,6 +115,7 @@ pub const ALL: [Code; 29] = [
     Code::BasicAuthRetired,
     Code::SendAsDenied,
     Code::SenderRefused,
+    Code::ConnectorNotMatched,
     Code::DailyQuota,
     Code::SingleLabelDomain,
     Code::RecipientUnknown,
@@ -124,6 +131,7 @@ pub const ALL: [Code; 29] = [
     Code::OAuthConsentRequired,
     Code::OAuthEndpointUnreachable,
     Code::OAuthNotSignedIn,
+    Code::IdentityUnavailable,
     Code::OAuthReauthorize,
     Code::GraphUnauthorized,
     Code::GraphForbidden,
@@ -144,6 +152,7 @@ impl Code {
             Code::BasicAuthRetired => "basic-auth-retired",
             Code::SendAsDenied => "send-as-denied",
             Code::SenderRefused => "sender-refused",
+            Code::ConnectorNotMatched => "connector-not-matched",
             Code::DailyQuota => "daily-quota",
             Code::SingleLabelDomain => "single-label-domain",
             Code::RecipientUnknown => "recipient-unknown",
@@ -159,6 +168,7 @@ impl Code {
             Code::OAuthConsentRequired => "oauth-consent-required",
             Code::OAuthEndpointUnreachable => "oauth-endpoint-unreachable",
             Code::OAuthNotSignedIn => "oauth-not-signed-in",
+            Code::IdentityUnavailable => "identity-unavailable",
             Code::OAuthReauthorize => "oauth-reauthorize",
             Code::GraphUnauthorized => "graph-unauthorized",
             Code::GraphForbidden => "graph-forbidden",
@@ -198,6 +208,8 @@ impl Code {
                     | Code::TlsCertificate
                     | Code::ProviderConfig
                     | Code::SendAsDenied
+                    | Code::ConnectorNotMatched
+                    | Code::IdentityUnavailable
                     | Code::OAuthInvalidClient
                     | Code::OAuthConsentRequired
                     | Code::OAuthNotSignedIn
@@ -255,6 +267,10 @@ impl Code {
             Code::SenderRefused => (
                 "The upstream refused the envelope sender (MAIL FROM): it takes no mail from this address (5.7.1 or 5.1.8, \"sender address rejected\" or \"refused\"). The address is the one after mailgate's rewrite; the reply says more.",
                 "`mailgate show ID` shows the sender that went. Make it an address the provider's account may send from: set the user's `sender_email` (or `rewrite.default_sender`) to it, or grant the account the right to send as it (Microsoft 365: Send As, or own the address); for 5.1.8 the sender's domain must exist in DNS. Then `mailgate retry ID`.",
+            ),
+            Code::ConnectorNotMatched => (
+                "Exchange Online took the connection but no inbound connector of the tenant recognised it, so it refused to relay (5.7.64 TenantAttribution, 5.7.51 TenantInboundAttribution): the client certificate's subject is not the one a connector names, no certificate was presented, or the connector identifies senders by IP address and this one is not in its list.",
+                "In the Exchange admin center > Mail flow > Connectors, check the connector \"from your organization's email server\": it must identify the sender by the TLS certificate whose subject is the name in mailgate's `tls_client_cert` (`mailgate verify --provider NAME` prints it), and that name must be one of the tenant's accepted domains. Set `tls_client_cert` and its key on this provider if it has none; the host is the tenant's MX (`contoso-com.mail.protection.outlook.com`, port 25, tls = \"starttls\"). Then reload; held mail is sent.",
             ),
             Code::DailyQuota => (
                 "The daily recipient quota is reached (Microsoft 365: 10,000 recipients a day per mailbox, SubmissionQuotaExceeded).",
@@ -315,6 +331,10 @@ impl Code {
             Code::OAuthNotSignedIn => (
                 "The provider uses a delegated OAuth2 flow (flow = \"device_code\" or \"authorization_code\") and no mailbox has signed in yet, so mailgate has no refresh token to get access tokens with. The mail is held.",
                 "Run `mailgate oauth2 login --provider NAME` (with the daemon's configuration, as the user mailgate runs as) and sign in as the mailbox; held mail is sent as soon as the sign-in succeeds. `mailgate oauth2 status` shows the sign-in of every provider.",
+            ),
+            Code::IdentityUnavailable => (
+                "The provider signs in without a secret and the identity to do it with is not there: for flow = \"managed-identity\" the metadata endpoint (169.254.169.254, or App Service's IDENTITY_ENDPOINT) did not answer or says no identity is assigned; for flow = \"workload-identity\" the federated token file is missing, unreadable, empty or expired. The reply says which step failed. The mail is held.",
+                "Managed identity: run mailgate on the Azure VM or App Service, assign it an identity (system-assigned, or user-assigned with its `client_id` in [provider.oauth2]) and give it the permission (SMTP.SendAsApp or Mail.Send). Workload identity: the pod needs the label azure.workload.identity/use: \"true\" and a service account with the client-id annotation, so the token file exists; check `federated_token_file` (default $AZURE_FEDERATED_TOKEN_FILE). Then reload; held mail is sent.",
             ),
             Code::OAuthReauthorize => (
                 "The identity platform refused the stored refresh token (invalid_grant): it went unused too long (AADSTS700082, 90 days), a sign-in frequency policy asks for a new sign-in (AADSTS70043), the password was changed or the sessions revoked (AADSTS50173), or Google revoked or expired it. The reply keeps the platform's code and words, with what they mean. The mail is held.",
@@ -384,6 +404,9 @@ pub fn from_reply(code: u16, text: &str) -> Code {
         || has("does not have permissions to send as this sender")
     {
         Code::SendAsDenied
+    } else if is(7, 64) || is(7, 51) || has("TenantAttribution") || has("TenantInboundAttribution")
+    {
+        Code::ConnectorNotMatched
     } else if (is(1, 8) || is(7, 1) || code == 553 || code == 550)
         && has("sender")
         && (has("refused") || has("rejected") || has("denied"))
@@ -515,6 +538,16 @@ mod tests {
         ),
         (550, "No such user here", Code::RecipientUnknown),
         (550, "5.7.1 Relaying denied", Code::Unknown),
+        (
+            550,
+            "5.7.64 TenantAttribution; Relay Access Denied [DM6NAM11FT034.eop-nam11.prod.protection.outlook.com]",
+            Code::ConnectorNotMatched,
+        ),
+        (
+            550,
+            "5.7.51 TenantInboundAttribution; There is a partner connector configured that matched the message's recipient domain. The partner connector has a Reject attribute",
+            Code::ConnectorNotMatched,
+        ),
         (550, "5.7.1 Sender address refused", Code::SenderRefused),
         (
             553,

@@ -499,24 +499,32 @@ fn expiring(
     {
         return Some(("the delegated sign-in ages out", t));
     }
-    let (what, t) = credential_ends(config.provider(&p.name)?.oauth2()?)?;
+    let (what, t) = credential_ends(config.provider(&p.name)?)?;
     soon(t).then_some((what, t))
 }
 
-/// When a provider's own credential ends (ms), the earlier of its client certificate
-/// (`notAfter`) and its client secret (`client_secret_expires`), with what it is.
-pub fn credential_ends(o: &crate::config::OAuth2Config) -> Option<(&'static str, u64)> {
+/// When a provider's own credential ends (ms), the earliest of its app's client
+/// certificate (`notAfter`), its client secret (`client_secret_expires`) and the TLS
+/// client certificate it presents upstream (`tls_client_cert`), with what it is.
+pub fn credential_ends(p: &crate::config::ProviderConfig) -> Option<(&'static str, u64)> {
+    let o = p.oauth2();
     let cert = o
-        .certificate_file
-        .as_deref()
+        .and_then(|o| o.certificate_file.as_deref())
         .and_then(certificate_not_after)
         .map(|t| ("the client certificate expires", t));
     let secret = o
-        .client_secret_expires
-        .as_deref()
+        .and_then(|o| o.client_secret_expires.as_deref())
         .and_then(|d| crate::time::parse_rfc3339(&format!("{d}T00:00:00Z")))
         .map(|t| ("the client secret expires", t));
-    [cert, secret].into_iter().flatten().min_by_key(|(_, t)| *t)
+    let tls = p
+        .smtp()
+        .and_then(|s| s.tls_client_cert.as_deref())
+        .and_then(certificate_not_after)
+        .map(|t| ("the TLS client certificate (tls_client_cert) expires", t));
+    [cert, secret, tls]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(_, t)| *t)
 }
 
 /// The `notAfter` of a PEM certificate file (ms).

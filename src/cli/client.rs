@@ -170,7 +170,7 @@ fn own_certificate(cert: &std::path::Path) -> Result<rustls::ClientConfig, Clien
                 .to_vec()
         });
     let trust = crate::provider::smtp::tls::Trust::new(None, pin).map_err(ClientError::Http)?;
-    let config = crate::provider::smtp::tls::client_config(std::sync::Arc::new(trust))
+    let config = crate::provider::smtp::tls::client_config(std::sync::Arc::new(trust), None)
         .map_err(ClientError::Http)?;
     Ok(std::sync::Arc::unwrap_or_clone(config))
 }

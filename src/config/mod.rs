@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 mod alerts;
+mod cloud;
 mod provider;
 mod read;
 mod routes;
@@ -23,6 +24,7 @@ pub use values::{ByteSize, Dur, parse_size};
 pub use validate::{MIN_FLEET_SECRET, loopback_host, peer_url, readable_by_others};
 
 pub use alerts::{AlertConfig, AlertEvent, AlertFormat};
+pub use cloud::{Cloud, CloudHosts};
 pub use provider::{
     CommonSettings, EmlSettings, GraphSettings, Issuer, KindConfig, KindSettings, OAuth2Config,
     OAuthFlow, ProviderConfig, ProviderKind, SecretSource, SmtpSettings, TlsMode,

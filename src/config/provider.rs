@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::Dur;
+use super::{Cloud, Dur};
 
 /// The kind of a provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -64,6 +64,14 @@ pub enum OAuthFlow {
     AuthorizationCode,
     /// RFC 7523: a Google service account with domain-wide delegation.
     JwtBearer,
+    /// No secret: an Azure managed identity's token from the instance metadata endpoint
+    /// (or App Service's `IDENTITY_ENDPOINT`).
+    #[serde(rename = "managed-identity", alias = "managed_identity")]
+    ManagedIdentity,
+    /// No secret: client credentials whose `client_assertion` is the federated token
+    /// Kubernetes projects into the pod (`federated_token_file`), re-read every time.
+    #[serde(rename = "workload-identity", alias = "workload_identity")]
+    WorkloadIdentity,
 }
 
 impl OAuthFlow {
@@ -74,6 +82,8 @@ impl OAuthFlow {
             OAuthFlow::DeviceCode => "device_code",
             OAuthFlow::AuthorizationCode => "authorization_code",
             OAuthFlow::JwtBearer => "jwt_bearer",
+            OAuthFlow::ManagedIdentity => "managed-identity",
+            OAuthFlow::WorkloadIdentity => "workload-identity",
         }
     }
 
@@ -81,6 +91,14 @@ impl OAuthFlow {
     /// refresh token.
     pub fn is_delegated(self) -> bool {
         matches!(self, OAuthFlow::DeviceCode | OAuthFlow::AuthorizationCode)
+    }
+
+    /// Whether the identity is the machine's or the pod's, with no secret in mailgate.
+    pub fn is_secretless(self) -> bool {
+        matches!(
+            self,
+            OAuthFlow::ManagedIdentity | OAuthFlow::WorkloadIdentity
+        )
     }
 }
 
@@ -96,6 +114,9 @@ pub struct OAuth2Config {
     pub authorize_url: Option<String>,
     /// Token revocation endpoint (RFC 7009), used by `oauth2 logout`; default Google's.
     pub revoke_url: Option<String>,
+    /// `workload-identity`: the projected service-account token, re-read for every
+    /// token request (default `$AZURE_FEDERATED_TOKEN_FILE`).
+    pub federated_token_file: Option<PathBuf>,
     /// Google service account key file (JSON) for `jwt_bearer`.
     pub service_account_file: Option<PathBuf>,
     /// The mailbox a `jwt_bearer` service account acts for.
@@ -184,8 +205,12 @@ pub struct EmlSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpSettings {
-    /// Upstream host (DNS name or IP literal).
+    /// Upstream host (DNS name or IP literal); default the SMTP host of `cloud` when
+    /// that is set.
     pub host: Option<String>,
+    /// The Microsoft cloud of the tenant (default `global`): the SMTP host, sign-in host
+    /// and scopes of that cloud.
+    pub cloud: Option<Cloud>,
     /// Upstream port (default 587, 465 for `tls = "tls"`, 25 for none).
     pub port: Option<u16>,
     /// Transport security.
@@ -203,6 +228,15 @@ pub struct SmtpSettings {
     pub password_file: Option<PathBuf>,
     /// Password from an environment variable.
     pub password_env: Option<String>,
+    /// A client certificate (PEM, the chain from the end entity) presented on STARTTLS or
+    /// implicit TLS: how Exchange Online's inbound connector recognises the sender.
+    pub tls_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM) inline.
+    pub tls_client_key: Option<String>,
+    /// The client certificate's private key from a file.
+    pub tls_client_key_file: Option<PathBuf>,
+    /// The client certificate's private key from an environment variable.
+    pub tls_client_key_env: Option<String>,
     /// OAuth2 settings (XOAUTH2).
     pub oauth2: Option<OAuth2Config>,
 }
@@ -211,8 +245,11 @@ pub struct SmtpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GraphSettings {
-    /// Base URL without version path.
+    /// Base URL without version path (default: the Graph host of `cloud`).
     pub graph_url: Option<String>,
+    /// The Microsoft cloud of the tenant (default `global`): the Graph and sign-in hosts
+    /// and scopes of that cloud.
+    pub cloud: Option<Cloud>,
     /// Exchange keeps a copy of each message in Sent Items (default true).
     pub save_to_sent_items: Option<bool>,
     /// OAuth2 settings.
@@ -277,6 +314,10 @@ pub trait KindConfig {
     fn oauth2(&self) -> Option<&OAuth2Config> {
         None
     }
+    /// The Microsoft cloud its hosts and scopes default to.
+    fn cloud(&self) -> Cloud {
+        Cloud::Global
+    }
 }
 
 impl KindConfig for EmlSettings {
@@ -298,8 +339,29 @@ impl KindConfig for EmlSettings {
 impl KindConfig for SmtpSettings {
     fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.host.as_deref().is_none_or(str::is_empty) {
-            out.push("kind = \"smtp\" needs host".to_string());
+        if self.host().is_none_or(str::is_empty) {
+            out.push(
+                "kind = \"smtp\" needs host (or cloud, whose SMTP host it then is)".to_string(),
+            );
+        }
+        let key = self.client_key_source();
+        if let Some(why) = key.problem() {
+            out.push(why);
+        }
+        match (self.tls_client_cert.is_some(), key.given() > 0) {
+            (true, false) => out.push(
+                "tls_client_cert needs its key: tls_client_key_file (or tls_client_key, tls_client_key_env)".into(),
+            ),
+            (false, true) => out.push(
+                "tls_client_key_file (or tls_client_key, tls_client_key_env) needs tls_client_cert".into(),
+            ),
+            _ => {}
+        }
+        if self.tls_client_cert.is_some() && self.tls == TlsMode::None {
+            out.push(
+                "tls_client_cert is presented in TLS: it needs tls = \"starttls\" or \"tls\""
+                    .into(),
+            );
         }
         let subject = self.oauth2.as_ref().and_then(|o| o.subject.as_ref());
         if self.oauth2.is_some() && self.username.is_none() && subject.is_none() {
@@ -311,7 +373,7 @@ impl KindConfig for SmtpSettings {
     /// smtp.office365.com allows 30 messages a minute and 10,000 recipients a day per
     /// mailbox.
     fn default_limits(&self) -> (u32, u32) {
-        if self.host_is("smtp.office365.com") {
+        if Cloud::ALL.iter().any(|c| self.host_is(c.hosts().smtp_host)) {
             (30, 10_000)
         } else {
             (0, 0)
@@ -320,15 +382,15 @@ impl KindConfig for SmtpSettings {
 
     /// With the port: two providers on one host are told apart.
     fn upstream(&self) -> String {
-        format!(
-            "{}:{}",
-            self.host.as_deref().unwrap_or_default(),
-            self.port()
-        )
+        format!("{}:{}", self.host().unwrap_or_default(), self.port())
     }
 
     fn oauth2(&self) -> Option<&OAuth2Config> {
         self.oauth2.as_ref()
+    }
+
+    fn cloud(&self) -> Cloud {
+        self.cloud.unwrap_or_default()
     }
 }
 
@@ -343,11 +405,15 @@ impl KindConfig for GraphSettings {
     fn upstream(&self) -> String {
         self.graph_url
             .clone()
-            .unwrap_or_else(|| "https://graph.microsoft.com".to_string())
+            .unwrap_or_else(|| self.cloud().hosts().graph.to_string())
     }
 
     fn oauth2(&self) -> Option<&OAuth2Config> {
         self.oauth2.as_ref()
+    }
+
+    fn cloud(&self) -> Cloud {
+        self.cloud.unwrap_or_default()
     }
 }
 
@@ -445,11 +511,26 @@ impl SmtpSettings {
         }
     }
 
-    /// Whether the host is `host`.
-    fn host_is(&self, host: &str) -> bool {
+    /// `tls_client_key`, `tls_client_key_file`, `tls_client_key_env`.
+    pub fn client_key_source(&self) -> SecretSource<'_> {
+        SecretSource {
+            key: "tls_client_key",
+            value: self.tls_client_key.as_deref(),
+            file: self.tls_client_key_file.as_deref(),
+            env: self.tls_client_key_env.as_deref(),
+        }
+    }
+
+    /// The host: `host`, else the SMTP host of `cloud` when that is set.
+    pub fn host(&self) -> Option<&str> {
         self.host
             .as_deref()
-            .is_some_and(|h| h.eq_ignore_ascii_case(host))
+            .or_else(|| self.cloud.map(|c| c.hosts().smtp_host))
+    }
+
+    /// Whether the host is `host`.
+    fn host_is(&self, host: &str) -> bool {
+        self.host().is_some_and(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// The port, else the one its `tls` mode uses (587, 465, 25).
@@ -505,6 +586,11 @@ impl ProviderConfig {
     /// The `[provider.oauth2]` table, for kinds that have one.
     pub fn oauth2(&self) -> Option<&OAuth2Config> {
         self.settings.of_kind().oauth2()
+    }
+
+    /// The Microsoft cloud its hosts and scopes default to (`cloud`, default global).
+    pub fn cloud(&self) -> Cloud {
+        self.settings.of_kind().cloud()
     }
 
     /// The smtp settings, when the provider is one.

@@ -262,7 +262,7 @@ fn oauth2_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<S
         ));
     }
     if o.flow != OAuthFlow::JwtBearer {
-        if o.client_id.is_none() {
+        if o.client_id.is_none() && !o.flow.is_secretless() {
             out.push("[provider.oauth2] needs client_id".into());
         }
         for (set, key) in [
@@ -275,6 +275,11 @@ fn oauth2_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<S
                 ));
             }
         }
+    }
+    if o.federated_token_file.is_some() && o.flow != OAuthFlow::WorkloadIdentity {
+        out.push(format!(
+            "[provider.oauth2] federated_token_file is only for flow = \"workload-identity\" (this provider has flow = \"{flow}\")"
+        ));
     }
     out.extend(flow_problems(p, o));
     out
@@ -319,6 +324,18 @@ fn flow_problems(p: &ProviderConfig, o: &crate::config::OAuth2Config) -> Vec<Str
                     "[provider.oauth2] certificate_file is only for flow = \"client_credentials\""
                         .into(),
                 );
+            }
+        }
+        OAuthFlow::ManagedIdentity | OAuthFlow::WorkloadIdentity => {
+            let flow = o.flow.as_str();
+            if google {
+                out.push(format!("[provider.oauth2] flow = \"{flow}\" is Microsoft's (Entra ID): it does not sign in to Google"));
+            }
+            if secrets > 0 || o.certificate_file.is_some() {
+                out.push(format!("[provider.oauth2] flow = \"{flow}\" has no secret of its own (the identity is the machine's or the pod's): remove client_secret, client_secret_file, client_secret_env and certificate_file"));
+            }
+            if o.flow == OAuthFlow::ManagedIdentity && o.tenant_id.is_some() {
+                out.push("[provider.oauth2] flow = \"managed-identity\" takes no tenant_id: the identity belongs to the machine's tenant (client_id names a user-assigned identity)".into());
             }
         }
         OAuthFlow::JwtBearer => {

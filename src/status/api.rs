@@ -217,7 +217,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     }
     let m = state.pipeline.metrics();
     for p in &state.pipeline.config().provider {
-        if let Some((_, at)) = p.oauth2().and_then(crate::alerts::credential_ends) {
+        if let Some((_, at)) = crate::alerts::credential_ends(p) {
             m.credential_expires
                 .get_or_create(&crate::metrics::ProviderLabel {
                     provider: p.name.get_ref().clone(),

@@ -71,6 +71,17 @@ pub struct MockState {
     /// sendMail requests in progress per mailbox, and the most seen at once.
     pub in_flight: HashMap<String, usize>,
     pub max_in_flight: HashMap<String, usize>,
+    /// Workload identity: the client assertion the token endpoint expects now (the
+    /// federated token file's content); a grant with another is refused (AADSTS700213).
+    pub expected_assertion: Option<String>,
+    /// Managed identity: whether the machine has a system-assigned identity.
+    pub system_identity: bool,
+    /// Managed identity: the client ids of the user-assigned identities it has.
+    pub user_identities: Vec<String>,
+    /// App Service: the secret `IDENTITY_HEADER` its endpoint expects.
+    pub identity_header: String,
+    /// Every managed identity token request: (endpoint, query, headers that matter).
+    pub identity_requests: Vec<(String, HashMap<String, String>, HashMap<String, String>)>,
 }
 
 /// A draft made through the stand-in.
@@ -124,6 +135,8 @@ impl MockMicrosoft {
             )
             .route("/v1.0/users/{sender}/messages/{id}/send", post(send_draft))
             .route("/upload/{n}", get(session_state).put(put_chunk))
+            .route("/metadata/identity/oauth2/token", get(imds_token))
+            .route("/msi/token", get(app_service_token))
             // Graph's own limits are checked in the handlers (4 MB per request).
             .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
             .with_state(state.clone());
@@ -142,6 +155,143 @@ impl MockMicrosoft {
     pub fn with<R>(&self, f: impl FnOnce(&mut MockState) -> R) -> R {
         f(&mut self.state.lock().unwrap())
     }
+
+    /// The instance metadata endpoint's token URL (IMDS) on this stand-in.
+    pub fn imds_url(&self) -> String {
+        format!("http://{}/metadata/identity/oauth2/token", self.addr)
+    }
+
+    /// App Service's `IDENTITY_ENDPOINT` on this stand-in.
+    pub fn app_service_url(&self) -> String {
+        format!("http://{}/msi/token", self.addr)
+    }
+}
+
+fn json_error(status: u16, error: &str, description: &str) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        [("content-type", "application/json")],
+        serde_json::json!({"error": error, "error_description": description}).to_string(),
+    )
+        .into_response()
+}
+
+/// Records a managed identity request; the identity asked for, if the machine has it.
+fn identity_request(
+    s: &mut MockState,
+    endpoint: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    let kept = ["metadata", "x-identity-header"]
+        .iter()
+        .filter_map(|h| Some((h.to_string(), headers.get(*h)?.to_str().ok()?.to_string())))
+        .collect();
+    s.identity_requests
+        .push((endpoint.to_string(), query.clone(), kept));
+    if query.get("resource").is_none_or(String::is_empty) {
+        return Err(json_error(
+            400,
+            "invalid_request",
+            "Required audience parameter not specified",
+        ));
+    }
+    let assigned = match query.get("client_id") {
+        Some(id) => s.user_identities.contains(id),
+        None => s.system_identity,
+    };
+    if !assigned {
+        return Err(json_error(400, "invalid_request", "Identity not found"));
+    }
+    Ok(())
+}
+
+fn issue_token(s: &mut MockState) -> String {
+    let tok = format!("tok-{}", s.issued.len() + 1);
+    s.issued.push(tok.clone());
+    tok
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Azure IMDS as documented: `Metadata: true` required (400 without it), api-version,
+/// resource, optional client_id; `expires_in` and `expires_on` as strings.
+async fn imds_token(
+    State(state): State<Arc<Mutex<MockState>>>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    if let Err(r) = identity_request(&mut s, "imds", &query, &headers) {
+        return r;
+    }
+    if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+        return json_error(
+            400,
+            "invalid_request",
+            "Required metadata header not specified",
+        );
+    }
+    if query.get("api-version").is_none() {
+        return json_error(
+            400,
+            "invalid_request",
+            "Required query variable 'api-version' is missing",
+        );
+    }
+    let tok = issue_token(&mut s);
+    let expires_in = s.expires_in;
+    axum::Json(serde_json::json!({
+        "access_token": tok,
+        "refresh_token": "",
+        "expires_in": expires_in.to_string(),
+        "expires_on": (unix_now() + expires_in).to_string(),
+        "not_before": unix_now().to_string(),
+        "resource": query["resource"],
+        "token_type": "Bearer",
+    }))
+    .into_response()
+}
+
+/// App Service's identity endpoint as documented (api-version 2019-08-01): the
+/// `X-IDENTITY-HEADER` must be `IDENTITY_HEADER`'s value; `expires_on` in Unix seconds.
+async fn app_service_token(
+    State(state): State<Arc<Mutex<MockState>>>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    if let Err(r) = identity_request(&mut s, "app-service", &query, &headers) {
+        return r;
+    }
+    let header = headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok());
+    if header != Some(s.identity_header.as_str()) || s.identity_header.is_empty() {
+        return json_error(
+            401,
+            "invalid_request",
+            "The X-IDENTITY-HEADER is missing or wrong",
+        );
+    }
+    if query.get("api-version").map(String::as_str) != Some("2019-08-01") {
+        return json_error(400, "invalid_request", "api-version 2019-08-01 expected");
+    }
+    let tok = issue_token(&mut s);
+    let expires_on = unix_now() + s.expires_in;
+    axum::Json(serde_json::json!({
+        "access_token": tok,
+        "expires_on": expires_on.to_string(),
+        "resource": query["resource"],
+        "token_type": "Bearer",
+        "client_id": "system-assigned-client-id",
+    }))
+    .into_response()
 }
 
 async fn token(
@@ -149,7 +299,19 @@ async fn token(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let mut s = state.lock().unwrap();
+    let assertion_ok = s.expected_assertion.as_ref().is_none_or(|want| {
+        form.get("client_assertion_type").map(String::as_str)
+            == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+            && form.get("client_assertion") == Some(want)
+    });
     s.grants.push(form);
+    if !assertion_ok {
+        return json_error(
+            401,
+            "invalid_client",
+            "AADSTS700213: No matching federated identity record found for presented assertion subject.",
+        );
+    }
     if let Some((status, body)) = s.token_error.clone() {
         return (
             StatusCode::from_u16(status).unwrap(),

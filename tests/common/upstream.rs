@@ -50,6 +50,60 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// (certificate PEM, key PEM) of a client certificate whose subject is `CN=cn` (as
+    /// Exchange Online's connectors read it), for TLS client authentication.
+    pub fn issue_client(&self, cn: &str) -> (String, String) {
+        let mut params = CertificateParams::new(vec![cn.to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Server TLS that asks every client for a certificate issued by `client_ca` (PEM) and
+/// refuses the handshake without one: Exchange Online's inbound connector by certificate.
+pub fn server_tls_requiring_client(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca: &str,
+) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(client_ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    Arc::new(config)
+}
+
+/// The subject of the certificate a TLS client presented, as `CN=...`.
+fn client_subject(conn: &rustls::ServerConnection) -> Option<String> {
+    let der = conn.peer_certificates()?.first()?.clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.subject().to_string())
+}
+
 pub fn server_tls(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .map(|c| c.unwrap())
@@ -159,6 +213,8 @@ pub struct Received {
     pub data: Vec<u8>,
     pub auth_user: Option<String>,
     pub tls: bool,
+    /// The subject of the TLS client certificate mailgate presented (`CN=...`).
+    pub client_cert: Option<String>,
     /// When the upstream accepted it (its 250 after the data).
     pub at: std::time::Instant,
 }
@@ -232,10 +288,11 @@ impl Upstream {
                     if script.implicit_tls {
                         let acceptor = tokio_rustls::TlsAcceptor::from(script.tls.clone().unwrap());
                         if let Ok(tls) = acceptor.accept(stream).await {
-                            let _ = serve(Box::new(tls), true, &u, &script).await;
+                            let subject = client_subject(tls.get_ref().1);
+                            let _ = serve(Box::new(tls), true, subject, &u, &script).await;
                         }
                     } else {
-                        let _ = serve(Box::new(stream), false, &u, &script).await;
+                        let _ = serve(Box::new(stream), false, None, &u, &script).await;
                     }
                 });
             }
@@ -273,6 +330,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 async fn serve(
     stream: Box<dyn Io>,
     tls: bool,
+    mut client_cert: Option<String>,
     up: &Upstream,
     first: &Script,
 ) -> std::io::Result<()> {
@@ -356,6 +414,7 @@ async fn serve(
             let inner = io.into_inner();
             let acceptor = tokio_rustls::TlsAcceptor::from(s.tls.clone().unwrap());
             let upgraded = acceptor.accept(inner).await?;
+            client_cert = client_subject(upgraded.get_ref().1);
             io = BufReader::new(Box::new(upgraded));
             tls = true;
             continue;
@@ -510,6 +569,7 @@ async fn serve(
                         data,
                         auth_user: auth_user.clone(),
                         tls,
+                        client_cert: client_cert.clone(),
                         at: std::time::Instant::now(),
                     });
                     up.arrived.notify_waiters();

@@ -121,12 +121,7 @@ impl GraphProvider {
     ) -> GraphProvider {
         let timeout = config.step_timeout();
         GraphProvider {
-            graph_url: settings
-                .graph_url
-                .clone()
-                .unwrap_or_else(|| "https://graph.microsoft.com".into())
-                .trim_end_matches('/')
-                .to_string(),
+            graph_url: config.upstream().trim_end_matches('/').to_string(),
             token: TokenSource::new(config, secrets),
             timeout,
             // Each request gets its own bound (`timeout` plus the body at 64 KB/s).

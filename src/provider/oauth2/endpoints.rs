@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Issuer, OAuthFlow, ProviderConfig, ProviderKind};
+use crate::config::{Cloud, Issuer, OAuthFlow, ProviderConfig, ProviderKind};
 
 /// Google's token endpoint.
 pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
@@ -34,30 +34,44 @@ pub struct Endpoints {
     pub revoke_url: Option<String>,
     /// The scope asked for.
     pub scope: String,
+    /// The resource the tokens are for (a managed identity asks for it by name).
+    pub resource: String,
     /// A refresh token that ends this long after it was issued, used or not
     /// (`refresh_token_lifetime`: a Google app in "Testing" status, 7 days).
     pub lifetime: Option<Duration>,
 }
 
-fn microsoft(tenant: &str, endpoint: &str) -> String {
-    format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/{endpoint}")
+fn microsoft(cloud: Cloud, tenant: &str, endpoint: &str) -> String {
+    format!("{}/{tenant}/oauth2/v2.0/{endpoint}", cloud.hosts().login)
 }
 
-/// The Microsoft identity platform token endpoint of a tenant.
+/// The Microsoft identity platform token endpoint of a tenant (global cloud).
 pub fn default_token_url(tenant: &str) -> String {
-    microsoft(tenant, "token")
+    microsoft(Cloud::Global, tenant, "token")
+}
+
+/// The resource a provider's tokens are for, in `cloud`: Graph, or Exchange Online
+/// (SMTP); a managed identity asks for a token for it.
+pub fn resource(kind: ProviderKind, cloud: Cloud) -> &'static str {
+    match kind {
+        ProviderKind::Graph => cloud.hosts().graph,
+        _ => cloud.hosts().exchange,
+    }
 }
 
 /// The scope a provider asks for unless `scope` is set.
-pub fn default_scope(kind: ProviderKind, flow: OAuthFlow, issuer: Issuer) -> &'static str {
+pub fn default_scope(kind: ProviderKind, flow: OAuthFlow, issuer: Issuer, cloud: Cloud) -> String {
+    let hosts = cloud.hosts();
     match (issuer, kind, flow.is_delegated()) {
-        (Issuer::Google, _, _) => GOOGLE_MAIL_SCOPE,
-        (Issuer::Microsoft, ProviderKind::Graph, false) => "https://graph.microsoft.com/.default",
+        (Issuer::Google, _, _) => GOOGLE_MAIL_SCOPE.into(),
+        (Issuer::Microsoft, ProviderKind::Graph, false) => format!("{}/.default", hosts.graph),
         (Issuer::Microsoft, ProviderKind::Graph, true) => {
-            "https://graph.microsoft.com/Mail.Send offline_access"
+            format!("{}/Mail.Send offline_access", hosts.graph)
         }
-        (Issuer::Microsoft, _, false) => "https://outlook.office365.com/.default",
-        (Issuer::Microsoft, _, true) => "https://outlook.office.com/SMTP.Send offline_access",
+        (Issuer::Microsoft, _, false) => format!("{}/.default", hosts.exchange),
+        (Issuer::Microsoft, _, true) => {
+            format!("{}/SMTP.Send offline_access", hosts.exchange_delegated)
+        }
     }
 }
 
@@ -67,12 +81,22 @@ impl Endpoints {
     pub fn of(p: &ProviderConfig) -> Endpoints {
         let o = p.oauth2().cloned().unwrap_or_default();
         let issuer = p.oauth_issuer();
-        let tenant = o.tenant_id.as_deref().unwrap_or("common");
+        // Workload identity: the webhook puts the tenant in the pod's environment.
+        let from_env = (o.flow == OAuthFlow::WorkloadIdentity)
+            .then(|| std::env::var("AZURE_TENANT_ID").ok())
+            .flatten()
+            .filter(|t| !t.is_empty());
+        let tenant = o
+            .tenant_id
+            .as_deref()
+            .or(from_env.as_deref())
+            .unwrap_or("common");
+        let cloud = p.cloud();
         let (token, device, authorize, revoke) = match issuer {
             Issuer::Microsoft => (
-                microsoft(tenant, "token"),
-                Some(microsoft(tenant, "devicecode")),
-                Some(microsoft(tenant, "authorize")),
+                microsoft(cloud, tenant, "token"),
+                Some(microsoft(cloud, tenant, "devicecode")),
+                Some(microsoft(cloud, tenant, "authorize")),
                 None,
             ),
             Issuer::Google => (
@@ -91,8 +115,9 @@ impl Endpoints {
             scope: o
                 .scope
                 .clone()
-                .unwrap_or_else(|| default_scope(p.kind(), o.flow, issuer).to_string()),
+                .unwrap_or_else(|| default_scope(p.kind(), o.flow, issuer, cloud)),
             lifetime: o.refresh_token_lifetime.map(|d| d.0),
+            resource: resource(p.kind(), cloud).to_string(),
         }
     }
 
@@ -118,8 +143,12 @@ mod tests {
     use super::*;
 
     fn provider(extra: &str) -> ProviderConfig {
+        parsed(&format!("kind = \"smtp\"\nusername = \"u@x.com\"\n{extra}"))
+    }
+
+    fn parsed(lines: &str) -> ProviderConfig {
         let text = format!(
-            "[distributor]\ndefault_provider = \"p\"\n[[provider]]\nname = \"p\"\nkind = \"smtp\"\nusername = \"u@x.com\"\n{extra}\n"
+            "[distributor]\ndefault_provider = \"p\"\n[[provider]]\nname = \"p\"\n{lines}\n"
         );
         crate::config::Config::parse(&text, std::path::Path::new("t.toml"))
             .unwrap()
@@ -146,6 +175,7 @@ mod tests {
                 revoke_url: None,
                 scope: "https://outlook.office.com/SMTP.Send offline_access".into(),
                 lifetime: None,
+                resource: "https://outlook.office365.com".into(),
             }
         );
         let gmail = provider(
@@ -173,6 +203,104 @@ mod tests {
         assert_eq!(
             default_token_url("contoso.onmicrosoft.com"),
             "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+    }
+
+    /// Each cloud's documented hosts and scopes, for smtp (app-only and delegated) and
+    /// graph; the README's table says the same.
+    #[test]
+    fn each_cloud_has_its_documented_hosts_and_scopes() {
+        const TABLE: [(&str, &str, &str, &str, &str); 4] = [
+            (
+                "global",
+                "https://login.microsoftonline.com",
+                "https://graph.microsoft.com",
+                "smtp.office365.com",
+                "https://outlook.office365.com",
+            ),
+            (
+                "usgov",
+                "https://login.microsoftonline.us",
+                "https://graph.microsoft.us",
+                "smtp.office365.us",
+                "https://outlook.office365.us",
+            ),
+            (
+                "usgov-dod",
+                "https://login.microsoftonline.us",
+                "https://dod-graph.microsoft.us",
+                "smtp.office365.us",
+                "https://outlook-dod.office365.us",
+            ),
+            (
+                "china",
+                "https://login.chinacloudapi.cn",
+                "https://microsoftgraph.chinacloudapi.cn",
+                "smtp.partner.outlook.cn",
+                "https://partner.outlook.cn",
+            ),
+        ];
+        let readme = include_str!("../../../README.md");
+        let oauth =
+            "[provider.oauth2]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"";
+        for (cloud, login, graph, smtp, exchange) in TABLE {
+            let p = provider(&format!("cloud = \"{cloud}\"\n{oauth}"));
+            assert!(
+                p.kind_problems().is_empty(),
+                "{cloud}: {:?}",
+                p.kind_problems()
+            );
+            assert_eq!(p.upstream(), format!("{smtp}:587"), "{cloud}");
+            let e = Endpoints::of(&p);
+            assert_eq!(
+                e.token_url,
+                format!("{login}/t/oauth2/v2.0/token"),
+                "{cloud}"
+            );
+            assert_eq!(e.scope, format!("{exchange}/.default"), "{cloud}");
+            assert_eq!(resource(p.kind(), p.cloud()), exchange);
+            let g = parsed(&format!("kind = \"graph\"\ncloud = \"{cloud}\"\n{oauth}"));
+            assert_eq!(g.upstream(), graph, "{cloud}");
+            assert_eq!(
+                Endpoints::of(&g).scope,
+                format!("{graph}/.default"),
+                "{cloud}"
+            );
+            assert_eq!(resource(g.kind(), g.cloud()), graph);
+            let row = format!("| `{cloud}` | {login} | {graph} | {smtp} | {exchange}/.default |");
+            assert!(readme.contains(&row), "README lacks the row {row}");
+        }
+        // Delegated scopes and the device code endpoint follow the cloud too; an explicit
+        // host, token_url or scope still wins.
+        let d = provider(
+            "cloud = \"china\"\n[provider.oauth2]\nflow = \"device_code\"\ntenant_id = \"t\"\nclient_id = \"c\"",
+        );
+        let e = Endpoints::of(&d);
+        assert_eq!(
+            e.scope,
+            "https://partner.outlook.cn/SMTP.Send offline_access"
+        );
+        assert_eq!(
+            e.device_code_url.as_deref(),
+            Some("https://login.chinacloudapi.cn/t/oauth2/v2.0/devicecode")
+        );
+        let o = provider(&format!(
+            "cloud = \"usgov\"\nhost = \"relay.example\"\n{oauth}\ntoken_url = \"http://127.0.0.1:9/t\"\nscope = \"s\""
+        ));
+        assert_eq!(o.upstream(), "relay.example:587");
+        let e = Endpoints::of(&o);
+        assert_eq!(
+            (e.token_url.as_str(), e.scope.as_str()),
+            ("http://127.0.0.1:9/t", "s")
+        );
+        assert_eq!(
+            o.limits(),
+            (0, 0),
+            "not a Microsoft host: no mailbox limits"
+        );
+        assert_eq!(
+            provider(&format!("cloud = \"usgov\"\n{oauth}")).limits(),
+            (30, 10_000)
         );
     }
 }

@@ -34,7 +34,19 @@ impl ErrorResponse {
 /// What an identity platform's refusal means, in words, for the codes administrators
 /// meet (kept beside the platform's own words in the reply).
 fn explain(e: &ErrorResponse) -> Option<&'static str> {
-    const KNOWN: [(u64, &str); 9] = [
+    const KNOWN: [(u64, &str); 12] = [
+        (
+            70021,
+            "no federated credential of the app matches the pod's token: in Entra admin center > App registrations (or the managed identity) > Certificates & secrets > Federated credentials, the issuer must be the cluster's OIDC issuer URL and the subject system:serviceaccount:NAMESPACE:SERVICEACCOUNT",
+        ),
+        (
+            700213,
+            "no federated credential matches the token's subject: it must be system:serviceaccount:NAMESPACE:SERVICEACCOUNT of the pod mailgate runs in",
+        ),
+        (
+            700024,
+            "the federated token is not within its valid time range: the file was not renewed (kubelet rotates the projected token; check that the volume is mounted and mailgate reads the file it names)",
+        ),
         (
             7000218,
             "the app registration is not a public client: in Entra admin center > App registrations > the app > Authentication, set Allow public client flows to Yes",
@@ -98,7 +110,12 @@ pub fn classify_token_error(status: u16, body: &str, delegated: bool) -> TokenEr
         .iter()
         .any(|n| e.aadsts(*n))
         || e.error_description.to_ascii_lowercase().contains("consent");
-    let code = if delegated && reauthorize {
+    let federated = [70021u64, 700211, 700213, 700024]
+        .iter()
+        .any(|n| e.aadsts(*n));
+    let code = if federated {
+        Code::IdentityUnavailable
+    } else if delegated && reauthorize {
         Code::OAuthReauthorize
     } else if consent {
         Code::OAuthConsentRequired

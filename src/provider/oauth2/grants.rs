@@ -25,7 +25,7 @@ impl TokenSource {
     }
 
     /// POSTs a grant to the token endpoint (`url`); the answer or its diagnosis.
-    async fn post_token(
+    pub(super) async fn post_token(
         &self,
         url: &str,
         form: &[(&str, String)],
@@ -60,6 +60,8 @@ impl TokenSource {
             OAuthFlow::ClientCredentials => self.client_credentials().await?,
             OAuthFlow::JwtBearer => self.jwt_bearer().await?,
             OAuthFlow::DeviceCode | OAuthFlow::AuthorizationCode => self.refresh().await?,
+            OAuthFlow::ManagedIdentity => self.managed_identity().await?,
+            OAuthFlow::WorkloadIdentity => self.workload_identity().await?,
         };
         let lifetime = Duration::from_secs(resp.expires_in.unwrap_or(3600));
         tracing::info!(

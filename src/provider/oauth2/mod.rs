@@ -16,6 +16,7 @@ use serde::Deserialize;
 pub mod endpoints;
 mod errors;
 mod grants;
+mod identity;
 pub mod jwt;
 pub mod login;
 pub mod signin;
@@ -128,16 +129,22 @@ impl TokenResponse {
     /// Who signed in, from the id_token's `preferred_username` or `email` (the token came
     /// straight from the token endpoint over TLS, so its claims are read, not verified).
     pub fn account(&self) -> Option<String> {
-        use base64::Engine;
-        let payload = self.id_token.as_ref()?.split('.').nth(1)?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload.trim_end_matches('='))
-            .ok()?;
-        let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let claims = jwt_claims(self.id_token.as_ref()?)?;
         ["preferred_username", "email", "upn"]
             .iter()
             .find_map(|k| claims.get(*k)?.as_str().map(String::from))
     }
+}
+
+/// The claims of a JWT, read and not verified (for what mailgate only shows or checks
+/// for its own sake: who signed in, when a federated token ends).
+fn jwt_claims(jwt: &str) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 impl TokenSource {

@@ -30,7 +30,23 @@ impl SmtpProvider {
             tls::Trust::new(pem.as_ref().map(|(n, p)| (n.as_str(), p.as_slice())), pin)
                 .map_err(config_err)?,
         );
-        let cc = tls::client_config(trust.clone())
+        let identity = match &self.settings.tls_client_cert {
+            Some(path) => {
+                let cert = std::fs::read(path)
+                    .map_err(|e| config_err(format!("tls_client_cert {}: {e}", path.display())))?;
+                let key = crate::secrets::resolve(&self.settings.client_key_source())
+                    .map_err(|e| config_err(e.to_string()))?
+                    .ok_or_else(|| {
+                        config_err("tls_client_cert is set but no tls_client_key".into())
+                    })?;
+                Some(
+                    tls::identity(&path.display().to_string(), &cert, key.expose().as_bytes())
+                        .map_err(config_err)?,
+                )
+            }
+            None => None,
+        };
+        let cc = tls::client_config(trust.clone(), identity)
             .map_err(|e| config_err(format!("TLS settings: {e}")))?;
         Ok((trust, cc))
     }
@@ -72,10 +88,10 @@ impl SmtpProvider {
                     Code::TlsCertificate,
                     format!("TLS certificate of {target} refused: {why}"),
                 )),
-                None => Err(Failure::local(
+                None => Err(self.client_cert_refused(Failure::local(
                     Code::ConnectionFailed,
                     format!("TLS handshake with {target} failed: {}", error_chain(&e)),
-                )),
+                ))),
             },
             Err(_) => Err(no_answer(
                 &format!("TLS handshake with {target}"),
@@ -192,12 +208,15 @@ impl SmtpProvider {
         } else {
             "greeting and EHLO"
         };
+        // In TLS 1.3 a server refuses a client certificate after the handshake: the
+        // refusal is what the first read after it meets.
         let smtp = timed(
             t,
             hello_stage,
             AsyncSmtpConnection::connect_with_transport(stream, &self.hello),
         )
-        .await?;
+        .await
+        .map_err(|f| self.client_cert_refused(f))?;
         // What the server said so far (greeting, EHLO reply); the wire records no more.
         let start = heard
             .lock()
@@ -210,6 +229,19 @@ impl SmtpProvider {
         };
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.sign_in(conn, &target).await
+    }
+
+    /// A failure that is a TLS alert about certificates becomes `tls-certificate`, saying
+    /// what the server made of mailgate's client certificate (or its absence).
+    fn client_cert_refused(&self, f: Failure) -> Failure {
+        let presented = self.settings.tls_client_cert.is_some();
+        match tls::client_cert_refusal(&f.reply, presented) {
+            Some(why) => Failure::local(
+                Code::TlsCertificate,
+                format!("{}:{}: {why} ({})", self.host, self.port, f.reply),
+            ),
+            None => f,
+        }
     }
 
     /// The TCP connection, within the provider's `timeout`.

@@ -134,7 +134,7 @@ impl SmtpProvider {
         secrets: SecretStore,
     ) -> SmtpProvider {
         SmtpProvider {
-            host: settings.host.clone().unwrap_or_default(),
+            host: settings.host().unwrap_or_default().to_string(),
             port: settings.port(),
             timeout: config.step_timeout(),
             hello: ClientId::Domain(hostname.to_string()),
@@ -205,6 +205,9 @@ impl SmtpProvider {
                     format!("signed in as {u} with LOGIN")
                 }
             }
+            _ if self.settings.tls_client_cert.is_some() => {
+                "no sign-in (the client certificate identifies mailgate)".to_string()
+            }
             _ => "no sign-in (no username)".to_string(),
         };
         quit(conn).await;
@@ -225,10 +228,19 @@ impl SmtpProvider {
             }
             TlsMode::None => "no TLS (tls = \"none\")".to_string(),
         };
-        Ok(format!(
+        let mut said = format!(
             "{}:{}: connected; {tls}; AUTH offered: {offered}; {used}",
             self.host, self.port
-        ))
+        );
+        if let Some(path) = &self.settings.tls_client_cert {
+            let pem = tokio::fs::read(path).await.unwrap_or_default();
+            if let Some((subject, issuer, end)) = tls::summary_of(&pem) {
+                said.push_str(&format!(
+                    "; client certificate presented: subject {subject}, issuer {issuer}, valid until {end}"
+                ));
+            }
+        }
+        Ok(said)
     }
 
     /// Delivers one message.

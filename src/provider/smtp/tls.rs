@@ -250,14 +250,75 @@ impl ServerCertVerifier for Trust {
     }
 }
 
-/// The rustls client configuration of a provider.
-pub fn client_config(trust: Arc<Trust>) -> Result<Arc<rustls::ClientConfig>, String> {
+/// A client certificate chain and its key, presented when the server asks.
+pub type Identity = (
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// Reads a client certificate chain (`cert_pem`, from `cert_name`) and its key
+/// (`key_pem`); the error names what is wrong with which.
+pub fn identity(cert_name: &str, cert_pem: &[u8], key_pem: &[u8]) -> Result<Identity, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs =
+        rustls_pemfile_certs(cert_pem).map_err(|e| format!("tls_client_cert {cert_name}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls_client_cert {cert_name}: no PEM certificate in it"
+        ));
+    }
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("tls_client_key: not a PEM private key: {e}"))?;
+    Ok((certs, key))
+}
+
+/// Subject, issuer and end of validity of the first certificate of `pem`, for people
+/// (`mailgate verify`, the `sign-in-expiring` alert).
+pub fn summary_of(pem: &[u8]) -> Option<(String, String, String)> {
+    let der = rustls_pemfile_certs(pem).ok()?.into_iter().next()?;
+    Some(describe(der.as_ref()))
+}
+
+/// The rustls client configuration of a provider, with its client certificate when it
+/// has one.
+pub fn client_config(
+    trust: Arc<Trust>,
+    identity: Option<Identity>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = trust.provider.clone();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(trust)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(trust);
+    let config = match identity {
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("tls_client_cert and its key: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
+}
+
+/// What a TLS alert about certificates means for the client certificate, when the
+/// server sent one (`error` is the failure's text): the sentence, with its fix.
+pub fn client_cert_refusal(error: &str, presented: bool) -> Option<String> {
+    const ABOUT_CERTIFICATES: [&str; 6] = [
+        "CertificateRequired",
+        "BadCertificate",
+        "UnknownCA",
+        "CertificateUnknown",
+        "UnsupportedCertificate",
+        "CertificateExpired",
+    ];
+    let alert = ABOUT_CERTIFICATES.iter().find(|a| error.contains(*a))?;
+    Some(if presented {
+        format!(
+            "the server refused mailgate's client certificate (TLS alert {alert}). Fix: present a certificate the server trusts (for an Exchange Online connector, one issued by a public CA whose subject is a domain the connector names) in tls_client_cert, with its key"
+        )
+    } else {
+        format!(
+            "the server asks for a client certificate and mailgate presented none (TLS alert {alert}). Fix: set tls_client_cert and tls_client_key_file on this provider"
+        )
+    })
 }
