@@ -178,6 +178,25 @@ const ROOMS: &[(&str, &str, &[&str])] = &[
             "notify", "provider", "secrets", "smtp", "status", "store", "text", "time", "unix",
         ],
     ),
+    (
+        "fuzzing",
+        "the fuzz targets' properties over the real parsers (fuzz/ and the regression replay call them); no daemon code uses it",
+        &[
+            "address",
+            "aliases",
+            "config",
+            "diagnosis",
+            "fleet",
+            "history",
+            "maildrop",
+            "message",
+            "notify",
+            "provider",
+            "smtp",
+            "store",
+            "time",
+        ],
+    ),
 ];
 
 fn src() -> PathBuf {

@@ -187,10 +187,10 @@ pub struct CommonSettings {
 pub enum KindSettings {
     /// `kind = "eml"`.
     Eml(EmlSettings),
-    /// `kind = "smtp"`.
-    Smtp(SmtpSettings),
+    /// `kind = "smtp"` (this and graph boxed: far larger than eml's).
+    Smtp(Box<SmtpSettings>),
     /// `kind = "graph"`.
-    Graph(GraphSettings),
+    Graph(Box<GraphSettings>),
 }
 
 /// `kind = "eml"`: one .eml file per message.
@@ -274,8 +274,10 @@ impl KindSettings {
     {
         Ok(match kind {
             ProviderKind::Eml => KindSettings::Eml(EmlSettings::deserialize(table)?),
-            ProviderKind::Smtp => KindSettings::Smtp(SmtpSettings::deserialize(table)?),
-            ProviderKind::Graph => KindSettings::Graph(GraphSettings::deserialize(table)?),
+            ProviderKind::Smtp => KindSettings::Smtp(Box::new(SmtpSettings::deserialize(table)?)),
+            ProviderKind::Graph => {
+                KindSettings::Graph(Box::new(GraphSettings::deserialize(table)?))
+            }
         })
     }
 
@@ -292,8 +294,8 @@ impl KindSettings {
     pub fn of_kind(&self) -> &dyn KindConfig {
         match self {
             KindSettings::Eml(s) => s,
-            KindSettings::Smtp(s) => s,
-            KindSettings::Graph(s) => s,
+            KindSettings::Smtp(s) => s.as_ref(),
+            KindSettings::Graph(s) => s.as_ref(),
         }
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod data;
+#[doc(hidden)]
+pub mod harness;
 pub mod listener;
 pub mod policy;
 pub mod reply;

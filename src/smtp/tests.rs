@@ -9,11 +9,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::harness::{FakePipeline, listener_context};
 use super::listener::{ListenerContext, run_session};
 use super::policy::{FixedSpace, SpaceCheck};
 use super::session::Session;
 use crate::config::Config;
-use crate::fuzzing::{FakePipeline, listener_context};
 
 struct Harness {
     _dir: tempfile::TempDir,

@@ -32,6 +32,9 @@ pub struct SendMail {
     pub mime: Vec<u8>,
 }
 
+/// A managed identity token request: (endpoint, query, the headers that matter).
+pub type IdentityRequest = (String, HashMap<String, String>, HashMap<String, String>);
+
 /// What the mock answers and what it saw.
 #[derive(Debug, Default)]
 pub struct MockState {
@@ -81,7 +84,7 @@ pub struct MockState {
     /// App Service: the secret `IDENTITY_HEADER` its endpoint expects.
     pub identity_header: String,
     /// Every managed identity token request: (endpoint, query, headers that matter).
-    pub identity_requests: Vec<(String, HashMap<String, String>, HashMap<String, String>)>,
+    pub identity_requests: Vec<IdentityRequest>,
 }
 
 /// A draft made through the stand-in.
@@ -176,13 +179,14 @@ fn json_error(status: u16, error: &str, description: &str) -> Response {
         .into_response()
 }
 
-/// Records a managed identity request; the identity asked for, if the machine has it.
-fn identity_request(
+/// Records a managed identity request; the refusal when the machine lacks the identity
+/// asked for.
+fn identity_refused(
     s: &mut MockState,
     endpoint: &str,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let kept = ["metadata", "x-identity-header"]
         .iter()
         .filter_map(|h| Some((h.to_string(), headers.get(*h)?.to_str().ok()?.to_string())))
@@ -190,7 +194,7 @@ fn identity_request(
     s.identity_requests
         .push((endpoint.to_string(), query.clone(), kept));
     if query.get("resource").is_none_or(String::is_empty) {
-        return Err(json_error(
+        return Some(json_error(
             400,
             "invalid_request",
             "Required audience parameter not specified",
@@ -200,10 +204,7 @@ fn identity_request(
         Some(id) => s.user_identities.contains(id),
         None => s.system_identity,
     };
-    if !assigned {
-        return Err(json_error(400, "invalid_request", "Identity not found"));
-    }
-    Ok(())
+    (!assigned).then(|| json_error(400, "invalid_request", "Identity not found"))
 }
 
 fn issue_token(s: &mut MockState) -> String {
@@ -227,7 +228,7 @@ async fn imds_token(
     headers: HeaderMap,
 ) -> Response {
     let mut s = state.lock().unwrap();
-    if let Err(r) = identity_request(&mut s, "imds", &query, &headers) {
+    if let Some(r) = identity_refused(&mut s, "imds", &query, &headers) {
         return r;
     }
     if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
@@ -237,7 +238,7 @@ async fn imds_token(
             "Required metadata header not specified",
         );
     }
-    if query.get("api-version").is_none() {
+    if !query.contains_key("api-version") {
         return json_error(
             400,
             "invalid_request",
@@ -266,7 +267,7 @@ async fn app_service_token(
     headers: HeaderMap,
 ) -> Response {
     let mut s = state.lock().unwrap();
-    if let Err(r) = identity_request(&mut s, "app-service", &query, &headers) {
+    if let Some(r) = identity_refused(&mut s, "app-service", &query, &headers) {
         return r;
     }
     let header = headers
