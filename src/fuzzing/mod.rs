@@ -10,7 +10,7 @@
 
 mod session;
 
-pub use session::{FakePipeline, listener_context, smtp_session};
+pub use session::smtp_session;
 
 use std::path::Path;
 
