@@ -100,7 +100,7 @@ fn mailgate_toml_5_names_every_key() {
             if t.starts_with("#[derive(") {
                 in_schema = t.contains("Deserialize");
             }
-            if t.starts_with("pub struct") && !t.contains("Config") {
+            if t.starts_with("pub struct") && !t.contains("Config") && !t.contains("Settings") {
                 in_schema = false;
             }
             if in_schema
