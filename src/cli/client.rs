@@ -35,25 +35,9 @@ pub struct AdminClient {
 impl AdminClient {
     /// The client for the daemon of this configuration.
     pub fn new(config: &Config) -> Result<AdminClient, ClientError> {
-        let addr = config
-            .status
-            .listen_addr()
-            .ok_or_else(|| ClientError::Http("invalid status.listen".into()))?;
         let token = crate::status::state::load_token(config)
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let mut builder = reqwest::Client::builder()
-            .timeout(crate::CLI_TIMEOUT)
-            .no_proxy();
-        let scheme = match &config.status.tls_cert {
-            Some(cert) => {
-                builder = builder.use_preconfigured_tls(own_certificate(cert)?);
-                "https"
-            }
-            None => "http",
-        };
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let (addr, scheme, http) = http_to(config, crate::CLI_TIMEOUT)?;
         Ok(AdminClient {
             addr,
             scheme,
@@ -150,6 +134,60 @@ impl AdminClient {
         query: &[(&str, String)],
     ) -> Result<T, ClientError> {
         self.json(self.http.get(self.url(path)).query(query)).await
+    }
+}
+
+/// The status listener of `config` and an HTTP client for it (HTTPS trusting the
+/// daemon's own certificate when the listener has TLS), each call within `timeout`.
+fn http_to(
+    config: &Config,
+    timeout: std::time::Duration,
+) -> Result<(SocketAddr, &'static str, reqwest::Client), ClientError> {
+    let addr = config
+        .status
+        .listen_addr()
+        .ok_or_else(|| ClientError::Http("invalid status.listen".into()))?;
+    let mut builder = reqwest::Client::builder().timeout(timeout).no_proxy();
+    let scheme = match &config.status.tls_cert {
+        Some(cert) => {
+            builder = builder.use_preconfigured_tls(own_certificate(cert)?);
+            "https"
+        }
+        None => "http",
+    };
+    let http = builder
+        .build()
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    Ok((addr, scheme, http))
+}
+
+/// How long `mailgate health` waits for `/healthz`.
+pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `mailgate health`: whether the daemon's `/healthz` says ok within
+/// [`HEALTH_TIMEOUT`] (no token: `/healthz` is open); the reason when not.
+pub async fn health(config: &Config) -> Result<(), String> {
+    let (addr, scheme, http) = http_to(config, HEALTH_TIMEOUT).map_err(|e| e.to_string())?;
+    let resp = http
+        .get(format!("{scheme}://{addr}/healthz"))
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_connect() {
+                ClientError::NotRunning(addr).to_string()
+            } else if e.is_timeout() {
+                format!("no answer from {scheme}://{addr}/healthz within 5 s")
+            } else {
+                format!("{scheme}://{addr}/healthz: {e}")
+            }
+        })?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let body = crate::text::clipped(body.trim(), 300);
+    if status.is_success() && body == "ok" {
+        Ok(())
+    } else {
+        Err(format!("/healthz answered {}: {body}", status.as_u16()))
     }
 }
 

@@ -70,6 +70,9 @@ pub enum Command {
         /// Message id.
         id: String,
     },
+    /// Exit 0 when the daemon's /healthz says ok within 5 s, else 1 with the reason: the
+    /// probe for containers (Docker HEALTHCHECK, Kubernetes exec probes).
+    Health,
     /// Counts per status and the oldest waiting message.
     Queue,
     /// Stop the distributor (mail is still accepted and queued).

@@ -79,6 +79,16 @@ async fn configured(cli: &Cli, c: Config) -> i32 {
         Command::Export { id } => admin::export(&c, id).await,
         Command::Retry(args) => admin::retry(&c, args).await,
         Command::Cancel { id } => admin::cancel(&c, id).await,
+        Command::Health => match crate::cli::client::health(&c).await {
+            Ok(()) => {
+                println!("ok");
+                exit::OK
+            }
+            Err(why) => {
+                eprintln!("mailgate health: {why}");
+                exit::FAILED
+            }
+        },
         Command::Queue => admin::queue(&c).await,
         Command::Pause => admin::pause_resume(&c, true).await,
         Command::Resume => admin::pause_resume(&c, false).await,
