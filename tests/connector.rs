@@ -10,7 +10,7 @@ mod common;
 
 use common::upstream::{Script, TestCa, Upstream, server_tls_requiring_client};
 use common::{TestEnv, assert_has, send_and_wait, short_message};
-use mailgate::history::Status;
+use mailgate::history::{Attempt, Record, Status};
 
 const SUBJECT: &str = "relay.contoso.test";
 
@@ -52,6 +52,31 @@ fn env_for(up: &Upstream, ca: &TestCa, client: Option<(String, String)>) -> Test
         ),
     );
     env
+}
+
+/// A daemon on `env` sends one message and stops: the message's record after its first
+/// attempt.
+async fn one_attempt(env: &TestEnv) -> Record {
+    let d = mailgate::Daemon::start(env.config()).await.unwrap();
+    let rec = send_and_wait(
+        &d,
+        "scanner@contoso.test",
+        &["someone@example.com"],
+        &short_message("scan"),
+    )
+    .await;
+    d.shutdown().await;
+    rec
+}
+
+/// The attempt of a message held (deferred, not failed: fixing the configuration sends
+/// it) with the diagnosis `code`.
+fn held_with<'a>(rec: &'a Record, code: &str) -> &'a Attempt {
+    let attempt = &rec.attempts[0];
+    let diagnosis = attempt.diagnosis.as_ref().expect("diagnosed");
+    assert_eq!(diagnosis.code.as_str(), code, "{rec:#?}");
+    assert_eq!(rec.status, Status::Deferred, "{rec:#?}");
+    attempt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,22 +126,9 @@ async fn without_a_certificate_or_with_a_stranger_the_failure_is_diagnosed_and_h
         (None, "presented none"),
         (Some(stranger), "refused mailgate's client certificate"),
     ] {
-        let env = env_for(&up, &ca, client);
-        let d = mailgate::Daemon::start(env.config()).await.unwrap();
-        let rec = send_and_wait(
-            &d,
-            "scanner@contoso.test",
-            &["someone@example.com"],
-            &short_message("scan"),
-        )
-        .await;
-        let attempt = &rec.attempts[0];
-        let diagnosis = attempt.diagnosis.as_ref().expect("diagnosed");
-        assert_eq!(diagnosis.code.as_str(), "tls-certificate", "{rec:#?}");
+        let rec = one_attempt(&env_for(&up, &ca, client)).await;
+        let attempt = held_with(&rec, "tls-certificate");
         assert_has(&attempt.reply, &[says, "tls_client_cert"]);
-        // Held for the administrator, not failed: fixing the certificate sends it.
-        assert_eq!(rec.status, Status::Deferred, "{rec:#?}");
-        d.shutdown().await;
     }
     assert!(up.messages().is_empty());
 }
@@ -126,25 +138,14 @@ async fn tenant_attribution_refusal_is_connector_not_matched() {
     let ca = TestCa::new("connector test CA");
     let refusal = "550 5.7.64 TenantAttribution; Relay Access Denied [SN1NAM02FT0049.eop-nam02.prod.protection.outlook.com]";
     let up = connector(&ca, Some(("mail", refusal))).await;
-    let env = env_for(&up, &ca, Some(ca.issue_client(SUBJECT)));
-    let d = mailgate::Daemon::start(env.config()).await.unwrap();
-    let rec = send_and_wait(
-        &d,
-        "scanner@contoso.test",
-        &["someone@example.com"],
-        &short_message("scan"),
-    )
-    .await;
-    let attempt = &rec.attempts[0];
-    let diagnosis = attempt.diagnosis.as_ref().expect("diagnosed");
-    assert_eq!(diagnosis.code.as_str(), "connector-not-matched", "{rec:#?}");
+    let rec = one_attempt(&env_for(&up, &ca, Some(ca.issue_client(SUBJECT)))).await;
+    let attempt = held_with(&rec, "connector-not-matched");
+    let diagnosis = attempt.diagnosis.as_ref().unwrap();
     assert!(attempt.reply.contains("5.7.64"), "{}", attempt.reply);
     assert_has(
         &diagnosis.fix,
         &["Connectors", "tls_client_cert", "accepted domains"],
     );
-    assert_eq!(rec.status, Status::Deferred, "held, not failed: {rec:#?}");
-    d.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,15 +11,7 @@ use common::{DaemonProcess, TestEnv, cli, write};
 /// The configuration with its status listener on `port`.
 fn env_with_status_on(port: u16) -> TestEnv {
     let env = TestEnv::new("", "");
-    let text = std::fs::read_to_string(&env.config_path).unwrap();
-    std::fs::write(
-        &env.config_path,
-        text.replace(
-            "[status]\nlisten = \"127.0.0.1:0\"",
-            &format!("[status]\nlisten = \"127.0.0.1:{port}\""),
-        ),
-    )
-    .unwrap();
+    common::status_on(&env, port);
     env
 }
 
@@ -63,15 +55,7 @@ async fn an_unhealthy_or_silent_status_listener_fails_the_probe_within_5_s() {
     );
 
     // One that takes the connection and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = silent.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
-    let env = env_with_status_on(port);
+    let env = env_with_status_on(common::silent_listener().await.port());
     let started = Instant::now();
     let (code, out, err) = tokio::task::spawn_blocking(move || cli(&env, &["health"]))
         .await

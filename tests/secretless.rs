@@ -62,6 +62,18 @@ async fn send(d: &mailgate::Daemon, subject: &str) -> Record {
     send_and_wait(d, MAILBOX, &["a@example.com"], &short_message(subject)).await
 }
 
+/// A daemon on `env` takes one message, which is held with `identity-unavailable`:
+/// the attempt's reply.
+async fn held_without_identity(env: &TestEnv) -> String {
+    let d = mailgate::Daemon::start(env.config()).await.unwrap();
+    let r = send(&d, "held").await;
+    d.shutdown().await;
+    assert_eq!(r.status, Status::Deferred, "{r:#?}");
+    let (code, reply) = diagnosis(&r);
+    assert_eq!(code, "identity-unavailable", "{r:#?}");
+    reply
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_identity_token_is_fetched_cached_and_used_for_xoauth2_and_graph() {
     let ms = MockMicrosoft::start().await;
@@ -118,12 +130,7 @@ async fn a_managed_identity_token_is_fetched_cached_and_used_for_xoauth2_and_gra
         "",
         &graph_provider(&ms, &oauth.replace("user-assigned-1", "nobody")),
     );
-    let d = mailgate::Daemon::start(env.config()).await.unwrap();
-    let r = send(&d, "four").await;
-    d.shutdown().await;
-    assert_eq!(r.status, Status::Deferred, "{r:#?}");
-    let (code, reply) = diagnosis(&r);
-    assert_eq!(code, "identity-unavailable", "{r:#?}");
+    let reply = held_without_identity(&env).await;
     assert_has(
         &reply,
         &[
@@ -135,15 +142,7 @@ async fn a_managed_identity_token_is_fetched_cached_and_used_for_xoauth2_and_gra
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_or_absent_metadata_endpoint_is_bounded_and_diagnosed() {
-    // Accepts connections and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let silent_addr = common::silent_listener().await;
     let absent = common::free_port();
     let up = xoauth2_upstream("tok-1").await;
     for (url, says) in [
@@ -158,14 +157,9 @@ async fn a_silent_or_absent_metadata_endpoint_is_bounded_and_diagnosed() {
     ] {
         let oauth = format!("flow = \"managed-identity\"\ntoken_url = \"{url}\"");
         let env = TestEnv::new("", &smtp_provider(&up, "global", &oauth));
-        let d = mailgate::Daemon::start(env.config()).await.unwrap();
         let started = Instant::now();
-        let r = send(&d, "held").await;
+        let reply = held_without_identity(&env).await;
         let took = started.elapsed();
-        d.shutdown().await;
-        assert_eq!(r.status, Status::Deferred, "{r:#?}");
-        let (code, reply) = diagnosis(&r);
-        assert_eq!(code, "identity-unavailable", "{r:#?}");
         assert_has(
             &reply,
             &["managed identity: the instance metadata endpoint", says],
@@ -343,13 +337,7 @@ async fn a_missing_token_file_and_an_unmatched_federation_are_identity_unavailab
             ms.token_url("contoso")
         );
         env.write_config("", &smtp_provider(&up, "global", &oauth));
-        let d = mailgate::Daemon::start(env.config()).await.unwrap();
-        let r = send(&d, "held").await;
-        d.shutdown().await;
-        assert_eq!(r.status, Status::Deferred, "{r:#?}");
-        let (code, reply) = diagnosis(&r);
-        assert_eq!(code, "identity-unavailable", "{r:#?}");
-        assert_has(&reply, &[says]);
+        assert_has(&held_without_identity(&env).await, &[says]);
     }
 }
 

@@ -120,6 +120,20 @@ pub fn strs<'a>(list: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// A listener on a free 127.0.0.1 port that takes every connection and never says a
+/// word, until the test ends: its address.
+pub async fn silent_listener() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
 /// Serves `app` on a free 127.0.0.1 port until the test ends: its address.
 pub async fn serve(app: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -918,6 +932,12 @@ pub fn write(env: &TestEnv, extra: &str) {
         .filter(|p| *p != 0)
         .unwrap_or_else(free_port);
     env.write_config("", extra);
+    status_on(env, port);
+}
+
+/// Puts the status listener of `env`'s configuration (as `write_config` wrote it) on
+/// 127.0.0.1:`port`.
+pub fn status_on(env: &TestEnv, port: u16) {
     let text = std::fs::read_to_string(&env.config_path).unwrap();
     std::fs::write(
         &env.config_path,
