@@ -54,17 +54,17 @@ fn env_for(up: &Upstream, ca: &TestCa, client: Option<(String, String)>) -> Test
     env
 }
 
+/// A scanner's message through `d`: its record after the first attempt.
+async fn scan(d: &mailgate::Daemon) -> Record {
+    let to = ["someone@example.com"];
+    send_and_wait(d, "scanner@contoso.test", &to, &short_message("scan")).await
+}
+
 /// A daemon on `env` sends one message and stops: the message's record after its first
 /// attempt.
 async fn one_attempt(env: &TestEnv) -> Record {
     let d = mailgate::Daemon::start(env.config()).await.unwrap();
-    let rec = send_and_wait(
-        &d,
-        "scanner@contoso.test",
-        &["someone@example.com"],
-        &short_message("scan"),
-    )
-    .await;
+    let rec = scan(&d).await;
     d.shutdown().await;
     rec
 }
@@ -85,13 +85,7 @@ async fn with_the_certificate_the_message_is_relayed_and_the_upstream_saw_its_su
     let up = connector(&ca, None).await;
     let env = env_for(&up, &ca, Some(ca.issue_client(SUBJECT)));
     let d = mailgate::Daemon::start(env.config()).await.unwrap();
-    let rec = send_and_wait(
-        &d,
-        "scanner@contoso.test",
-        &["someone@example.com"],
-        &short_message("scan"),
-    )
-    .await;
+    let rec = scan(&d).await;
     assert_eq!(rec.status, Status::Sent, "{rec:#?}");
     let got = up.messages();
     assert_eq!(got.len(), 1);
