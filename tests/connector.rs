@@ -158,6 +158,16 @@ async fn verify_prints_the_client_certificate_and_check_config_wants_its_key() {
         ],
     );
 
+    // The key as written here (mode 0644) is readable by every local user: said.
+    let said = common::cli_ok(&env, &["check-config"]);
+    assert_has(
+        &said,
+        &[
+            "warning: tls_client_key_file",
+            "readable by every local user",
+        ],
+    );
+
     // A certificate without its key, and one with tls = "none", are refused.
     let key = env.dir.path().join("relay.key").display().to_string();
     let text = std::fs::read_to_string(&env.config_path).unwrap();

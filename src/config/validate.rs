@@ -462,12 +462,13 @@ impl Config {
         let mut out = Vec::new();
         let inline = self.status.token.is_some()
             || self.provider.iter().any(|p| {
-                p.smtp().is_some_and(|s| s.password.is_some())
+                p.smtp()
+                    .is_some_and(|s| s.password.is_some() || s.tls_client_key.is_some())
                     || p.oauth2().is_some_and(|o| o.client_secret.is_some())
             });
         if inline && let Some(why) = readable_by_others(path) {
             out.push(format!(
-                "{} holds a secret inline (a password, client_secret or token) and {why}; or move the secret to a *_file",
+                "{} holds a secret inline (a password, client_secret, tls_client_key or token) and {why}; or move the secret to a *_file",
                 path.display()
             ));
         }
@@ -487,6 +488,9 @@ impl Config {
         for p in &self.provider {
             if let Some(f) = p.smtp().and_then(|s| s.password_file.as_ref()) {
                 files.push(("password_file", f));
+            }
+            if let Some(f) = p.smtp().and_then(|s| s.tls_client_key_file.as_ref()) {
+                files.push(("tls_client_key_file", f));
             }
             if let Some(o) = p.oauth2() {
                 if let Some(f) = &o.client_secret_file {
