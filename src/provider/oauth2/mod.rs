@@ -154,11 +154,16 @@ impl TokenSource {
         // Every request to the identity platform (connect, headers, a body trickled a
         // byte at a time) ends within the provider's `timeout`.
         let timeout = p.step_timeout();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
-            .timeout(timeout)
-            .build()
-            .unwrap_or_default();
+            .timeout(timeout);
+        if config.flow == OAuthFlow::ManagedIdentity {
+            // The metadata endpoint is on the machine's own link: never through a proxy
+            // (HTTP_PROXY and the like would send the request, and IMDS refuses
+            // forwarded requests anyway).
+            builder = builder.no_proxy();
+        }
+        let http = builder.build().unwrap_or_default();
         TokenSource {
             provider: p.name.get_ref().clone(),
             username: p
