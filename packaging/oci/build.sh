@@ -43,7 +43,7 @@ cp -L /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.cr
 # The container's configuration: the shipped one with SMTP on every address of the
 # container (allowed_networks stays loopback: the manifests name the pod network, or
 # clients use AUTH), the status listener on loopback, the store and outbox in the volume.
-sed -e 's#^listen = \["127.0.0.1:2525"\].*#listen = ["0.0.0.0:2525"]        # every address of the container#' \
+sed -e 's|^listen = \["127.0.0.1:2525"\].*|listen = ["0.0.0.0:2525"]         # every address of the container|' \
     -e 's#^path = "data/mailgate.redb"#path = "/var/lib/mailgate/mailgate.redb"#' \
     -e 's#^directory = "outbox"#directory = "/var/lib/mailgate/outbox"#' \
     config/mailgate.toml > "$ROOT/etc/mailgate/mailgate.toml"
