@@ -111,12 +111,17 @@ fn status_code(reply: &str, kind: NoticeKind) -> String {
 
 /// A field value on one line: no CR or LF, at most 900 octets.
 fn one_line(s: &str) -> String {
+    one_line_within(s, 900)
+}
+
+/// [`one_line`] cut to at most `max` bytes (on a character boundary).
+fn one_line_within(s: &str, max: usize) -> String {
     let mut out: String = s
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if out.len() > 900 {
-        let mut cut = 900;
+    if out.len() > max {
+        let mut cut = max;
         while !out.is_char_boundary(cut) {
             cut -= 1;
         }
@@ -124,6 +129,10 @@ fn one_line(s: &str) -> String {
     }
     out
 }
+
+/// The most of an address a notice writes (RFC 5321's path limit is 256; the door takes
+/// up to 320): with the reply beside it, the line stays within 998 octets.
+const ADDRESS_MAX: usize = 320;
 
 /// The notice: its bytes (CRLF line ends) and its subject.
 pub fn compose(f: &Facts<'_>) -> (Vec<u8>, String) {
@@ -206,10 +215,12 @@ fn person_part(f: &Facts<'_>, rcpts: &[&crate::history::Recipient], received_ms:
         r.id
     ));
     for rc in rcpts {
+        // "  address: reply" within 998 octets, however long either is.
+        let address = one_line_within(&rc.address, ADDRESS_MAX);
+        let room = 990 - address.len();
         text.push_str(&format!(
-            "  {}: {}\r\n",
-            rc.address,
-            one_line(rc.reply.as_deref().unwrap_or("no reply yet"))
+            "  {address}: {}\r\n",
+            one_line_within(rc.reply.as_deref().unwrap_or("no reply yet"), room)
         ));
     }
     if let Some(d) = r.attempts.iter().rev().find_map(|a| a.diagnosis.as_ref()) {
@@ -238,7 +249,7 @@ fn status_part(f: &Facts<'_>, rcpts: &[&crate::history::Recipient], received_ms:
         let smtp = reply.len() >= 3 && reply.as_bytes()[..3].iter().all(u8::is_ascii_digit);
         status.push_str(&format!(
             "\r\nFinal-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",
-            rc.address,
+            one_line_within(&rc.address, ADDRESS_MAX),
             match f.kind {
                 NoticeKind::Bounce => "failed",
                 NoticeKind::Delay => "delayed",
@@ -277,5 +288,47 @@ mod tests {
             status_code("421 4.7.66 too many connections", NoticeKind::Delay),
             "4.7.66"
         );
+    }
+
+    /// A recorded address of any length (the door takes 320 bytes; a record is not
+    /// trusted to hold only what the door took) beside a long reply: every line of the
+    /// notice within 998 octets (fuzz/regressions/bounce has the hostile version).
+    #[test]
+    fn an_address_of_any_length_stays_within_998_octets() {
+        use crate::history::{Recipient, Record, Status};
+        let address = format!("{}@example.com", "a".repeat(1200));
+        let mut rc = Recipient::queued(address.clone(), Some(false), None);
+        rc.status = Status::Failed;
+        rc.reply = Some(format!("550 5.1.1 {}", "x".repeat(1200)));
+        let record = Record {
+            status: Status::Failed,
+            ..Record::queued(
+                "01JTEST0000000000000000000".into(),
+                crate::time::Stamp::at_ms(1_795_000_000_000),
+                "127.0.0.1".into(),
+                "app@example.com".into(),
+                vec![rc],
+            )
+        };
+        let f = Facts {
+            kind: NoticeKind::Bounce,
+            record: &record,
+            headers: b"Subject: s\r\n",
+            hostname: "relay.test",
+            from: "postmaster@contoso.com",
+            to: "app@example.com",
+            id: "01JTESTNOTICE0000000000000",
+            now_ms: 1_795_000_100_000,
+            gives_up_ms: None,
+        };
+        let (raw, _) = compose(&f);
+        let text = String::from_utf8_lossy(&raw);
+        assert!(
+            text.contains(&format!("Final-Recipient: rfc822; {}\r\n", &address[..320])),
+            "{text}"
+        );
+        for line in raw.split(|b| *b == b'\n') {
+            assert!(line.len() <= 999, "a line of {} octets", line.len());
+        }
     }
 }
