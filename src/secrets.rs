@@ -285,6 +285,33 @@ pub fn resolve(src: &SecretSource<'_>) -> Result<Option<Secret>, SecretError> {
     Ok(None)
 }
 
+/// The secrets file's entry of a provider's TLS client key (`mailgate password set
+/// --provider NAME --tls-client-key`).
+pub fn tls_key_entry(provider: &str) -> String {
+    format!("tls-client-key:{provider}")
+}
+
+/// The providers whose `tls_client_cert` has no key from anywhere: no `tls_client_key`,
+/// `_file` or `_env`, and none stored. Each as the sentence `check-config` prints.
+pub fn client_certs_without_key(config: &crate::config::Config) -> Vec<String> {
+    let store = SecretStore::beside(&config.store.path);
+    config
+        .provider
+        .iter()
+        .filter_map(|p| {
+            let name = p.name.get_ref();
+            let s = p.smtp()?;
+            let stored = || matches!(store.get(&tls_key_entry(name)), Ok(Some(_)) | Err(_));
+            (s.tls_client_cert.is_some() && s.client_key_source().given() == 0 && !stored())
+                .then(|| {
+                    format!(
+                        "provider {name:?}: tls_client_cert needs its key: tls_client_key_file (or tls_client_key, tls_client_key_env, or `mailgate password set --provider {name} --tls-client-key`)"
+                    )
+                })
+        })
+        .collect()
+}
+
 /// The password of a provider: `password`, `password_file`, `password_env` (see
 /// [`resolve`]), else the stored secret; `None` when there is none.
 pub fn provider_password(

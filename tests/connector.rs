@@ -168,6 +168,55 @@ async fn verify_prints_the_client_certificate_and_check_config_wants_its_key() {
         ],
     );
 
+    // The key stored encrypted instead of a file: check-config takes it, and the
+    // connector recognises the certificate.
+    let key_pem = std::fs::read(env.dir.path().join("relay.key")).unwrap();
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    let key_line = format!(
+        "tls_client_key_file = \"{}\"\n",
+        env.dir.path().join("relay.key").display()
+    );
+    let mut set = std::process::Command::new(common::bin());
+    set.args(["--config", env.config_path.to_str().unwrap()])
+        .args([
+            "password",
+            "set",
+            "--provider",
+            "connector",
+            "--tls-client-key",
+        ]);
+    let o = common::run_with_stdin(&mut set, b"not a key\n");
+    assert_eq!(o.status.code(), Some(1), "a non-key is refused");
+    assert_has(
+        &String::from_utf8_lossy(&o.stderr),
+        &["not a PEM private key", "nothing stored"],
+    );
+    let o = common::run_with_stdin(&mut set, &key_pem);
+    assert_has(
+        &common::exited(&o, 0),
+        &["stored the TLS client key of provider \"connector\""],
+    );
+    std::fs::write(&env.config_path, text.replace(&key_line, "")).unwrap();
+    std::fs::remove_file(env.dir.path().join("relay.key")).unwrap();
+    common::cli_ok(&env, &["check-config"]);
+    let rec = one_attempt(&env).await;
+    assert_eq!(rec.status, Status::Sent, "{rec:#?}");
+    assert_eq!(
+        up.messages()[0].client_cert.as_deref(),
+        Some(&*format!("CN={SUBJECT}"))
+    );
+    let said = common::cli_ok(
+        &env,
+        &[
+            "password",
+            "clear",
+            "--provider",
+            "connector",
+            "--tls-client-key",
+        ],
+    );
+    assert_has(&said, &["removed the stored TLS client key"]);
+
     // A certificate without its key, and one with tls = "none", are refused.
     let key = env.dir.path().join("relay.key").display().to_string();
     let text = std::fs::read_to_string(&env.config_path).unwrap();

@@ -25,12 +25,18 @@ pub enum PasswordCommand {
         /// The provider.
         #[arg(long)]
         provider: String,
+        /// Store the private key of the provider's tls_client_cert (PEM on stdin) instead.
+        #[arg(long)]
+        tls_client_key: bool,
     },
     /// Drop a provider's stored password.
     Clear {
         /// The provider.
         #[arg(long)]
         provider: String,
+        /// Drop the stored TLS client key instead.
+        #[arg(long)]
+        tls_client_key: bool,
     },
 }
 
@@ -121,14 +127,27 @@ pub fn hash_password() -> i32 {
 
 /// Runs `password set|clear`; returns the exit code.
 pub fn password(config: &Config, cmd: &PasswordCommand) -> i32 {
-    let name = match cmd {
-        PasswordCommand::Set { provider } | PasswordCommand::Clear { provider } => provider,
+    let (name, key) = match cmd {
+        PasswordCommand::Set {
+            provider,
+            tls_client_key,
+        }
+        | PasswordCommand::Clear {
+            provider,
+            tls_client_key,
+        } => (provider, *tls_client_key),
     };
     let Some(p) = config.provider(name) else {
         eprintln!("{}", config.no_such_provider(name));
         return exit::USAGE;
     };
     let store = SecretStore::beside(&config.store.path);
+    // The secrets file's entry, and what it is in words.
+    let (entry, what) = if key {
+        (crate::secrets::tls_key_entry(name), "TLS client key")
+    } else {
+        (name.clone(), "password")
+    };
     match cmd {
         PasswordCommand::Set { .. } => {
             let secret = match super::read_secret_stdin() {
@@ -138,14 +157,27 @@ pub fn password(config: &Config, cmd: &PasswordCommand) -> i32 {
                     return exit::FAILED;
                 }
             };
-            match store.set(name, &secret) {
+            if key
+                && let Err(e) = crate::provider::smtp::tls::private_key(secret.expose().as_bytes())
+            {
+                eprintln!("{e}: nothing stored");
+                return exit::FAILED;
+            }
+            match store.set(&entry, &secret) {
                 Ok(()) => {
                     println!(
-                        "stored the password of provider {name:?} (encrypted with this installation's key)"
+                        "stored the {what} of provider {name:?} (encrypted with this installation's key)"
                     );
-                    if p.smtp().is_some_and(|s| s.password_source().given() > 0) {
+                    let elsewhere = p.smtp().is_some_and(|s| {
+                        if key {
+                            s.client_key_source().given() > 0
+                        } else {
+                            s.password_source().given() > 0
+                        }
+                    });
+                    if elsewhere {
                         eprintln!(
-                            "note: provider {name:?} also sets password, password_file or password_env, which take precedence"
+                            "note: provider {name:?} also sets its {what} in the configuration, which takes precedence"
                         );
                     }
                     exit::OK
@@ -156,13 +188,13 @@ pub fn password(config: &Config, cmd: &PasswordCommand) -> i32 {
                 }
             }
         }
-        PasswordCommand::Clear { .. } => match store.clear(name) {
+        PasswordCommand::Clear { .. } => match store.clear(&entry) {
             Ok(true) => {
-                println!("removed the stored password of provider {name:?}");
+                println!("removed the stored {what} of provider {name:?}");
                 exit::OK
             }
             Ok(false) => {
-                println!("provider {name:?} had no stored password");
+                println!("provider {name:?} had no stored {what}");
                 exit::OK
             }
             Err(e) => {

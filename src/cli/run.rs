@@ -52,6 +52,13 @@ pub async fn run(cli: Cli) -> i32 {
 async fn configured(cli: &Cli, c: Config) -> i32 {
     match &cli.command {
         Command::CheckConfig => {
+            let missing = crate::secrets::client_certs_without_key(&c);
+            if !missing.is_empty() {
+                for m in missing {
+                    eprintln!("{}: {m}", source(cli));
+                }
+                return exit::USAGE;
+            }
             let mut warnings = c.warnings();
             if let Some(p) = source(cli).path() {
                 warnings.extend(c.file_warnings(p));

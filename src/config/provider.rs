@@ -350,14 +350,13 @@ impl KindConfig for SmtpSettings {
         if let Some(why) = key.problem() {
             out.push(why);
         }
-        match (self.tls_client_cert.is_some(), key.given() > 0) {
-            (true, false) => out.push(
-                "tls_client_cert needs its key: tls_client_key_file (or tls_client_key, tls_client_key_env)".into(),
-            ),
-            (false, true) => out.push(
-                "tls_client_key_file (or tls_client_key, tls_client_key_env) needs tls_client_cert".into(),
-            ),
-            _ => {}
+        // A certificate without a key here may have it in the secrets file: `check-config`
+        // asks `secrets::client_certs_without_key`.
+        if self.tls_client_cert.is_none() && key.given() > 0 {
+            out.push(
+                "tls_client_key_file (or tls_client_key, tls_client_key_env) needs tls_client_cert"
+                    .into(),
+            );
         }
         if self.tls_client_cert.is_some() && self.tls == TlsMode::None {
             out.push(

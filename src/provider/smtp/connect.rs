@@ -34,11 +34,29 @@ impl SmtpProvider {
             Some(path) => {
                 let cert = std::fs::read(path)
                     .map_err(|e| config_err(format!("tls_client_cert {}: {e}", path.display())))?;
-                let key = crate::secrets::resolve(&self.settings.client_key_source())
-                    .map_err(|e| config_err(e.to_string()))?
-                    .ok_or_else(|| {
-                        config_err("tls_client_cert is set but no tls_client_key".into())
-                    })?;
+                let key = match provider_password(
+                    &crate::secrets::tls_key_entry(&self.name),
+                    &self.settings.client_key_source(),
+                    &self.secrets,
+                ) {
+                    Ok(Some(k)) => k,
+                    Ok(None) => {
+                        return Err(config_err(format!(
+                            "tls_client_cert is set but no key: set tls_client_key_file (or tls_client_key, tls_client_key_env), or run `mailgate password set --provider {} --tls-client-key`",
+                            self.name
+                        )));
+                    }
+                    Err(SecretError::Undecryptable(_)) => {
+                        return Err(Failure::local(
+                            Code::PasswordUndecryptable,
+                            format!(
+                                "the stored TLS client key of provider {:?} cannot be decrypted with this installation's key: run `mailgate password set --provider {} --tls-client-key` again",
+                                self.name, self.name
+                            ),
+                        ));
+                    }
+                    Err(e) => return Err(config_err(e.to_string())),
+                };
                 Some(
                     tls::identity(&path.display().to_string(), &cert, key.expose().as_bytes())
                         .map_err(config_err)?,

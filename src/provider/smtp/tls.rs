@@ -259,7 +259,6 @@ pub type Identity = (
 /// Reads a client certificate chain (`cert_pem`, from `cert_name`) and its key
 /// (`key_pem`); the error names what is wrong with which.
 pub fn identity(cert_name: &str, cert_pem: &[u8], key_pem: &[u8]) -> Result<Identity, String> {
-    use rustls::pki_types::pem::PemObject;
     let certs =
         rustls_pemfile_certs(cert_pem).map_err(|e| format!("tls_client_cert {cert_name}: {e}"))?;
     if certs.is_empty() {
@@ -267,9 +266,14 @@ pub fn identity(cert_name: &str, cert_pem: &[u8], key_pem: &[u8]) -> Result<Iden
             "tls_client_cert {cert_name}: no PEM certificate in it"
         ));
     }
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| format!("tls_client_key: not a PEM private key: {e}"))?;
-    Ok((certs, key))
+    Ok((certs, private_key(key_pem)?))
+}
+
+/// A client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+pub fn private_key(key_pem: &[u8]) -> Result<rustls::pki_types::PrivateKeyDer<'static>, String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("tls_client_key: not a PEM private key: {e}"))
 }
 
 /// Subject, issuer and end of validity of the first certificate of `pem`, for people
