@@ -146,8 +146,13 @@ pub fn compose(f: &Facts<'_>) -> (Vec<u8>, String) {
     let received_ms = r.received_ms().unwrap_or(f.now_ms);
     let text = person_part(f, &rcpts, received_ms);
     let status = status_part(f, &rcpts, received_ms);
-    let headers = String::from_utf8_lossy(f.headers).into_owned();
-    let headers_encoding = if headers.is_ascii() { "7bit" } else { "8bit" };
+    // The header block goes as it was stored, byte for byte: its lines are within 998
+    // octets, and a lossy conversion (one invalid byte becomes three) could lengthen
+    // them past it.
+    let headers = f.headers.to_vec();
+    let eight_bit = |b: &[u8]| if b.is_ascii() { "7bit" } else { "8bit" };
+    let headers_encoding = eight_bit(&headers);
+    let status_encoding = eight_bit(status.as_bytes());
     let report = MimePart::new(
         ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
         vec![
@@ -156,12 +161,9 @@ pub fn compose(f: &Facts<'_>) -> (Vec<u8>, String) {
                 ContentType::new("message/delivery-status"),
                 status.into_bytes(),
             )
-            .transfer_encoding("7bit"),
-            MimePart::new(
-                ContentType::new("text/rfc822-headers"),
-                headers.into_bytes(),
-            )
-            .transfer_encoding(headers_encoding),
+            .transfer_encoding(status_encoding),
+            MimePart::new(ContentType::new("text/rfc822-headers"), headers)
+                .transfer_encoding(headers_encoding),
         ],
     );
     let message_id = format!("{}@{}", f.id, f.hostname);
@@ -288,6 +290,47 @@ mod tests {
             status_code("421 4.7.66 too many connections", NoticeKind::Delay),
             "4.7.66"
         );
+    }
+
+    /// The quoted header block goes byte for byte: a line of 990 octets that are not
+    /// UTF-8 stays 990 octets (a lossy conversion made each of them three).
+    #[test]
+    fn header_bytes_that_are_not_utf8_keep_their_length() {
+        use crate::history::{Recipient, Record, Status};
+        let mut line = b"X-Legacy: ".to_vec();
+        line.extend(std::iter::repeat_n(0xE9u8, 980));
+        line.extend_from_slice(b"\r\n");
+        let mut rc = Recipient::queued("a@example.com".into(), Some(false), None);
+        rc.status = Status::Failed;
+        let record = Record {
+            status: Status::Failed,
+            ..Record::queued(
+                "01JTEST0000000000000000000".into(),
+                crate::time::Stamp::at_ms(1_795_000_000_000),
+                "127.0.0.1".into(),
+                "app@example.com".into(),
+                vec![rc],
+            )
+        };
+        let f = Facts {
+            kind: NoticeKind::Bounce,
+            record: &record,
+            headers: &line,
+            hostname: "relay.test",
+            from: "postmaster@contoso.com",
+            to: "app@example.com",
+            id: "01JTESTNOTICE0000000000000",
+            now_ms: 1_795_000_100_000,
+            gives_up_ms: None,
+        };
+        let (raw, _) = compose(&f);
+        assert!(
+            memchr::memmem::find(&raw, &line).is_some(),
+            "quoted as stored"
+        );
+        for l in raw.split(|b| *b == b'\n') {
+            assert!(l.len() <= 999, "a line of {} octets", l.len());
+        }
     }
 
     /// A recorded address of any length (the door takes 320 bytes; a record is not
