@@ -97,7 +97,7 @@ const ROOMS: &[(&str, &str, &[&str])] = &[
     (
         "notify",
         "the notice to a sender: whether a message may get one and the RFC 3464 report; pure",
-        &["history", "message", "text"],
+        &["history", "message", "text", "time"],
     ),
     (
         "distributor",

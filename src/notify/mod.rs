@@ -292,16 +292,13 @@ mod tests {
         );
     }
 
-    /// The quoted header block goes byte for byte: a line of 990 octets that are not
-    /// UTF-8 stays 990 octets (a lossy conversion made each of them three).
-    #[test]
-    fn header_bytes_that_are_not_utf8_keep_their_length() {
+    /// The bounce of a message to `address` refused with `reply`, whose stored header
+    /// block is `headers`; every one of its lines checked to be within 998 octets.
+    fn bounce_of(address: &str, reply: Option<String>, headers: &[u8]) -> Vec<u8> {
         use crate::history::{Recipient, Record, Status};
-        let mut line = b"X-Legacy: ".to_vec();
-        line.extend(std::iter::repeat_n(0xE9u8, 980));
-        line.extend_from_slice(b"\r\n");
-        let mut rc = Recipient::queued("a@example.com".into(), Some(false), None);
+        let mut rc = Recipient::queued(address.into(), Some(false), None);
         rc.status = Status::Failed;
+        rc.reply = reply;
         let record = Record {
             status: Status::Failed,
             ..Record::queued(
@@ -315,7 +312,7 @@ mod tests {
         let f = Facts {
             kind: NoticeKind::Bounce,
             record: &record,
-            headers: &line,
+            headers,
             hostname: "relay.test",
             from: "postmaster@contoso.com",
             to: "app@example.com",
@@ -324,13 +321,24 @@ mod tests {
             gives_up_ms: None,
         };
         let (raw, _) = compose(&f);
+        for l in raw.split(|b| *b == b'\n') {
+            assert!(l.len() <= 999, "a line of {} octets", l.len());
+        }
+        raw
+    }
+
+    /// The quoted header block goes byte for byte: a line of 990 octets that are not
+    /// UTF-8 stays 990 octets (a lossy conversion made each of them three).
+    #[test]
+    fn header_bytes_that_are_not_utf8_keep_their_length() {
+        let mut line = b"X-Legacy: ".to_vec();
+        line.extend(std::iter::repeat_n(0xE9u8, 980));
+        line.extend_from_slice(b"\r\n");
+        let raw = bounce_of("a@example.com", None, &line);
         assert!(
             memchr::memmem::find(&raw, &line).is_some(),
             "quoted as stored"
         );
-        for l in raw.split(|b| *b == b'\n') {
-            assert!(l.len() <= 999, "a line of {} octets", l.len());
-        }
     }
 
     /// A recorded address of any length (the door takes 320 bytes; a record is not
@@ -338,40 +346,13 @@ mod tests {
     /// notice within 998 octets (fuzz/regressions/bounce has the hostile version).
     #[test]
     fn an_address_of_any_length_stays_within_998_octets() {
-        use crate::history::{Recipient, Record, Status};
         let address = format!("{}@example.com", "a".repeat(1200));
-        let mut rc = Recipient::queued(address.clone(), Some(false), None);
-        rc.status = Status::Failed;
-        rc.reply = Some(format!("550 5.1.1 {}", "x".repeat(1200)));
-        let record = Record {
-            status: Status::Failed,
-            ..Record::queued(
-                "01JTEST0000000000000000000".into(),
-                crate::time::Stamp::at_ms(1_795_000_000_000),
-                "127.0.0.1".into(),
-                "app@example.com".into(),
-                vec![rc],
-            )
-        };
-        let f = Facts {
-            kind: NoticeKind::Bounce,
-            record: &record,
-            headers: b"Subject: s\r\n",
-            hostname: "relay.test",
-            from: "postmaster@contoso.com",
-            to: "app@example.com",
-            id: "01JTESTNOTICE0000000000000",
-            now_ms: 1_795_000_100_000,
-            gives_up_ms: None,
-        };
-        let (raw, _) = compose(&f);
+        let reply = format!("550 5.1.1 {}", "x".repeat(1200));
+        let raw = bounce_of(&address, Some(reply), b"Subject: s\r\n");
         let text = String::from_utf8_lossy(&raw);
         assert!(
             text.contains(&format!("Final-Recipient: rfc822; {}\r\n", &address[..320])),
             "{text}"
         );
-        for line in raw.split(|b| *b == b'\n') {
-            assert!(line.len() <= 999, "a line of {} octets", line.len());
-        }
     }
 }
