@@ -41,16 +41,6 @@ impl Cloud {
     /// Every cloud, in the order the README lists them.
     pub const ALL: [Cloud; 4] = [Cloud::Global, Cloud::Usgov, Cloud::UsgovDod, Cloud::China];
 
-    /// The name in the configuration.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cloud::Global => "global",
-            Cloud::Usgov => "usgov",
-            Cloud::UsgovDod => "usgov-dod",
-            Cloud::China => "china",
-        }
-    }
-
     /// Its hosts.
     pub fn hosts(self) -> CloudHosts {
         match self {
@@ -83,11 +73,5 @@ impl Cloud {
                 exchange_delegated: "https://partner.outlook.cn",
             },
         }
-    }
-}
-
-impl std::fmt::Display for Cloud {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }

@@ -371,8 +371,8 @@ impl KindConfig for SmtpSettings {
         out
     }
 
-    /// smtp.office365.com allows 30 messages a minute and 10,000 recipients a day per
-    /// mailbox.
+    /// The SMTP AUTH host of any Microsoft cloud (smtp.office365.com, .us, the China
+    /// cloud's) allows 30 messages a minute and 10,000 recipients a day per mailbox.
     fn default_limits(&self) -> (u32, u32) {
         if Cloud::ALL.iter().any(|c| self.host_is(c.hosts().smtp_host)) {
             (30, 10_000)

@@ -94,13 +94,7 @@ impl TokenSource {
                 (format!("App Service's identity endpoint {url}"), r)
             }
         };
-        let answer = async {
-            let resp = request.send().await?;
-            let status = resp.status().as_u16();
-            Ok::<_, reqwest::Error>((status, resp.text().await?))
-        }
-        .await;
-        let (status, body) = answer.map_err(|e| {
+        let (status, body) = super::answer(request).await.map_err(|e| {
             unavailable(if e.is_timeout() {
                 format!(
                     "managed identity: {what} did not answer within {} (is mailgate running on an Azure VM or App Service with an identity?)",

@@ -326,8 +326,13 @@ impl TokenSource {
         url: &str,
         form: &[(&str, String)],
     ) -> Result<(u16, String), reqwest::Error> {
-        let resp = self.http.post(url).form(form).send().await?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.text().await?))
+        answer(self.http.post(url).form(form)).await
     }
+}
+
+/// Sends a request to an identity endpoint: the answer's status and body.
+async fn answer(req: reqwest::RequestBuilder) -> Result<(u16, String), reqwest::Error> {
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await?))
 }
